@@ -1,0 +1,7 @@
+"""`python -m trio_proxsmtp`: the same command line as proxsmtpd."""
+
+import sys
+
+from trio_proxsmtp.cli import main
+
+sys.exit(main())
