@@ -1,0 +1,144 @@
+"""Command parsing: verbs, MAIL/RCPT paths and parameters (B18), XFORWARD attributes (B19)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trio_proxsmtp.protocol.commands import Command, Verb, parse_command
+
+
+@pytest.mark.parametrize(
+    ("line", "verb"),
+    [
+        (b"HELO c\r\n", Verb.HELO),
+        (b"ehlo c\r\n", Verb.EHLO),
+        (b"  \tEhLo c\r\n", Verb.EHLO),
+        (b"DATA\r\n", Verb.DATA),
+        (b"data\n", Verb.DATA),
+        (b"DATA \r\n", Verb.DATA),
+        (b"DATA", Verb.DATA),
+        (b"DATAX\r\n", Verb.OTHER),
+        (b"DATA:\r\n", Verb.OTHER),
+        (b"BDAT 10 LAST\r\n", Verb.BDAT),
+        (b"STARTTLS\r\n", Verb.STARTTLS),
+        (b"STARTTLSX\r\n", Verb.OTHER),
+        (b"XCLIENT ADDR=6.6.6.6\r\n", Verb.XCLIENT),
+        (b"XFORWARD ADDR=1.2.3.4\r\n", Verb.XFORWARD),
+        (b"AUTH PLAIN AGFAAGI=\r\n", Verb.AUTH),
+        (b"RSET\r\n", Verb.RSET),
+        (b"NOOP\r\n", Verb.NOOP),
+        (b"QUIT\r\n", Verb.QUIT),
+        (b"MAIL FROM:<a>\r\n", Verb.MAIL),
+        (b"RCPT TO:<a>\r\n", Verb.RCPT),
+        (b"VRFY x\r\n", Verb.OTHER),
+        (b"\r\n", Verb.OTHER),
+        (b"", Verb.OTHER),
+        (b"\xff\xfe garbage\r\n", Verb.OTHER),
+    ],
+)
+def test_verbs(line: bytes, verb: Verb) -> None:
+    command = parse_command(line)
+    assert command.verb is verb
+    assert command.line == line
+
+
+def test_argument_is_stripped_text_after_verb() -> None:
+    assert parse_command(b"EHLO  client.example \t\r\n").argument == "client.example"
+    assert parse_command(b"NOOP\r\n").argument == ""
+    assert parse_command(b"AUTH PLAIN x\r\n").address is None
+
+
+def test_line_is_kept_verbatim_including_8bit() -> None:
+    line = b"HELO caf\xc3\xa9\xff\n"
+    command = parse_command(line)
+    assert command.line == line
+    assert command.argument.encode("utf-8", "surrogateescape") == b"caf\xc3\xa9\xff"
+
+
+@pytest.mark.parametrize(
+    ("line", "address", "params"),
+    [
+        (b"MAIL FROM:<a@x>\r\n", "a@x", ()),
+        (b"MAIL  FROM:<a@x>\r\n", "a@x", ()),  # two spaces: recognised now (B18)
+        (b"mail from: <a@x> SIZE=10\r\n", "a@x", ("SIZE=10",)),
+        (b"MAIL FROM <a@x>\r\n", "a@x", ()),
+        (b"MAIL FROM:\t<a@x>\tSIZE=10  BODY=8BITMIME\r\n", "a@x", ("SIZE=10", "BODY=8BITMIME")),
+        (b"MAIL FROM:<>\r\n", "<>", ()),
+        (b"MAIL FROM:<> SIZE=0\r\n", "<>", ("SIZE=0",)),
+        (b"MAIL FROM: p@x SIZE=10\r\n", "p@x", ("SIZE=10",)),  # B18: params split off
+        (b"MAIL FROM:p@x\r\n", "p@x", ()),
+        (b'MAIL FROM:<"a b"@x>\r\n', '"a b"@x', ()),
+        (b'MAIL FROM:<"a>b"@x> SIZE=1\r\n', '"a>b"@x', ("SIZE=1",)),
+        (b'MAIL FROM:"a b"@x SIZE=1\r\n', '"a b"@x', ("SIZE=1",)),
+        (b"MAIL FROM:<@r.example:a@x>\r\n", "@r.example:a@x", ()),
+        (b"MAIL FROM<a@x>\r\n", "a@x", ()),
+        (b"MAIL xyz\r\n", None, ()),
+        (b"MAIL\r\n", None, ()),
+        (b"MAIL FROM:\r\n", None, ()),
+        (b"MAIL FROMX:<a@x>\r\n", None, ()),
+        (b"MAIL FROM:<a@x\r\n", None, ()),
+        (b"MAIL TO:<a@x>\r\n", None, ()),
+        (b"RCPT TO:<r@x>\r\n", "r@x", ()),
+        (b"RCPT TO:<a@x> NOTIFY=NEVER\r\n", "a@x", ("NOTIFY=NEVER",)),
+        (b"RCPT TO: <b@x> NOTIFY=NEVER\n", "b@x", ("NOTIFY=NEVER",)),
+        (b"rcpt to:<Postmaster>\r\n", "Postmaster", ()),
+        (b"RCPT FROM:<a@x>\r\n", None, ()),
+    ],
+)
+def test_mail_and_rcpt_paths(line: bytes, address: str | None, params: tuple[str, ...]) -> None:
+    command = parse_command(line)
+    assert (command.address, command.params) == (address, params)
+    assert command.attributes == ()
+
+
+def test_params_split_on_space_and_tab_only() -> None:
+    # U+00A0 (no-break space) is not SMTP whitespace and stays inside the parameter.
+    command = parse_command("MAIL FROM:<a@x> X=a\u00a0b\r\n".encode())
+    assert command.params == ("X=a\u00a0b",)
+
+
+@pytest.mark.parametrize(
+    ("line", "attributes"),
+    [
+        (
+            b"XFORWARD HELO = [weird helo] ADDR=[IPv6:2001:db8::1]\r\n",
+            (("HELO", "weird helo"), ("ADDR", "IPv6:2001:db8::1")),
+        ),
+        (
+            b"XFORWARD NAME=addr.example ADDR=1.2.3.4\r\n",  # B19: ADDR is not hidden by NAME=addr
+            (("NAME", "addr.example"), ("ADDR", "1.2.3.4")),
+        ),
+        (
+            b"XFORWARD NAME=x ADDR=y PROTO=ESMTP HELO=z\r\n",
+            (("NAME", "x"), ("ADDR", "y"), ("PROTO", "ESMTP"), ("HELO", "z")),
+        ),
+        (b"xforward addr=[1.2.3.4]\r\n", (("ADDR", "1.2.3.4"),)),
+        (b"XFORWARD NAME= ADDR=1.2.3.4\r\n", (("NAME", ""), ("ADDR", "1.2.3.4"))),
+        (b"XFORWARD NAME=\r\n", (("NAME", ""),)),
+        (b"XFORWARD HELO=[unclosed value\r\n", (("HELO", "unclosed value"),)),
+        (b"XFORWARD junk ADDR=1.2.3.4 =x\r\n", (("ADDR", "1.2.3.4"),)),
+        (b"XFORWARD\r\n", ()),
+    ],
+)
+def test_xforward_attributes(line: bytes, attributes: tuple[tuple[str, str], ...]) -> None:
+    command = parse_command(line)
+    assert command.verb is Verb.XFORWARD
+    assert command.attributes == attributes
+
+
+@given(st.binary(max_size=200))
+def test_never_raises_and_keeps_the_line(line: bytes) -> None:
+    command = parse_command(line)
+    assert isinstance(command, Command)
+    assert command.line == line
+
+
+@given(
+    st.sampled_from([b"MAIL FROM:", b"RCPT TO:", b"XFORWARD ", b"mail from ", b"rcpt to: "]),
+    st.binary(max_size=100),
+)
+def test_envelope_commands_never_raise(prefix: bytes, rest: bytes) -> None:
+    command = parse_command(prefix + rest + b"\r\n")
+    assert command.verb in (Verb.MAIL, Verb.RCPT, Verb.XFORWARD)

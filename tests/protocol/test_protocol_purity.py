@@ -1,0 +1,41 @@
+"""The protocol core stays sans-IO: only the standard library, attrs and itself."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import trio_proxsmtp.protocol as protocol
+
+ALLOWED_THIRD_PARTY = {"attrs"}
+FORBIDDEN_STDLIB = {"socket", "ssl", "select", "selectors", "asyncio", "subprocess", "os"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_protocol_imports_no_io() -> None:
+    package_dir = Path(protocol.__file__).parent
+    own = {"errors", "lines", "commands", "replies", "ehlo", "data", "__init__"}
+    checked = 0
+    for path in sorted(package_dir.glob("*.py")):
+        if path.stem not in own:
+            continue  # session.py belongs to the lead
+        checked += 1
+        for name in imported_modules(path):
+            top = name.split(".")[0]
+            if name.startswith("trio_proxsmtp."):
+                assert name.startswith("trio_proxsmtp.protocol"), (path.name, name)
+                continue
+            assert top != "trio", (path.name, name)
+            assert top not in FORBIDDEN_STDLIB, (path.name, name)
+            assert top in sys.stdlib_module_names or top in ALLOWED_THIRD_PARTY, (path.name, name)
+    assert checked == len(own)

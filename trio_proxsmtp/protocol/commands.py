@@ -1,0 +1,170 @@
+"""Client command lines: the verb, and the envelope fields the proxy needs to track.
+
+Parsing is tolerant (it never raises) because every line is forwarded verbatim anyway; the
+parse only decides what the proxy does itself and what it records.  MAIL/RCPT follow
+RFC 5321 but also accept the sloppy forms proxsmtpd 1.10 accepted, and parameters are split
+off an unbracketed address (B18).  XFORWARD is parsed into attribute tokens (B19).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+import attrs
+
+__all__ = ["Command", "Verb", "parse_command"]
+
+_ENCODING = "utf-8"
+_ERRORS = "surrogateescape"
+_WS = " \t"
+_WS_RUN = re.compile(r"[ \t]+")
+
+
+class Verb(enum.Enum):
+    HELO = "HELO"
+    EHLO = "EHLO"
+    MAIL = "MAIL"
+    RCPT = "RCPT"
+    DATA = "DATA"
+    BDAT = "BDAT"
+    STARTTLS = "STARTTLS"
+    XCLIENT = "XCLIENT"
+    XFORWARD = "XFORWARD"
+    AUTH = "AUTH"
+    RSET = "RSET"
+    NOOP = "NOOP"
+    QUIT = "QUIT"
+    OTHER = "OTHER"
+
+
+_VERBS = {verb.value: verb for verb in Verb if verb is not Verb.OTHER}
+
+
+@attrs.frozen
+class Command:
+    """One client command line, parsed; `line` is kept exactly as received."""
+
+    verb: Verb
+    line: bytes
+    argument: str
+    address: str | None = None
+    params: tuple[str, ...] = ()
+    attributes: tuple[tuple[str, str], ...] = ()
+
+
+def parse_command(line: bytes) -> Command:
+    """Parse one command line (with its terminator); never raises."""
+    text = line.decode(_ENCODING, _ERRORS)
+    if text.endswith("\n"):
+        text = text[:-1]
+        if text.endswith("\r"):
+            text = text[:-1]
+    text = text.lstrip(_WS)
+    end = _find_ws(text, 0)
+    verb = _VERBS.get(text[:end].upper(), Verb.OTHER)
+    argument = text[end:].strip(_WS)
+    if verb is Verb.MAIL:
+        address, params = _parse_path(argument, "FROM")
+        return Command(verb, line, argument, address, params)
+    if verb is Verb.RCPT:
+        address, params = _parse_path(argument, "TO")
+        return Command(verb, line, argument, address, params)
+    if verb is Verb.XFORWARD:
+        return Command(verb, line, argument, attributes=_parse_xforward(argument))
+    return Command(verb, line, argument)
+
+
+def _find_ws(text: str, pos: int) -> int:
+    """Index of the first space or tab at or after `pos`, or len(text)."""
+    for index in range(pos, len(text)):
+        if text[index] in _WS:
+            return index
+    return len(text)
+
+
+def _parse_path(argument: str, keyword: str) -> tuple[str | None, tuple[str, ...]]:
+    """The mailbox and ESMTP parameters of "FROM:<a> SIZE=1" / "TO: <a>" / "FROM: a SIZE=1"."""
+    if argument[: len(keyword)].upper() != keyword:
+        return None, ()
+    rest = argument[len(keyword) :]
+    if rest[:1] not in (" ", "\t", ":", "<"):
+        return None, ()  # "FROMX:" or nothing at all after the keyword
+    rest = rest.lstrip(" \t:")
+    if not rest:
+        return None, ()
+    if rest.startswith("<"):
+        close = _find_unquoted(rest, ">", 1)
+        if close < 0:
+            return None, ()
+        mailbox = rest[1:close]
+        address = mailbox if mailbox else "<>"
+        return address, _split_ws(rest[close + 1 :])
+    end = _find_unquoted(rest, _WS, 0)
+    end = len(rest) if end < 0 else end
+    return rest[:end], _split_ws(rest[end:])
+
+
+def _split_ws(text: str) -> tuple[str, ...]:
+    """Split on spaces and tabs only (str.split would also split on Unicode spaces)."""
+    return tuple(part for part in _WS_RUN.split(text) if part)
+
+
+def _find_unquoted(text: str, targets: str, pos: int) -> int:
+    """Index of the first char in `targets` outside a quoted string, or -1."""
+    quoted = False
+    index = pos
+    while index < len(text):
+        char = text[index]
+        if quoted and char == "\\":
+            index += 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in targets:
+            return index
+        index += 1
+    return -1
+
+
+# A "NAME =" (an attribute name and its equals sign) starting at the current position.
+_NAME_EQ = re.compile(r"[^\s=\[]+[ \t]*=")
+
+
+def _parse_xforward(argument: str) -> tuple[tuple[str, str], ...]:
+    """XFORWARD NAME=VALUE tokens in order; spaces around "=" allowed, [..] may hold spaces."""
+    attributes: list[tuple[str, str]] = []
+    pos, size = 0, len(argument)
+    while pos < size:
+        while pos < size and argument[pos] in _WS:
+            pos += 1
+        start = pos
+        while pos < size and argument[pos] not in _WS and argument[pos] != "=":
+            pos += 1
+        name = argument[start:pos]
+        while pos < size and argument[pos] in _WS:
+            pos += 1
+        if pos >= size or argument[pos] != "=":
+            if not name:
+                pos += 1  # a stray character: skip it and go on
+            continue  # a name without a value is not an attribute
+        pos += 1
+        value_start = pos
+        while pos < size and argument[pos] in _WS:
+            pos += 1
+        if pos < size and argument[pos] == "[":
+            close = argument.find("]", pos)
+            if close < 0:
+                value = argument[pos + 1 :].rstrip(_WS)
+                pos = size
+            else:
+                value = argument[pos + 1 : close]
+                pos = close + 1
+        elif pos > value_start and _NAME_EQ.match(argument, pos):
+            value = ""  # "NAME= ADDR=x": NAME is empty, ADDR is the next attribute
+        else:
+            end = _find_ws(argument, pos)
+            value, pos = argument[pos:end], end
+        if name:
+            attributes.append((name.upper(), value))
+    return tuple(attributes)

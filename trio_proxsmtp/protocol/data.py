@@ -1,0 +1,222 @@
+"""The DATA stream in both directions, chunk by chunk, with bytes methods only.
+
+`DataReceiver` turns the client's wire bytes into the message: it finds the terminator
+across chunk boundaries, removes transparency dots (RFC 5321 §4.5.2) and turns every bare
+CR or LF into CRLF.  `DataSender` does the reverse for the upstream.  Together they fix B6
+(the DATA command counts as a line boundary, so an empty first message ends) and B7 (the
+filter sees the message un-stuffed, the upstream gets it re-stuffed with a final CRLF), and
+no byte sequence a client or filter sends can end the upstream's DATA early (smuggling).
+
+Only a literal CRLF "." CRLF ends DATA: a bare-LF ".\\n" does not, as in proxsmtpd 1.10.
+Line-ending normalisation means the message is not byte-exact for bare CR/LF; every other
+byte (NUL, 8-bit) passes unchanged.
+"""
+
+from __future__ import annotations
+
+from trio_proxsmtp.protocol.errors import LocalProtocolError
+
+__all__ = ["DataReceiver", "DataSender", "stuff", "unstuff"]
+
+_CRLF = b"\r\n"
+_TERMINATOR = b"\r\n.\r\n"
+_LINE_DOT = b"\r\n."
+# Suffixes that might be the start of a terminator (or a CR whose LF is still to come),
+# longest first: they are held back until the next chunk decides.
+_HELD_SUFFIXES = (b"\r\n.\r", b"\r\n.", b"\r\n", b"\r")
+# Dot lines are found one by one with bytes.find (typical mail has few); past this many in
+# one chunk (one per 512 bytes, or 32), bytes.replace over the chunk is cheaper than a loop.
+_MIN_SPLICES = 32
+_BYTES_PER_SPLICE = 512
+
+
+def _max_splices(size: int) -> int:
+    return max(_MIN_SPLICES, size // _BYTES_PER_SPLICE)
+
+
+def _is_clean(data: bytes) -> bool:
+    """True when every CR and LF in `data` is part of a CRLF pair."""
+    crlf = data.count(b"\r\n")
+    return data.count(b"\n") == crlf and data.count(b"\r") == crlf
+
+
+def _normalise_line_ends(data: bytes) -> bytes:
+    """Every CRLF, bare CR and bare LF becomes CRLF (a CR at the very end counts as bare)."""
+    if _is_clean(data):
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
+class DataReceiver:
+    """Client wire bytes after the 354 -> message bytes (un-stuffed, CRLF-normalised)."""
+
+    def __init__(self) -> None:
+        # The DATA command line ended the previous line (B6): a leading "." is stuffing
+        # and ".\r\n" at once is an empty message.
+        self._after_crlf = True
+        self._held = b""
+        self._remaining = b""
+        self._done = False
+        self._size = 0
+
+    @property
+    def done(self) -> bool:
+        """True once the terminator has been seen."""
+        return self._done
+
+    @property
+    def size(self) -> int:
+        """Message bytes returned so far."""
+        return self._size
+
+    def feed(self, data: bytes) -> bytes:
+        """Consume client bytes; return the message bytes that are now certain."""
+        if self._done:
+            raise LocalProtocolError("DataReceiver fed after the end of data")
+        work = self._held + data if self._held else data
+        start = 0
+        if self._after_crlf:
+            # The line boundary before `work` was already emitted: look at its first line.
+            if work.startswith(b".\r\n"):
+                return self._finish(work, 0, 0, [], 3)
+            if b".\r\n".startswith(work):
+                self._held = work  # "", "." or ".\r": too early to tell
+                return b""
+            if work.startswith(b"."):
+                start = 1  # a transparency dot
+        # Every "\r\n." is either the terminator or a line's transparency dot.
+        dots: list[int] | None = []
+        max_dots = _max_splices(len(work))
+        pos = start
+        while True:
+            found = work.find(_LINE_DOT, pos)
+            if found < 0:
+                break
+            if work.startswith(_CRLF, found + 3):
+                return self._finish(work, start, found + 2, dots, found + 5)
+            if dots is not None and len(dots) >= max_dots:
+                # Many dot lines: search for the terminator only, replace() does the rest.
+                dots = None
+                found = work.find(_TERMINATOR, pos)
+                if found >= 0:
+                    return self._finish(work, start, found + 2, dots, found + 5)
+                break
+            if dots is not None:
+                dots.append(found + 2)
+            pos = found + 3
+        cut = len(work)
+        for suffix in _HELD_SUFFIXES:
+            if work.endswith(suffix):
+                cut -= len(suffix)
+                break
+        cut = max(cut, start)
+        self._held = work[cut:]
+        if dots is not None:
+            dots = [dot for dot in dots if dot < cut]
+        return self._emit(work, start, cut, dots)
+
+    def take_remaining(self) -> bytes:
+        """Client bytes after the terminator (pipelined commands), handed over once."""
+        remaining, self._remaining = self._remaining, b""
+        return remaining
+
+    def _finish(
+        self, work: bytes, start: int, cut: int, dots: list[int] | None, rest: int
+    ) -> bytes:
+        """The terminator ends at `rest`; the message's last bytes are work[start:cut]."""
+        self._done = True
+        self._held = b""
+        self._remaining = work[rest:]
+        return self._emit(work, start, cut, dots)
+
+    def _emit(self, work: bytes, start: int, cut: int, dots: list[int] | None) -> bytes:
+        """work[start:cut] without the dots at `dots` (None: at every CRLF "."), normalised."""
+        if cut <= start:
+            return b""
+        self._after_crlf = work.endswith(_CRLF, 0, cut)
+        if dots is None:
+            region = work[start:cut].replace(_LINE_DOT, _CRLF)
+        elif dots:
+            # cut the region at each dot and drop the dot from the piece it starts
+            pieces = [work[start : dots[0]]]
+            pieces += [work[a + 1 : b] for a, b in zip(dots, [*dots[1:], cut], strict=True)]
+            region = b"".join(pieces)
+        else:
+            region = work[start:cut]
+        out = _normalise_line_ends(region)
+        self._size += len(out)
+        return out
+
+
+class DataSender:
+    """Message bytes -> upstream wire bytes: CRLF-normalised and dot-stuffed."""
+
+    def __init__(self) -> None:
+        self._at_line_start = True
+        self._held_cr = False
+        self._finished = False
+
+    def feed(self, data: bytes) -> bytes:
+        """Consume message bytes; return wire bytes (a trailing CR is held for its LF)."""
+        if self._finished:
+            raise LocalProtocolError("DataSender fed after finish()")
+        if self._held_cr:
+            data = b"\r" + data
+        self._held_cr = data.endswith(b"\r")
+        if self._held_cr:
+            data = data[:-1]
+        if not data:
+            return b""
+        return self._encode(data)
+
+    def finish(self) -> bytes:
+        """The end of the message: a CRLF if it did not end with one, then ".\\r\\n"."""
+        if self._finished:
+            raise LocalProtocolError("DataSender finished twice")
+        self._finished = True
+        out = b""
+        if self._held_cr:
+            self._held_cr = False
+            out = self._encode(b"\r\n")  # a final bare CR is a line end
+        if not self._at_line_start:
+            out += _CRLF
+        return out + b".\r\n"
+
+    def _encode(self, data: bytes) -> bytes:
+        """Normalise `data` (no trailing CR) and double every dot that starts a line."""
+        wire = _normalise_line_ends(data)
+        pieces = []
+        max_pieces = _max_splices(len(wire))
+        pos = 0
+        if self._at_line_start and wire.startswith(b"."):
+            pieces.append(b".")
+        while True:
+            found = wire.find(_LINE_DOT, pos)
+            if found < 0:
+                break
+            if len(pieces) >= max_pieces:
+                pieces.append(wire[pos:].replace(_LINE_DOT, b"\r\n.."))
+                pos = len(wire)
+                break
+            pieces.append(wire[pos : found + 3])
+            pos = found + 2  # the dot is emitted again with the next piece
+        self._at_line_start = wire.endswith(b"\n")
+        if not pieces:
+            return wire
+        pieces.append(wire[pos:])
+        return b"".join(pieces)
+
+
+def stuff(message: bytes) -> bytes:
+    """The whole wire form of `message`, terminator included."""
+    sender = DataSender()
+    return sender.feed(message) + sender.finish()
+
+
+def unstuff(wire: bytes) -> bytes:
+    """The message carried by `wire`, which must contain the terminator."""
+    receiver = DataReceiver()
+    message = receiver.feed(wire)
+    if not receiver.done:
+        raise ValueError("no end-of-data terminator in wire data")
+    return message
