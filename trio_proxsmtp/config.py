@@ -1,15 +1,47 @@
 """proxsmtpd.conf parsing: one frozen Config; nothing else in the program reads the file.
 
+Syntax and options follow proxsmtpd 1.10 (spec §4, §5): `Name: value` per line, the first
+":" separates, names are case-insensitive, `#` only at the start of a line, the last
+duplicate wins. Where the reference is wrong we choose (and `proxsmtpd.conf.example` says so):
+an empty `FilterCommand:` means no filter (B22), `MaxConnections` accepts 1..10239 (B23),
+an empty `FilterReject:` means the default, a missing config file is an error rather than a
+warning, and an unresolvable host name is an error. Every error is a ConfigError naming the
+file, the line and the option. Warnings that should not stop the daemon are returned by the
+`*_with_warnings` functions, never printed here.
+
 CONTRACT (fields are used by relay/server/filter; do not rename):
+
+    Config (frozen attrs), FilterType, TransparentMode, ConfigError
+    def parse_config(text: str, path: str = "<string>") -> Config
+    def parse_config_with_warnings(text: str, path: str = "<string>")
+        -> tuple[Config, list[str]]
+    def load_config(path: str) -> Config
+    def load_config_with_warnings(path: str) -> tuple[Config, list[str]]
+
+`Config.pid_file` is None when the file does not set PidFile, and "" when it sets it empty
+(which disables the pid file even if -p was given, as in the reference).
 """
 
 from __future__ import annotations
 
 import enum
+import os
+import re
+import stat
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 
-from trio_proxsmtp.address import Address
+from trio_proxsmtp.address import Address, AddressKind, parse_address, resolve_tcp
+
+DEFAULT_LISTEN_PORT = 10025
+DEFAULT_OUT_PORT = 25
+DEFAULT_FILTER_REJECT = "530 Email Rejected"
+MAX_CONNECTIONS_LIMIT = 10239
+DEFAULT_LISTEN = parse_address(str(DEFAULT_LISTEN_PORT), DEFAULT_LISTEN_PORT)
+# C `int`, like the reference's strtol into an int: keeps timeouts sane for Trio.
+_INT_MAX = 2**31 - 1
 
 
 class FilterType(enum.Enum):
@@ -29,15 +61,15 @@ class Config:
     """Every option of proxsmtpd 1.10 plus our extensions, with proxsmtpd's defaults."""
 
     out_address: Address | None = None
-    listen: Address = ...  # default: port-only 10025 on all interfaces
+    listen: Address = DEFAULT_LISTEN  # port-only 10025: all IPv4 interfaces
     filter_command: str | None = None  # empty value in the file means None
     filter_type: FilterType = FilterType.PIPE
     filter_timeout: float = 30.0
-    filter_reject: str = "530 Email Rejected"  # raw text; normalised by the protocol layer
+    filter_reject: str = DEFAULT_FILTER_REJECT  # raw text; normalised by the protocol layer
     header: str | None = None  # raw template, None when unset or empty
     keep_alives: float = 0.0  # 0 = off
     max_connections: int = 64
-    pid_file: str | None = None
+    pid_file: str | None = None  # None: not set; "": set empty (no pid file at all)
     skip_authenticated: bool = False
     temp_directory: str = "/tmp/"
     timeout: float = 180.0
@@ -46,3 +78,210 @@ class Config:
     xclient: bool = False
     shutdown_timeout: float = 30.0  # extension: graceful drain on SIGTERM
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
+
+
+class ConfigError(Exception):
+    """A config problem, printed by the command line as one line: FILE:LINE: OPTION: MESSAGE."""
+
+    def __init__(self, path: str, line: int | None, option: str | None, message: str) -> None:
+        super().__init__(path, line, option, message)
+        self.path = path
+        self.line = line
+        self.option = option
+        self.message = message
+
+    def __str__(self) -> str:
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        parts = [where] + ([self.option] if self.option is not None else []) + [self.message]
+        return ": ".join(parts)
+
+
+_TRUE_WORDS = frozenset({"1", "yes", "true", "t", "on"})
+_FALSE_WORDS = frozenset({"0", "no", "false", "f", "off"})
+_DECIMAL_RE = re.compile(r"[0-9]+")
+_REPLY_CODE_RE = re.compile(r"([0-9]{3})(?:[ -]|$)")
+
+
+class _Invalid(Exception):
+    """A bad value; the caller adds file, line and option."""
+
+
+def _integer(value: str, minimum: int, maximum: int = _INT_MAX) -> int:
+    if not _DECIMAL_RE.fullmatch(value):
+        raise _Invalid(f"not a decimal integer: {value!r}")
+    number = int(value)
+    if not minimum <= number <= maximum:
+        raise _Invalid(f"must be between {minimum} and {maximum}: {value}")
+    return number
+
+
+def _seconds_positive(value: str) -> float:
+    return float(_integer(value, 1))
+
+
+def _seconds_or_zero(value: str) -> float:
+    return float(_integer(value, 0))
+
+
+def _boolean(value: str) -> bool:
+    word = value.lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise _Invalid(f"invalid value {value!r} (must be on/off, yes/no, true/false, 1/0)")
+
+
+def _transparent(value: str) -> TransparentMode:
+    word = value.lower()
+    if word in ("client", "full"):
+        return TransparentMode(word)
+    return TransparentMode.CLIENT if _boolean(value) else TransparentMode.OFF
+
+
+def _filter_type(value: str) -> FilterType:
+    try:
+        return FilterType(value.lower())
+    except ValueError:
+        raise _Invalid(f"invalid value {value!r} (must be 'pipe', 'file' or 'reject')") from None
+
+
+def _address(default_port: int) -> Callable[[str], Address]:
+    def parse(value: str) -> Address:
+        try:
+            address = parse_address(value, default_port)
+        except ValueError as exc:
+            raise _Invalid(f"invalid socket name or ip: {value!r}: {exc}") from None
+        if address.kind is AddressKind.TCP and address.host is not None:
+            try:
+                resolve_tcp(address)
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise _Invalid(f"couldn't resolve host name {address.host!r}: {reason}") from None
+        return address
+
+    return parse
+
+
+def _filter_reject(value: str) -> str:
+    if not value:
+        return DEFAULT_FILTER_REJECT
+    if not (value.isascii() and value.isprintable()):
+        raise _Invalid("must be printable ASCII (it is sent as an SMTP reply)")
+    m = _REPLY_CODE_RE.match(value)
+    if m and m.group(1)[0] not in "45":
+        raise _Invalid(f"reply code {m.group(1)} is not a rejection (must be 4xx or 5xx)")
+    return value
+
+
+def _non_empty(value: str) -> str:
+    if not value:
+        raise _Invalid("must not be empty")
+    return value
+
+
+def _skip(value: str) -> bool:
+    if value.lower() != "authenticated":
+        raise _Invalid(f"invalid value {value!r} (must be 'authenticated')")
+    return True
+
+
+# option name (lower case) -> (canonical name, Config field, value parser)
+_OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
+    name.lower(): (name, field, parser)
+    for name, field, parser in [
+        ("OutAddress", "out_address", _address(DEFAULT_OUT_PORT)),
+        ("Listen", "listen", _address(DEFAULT_LISTEN_PORT)),
+        ("FilterCommand", "filter_command", lambda v: v or None),
+        ("FilterType", "filter_type", _filter_type),
+        ("FilterTimeout", "filter_timeout", _seconds_positive),
+        ("FilterReject", "filter_reject", _filter_reject),
+        ("Header", "header", lambda v: v or None),
+        ("KeepAlives", "keep_alives", _seconds_or_zero),
+        ("MaxConnections", "max_connections", lambda v: _integer(v, 1, MAX_CONNECTIONS_LIMIT)),
+        ("PidFile", "pid_file", lambda v: v),
+        ("Skip", "skip_authenticated", _skip),
+        ("TempDirectory", "temp_directory", _non_empty),
+        ("TimeOut", "timeout", _seconds_positive),
+        ("TransparentProxy", "transparent_proxy", _transparent),
+        ("User", "user", _non_empty),
+        ("XClient", "xclient", _boolean),
+        ("ShutdownTimeout", "shutdown_timeout", _seconds_or_zero),
+    ]
+}
+
+
+def _temp_directory_warnings(directory: str) -> list[str]:
+    try:
+        st = os.stat(directory)
+    except OSError as exc:
+        return [f"TempDirectory {directory!r} is not usable: {exc.strerror}"]
+    if not stat.S_ISDIR(st.st_mode):
+        return [f"TempDirectory {directory!r} is not a directory"]
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        return [
+            f"TempDirectory {directory!r} is world-writable without the sticky bit: "
+            "use a directory private to the proxy's user"
+        ]
+    return []
+
+
+def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Config, list[str]]:
+    """Parse and validate config text; the warnings are for the log, not errors."""
+    values: dict[str, Any] = {}
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise ConfigError(path, number, None, f"invalid config line (no ':'): {line!r}")
+        name, value = name.strip(), value.strip()
+        try:
+            canonical, field, parser = _OPTIONS[name.lower()]
+        except KeyError:
+            raise ConfigError(path, number, name, "unknown option") from None
+        try:
+            values[field] = parser(value)
+        except _Invalid as exc:
+            raise ConfigError(path, number, canonical, str(exc)) from None
+
+    config = Config(path=path, **values)
+    warnings: list[str] = []
+    if config.transparent_proxy is TransparentMode.OFF:
+        if config.out_address is None:
+            raise ConfigError(
+                path,
+                None,
+                "OutAddress",
+                "no OutAddress specified (required unless TransparentProxy is on)",
+            )
+    elif config.out_address is not None:
+        warnings.append("the OutAddress option will be ignored when TransparentProxy is enabled")
+    warnings.extend(_temp_directory_warnings(config.temp_directory))
+    return config, warnings
+
+
+def parse_config(text: str, path: str = "<string>") -> Config:
+    """Parse and validate config text (see parse_config_with_warnings)."""
+    return parse_config_with_warnings(text, path)[0]
+
+
+def load_config_with_warnings(path: str) -> tuple[Config, list[str]]:
+    """Read and parse a config file; a missing or unreadable file is a ConfigError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(path, None, None, f"couldn't open config file: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(path, line, None, "not valid UTF-8") from None
+    return parse_config_with_warnings(text, path)
+
+
+def load_config(path: str) -> Config:
+    """Read and parse a config file (see load_config_with_warnings)."""
+    return load_config_with_warnings(path)[0]

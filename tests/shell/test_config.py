@@ -1,0 +1,294 @@
+"""Config syntax (spec §4), every option (§5) with its default and its validation."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from trio_proxsmtp import config as config_module
+from trio_proxsmtp.address import AddressKind, parse_address
+from trio_proxsmtp.config import (
+    Config,
+    ConfigError,
+    FilterType,
+    TransparentMode,
+    load_config,
+    load_config_with_warnings,
+    parse_config,
+    parse_config_with_warnings,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "proxsmtpd.conf.example"
+BASE = "OutAddress: 127.0.0.1:2525\n"
+
+
+def parse(extra: str) -> Config:
+    return parse_config(BASE + extra, "test.conf")
+
+
+def test_defaults() -> None:
+    config = parse_config(BASE, "test.conf")
+    assert config.out_address == parse_address("127.0.0.1:2525", 25)
+    assert config.listen == parse_address("10025", 10025)
+    assert config.listen.is_port_only
+    assert config.filter_command is None
+    assert config.filter_type is FilterType.PIPE
+    assert config.filter_timeout == 30.0
+    assert config.filter_reject == "530 Email Rejected"
+    assert config.header is None
+    assert config.keep_alives == 0.0
+    assert config.max_connections == 64
+    assert config.pid_file is None
+    assert config.skip_authenticated is False
+    assert config.temp_directory == "/tmp/"
+    assert config.timeout == 180.0
+    assert config.transparent_proxy is TransparentMode.OFF
+    assert config.user is None
+    assert config.xclient is False
+    assert config.shutdown_timeout == 30.0
+    assert config.path == "test.conf"
+
+
+def test_config_class_defaults_match_parsed_defaults() -> None:
+    assert Config(out_address=parse(BASE).out_address, path="test.conf") == parse("")
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "value"),
+    [
+        ("Listen: 127.0.0.1:2526", "listen", parse_address("127.0.0.1:2526", 10025)),
+        ("Listen: [::1]", "listen", parse_address("[::1]", 10025)),
+        ("Listen: /tmp/x/proxsmtpd.sock", "listen", parse_address("/tmp/x/proxsmtpd.sock", 0)),
+        ("OutAddress: 10026", "out_address", parse_address("10026", 25)),
+        ("OutAddress: localhost", "out_address", parse_address("localhost", 25)),
+        ("FilterCommand: cat # not a comment", "filter_command", "cat # not a comment"),
+        ("FilterCommand:", "filter_command", None),
+        ("FilterType: FILE", "filter_type", FilterType.FILE),
+        ("FilterType: reject", "filter_type", FilterType.REJECT),
+        ("FilterType: Pipe", "filter_type", FilterType.PIPE),
+        ("FilterTimeout: 5", "filter_timeout", 5.0),
+        ("FilterReject: 554 5.7.1 No thanks", "filter_reject", "554 5.7.1 No thanks"),
+        ("FilterReject: Go away", "filter_reject", "Go away"),
+        ("FilterReject:", "filter_reject", "530 Email Rejected"),
+        ("Header: X-Filtered: by %l: ok", "header", "X-Filtered: by %l: ok"),
+        ("Header:   ", "header", None),
+        ("KeepAlives: 0", "keep_alives", 0.0),
+        ("KeepAlives: 15", "keep_alives", 15.0),
+        ("MaxConnections: 1", "max_connections", 1),
+        ("MaxConnections: 10239", "max_connections", 10239),
+        ("PidFile: /run/p.pid", "pid_file", "/run/p.pid"),
+        ("PidFile:", "pid_file", ""),
+        ("Skip: Authenticated", "skip_authenticated", True),
+        ("TempDirectory: /var/spool/proxsmtp", "temp_directory", "/var/spool/proxsmtp"),
+        ("TimeOut: 1", "timeout", 1.0),
+        ("TransparentProxy: off", "transparent_proxy", TransparentMode.OFF),
+        ("TransparentProxy: No", "transparent_proxy", TransparentMode.OFF),
+        ("TransparentProxy: 0", "transparent_proxy", TransparentMode.OFF),
+        ("TransparentProxy: F", "transparent_proxy", TransparentMode.OFF),
+        ("TransparentProxy: false", "transparent_proxy", TransparentMode.OFF),
+        ("TransparentProxy: on", "transparent_proxy", TransparentMode.CLIENT),
+        ("TransparentProxy: YES", "transparent_proxy", TransparentMode.CLIENT),
+        ("TransparentProxy: 1", "transparent_proxy", TransparentMode.CLIENT),
+        ("TransparentProxy: t", "transparent_proxy", TransparentMode.CLIENT),
+        ("TransparentProxy: true", "transparent_proxy", TransparentMode.CLIENT),
+        ("TransparentProxy: Client", "transparent_proxy", TransparentMode.CLIENT),
+        ("TransparentProxy: FULL", "transparent_proxy", TransparentMode.FULL),
+        ("User: nobody", "user", "nobody"),
+        ("User: 65534", "user", "65534"),
+        ("XClient: on", "xclient", True),
+        ("XClient: Off", "xclient", False),
+        ("ShutdownTimeout: 0", "shutdown_timeout", 0.0),
+        ("ShutdownTimeout: 90", "shutdown_timeout", 90.0),
+    ],
+)
+def test_option_values(line: str, field: str, value: object) -> None:
+    assert getattr(parse(line + "\n"), field) == value
+
+
+@pytest.mark.parametrize(
+    ("line", "option", "message"),
+    [
+        ("OutAddress = 1.2.3.4", None, "invalid config line"),
+        ("Nonsense: 1", "Nonsense", "unknown option"),
+        ("DebugFiles: on", "DebugFiles", "unknown option"),
+        (": value", "", "unknown option"),
+        ("OutAddress:", "OutAddress", "invalid socket name or ip"),
+        ("OutAddress: 0", "OutAddress", "out of range"),
+        ("OutAddress: 1.2.3.4:25 # x", "OutAddress", "invalid socket name or ip"),
+        ("OutAddress: no-such-host.invalid", "OutAddress", "couldn't resolve host name"),
+        ("Listen: 70000", "Listen", "invalid socket name or ip"),
+        ("Listen: no-such-host.invalid:25", "Listen", "couldn't resolve host name"),
+        ("FilterType: stream", "FilterType", "must be 'pipe', 'file' or 'reject'"),
+        ("FilterType:", "FilterType", "must be 'pipe', 'file' or 'reject'"),
+        ("FilterTimeout: 0", "FilterTimeout", "between 1 and"),
+        ("FilterTimeout: 10s", "FilterTimeout", "not a decimal integer"),
+        ("FilterTimeout: -1", "FilterTimeout", "not a decimal integer"),
+        ("FilterTimeout: 1.5", "FilterTimeout", "not a decimal integer"),
+        ("FilterTimeout: \u0661", "FilterTimeout", "not a decimal integer"),
+        ("FilterTimeout: 99999999999", "FilterTimeout", "between 1 and"),
+        ("FilterReject: 250 Fine", "FilterReject", "not a rejection"),
+        ("FilterReject: 550 caf\u00e9", "FilterReject", "printable ASCII"),
+        ("KeepAlives: -5", "KeepAlives", "not a decimal integer"),
+        ("KeepAlives: x", "KeepAlives", "not a decimal integer"),
+        ("MaxConnections: 0", "MaxConnections", "between 1 and 10239"),
+        ("MaxConnections: 10240", "MaxConnections", "between 1 and 10239"),
+        ("MaxConnections: abc", "MaxConnections", "not a decimal integer"),
+        ("Skip: always", "Skip", "must be 'authenticated'"),
+        ("Skip:", "Skip", "must be 'authenticated'"),
+        ("TempDirectory:", "TempDirectory", "must not be empty"),
+        ("TimeOut: 0", "TimeOut", "between 1 and"),
+        ("TimeOut:", "TimeOut", "not a decimal integer"),
+        ("TransparentProxy: maybe", "TransparentProxy", "invalid value"),
+        ("User:", "User", "must not be empty"),
+        ("XClient: client", "XClient", "invalid value"),
+        ("ShutdownTimeout: -1", "ShutdownTimeout", "not a decimal integer"),
+    ],
+)
+def test_validation_errors(line: str, option: str | None, message: str) -> None:
+    text = "# comment\n\n" + BASE + line + "\nTimeOut: 5\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "bad.conf")
+    error = info.value
+    assert (error.path, error.line, error.option) == ("bad.conf", 4, option)
+    assert message in error.message
+    prefix = "bad.conf:4: " if option is None else f"bad.conf:4: {option}: "
+    assert str(error) == prefix + error.message
+
+
+def test_error_names_the_canonical_option_whatever_the_case() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("outaddress: 1.2.3.4\nMAXCONNECTIONS: 0\n", "x.conf")
+    assert str(info.value).startswith("x.conf:2: MaxConnections: ")
+
+
+def test_missing_out_address() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("Listen: 2525\n", "x.conf")
+    assert str(info.value) == (
+        "x.conf: OutAddress: no OutAddress specified (required unless TransparentProxy is on)"
+    )
+
+
+def test_transparent_proxy_needs_no_out_address() -> None:
+    config, warnings = parse_config_with_warnings("TransparentProxy: full\n")
+    assert config.out_address is None
+    assert not any("OutAddress" in w for w in warnings)
+
+
+def test_out_address_ignored_warning() -> None:
+    _config, warnings = parse_config_with_warnings(BASE + "TransparentProxy: on\n")
+    assert "the OutAddress option will be ignored when TransparentProxy is enabled" in warnings
+
+
+def test_syntax_comments_case_crlf_colons_duplicates_and_no_final_newline() -> None:
+    text = (
+        "   # indented comment\r\n"
+        "\r\n"
+        "outaddress: 1.2.3.4:26\r\n"
+        "  LISTEN :  127.0.0.1:2600  \r\n"
+        "Header: X-A: b: c\r\n"
+        "MaxConnections: 5\r\n"
+        "maxconnections: 7"
+    )
+    config = parse_config(text)
+    assert config.out_address == parse_address("1.2.3.4:26", 25)
+    assert config.listen.host == "127.0.0.1"
+    assert config.listen.port == 2600
+    assert config.header == "X-A: b: c"
+    assert config.max_connections == 7
+
+
+def test_no_colon_error_quotes_the_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("OutAddress 1.2.3.4\n", "x.conf")
+    assert str(info.value) == "x.conf:1: invalid config line (no ':'): 'OutAddress 1.2.3.4'"
+
+
+def test_unix_listen_and_out_address() -> None:
+    config = parse("Listen: /tmp/in.sock\nOutAddress: /tmp/out.sock\n")
+    assert config.listen.kind is AddressKind.UNIX
+    assert config.out_address is not None
+    assert config.out_address.path == "/tmp/out.sock"
+
+
+def test_config_is_frozen() -> None:
+    config = parse("")
+    with pytest.raises(AttributeError):
+        config.timeout = 5.0  # type: ignore[misc]
+
+
+def test_load_config(tmp_path: Path) -> None:
+    path = tmp_path / "p.conf"
+    path.write_text(BASE + "TimeOut: 42\n")
+    config = load_config(str(path))
+    assert config.timeout == 42.0
+    assert config.path == str(path)
+
+
+def test_load_missing_file_is_an_error(tmp_path: Path) -> None:
+    path = str(tmp_path / "missing.conf")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: couldn't open config file: No such file or directory"
+
+
+def test_load_directory_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(str(tmp_path))
+    assert str(info.value) == f"{tmp_path}: couldn't open config file: Is a directory"
+
+
+def test_load_unreadable_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "secret.conf"
+    path.write_text(BASE)
+    path.chmod(0)
+    if os.access(path, os.R_OK):  # root reads anything: use a path that cannot be opened
+        path = tmp_path / "notadir" / "x.conf"
+        (tmp_path / "notadir").write_text("")
+    with pytest.raises(ConfigError, match="couldn't open config file"):
+        load_config(str(path))
+
+
+def test_load_rejects_invalid_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.conf"
+    path.write_bytes(BASE.encode() + b"Header: X-A: caf\xe9\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert info.value.line == 2
+    assert "UTF-8" in info.value.message
+
+
+def test_temp_directory_warnings(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+
+    def warnings_for(directory: Path) -> list[str]:
+        return parse_config_with_warnings(BASE + f"TempDirectory: {directory}\n")[1]
+
+    assert warnings_for(private) == []
+    assert warnings_for(sticky) == []
+    assert [w for w in warnings_for(open_dir) if "world-writable" in w]
+    assert [w for w in warnings_for(tmp_path / "missing") if "not usable" in w]
+    assert [w for w in warnings_for(a_file) if "not a directory" in w]
+
+
+def test_example_config_parses_and_documents_every_option() -> None:
+    config, warnings = load_config_with_warnings(str(EXAMPLE))
+    assert config.listen == parse_address("127.0.0.1:10025", 10025)
+    assert config.out_address == parse_address("127.0.0.1:10026", 25)
+    assert config.temp_directory == "/tmp"
+    assert warnings == []
+    text = EXAMPLE.read_text()
+    for canonical, _field, _parser in config_module._OPTIONS.values():
+        assert re.search(rf"^#?{canonical}:", text, re.MULTILINE), canonical
