@@ -1,0 +1,93 @@
+"""Spool: the message on disk (spec §8.3, §9.5)."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+
+from trio_proxsmtp.spool import Spool
+
+
+def test_create_is_private_and_named_like_proxsmtpd(tmp_path: Path) -> None:
+    with Spool.create(str(tmp_path)) as spool:
+        assert Path(spool.path).parent == tmp_path
+        assert re.fullmatch(r"proxsmtpd\.\w{6,}", Path(spool.path).name)
+        assert stat.S_IMODE(os.stat(spool.path).st_mode) == 0o600
+
+
+def test_create_in_missing_directory_raises_oserror(tmp_path: Path) -> None:
+    with pytest.raises(OSError):
+        Spool.create(str(tmp_path / "missing"))
+
+
+def test_write_finish_chunks_round_trip_and_size(tmp_path: Path) -> None:
+    data = [bytes([i % 256]) * (1000 + i) for i in range(50)]
+    with Spool.create(str(tmp_path)) as spool:
+        for part in data:
+            spool.write(part)
+        assert spool.size == sum(map(len, data))
+        spool.finish()
+        chunks = list(spool.chunks(chunk_size=4096))
+        assert all(len(c) <= 4096 for c in chunks)
+        assert b"".join(chunks) == b"".join(data)
+
+
+def test_write_is_buffered_until_finish(tmp_path: Path) -> None:
+    with Spool.create(str(tmp_path)) as spool:
+        spool.write(b"x" * 1000)
+        assert os.stat(spool.path).st_size == 0
+        spool.finish()
+        assert os.stat(spool.path).st_size == 1000
+        with pytest.raises(ValueError):
+            spool.write(b"more")
+
+
+def test_chunks_reopens_by_name_after_mv_replace(tmp_path: Path) -> None:
+    with Spool.create(str(tmp_path)) as spool:
+        spool.write(b"original\r\n")
+        spool.finish()
+        replacement = tmp_path / "new"
+        replacement.write_bytes(b"X-Added: 1\r\nreplaced body\r\n")
+        os.rename(replacement, spool.path)
+        assert b"".join(spool.chunks()) == b"X-Added: 1\r\nreplaced body\r\n"
+        assert spool.size == len(b"X-Added: 1\r\nreplaced body\r\n")
+        assert spool.refresh_size() == spool.size
+
+
+def test_close_removes_file_and_is_idempotent(tmp_path: Path) -> None:
+    spool = Spool.create(str(tmp_path))
+    spool.write(b"data")
+    spool.close()
+    assert not os.path.exists(spool.path)
+    spool.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_close_tolerates_file_already_gone_and_open_reader(tmp_path: Path) -> None:
+    spool = Spool.create(str(tmp_path))
+    spool.write(b"a" * 10)
+    spool.finish()
+    reader = spool.chunks(chunk_size=1)
+    assert next(reader) == b"a"
+    os.unlink(spool.path)
+    spool.close()  # must not raise
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_context_manager_removes_file_on_error(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), Spool.create(str(tmp_path)) as spool:
+        spool.write(b"x")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_spool_fd_is_not_inherited(tmp_path: Path) -> None:
+    with Spool.create(str(tmp_path)) as spool:
+        spool.write(b"x")
+        writer = spool._writer
+        assert writer is not None
+        assert not os.get_inheritable(writer.fileno())

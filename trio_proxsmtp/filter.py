@@ -1,0 +1,347 @@
+"""Running FilterCommand (spec §9) and turning its outcome into a verdict.
+
+The filter runs in its own session, so it and everything it forks form one process group:
+on timeout or cancellation the group gets SIGTERM and then SIGKILL, and after every run the
+group gets SIGKILL so no background grandchild outlives the message (1.10 signalled only the
+shell, B3). Each filter is reaped through its own handle, never ``waitpid(-1)`` (B4).
+
+Changes from proxsmtpd 1.10, on purpose:
+
+* ``FilterTimeout`` is a deadline on the whole run, not an inactivity timer.
+* The reply is the last non-blank line of *all* stderr, with no 255-byte chunk artefacts
+  (B21); control characters in it are replaced by spaces so a filter cannot inject reply
+  lines.
+* A command made only of plain words (no shell syntax, not a shell builtin) is executed
+  directly, saving a ``/bin/sh`` per message; if that exec fails, it is retried through
+  ``/bin/sh -c`` so the result (exit 127 and sh's message) is the same as 1.10's.
+
+Knows nothing about sockets: it gets a spool and an environment and returns a ``Verdict``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from trio_proxsmtp.config import FilterType
+from trio_proxsmtp.protocol.replies import Reply, reply_from_text
+from trio_proxsmtp.spool import Spool
+
+log = logging.getLogger("trio_proxsmtp.filter")
+
+KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL to the group
+STDERR_LINE_LIMIT = 4096  # bytes of one stderr line kept
+RECEIVE_SIZE = 256 * 1024
+
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
+# Words sh treats specially even without shell syntax: a program of the same name (if any)
+# could behave differently, so these always go through sh.
+_SH_BUILTIN_NAMES = """. : alias bg break cd command continue echo eval exec exit export false fc
+fg getopts hash jobs kill local printf pwd read readonly return set shift test times trap true
+type ulimit umask unalias unset wait"""
+_SH_BUILTINS = frozenset(_SH_BUILTIN_NAMES.split())
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class VerdictKind(enum.Enum):
+    ACCEPT = "accept"
+    REJECT = "reject"
+    DROP = "drop"
+    ERROR = "error"
+
+
+@attrs.frozen
+class Verdict:
+    """What the relay does with the message."""
+
+    kind: VerdictKind
+    reply: Reply | None  # REJECT/DROP: the filter's reply; ERROR: 451 Local Error
+    message: Spool | None  # ACCEPT: what to deliver (pipe: a new spool the caller closes)
+    status: str  # the summary log's status= value
+    detail: str  # for logs: "exit 1", "killed by signal 9", "timed out after 30s", ...
+
+
+@attrs.frozen
+class FilterSpec:
+    command: str
+    mode: FilterType
+    timeout: float
+    temp_directory: str
+
+
+def filter_environment(
+    *,
+    client: str,
+    server: str,
+    sender: str | None,
+    recipients: Sequence[str],
+    remote: str | None,
+    remote_helo: str | None,
+    temp_directory: str,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The daemon's environment plus the spec §9.3 variables (EMAIL is added by run_filter)."""
+    env = dict(os.environ if base is None else base)
+    env["CLIENT"] = client
+    env["SERVER"] = server
+    env["TMPDIR"] = temp_directory
+    if sender is not None:
+        env["SENDER"] = sender
+    if recipients:
+        env["RECIPIENTS"] = "\n".join(recipients)
+    if remote is not None:
+        env["REMOTE"] = remote
+    if remote_helo is not None:
+        env["REMOTE_HELO"] = remote_helo
+    return env
+
+
+def direct_argv(command: str) -> list[str] | None:
+    """The argv to exec without a shell, or None when the command needs ``/bin/sh -c``."""
+    words = command.split(" ")
+    words = [w for w in words if w]
+    if not words or not all(_PLAIN_WORD.fullmatch(w) for w in words):
+        return None
+    if "=" in words[0] or words[0] in _SH_BUILTINS:  # an assignment or a builtin
+        return None
+    return words
+
+
+def _local_error(detail: str) -> Verdict:
+    return Verdict(
+        kind=VerdictKind.ERROR,
+        reply=Reply.single(451, "Local Error"),
+        message=None,
+        status="FILTER-ERROR",
+        detail=detail,
+    )
+
+
+class _StderrTail:
+    """Keeps only the last non-blank stderr line, bounded, across any chunking (B21)."""
+
+    def __init__(self) -> None:
+        self.last = b""
+        self._line = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        lines = data.split(b"\n")
+        for complete in lines[:-1]:
+            self._add(complete)
+            self._end_line()
+        self._add(lines[-1])
+
+    def _add(self, part: bytes) -> None:
+        room = STDERR_LINE_LIMIT - len(self._line)
+        if room > 0:
+            self._line += part[:room]
+        elif not self._line.strip():  # all whitespace so far: nothing worth keeping
+            self._line[:] = part[:STDERR_LINE_LIMIT]
+
+    def _end_line(self) -> None:
+        if self._line.strip():
+            self.last = bytes(self._line)
+        self._line.clear()
+
+    def text(self) -> str:
+        self._end_line()
+        text = self.last.decode("utf-8", errors="surrogateescape")
+        return _CONTROL.sub(" ", text).strip()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
+        os.killpg(pgid, sig)
+
+
+async def _kill_group(process: trio.Process) -> None:
+    """deliver_cancel for run_process: SIGTERM the group, SIGKILL it after a grace."""
+    _signal_group(process.pid, signal.SIGTERM)
+    await trio.sleep(KILL_GRACE)
+    _signal_group(process.pid, signal.SIGKILL)
+
+
+class _Run:
+    """One filter run: the process, its pipes and what came out of them."""
+
+    def __init__(self, spec: FilterSpec, message: Spool, env: Mapping[str, str]) -> None:
+        self.spec = spec
+        self.message = message
+        self.env = dict(env)
+        self.output: Spool | None = None
+        self.stderr = _StderrTail()
+        self.failure: str | None = None
+        self.process: trio.Process | None = None
+
+    async def start(self, nursery: trio.Nursery) -> trio.Process:
+        pipe = self.spec.mode is FilterType.PIPE
+        stdio = subprocess.PIPE if pipe else subprocess.DEVNULL
+        argv = direct_argv(self.spec.command)
+        if argv is not None:
+            try:
+                process: trio.Process = await nursery.start(
+                    _run_and_kill_group, argv, stdio, self.env
+                )
+            except OSError as exc:
+                log.debug("exec %r failed (%s); retrying through /bin/sh", argv, exc)
+            else:
+                return process
+        shell = ["/bin/sh", "-c", self.spec.command]
+        process = await nursery.start(_run_and_kill_group, shell, stdio, self.env)
+        return process
+
+    async def feed(self, stream: trio.abc.SendStream) -> None:
+        async with stream:
+            try:
+                for chunk in self.message.chunks():
+                    await stream.send_all(chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                log.info("filter command closed input early")
+            except OSError as exc:
+                self.failure = f"couldn't read spool: {exc}"
+                raise _Abort from exc
+
+    async def drain_stdout(self, stream: trio.abc.ReceiveStream) -> None:
+        assert self.output is not None
+        async with stream:
+            while chunk := await stream.receive_some(RECEIVE_SIZE):
+                try:
+                    self.output.write(bytes(chunk))
+                except OSError as exc:
+                    self.failure = f"couldn't spool filter output: {exc}"
+                    raise _Abort from exc
+
+    async def drain_stderr(self, stream: trio.abc.ReceiveStream) -> None:
+        async with stream:
+            while chunk := await stream.receive_some(RECEIVE_SIZE):
+                self.stderr.feed(bytes(chunk))
+
+    async def run(self) -> None:
+        if self.spec.mode is FilterType.PIPE:
+            self.output = Spool.create(self.spec.temp_directory)
+        else:
+            self.env["EMAIL"] = self.message.path
+        async with trio.open_nursery() as nursery:
+            process = self.process = await self.start(nursery)
+            log.debug("filter command %r started, pid %d", self.spec.command, process.pid)
+            if process.stdin is not None:
+                nursery.start_soon(self.feed, process.stdin)
+            if process.stdout is not None:
+                nursery.start_soon(self.drain_stdout, process.stdout)
+            assert process.stderr is not None
+            nursery.start_soon(self.drain_stderr, process.stderr)
+        if self.output is not None:
+            self.output.finish()
+
+
+class _Abort(Exception):
+    """Our own I/O failed (spool); the reason is in _Run.failure."""
+
+
+class _GroupStatus(trio.TaskStatus[trio.Process]):
+    """Passes run_process's Process on, remembering its pid (= its process group id)."""
+
+    def __init__(self, outer: trio.TaskStatus[trio.Process]) -> None:
+        self.pgid: int | None = None
+        self._outer = outer
+
+    def started(self, value: Any = None) -> None:
+        assert isinstance(value, trio.Process)
+        self.pgid = value.pid
+        self._outer.started(value)
+
+
+async def _run_and_kill_group(
+    argv: list[str],
+    stdio: int,
+    env: Mapping[str, str],
+    *,
+    task_status: trio.TaskStatus[trio.Process] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """run_process in a new session, then SIGKILL what is left of the group (B3), always.
+
+    ``stdio`` (PIPE or DEVNULL) is used for stdin and stdout; stderr is always a pipe.
+    """
+    status = _GroupStatus(task_status)
+    try:
+        await trio.run_process(
+            argv,
+            stdin=stdio,
+            stdout=stdio,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+            check=False,
+            deliver_cancel=_kill_group,
+            task_status=status,
+        )
+    finally:
+        if status.pgid is not None:
+            _signal_group(status.pgid, signal.SIGKILL)
+
+
+async def run_filter(spec: FilterSpec, message: Spool, env: Mapping[str, str]) -> Verdict:
+    """Run the filter over ``message``; see the module docstring for the rules.
+
+    Cancellation (the client left) propagates, after the process group is dead and the
+    output spool removed.
+    """
+    run = _Run(spec, message, env)
+    verdict: Verdict | None = None
+    try:
+        with trio.move_on_after(spec.timeout) as deadline:
+            try:
+                await run.run()
+            except* _Abort:
+                verdict = _local_error(run.failure or "filter I/O failed")
+            except* OSError as group:  # Spool.create, spawning /bin/sh, the final flush
+                verdict = _local_error(f"couldn't run: {group.exceptions[0]}")
+        if verdict is None and deadline.cancelled_caught:
+            verdict = _local_error(f"timed out after {spec.timeout:g}s")
+        if verdict is None:
+            verdict = _judge(run, message)
+        return verdict
+    finally:
+        if run.output is not None and (verdict is None or verdict.message is not run.output):
+            run.output.close()
+
+
+def _judge(run: _Run, message: Spool) -> Verdict:
+    """The verdict for a filter that ran to its end."""
+    assert run.process is not None and run.process.returncode is not None
+    code = run.process.returncode
+    log.debug("filter command pid %d exited with %d", run.process.pid, code)
+    if code < 0:
+        return _local_error(f"killed by signal {-code}")
+    if code == 0:
+        if run.output is not None:
+            return Verdict(VerdictKind.ACCEPT, None, run.output, "FILTERED", "exit 0")
+        try:
+            message.refresh_size()
+        except OSError as exc:
+            return _local_error(f"couldn't reopen {message.path}: {exc}")
+        return Verdict(VerdictKind.ACCEPT, None, message, "FILTERED", "exit 0")
+    reply = reply_from_text(run.stderr.text())
+    kind = VerdictKind.DROP if 200 <= reply.code < 300 else VerdictKind.REJECT
+    return Verdict(kind, reply, None, _status_text(reply), f"exit {code}")
+
+
+_PREFIX = "Content Rejected; "
+
+
+def _status_text(reply: Reply) -> str:
+    """The summary status for a reply: what the filter said (spec §9.7, last paragraph)."""
+    text = " / ".join(reply.lines)
+    if reply.code == 550 and text.startswith(_PREFIX):
+        return text[len(_PREFIX) :]
+    return f"{reply.code} {text}"
