@@ -1,0 +1,45 @@
+"""Fake SMTP peers for testing the proxy and your own filters.
+
+- :class:`FakeUpstream`: a scriptable SMTP server that records every byte and transaction;
+- :class:`FakeClient` / :func:`open_client`: a scripted, byte-exact SMTP client;
+- :func:`run_proxy`: the proxy in-process on an ephemeral port (see its module docstring
+  for a complete pytest-trio example);
+- ``python -m trio_proxsmtp.testing sink``: a FakeUpstream that prints what it receives.
+
+Nothing here imports pytest: the fakes work under any Trio test runner.
+"""
+
+from trio_proxsmtp.testing.client import FakeClient, dot_stuff, open_client
+from trio_proxsmtp.testing.proxy import RunningProxy, run_proxy
+from trio_proxsmtp.testing.upstream import (
+    BANNER,
+    CLOSE,
+    DEFAULT_EHLO_KEYWORDS,
+    END_OF_DATA,
+    RESET,
+    ClosePoint,
+    FakeUpstream,
+    Hangup,
+    Responder,
+    Session,
+    Transaction,
+)
+
+__all__ = [
+    "BANNER",
+    "CLOSE",
+    "DEFAULT_EHLO_KEYWORDS",
+    "END_OF_DATA",
+    "RESET",
+    "ClosePoint",
+    "FakeClient",
+    "FakeUpstream",
+    "Hangup",
+    "Responder",
+    "RunningProxy",
+    "Session",
+    "Transaction",
+    "dot_stuff",
+    "open_client",
+    "run_proxy",
+]
