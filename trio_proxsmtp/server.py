@@ -1,14 +1,232 @@
-"""Listeners, the connection limit, signals and graceful drain (owned by the lead).
+"""Listeners, the connection limit, signals and graceful drain.
 
-CONTRACT used by cli.py and testing/:
+`bind_listeners` is synchronous so that the command line can bind before it detaches and
+report a bind error to the invoking shell (B17).  `serve` runs the accept loops and one
+`Connection` per client in a single nursery, so stopping it stops everything.
 
-    def bind_listeners(config: Config) -> list[socket.socket]
-        Synchronous; called before trio.run and before detaching so that bind errors reach
-        the invoking shell. Raises OSError (with the address in its message) on failure.
-
-    async def serve(config: Config, sockets: list[socket.socket], *,
-                    reload: Callable[[], Config] | None = None,
-                    task_status=trio.TASK_STATUS_IGNORED) -> None
-        Serves until SIGTERM/SIGINT (graceful drain, then returns) or cancellation.
-        task_status.started(list of bound sockaddrs/paths) once accepting.
+Shutdown (SIGTERM/SIGINT, fixing B14): stop accepting at once; idle sessions get
+`421 4.3.2 Service shutting down`; sessions in the middle of a message get ShutdownTimeout
+seconds to finish with their real reply, then are cancelled (filters killed, 421, nothing
+half-delivered).  SIGHUP reloads the config file for new connections; running sessions
+finish on the config they started with.
 """
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import resource
+import signal
+import socket
+import stat
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from trio_proxsmtp.address import AddressKind, format_host, resolve_tcp
+from trio_proxsmtp.config import Config, TransparentMode
+from trio_proxsmtp.log import LOGGER_NAME, connection_logger
+from trio_proxsmtp.relay import IP_TRANSPARENT, Connection
+
+__all__ = ["Server", "bind_listeners", "serve"]
+
+log = logging.getLogger(LOGGER_NAME)
+
+BACKLOG = 128
+FIRST_CONNECTION_ID = 0x100000
+BUSY_REPLY = b"421 Server busy, too many connections\r\n"
+# fds one connection may need: client, upstream, 2 spools, 3 filter pipes, slack.
+FDS_PER_CONNECTION = 8
+# Accept errors that mean "out of resources": wait and retry instead of dying.
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+def bind_listeners(config: Config) -> list[socket.socket]:
+    """Create, bind and listen on the Listen address (before detaching and dropping root)."""
+    address = config.listen
+    sockets: list[socket.socket] = []
+    try:
+        if address.kind is AddressKind.UNIX:
+            assert address.path is not None
+            _remove_stale_socket(address.path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind(address.path)
+            sock.listen(BACKLOG)
+            return sockets
+        for family, sockaddr in resolve_tcp(address):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if config.transparent_proxy is TransparentMode.FULL:
+                level = socket.IPPROTO_IPV6 if family == socket.AF_INET6 else socket.SOL_IP
+                sock.setsockopt(level, IP_TRANSPARENT, 1)
+            sock.bind(sockaddr)
+            sock.listen(BACKLOG)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise OSError(exc.errno, f"{address}: {exc.strerror or exc}") from exc
+    return sockets
+
+
+def _remove_stale_socket(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+
+
+def raise_fd_limit(max_connections: int) -> None:
+    """Raise the soft RLIMIT_NOFILE so that MaxConnections sessions fit (up to the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections * FDS_PER_CONNECTION + 64
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("couldn't raise the open files limit to %d: %s", want, exc)
+    if want < max_connections * FDS_PER_CONNECTION:
+        log.warning(
+            "open files limit %d may be too low for MaxConnections %d", want, max_connections
+        )
+
+
+@attrs.define
+class Server:
+    """The accept loops, the live connections and the current config."""
+
+    config: Config
+    reload: Callable[[], Config] | None = None
+    connections: set[Connection] = attrs.field(factory=set)
+    ids: Any = attrs.field(factory=lambda: itertools.count(FIRST_CONNECTION_ID))
+    draining: bool = False
+    _idle: trio.Event = attrs.field(factory=trio.Event)
+
+    async def serve(
+        self,
+        sockets: list[socket.socket],
+        *,
+        task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        raise_fd_limit(self.config.max_connections)
+        if not self.config.filter_command:
+            log.warning("no filter command specified. passing messages through")
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as accepting:
+                accepting.start_soon(self._signals, accepting.cancel_scope)
+                for listener in listeners:
+                    accepting.start_soon(self._accept_loop, listener, connections)
+                names = [_listener_name(listener) for listener in listeners]
+                log.info("listening on %s", ", ".join(names))
+                task_status.started(names)
+            # Accepting has stopped (a signal): drain.
+            for listener in listeners:
+                await listener.aclose()
+            await self._drain(connections)
+
+    async def _drain(self, connections: trio.Nursery) -> None:
+        self.draining = True
+        log.info("shutting down: %d sessions open", len(self.connections))
+        for connection in list(self.connections):
+            connection.drain()
+        with trio.move_on_after(self.config.shutdown_timeout):
+            while self.connections:
+                self._idle = trio.Event()
+                await self._idle.wait()
+        for connection in list(self.connections):
+            connection.cancel()
+
+    async def _signals(self, accepting: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self._reload()
+                    continue
+                log.info("received %s", signal.Signals(signum).name)
+                accepting.cancel()
+                return
+
+    def _reload(self) -> None:
+        if self.reload is None:
+            log.warning("SIGHUP: no config file to reload")
+            return
+        try:
+            config = self.reload()
+        except Exception as exc:
+            log.error("SIGHUP: config not reloaded, keeping the old one: %s", exc)
+            return
+        if config.listen != self.config.listen:
+            log.warning(
+                "SIGHUP: Listen changed from %s to %s: a restart is needed to apply it",
+                self.config.listen,
+                config.listen,
+            )
+            config = attrs.evolve(config, listen=self.config.listen)
+        raise_fd_limit(config.max_connections)
+        self.config = config
+        log.info("SIGHUP: reloaded %s", config.path)
+
+    async def _accept_loop(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRNOS:
+                    log.error("accept failed: %s; retrying in 100 ms", exc)
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            config = self.config
+            conn_id = next(self.ids)
+            if len(self.connections) >= config.max_connections:
+                connections.start_soon(self._refuse, stream, conn_id, config.max_connections)
+                continue
+            connection = Connection(config, stream, conn_id)
+            self.connections.add(connection)
+            connections.start_soon(self._run_connection, connection)
+
+    async def _run_connection(self, connection: Connection) -> None:
+        try:
+            await connection.run()
+        finally:
+            self.connections.discard(connection)
+            self._idle.set()
+
+    async def _refuse(self, stream: trio.SocketStream, conn_id: int, limit: int) -> None:
+        connection_logger(conn_id).error(
+            "too many connections open (max %d). sent busy response", limit
+        )
+        with trio.move_on_after(5):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(BUSY_REPLY)
+        await stream.aclose()
+
+
+def _listener_name(listener: trio.SocketListener) -> str:
+    sockname = listener.socket.getsockname()
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        host = format_host(sockname)
+        return f"[{host}]:{sockname[1]}" if ":" in host else f"{host}:{sockname[1]}"
+    return format_host(sockname)
+
+
+async def serve(
+    config: Config,
+    sockets: list[socket.socket],
+    *,
+    reload: Callable[[], Config] | None = None,
+    task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `sockets` until SIGTERM/SIGINT (then drain and return) or cancellation."""
+    server = Server(config, reload)
+    await server.serve(sockets, task_status=task_status)

@@ -1,0 +1,545 @@
+"""The proxy's SMTP session as a state machine: commands and replies in, actions out.
+
+Sans-IO, in the manner of h11's `_connection.py`: the Trio relay reads a client command or
+an upstream reply, hands it to `Session`, and performs the actions it gets back in order.
+An action that sends something upstream (`SendUpstream`, `SendMessage`, a streamed
+`ReceiveMessage`) expects exactly one complete reply, which the relay passes back with
+`Session.reply(action, reply)`; that call returns the next actions, so the relay simply
+recurses.  Because every upstream reply is paired with the action that asked for it, the
+envelope is exact even when a client pipelines commands (B1, B18): the relay only ever has
+one exchange outstanding, and buffered client lines wait their turn.
+
+The states and the replies that move between them are tables (`_COMMAND_STATES`,
+`_AFTER_POSITIVE`), so an illegal event raises `LocalProtocolError` (our bug) instead of
+corrupting the envelope.  Later work (PIPELINING, STARTTLS, BDAT) adds actions and table
+rows; it does not change the relay's loop.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+
+import attrs
+
+from trio_proxsmtp.protocol.commands import Command, Verb
+from trio_proxsmtp.protocol.ehlo import (
+    PROXY_HOSTNAME,
+    Extensions,
+    parse_extensions,
+    rewrite_banner,
+    rewrite_ehlo_reply,
+    rewrite_helo_reply,
+)
+from trio_proxsmtp.protocol.errors import LocalProtocolError
+from trio_proxsmtp.protocol.replies import Reply
+
+__all__ = [
+    "Action",
+    "Close",
+    "Envelope",
+    "Log",
+    "Outcome",
+    "Purpose",
+    "ReceiveMessage",
+    "RunFilter",
+    "SendClient",
+    "SendMessage",
+    "SendUpstream",
+    "Session",
+    "SessionPolicy",
+    "SkipBytes",
+    "State",
+    "Summary",
+]
+
+# Fixed wire strings (spec §18): clients and log parsers depend on them.
+START_MAIL_INPUT = Reply.single(354, "Start mail input; end with <CRLF>.<CRLF>")
+NOT_IMPLEMENTED = Reply.single(502, "Command not implemented")
+INSUFFICIENT_AUTHORIZATION = Reply.single(554, "Insufficient authorization")
+LINE_TOO_LONG = Reply.single(500, "5.5.2 Line too long")
+NEED_MAIL = Reply.single(503, "5.5.1 Error: need MAIL command")
+NO_VALID_RECIPIENTS = Reply.single(554, "5.5.1 Error: no valid recipients")
+MESSAGE_TOO_BIG = Reply.single(552, "5.3.4 Message size exceeds fixed limit")
+LOCAL_ERROR = Reply.single(451, "Local Error")
+
+
+class State(enum.Enum):
+    GREETING = "greeting"  # waiting for the upstream's banner
+    HELO = "helo"  # banner relayed; no HELO/EHLO accepted yet
+    MAIL = "mail"  # ready for a transaction
+    RCPT = "rcpt"  # sender accepted; recipients may follow
+    DATA = "data"  # the client is sending its message
+    FILTERING = "filtering"  # the message is spooled; the filter runs
+    REPLAY = "replay"  # our DATA, the message and its final reply, upstream
+    QUIT = "quit"  # QUIT answered; the connection closes
+
+
+# States in which a client command line may arrive.
+_COMMAND_STATES = frozenset({State.HELO, State.MAIL, State.RCPT})
+
+
+class Purpose(enum.Enum):
+    """Why a line went upstream: decides what its reply does."""
+
+    COMMAND = "command"  # a client command: the reply is relayed (rewritten where needed)
+    AUTH_CONTINUATION = "auth"  # a client line inside an AUTH exchange
+    XCLIENT = "xclient"  # our XCLIENT: reply swallowed
+    XCLIENT_HELO = "xclient-helo"  # HELO/EHLO re-sent after XCLIENT (B20): reply swallowed
+    RSET = "rset"  # our RSET after a rejected message: reply swallowed
+    DATA = "data"  # our DATA before replaying a spooled message
+    SKIP_DATA = "skip-data"  # the client's DATA passed through (Skip: authenticated)
+
+
+class Outcome(enum.Enum):
+    """The summary log's status= values (spec §12.2), plus DROPPED and TOO-BIG."""
+
+    FILTERED = "FILTERED"
+    PASSED = "PASSED"  # no FilterCommand: the summary has no status= (as in 1.10)
+    SKIPPED = "SKIPPED"
+    REJECTED = "REJECTED"
+    DROPPED = "DROPPED"
+    FILTER_ERROR = "FILTER-ERROR"
+    TOO_BIG = "TOO-BIG"
+
+
+# ---------------------------------------------------------------------------------------
+# Actions: what the relay must do next.
+
+
+@attrs.frozen
+class SendUpstream:
+    """Write `line` upstream, read one complete reply, give it to `Session.reply`."""
+
+    line: bytes
+    purpose: Purpose
+    command: Command | None = None
+
+
+@attrs.frozen
+class SendClient:
+    reply: Reply
+
+
+@attrs.frozen
+class ReceiveMessage:
+    """Read the client's message up to <CRLF>.<CRLF>.
+
+    stream=False: spool it, then call `Session.message_received(size)`.
+    stream=True (Skip: authenticated): pass it straight upstream with its terminator, read
+    one reply and give it to `Session.reply`.
+    """
+
+    stream: bool
+
+
+@attrs.frozen
+class RunFilter:
+    """Run FilterCommand over the spooled message, then call `Session.filter_done`."""
+
+
+@attrs.frozen
+class SendMessage:
+    """Replay the spooled (filtered) message upstream with its header, dot-stuffed, and the
+    final ".", read one reply and give it to `Session.reply`."""
+
+
+@attrs.frozen
+class SkipBytes:
+    """Discard this many client bytes (the chunk of a BDAT we refused): never commands."""
+
+    count: int
+
+
+@attrs.frozen
+class Log:
+    level: int
+    message: str
+
+
+@attrs.frozen
+class Summary:
+    """The per-message summary line (spec §12.2), logged at INFO."""
+
+    text: str
+    outcome: Outcome
+
+
+@attrs.frozen
+class Close:
+    """Close both connections (after QUIT)."""
+
+
+Action = (
+    SendUpstream
+    | SendClient
+    | ReceiveMessage
+    | RunFilter
+    | SendMessage
+    | SkipBytes
+    | Log
+    | Summary
+    | Close
+)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SessionPolicy:
+    """What the configuration decides for one connection."""
+
+    client: str  # the client's address as CLIENT shows it ("" for an unnamed unix peer)
+    client_is_ipv6: bool = False
+    filtering: bool = True  # a FilterCommand is set
+    reject: Reply | None = None  # FilterType: reject -> the FilterReject reply
+    skip_authenticated: bool = False
+    xclient: bool = False
+    xclient_name: str | None = None  # the client's host name for XCLIENT NAME=, if known
+
+
+@attrs.define
+class Envelope:
+    """What the upstream accepted for the current transaction (spec §7.4, §9.3)."""
+
+    sender: str | None = None
+    recipients: list[str] = attrs.field(factory=list)
+    remote_addr: str | None = None  # from an accepted XFORWARD ADDR=
+    remote_helo: str | None = None  # from an accepted XFORWARD HELO=
+
+
+def _xtext(value: str) -> str:
+    """RFC 1891 xtext, as XCLIENT attribute values require."""
+    out: list[str] = []
+    for char in value:
+        code = ord(char)
+        if code < 33 or code > 126 or char in "+=":
+            out.extend(f"+{byte:02X}" for byte in char.encode("utf-8", "surrogateescape"))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+class Session:
+    """One client connection's SMTP state; see the module docstring."""
+
+    def __init__(self, policy: SessionPolicy) -> None:
+        self.policy = policy
+        self.state = State.GREETING
+        self.envelope = Envelope()
+        self.authenticated = False
+        self.extensions = Extensions(frozenset(), None)
+        self.helo_line: bytes | None = None  # the client's accepted HELO/EHLO, for XCLIENT
+        self.helo_name: str | None = None
+        self._auth_started = False
+        self._in_auth = False  # an AUTH exchange is waiting for client continuation lines
+        self._xclient_supported = False
+        self._xclient_sent = False
+        self._upstream_outcome: str | None = None
+        self.messages = 0
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def greeting(self, reply: Reply) -> list[Action]:
+        """The upstream's banner."""
+        self._expect(State.GREETING)
+        self.state = State.HELO
+        return [SendClient(rewrite_banner(reply))]
+
+    def line_too_long(self) -> list[Action]:
+        """A client command line over the limit: answered, never forwarded (spec §7.1)."""
+        self._expect(*_COMMAND_STATES)
+        return [SendClient(LINE_TOO_LONG)]
+
+    def command(self, command: Command) -> list[Action]:
+        """A client command line (only in the command states)."""
+        self._expect(*_COMMAND_STATES)
+        if self._in_auth:
+            return [SendUpstream(command.line, Purpose.AUTH_CONTINUATION, command)]
+        actions: list[Action] = []
+        if self._xclient_armed() and command.verb is not Verb.QUIT:
+            self._xclient_sent = True
+            actions.append(SendUpstream(self._xclient_line(), Purpose.XCLIENT))
+        actions.extend(self._dispatch(command))
+        return actions
+
+    def reply(self, action: Action, reply: Reply) -> list[Action]:
+        """The upstream's complete reply to `action`."""
+        if isinstance(action, SendUpstream):
+            return self._reply_to_line(action, reply)
+        if isinstance(action, SendMessage):
+            self._expect(State.REPLAY)
+            return self._finish_message(
+                reply, Outcome.FILTERED if self.policy.filtering else Outcome.PASSED, relay=reply
+            )
+        if isinstance(action, ReceiveMessage) and action.stream:
+            self._expect(State.DATA)
+            return self._finish_message(reply, Outcome.SKIPPED, relay=reply)
+        raise LocalProtocolError(f"no upstream reply expected for {action!r}")
+
+    def message_received(self, size: int) -> list[Action]:
+        """The client's message is spooled (`size` bytes, un-stuffed)."""
+        self._expect(State.DATA)
+        limit = self.extensions.size_limit
+        if limit is not None and size > limit:
+            return self._abandon_message(MESSAGE_TOO_BIG, Outcome.TOO_BIG, f"size {size}")
+        if self.policy.filtering:
+            self.state = State.FILTERING
+            return [RunFilter()]
+        self.state = State.REPLAY
+        return [SendUpstream(b"DATA\r\n", Purpose.DATA)]
+
+    def message_failed(self, reply: Reply, detail: str) -> list[Action]:
+        """The message could not be spooled (disk full...); it was still read to its end."""
+        self._expect(State.DATA)
+        return self._abandon_message(reply, Outcome.FILTER_ERROR, detail)
+
+    def filter_done(
+        self, accepted: bool, reply: Reply | None, outcome: Outcome, detail: str = ""
+    ) -> list[Action]:
+        """The filter's verdict: accepted -> replay; otherwise `reply` goes to the client."""
+        self._expect(State.FILTERING)
+        if accepted:
+            self.state = State.REPLAY
+            return [SendUpstream(b"DATA\r\n", Purpose.DATA)]
+        if reply is None:
+            raise LocalProtocolError("a rejected message needs a reply")
+        return self._abandon_message(reply, outcome, detail)
+
+    # -- commands -----------------------------------------------------------------------
+
+    def _dispatch(self, command: Command) -> list[Action]:
+        verb = command.verb
+        if verb in (Verb.STARTTLS, Verb.BDAT):
+            actions: list[Action] = [SendClient(NOT_IMPLEMENTED)]
+            chunk = _bdat_size(command) if verb is Verb.BDAT else 0
+            if chunk:
+                actions.insert(0, SkipBytes(chunk))
+            return actions
+        if verb is Verb.XCLIENT:
+            return [
+                Log(logging.WARNING, "client attempted use of privileged XCLIENT feature"),
+                SendClient(INSUFFICIENT_AUTHORIZATION),
+            ]
+        if verb in (Verb.MAIL, Verb.RCPT) and self._rejecting():
+            self._reset_envelope()
+            return [SendClient(self._reject_reply())]
+        if verb is Verb.DATA:
+            return self._data()
+        return [SendUpstream(command.line, Purpose.COMMAND, command)]
+
+    def _data(self) -> list[Action]:
+        if self._rejecting():
+            # Nothing reaches the upstream; its transaction (if any) is reset.
+            reply = self._reject_reply()
+            summary = self._summary(Outcome.REJECTED, reply.text)
+            self._reset_envelope()
+            if self.state is State.RCPT:
+                self.state = State.MAIL
+            return [SendClient(reply), SendUpstream(b"RSET\r\n", Purpose.RSET), summary]
+        if self.policy.skip_authenticated and self.authenticated:
+            return [SendUpstream(b"DATA\r\n", Purpose.SKIP_DATA)]
+        if self.envelope.sender is None:
+            return [SendClient(NEED_MAIL)]
+        if not self.envelope.recipients:
+            return [SendClient(NO_VALID_RECIPIENTS)]
+        self.state = State.DATA
+        return [SendClient(START_MAIL_INPUT), ReceiveMessage(stream=False)]
+
+    def _rejecting(self) -> bool:
+        if self.policy.reject is None:
+            return False
+        return not (self.policy.skip_authenticated and self.authenticated)
+
+    def _reject_reply(self) -> Reply:
+        assert self.policy.reject is not None
+        return self.policy.reject
+
+    # -- replies ------------------------------------------------------------------------
+
+    def _reply_to_line(self, action: SendUpstream, reply: Reply) -> list[Action]:
+        purpose = action.purpose
+        if purpose is Purpose.XCLIENT:
+            self._expect(*_COMMAND_STATES)
+            if not reply.is_positive:
+                return [Log(logging.WARNING, f"server didn't accept XCLIENT: {reply.text}")]
+            if self.helo_line is None:
+                return []
+            # Postfix answers XCLIENT with a new greeting: say HELO/EHLO again (B20).
+            return [SendUpstream(self.helo_line, Purpose.XCLIENT_HELO)]
+        if purpose is Purpose.XCLIENT_HELO:
+            self._expect(*_COMMAND_STATES)
+            return []
+        if purpose is Purpose.RSET:
+            if not reply.is_positive:
+                return [Log(logging.WARNING, f"server refused RSET: {reply.text}")]
+            return []
+        if purpose is Purpose.DATA:
+            self._expect(State.REPLAY)
+            if reply.code == 354:
+                return [SendMessage()]
+            # The upstream refused our DATA: that is the message's final reply (B15: logged).
+            return self._finish_message(reply, self._filter_outcome(), relay=reply, rset=True)
+        if purpose is Purpose.SKIP_DATA:
+            self._expect(*_COMMAND_STATES)
+            if reply.code == 354:
+                self.state = State.DATA
+                return [SendClient(reply), ReceiveMessage(stream=True)]
+            return [SendClient(reply)]
+        if purpose is Purpose.AUTH_CONTINUATION:
+            self._expect(*_COMMAND_STATES)
+            return self._after_auth_reply(reply)
+        assert action.command is not None
+        return self._after_command_reply(action.command, reply)
+
+    def _after_command_reply(self, command: Command, reply: Reply) -> list[Action]:
+        self._expect(*_COMMAND_STATES)
+        verb = command.verb
+        actions: list[Action] = []
+        if verb is Verb.QUIT:
+            self.state = State.QUIT
+            return [SendClient(reply), Close()]
+        if verb is Verb.AUTH:
+            self._auth_started = True
+            return self._after_auth_reply(reply)
+        if reply.code == 235:
+            actions.append(Log(logging.WARNING, "Authentication success code without AUTH"))
+        if not reply.is_positive:
+            actions.append(SendClient(reply))
+            return actions
+        if verb in (Verb.EHLO, Verb.HELO):
+            self._reset_envelope()
+            self.state = State.MAIL
+            self.helo_line = command.line
+            self.helo_name = command.argument.split(None, 1)[0] if command.argument else ""
+            if verb is Verb.EHLO:
+                self.extensions = parse_extensions(reply)
+                self._xclient_supported = self._xclient_supported or self.extensions.has("XCLIENT")
+                reply = rewrite_ehlo_reply(reply)
+            else:
+                self._xclient_supported = True  # assumed for HELO (spec §7.6)
+                reply = rewrite_helo_reply(reply)
+        elif verb is Verb.MAIL:
+            self._reset_envelope(keep_xforward=True)
+            self.envelope.sender = _mailbox(command, "FROM")
+            self.state = State.RCPT
+        elif verb is Verb.RCPT:
+            if self.state is State.RCPT:
+                self.envelope.recipients.append(_mailbox(command, "TO"))
+        elif verb is Verb.RSET:
+            self._reset_envelope()
+            if self.state is State.RCPT:
+                self.state = State.MAIL
+        elif verb is Verb.XFORWARD:
+            for name, value in command.attributes:
+                if name == "ADDR":
+                    self.envelope.remote_addr = value
+                elif name == "HELO":
+                    self.envelope.remote_helo = value
+        actions.append(SendClient(reply))
+        return actions
+
+    def _after_auth_reply(self, reply: Reply) -> list[Action]:
+        self._in_auth = reply.code == 334
+        if reply.code == 235 and self._auth_started:
+            self.authenticated = True
+        return [SendClient(reply)]
+
+    # -- the end of a message -----------------------------------------------------------
+
+    def _filter_outcome(self) -> Outcome:
+        return Outcome.FILTERED if self.policy.filtering else Outcome.PASSED
+
+    def _finish_message(
+        self, reply: Reply, outcome: Outcome, *, relay: Reply, rset: bool = False
+    ) -> list[Action]:
+        """The upstream answered the message (or refused its DATA): tell the client."""
+        self._upstream_outcome = reply.text
+        summary = self._summary(outcome, None)
+        self._end_transaction()
+        actions: list[Action] = [SendClient(relay)]
+        if rset:
+            actions.append(SendUpstream(b"RSET\r\n", Purpose.RSET))
+        actions.append(summary)
+        return actions
+
+    def _abandon_message(self, reply: Reply, outcome: Outcome, detail: str) -> list[Action]:
+        """The message is not delivered: tell the client, reset the upstream's transaction."""
+        self._upstream_outcome = None
+        text = reply.text if outcome in (Outcome.REJECTED, Outcome.DROPPED) else detail
+        summary = self._summary(outcome, text or None)
+        self._end_transaction()
+        return [SendClient(reply), SendUpstream(b"RSET\r\n", Purpose.RSET), summary]
+
+    def _end_transaction(self) -> None:
+        self.messages += 1
+        self._reset_envelope()
+        self.state = State.MAIL
+
+    def _summary(self, outcome: Outcome, reason: str | None) -> Summary:
+        parts = [f"client={self.policy.client}"]
+        if self.envelope.sender is not None:
+            parts.append(f"from={self.envelope.sender}")
+        parts.extend(f"to={rcpt}" for rcpt in self.envelope.recipients)
+        if outcome is not Outcome.PASSED:
+            parts.append(f"status={outcome.value}")
+        if reason:
+            parts.append(f"reason={reason}")
+        if self._upstream_outcome is not None:
+            parts.append(f"upstream={self._upstream_outcome}")
+        self._upstream_outcome = None
+        return Summary(", ".join(parts), outcome)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _reset_envelope(self, keep_xforward: bool = False) -> None:
+        remote = (self.envelope.remote_addr, self.envelope.remote_helo)
+        self.envelope = Envelope()
+        if keep_xforward:
+            self.envelope.remote_addr, self.envelope.remote_helo = remote
+
+    def _xclient_armed(self) -> bool:
+        return (
+            self.policy.xclient
+            and self._xclient_supported
+            and not self._xclient_sent
+            and self.helo_line is not None
+        )
+
+    def _xclient_line(self) -> bytes:
+        addr = self.policy.client
+        if self.policy.client_is_ipv6 and addr:
+            addr = "IPv6:" + addr
+        parts = [f"ADDR={_xtext(addr) if addr else '[UNAVAILABLE]'}"]
+        if self.policy.xclient_name:
+            parts.append(f"NAME={_xtext(self.policy.xclient_name)}")
+        if self.helo_name:
+            parts.append(f"HELO={_xtext(self.helo_name)}")
+        return ("XCLIENT " + " ".join(parts) + "\r\n").encode("ascii")
+
+    def _expect(self, *states: State) -> None:
+        if self.state not in states:
+            allowed = ", ".join(state.value for state in states)
+            raise LocalProtocolError(f"event illegal in state {self.state.value} ({allowed})")
+
+
+def _mailbox(command: Command, keyword: str) -> str:
+    """The recorded envelope address: parsed mailbox, else the raw argument (spec §7.7)."""
+    if command.address is not None:
+        return command.address
+    argument = command.argument
+    if argument[: len(keyword)].upper() == keyword:
+        argument = argument[len(keyword) :]
+    return argument.lstrip(" \t:").strip()
+
+
+def _bdat_size(command: Command) -> int:
+    words = command.argument.split()
+    if words and words[0].isascii() and words[0].isdigit():
+        return int(words[0])
+    return 0
+
+
+# Re-exported for the relay's own local replies.
+__all__ += ["LOCAL_ERROR", "PROXY_HOSTNAME"]

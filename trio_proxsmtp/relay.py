@@ -1,0 +1,673 @@
+"""One client connection: the Trio layer over the sans-IO `Session`.
+
+Each connection is one nursery holding the client stream, the upstream stream and, while a
+message is filtered, the filter task and a watcher on the client.  Every wait on a peer or a
+process runs under a deadline named after its phase (TimeOut for reads and writes on both
+sides, FilterTimeout inside the filter, the connect).  When the client leaves, the whole
+nursery is cancelled: the upstream is closed without the message's final ".", the filter's
+process group is killed and the spool files are removed, so a message whose client left
+before its final reply is never delivered.
+
+Rules kept here (spec §15): the whole message is read up to its terminator before any reply
+(B2); a 250 to the client's final "." is the upstream's own reply to ours; the upstream's
+failures reach the client as 421 with the real error in the log (B13).
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import logging
+import socket
+import struct
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+
+import attrs
+import trio
+
+from trio_proxsmtp.address import AddressKind, format_host
+from trio_proxsmtp.config import Config, FilterType, TransparentMode
+from trio_proxsmtp.filter import FilterSpec, VerdictKind, filter_environment, run_filter
+from trio_proxsmtp.header import HeaderInserter, expand_header
+from trio_proxsmtp.log import connection_logger
+from trio_proxsmtp.protocol.commands import parse_command
+from trio_proxsmtp.protocol.data import DataReceiver, DataSender
+from trio_proxsmtp.protocol.errors import RemoteProtocolError
+from trio_proxsmtp.protocol.lines import CLIENT_LINE_LIMIT, LineBuffer, LineTooLong
+from trio_proxsmtp.protocol.replies import Reply, ReplyParser, reply_from_text
+from trio_proxsmtp.protocol.session import (
+    LOCAL_ERROR,
+    Action,
+    Close,
+    Log,
+    Outcome,
+    ReceiveMessage,
+    RunFilter,
+    SendClient,
+    SendMessage,
+    SendUpstream,
+    Session,
+    SessionPolicy,
+    SkipBytes,
+    Summary,
+)
+from trio_proxsmtp.spool import Spool
+
+__all__ = ["ClientGone", "Connection", "UpstreamFailure"]
+
+RECEIVE_SIZE = 64 * 1024
+# Pipelined client input kept while the client is not being read (filter, replay).
+MAX_PENDING_INPUT = 64 * 1024
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
+IP6T_SO_ORIGINAL_DST = 80  # linux/netfilter_ipv6/ip6_tables.h
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+
+# Our own replies (spec §18 where the reference has one).
+CLIENT_TIMEOUT = Reply.single(421, "4.4.2 smtp.passthru Error: timeout exceeded")
+SHUTTING_DOWN = Reply.single(421, "4.3.2 Service shutting down")
+
+
+def upstream_unavailable(reason: str) -> Reply:
+    return Reply.single(421, f"4.4.1 smtp.passthru Error: upstream {reason}")
+
+
+class ClientGone(Exception):
+    """The client closed or reset the connection."""
+
+
+class UpstreamFailure(Exception):
+    """The upstream could not be reached, went away, timed out or broke the protocol."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # the short form the client sees in its 421
+
+
+class _ClientTimeout(Exception):
+    pass
+
+
+class _Drained(Exception):
+    """Shutdown reached a session waiting for its next command."""
+
+
+class _Closing(Exception):
+    """The session ends normally (QUIT answered, or drained)."""
+
+
+@attrs.define
+class ConnectionInfo:
+    conn_id: int
+    client: str  # CLIENT: the peer's address ("" for an unnamed unix peer)
+    client_family: int
+    local: str  # %l: the address it connected to
+    original_destination: tuple[str, int] | None = None
+
+
+class Connection:
+    """Relays one client connection; `run` returns when it is over, never raises."""
+
+    def __init__(self, config: Config, client: trio.SocketStream, conn_id: int) -> None:
+        self.config = config
+        self.client = client
+        self.log = connection_logger(conn_id)
+        self.trace = self.log.isEnabledFor(logging.DEBUG)
+        sock = client.socket
+        peer = _peername(sock)
+        self.info = ConnectionInfo(
+            conn_id=conn_id,
+            client=format_host(peer),
+            client_family=sock.family,
+            local=format_host(_sockname(sock)),
+        )
+        reject = (
+            reply_from_text(config.filter_reject)
+            if (config.filter_type is FilterType.REJECT)
+            else None
+        )
+        self.session = Session(
+            SessionPolicy(
+                client=self.info.client,
+                client_is_ipv6=sock.family == socket.AF_INET6,
+                filtering=bool(config.filter_command) and reject is None,
+                reject=reject,
+                skip_authenticated=config.skip_authenticated,
+                xclient=config.xclient,
+            )
+        )
+        self.upstream: trio.abc.Stream | None = None
+        self.server_address = ""
+        self.client_lines = LineBuffer(CLIENT_LINE_LIMIT)
+        self.replies = ReplyParser()
+        self.spool: Spool | None = None
+        self.output: Spool | None = None
+        self.draining = False
+        self._client_left = False
+        self._idle_scope: trio.CancelScope | None = None
+        self._connection_scope = trio.CancelScope()
+        self._client_eof = False
+        self._upstream_activity = trio.current_time()
+
+    # -- public -------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Shutdown: an idle session ends now with 421; a busy one when its message is done."""
+        self.draining = True
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+
+    def cancel(self) -> None:
+        """Shutdown grace is over: end now (the client gets 421 if we can still tell it)."""
+        self._connection_scope.cancel()
+
+    async def run(self) -> None:
+        self.log.info("accepted connection from: %s", self.info.client or "(unix)")
+        farewell: Reply | None = None
+        try:
+            with self._connection_scope:
+                try:
+                    await self._run()
+                except _Closing:
+                    pass
+                except ClientGone as exc:
+                    self.log.info("client disconnected: %s", exc)
+                except _ClientTimeout:
+                    self.log.error("network operation timed out: client idle")
+                    farewell = CLIENT_TIMEOUT
+                except UpstreamFailure as exc:
+                    self.log.error("%s", exc)
+                    farewell = upstream_unavailable(exc.reason)
+                except RemoteProtocolError as exc:
+                    self.log.error("protocol error: %s", exc)
+                    farewell = exc.reply
+            if self._connection_scope.cancelled_caught and not self._client_left:
+                self.log.warning("session cut short by shutdown")
+                farewell = SHUTTING_DOWN
+            if farewell is not None:
+                await self._say_goodbye(farewell)
+        except Exception:  # one failing connection never takes the server down
+            self.log.exception("internal error")
+            await self._say_goodbye(Reply.single(421, "4.3.0 Local Error"))
+        finally:
+            self._remove_spools()
+            with trio.CancelScope(shield=True):
+                if self.upstream is not None:
+                    await self.upstream.aclose()
+                await self.client.aclose()
+            self.log.debug("connection closed")
+
+    # -- the session --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        self.upstream = await self._connect_upstream()
+        banner = await self._read_reply()
+        await self._perform(self.session.greeting(banner))
+        while True:
+            try:
+                if self.draining and self.client_lines.buffered_size == 0:
+                    raise _Drained
+                line = await self._next_client_line()
+            except _Drained:
+                self.log.info("shutting down: closing an idle session")
+                await self._send_client(SHUTTING_DOWN)
+                raise _Closing from None
+            if isinstance(line, LineTooLong):
+                self.log.debug("CLIENT < (%d bytes discarded: line too long)", line.length)
+                await self._perform(self.session.line_too_long())
+                continue
+            if self.trace:
+                self.log.debug("CLIENT < %s", _show(line))
+            await self._perform(self.session.command(parse_command(line)))
+            self._remove_spools()  # a message's whole life ends inside one command
+
+    async def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SendClient):
+                await self._send_client(action.reply)
+            elif isinstance(action, SendUpstream):
+                await self._send_upstream(action.line)
+                reply = await self._read_reply()
+                await self._perform(self.session.reply(action, reply))
+            elif isinstance(action, ReceiveMessage):
+                if action.stream:
+                    await self._stream_message()
+                    reply = await self._read_reply()
+                    await self._perform(self.session.reply(action, reply))
+                else:
+                    await self._perform(await self._receive_message())
+            elif isinstance(action, RunFilter):
+                await self._perform(await self._filter())
+            elif isinstance(action, SendMessage):
+                async with self._watch_client():
+                    await self._send_message()
+                    reply = await self._read_reply()
+                self._remove_spools()
+                await self._perform(self.session.reply(action, reply))
+            elif isinstance(action, SkipBytes):
+                await self._skip_client_bytes(action.count)
+            elif isinstance(action, Summary):
+                self.log.info("%s", action.text)
+            elif isinstance(action, Log):
+                self.log.log(action.level, "%s", action.message)
+            elif isinstance(action, Close):
+                raise _Closing
+            else:  # pragma: no cover - exhaustive
+                raise AssertionError(action)
+
+    # -- the client side ----------------------------------------------------------------
+
+    async def _next_client_line(self) -> bytes | LineTooLong:
+        while True:
+            line = self.client_lines.next_line()
+            if line is not None:
+                return line
+            if self._client_eof:
+                raise ClientGone("closed the connection")
+            try:
+                with trio.CancelScope() as idle:
+                    self._idle_scope = idle
+                    if self.draining:
+                        idle.cancel()
+                    data = await self._receive_client()
+            finally:
+                self._idle_scope = None
+            if idle.cancelled_caught:
+                raise _Drained
+            if not data:
+                raise ClientGone("closed the connection")
+            self.client_lines.feed(data)
+
+    async def _receive_client(self) -> bytes:
+        with trio.move_on_after(self.config.timeout) as scope:
+            try:
+                return await self.client.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ClientGone(str(exc) or "connection reset") from exc
+        assert scope.cancelled_caught
+        raise _ClientTimeout
+
+    async def _send_client(self, reply: Reply) -> None:
+        data = reply.to_bytes()
+        if self.trace:
+            for line in data.splitlines():
+                self.log.debug("CLIENT > %s", _show(line))
+        with trio.move_on_after(self.config.timeout) as scope:
+            try:
+                await self.client.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ClientGone(str(exc) or "connection reset") from exc
+        if scope.cancelled_caught:
+            raise ClientGone("timed out writing to the client")
+
+    async def _say_goodbye(self, reply: Reply) -> None:
+        """Best effort: the client may be gone already."""
+        with trio.CancelScope(shield=True), trio.move_on_after(5), suppress(ClientGone):
+            await self._send_client(reply)
+
+    async def _skip_client_bytes(self, count: int) -> None:
+        pending = self.client_lines.take_remaining()
+        while len(pending) < count:
+            count -= len(pending)
+            pending = await self._receive_client()
+            if not pending:
+                raise ClientGone("closed the connection")
+        self.client_lines.feed(pending[count:])
+
+    @asynccontextmanager
+    async def _watch_client(self) -> AsyncIterator[None]:
+        """While the client is not being read (filter, replay): notice it leaving at once.
+
+        Bytes it pipelines meanwhile are kept (bounded) for the next command.  End of file
+        with no complete command buffered means the client left: the connection is cancelled
+        so the message is not delivered.  A client that pipelined QUIT (or anything) after
+        its "." and then closed has finished speaking, not left: its message goes on.
+        """
+
+        async def watch() -> None:
+            while self.client_lines.buffered_size < MAX_PENDING_INPUT and not self._client_eof:
+                try:
+                    data = await self.client.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                    self.client_lines.take_remaining()
+                if data:
+                    self.client_lines.feed(data)
+                    continue
+                self._client_eof = True
+                if self.client_lines.buffered_size == 0:
+                    self.log.info("client disconnected before its message was answered")
+                    self._client_left = True
+                    self._connection_scope.cancel()
+                return
+            await trio.sleep_forever()
+
+        if self._client_eof:
+            yield
+            return
+        with _single_error():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                yield
+                nursery.cancel_scope.cancel()
+
+    # -- the message --------------------------------------------------------------------
+
+    async def _receive_message(self) -> list[Action]:
+        """Spool the client's message up to <CRLF>.<CRLF>; always read to the end (B2)."""
+        receiver = DataReceiver()
+        error: str | None = None
+        try:
+            self.spool = Spool.create(self.config.temp_directory)
+            self.log.debug("created cache file: %s", self.spool.path)
+        except OSError as exc:
+            error = f"couldn't open cache file: {exc}"
+            self.log.error("%s", error)
+        async with self._keepalives():
+            data = self.client_lines.take_remaining()
+            while True:
+                if data:
+                    body = receiver.feed(data)
+                    if self.spool is not None and error is None:
+                        try:
+                            self.spool.write(body)
+                        except OSError as exc:
+                            error = f"couldn't write cache file: {exc}"
+                            self.log.error("%s", error)
+                    if receiver.done:
+                        break
+                data = await self._receive_client()
+                if not data:
+                    raise ClientGone("unexpected end of data from client")
+        self.client_lines.feed(receiver.take_remaining())
+        if error is None and self.spool is not None:
+            try:
+                self.spool.finish()
+            except OSError as exc:
+                error = f"couldn't write cache file: {exc}"
+                self.log.error("%s", error)
+        if error is not None or self.spool is None:
+            self._remove_spools()
+            return self.session.message_failed(LOCAL_ERROR, error or "no spool")
+        self.log.debug("received %d message bytes", receiver.size)
+        return self.session.message_received(receiver.size)
+
+    async def _filter(self) -> list[Action]:
+        assert self.spool is not None and self.config.filter_command
+        envelope = self.session.envelope
+        env = filter_environment(
+            client=self.info.client,
+            server=self.server_address,
+            sender=envelope.sender,
+            recipients=envelope.recipients,
+            remote=envelope.remote_addr,
+            remote_helo=envelope.remote_helo,
+            temp_directory=self.config.temp_directory,
+        )
+        spec = FilterSpec(
+            command=self.config.filter_command,
+            mode=self.config.filter_type,
+            timeout=self.config.filter_timeout,
+            temp_directory=self.config.temp_directory,
+        )
+        async with self._watch_client(), self._keepalives():
+            verdict = await run_filter(spec, self.spool, env)
+        self.log.debug("filter verdict: %s (%s)", verdict.kind.name, verdict.detail)
+        if verdict.kind is VerdictKind.ACCEPT:
+            assert verdict.message is not None
+            if verdict.message is not self.spool:
+                self.output = verdict.message
+            return self.session.filter_done(True, None, Outcome.FILTERED)
+        self._remove_spools()
+        if verdict.kind is VerdictKind.ERROR:
+            self.log.error("filter command failed: %s", verdict.detail)
+            outcome = Outcome.FILTER_ERROR
+        else:
+            outcome = Outcome.DROPPED if verdict.kind is VerdictKind.DROP else Outcome.REJECTED
+        assert verdict.reply is not None
+        return self.session.filter_done(False, verdict.reply, outcome, verdict.detail)
+
+    async def _send_message(self) -> None:
+        """Replay the spool: header inserted, dot-stuffed, CRLF-clean, then the final "."."""
+        message = self.output or self.spool
+        assert message is not None and self.upstream is not None
+        sender = DataSender()
+        inserter = self._header_inserter()
+        sent = 0
+        for chunk in message.chunks():
+            if inserter is not None:
+                chunk = inserter.feed(chunk)
+            data = sender.feed(chunk)
+            if data:
+                await self._send_upstream_data(data)
+                sent += len(data)
+        tail = inserter.finish() if inserter is not None else b""
+        data = sender.feed(tail) + sender.finish()
+        await self._send_upstream_data(data)
+        if self.trace:
+            self.log.debug("SERVER > . (%d bytes sent)", sent + len(data))
+
+    def _header_inserter(self) -> HeaderInserter | None:
+        if not self.config.header:
+            return None
+        header, warnings = expand_header(
+            self.config.header,
+            client=self.info.client,
+            local=self.info.local,
+            now=datetime.datetime.now().astimezone(),
+        )
+        for warning in warnings:
+            self.log.warning("%s", warning)
+        return HeaderInserter(header) if header else None
+
+    async def _stream_message(self) -> None:
+        """Skip mode: the client's message goes straight upstream, unfiltered (spec §7.5)."""
+        receiver = DataReceiver()
+        sender = DataSender()
+        data = self.client_lines.take_remaining()
+        while True:
+            if data:
+                out = sender.feed(receiver.feed(data))
+                if receiver.done:
+                    out += sender.finish()
+                if out:
+                    await self._send_upstream_data(out)
+                if receiver.done:
+                    break
+            data = await self._receive_client()
+            if not data:
+                raise ClientGone("unexpected end of data from client")
+        self.client_lines.feed(receiver.take_remaining())
+        self.log.debug("skipped %d data bytes", receiver.size)
+
+    def _remove_spools(self) -> None:
+        for spool in (self.output, self.spool):
+            if spool is not None:
+                spool.close()
+        self.output = self.spool = None
+
+    # -- the upstream side --------------------------------------------------------------
+
+    async def _connect_upstream(self) -> trio.abc.Stream:
+        config = self.config
+        with trio.move_on_after(config.timeout) as scope:
+            try:
+                stream, self.server_address = await self._open_upstream()
+            except OSError as exc:
+                raise UpstreamFailure(
+                    f"SERVER: couldn't connect to: {self._upstream_name()}: {exc.strerror or exc}",
+                    "unavailable",
+                ) from exc
+        if scope.cancelled_caught:
+            raise UpstreamFailure(
+                f"SERVER: couldn't connect to: {self._upstream_name()}: timed out", "unavailable"
+            )
+        self.log.debug("SERVER connected to: %s", self.server_address)
+        self._upstream_activity = trio.current_time()
+        return stream
+
+    def _upstream_name(self) -> str:
+        if self.info.original_destination is not None:
+            host, port = self.info.original_destination
+            return f"{host}:{port}"
+        return str(self.config.out_address)
+
+    async def _open_upstream(self) -> tuple[trio.abc.Stream, str]:
+        config = self.config
+        if config.transparent_proxy is not TransparentMode.OFF:
+            host, port = self._original_destination()
+            if host == self.info.client:
+                raise UpstreamFailure("loop detected in transparent proxying", "unavailable")
+            if config.transparent_proxy is TransparentMode.FULL:
+                return await self._open_transparent(host, port), host
+            stream = await trio.open_tcp_stream(host, port)
+            return stream, host
+        address = config.out_address
+        assert address is not None
+        if address.kind is AddressKind.UNIX:
+            assert address.path is not None
+            return await trio.open_unix_socket(address.path), address.path
+        # Port only: the loopback feature, the client's own address (spec §5).
+        target = self.info.client if address.is_port_only else address.host
+        assert target is not None
+        stream = await trio.open_tcp_stream(target, address.port)
+        return stream, format_host(stream.socket.getpeername())
+
+    def _original_destination(self) -> tuple[str, int]:
+        sock = self.client.socket
+        try:
+            if sock.family == socket.AF_INET6:
+                raw = sock.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)
+                port = struct.unpack_from("!H", raw, 2)[0]
+                host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+            else:
+                raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+                port = struct.unpack_from("!H", raw, 2)[0]
+                host = socket.inet_ntop(socket.AF_INET, raw[4:8])
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOPROTOOPT):
+                raise UpstreamFailure(
+                    f"couldn't get source address for transparent proxying: {exc}",
+                    "unavailable",
+                ) from exc
+            # No NAT entry (TPROXY): the local address is the original destination.
+            host, port = sock.getsockname()[:2]
+        self.info.original_destination = (host, port)
+        return host, port
+
+    async def _open_transparent(self, host: str, port: int) -> trio.SocketStream:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = trio.socket.socket(family, socket.SOCK_STREAM)
+        try:
+            try:
+                sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+                await sock.bind((self.info.client, 0))
+            except OSError as exc:
+                self.log.debug("couldn't bind to the client's address: %s", exc)
+            await sock.connect((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketStream(sock)
+
+    async def _send_upstream(self, line: bytes) -> None:
+        if self.trace:
+            self.log.debug("SERVER > %s", _show(line))
+        await self._send_upstream_data(line)
+
+    async def _send_upstream_data(self, data: bytes) -> None:
+        assert self.upstream is not None
+        with trio.move_on_after(self.config.timeout) as scope:
+            try:
+                await self.upstream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise UpstreamFailure(
+                    f"server disconnected unexpectedly: {exc}", "closed the connection"
+                ) from exc
+        if scope.cancelled_caught:
+            raise UpstreamFailure("network operation timed out: writing to server", "timed out")
+        self._upstream_activity = trio.current_time()
+
+    async def _read_reply(self) -> Reply:
+        assert self.upstream is not None
+        while True:
+            reply = self.replies.next_reply()
+            if reply is not None:
+                if self.trace:
+                    for line in reply.to_bytes().splitlines():
+                        self.log.debug("SERVER < %s", _show(line))
+                return reply
+            with trio.move_on_after(self.config.timeout) as scope:
+                try:
+                    data = await self.upstream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise UpstreamFailure(
+                        f"server disconnected unexpectedly: {exc}", "closed the connection"
+                    ) from exc
+            if scope.cancelled_caught:
+                raise UpstreamFailure(
+                    "network operation timed out: waiting for server", "timed out"
+                )
+            if not data:
+                raise UpstreamFailure("server disconnected unexpectedly", "closed the connection")
+            self._upstream_activity = trio.current_time()
+            self.replies.feed(bytes(data))
+
+    @asynccontextmanager
+    async def _keepalives(self) -> AsyncIterator[None]:
+        """KeepAlives: NOOP upstream whenever it has been quiet that long (B24: also while
+        the filter runs).  Each exchange is shielded so that ending the phase never leaves
+        a half-read reply behind."""
+        interval = self.config.keep_alives
+        if interval <= 0:
+            yield
+            return
+
+        async def noop_loop() -> None:
+            while True:
+                await trio.sleep_until(self._upstream_activity + interval)
+                if trio.current_time() < self._upstream_activity + interval:
+                    continue
+                with trio.CancelScope(shield=True):
+                    await self._send_upstream(b"NOOP\r\n")
+                    await self._read_reply()
+
+        with _single_error():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(noop_loop)
+                yield
+                nursery.cancel_scope.cancel()
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _show(line: bytes) -> str:
+    return line.rstrip(b"\r\n").decode("utf-8", "replace")[:200]
+
+
+def _peername(sock: trio.socket.SocketType) -> object:
+    try:
+        return sock.getpeername()
+    except OSError:
+        return ""
+
+
+def _sockname(sock: trio.socket.SocketType) -> object:
+    try:
+        return sock.getsockname()
+    except OSError:
+        return ""
+
+
+@contextmanager
+def _single_error() -> Iterator[None]:
+    """Let one error out of a nursery as itself, not wrapped in an ExceptionGroup, so the
+    session's `except ClientGone` / `except UpstreamFailure` see it."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        errors = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+        if len(errors) == 1 and len(group.exceptions) == 1:
+            raise errors[0] from None
+        raise
