@@ -7,7 +7,8 @@ report a bind error to the invoking shell (B17).  `serve` runs the accept loops 
 Shutdown (SIGTERM/SIGINT, fixing B14): stop accepting at once; idle sessions get
 `421 4.3.2 Service shutting down`; sessions in the middle of a message get ShutdownTimeout
 seconds to finish with their real reply, then are cancelled (filters killed, 421, nothing
-half-delivered).  SIGHUP reloads the config file for new connections; running sessions
+half-delivered).  A second SIGTERM/SIGINT ends the grace period at once; the signal
+handlers stay ours until every session is gone, so no signal can leave a filter running.  SIGHUP reloads the config file for new connections; running sessions
 finish on the config they started with.
 """
 
@@ -22,7 +23,7 @@ import resource
 import signal
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
@@ -110,6 +111,8 @@ class Server:
     ids: Any = attrs.field(factory=lambda: itertools.count(FIRST_CONNECTION_ID))
     draining: bool = False
     _idle: trio.Event = attrs.field(factory=trio.Event)
+    _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    _grace: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
     async def serve(
         self,
@@ -121,40 +124,64 @@ class Server:
         if not self.config.filter_command:
             log.warning("no filter command specified. passing messages through")
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
-        async with trio.open_nursery() as connections:
-            async with trio.open_nursery() as accepting:
-                accepting.start_soon(self._signals, accepting.cancel_scope)
-                for listener in listeners:
-                    accepting.start_soon(self._accept_loop, listener, connections)
-                names = [_listener_name(listener) for listener in listeners]
-                log.info("listening on %s", ", ".join(names))
-                task_status.started(names)
-            # Accepting has stopped (a signal): drain.
-            for listener in listeners:
-                await listener.aclose()
-            await self._drain(connections)
+        # The signal receiver stays open through the drain: a second SIGTERM/SIGINT must
+        # end the grace period, not kill the process with filters and spools left behind.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async with trio.open_nursery() as outer:
+                outer.start_soon(self._signals, signals)
+                async with trio.open_nursery() as connections:
+                    with self._accepting:
+                        async with trio.open_nursery() as accepting:
+                            for listener in listeners:
+                                accepting.start_soon(self._accept_loop, listener, connections)
+                            names = [_listener_name(listener) for listener in listeners]
+                            log.info("listening on %s", ", ".join(names))
+                            task_status.started(names)
+                    # Accepting has stopped (a signal): refuse new clients at once, drain.
+                    for listener in listeners:
+                        await listener.aclose()
+                    await self._drain()
+                outer.cancel_scope.cancel()
+        log.info("shut down")
 
-    async def _drain(self, connections: trio.Nursery) -> None:
+    def stop(self) -> None:
+        """Begin a graceful shutdown (what SIGTERM does); a second call ends the grace."""
+        if not self.draining:
+            self.draining = True
+            self._accepting.cancel()
+        else:
+            self._grace.cancel()
+
+    async def _drain(self) -> None:
         self.draining = True
         log.info("shutting down: %d sessions open", len(self.connections))
         for connection in list(self.connections):
             connection.drain()
-        with trio.move_on_after(self.config.shutdown_timeout):
+        with self._grace:
+            self._grace.deadline = trio.current_time() + self.config.shutdown_timeout
             while self.connections:
                 self._idle = trio.Event()
                 await self._idle.wait()
+        if self.connections:
+            log.warning(
+                "shutdown grace period over: cutting %d sessions short", len(self.connections)
+            )
         for connection in list(self.connections):
             connection.cancel()
 
-    async def _signals(self, accepting: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
+    async def _signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                if self.draining:
+                    log.info("SIGHUP ignored: shutting down")
+                else:
                     self._reload()
-                    continue
+                continue
+            if self.draining:
+                log.info("received %s again: ending the grace period", signal.Signals(signum).name)
+            else:
                 log.info("received %s", signal.Signals(signum).name)
-                accepting.cancel()
-                return
+            self.stop()
 
     def _reload(self) -> None:
         if self.reload is None:
