@@ -213,6 +213,8 @@ def _start(
 ) -> int:
     """Bind, detach, write the pid file, drop privileges, serve; one error line on failure."""
     daemon = _Daemon()
+    # Until serve() has its signal receiver, SIGTERM/SIGINT/SIGHUP wait (server.py).
+    signal.pthread_sigmask(signal.SIG_BLOCK, server.HANDLED_SIGNALS)
     try:
         try:
             sockets: list[socket.socket] = server.bind_listeners(config)
@@ -226,7 +228,6 @@ def _start(
                 for sock in sockets:
                     sock.close()
                 return status
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         pid_written = False
         try:
             if pid_file is not None:

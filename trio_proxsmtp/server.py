@@ -8,8 +8,11 @@ Shutdown (SIGTERM/SIGINT, fixing B14): stop accepting at once; idle sessions get
 `421 4.3.2 Service shutting down`; sessions in the middle of a message get ShutdownTimeout
 seconds to finish with their real reply, then are cancelled (filters killed, 421, nothing
 half-delivered).  A second SIGTERM/SIGINT ends the grace period at once; the signal
-handlers stay ours until every session is gone, so no signal can leave a filter running.  SIGHUP reloads the config file for new connections; running sessions
-finish on the config they started with.
+handlers stay ours until every session is gone, so no signal can leave a filter running.
+
+SIGHUP reloads the config file for new connections; running sessions finish on the config
+they started with; a changed Listen is logged as needing a restart and not applied.
+A Unix Listen socket file is removed at exit (1.10 left it), unless it was replaced.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ __all__ = ["Server", "bind_listeners", "serve"]
 log = logging.getLogger(LOGGER_NAME)
 
 BACKLOG = 128
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 FIRST_CONNECTION_ID = 0x100000
 BUSY_REPLY = b"421 Server busy, too many connections\r\n"
 # fds one connection may need: client, upstream, 2 spools, 3 filter pipes, slack.
@@ -84,6 +88,32 @@ def _remove_stale_socket(path: str) -> None:
             os.unlink(path)
 
 
+def _unix_socket_files(sockets: list[socket.socket]) -> dict[str, tuple[int, int]]:
+    """The socket files we bound, by path, with their (device, inode)."""
+    files = {}
+    for sock in sockets:
+        if sock.family == socket.AF_UNIX:
+            path = sock.getsockname()
+            if isinstance(path, str) and path:
+                with contextlib.suppress(OSError):
+                    st = os.lstat(path)
+                    files[path] = (st.st_dev, st.st_ino)
+    return files
+
+
+def _remove_unix_socket_files(files: dict[str, tuple[int, int]]) -> None:
+    """Remove our Listen socket files at exit, unless another process has replaced them."""
+    for path, identity in files.items():
+        try:
+            st = os.lstat(path)
+            if (st.st_dev, st.st_ino) == identity:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("couldn't remove socket file: %s: %s", path, exc.strerror)
+
+
 def raise_fd_limit(max_connections: int) -> None:
     """Raise the soft RLIMIT_NOFILE so that MaxConnections sessions fit (up to the hard limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -123,10 +153,23 @@ class Server:
         raise_fd_limit(self.config.max_connections)
         if not self.config.filter_command:
             log.warning("no filter command specified. passing messages through")
+        unix_paths = _unix_socket_files(sockets)
+        try:
+            await self._serve(sockets, task_status)
+        finally:
+            _remove_unix_socket_files(unix_paths)
+
+    async def _serve(
+        self, sockets: list[socket.socket], task_status: trio.TaskStatus[list[Any]]
+    ) -> None:
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
         # The signal receiver stays open through the drain: a second SIGTERM/SIGINT must
         # end the grace period, not kill the process with filters and spools left behind.
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
+            # The command line blocks these from before bind until now, so that a signal
+            # sent during start-up waits for this receiver instead of killing a half-started
+            # process (pid file left behind). Filters inherit the unblocked mask.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             async with trio.open_nursery() as outer:
                 outer.start_soon(self._signals, signals)
                 async with trio.open_nursery() as connections:

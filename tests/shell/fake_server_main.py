@@ -40,6 +40,8 @@ async def serve(
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        # Like the real serve(): the command line blocked these until a receiver exists.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, server.HANDLED_SIGNALS)
         task_status.started([s.getsockname() for s in sockets])
         print(f"SERVING {__import__('os').getpid()}", flush=True)
         async for _ in signals:

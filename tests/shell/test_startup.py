@@ -242,7 +242,8 @@ def test_real_server_listens_and_exits_0_on_sigterm(tmp_path: Path, cleanup: lis
     try:
         wait_until(lambda: _accepts(port) or proc.poll() is not None, "the port to accept")
         assert proc.poll() is None, proc.communicate()
-        assert pid_file.read_text() == f"{proc.pid}\n"
+        # The port accepts (backlog) as soon as it is bound, before the pid file is written
+        # and before serving starts: a SIGTERM sent now must still end in a clean exit 0.
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=DEADLINE)
     finally:
@@ -259,3 +260,35 @@ def _accepts(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def test_real_server_pid_file_holds_the_serving_pid(tmp_path: Path, cleanup: list[str]) -> None:
+    port = free_port()
+    path = write_conf(tmp_path, port)
+    pid_file = tmp_path / "p.pid"
+    proc = subprocess.Popen(
+        [*REAL, "-d", "2", "-f", path, "-p", str(pid_file)],
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(
+            lambda: (
+                (pid_file.exists() and pid_file.read_text().endswith("\n"))
+                or proc.poll() is not None
+            ),
+            "the pid file",
+        )
+        assert proc.poll() is None, proc.communicate()
+        assert pid_file.read_text() == f"{proc.pid}\n"
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert not pid_file.exists()

@@ -1,0 +1,132 @@
+"""Helpers for the operations tests: the real proxy as a subprocess, watched from Trio.
+
+Every wait polls with a short `trio.sleep` under the caller's `trio.fail_after`, so the
+FakeUpstream and FakeClient in the test process keep running while we wait.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import trio
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+POLL = 0.02
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+async def wait_for(predicate: Callable[[], bool]) -> None:
+    """Poll until predicate() is true; the caller's fail_after bounds it."""
+    while not predicate():
+        await trio.sleep(POLL)
+
+
+def group_alive(pgid: int) -> bool:
+    """Does any live (non-zombie) process belong to process group pgid?"""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields: state ppid pgrp ...
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+class ProxyProcess:
+    """`python -m trio_proxsmtp -d 3 -f CONF`, stderr into a log file."""
+
+    def __init__(self, config: Path, log: Path, *extra: str) -> None:
+        self.log_path = log
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trio_proxsmtp", "-d", "3", "-f", str(config), *extra],
+            env=ENV,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def exited(self) -> bool:
+        return self.proc.poll() is not None
+
+    async def wait_log(self, text: str, count: int = 1) -> None:
+        def seen() -> bool:
+            if self.exited() and self.log().count(text) < count:
+                raise AssertionError(f"proxy exited ({self.proc.returncode}):\n{self.log()}")
+            return self.log().count(text) >= count
+
+        await wait_for(seen)
+
+    async def started(self) -> None:
+        await self.wait_log("listening on")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    async def wait_exit(self) -> int:
+        await wait_for(self.exited)
+        assert self.proc.returncode is not None
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()
+
+
+@contextmanager
+def proxy_process(config: Path, log: Path, *extra: str) -> Iterator[ProxyProcess]:
+    proxy = ProxyProcess(config, log, *extra)
+    try:
+        yield proxy
+    finally:
+        proxy.kill()
+
+
+@contextmanager
+def background(
+    argv: list[str], out: Path, stop_wait: float = 15
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Any helper process, stdout+stderr to `out`; terminated and reaped at the end."""
+    with out.open("wb") as f:
+        proc = subprocess.Popen(
+            argv, env=ENV, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(stop_wait)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
