@@ -495,7 +495,7 @@ class Connection:
                 stream, self.server_address = await self._open_upstream()
             except OSError as exc:
                 raise UpstreamFailure(
-                    f"SERVER: couldn't connect to: {self._upstream_name()}: {exc.strerror or exc}",
+                    f"SERVER: couldn't connect to: {self._upstream_name()}: {_os_error(exc)}",
                     "unavailable",
                 ) from exc
         if scope.cancelled_caught:
@@ -644,6 +644,20 @@ class Connection:
 
 def _show(line: bytes) -> str:
     return line.rstrip(b"\r\n").decode("utf-8", "replace")[:200]
+
+
+def _os_error(exc: OSError) -> str:
+    """The real reason of a failed connect (B13): trio.open_tcp_stream raises a summary
+    ("all attempts to connect ... failed") caused by the attempts' own errors."""
+    reasons: list[str] = []
+    cause = exc.__cause__
+    causes = cause.exceptions if isinstance(cause, BaseExceptionGroup) else [cause]
+    for error in causes:
+        if isinstance(error, OSError) and error.strerror and error.strerror not in reasons:
+            reasons.append(error.strerror)
+    if reasons:
+        return "; ".join(reasons)
+    return exc.strerror or str(exc)
 
 
 def _peername(sock: trio.socket.SocketType) -> object:

@@ -109,7 +109,11 @@ class Outcome(enum.Enum):
 
 @attrs.frozen
 class SendUpstream:
-    """Write `line` upstream, read one complete reply, give it to `Session.reply`."""
+    """Write `line` upstream, read one complete reply, give it to `Session.reply`.
+
+    `command` is the client command the line carries, or (XCLIENT and the HELO/EHLO re-sent
+    after it) the client command that waits for that exchange to finish.
+    """
 
     line: bytes
     purpose: Purpose
@@ -257,12 +261,12 @@ class Session:
         self._expect(*_COMMAND_STATES)
         if self._in_auth:
             return [SendUpstream(command.line, Purpose.AUTH_CONTINUATION, command)]
-        actions: list[Action] = []
         if self._xclient_armed() and command.verb is not Verb.QUIT:
+            # The command is dispatched only once the XCLIENT exchange is over, so that
+            # nothing it changes (the state, the envelope) is seen by the swallowed replies.
             self._xclient_sent = True
-            actions.append(SendUpstream(self._xclient_line(), Purpose.XCLIENT))
-        actions.extend(self._dispatch(command))
-        return actions
+            return [SendUpstream(self._xclient_line(), Purpose.XCLIENT, command)]
+        return self._dispatch(command)
 
     def reply(self, action: Action, reply: Reply) -> list[Action]:
         """The upstream's complete reply to `action`."""
@@ -362,15 +366,22 @@ class Session:
         purpose = action.purpose
         if purpose is Purpose.XCLIENT:
             self._expect(*_COMMAND_STATES)
+            assert action.command is not None
             if not reply.is_positive:
-                return [Log(logging.WARNING, f"server didn't accept XCLIENT: {reply.text}")]
-            if self.helo_line is None:
-                return []
+                warning = Log(logging.WARNING, f"server didn't accept XCLIENT: {reply.text}")
+                return [warning, *self._dispatch(action.command)]
+            assert self.helo_line is not None  # XCLIENT is only armed after HELO/EHLO
             # Postfix answers XCLIENT with a new greeting: say HELO/EHLO again (B20).
-            return [SendUpstream(self.helo_line, Purpose.XCLIENT_HELO)]
+            return [SendUpstream(self.helo_line, Purpose.XCLIENT_HELO, action.command)]
         if purpose is Purpose.XCLIENT_HELO:
             self._expect(*_COMMAND_STATES)
-            return []
+            assert action.command is not None
+            if not reply.is_positive:
+                return [
+                    Log(logging.WARNING, f"server refused HELO after XCLIENT: {reply.text}"),
+                    *self._dispatch(action.command),
+                ]
+            return self._dispatch(action.command)
         if purpose is Purpose.RSET:
             if not reply.is_positive:
                 return [Log(logging.WARNING, f"server refused RSET: {reply.text}")]

@@ -1,0 +1,661 @@
+"""The sans-IO session: every state, transition and action, driven by hand (no Trio)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from trio_proxsmtp.protocol.commands import parse_command
+from trio_proxsmtp.protocol.errors import LocalProtocolError
+from trio_proxsmtp.protocol.replies import Reply
+from trio_proxsmtp.protocol.session import (
+    INSUFFICIENT_AUTHORIZATION,
+    LINE_TOO_LONG,
+    MESSAGE_TOO_BIG,
+    NEED_MAIL,
+    NO_VALID_RECIPIENTS,
+    NOT_IMPLEMENTED,
+    START_MAIL_INPUT,
+    Action,
+    Close,
+    Log,
+    Outcome,
+    Purpose,
+    ReceiveMessage,
+    RunFilter,
+    SendClient,
+    SendMessage,
+    SendUpstream,
+    Session,
+    SessionPolicy,
+    SkipBytes,
+    State,
+    Summary,
+)
+
+OK = Reply.single(250, "2.0.0 Ok")
+EHLO_REPLY = Reply(
+    250, ("up.example", "PIPELINING", "SIZE 1000", "XCLIENT NAME ADDR HELO", "AUTH PLAIN")
+)
+EHLO_NO_XCLIENT = Reply(250, ("up.example", "SIZE 1000"))
+
+
+class Driver:
+    """Plays the relay: performs SendUpstream actions with scripted upstream replies."""
+
+    def __init__(self, policy: SessionPolicy | None = None) -> None:
+        self.session = Session(policy or SessionPolicy(client="192.0.2.1"))
+        self.upstream: list[bytes] = []
+        self.client: list[Reply] = []
+        self.other: list[Action] = []
+
+    def run(self, actions: list[Action], replies: list[Reply]) -> None:
+        for action in actions:
+            if isinstance(action, SendUpstream):
+                self.upstream.append(action.line)
+                self.run(self.session.reply(action, replies.pop(0)), replies)
+            elif isinstance(action, SendClient):
+                self.client.append(action.reply)
+            else:
+                self.other.append(action)
+
+    def greet(self) -> None:
+        self.run(self.session.greeting(Reply.single(220, "up.example ESMTP")), [])
+
+    def command(self, line: str, *replies: Reply) -> list[Reply]:
+        before = len(self.client)
+        pending = list(replies)
+        self.run(self.session.command(parse_command(line.encode() + b"\r\n")), pending)
+        assert pending == [], "not every scripted reply was used"
+        return self.client[before:]
+
+    def summaries(self) -> list[Summary]:
+        return [a for a in self.other if isinstance(a, Summary)]
+
+    def logs(self) -> list[Log]:
+        return [a for a in self.other if isinstance(a, Log)]
+
+
+def state_of(session: Session) -> State:
+    """The current state (a call, so that mypy does not narrow it across transitions)."""
+    return session.state
+
+
+def ready(policy: SessionPolicy | None = None, ehlo: Reply = EHLO_REPLY) -> Driver:
+    d = Driver(policy)
+    d.greet()
+    d.command("EHLO c", ehlo)
+    return d
+
+
+def with_envelope(d: Driver) -> None:
+    d.command("MAIL FROM:<s@x>", OK)
+    d.command("RCPT TO:<r@x>", OK)
+
+
+# -- greeting and HELO ------------------------------------------------------------------
+
+
+def test_greeting_rewritten_and_moves_to_helo() -> None:
+    d = Driver()
+    assert state_of(d.session) is State.GREETING
+    d.greet()
+    assert d.client == [Reply.single(220, "smtp.passthru")]
+    assert state_of(d.session) is State.HELO
+
+
+def test_multiline_or_refusing_banner_relayed() -> None:
+    s = Session(SessionPolicy(client="c"))
+    banner = Reply(220, ("a", "b"))
+    assert s.greeting(banner) == [SendClient(banner)]
+    s = Session(SessionPolicy(client="c"))
+    refusal = Reply.single(554, "go away")
+    assert s.greeting(refusal) == [SendClient(refusal)]
+
+
+def test_command_before_greeting_is_our_bug() -> None:
+    s = Session(SessionPolicy(client="c"))
+    with pytest.raises(LocalProtocolError):
+        s.command(parse_command(b"HELO c\r\n"))
+    with pytest.raises(LocalProtocolError):
+        s.line_too_long()
+
+
+def test_second_greeting_is_our_bug() -> None:
+    d = Driver()
+    d.greet()
+    with pytest.raises(LocalProtocolError):
+        d.session.greeting(Reply.single(220, "again"))
+
+
+def test_ehlo_rewritten_and_extensions_stripped() -> None:
+    d = Driver()
+    d.greet()
+    [reply] = d.command("EHLO c", EHLO_REPLY)
+    assert reply == Reply(250, ("smtp.passthru", "SIZE 1000", "AUTH PLAIN"))
+    assert d.upstream == [b"EHLO c\r\n"]
+    assert state_of(d.session) is State.MAIL
+    assert d.session.extensions.size_limit == 1000
+
+
+def test_helo_rewritten() -> None:
+    d = Driver()
+    d.greet()
+    assert d.command("HELO c", Reply.single(250, "up.example")) == [
+        Reply.single(250, "smtp.passthru")
+    ]
+    assert state_of(d.session) is State.MAIL
+
+
+def test_refused_ehlo_relayed_and_state_kept() -> None:
+    d = Driver()
+    d.greet()
+    refusal = Reply.single(550, "no")
+    assert d.command("EHLO c", refusal) == [refusal]
+    assert state_of(d.session) is State.HELO
+
+
+def test_line_too_long_answered_locally() -> None:
+    d = ready()
+    assert d.session.line_too_long() == [SendClient(LINE_TOO_LONG)]
+
+
+def test_other_commands_forwarded_verbatim() -> None:
+    d = ready()
+    reply = Reply.single(252, "maybe")
+    assert d.command("VRFY  someone", reply) == [reply]
+    assert d.upstream[-1] == b"VRFY  someone\r\n"
+
+
+def test_quit_closes_after_reply() -> None:
+    d = ready()
+    bye = Reply.single(221, "Bye")
+    assert d.command("QUIT", bye) == [bye]
+    assert any(isinstance(a, Close) for a in d.other)
+    assert state_of(d.session) is State.QUIT
+    with pytest.raises(LocalProtocolError):
+        d.session.command(parse_command(b"NOOP\r\n"))
+
+
+# -- local replies ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", ["STARTTLS", "BDAT 0 LAST", "bdat x"])
+def test_starttls_and_bdat_refused_locally(line: str) -> None:
+    d = ready()
+    actions = d.session.command(parse_command(line.encode() + b"\r\n"))
+    assert actions == [SendClient(NOT_IMPLEMENTED)]
+
+
+def test_bdat_chunk_skipped_never_read_as_commands() -> None:
+    d = ready()
+    actions = d.session.command(parse_command(b"BDAT 42 LAST\r\n"))
+    assert actions == [SkipBytes(42), SendClient(NOT_IMPLEMENTED)]
+
+
+def test_client_xclient_refused_with_warning() -> None:
+    d = ready()
+    actions = d.session.command(parse_command(b"XCLIENT ADDR=6.6.6.6\r\n"))
+    assert SendClient(INSUFFICIENT_AUTHORIZATION) in actions
+    assert any(isinstance(a, Log) and a.level == logging.WARNING for a in actions)
+    assert not any(isinstance(a, SendUpstream) for a in actions)
+
+
+# -- the envelope ---------------------------------------------------------------------------
+
+
+def test_envelope_recorded_from_positive_replies_only() -> None:
+    d = ready()
+    d.command("MAIL FROM:<s@x> SIZE=10", OK)
+    assert state_of(d.session) is State.RCPT
+    d.command("RCPT TO:<a@x>", OK)
+    d.command("RCPT TO:<reject@x>", Reply.single(550, "no"))
+    d.command("RCPT TO: <b@x> NOTIFY=NEVER", OK)
+    assert d.session.envelope.sender == "s@x"
+    assert d.session.envelope.recipients == ["a@x", "b@x"]
+
+
+def test_refused_mail_records_nothing() -> None:
+    d = ready()
+    d.command("MAIL FROM:<s@x>", Reply.single(550, "no"))
+    assert d.session.envelope.sender is None
+    assert state_of(d.session) is State.MAIL
+
+
+def test_multiline_rcpt_reply_recorded_once() -> None:
+    d = ready()
+    d.command("MAIL FROM:<s@x>", OK)
+    d.command("RCPT TO:<r@x>", Reply(250, ("first", "second")))
+    assert d.session.envelope.recipients == ["r@x"]
+
+
+def test_null_sender_and_unbracketed_sender() -> None:
+    d = ready()
+    d.command("MAIL FROM:<>", OK)
+    assert d.session.envelope.sender == "<>"
+    d.command("RSET", OK)
+    d.command("MAIL FROM: p@x SIZE=10", OK)
+    assert d.session.envelope.sender == "p@x"
+
+
+def test_rcpt_before_mail_not_recorded() -> None:
+    d = ready()
+    d.command("RCPT TO:<r@x>", OK)  # an upstream that says yes anyway
+    assert d.session.envelope.recipients == []
+
+
+def test_rset_resets_envelope() -> None:
+    d = ready()
+    with_envelope(d)
+    d.command("RSET", OK)
+    assert d.session.envelope.sender is None and d.session.envelope.recipients == []
+    assert state_of(d.session) is State.MAIL
+
+
+def test_refused_rset_keeps_envelope() -> None:
+    d = ready()
+    with_envelope(d)
+    d.command("RSET", Reply.single(500, "no"))
+    assert d.session.envelope.recipients == ["r@x"]
+
+
+def test_ehlo_resets_envelope_and_xforward() -> None:
+    d = ready()
+    d.command("XFORWARD ADDR=1.2.3.4", OK)
+    with_envelope(d)
+    d.command("EHLO again", EHLO_REPLY)
+    envelope = d.session.envelope
+    assert (envelope.sender, envelope.recipients, envelope.remote_addr) == (None, [], None)
+
+
+def test_xforward_recorded_when_accepted_and_kept_over_mail() -> None:
+    d = ready()
+    d.command("XFORWARD HELO = [weird helo] ADDR=[IPv6:2001:db8::1]", OK)
+    d.command("MAIL FROM:<s@x>", OK)
+    assert d.session.envelope.remote_addr == "IPv6:2001:db8::1"
+    assert d.session.envelope.remote_helo == "weird helo"
+
+
+def test_xforward_refused_not_recorded() -> None:
+    d = ready()
+    d.command("XFORWARD ADDR=1.2.3.4", Reply.single(550, "no"))
+    assert d.session.envelope.remote_addr is None
+
+
+def test_xforward_name_does_not_hide_addr() -> None:
+    d = ready()
+    d.command("XFORWARD NAME=addr.example ADDR=1.2.3.4", OK)
+    assert d.session.envelope.remote_addr == "1.2.3.4"
+
+
+# -- AUTH ----------------------------------------------------------------------------------
+
+
+def test_auth_exchange_marks_authenticated() -> None:
+    d = ready()
+    assert d.command("AUTH LOGIN", Reply.single(334, "VXNlcm5hbWU6"))[0].code == 334
+    # Continuation lines go upstream as they are, whatever they look like.
+    d.command("MAIL FROM:<looks-like-a-command>", Reply.single(334, "UGFzc3dvcmQ6"))
+    assert d.session.envelope.sender is None
+    d.command("c2VjcmV0", Reply.single(235, "ok"))
+    assert d.session.authenticated
+    assert d.upstream[-2:] == [b"MAIL FROM:<looks-like-a-command>\r\n", b"c2VjcmV0\r\n"]
+    # Authenticated for the rest of the connection: RSET and EHLO do not clear it.
+    d.command("RSET", OK)
+    d.command("EHLO c", EHLO_REPLY)
+    assert d.session.authenticated
+
+
+def test_auth_failure_not_authenticated() -> None:
+    d = ready()
+    d.command("AUTH PLAIN AGFAYg==", Reply.single(535, "no"))
+    assert not d.session.authenticated
+    # Back in command mode: a MAIL is a MAIL again.
+    d.command("MAIL FROM:<s@x>", OK)
+    assert d.session.envelope.sender == "s@x"
+
+
+def test_235_without_auth_warns_and_does_not_authenticate() -> None:
+    d = ready()
+    d.command("NOOP", Reply.single(235, "weird"))
+    assert not d.session.authenticated
+    assert any("without AUTH" in log.message for log in d.logs())
+
+
+# -- DATA ------------------------------------------------------------------------------------
+
+
+def test_data_gives_354_and_receives() -> None:
+    d = ready()
+    with_envelope(d)
+    actions = d.session.command(parse_command(b"DATA\r\n"))
+    assert actions == [SendClient(START_MAIL_INPUT), ReceiveMessage(stream=False)]
+    assert state_of(d.session) is State.DATA
+    assert b"DATA\r\n" not in d.upstream
+
+
+def test_data_without_mail_refused_locally() -> None:
+    d = ready()
+    assert d.command("DATA") == [NEED_MAIL]
+    assert state_of(d.session) is State.MAIL
+
+
+def test_data_without_accepted_rcpt_refused_locally() -> None:
+    d = ready()
+    d.command("MAIL FROM:<s@x>", OK)
+    d.command("RCPT TO:<reject@x>", Reply.single(550, "no"))
+    assert d.command("DATA") == [NO_VALID_RECIPIENTS]
+    assert state_of(d.session) is State.RCPT
+
+
+def test_command_in_data_state_is_our_bug() -> None:
+    d = ready()
+    with_envelope(d)
+    d.command("DATA")
+    with pytest.raises(LocalProtocolError):
+        d.session.command(parse_command(b"NOOP\r\n"))
+
+
+def test_filtered_message_full_cycle() -> None:
+    d = ready()
+    with_envelope(d)
+    d.command("DATA")
+    assert d.session.message_received(10) == [RunFilter()]
+    assert state_of(d.session) is State.FILTERING
+    actions = d.session.filter_done(True, None, Outcome.FILTERED)
+    assert actions == [SendUpstream(b"DATA\r\n", Purpose.DATA)]
+    assert state_of(d.session) is State.REPLAY
+    follow = d.session.reply(actions[0], Reply.single(354, "go"))
+    assert follow == [SendMessage()]
+    final = Reply.single(250, "2.0.0 queued")
+    done = d.session.reply(follow[0], final)
+    assert done[0] == SendClient(final)
+    [summary] = [a for a in done if isinstance(a, Summary)]
+    assert summary.outcome is Outcome.FILTERED
+    assert summary.text == (
+        "client=192.0.2.1, from=s@x, to=r@x, status=FILTERED, upstream=250 2.0.0 queued"
+    )
+    assert state_of(d.session) is State.MAIL
+    assert d.session.envelope.sender is None
+    assert d.session.messages == 1
+
+
+def test_no_filter_goes_straight_to_replay_without_status() -> None:
+    d = ready(SessionPolicy(client="c", filtering=False))
+    with_envelope(d)
+    d.command("DATA")
+    actions = d.session.message_received(5)
+    assert actions == [SendUpstream(b"DATA\r\n", Purpose.DATA)]
+    follow = d.session.reply(actions[0], Reply.single(354, "go"))
+    done = d.session.reply(follow[0], OK)
+    [summary] = [a for a in done if isinstance(a, Summary)]
+    assert "status=" not in summary.text and summary.outcome is Outcome.PASSED
+
+
+def test_upstream_refuses_data_final_reply_rset_and_logged() -> None:
+    d = ready()
+    with_envelope(d)
+    d.command("DATA")
+    d.session.message_received(10)
+    [data] = d.session.filter_done(True, None, Outcome.FILTERED)
+    refusal = Reply.single(554, "5.5.1 no valid recipients")
+    actions = d.session.reply(data, refusal)
+    assert actions[0] == SendClient(refusal)
+    assert SendUpstream(b"RSET\r\n", Purpose.RSET) in actions
+    [summary] = [a for a in actions if isinstance(a, Summary)]
+    assert "upstream=554 5.5.1 no valid recipients" in summary.text
+    assert state_of(d.session) is State.MAIL
+
+
+def test_filter_rejects() -> None:
+    d = ready()
+    with_envelope(d)
+    d.command("DATA")
+    d.session.message_received(10)
+    reply = Reply.single(550, "Content Rejected; Virus found")
+    actions = d.session.filter_done(False, reply, Outcome.REJECTED, "Virus found")
+    assert actions[:2] == [SendClient(reply), SendUpstream(b"RSET\r\n", Purpose.RSET)]
+    summary = actions[2]
+    assert isinstance(summary, Summary)
+    assert summary.text == (
+        "client=192.0.2.1, from=s@x, to=r@x, status=REJECTED, "
+        "reason=550 Content Rejected; Virus found"
+    )
+    assert state_of(d.session) is State.MAIL
+
+
+def test_filter_drops_silently() -> None:
+    d = ready()
+    with_envelope(d)
+    d.command("DATA")
+    d.session.message_received(10)
+    reply = Reply.single(250, "Dropped")
+    actions = d.session.filter_done(False, reply, Outcome.DROPPED)
+    assert actions[:2] == [SendClient(reply), SendUpstream(b"RSET\r\n", Purpose.RSET)]
+    assert isinstance(actions[2], Summary) and "status=DROPPED" in actions[2].text
+
+
+def test_filter_error_summary_has_detail() -> None:
+    d = ready()
+    with_envelope(d)
+    d.command("DATA")
+    d.session.message_received(10)
+    actions = d.session.filter_done(
+        False, Reply.single(451, "Local Error"), Outcome.FILTER_ERROR, "killed by signal 9"
+    )
+    summary = actions[-1]
+    assert isinstance(summary, Summary)
+    assert "status=FILTER-ERROR, reason=killed by signal 9" in summary.text
+
+
+def test_rejection_without_reply_is_our_bug() -> None:
+    d = ready()
+    with_envelope(d)
+    d.command("DATA")
+    d.session.message_received(10)
+    with pytest.raises(LocalProtocolError):
+        d.session.filter_done(False, None, Outcome.REJECTED)
+
+
+def test_filter_done_outside_filtering_is_our_bug() -> None:
+    d = ready()
+    with pytest.raises(LocalProtocolError):
+        d.session.filter_done(True, None, Outcome.FILTERED)
+
+
+def test_message_received_outside_data_is_our_bug() -> None:
+    d = ready()
+    with pytest.raises(LocalProtocolError):
+        d.session.message_received(1)
+    with pytest.raises(LocalProtocolError):
+        d.session.message_failed(Reply.single(451, "x"), "x")
+
+
+def test_reply_without_pending_action_is_our_bug() -> None:
+    d = ready()
+    for action in (RunFilter(), SendClient(OK), ReceiveMessage(stream=False), SendMessage()):
+        with pytest.raises(LocalProtocolError):
+            d.session.reply(action, OK)
+
+
+def test_size_over_advertised_limit_gets_552() -> None:
+    d = ready()  # SIZE 1000
+    with_envelope(d)
+    d.command("DATA")
+    actions = d.session.message_received(1001)
+    assert actions[:2] == [SendClient(MESSAGE_TOO_BIG), SendUpstream(b"RSET\r\n", Purpose.RSET)]
+    assert isinstance(actions[2], Summary) and actions[2].outcome is Outcome.TOO_BIG
+    assert state_of(d.session) is State.MAIL
+
+
+def test_size_at_limit_accepted() -> None:
+    d = ready()
+    with_envelope(d)
+    d.command("DATA")
+    assert d.session.message_received(1000) == [RunFilter()]
+
+
+def test_spool_failure_gives_reply_and_rset() -> None:
+    d = ready()
+    with_envelope(d)
+    d.command("DATA")
+    reply = Reply.single(451, "Local Error")
+    actions = d.session.message_failed(reply, "disk full")
+    assert actions[:2] == [SendClient(reply), SendUpstream(b"RSET\r\n", Purpose.RSET)]
+    assert isinstance(actions[2], Summary) and "FILTER-ERROR" in actions[2].text
+
+
+def test_two_transactions_two_summaries_and_envelope_reset() -> None:
+    d = ready()
+    for sender in ("a@x", "b@x"):
+        d.command(f"MAIL FROM:<{sender}>", OK)
+        d.command("RCPT TO:<r@x>", OK)
+        d.command("DATA")
+        assert d.session.envelope.sender == sender
+        d.run(d.session.message_received(3), [])
+        d.run(
+            d.session.filter_done(True, None, Outcome.FILTERED),
+            [Reply.single(354, "go")],
+        )
+        # SendMessage was collected in `other`: answer it.
+        d.run(d.session.reply(SendMessage(), OK), [])
+    texts = [s.text for s in d.summaries()]
+    assert len(texts) == 2 and "from=a@x" in texts[0] and "from=b@x" in texts[1]
+    assert d.session.messages == 2
+
+
+# -- reject and skip modes ------------------------------------------------------------------
+
+
+REJECT = Reply.single(530, "Email Rejected")
+
+
+def test_reject_mode_mail_rcpt_data_answered_locally() -> None:
+    d = ready(SessionPolicy(client="127.0.0.1", filtering=False, reject=REJECT))
+    assert d.command("MAIL FROM:<s@x>") == [REJECT]
+    assert d.command("RCPT TO:<r@x>") == [REJECT]
+    assert d.command("DATA", OK) == [REJECT]
+    assert d.upstream == [b"EHLO c\r\n", b"RSET\r\n"]
+    [summary] = d.summaries()
+    assert summary.outcome is Outcome.REJECTED
+    assert summary.text.startswith("client=127.0.0.1, status=REJECTED")
+
+
+def test_skip_mode_streams_after_auth() -> None:
+    policy = SessionPolicy(client="c", reject=REJECT, skip_authenticated=True)
+    d = ready(policy)
+    d.command("AUTH PLAIN AGFAYg==", Reply.single(235, "ok"))
+    assert d.command("MAIL FROM:<s@x>", OK) == [OK]
+    d.command("RCPT TO:<r@x>", OK)
+    up354 = Reply.single(354, "upstream go ahead")
+    before = len(d.client)
+    d.run(d.session.command(parse_command(b"DATA\r\n")), [up354])
+    assert d.client[before:] == [up354]
+    assert ReceiveMessage(stream=True) in d.other
+    assert state_of(d.session) is State.DATA
+    done = d.session.reply(ReceiveMessage(stream=True), OK)
+    [summary] = [a for a in done if isinstance(a, Summary)]
+    assert summary.outcome is Outcome.SKIPPED and "status=SKIPPED" in summary.text
+    assert state_of(d.session) is State.MAIL
+
+
+def test_skip_mode_upstream_refuses_data() -> None:
+    d = ready(SessionPolicy(client="c", skip_authenticated=True))
+    d.command("AUTH PLAIN AGFAYg==", Reply.single(235, "ok"))
+    refusal = Reply.single(554, "no recipients")
+    assert d.command("DATA", refusal) == [refusal]
+    assert state_of(d.session) is State.MAIL
+
+
+def test_skip_mode_without_auth_filters() -> None:
+    d = ready(SessionPolicy(client="c", skip_authenticated=True))
+    with_envelope(d)
+    assert d.command("DATA") == [START_MAIL_INPUT]
+
+
+# -- XCLIENT ----------------------------------------------------------------------------------
+
+
+XCLIENT_OK = Reply(220, ("up.example ESMTP", "more"))
+
+
+def test_xclient_sent_before_next_command_then_ehlo_resent() -> None:
+    d = ready(SessionPolicy(client="127.0.0.1", xclient=True))
+    replies = d.command("MAIL FROM:<s@x>", XCLIENT_OK, EHLO_REPLY, OK)
+    assert replies == [OK]  # the XCLIENT and EHLO replies are swallowed
+    assert d.upstream == [
+        b"EHLO c\r\n",
+        b"XCLIENT ADDR=127.0.0.1 HELO=c\r\n",
+        b"EHLO c\r\n",
+        b"MAIL FROM:<s@x>\r\n",
+    ]
+    assert d.session.envelope.sender == "s@x"
+    # Once per connection.
+    d.command("RSET", OK)
+    assert d.upstream[-1] == b"RSET\r\n" and d.upstream.count(d.upstream[1]) == 1
+
+
+def test_xclient_ipv6_prefix_and_name_xtext() -> None:
+    policy = SessionPolicy(
+        client="2001:db8::1", client_is_ipv6=True, xclient=True, xclient_name="h=x"
+    )
+    d = ready(policy)
+    d.command("NOOP", XCLIENT_OK, EHLO_REPLY, OK)
+    assert d.upstream[1] == b"XCLIENT ADDR=IPv6:2001:db8::1 NAME=h+3Dx HELO=c\r\n"
+
+
+def test_xclient_unix_client_unavailable() -> None:
+    d = ready(SessionPolicy(client="", xclient=True))
+    d.command("NOOP", XCLIENT_OK, EHLO_REPLY, OK)
+    assert d.upstream[1].startswith(b"XCLIENT ADDR=[UNAVAILABLE]")
+
+
+def test_xclient_not_before_quit() -> None:
+    d = ready(SessionPolicy(client="c", xclient=True))
+    d.command("QUIT", Reply.single(221, "Bye"))
+    assert d.upstream == [b"EHLO c\r\n", b"QUIT\r\n"]
+
+
+def test_xclient_not_sent_when_not_advertised_after_ehlo() -> None:
+    d = ready(SessionPolicy(client="c", xclient=True), ehlo=EHLO_NO_XCLIENT)
+    d.command("NOOP", OK)
+    assert d.upstream == [b"EHLO c\r\n", b"NOOP\r\n"]
+
+
+def test_xclient_assumed_after_helo() -> None:
+    d = Driver(SessionPolicy(client="127.0.0.1", xclient=True))
+    d.greet()
+    d.command("HELO c", Reply.single(250, "up"))
+    d.command("MAIL FROM:<s@x>", XCLIENT_OK, Reply.single(250, "up"), OK)
+    assert d.upstream[1:3] == [b"XCLIENT ADDR=127.0.0.1 HELO=c\r\n", b"HELO c\r\n"]
+
+
+def test_xclient_off_sends_nothing() -> None:
+    d = ready(SessionPolicy(client="c"))
+    d.command("NOOP", OK)
+    assert not any(line.startswith(b"XCLIENT") for line in d.upstream)
+
+
+def test_xclient_refused_logged_and_no_ehlo_resent() -> None:
+    d = ready(SessionPolicy(client="c", xclient=True))
+    d.command("NOOP", Reply.single(550, "denied"), OK)
+    assert d.upstream[-1] == b"NOOP\r\n" and len(d.upstream) == 3
+    assert any("didn't accept XCLIENT" in log.message for log in d.logs())
+
+
+def test_xclient_exchange_completes_before_the_command_is_dispatched() -> None:
+    d = ready(SessionPolicy(client="c", xclient=True))
+    actions = d.session.command(parse_command(b"STARTTLS\r\n"))
+    # Only the XCLIENT goes out first: the local 502 waits for the exchange to finish.
+    [xclient] = actions
+    assert isinstance(xclient, SendUpstream) and xclient.purpose is Purpose.XCLIENT
+    follow = d.session.reply(xclient, XCLIENT_OK)
+    assert [type(a) for a in follow] == [SendUpstream]
+    assert d.session.reply(follow[0], EHLO_REPLY) == [SendClient(NOT_IMPLEMENTED)]
+
+
+def test_xclient_then_refused_ehlo_still_dispatches() -> None:
+    d = ready(SessionPolicy(client="c", xclient=True))
+    assert d.command("NOOP", XCLIENT_OK, Reply.single(503, "no"), OK) == [OK]
+    assert any("after XCLIENT" in log.message for log in d.logs())

@@ -1,0 +1,491 @@
+"""The relay's command phase and upstream failures, through the real server (spec §17).
+
+FakeUpstream, run_proxy and FakeClient are all in-process, so tests without a filter
+process run under the autojump clock where they wait for timeouts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+
+from trio_proxsmtp.log import LOGGER_NAME
+from trio_proxsmtp.testing import (
+    CLOSE,
+    END_OF_DATA,
+    ClosePoint,
+    FakeClient,
+    FakeUpstream,
+    RunningProxy,
+    run_proxy,
+)
+
+MESSAGE = b"Subject: t\r\n\r\nbody\r\n"
+
+
+@pytest.fixture(autouse=True)
+def _debug_logging(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER_NAME)
+
+
+def summaries(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The summary lines, without the connection id prefix."""
+    lines = (r.getMessage().partition(": ")[2] for r in caplog.records)
+    return [line for line in lines if line.startswith("client=")]
+
+
+@asynccontextmanager
+async def proxied(
+    config: str = "", up: FakeUpstream | None = None
+) -> AsyncIterator[tuple[FakeUpstream, RunningProxy]]:
+    """An upstream and the proxy in front of it; the temp directory must end empty."""
+    async with (
+        FakeUpstream() if up is None else up as upstream,
+        run_proxy(config, upstream=upstream) as proxy,
+    ):
+        yield upstream, proxy
+        assert os.listdir(proxy.temp_directory) == []
+
+
+async def standard(client: FakeClient) -> list[int]:
+    replies = await client.send_message("s@x", ["r@x"], MESSAGE, helo="c")
+    return [r.code for r in replies]
+
+
+# -- greeting and EHLO ---------------------------------------------------------------------
+
+
+async def test_t01_banner_rewritten_after_upstream_connected() -> None:
+    with trio.fail_after(10):
+        async with proxied() as (up, proxy), proxy.connect() as client:
+            banner = await client.greeting()
+            assert client.received == b"220 smtp.passthru\r\n"
+            assert banner.code == 220 and up.connections == 1
+
+
+async def test_t02_multiline_banner_relayed() -> None:
+    with trio.fail_after(10):
+        async with (
+            proxied(up=FakeUpstream(banner="220-a\n220 b")) as (_, proxy),
+            proxy.connect() as client,
+        ):
+            await client.greeting()
+            assert client.received == b"220-a\r\n220 b\r\n"
+
+
+async def test_t03_refusing_banner_relayed_session_continues() -> None:
+    with trio.fail_after(10):
+        async with (
+            proxied(up=FakeUpstream(banner="554 go away")) as (_, proxy),
+            proxy.connect() as client,
+        ):
+            assert (await client.greeting()).code == 554
+            reply = await client.command("HELO c")
+            assert reply.code == 250 and reply.lines == ("smtp.passthru",)
+
+
+async def test_t04_ehlo_rewritten() -> None:
+    with trio.fail_after(10):
+        async with proxied() as (_, proxy), proxy.connect() as client:
+            await client.greeting()
+            start = len(client.received)
+            await client.command("EHLO c")
+            assert bytes(client.received[start:]) == (
+                b"250-smtp.passthru\r\n250-SIZE 10240000\r\n250-AUTH PLAIN LOGIN\r\n"
+                b"250-XFORWARD NAME ADDR PROTO HELO\r\n250-8BITMIME\r\n250-DSN\r\n"
+                b"250 XFILTERED\r\n"
+            )
+
+
+async def test_t05_single_line_ehlo() -> None:
+    with trio.fail_after(10):
+        async with (
+            proxied(up=FakeUpstream(replies={"EHLO": "250 up"})) as (_, proxy),
+            proxy.connect() as client,
+        ):
+            await client.greeting()
+            start = len(client.received)
+            await client.command("EHLO c")
+            assert bytes(client.received[start:]) == b"250 smtp.passthru\r\n"
+
+
+async def test_t06_helo() -> None:
+    with trio.fail_after(10):
+        async with proxied() as (up, proxy), proxy.connect() as client:
+            await client.greeting()
+            start = len(client.received)
+            await client.command("HELO c")
+            assert bytes(client.received[start:]) == b"250 smtp.passthru\r\n"
+            assert up.commands == [b"HELO c"]
+
+
+async def test_t07_t08_local_refusals_not_forwarded(caplog: pytest.LogCaptureFixture) -> None:
+    with trio.fail_after(10):
+        async with proxied() as (up, proxy), proxy.connect() as client:
+            await client.command("EHLO c")
+            assert (await client.command("STARTTLS")).code == 502
+            # The BDAT chunk is skipped, never read as a command.
+            await client.send(b"BDAT 10 LAST\r\nRSET\r\nwxyz")
+            reply = await client.read_reply()
+            assert reply.code == 502 and reply.lines == ("Command not implemented",)
+            reply = await client.command("XCLIENT ADDR=6.6.6.6")
+            assert reply.code == 554 and reply.lines == ("Insufficient authorization",)
+            assert (await client.command("NOOP")).code == 250
+            assert up.commands == [b"EHLO c", b"NOOP"]
+    assert "client attempted use of privileged XCLIENT feature" in caplog.text
+
+
+async def test_t36_line_too_long_not_forwarded() -> None:
+    with trio.fail_after(10):
+        async with proxied() as (up, proxy), proxy.connect() as client:
+            await client.command("EHLO c")
+            reply = await client.command(b"NOOP " + b"x" * 4300)
+            assert reply.code == 500 and "Line too long" in reply.text
+            assert (await client.command("NOOP")).code == 250
+            assert up.commands == [b"EHLO c", b"NOOP"]
+
+
+# -- XCLIENT -------------------------------------------------------------------------------
+
+
+async def test_t09_xclient_then_ehlo_resent() -> None:
+    with trio.fail_after(10):
+        async with proxied("XClient: on") as (up, proxy), proxy.connect() as client:
+            await client.command("EHLO c")
+            reply = await client.command("MAIL FROM:<s@x>")
+            assert reply.code == 250 and reply.lines == ("2.1.0 Ok",)
+            assert up.commands == [
+                b"EHLO c",
+                b"XCLIENT ADDR=127.0.0.1 HELO=c",
+                b"EHLO c",
+                b"MAIL FROM:<s@x>",
+            ]
+            # Once per connection.
+            await client.command("RSET")
+            assert sum(c.startswith(b"XCLIENT") for c in up.commands) == 1
+
+
+async def test_t10_xclient_after_helo_even_when_not_advertised() -> None:
+    up = FakeUpstream(ehlo_keywords=["SIZE 100"])
+    with trio.fail_after(10):
+        async with proxied("XClient: on", up=up) as (_, proxy), proxy.connect() as client:
+            await client.command("HELO c")
+            assert (await client.command("MAIL FROM:<s@x>")).code == 250
+            assert up.commands[1:3] == [b"XCLIENT ADDR=127.0.0.1 HELO=c", b"HELO c"]
+
+
+async def test_xclient_not_sent_when_ehlo_does_not_advertise() -> None:
+    up = FakeUpstream(ehlo_keywords=["SIZE 100"])
+    with trio.fail_after(10):
+        async with proxied("XClient: on", up=up) as (_, proxy), proxy.connect() as client:
+            await client.command("EHLO c")
+            await client.command("NOOP")
+            assert up.commands == [b"EHLO c", b"NOOP"]
+
+
+# -- transactions ----------------------------------------------------------------------------
+
+
+async def test_t11_no_filter_message_relayed(caplog: pytest.LogCaptureFixture) -> None:
+    with trio.fail_after(10):
+        async with proxied() as (up, proxy), proxy.connect() as client:
+            assert await standard(client) == [250, 250, 354, 250]
+            assert client.replies[-2].text == "354 Start mail input; end with <CRLF>.<CRLF>"
+            await client.quit()
+            [t] = up.transactions
+            assert (t.mail_from, t.rcpt_to, t.message) == ("s@x", ["r@x"], MESSAGE)
+    [summary] = summaries(caplog)
+    assert summary.startswith("client=127.0.0.1, from=s@x, to=r@x, upstream=250")
+    assert "status=" not in summary
+
+
+async def test_b1_pipelined_envelope_and_body_in_one_write() -> None:
+    body = b"Subject: p\r\n\r\nMAIL FROM:<smuggled@evil>\r\n..dot\r\n"
+    with trio.fail_after(10):
+        async with proxied() as (up, proxy), proxy.connect() as client:
+            await client.command("EHLO c")
+            await client.send(
+                b"MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nRCPT TO:<reject@x>\r\n"
+                b"RCPT TO:<b@x>\r\nDATA\r\n" + body + b".\r\nQUIT\r\n"
+            )
+            codes = [(await client.read_reply()).code for _ in range(7)]
+            assert codes == [250, 250, 550, 250, 354, 250, 221]
+            await client.read_eof()
+            [t] = up.transactions
+            assert (t.mail_from, t.rcpt_to) == ("s@x", ["a@x", "b@x"])
+            assert t.message == body.replace(b"..dot", b".dot")
+            assert b"MAIL FROM:<smuggled@evil>" not in up.commands
+
+
+async def test_t35_rset_and_two_transactions(caplog: pytest.LogCaptureFixture) -> None:
+    with trio.fail_after(10):
+        async with proxied() as (up, proxy), proxy.connect() as client:
+            await client.command("EHLO c")
+            await client.command("MAIL FROM:<a@x>")
+            await client.command("RCPT TO:<one@x>")
+            await client.command("RSET")
+            assert (await client.send_message("b@x", ["two@x"], MESSAGE))[-1].code == 250
+            assert (await client.send_message("c@x", ["three@x"], MESSAGE))[-1].code == 250
+            assert [(t.mail_from, t.rcpt_to) for t in up.transactions] == [
+                ("b@x", ["two@x"]),
+                ("c@x", ["three@x"]),
+            ]
+    found = summaries(caplog)
+    assert len(found) == 2
+    assert "from=b@x, to=two@x" in found[0] and "from=c@x, to=three@x" in found[1]
+
+
+async def test_data_without_accepted_rcpt_refused_locally() -> None:
+    with trio.fail_after(10):
+        async with proxied() as (up, proxy), proxy.connect() as client:
+            await client.command("EHLO c")
+            assert (await client.command("DATA")).code == 503
+            await client.command("MAIL FROM:<s@x>")
+            await client.command("RCPT TO:<reject@x>")
+            assert (await client.command("DATA")).code == 554
+            assert b"DATA" not in up.commands
+
+
+async def test_b6_empty_first_message() -> None:
+    with trio.fail_after(10):
+        async with proxied() as (up, proxy), proxy.connect() as client:
+            assert (await client.send_message("s@x", ["r@x"], b""))[-1].code == 250
+            [t] = up.transactions
+            assert t.message == b""
+
+
+async def test_size_limit_enforced_after_whole_message() -> None:
+    up = FakeUpstream(size_limit=100)
+    with trio.fail_after(10):
+        async with proxied(up=up) as (_, proxy), proxy.connect() as client:
+            big = b"Subject: big\r\n\r\n" + b"x" * 200 + b"\r\nRSET\r\n"
+            replies = await client.send_message("s@x", ["r@x"], big)
+            assert replies[-1].code == 552
+            await up.wait_until(lambda: up.commands[-1] == b"RSET")
+            assert up.transactions == [] and b"DATA" not in up.commands
+            assert (await client.command("NOOP")).code == 250
+
+
+async def test_t33_skip_authenticated_streams(caplog: pytest.LogCaptureFixture) -> None:
+    config = "Skip: authenticated\nHeader: X-H: y\nFilterType: reject"
+    up = FakeUpstream(replies={"DATA": "354 upstream says go"})
+    with trio.fail_after(10):
+        async with proxied(config, up=up) as (_, proxy), proxy.connect() as client:
+            await client.command("EHLO c")
+            assert (await client.command("AUTH PLAIN AGFAYg==")).code == 235
+            body = b"Subject: s\r\n\r\n.dot\r\n"
+            replies = await client.send_message("s@x", ["r@x"], body)
+            assert replies[-2].text == "354 upstream says go"
+            assert replies[-1].code == 250
+            [t] = up.transactions
+            assert t.message == body  # no header, no filter
+            assert t.data == body.replace(b".dot", b"..dot")
+    assert "status=SKIPPED" in summaries(caplog)[0]
+
+
+async def test_t31_reject_mode(caplog: pytest.LogCaptureFixture) -> None:
+    with trio.fail_after(10):
+        async with proxied("FilterType: reject") as (up, proxy), proxy.connect() as client:
+            await client.command("EHLO c")
+            for line in ("MAIL FROM:<s@x>", "RCPT TO:<r@x>", "DATA"):
+                reply = await client.command(line)
+                assert reply.to_bytes() == b"530 Email Rejected\r\n"
+            await up.wait_until(lambda: len(up.commands) == 2)
+            assert up.commands == [b"EHLO c", b"RSET"]
+    assert summaries(caplog)[0].startswith("client=127.0.0.1, status=REJECTED")
+
+
+async def test_t32_reject_mode_custom_reply() -> None:
+    with trio.fail_after(10):
+        async with (
+            proxied("FilterType: reject\nFilterReject: Go away") as (_, proxy),
+            proxy.connect() as client,
+        ):
+            await client.command("EHLO c")
+            reply = await client.command("MAIL FROM:<s@x>")
+            assert reply.to_bytes() == b"550 Content Rejected; Go away\r\n"
+
+
+# -- upstream failures (B13) ----------------------------------------------------------------
+
+
+async def test_b13_connect_failure_gives_421(caplog: pytest.LogCaptureFixture) -> None:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # a closed port: connection refused
+    with trio.fail_after(10):
+        async with (
+            run_proxy("", upstream=f"127.0.0.1:{port}") as proxy,
+            proxy.connect() as client,
+        ):
+            reply = await client.greeting()
+            assert reply.code == 421
+            await client.read_eof()
+    assert "couldn't connect to" in caplog.text and "Connection refused" in caplog.text
+
+
+async def test_upstream_closes_at_mail_gives_421() -> None:
+    up = FakeUpstream(close_at=ClosePoint.ON_MAIL)
+    with trio.fail_after(10):
+        async with proxied(up=up) as (_, proxy), proxy.connect() as client:
+            await client.command("EHLO c")
+            reply = await client.command("MAIL FROM:<s@x>")
+            assert reply.code == 421
+            await client.read_eof()
+
+
+async def test_upstream_closes_after_dot_gives_421_nothing_claimed() -> None:
+    up = FakeUpstream(close_at=ClosePoint.AFTER_DOT)
+    with trio.fail_after(10):
+        async with proxied(up=up) as (_, proxy), proxy.connect() as client:
+            replies = await client.send_message("s@x", ["r@x"], MESSAGE)
+            assert replies[-1].code == 421
+            await client.read_eof()
+            assert up.transactions == []
+
+
+async def test_t40b_upstream_refuses_data(caplog: pytest.LogCaptureFixture) -> None:
+    up = FakeUpstream(replies={"DATA": "554 5.5.1 no valid recipients"})
+    with trio.fail_after(10):
+        async with proxied(up=up) as (_, proxy), proxy.connect() as client:
+            replies = await client.send_message("s@x", ["r@x"], MESSAGE)
+            assert replies[-1].text == "554 5.5.1 no valid recipients"
+            await up.wait_until(lambda: up.commands[-1] == b"RSET")
+            assert b"." not in up.commands
+            assert (await client.command("NOOP")).code == 250
+    assert "upstream=554 5.5.1 no valid recipients" in summaries(caplog)[0]
+
+
+async def test_upstream_rejects_message_logged() -> None:
+    up = FakeUpstream(replies={END_OF_DATA: "554 5.7.1 spam"})
+    with trio.fail_after(10):
+        async with proxied(up=up) as (_, proxy), proxy.connect() as client:
+            replies = await client.send_message("s@x", ["r@x"], MESSAGE)
+            assert replies[-1].text == "554 5.7.1 spam"
+
+
+async def test_upstream_closes_at_quit_time_client_closed() -> None:
+    up = FakeUpstream(replies={"NOOP": CLOSE})
+    with trio.fail_after(10):
+        async with proxied(up=up) as (_, proxy), proxy.connect() as client:
+            await client.command("EHLO c")
+            assert (await client.command("NOOP")).code == 421
+            await client.read_eof()
+
+
+# -- limits and timeouts -----------------------------------------------------------------------
+
+
+async def test_t37_max_connections(caplog: pytest.LogCaptureFixture) -> None:
+    with trio.fail_after(10):
+        async with (
+            proxied("MaxConnections: 2") as (up, proxy),
+            proxy.connect() as one,
+            proxy.connect() as two,
+        ):
+            await one.greeting()
+            await two.greeting()
+            async with proxy.connect() as three:
+                reply = await three.greeting()
+                assert reply.to_bytes() == b"421 Server busy, too many connections\r\n"
+                await three.read_eof()
+            assert up.connections == 2
+            await one.quit()
+            await one.read_eof()
+            await two.quit()
+            await two.read_eof()
+            await up.wait_until(lambda: up.active_connections == 0)
+            # The slots come back (the server notices the closes asynchronously).
+            for _ in range(100):
+                async with proxy.connect() as four:
+                    if (await four.greeting()).code == 220:
+                        break
+                await trio.sleep(0.01)
+            else:
+                raise AssertionError("no slot came back")
+    assert "too many connections open (max 2)" in caplog.text
+
+
+async def test_t38_idle_client_gets_421_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(30):
+        async with proxied("TimeOut: 5") as (up, proxy), proxy.connect(timeout=60) as client:
+            await client.command("EHLO c")
+            start = trio.current_time()
+            reply = await client.read_reply()
+            assert reply.to_bytes() == b"421 4.4.2 smtp.passthru Error: timeout exceeded\r\n"
+            assert 5 <= trio.current_time() - start < 6
+            await client.read_eof()
+            await up.wait_until(lambda: up.active_connections == 0)
+
+
+async def test_t39_keepalives_while_data_arrives_slowly(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with (
+            proxied("KeepAlives: 1\nTimeOut: 5") as (up, proxy),
+            proxy.connect(timeout=60) as client,
+        ):
+            await client.command("EHLO c")
+            await client.command("MAIL FROM:<s@x>")
+            await client.command("RCPT TO:<r@x>")
+            assert (await client.command("DATA")).code == 354
+            for line in (b"Subject: t\r\n", b"\r\n", b"a\r\n", b"b\r\n"):
+                await client.send(line)
+                await trio.sleep(1.5)
+            await client.send(b".\r\n")
+            final = await client.read_reply()
+            assert final.code == 250
+            # No NOOP reply reached the client: the next reply is NOOP's own.
+            assert (await client.command("QUIT")).code == 221
+            assert len(client.replies) == 7
+            noops = up.commands.index(b"DATA") - up.commands.index(b"RCPT TO:<r@x>") - 1
+            assert noops >= 2
+            assert set(up.commands[3 : 3 + noops]) == {b"NOOP"}
+            assert up.transactions[0].message == b"Subject: t\r\n\r\na\r\nb\r\n"
+
+
+async def test_client_vanishes_in_data_nothing_delivered() -> None:
+    with trio.fail_after(10):
+        async with (
+            proxied() as (up, proxy),
+            proxy.connect() as client,
+        ):
+            await client.command("EHLO c")
+            await client.command("MAIL FROM:<s@x>")
+            await client.command("RCPT TO:<r@x>")
+            await client.command("DATA")
+            await client.send(b"Subject: t\r\n\r\npartial")
+            await client.aclose()
+            await up.wait_until(lambda: up.active_connections == 0)
+            assert up.transactions == [] and b"DATA" not in up.commands
+
+
+async def test_unix_socket_listener_and_upstream(tmp_path: os.PathLike[str]) -> None:
+    upstream_path = os.path.join(tmp_path, "up.sock")
+    listen_path = os.path.join(tmp_path, "proxy.sock")
+    with trio.fail_after(10):
+        async with (
+            FakeUpstream(unix_path=upstream_path) as up,
+            run_proxy(f"Listen: {listen_path}", upstream=up) as proxy,
+        ):
+            async with proxy.connect() as client:
+                assert await standard(client) == [250, 250, 354, 250]
+            assert up.transactions[0].message == MESSAGE
+            assert os.listdir(proxy.temp_directory) == []
+    assert os.listdir(tmp_path) == []  # both socket files removed
+
+
+async def test_unix_listener_socket_file_removed(tmp_path: os.PathLike[str]) -> None:
+    listen_path = os.path.join(tmp_path, "proxy.sock")
+    with trio.fail_after(10):
+        async with FakeUpstream() as up, run_proxy(f"Listen: {listen_path}", upstream=up):
+            assert os.path.exists(listen_path)
+    assert not os.path.exists(listen_path)
