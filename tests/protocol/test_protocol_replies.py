@@ -28,8 +28,9 @@ def test_to_bytes_single_and_multi() -> None:
 
 
 def test_to_bytes_empty_text() -> None:
-    assert Reply(250, ("",)).to_bytes() == b"250\r\n"
-    assert Reply(250, ("", "x", "")).to_bytes() == b"250-\r\n250-x\r\n250\r\n"
+    # The final line keeps its space (clients such as swaks look for "NNN ").
+    assert Reply(250, ("",)).to_bytes() == b"250 \r\n"
+    assert Reply(250, ("", "x", "")).to_bytes() == b"250-\r\n250-x\r\n250 \r\n"
 
 
 def test_to_bytes_is_byte_exact_for_8bit_text() -> None:
@@ -219,7 +220,7 @@ def test_round_trip_and_split_independence(
         ("  \t ", b"550 Content Rejected; Content Rejected\r\n"),
         ("   554 leading spaces", b"554 leading spaces\r\n"),
         ("550-5.7.1 multi", b"550 5.7.1 multi\r\n"),  # B8: a final line, not a continuation
-        ("250", b"250\r\n"),
+        ("250", b"250 \r\n"),
         ("Go away", b"550 Content Rejected; Go away\r\n"),
         ("5550 x", b"550 Content Rejected; 5550 x\r\n"),
         ("999 x", b"550 Content Rejected; 999 x\r\n"),

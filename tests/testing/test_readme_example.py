@@ -12,9 +12,13 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 async def test_my_filter_tags_spam() -> None:
     with trio.fail_after(20):
-        async with FakeUpstream() as upstream, run_proxy(
-            "FilterCommand: sed 's/^Subject: /Subject: [SPAM] /'\n", upstream=upstream
-        ) as proxy, proxy.connect() as client:
+        async with (
+            FakeUpstream() as upstream,
+            run_proxy(
+                "FilterCommand: sed 's/^Subject: /Subject: [SPAM] /'\n", upstream=upstream
+            ) as proxy,
+            proxy.connect() as client,
+        ):
             await client.greeting()
             replies = await client.send_message(
                 "a@example.org", ["b@example.org"], b"Subject: hi\r\n\r\nbuy now\r\n"

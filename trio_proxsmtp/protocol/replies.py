@@ -54,11 +54,10 @@ class Reply:
 
     def to_bytes(self) -> bytes:
         """The reply as wire bytes, every line ending in CRLF."""
-        out = []
-        last = len(self.lines) - 1
-        for index, text in enumerate(self.lines):
-            sep = " " if index == last else "-"
-            out.append(f"{self.code}{sep}{text}\r\n" if text else f"{self.code}{sep.strip()}\r\n")
+        # The final line always has its space, even with no text: "250 " from smtp-sink must
+        # reach the client as "250 ", or swaks waits for more (found by the integration tests).
+        out = [f"{self.code}-{text}\r\n" for text in self.lines[:-1]]
+        out.append(f"{self.code} {self.lines[-1]}\r\n")
         return "".join(out).encode(_ENCODING, _ERRORS)
 
     @property

@@ -1,0 +1,160 @@
+"""The proxy between real SMTP software: swaks, smtplib, Postfix's smtp-sink and smtp-source."""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import smtplib
+import subprocess
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+import trio
+from integration_support import free_port, require, spawn, wait_listening
+
+from trio_proxsmtp.testing import FakeUpstream, run_proxy
+
+pytestmark = pytest.mark.integration
+
+CAT = "FilterCommand: cat"
+REJECT = "FilterCommand: cat >/dev/null; echo '550 5.7.1 Rejected by test filter' >&2; exit 1"
+
+
+async def swaks(port: int, *extra: str) -> subprocess.CompletedProcess[bytes]:
+    argv = [require("swaks"), "--server", f"127.0.0.1:{port}", "--from", "s@x", "--to", "r@x"]
+    argv += ["--helo", "client.example", "--header", "Subject: swaks test", "--timeout", "5"]
+    argv += extra
+    result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+    # On a timeout swaks falls back (EHLO -> HELO) and may still succeed: never let it.
+    assert b"<** Timeout" not in result.stdout, result.stdout.decode()
+    return result
+
+
+@pytest.mark.parametrize("config", ["", CAT], ids=["no-filter", "cat"])
+async def test_swaks_message_arrives(config: str) -> None:
+    with trio.fail_after(30):
+        async with FakeUpstream() as up, run_proxy(config, upstream=up) as proxy:
+            result = await swaks(proxy.port, "--body", "hello from swaks")
+            assert result.returncode == 0, result.stdout.decode()
+            assert b"<-  250 2.0.0 Ok: queued as 1" in result.stdout
+    [transaction] = up.transactions
+    assert (transaction.mail_from, transaction.rcpt_to) == ("s@x", ["r@x"])
+    assert b"Subject: swaks test\r\n" in transaction.message
+    assert b"\r\n\r\nhello from swaks\r\n" in transaction.message
+
+
+async def test_swaks_sees_the_filter_rejection() -> None:
+    with trio.fail_after(30):
+        async with FakeUpstream() as up, run_proxy(REJECT, upstream=up) as proxy:
+            result = await swaks(proxy.port)
+    assert result.returncode != 0
+    assert b"<** 550 5.7.1 Rejected by test filter" in result.stdout
+    assert up.transactions == []
+    assert b"RSET\r\n" in up.received
+
+
+async def test_swaks_pipeline_falls_back_without_the_extension() -> None:
+    """We strip PIPELINING from EHLO, so swaks --pipeline must notice and send lock-step."""
+    with trio.fail_after(30):
+        async with FakeUpstream() as up, run_proxy(CAT, upstream=up) as proxy:
+            result = await swaks(proxy.port, "--pipeline", "--body", "piped")
+    output = result.stdout.decode()
+    assert result.returncode == 0, output
+    assert "PIPELINING" not in output
+    # Lock-step: each command's reply comes before the next command (swaks prints the
+    # pipelined commands together, then their replies, when it can pipeline).
+    assert " -> MAIL FROM:<s@x>\n<-  250 " in output
+    assert " -> RCPT TO:<r@x>\n<-  250 " in output
+    assert " -> DATA\n<-  354 " in output
+    [transaction] = up.transactions
+    assert b"\r\n\r\npiped\r\n" in transaction.message
+
+
+async def test_smtplib_client() -> None:
+    message = EmailMessage()
+    message["Subject"] = "smtplib test"
+    message["From"] = "s@x"
+    message["To"] = "a@x, b@x"
+    message.set_content(".leading dot\nüñíçødé body\n")
+
+    def send(port: int) -> dict[str, tuple[int, bytes]]:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.ehlo("client.example")
+            assert not client.has_extn("pipelining") and not client.has_extn("starttls")
+            refused = client.send_message(message, "s@x", ["a@x", "reject@x", "b@x"])
+            client.quit()
+            return refused
+
+    with trio.fail_after(30):
+        async with FakeUpstream() as up, run_proxy(CAT, upstream=up) as proxy:
+            refused = await trio.to_thread.run_sync(send, proxy.port)
+    assert list(refused) == ["reject@x"]
+    [transaction] = up.transactions
+    assert transaction.rcpt_to == ["a@x", "b@x"]
+    assert b"\r\n.leading dot\r\n" in transaction.message
+    assert b"Subject: smtplib test\r\n" in transaction.message
+
+
+async def test_smtp_sink_as_upstream(tmp_path: Path) -> None:
+    sink = require("smtp-sink")
+    port = free_port()
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    argv = [sink, "-d", f"{dumps}/%M."]
+    if os.geteuid() == 0:
+        # As root smtp-sink must switch to nobody, who cannot enter pytest's 0700 tmp
+        # directory: chroot into a world-writable one instead.
+        dumps.chmod(0o777)
+        argv = [sink, "-u", "nobody", "-R", str(dumps), "-d", "/%M."]
+    argv += [f"127.0.0.1:{port}", "100"]
+    with trio.fail_after(30):
+        async with spawn(argv, log=tmp_path / "sink.log", cwd=tmp_path) as process:
+            await wait_listening(port, process)
+            async with run_proxy(CAT, upstream=f"127.0.0.1:{port}") as proxy:
+                result = await swaks(proxy.port, "--body", "to the sink")
+                assert result.returncode == 0, result.stdout.decode()
+                assert b"<-  250 " in result.stdout
+            while not any(p.stat().st_size for p in dumps.rglob("*") if p.is_file()):
+                await trio.sleep(0.05)
+    [dump] = [p for p in dumps.rglob("*") if p.is_file()]
+    content = dump.read_bytes()
+    assert b"Subject: swaks test" in content
+    assert b"to the sink" in content
+
+
+def _mask(message: bytes) -> bytes:
+    """smtp-source's varying header lines (date, message id) replaced by a fixed mark."""
+    return re.sub(rb"^(Date|Message-Id): [^\r\n]*", rb"\1: *", message, flags=re.MULTILINE)
+
+
+async def _smtp_source(port: int, messages: int, sessions: int) -> None:
+    argv = [require("smtp-source"), "-s", str(sessions), "-m", str(messages), "-l", "3000"]
+    argv += ["-d", "-N", "-M", "source.example", "-f", "s@x", "-t", "r@x", f"127.0.0.1:{port}"]
+    result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+
+
+async def test_smtp_source_1000_messages_through_cat() -> None:
+    """Every message arrives exactly once, byte-exact against a direct run of smtp-source.
+
+    ``-N`` numbers each recipient, so the envelope identifies each of the 1,000 messages.
+    """
+    messages, sessions = 1000, 20
+    with trio.fail_after(90):
+        async with FakeUpstream() as direct:
+            await _smtp_source(direct.port, 20, 2)
+        async with (
+            FakeUpstream() as up,
+            run_proxy(CAT + "\nMaxConnections: 64", upstream=up) as proxy,
+        ):
+            await _smtp_source(proxy.port, messages, sessions)
+    reference = {_mask(t.message) for t in direct.transactions}
+    assert len(reference) == 1, "smtp-source makes one message shape for a given -l"
+    assert len(up.transactions) == messages
+    counts = collections.Counter(t.rcpt_to[0] for t in up.transactions)
+    assert len(counts) == messages and set(counts.values()) == {1}
+    for transaction in up.transactions:
+        assert _mask(transaction.message) in reference
+    assert up.connections == sessions
