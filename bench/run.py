@@ -1,0 +1,607 @@
+"""Benchmark trio_proxsmtp against the C proxsmtpd 1.10 (issue 7); run: python bench/run.py.
+
+Load is Postfix's smtp-source, the upstream is Postfix's smtp-sink, and messages/s are counted
+at the sink (its running ``-c`` counter, sampled over a steady-state window after a warm-up),
+so connection set-up and tear-down do not blur the rate.  Ours and C run alternately (A B A B)
+for every scenario and round, each with a fresh proxy and sink, and the ratio is the median of
+the per-round ratios.  Latency (final dot -> reply) comes from a small blocking client that
+sends messages one at a time on one session against an otherwise idle proxy.  Everything
+(load generator, proxy, sink, filters) shares this machine's cores: the numbers are relative.
+
+Standard library only, plus the package under test.  ``--quick`` gives a ~1 minute version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+SINK = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin:" + os.environ.get("PATH", ""))
+SOURCE = shutil.which("smtp-source", path="/usr/sbin:/usr/bin:" + os.environ.get("PATH", ""))
+C_PROXY = shutil.which("proxsmtpd", path="/usr/sbin:/usr/bin:" + os.environ.get("PATH", ""))
+REPO = Path(__file__).resolve().parent.parent
+IMPLS = ("ours", "C")
+SCENARIOS: dict[str, str] = {
+    "no filter": "",
+    "cat": "FilterCommand: cat\n",
+    "file+true": "FilterType: file\nFilterCommand: true\n",
+}
+SESSIONS_PER_SOURCE = 5  # the C proxy's listen backlog is 5: start sessions in fives
+STAGGER = 0.02  # seconds between two smtp-source processes
+MSG_SIZE = 2048
+C_IDLE = 500
+
+
+@dataclass
+class Settings:
+    rounds: int
+    sessions: int
+    warmup: float
+    window: float
+    latency_budget: float
+    latency_max: int
+    levels: tuple[int, ...]
+    big_mb: int
+    idle: int
+
+
+FULL = Settings(3, 10, 1.0, 3.0, 2.0, 300, (10, 50, 200), 50, 5000)
+QUICK = Settings(3, 10, 0.3, 0.6, 0.3, 100, (10, 50, 200), 50, 5000)
+
+
+# ---------------------------------------------------------------- processes and /proc
+
+
+def free_port() -> int:
+    """A loopback port free right now (a race with other programs is possible but unlikely)."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    """Whether 127.0.0.1:port is in LISTEN state, without connecting (which C would relay)."""
+    want = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        return any(
+            line.split()[1] == want and line.split()[3] == "0A" for line in f.readlines()[1:]
+        )
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not listening(port):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.args!r} is not listening on {port}")
+        time.sleep(0.01)
+
+
+def proc_kb(pid: int, key: str) -> int:
+    """A field of /proc/PID/status in kB (VmRSS, VmHWM)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def raise_nofile(want: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Stop one process we started, by its pid, escalating to SIGKILL."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Sink:
+    """smtp-sink with its running counter (``sess=.. quit=.. mesg=N`` + CR) in a file."""
+
+    def __init__(self, workdir: Path, backlog: int = 1024) -> None:
+        self.port = free_port()
+        self.out = workdir / f"sink-{self.port}.out"
+        cmd = [str(SINK), "-c", f"{HOST}:{self.port}", str(backlog)]
+        if os.geteuid() == 0:
+            cmd[1:1] = ["-u", "nobody"]
+        with open(self.out, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        wait_listening(self.port, self.proc)
+
+    def count(self) -> int:
+        with open(self.out, "rb") as f:
+            f.seek(max(0, self.out.stat().st_size - 256))
+            found = re.findall(rb"mesg=(\d+)\r", f.read())
+        return int(found[-1]) if found else 0
+
+    def close(self) -> None:
+        stop(self.proc)
+        self.out.unlink(missing_ok=True)
+
+
+class Proxy:
+    """Our proxy or the C proxsmtpd, in the foreground, with a config made for this run."""
+
+    def __init__(
+        self, impl: str, workdir: Path, upstream: int, extra: str, max_conn: int = 256
+    ) -> None:
+        self.impl = impl
+        self.port = free_port()
+        self.conf = workdir / f"{impl}-{self.port}.conf"
+        self.conf.write_text(
+            f"Listen: {HOST}:{self.port}\nOutAddress: {HOST}:{upstream}\n"
+            f"TempDirectory: {workdir}\nMaxConnections: {max_conn}\n{extra}"
+        )
+        if impl == "ours":
+            cmd = [sys.executable, "-m", "trio_proxsmtp", "-d", "0", "-f", str(self.conf)]
+        else:
+            cmd = [str(C_PROXY), "-d", "0", "-f", str(self.conf)]
+        self.log = workdir / f"{impl}-{self.port}.log"
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir
+            )
+        wait_listening(self.port, self.proc)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def close(self) -> None:
+        stop(self.proc)
+        self.conf.unlink(missing_ok=True)
+        self.log.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def load(port: int, sessions: int) -> Iterator[None]:
+    """smtp-source sessions that keep sending (-d: many messages per session), started in
+    groups of SESSIONS_PER_SOURCE so that a listen backlog of 5 does not drop SYNs."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        left = sessions
+        while left > 0:
+            n = min(SESSIONS_PER_SOURCE, left)
+            left -= n
+            cmd = [str(SOURCE), "-d", "-s", str(n), "-m", "100000000", "-l", str(MSG_SIZE)]
+            cmd += ["-f", "from@example.org", "-t", "to@example.net", f"{HOST}:{port}"]
+            procs.append(
+                subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+            time.sleep(STAGGER)
+        yield
+    finally:
+        for p in procs:
+            stop(p, signal.SIGKILL)
+
+
+def rate_at_sink(sink: Sink, warmup: float, window: float) -> float:
+    time.sleep(warmup)
+    c0, t0 = sink.count(), time.monotonic()
+    time.sleep(window)
+    c1, t1 = sink.count(), time.monotonic()
+    return (c1 - c0) / (t1 - t0)
+
+
+# ---------------------------------------------------------------- a small blocking client
+
+
+class Client:
+    """One SMTP session, one command at a time, TCP_NODELAY."""
+
+    def __init__(self, port: int, timeout: float = 60.0) -> None:
+        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rfile = self.sock.makefile("rb")
+        self.expect(b"220")
+
+    def reply(self) -> bytes:
+        while True:
+            line = self.rfile.readline()
+            if not line:
+                raise ConnectionError("connection closed")
+            if line[3:4] != b"-":
+                return line
+
+    def expect(self, code: bytes) -> None:
+        line = self.reply()
+        if not line.startswith(code):
+            raise RuntimeError(f"expected {code!r}, got {line!r}")
+
+    def command(self, line: bytes, code: bytes) -> None:
+        self.sock.sendall(line + b"\r\n")
+        self.expect(code)
+
+    def message(self, body: Callable[[socket.socket], None]) -> float:
+        """Send one message; return seconds from the final dot to its 250."""
+        self.command(b"MAIL FROM:<from@example.org>", b"250")
+        self.command(b"RCPT TO:<to@example.net>", b"250")
+        self.command(b"DATA", b"354")
+        body(self.sock)
+        t0 = time.perf_counter()
+        self.sock.sendall(b".\r\n")
+        self.expect(b"250")
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendall(b"QUIT\r\n")
+            self.reply()
+        self.rfile.close()
+        self.sock.close()
+
+
+def text(size: int) -> bytes:
+    """About `size` bytes of mail: headers, then 76-character lines, CRLF-terminated."""
+    head = b"From: from@example.org\r\nTo: to@example.net\r\nSubject: bench\r\n\r\n"
+    line = b"x" * 74 + b"\r\n"
+    return head + line * max(1, (size - len(head)) // len(line))
+
+
+def latencies(port: int, budget: float, most: int) -> list[float]:
+    client = Client(port)
+    client.command(b"EHLO bench.example", b"250")
+    body = text(MSG_SIZE)
+    out: list[float] = []
+    end = time.monotonic() + budget
+    while len(out) < most and time.monotonic() < end:
+        out.append(client.message(lambda s: s.sendall(body)))
+    client.close()
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# ---------------------------------------------------------------- the measurements
+
+
+@dataclass
+class Run:
+    rate: float
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    samples: int = 0
+    hwm_kb: int = 0
+
+
+@dataclass
+class Results:
+    settings: Settings
+    runs: dict[str, dict[str, list[Run]]] = field(default_factory=dict)
+    levels: dict[str, dict[int, float]] = field(default_factory=dict)
+    big: dict[str, dict[str, float]] = field(default_factory=dict)
+    idle: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def one_run(impl: str, workdir: Path, extra: str, s: Settings, sessions: int) -> Run:
+    sink = Sink(workdir)
+    if impl == "direct":
+        try:
+            with load(sink.port, sessions):
+                return Run(rate_at_sink(sink, s.warmup, s.window))
+        finally:
+            sink.close()
+    proxy = Proxy(impl, workdir, sink.port, extra)
+    try:
+        with load(proxy.port, sessions):
+            rate = rate_at_sink(sink, s.warmup, s.window)
+        lat = latencies(proxy.port, s.latency_budget, s.latency_max)
+        return Run(
+            rate,
+            pct(lat, 0.5) * 1e3,
+            pct(lat, 0.99) * 1e3,
+            len(lat),
+            proc_kb(proxy.pid, "VmHWM"),
+        )
+    finally:
+        proxy.close()
+        sink.close()
+
+
+def big_message(impl: str, workdir: Path, megabytes: int) -> dict[str, float]:
+    """RSS growth of the proxy while one large message passes through `cat`."""
+    sink = Sink(workdir)
+    proxy = Proxy(impl, workdir, sink.port, "FilterCommand: cat\nFilterTimeout: 120\n")
+    try:
+        client = Client(proxy.port, timeout=180)
+        client.command(b"EHLO bench.example", b"250")
+        client.message(lambda sock: sock.sendall(text(MSG_SIZE)))  # warm up the code paths
+        time.sleep(0.2)
+        base = proc_kb(proxy.pid, "VmRSS")
+        peak = base
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.wait(0.005):
+                with contextlib.suppress(OSError, KeyError):
+                    peak = max(peak, proc_kb(proxy.pid, "VmRSS"))
+
+        block = text(1 << 20)
+
+        def body(sock: socket.socket) -> None:
+            for _ in range(megabytes):
+                sock.sendall(block)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        t0 = time.perf_counter()
+        try:
+            client.message(body)
+        finally:
+            done.set()
+            sampler.join()
+        seconds = time.perf_counter() - t0
+        client.close()
+        return {"base_kb": base, "growth_kb": peak - base, "seconds": seconds}
+    finally:
+        proxy.close()
+        sink.close()
+
+
+class Greeter:
+    """An upstream that greets and then holds each connection silently (smtp-sink stops
+    accepting at about 256 concurrent sessions, too few for the idle-session test)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server((HOST, 0), backlog=4096)
+        self.port = int(self.listener.getsockname()[1])
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                self.held.append(conn)
+                conn.sendall(b"220 greeter ESMTP\r\n")
+
+    def close(self) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self.thread.join(5)
+        for conn in self.held:
+            conn.close()
+
+
+def idle_sessions(impl: str, workdir: Path, count: int) -> dict[str, float]:
+    """Proxy RSS per idle session: `count` clients that got the greeting and say nothing."""
+    raise_nofile(2 * count + 256)
+    upstream = Greeter()
+    proxy = Proxy(impl, workdir, upstream.port, "", max_conn=count + 100)
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(5):  # warm up (the greeter never answers QUIT: just hang up)
+            with socket.create_connection((HOST, proxy.port), timeout=30) as sock:
+                sock.recv(512)
+        time.sleep(0.3)
+        base = proc_kb(proxy.pid, "VmRSS")
+        t0 = time.perf_counter()
+        while len(socks) < count:
+            batch = [
+                socket.create_connection((HOST, proxy.port), timeout=30)
+                for _ in range(min(SESSIONS_PER_SOURCE, count - len(socks)))
+            ]
+            socks += batch
+            for sock in batch:  # the greeting proves the session is relayed end to end
+                if not sock.recv(512).startswith(b"220"):
+                    raise RuntimeError("no greeting")
+        opened = time.perf_counter() - t0
+        time.sleep(0.5)
+        rss = proc_kb(proxy.pid, "VmRSS")
+        return {
+            "sessions": len(socks),
+            "base_kb": base,
+            "rss_kb": rss,
+            "per_session_kb": (rss - base) / len(socks),
+            "open_seconds": opened,
+        }
+    finally:
+        for sock in socks:
+            sock.close()
+        proxy.close()
+        upstream.close()
+
+
+def median_ratio(runs: dict[str, list[Run]]) -> float:
+    return statistics.median(o.rate / c.rate for o, c in zip(runs["ours"], runs["C"], strict=True))
+
+
+# ---------------------------------------------------------------- report
+
+
+def report(r: Results, elapsed: float) -> str:
+    s = r.settings
+    out = [
+        f"trio_proxsmtp vs C proxsmtpd 1.10 — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"machine: {platform.machine()} {cpu_model()}, {os.cpu_count()} cores (shared by load, "
+        f"proxy, sink, filters); Linux {platform.release()}; Python {platform.python_version()}",
+        f"{s.rounds} rounds A/B alternated; {s.sessions} sessions, {MSG_SIZE}-byte messages; "
+        f"rate = sink count over {s.window:g} s after {s.warmup:g} s warm-up; "
+        f"latency = final dot -> reply, one idle session",
+        "",
+        f"{'scenario':<11} {'impl':<6} {'msg/s (rounds)':<26} {'median':>8} {'ours/C':>7} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'n':>4} {'peak RSS':>9}",
+    ]
+    for name, runs in r.runs.items():
+        for impl, rs in runs.items():
+            rates = " ".join(f"{x.rate:.0f}" for x in rs)
+            med = statistics.median(x.rate for x in rs)
+            ratio = f"{median_ratio(runs):.2f}" if impl == "ours" and "C" in runs else ""
+            if impl == "direct":
+                out.append(f"{name:<11} {impl:<6} {rates:<26} {med:>8.0f}")
+                continue
+            p50 = statistics.median(x.p50_ms for x in rs)
+            p99 = statistics.median(x.p99_ms for x in rs)
+            n = min(x.samples for x in rs)
+            hwm = max(x.hwm_kb for x in rs) / 1024
+            out.append(
+                f"{name:<11} {impl:<6} {rates:<26} {med:>8.0f} {ratio:>7} {p50:>7.2f} "
+                f"{p99:>7.2f} {n:>4} {hwm:>7.1f}MB"
+            )
+    out += ["", "concurrent sessions (no filter), msg/s:"]
+    for impl, lv in r.levels.items():
+        cells = "  ".join(f"{k:>3}: {v:>6.0f}" for k, v in lv.items())
+        out.append(f"  {impl:<5} {cells}")
+    out += ["", f"one {s.big_mb} MB message through `cat`:"]
+    for impl, b in r.big.items():
+        out.append(
+            f"  {impl:<5} RSS {b['base_kb'] / 1024:.1f} MB before, growth "
+            f"{b['growth_kb'] / 1024:.1f} MB, {b['seconds']:.2f} s"
+        )
+    out += ["", "idle sessions (greeted, silent):"]
+    for impl, d in r.idle.items():
+        out.append(
+            f"  {impl:<5} {d['sessions']:.0f} held, RSS {d['base_kb'] / 1024:.1f} -> "
+            f"{d['rss_kb'] / 1024:.1f} MB, {d['per_session_kb']:.1f} KB/session, "
+            f"opened in {d['open_seconds']:.1f} s"
+        )
+    out += ["", "targets (issue 7):"]
+    out += targets(r)
+    out += ["", f"total time {elapsed:.0f} s"]
+    return "\n".join(out)
+
+
+def targets(r: Results) -> list[str]:
+    lines = []
+
+    def check(label: str, ok: bool, detail: str) -> None:
+        lines.append(f"  [{'met' if ok else 'MISSED'}] {label}: {detail}")
+
+    if "no filter" in r.runs:
+        ratio = median_ratio(r.runs["no filter"])
+        check("no filter >= 4x C msg/s", ratio >= 4, f"{ratio:.2f}x")
+        p50 = statistics.median(x.p50_ms for x in r.runs["no filter"]["ours"])
+        check("no filter p50 <= 3 ms", p50 <= 3, f"{p50:.2f} ms")
+    if "cat" in r.runs:
+        ratio = median_ratio(r.runs["cat"])
+        check("cat >= 1.8x C msg/s", ratio >= 1.8, f"{ratio:.2f}x")
+    if "ours" in r.big:
+        g = r.big["ours"]["growth_kb"] / 1024
+        check("50 MB message RSS growth <= 10 MB", g <= 10, f"{g:.1f} MB")
+    if "ours" in r.idle:
+        d = r.idle["ours"]
+        ok = d["per_session_kb"] <= 25 and d["sessions"] >= 5000
+        check("5,000 idle sessions, <= 25 KB each", ok, f"{d['per_session_kb']:.1f} KB")
+    if "ours" in r.levels:
+        lv = r.levels["ours"]
+        lo, hi = min(lv), max(lv)
+        drop = 1 - lv[hi] / lv[lo]
+        check(f"{lo} -> {hi} sessions drop <= 20%", drop <= 0.2, f"{drop * 100:+.1f}% drop")
+    return lines
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="about one minute")
+    parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
+    parser.add_argument("--only", choices=["main", "levels", "big", "idle"], action="append")
+    args = parser.parse_args()
+    s = QUICK if args.quick else FULL
+    if args.rounds:
+        s.rounds = args.rounds
+    for tool, name in ((SINK, "smtp-sink"), (SOURCE, "smtp-source"), (C_PROXY, "proxsmtpd")):
+        if tool is None:
+            sys.exit(f"{name} not found (Debian packages postfix and proxsmtp)")
+    parts = set(args.only or ["main", "levels", "big", "idle"])
+    r = Results(s)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="proxsmtp-bench-") as tmp:
+        workdir = Path(tmp)
+        os.chmod(workdir, 0o755)  # smtp-sink runs as nobody; proxies run as us
+        if "main" in parts:
+            for rnd in range(s.rounds):
+                for name, extra in SCENARIOS.items():
+                    order = IMPLS if rnd % 2 == 0 else IMPLS[::-1]
+                    for impl in order:
+                        run = one_run(impl, workdir, extra, s, s.sessions)
+                        r.runs.setdefault(name, {}).setdefault(impl, []).append(run)
+                        progress(f"round {rnd + 1} {name} {impl}: {run.rate:.0f} msg/s")
+                run = one_run("direct", workdir, "", s, s.sessions)
+                r.runs.setdefault("direct", {}).setdefault("direct", []).append(run)
+                progress(f"round {rnd + 1} direct: {run.rate:.0f} msg/s")
+        if "levels" in parts:
+            for level in s.levels:
+                for impl in IMPLS:
+                    run = one_run(impl, workdir, "", s, level)
+                    r.levels.setdefault(impl, {})[level] = run.rate
+                    progress(f"{level} sessions {impl}: {run.rate:.0f} msg/s")
+        if "big" in parts:
+            for impl in IMPLS:
+                r.big[impl] = big_message(impl, workdir, s.big_mb)
+                progress(f"big {impl}: {r.big[impl]}")
+        if "idle" in parts:
+            for impl in IMPLS:
+                # C 1.10 uses select(): a descriptor above FD_SETSIZE (1024) aborts it, at
+                # about 510 sessions (two descriptors each), so it gets C_IDLE sessions.
+                count = s.idle if impl == "ours" else min(s.idle, C_IDLE)
+                r.idle[impl] = idle_sessions(impl, workdir, count)
+                progress(f"idle {impl}: {r.idle[impl]}")
+    text_out = report(r, time.monotonic() - started)
+    print(text_out)
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    (results / f"{stamp}.txt").write_text(text_out + "\n")
+    (results / f"{stamp}.json").write_text(json.dumps(as_json(r), indent=1) + "\n")
+    print(f"\nwritten to {results / stamp}.txt and .json")
+
+
+def as_json(r: Results) -> dict[str, object]:
+    return {
+        "settings": vars(r.settings),
+        "runs": {n: {i: [vars(x) for x in rs] for i, rs in d.items()} for n, d in r.runs.items()},
+        "levels": r.levels,
+        "big": r.big,
+        "idle": r.idle,
+    }
+
+
+def progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
