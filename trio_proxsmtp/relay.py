@@ -239,9 +239,8 @@ class Connection:
             elif isinstance(action, RunFilter):
                 await self._perform(await self._filter())
             elif isinstance(action, SendMessage):
-                async with self._watch_client():
-                    await self._send_message()
-                    reply = await self._read_reply()
+                await self._send_message()
+                reply = await self._read_reply()
                 self._remove_spools()
                 await self._perform(self.session.reply(action, reply))
             elif isinstance(action, SkipBytes):
@@ -434,18 +433,38 @@ class Connection:
         sender = DataSender()
         inserter = self._header_inserter()
         sent = 0
+        pending = b""  # held back one chunk, so the last one goes out with the "."
         for chunk in message.chunks():
-            if inserter is not None:
-                chunk = inserter.feed(chunk)
-            data = sender.feed(chunk)
-            if data:
-                await self._send_upstream_data(data)
-                sent += len(data)
+            if pending:
+                await self._send_upstream_data(pending)
+                sent += len(pending)
+            pending = sender.feed(inserter.feed(chunk) if inserter is not None else chunk)
         tail = inserter.finish() if inserter is not None else b""
-        data = sender.feed(tail) + sender.finish()
+        data = pending + sender.feed(tail) + sender.finish()
+        # The final "." commits the message: not if its client has left meanwhile.
+        if self._client_has_left():
+            raise ClientGone("closed the connection before its message was answered")
         await self._send_upstream_data(data)
         if self.trace:
             self.log.debug("SERVER > . (%d bytes sent)", sent + len(data))
+
+    def _client_has_left(self) -> bool:
+        """One non-blocking peek at the client socket: end of file (or a reset) with no
+        command pipelined means it left. Cheaper than a watcher task for every message."""
+        if self.client_lines.buffered_size:
+            return False  # it said something more first: it finished speaking, not left
+        if self._client_eof:
+            return True
+        sock = self.client.socket
+        peek = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.fileno())
+        try:
+            return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            peek.detach()
 
     def _header_inserter(self) -> HeaderInserter | None:
         if not self.config.header:

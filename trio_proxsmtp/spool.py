@@ -25,44 +25,63 @@ BUFFER_SIZE = 256 * 1024
 
 
 class Spool:
-    """One temp file ``<directory>/proxsmtpd.XXXXXX`` (mode 0600, close-on-exec)."""
+    """One temp file ``<directory>/proxsmtpd.XXXXXX`` (mode 0600, close-on-exec).
+
+    It is written and read back through the one descriptor ``mkstemp`` opened (``pread``,
+    no second open), until ``lend()`` hands it to a file-mode filter: from then on it is
+    read back by name, since the filter may have edited or replaced it.
+    """
 
     path: str
     size: int
 
-    def __init__(self, path: str, writer: BinaryIO | None) -> None:
+    def __init__(self, path: str, fd: int) -> None:
         self.path = path
         self.size = 0
-        self._writer = writer
+        self._fd = fd
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._writable = True
+        self._by_name = False
         self._readers: list[BinaryIO] = []
         self._closed = False
 
     @classmethod
     def create(cls, directory: str) -> Spool:
         """Make the temp file; raises OSError (the caller answers 451)."""
-        # mkstemp opens O_EXCL with mode 0600, and Python fds are non-inheritable (O_CLOEXEC).
+        # mkstemp opens O_RDWR|O_EXCL with mode 0600; Python fds are non-inheritable.
         fd, path = tempfile.mkstemp(prefix="proxsmtpd.", dir=directory)
-        try:
-            writer = open(fd, "wb", buffering=BUFFER_SIZE)  # noqa: SIM115 - closed by close()
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            raise
-        return cls(path, writer)
+        return cls(path, fd)
 
     def write(self, data: bytes) -> None:
-        """Append ``data`` (buffered)."""
-        if self._writer is None:
+        """Append ``data`` (buffered in memory up to BUFFER_SIZE)."""
+        if not self._writable:
             raise ValueError("spool is not open for writing")
-        self._writer.write(data)
+        self._pending.append(data)
+        self._pending_size += len(data)
         self.size += len(data)
+        if self._pending_size >= BUFFER_SIZE:
+            self._flush()
+
+    def _flush(self) -> None:
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_size = 0
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
 
     def finish(self) -> None:
-        """Flush and close the write side; raises OSError if the disk refused the data."""
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
+        """Flush and end writing; raises OSError if the disk refused the data."""
+        if self._writable:
+            self._writable = False
+            self._flush()
+
+    def lend(self) -> None:
+        """The file is given to a filter by name: read it back by name from now on."""
+        self.finish()
+        self._by_name = True
 
     def refresh_size(self) -> int:
         """Re-read the size from disk (a file-mode filter may have changed the file)."""
@@ -70,9 +89,15 @@ class Spool:
         return self.size
 
     def chunks(self, chunk_size: int = BUFFER_SIZE) -> Iterator[bytes]:
-        """Yield the file's current content, reopened by name; updates ``size``."""
-        if self._writer is not None:
-            self.finish()
+        """Yield the file's current content; updates ``size``."""
+        self.finish()
+        if not self._by_name:
+            offset = 0
+            while chunk := os.pread(self._fd, chunk_size, offset):
+                offset += len(chunk)
+                yield chunk
+            self.size = offset
+            return
         reader = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed below or by close()
         self._readers.append(reader)
         try:
@@ -92,16 +117,15 @@ class Spool:
         if self._closed:
             return
         self._closed = True
+        self._writable = False
+        self._pending.clear()
         handles: list[io.IOBase | BinaryIO] = [*self._readers]
-        if self._writer is not None:
-            handles.append(self._writer)
-        self._writer = None
         self._readers.clear()
         for handle in handles:
-            try:
+            with contextlib.suppress(OSError):
                 handle.close()
-            except OSError as exc:  # a failed final flush: the data is being thrown away anyway
-                log.debug("closing spool %s: %s", self.path, exc)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
         try:
             os.unlink(self.path)
         except FileNotFoundError:

@@ -6,6 +6,7 @@ import ctypes
 import errno
 import itertools
 import os
+import shutil
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -337,8 +338,18 @@ async def test_plain_command_is_executed_without_sh(
 ) -> None:
     with trio.fail_after(10):
         verdict, delivered = await run(spool_dir, "cat")
-    assert spawned == [["cat"]]
+    # Found on PATH by us, so the child makes one execve instead of one per PATH entry.
+    assert spawned == [[shutil.which("cat")]]
     assert verdict.kind is VerdictKind.ACCEPT and delivered == MESSAGE
+
+
+async def test_bare_true_is_executed_without_sh_but_true_with_arguments_is_not(
+    spool_dir: Path, spawned: list[list[str]]
+) -> None:
+    with trio.fail_after(10):
+        await run(spool_dir, "true")
+        await run(spool_dir, "true --help")
+    assert spawned == [[shutil.which("true")], ["/bin/sh", "-c", "true --help"]]
 
 
 async def test_missing_command_falls_back_to_sh_exit_127(

@@ -46,10 +46,24 @@ def test_write_is_buffered_until_finish(tmp_path: Path) -> None:
             spool.write(b"more")
 
 
-def test_chunks_reopens_by_name_after_mv_replace(tmp_path: Path) -> None:
+def test_chunks_read_the_spool_not_the_name_until_lent(tmp_path: Path) -> None:
     with Spool.create(str(tmp_path)) as spool:
         spool.write(b"original\r\n")
         spool.finish()
+        # Someone replacing the file behind our back is not what we deliver...
+        replacement = tmp_path / "new"
+        replacement.write_bytes(b"forged\r\n")
+        os.rename(replacement, spool.path)
+        assert b"".join(spool.chunks()) == b"original\r\n"
+        # ...until the file was lent to a file-mode filter, which may replace it.
+        spool.lend()
+        assert b"".join(spool.chunks()) == b"forged\r\n"
+
+
+def test_chunks_reopens_by_name_after_mv_replace(tmp_path: Path) -> None:
+    with Spool.create(str(tmp_path)) as spool:
+        spool.write(b"original\r\n")
+        spool.lend()
         replacement = tmp_path / "new"
         replacement.write_bytes(b"X-Added: 1\r\nreplaced body\r\n")
         os.rename(replacement, spool.path)
@@ -88,6 +102,4 @@ def test_context_manager_removes_file_on_error(tmp_path: Path) -> None:
 def test_spool_fd_is_not_inherited(tmp_path: Path) -> None:
     with Spool.create(str(tmp_path)) as spool:
         spool.write(b"x")
-        writer = spool._writer
-        assert writer is not None
-        assert not os.get_inheritable(writer.fileno())
+        assert not os.get_inheritable(spool._fd)

@@ -489,3 +489,36 @@ async def test_unix_listener_socket_file_removed(tmp_path: os.PathLike[str]) -> 
         async with FakeUpstream() as up, run_proxy(f"Listen: {listen_path}", upstream=up):
             assert os.path.exists(listen_path)
     assert not os.path.exists(listen_path)
+
+
+async def _send_and_leave(up: FakeUpstream, proxy: RunningProxy, after_dot: bytes) -> None:
+    async with proxy.connect() as client:
+        await client.command("EHLO c")
+        await client.command("MAIL FROM:<s@x>")
+        await client.command("RCPT TO:<r@x>")
+        await client.command("DATA")
+        await client.send(MESSAGE + b".\r\n" + after_dot)
+    await up.wait_until(lambda: up.active_connections == 0)
+
+
+async def test_client_leaving_during_replay_gets_nothing_delivered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # No filter; the upstream is slow to answer our DATA, so the client's close arrives
+    # while the message is being replayed: its final "." is never sent.
+    with trio.fail_after(30):
+        async with proxied("", FakeUpstream(delays={"DATA": 2.0})) as (up, proxy):
+            await _send_and_leave(up, proxy, b"")
+            assert b"DATA" in up.commands
+            assert up.transactions == []
+            assert b"Subject: t" not in bytes(up.received)
+
+
+async def test_client_that_pipelined_quit_and_closed_still_gets_its_message_delivered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # "... .\r\nQUIT\r\n" then close: it finished speaking (printf | nc), it did not leave.
+    with trio.fail_after(30):
+        async with proxied("", FakeUpstream(delays={"DATA": 2.0})) as (up, proxy):
+            await _send_and_leave(up, proxy, b"QUIT\r\n")
+            assert [t.message for t in up.transactions] == [MESSAGE]
