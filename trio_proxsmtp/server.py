@@ -41,7 +41,7 @@ __all__ = ["Server", "bind_listeners", "serve"]
 
 log = logging.getLogger(LOGGER_NAME)
 
-BACKLOG = 128
+BACKLOG = socket.SOMAXCONN  # the kernel caps it at net.core.somaxconn
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 FIRST_CONNECTION_ID = 0x100000
 BUSY_REPLY = b"421 Server busy, too many connections\r\n"

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import errno
 import resource
+import select
 import socket
+import time
 
+import attrs
 import pytest
 import trio
 import trio.testing
 
+from trio_proxsmtp.address import Address, AddressKind
 from trio_proxsmtp.config import parse_config
-from trio_proxsmtp.server import FDS_PER_CONNECTION, Server, raise_fd_limit
+from trio_proxsmtp.server import FDS_PER_CONNECTION, Server, bind_listeners, raise_fd_limit
 
 
 class _FlakyListener:
@@ -92,3 +96,34 @@ def test_raise_fd_limit_never_lowers() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     raise_fd_limit(1)
     assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)
+
+
+def test_listen_backlog_holds_a_burst_of_connections() -> None:
+    """300 clients connecting at once (smtp-source -s 200 does that) must all get through
+    the handshake while the server is busy: a small backlog drops SYNs and costs each of
+    those clients a 1 s retransmission."""
+    any_port = Address(AddressKind.TCP, "127.0.0.1", 0, None, "127.0.0.1:0")
+    config = attrs.evolve(parse_config("OutAddress: 127.0.0.1:25\n"), listen=any_port)
+    [listener] = bind_listeners(config)
+    clients: list[socket.socket] = []
+    try:
+        address = listener.getsockname()
+        for _ in range(300):
+            client = socket.socket()
+            client.setblocking(False)
+            clients.append(client)
+            assert client.connect_ex(address) in (0, errno.EINPROGRESS)
+        poller = select.poll()
+        for client in clients:
+            poller.register(client, select.POLLOUT)
+        connected: set[int] = set()
+        deadline = time.monotonic() + 0.5
+        while len(connected) < len(clients) and time.monotonic() < deadline:
+            for fd, _event in poller.poll(50):
+                connected.add(fd)
+                poller.unregister(fd)
+        assert len(connected) == len(clients)
+    finally:
+        for client in clients:
+            client.close()
+        listener.close()
