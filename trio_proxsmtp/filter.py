@@ -238,7 +238,7 @@ class _Run:
 
     async def run(self) -> None:
         if self.spec.mode is FilterType.PIPE:
-            self.output = Spool.create(self.spec.temp_directory)
+            self.output = Spool.create(self.spec.temp_directory, named=False)
         else:
             self.message.lend()
             self.env["EMAIL"] = self.message.path

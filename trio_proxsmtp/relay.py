@@ -200,7 +200,21 @@ class Connection:
     # -- the session --------------------------------------------------------------------
 
     async def _run(self) -> None:
-        self.upstream = await self._connect_upstream()
+        if self.config.xclient:
+            # XCLIENT NAME= needs the client's host name: look it up while connecting.
+            name = "[TEMPUNAVAIL]"
+
+            async def look_up() -> None:
+                nonlocal name
+                name = await client_host_name(self.info.client)
+
+            with _single_error():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(look_up)
+                    self.upstream = await self._connect_upstream()
+            self.session.policy = attrs.evolve(self.session.policy, xclient_name=name)
+        else:
+            self.upstream = await self._connect_upstream()
         banner = await self._read_reply()
         await self._perform(self.session.greeting(banner))
         while True:
@@ -357,7 +371,9 @@ class Connection:
         receiver = DataReceiver()
         error: str | None = None
         try:
-            self.spool = Spool.create(self.config.temp_directory)
+            # Only a file-mode filter needs the message by name ($EMAIL).
+            named = self.config.filter_type is FilterType.FILE
+            self.spool = Spool.create(self.config.temp_directory, named=named)
             self.log.debug("created cache file: %s", self.spool.path)
         except OSError as exc:
             error = f"couldn't open cache file: {exc}"
@@ -659,6 +675,27 @@ class Connection:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+NAME_LOOKUP_TIMEOUT = 5.0
+
+
+async def client_host_name(address: str) -> str:
+    """The client's host name for XCLIENT NAME=, forward-confirmed as Postfix does it: the
+    PTR name counts only if it resolves back to the address, or anyone controlling their
+    reverse DNS could claim any name. Else Postfix's "[UNAVAILABLE]" / "[TEMPUNAVAIL]"."""
+    if not address:
+        return "[UNAVAILABLE]"
+    with trio.move_on_after(NAME_LOOKUP_TIMEOUT):
+        try:
+            name, _port = await trio.socket.getnameinfo((address, 0), socket.NI_NAMEREQD)
+            infos = await trio.socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            return "[TEMPUNAVAIL]" if exc.errno == socket.EAI_AGAIN else "[UNAVAILABLE]"
+        except OSError:
+            return "[TEMPUNAVAIL]"
+        confirmed = any(info[4][0] == address for info in infos)
+        return name if confirmed else "[UNAVAILABLE]"
+    return "[TEMPUNAVAIL]"
 
 
 def _show(line: bytes) -> str:

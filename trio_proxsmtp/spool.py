@@ -11,6 +11,7 @@ have edited it in place or replaced it with ``mv`` (spec §9.5).
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import os
@@ -22,6 +23,7 @@ from typing import BinaryIO
 log = logging.getLogger("trio_proxsmtp.spool")
 
 BUFFER_SIZE = 256 * 1024
+_O_TMPFILE: int = getattr(os, "O_TMPFILE", 0)
 
 
 class Spool:
@@ -30,13 +32,18 @@ class Spool:
     It is written and read back through the one descriptor ``mkstemp`` opened (``pread``,
     no second open), until ``lend()`` hands it to a file-mode filter: from then on it is
     read back by name, since the filter may have edited or replaced it.
+
+    A spool nobody needs by name (``named=False``: pipe mode and no filter) is an unnamed
+    ``O_TMPFILE`` file in the same directory where Linux supports it: no name to make or
+    unlink, and nothing left behind even if the proxy is killed with SIGKILL.
     """
 
     path: str
     size: int
 
-    def __init__(self, path: str, fd: int) -> None:
+    def __init__(self, path: str, fd: int, *, named: bool = True) -> None:
         self.path = path
+        self.named = named
         self.size = 0
         self._fd = fd
         self._pending: list[bytes] = []
@@ -47,8 +54,16 @@ class Spool:
         self._closed = False
 
     @classmethod
-    def create(cls, directory: str) -> Spool:
+    def create(cls, directory: str, *, named: bool = True) -> Spool:
         """Make the temp file; raises OSError (the caller answers 451)."""
+        if not named and _O_TMPFILE:
+            try:
+                fd = os.open(directory, _O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+            else:
+                return cls(os.path.join(directory, "(unnamed)"), fd, named=False)
         # mkstemp opens O_RDWR|O_EXCL with mode 0600; Python fds are non-inheritable.
         fd, path = tempfile.mkstemp(prefix="proxsmtpd.", dir=directory)
         return cls(path, fd)
@@ -80,6 +95,8 @@ class Spool:
 
     def lend(self) -> None:
         """The file is given to a filter by name: read it back by name from now on."""
+        if not self.named:
+            raise ValueError("an unnamed spool cannot be lent by name")
         self.finish()
         self._by_name = True
 
@@ -126,6 +143,8 @@ class Spool:
                 handle.close()
         with contextlib.suppress(OSError):
             os.close(self._fd)
+        if not self.named:
+            return
         try:
             os.unlink(self.path)
         except FileNotFoundError:

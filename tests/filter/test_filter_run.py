@@ -144,7 +144,8 @@ async def test_accepted_pipe_output_is_a_new_spool_the_caller_owns(spool_dir: Pa
         )
         assert verdict.message is not None and verdict.message is not spool
         assert verdict.message.size == len(MESSAGE)
-        assert os.path.exists(verdict.message.path)
+        assert not verdict.message.named  # nobody needs filter output by name
+        assert b"".join(verdict.message.chunks()) == MESSAGE
         verdict.message.close()
 
 
@@ -301,10 +302,12 @@ async def test_cancellation_kills_group_removes_output_and_propagates(
                 nursery.start_soon(client)
                 while not pidfile.exists() or not pidfile.read_text().strip():
                     await trio.sleep(0.01)
-                assert len(list(spool_dir.iterdir())) == 2  # input and output spools
+                # The input spool, and the unnamed output spool the filter writes to.
+                assert len(_open_under(spool_dir)) == 2
                 scope.cancel()
         assert scope.cancelled_caught and not reached_end
         assert [p.name for p in spool_dir.iterdir()] == [os.path.basename(spool.path)]
+        assert len(_open_under(spool_dir)) == 1  # the output spool is closed and gone
         await assert_group_gone(int(pidfile.read_text()))
 
 
@@ -533,3 +536,16 @@ def test_stderr_tail_independent_of_chunking(pieces: list[bytes], cuts: list[int
     lines = [line.strip() for line in data.split(b"\n") if line.strip()]
     expected = lines[-1].decode() if lines else ""
     assert tail_of(chunks) == tail_of([data]) == expected
+
+
+def _open_under(directory: Path) -> list[str]:
+    """Files this process has open below `directory` (unnamed ones included)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(f"{directory}/"):
+            found.append(target)
+    return found

@@ -103,3 +103,26 @@ def test_spool_fd_is_not_inherited(tmp_path: Path) -> None:
     with Spool.create(str(tmp_path)) as spool:
         spool.write(b"x")
         assert not os.get_inheritable(spool._fd)
+
+
+def test_unnamed_spool_leaves_no_name_and_reads_back(tmp_path: Path) -> None:
+    spool = Spool.create(str(tmp_path), named=False)
+    try:
+        spool.write(b"x" * 300_000)  # over the buffer: written to disk before the read
+        spool.write(b"tail\r\n")
+        assert list(tmp_path.iterdir()) == []  # nothing to see, nothing to clean up
+        assert stat.S_IMODE(os.fstat(spool._fd).st_mode) == 0o600
+        assert not os.get_inheritable(spool._fd)
+        assert b"".join(spool.chunks()) == b"x" * 300_000 + b"tail\r\n"
+        assert spool.size == 300_006
+        with pytest.raises(ValueError):
+            spool.lend()  # a file-mode filter needs a name
+    finally:
+        spool.close()
+    spool.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unnamed_spool_in_a_missing_directory_fails_like_a_named_one(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        Spool.create(str(tmp_path / "missing"), named=False)

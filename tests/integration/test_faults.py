@@ -391,7 +391,7 @@ def filter_survivors(state: Path) -> list[str]:
 async def quiesce(up: FakeUpstream, proxy: RunningProxy, state: Path) -> None:
     """Wait (bounded) until every connection is torn down and every filter is gone."""
     with trio.move_on_after(QUIESCE_TIMEOUT):
-        while up.active_connections or os.listdir(proxy.temp_directory) or filter_survivors(state):
+        while up.active_connections or proxy.leftovers() or filter_survivors(state):
             await trio.sleep(0.05)
 
 
@@ -525,7 +525,7 @@ async def test_fault_injection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
             problems = check(plans, results, up)
             survivors = filter_survivors(state)
-            leftovers = os.listdir(proxy.temp_directory)
+            leftovers = proxy.leftovers()
             assert not problems, f"seed {SEED}:\n" + "\n".join(problems[:40])
             assert not survivors, f"seed {SEED}: filter processes survived: {survivors[:10]}"
             assert not leftovers, f"seed {SEED}: TempDirectory not empty: {leftovers[:10]}"
@@ -544,4 +544,4 @@ async def test_fault_injection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
             [transaction] = up.transactions[before:]
             assert (transaction.mail_from, transaction.message) == (final.sender, final.body)
             await quiesce(up, proxy, state)
-            assert os.listdir(proxy.temp_directory) == []
+            assert proxy.leftovers() == []

@@ -55,6 +55,21 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def open_files_under(pid: int, directory: Path) -> list[str]:
+    """What process `pid` has open below `directory` (an unnamed O_TMPFILE spool shows as
+    "DIR/#INODE (deleted)"), from /proc."""
+    found = []
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(f"{directory}/"):
+            found.append(target)
+    return found
+
+
 class ProxyProcess:
     """`python -m trio_proxsmtp -d 3 -f CONF`, stderr into a log file."""
 

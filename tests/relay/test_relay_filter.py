@@ -67,7 +67,7 @@ async def proxied(
     ):
         yield upstream, proxy
         await wait_no_filter_processes(proxy.temp_directory, 2)
-        assert os.listdir(proxy.temp_directory) == []
+        assert proxy.leftovers() == []
 
 
 async def standard(client: FakeClient, message: bytes = MESSAGE) -> list[int]:
@@ -313,7 +313,7 @@ async def test_client_vanishes_while_filter_runs(caplog: pytest.LogCaptureFixtur
             await wait_no_filter_processes(proxy.temp_directory, 1)
             await up.wait_until(lambda: up.active_connections == 0)
             assert up.transactions == [] and b"DATA" not in up.commands
-            assert os.listdir(proxy.temp_directory) == []
+            assert proxy.leftovers() == []
     assert "client disconnected before its message was answered" in caplog.text
 
 

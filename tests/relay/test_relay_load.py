@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import trio
 
 from trio_proxsmtp.testing import FakeUpstream, run_proxy
@@ -50,4 +48,4 @@ async def test_concurrent_clients_through_cat() -> None:
                 for n in range(MESSAGES)
             }
             assert delivered == expected
-            assert os.listdir(proxy.temp_directory) == []
+            assert proxy.leftovers() == []

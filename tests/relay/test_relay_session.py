@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -27,6 +28,19 @@ from trio_proxsmtp.testing import (
 )
 
 MESSAGE = b"Subject: t\r\n\r\nbody\r\n"
+
+
+def _forward_confirmed_name(address: str) -> bytes:
+    """What XCLIENT NAME= must say for this machine's loopback (independent of the relay)."""
+    try:
+        name = socket.getnameinfo((address, 0), socket.NI_NAMEREQD)[0]
+        addresses = {info[4][0] for info in socket.getaddrinfo(name, None)}
+    except OSError:
+        return b"[UNAVAILABLE]"
+    return name.encode() if address in addresses else b"[UNAVAILABLE]"
+
+
+LOCALHOST_NAME = _forward_confirmed_name("127.0.0.1")
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +64,7 @@ async def proxied(
         run_proxy(config, upstream=upstream) as proxy,
     ):
         yield upstream, proxy
-        assert os.listdir(proxy.temp_directory) == []
+        assert proxy.leftovers() == []
 
 
 async def standard(client: FakeClient) -> list[int]:
@@ -162,7 +176,7 @@ async def test_t09_xclient_then_ehlo_resent() -> None:
             assert reply.code == 250 and reply.lines == ("2.1.0 Ok",)
             assert up.commands == [
                 b"EHLO c",
-                b"XCLIENT ADDR=127.0.0.1 HELO=c",
+                b"XCLIENT ADDR=127.0.0.1 NAME=" + LOCALHOST_NAME + b" HELO=c",
                 b"EHLO c",
                 b"MAIL FROM:<s@x>",
             ]
@@ -177,7 +191,10 @@ async def test_t10_xclient_after_helo_even_when_not_advertised() -> None:
         async with proxied("XClient: on", up=up) as (_, proxy), proxy.connect() as client:
             await client.command("HELO c")
             assert (await client.command("MAIL FROM:<s@x>")).code == 250
-            assert up.commands[1:3] == [b"XCLIENT ADDR=127.0.0.1 HELO=c", b"HELO c"]
+            assert up.commands[1:3] == [
+                b"XCLIENT ADDR=127.0.0.1 NAME=" + LOCALHOST_NAME + b" HELO=c",
+                b"HELO c",
+            ]
 
 
 async def test_xclient_not_sent_when_ehlo_does_not_advertise() -> None:
@@ -479,7 +496,7 @@ async def test_unix_socket_listener_and_upstream(tmp_path: os.PathLike[str]) -> 
             async with proxy.connect() as client:
                 assert await standard(client) == [250, 250, 354, 250]
             assert up.transactions[0].message == MESSAGE
-            assert os.listdir(proxy.temp_directory) == []
+            assert proxy.leftovers() == []
     assert os.listdir(tmp_path) == []  # both socket files removed
 
 

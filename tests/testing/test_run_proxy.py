@@ -6,6 +6,7 @@ import os
 
 import trio
 
+from trio_proxsmtp.spool import Spool
 from trio_proxsmtp.testing import FakeUpstream, run_proxy
 
 MESSAGE = b"Subject: t\r\n\r\n..dot line\r\nbody\r\n"
@@ -28,3 +29,19 @@ async def test_run_proxy_relays_one_message_through_cat() -> None:
             assert transaction.message == MESSAGE
             assert os.listdir(temp_directory) == []
         assert not os.path.exists(temp_directory)
+
+
+async def test_leftovers_sees_named_and_unnamed_spools() -> None:
+    with trio.fail_after(10):
+        async with FakeUpstream() as up, run_proxy("", upstream=up) as proxy:
+            assert proxy.leftovers() == []
+            named = Spool.create(proxy.temp_directory)
+            unnamed = Spool.create(proxy.temp_directory, named=False)
+            try:
+                found = proxy.leftovers()
+                assert len(found) == 2
+                assert os.path.realpath(named.path) in found
+            finally:
+                named.close()
+                unnamed.close()
+            assert proxy.leftovers() == []

@@ -18,6 +18,7 @@ Example: a pytest-trio test (``trio_mode = true``) of a filter that tags the sub
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -54,6 +55,22 @@ class RunningProxy:
     @property
     def temp_directory(self) -> str:
         return self.config.temp_directory
+
+    def leftovers(self) -> list[str]:
+        """Spool files still in TempDirectory or still open: [] once every message is done.
+
+        The proxy runs in this process, so its open descriptors are ours to see: an unnamed
+        (O_TMPFILE) spool never shows in the directory, only as an open file below it.
+        """
+        directory = os.path.realpath(self.temp_directory)
+        found = [os.path.join(directory, name) for name in os.listdir(directory)]
+        open_fds = os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else []
+        for fd in open_fds:
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                if target.startswith(directory + "/") and target not in found:
+                    found.append(target)
+        return found
 
     def connect(
         self, *, timeout: float = DEFAULT_TIMEOUT
