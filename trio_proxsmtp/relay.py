@@ -20,7 +20,7 @@ import errno
 import logging
 import socket
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 
 import attrs
@@ -378,23 +378,18 @@ class Connection:
         except OSError as exc:
             error = f"couldn't open cache file: {exc}"
             self.log.error("%s", error)
+
+        async def spool(body: bytes) -> None:
+            nonlocal error
+            if self.spool is not None and error is None:
+                try:
+                    self.spool.write(body)
+                except OSError as exc:
+                    error = f"couldn't write cache file: {exc}"
+                    self.log.error("%s", error)
+
         async with self._keepalives():
-            data = self.client_lines.take_remaining()
-            while True:
-                if data:
-                    body = receiver.feed(data)
-                    if self.spool is not None and error is None:
-                        try:
-                            self.spool.write(body)
-                        except OSError as exc:
-                            error = f"couldn't write cache file: {exc}"
-                            self.log.error("%s", error)
-                    if receiver.done:
-                        break
-                data = await self._receive_client()
-                if not data:
-                    raise ClientGone("unexpected end of data from client")
-        self.client_lines.feed(receiver.take_remaining())
+            await self._read_message(receiver, spool)
         if error is None and self.spool is not None:
             try:
                 self.spool.finish()
@@ -499,21 +494,32 @@ class Connection:
         """Skip mode: the client's message goes straight upstream, unfiltered (spec §7.5)."""
         receiver = DataReceiver()
         sender = DataSender()
+
+        async def forward(body: bytes) -> None:
+            out = sender.feed(body)
+            if receiver.done:
+                out += sender.finish()
+            if out:
+                await self._send_upstream_data(out)
+
+        await self._read_message(receiver, forward)
+        self.log.debug("skipped %d data bytes", receiver.size)
+
+    async def _read_message(
+        self, receiver: DataReceiver, deliver: Callable[[bytes], Awaitable[None]]
+    ) -> None:
+        """Pass the client's message, un-stuffed, to `deliver` up to <CRLF>.<CRLF>
+        (`receiver.done` is set before the last call); what follows it stays buffered."""
         data = self.client_lines.take_remaining()
         while True:
             if data:
-                out = sender.feed(receiver.feed(data))
+                await deliver(receiver.feed(data))
                 if receiver.done:
-                    out += sender.finish()
-                if out:
-                    await self._send_upstream_data(out)
-                if receiver.done:
-                    break
+                    self.client_lines.feed(receiver.take_remaining())
+                    return
             data = await self._receive_client()
             if not data:
                 raise ClientGone("unexpected end of data from client")
-        self.client_lines.feed(receiver.take_remaining())
-        self.log.debug("skipped %d data bytes", receiver.size)
 
     def _remove_spools(self) -> None:
         for spool in (self.output, self.spool):

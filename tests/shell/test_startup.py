@@ -20,14 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from trio_proxsmtp import server
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 FAKE = [sys.executable, str(HERE / "fake_server_main.py")]
 REAL = [sys.executable, "-m", "trio_proxsmtp"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-HAVE_SERVER = hasattr(server, "bind_listeners") and hasattr(server, "serve")
 DEADLINE = 20.0
 
 
@@ -124,7 +121,7 @@ def test_usage_and_version_in_a_process(command: list[str]) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [FAKE, pytest.param(REAL, marks=pytest.mark.skipif(not HAVE_SERVER, reason="no server yet"))],
+    [FAKE, REAL],
 )
 @pytest.mark.parametrize("daemon", [False, True])
 def test_bind_failure_exits_1_and_leaves_no_process(
@@ -226,8 +223,18 @@ def _port_free(port: int) -> bool:
         return True
 
 
-@pytest.mark.skipif(not HAVE_SERVER, reason="server.bind_listeners/serve not written yet")
-def test_real_server_listens_and_exits_0_on_sigterm(tmp_path: Path, cleanup: list[str]) -> None:
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("wait_for_pid_file", [False, True], ids=["early-sigterm", "pid-file"])
+def test_real_server_exits_0_on_sigterm(
+    tmp_path: Path, cleanup: list[str], wait_for_pid_file: bool
+) -> None:
     port = free_port()
     path = write_conf(tmp_path, port)
     pid_file = tmp_path / "p.pid"
@@ -241,49 +248,14 @@ def test_real_server_listens_and_exits_0_on_sigterm(tmp_path: Path, cleanup: lis
     )
     try:
         wait_until(lambda: _accepts(port) or proc.poll() is not None, "the port to accept")
+        if wait_for_pid_file:
+            wait_until(
+                lambda: pid_file.exists() and pid_file.read_text().endswith("\n"), "pid file"
+            )
+            assert pid_file.read_text() == f"{proc.pid}\n"
+        # Otherwise: the port accepts (backlog) as soon as it is bound, before the pid file
+        # is written and before serving starts; a SIGTERM then must still end in exit 0.
         assert proc.poll() is None, proc.communicate()
-        # The port accepts (backlog) as soon as it is bound, before the pid file is written
-        # and before serving starts: a SIGTERM sent now must still end in a clean exit 0.
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=DEADLINE)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
-    assert not pid_file.exists()
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def test_real_server_pid_file_holds_the_serving_pid(tmp_path: Path, cleanup: list[str]) -> None:
-    port = free_port()
-    path = write_conf(tmp_path, port)
-    pid_file = tmp_path / "p.pid"
-    proc = subprocess.Popen(
-        [*REAL, "-d", "2", "-f", path, "-p", str(pid_file)],
-        env=ENV,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_until(
-            lambda: (
-                (pid_file.exists() and pid_file.read_text().endswith("\n"))
-                or proc.poll() is not None
-            ),
-            "the pid file",
-        )
-        assert proc.poll() is None, proc.communicate()
-        assert pid_file.read_text() == f"{proc.pid}\n"
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=DEADLINE)
     finally:
