@@ -31,7 +31,7 @@ from trio_proxsmtp.config import Config, FilterType, TransparentMode
 from trio_proxsmtp.filter import FilterSpec, VerdictKind, filter_environment, run_filter
 from trio_proxsmtp.header import HeaderInserter, expand_header
 from trio_proxsmtp.log import connection_logger
-from trio_proxsmtp.protocol.commands import parse_command
+from trio_proxsmtp.protocol.commands import Command, Verb, parse_command
 from trio_proxsmtp.protocol.data import DataReceiver, DataSender
 from trio_proxsmtp.protocol.errors import RemoteProtocolError
 from trio_proxsmtp.protocol.lines import CLIENT_LINE_LIMIT, LineBuffer, LineTooLong
@@ -42,6 +42,7 @@ from trio_proxsmtp.protocol.session import (
     Close,
     Log,
     Outcome,
+    Purpose,
     ReceiveMessage,
     RunFilter,
     SendClient,
@@ -230,9 +231,11 @@ class Connection:
                 self.log.debug("CLIENT < (%d bytes discarded: line too long)", line.length)
                 await self._perform(self.session.line_too_long())
                 continue
+            in_auth = self.session.in_auth
+            command = parse_command(line)
             if self.trace:
-                self.log.debug("CLIENT < %s", _show(line))
-            await self._perform(self.session.command(parse_command(line)))
+                self.log.debug("CLIENT < %s", _show_command(line, command, in_auth))
+            await self._perform(self.session.command(command))
             self._remove_spools()  # a message's whole life ends inside one command
 
     async def _perform(self, actions: list[Action]) -> None:
@@ -240,7 +243,8 @@ class Connection:
             if isinstance(action, SendClient):
                 await self._send_client(action.reply)
             elif isinstance(action, SendUpstream):
-                await self._send_upstream(action.line)
+                secret = action.purpose is Purpose.AUTH_CONTINUATION
+                await self._send_upstream(action.line, action.command, secret)
                 reply = await self._read_reply()
                 await self._perform(self.session.reply(action, reply))
             elif isinstance(action, ReceiveMessage):
@@ -611,9 +615,11 @@ class Connection:
             raise
         return trio.SocketStream(sock)
 
-    async def _send_upstream(self, line: bytes) -> None:
+    async def _send_upstream(
+        self, line: bytes, command: Command | None = None, secret: bool = False
+    ) -> None:
         if self.trace:
-            self.log.debug("SERVER > %s", _show(line))
+            self.log.debug("SERVER > %s", _show_command(line, command, secret))
         await self._send_upstream_data(line)
 
     async def _send_upstream_data(self, data: bytes) -> None:
@@ -706,6 +712,17 @@ async def client_host_name(address: str) -> str:
 
 def _show(line: bytes) -> str:
     return line.rstrip(b"\r\n").decode("utf-8", "replace")[:200]
+
+
+def _show_command(line: bytes, command: Command | None, in_auth: bool) -> str:
+    """A client line for the protocol trace, with AUTH credentials hidden."""
+    if in_auth:
+        return "(AUTH continuation hidden)"
+    if command is not None and command.verb is Verb.AUTH:
+        mechanism = command.argument.split(None, 1)[:1]
+        hidden = " (credentials hidden)" if len(command.argument.split()) > 1 else ""
+        return " ".join(["AUTH", *mechanism]) + hidden
+    return _show(line)
 
 
 def _os_error(exc: OSError) -> str:

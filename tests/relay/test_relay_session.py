@@ -539,3 +539,20 @@ async def test_client_that_pipelined_quit_and_closed_still_gets_its_message_deli
         async with proxied("", FakeUpstream(delays={"DATA": 2.0})) as (up, proxy):
             await _send_and_leave(up, proxy, b"QUIT\r\n")
             assert [t.message for t in up.transactions] == [MESSAGE]
+
+
+async def test_protocol_trace_hides_auth_credentials(caplog: pytest.LogCaptureFixture) -> None:
+    up = FakeUpstream(replies={"AUTH": "334 VXNlcm5hbWU6"})
+    with trio.fail_after(10):
+        async with proxied("", up=up) as (_, proxy), proxy.connect() as client:
+            await client.command("EHLO c")
+            assert (await client.command("AUTH LOGIN dXNlcg==")).code == 334
+            # The continuation line is credentials, whatever it looks like.
+            await client.command("c2VjcmV0")
+            await client.command("QUIT")
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    for side in ("CLIENT <", "SERVER >"):
+        assert f"{side} AUTH LOGIN (credentials hidden)" in text
+        assert f"{side} (AUTH continuation hidden)" in text
+    assert "dXNlcg==" not in text and "c2VjcmV0" not in text
+    assert "CLIENT < EHLO c" in text  # everything else is traced as it is

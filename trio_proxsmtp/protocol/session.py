@@ -243,6 +243,11 @@ class Session:
         self._upstream_outcome: str | None = None
         self.messages = 0
 
+    @property
+    def in_auth(self) -> bool:
+        """The next client line is an AUTH continuation (credentials), not a command."""
+        return self._in_auth
+
     # -- inputs -------------------------------------------------------------------------
 
     def greeting(self, reply: Reply) -> list[Action]:
