@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 import smtplib
 import subprocess
+from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -158,3 +160,63 @@ async def test_smtp_source_1000_messages_through_cat() -> None:
     for transaction in up.transactions:
         assert _mask(transaction.message) in reference
     assert up.connections == sessions
+
+
+@contextlib.asynccontextmanager
+async def _smtp_sink(tmp_path: Path, name: str) -> AsyncIterator[tuple[int, Path]]:
+    """Postfix's smtp-sink dumping every transaction to its own file in (port, folder)."""
+    port = free_port()
+    dumps = tmp_path / name
+    dumps.mkdir()
+    argv = [require("smtp-sink"), "-d", f"{dumps}/%M."]
+    if os.geteuid() == 0:  # as root it must switch to nobody: chroot into a 0777 folder
+        dumps.chmod(0o777)
+        argv = [require("smtp-sink"), "-u", "nobody", "-R", str(dumps), "-d", "/%M."]
+    argv += [f"127.0.0.1:{port}", "1000"]
+    async with spawn(argv, log=tmp_path / f"{name}.log", cwd=tmp_path) as process:
+        await wait_listening(port, process)
+        yield port, dumps
+
+
+def _sink_dumps(dumps: Path) -> dict[bytes, bytes]:
+    """{recipient: dump with the per-message lines masked} of every dump file."""
+    found: dict[bytes, bytes] = {}
+    for path in dumps.rglob("*"):
+        if not path.is_file():
+            continue
+        dump = path.read_bytes()
+        rcpt = re.search(rb"^X-Rcpt-Args: <(\d+)r@x>$", dump, re.MULTILINE)
+        assert rcpt is not None, dump[:300]
+        assert rcpt.group(1) not in found, f"message {rcpt.group(1)!r} arrived twice"
+        masked = re.sub(rb"^X-Rcpt-Args: [^\n]*\n", b"", dump, flags=re.MULTILINE)
+        masked = re.sub(rb"^Received: .*?\n(?=\S)", b"Received: *\n", masked, flags=re.S | re.M)
+        found[rcpt.group(1)] = _mask(masked)
+    return found
+
+
+async def test_smtp_source_1000_messages_through_cat_to_smtp_sink(tmp_path: Path) -> None:
+    """smtp-source -> proxy (cat) -> smtp-sink, 1,000 messages over 20 sessions: each
+    arrives exactly once, and equal to what smtp-sink receives from smtp-source directly."""
+    messages, sessions = 1000, 20
+    with trio.fail_after(120):
+        async with _smtp_sink(tmp_path, "direct") as (port, direct):
+            await _smtp_source(port, 3, 1)
+            await _wait_for_files(direct, 3)
+        async with (
+            _smtp_sink(tmp_path, "proxied") as (port, proxied),
+            run_proxy(CAT + "\nMaxConnections: 64", upstream=f"127.0.0.1:{port}") as proxy,
+        ):
+            await _smtp_source(proxy.port, messages, sessions)
+            await _wait_for_files(proxied, messages)
+            assert proxy.leftovers() == []
+    reference = set(_sink_dumps(direct).values())
+    assert len(reference) == 1, "one message shape for one smtp-source -l"
+    arrived = _sink_dumps(proxied)
+    assert sorted(int(n) for n in arrived) == list(range(1, messages + 1))
+    assert set(arrived.values()) == reference
+
+
+async def _wait_for_files(folder: Path, count: int) -> None:
+    """smtp-sink writes a dump after it answered the final "."; wait until all are there."""
+    while sum(1 for p in folder.rglob("*") if p.is_file() and p.stat().st_size) < count:
+        await trio.sleep(0.05)
