@@ -24,7 +24,6 @@ import attrs
 
 from trio_proxsmtp.protocol.commands import Command, Verb
 from trio_proxsmtp.protocol.ehlo import (
-    PROXY_HOSTNAME,
     Extensions,
     parse_extensions,
     rewrite_banner,
@@ -35,6 +34,7 @@ from trio_proxsmtp.protocol.errors import LocalProtocolError
 from trio_proxsmtp.protocol.replies import Reply
 
 __all__ = [
+    "LOCAL_ERROR",
     "Action",
     "Close",
     "Envelope",
@@ -241,7 +241,7 @@ class Session:
         self._xclient_supported = False
         self._xclient_sent = False
         self._upstream_outcome: str | None = None
-        self.messages = 0
+        self.messages = 0  # transactions finished on this connection
 
     @property
     def in_auth(self) -> bool:
@@ -555,7 +555,3 @@ def _bdat_size(command: Command) -> int:
     if words and words[0].isascii() and words[0].isdigit():
         return int(words[0])
     return 0
-
-
-# Re-exported for the relay's own local replies.
-__all__ += ["LOCAL_ERROR", "PROXY_HOSTNAME"]
