@@ -165,6 +165,7 @@ class Connection:
     async def run(self) -> None:
         self.log.info("accepted connection from: %s", self.info.client or "(unix)")
         farewell: Reply | None = None
+        ended = "connection closed"  # why, if it ends in the middle of a message
         try:
             with self._connection_scope:
                 try:
@@ -173,18 +174,24 @@ class Connection:
                     pass
                 except ClientGone as exc:
                     self.log.info("client disconnected: %s", exc)
+                    ended = "client disconnected"
                 except _ClientTimeout:
                     self.log.error("network operation timed out: client idle")
-                    farewell = CLIENT_TIMEOUT
+                    farewell, ended = CLIENT_TIMEOUT, "client timed out"
                 except UpstreamFailure as exc:
                     self.log.error("%s", exc)
                     farewell = upstream_unavailable(exc.reason)
+                    ended = f"upstream {exc.reason}"
                 except RemoteProtocolError as exc:
                     self.log.error("protocol error: %s", exc)
-                    farewell = exc.reply
-            if self._connection_scope.cancelled_caught and not self._client_left:
-                self.log.warning("session cut short by shutdown")
-                farewell = SHUTTING_DOWN
+                    farewell, ended = exc.reply, "upstream protocol error"
+            if self._connection_scope.cancelled_caught:
+                if self._client_left:
+                    ended = "client disconnected"
+                else:
+                    self.log.warning("session cut short by shutdown")
+                    farewell, ended = SHUTTING_DOWN, "shutdown"
+            self._log_actions(self.session.abort(ended))
             if farewell is not None:
                 await self._say_goodbye(farewell)
         except Exception:  # one failing connection never takes the server down
@@ -263,14 +270,19 @@ class Connection:
                 await self._perform(self.session.reply(action, reply))
             elif isinstance(action, SkipBytes):
                 await self._skip_client_bytes(action.count)
-            elif isinstance(action, Summary):
-                self.log.info("%s", action.text)
-            elif isinstance(action, Log):
-                self.log.log(action.level, "%s", action.message)
+            elif isinstance(action, Summary | Log):
+                self._log_actions([action])
             elif isinstance(action, Close):
                 raise _Closing
             else:  # pragma: no cover - exhaustive
                 raise AssertionError(action)
+
+    def _log_actions(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Summary):
+                self.log.info("%s", action.text)
+            elif isinstance(action, Log):
+                self.log.log(action.level, "%s", action.message)
 
     # -- the client side ----------------------------------------------------------------
 

@@ -659,3 +659,31 @@ def test_xclient_then_refused_ehlo_still_dispatches() -> None:
     d = ready(SessionPolicy(client="c", xclient=True))
     assert d.command("NOOP", XCLIENT_OK, Reply.single(503, "no"), OK) == [OK]
     assert any("after XCLIENT" in log.message for log in d.logs())
+
+
+# -- a connection ending in the middle of a message -------------------------------------
+
+
+@pytest.mark.parametrize("stage", ["data", "filtering", "replay"])
+def test_abort_mid_message_gives_its_one_summary(stage: str) -> None:
+    d = ready()
+    with_envelope(d)
+    d.command("DATA")
+    if stage in ("filtering", "replay"):
+        d.run(d.session.message_received(10), [])
+    if stage == "replay":
+        d.run(d.session.filter_done(True, None, Outcome.FILTERED), [Reply.single(354, "go")])
+    assert state_of(d.session).value == stage
+    [summary] = d.session.abort("client disconnected")
+    assert isinstance(summary, Summary)
+    assert summary.outcome is Outcome.FILTER_ERROR
+    assert summary.text == (
+        "client=192.0.2.1, from=s@x, to=r@x, status=FILTER-ERROR, reason=client disconnected"
+    )
+    assert d.session.abort("again") == []  # one summary per message
+
+
+def test_abort_between_messages_logs_nothing() -> None:
+    d = ready()
+    with_envelope(d)
+    assert d.session.abort("client disconnected") == []

@@ -469,7 +469,9 @@ async def test_t39_keepalives_while_data_arrives_slowly(
             assert up.transactions[0].message == b"Subject: t\r\n\r\na\r\nb\r\n"
 
 
-async def test_client_vanishes_in_data_nothing_delivered() -> None:
+async def test_client_vanishes_in_data_nothing_delivered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     with trio.fail_after(10):
         async with (
             proxied() as (up, proxy),
@@ -483,6 +485,10 @@ async def test_client_vanishes_in_data_nothing_delivered() -> None:
             await client.aclose()
             await up.wait_until(lambda: up.active_connections == 0)
             assert up.transactions == [] and b"DATA" not in up.commands
+    # The message still gets its one summary line, saying why it went nowhere.
+    assert summaries(caplog) == [
+        "client=127.0.0.1, from=s@x, to=r@x, status=FILTER-ERROR, reason=client disconnected"
+    ]
 
 
 async def test_unix_socket_listener_and_upstream(tmp_path: os.PathLike[str]) -> None:

@@ -316,6 +316,16 @@ class Session:
             raise LocalProtocolError("a rejected message needs a reply")
         return self._abandon_message(reply, outcome, detail)
 
+    def abort(self, reason: str) -> list[Action]:
+        """The connection ends in the middle of a message: nothing was delivered, and the
+        message still gets its one summary line (1.10 logged FILTER-ERROR here too)."""
+        if self.state not in (State.DATA, State.FILTERING, State.REPLAY):
+            return []
+        self._upstream_outcome = None
+        summary = self._summary(Outcome.FILTER_ERROR, reason)
+        self._end_transaction()
+        return [summary]
+
     # -- commands -----------------------------------------------------------------------
 
     def _dispatch(self, command: Command) -> list[Action]:
