@@ -1,12 +1,13 @@
 """One client connection: the Trio layer over the sans-IO `Session`.
 
-Each connection is one nursery holding the client stream, the upstream stream and, while a
-message is filtered, the filter task and a watcher on the client.  Every wait on a peer or a
-process runs under a deadline named after its phase (TimeOut for reads and writes on both
-sides, FilterTimeout inside the filter, the connect).  When the client leaves, the whole
-nursery is cancelled: the upstream is closed without the message's final ".", the filter's
+Each connection is one task under one cancel scope, owning the client stream and the
+upstream stream; while a message is filtered, a nursery inside it holds the filter process
+task, a watcher on the client and the keepalives.  Every wait on a peer or a process runs
+under a deadline named after its phase (TimeOut for reads and writes on both sides,
+FilterTimeout inside the filter, the connect).  When the client leaves, the connection's
+scope is cancelled: the upstream is closed without the message's final ".", the filter's
 process group is killed and the spool files are removed, so a message whose client left
-before its final reply is never delivered.
+before its final "." went upstream is never delivered.
 
 Rules kept here (spec §15): the whole message is read up to its terminator before any reply
 (B2); a 250 to the client's final "." is the upstream's own reply to ours; the upstream's
