@@ -5,6 +5,10 @@ load the config -> set up logging -> look the User up -> bind -> detach (without
 original process waits on a pipe and exits 0 only when the daemon reports "ready") -> write
 the pid file (in the serving process) -> switch User -> serve. Exit status: 0 normal, 1 a
 start-up failure (bind, pid file, user), 2 a usage or config error.
+
+With `Workers: N` > 1 "serve" means: fork N workers that serve the bound sockets, and stay
+as their supervisor (workers.py); the pid file holds the supervisor's pid and is removed by
+it. With N = 1 the process serves itself, as proxsmtpd does.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import socket
 import sys
 from collections.abc import Callable
 
+import attrs
 import trio
 
 from trio_proxsmtp import __version__, server
@@ -25,10 +30,12 @@ from trio_proxsmtp.config import (
     Config,
     ConfigError,
     TransparentMode,
+    load_config,
     load_config_with_warnings,
 )
 from trio_proxsmtp.log import LOGGER_NAME, logs_to_stderr, setup_logging
 from trio_proxsmtp.privileges import PrivilegeError, UserInfo, lookup_user, switch_user
+from trio_proxsmtp.workers import Supervisor
 
 PROG = "proxsmtpd"
 DEFAULT_CONFIG = "/etc/proxsmtpd.conf"
@@ -249,6 +256,8 @@ def _start(
             if os.geteuid() == 0:
                 log.warning("running as root is NOT recommended")
             daemon.report("ready")
+            if config.workers > 1:
+                return _supervise(config, sockets, config_path)
             return _serve(config, sockets, config_path)
         finally:
             if pid_written and pid_file is not None:
@@ -264,16 +273,50 @@ def _start(
         return 1
 
 
-def _serve(config: Config, sockets: list[socket.socket], config_path: str) -> int:
+def _serve(
+    config: Config,
+    sockets: list[socket.socket],
+    config_path: str,
+    worker: tuple[int, int] | None = None,
+) -> int:
+    """Serve until stopped; `worker` is (index, count) in a worker process."""
     reload: Callable[[], Config] = functools.partial(_reload, config_path)
+    serve = functools.partial(server.serve, reload=reload)
+    if worker is not None:
+        serve = functools.partial(serve, worker=worker[0], workers=worker[1])
     try:
-        trio.run(functools.partial(server.serve, reload=reload), config, sockets)
+        trio.run(serve, config, sockets)
     except KeyboardInterrupt:
         pass
     except Exception:
         log.exception("fatal error")
         return 1
     return 0
+
+
+def _supervise(config: Config, sockets: list[socket.socket], config_path: str) -> int:
+    """Run config.workers workers on `sockets` until SIGTERM/SIGINT; we supervise them."""
+    count = config.workers
+    current = config
+    unix_paths = server.unix_socket_files(sockets)
+
+    def work(index: int) -> int:
+        return _serve(current, sockets, config_path, (index, count))
+
+    def on_hup() -> None:
+        # Only for workers started from now on; each running worker reloads (and logs) itself.
+        nonlocal current
+        try:
+            new = load_config(config_path)
+        except Exception:
+            return
+        if new.max_connections >= count:
+            current = attrs.evolve(new, listen=config.listen, workers=count)
+
+    try:
+        return Supervisor(count, work, sockets=sockets, on_hup=on_hup).run()
+    finally:
+        server.remove_unix_socket_files(unix_paths)
 
 
 def _reload(path: str) -> Config:

@@ -9,6 +9,9 @@ warning, and an unresolvable host name is an error. Every error is a ConfigError
 file, the line and the option. Warnings that should not stop the daemon are returned by the
 `*_with_warnings` functions, never printed here.
 
+Extensions: `ShutdownTimeout` and `Workers` (1..64 processes sharing the listener; it may
+not exceed MaxConnections, which is shared out between the workers).
+
 CONTRACT (fields are used by relay/server/filter; do not rename):
 
     Config (frozen attrs), FilterType, TransparentMode, ConfigError
@@ -39,6 +42,7 @@ DEFAULT_LISTEN_PORT = 10025
 DEFAULT_OUT_PORT = 25
 DEFAULT_FILTER_REJECT = "530 Email Rejected"
 MAX_CONNECTIONS_LIMIT = 10239
+MAX_WORKERS = 64
 DEFAULT_LISTEN = parse_address(str(DEFAULT_LISTEN_PORT), DEFAULT_LISTEN_PORT)
 # C `int`, like the reference's strtol into an int: keeps timeouts sane for Trio.
 _INT_MAX = 2**31 - 1
@@ -77,6 +81,7 @@ class Config:
     user: str | None = None
     xclient: bool = False
     shutdown_timeout: float = 30.0  # extension: graceful drain on SIGTERM
+    workers: int = 1  # extension: worker processes sharing the listener (cli.py, workers.py)
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
 
 
@@ -207,6 +212,7 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("User", "user", _non_empty),
         ("XClient", "xclient", _boolean),
         ("ShutdownTimeout", "shutdown_timeout", _seconds_or_zero),
+        ("Workers", "workers", lambda v: _integer(v, 1, MAX_WORKERS)),
     ]
 }
 
@@ -229,6 +235,7 @@ def _temp_directory_warnings(directory: str) -> list[str]:
 def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Config, list[str]]:
     """Parse and validate config text; the warnings are for the log, not errors."""
     values: dict[str, Any] = {}
+    lines: dict[str, int] = {}  # field -> line of its (last) setting
     for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -243,10 +250,20 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
             raise ConfigError(path, number, name, "unknown option") from None
         try:
             values[field] = parser(value)
+            lines[field] = number
         except _Invalid as exc:
             raise ConfigError(path, number, canonical, str(exc)) from None
 
     config = Config(path=path, **values)
+    if config.workers > config.max_connections:
+        # Each worker gets a share of MaxConnections; a share of 0 would refuse everyone.
+        raise ConfigError(
+            path,
+            lines.get("workers"),
+            "Workers",
+            f"{config.workers} workers but MaxConnections is {config.max_connections} "
+            "(each worker needs at least one connection)",
+        )
     warnings: list[str] = []
     if config.transparent_proxy is TransparentMode.OFF:
         if config.out_address is None:

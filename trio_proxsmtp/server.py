@@ -13,6 +13,11 @@ handlers stay ours until every session is gone, so no signal can leave a filter 
 SIGHUP reloads the config file for new connections; running sessions finish on the config
 they started with; a changed Listen is logged as needing a restart and not applied.
 A Unix Listen socket file is removed at exit (1.10 left it), unless it was replaced.
+
+With `Workers: N` (workers.py) N processes each run `serve` on the same sockets as worker
+k = 0..N-1: each serves at most its share of MaxConnections (`worker_share`), numbers its
+connections FIRST_CONNECTION_ID + k, + k + N, ... so ids stay unique across processes, and
+leaves the Unix socket file to the supervisor, which outlives every worker.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from trio_proxsmtp.config import Config, TransparentMode
 from trio_proxsmtp.log import LOGGER_NAME, connection_logger
 from trio_proxsmtp.relay import IP_TRANSPARENT, Connection
 
-__all__ = ["Server", "bind_listeners", "serve"]
+__all__ = ["Server", "bind_listeners", "serve", "worker_share"]
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -88,7 +93,7 @@ def _remove_stale_socket(path: str) -> None:
             os.unlink(path)
 
 
-def _unix_socket_files(sockets: list[socket.socket]) -> dict[str, tuple[int, int]]:
+def unix_socket_files(sockets: list[socket.socket]) -> dict[str, tuple[int, int]]:
     """The socket files we bound, by path, with their (device, inode)."""
     files = {}
     for sock in sockets:
@@ -101,7 +106,7 @@ def _unix_socket_files(sockets: list[socket.socket]) -> dict[str, tuple[int, int
     return files
 
 
-def _remove_unix_socket_files(files: dict[str, tuple[int, int]]) -> None:
+def remove_unix_socket_files(files: dict[str, tuple[int, int]]) -> None:
     """Remove our Listen socket files at exit, unless another process has replaced them."""
     for path, identity in files.items():
         try:
@@ -112,6 +117,11 @@ def _remove_unix_socket_files(files: dict[str, tuple[int, int]]) -> None:
             pass
         except OSError as exc:
             log.warning("couldn't remove socket file: %s: %s", path, exc.strerror)
+
+
+def worker_share(max_connections: int, worker: int, workers: int) -> int:
+    """Worker `worker` (0-based) of `workers`' part of MaxConnections; the parts add up."""
+    return max_connections // workers + (1 if worker < max_connections % workers else 0)
 
 
 def raise_fd_limit(max_connections: int) -> None:
@@ -137,12 +147,23 @@ class Server:
 
     config: Config
     reload: Callable[[], Config] | None = None
+    worker: int = 0  # this process's index, 0..workers-1 (Workers: N)
+    workers: int = 1
     connections: set[Connection] = attrs.field(factory=set)
-    ids: Any = attrs.field(factory=lambda: itertools.count(FIRST_CONNECTION_ID))
+    ids: Any = attrs.field()
     draining: bool = False
     _idle: trio.Event = attrs.field(factory=trio.Event)
     _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _grace: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+    @ids.default
+    def _first_ids(self) -> Any:
+        return itertools.count(FIRST_CONNECTION_ID + self.worker, self.workers)
+
+    @property
+    def max_connections(self) -> int:
+        """This worker's share of MaxConnections (all of it with one worker)."""
+        return worker_share(self.config.max_connections, self.worker, self.workers)
 
     async def serve(
         self,
@@ -150,14 +171,15 @@ class Server:
         *,
         task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        raise_fd_limit(self.config.max_connections)
+        raise_fd_limit(self.max_connections)
         if not self.config.filter_command:
             log.warning("no filter command specified. passing messages through")
-        unix_paths = _unix_socket_files(sockets)
+        # With several workers the supervisor removes the socket file once all are gone.
+        unix_paths = unix_socket_files(sockets) if self.workers == 1 else {}
         try:
             await self._serve(sockets, task_status)
         finally:
-            _remove_unix_socket_files(unix_paths)
+            remove_unix_socket_files(unix_paths)
 
     async def _serve(
         self, sockets: list[socket.socket], task_status: trio.TaskStatus[list[Any]]
@@ -242,8 +264,23 @@ class Server:
                 config.listen,
             )
             config = attrs.evolve(config, listen=self.config.listen)
-        raise_fd_limit(config.max_connections)
+        if config.workers != self.workers:
+            log.warning(
+                "SIGHUP: Workers changed from %d to %d: a restart is needed to apply it",
+                self.workers,
+                config.workers,
+            )
+            config = attrs.evolve(config, workers=self.workers)
+            if config.max_connections < self.workers:
+                log.error(
+                    "SIGHUP: config not reloaded, keeping the old one: MaxConnections %d "
+                    "is less than the %d workers running",
+                    config.max_connections,
+                    self.workers,
+                )
+                return
         self.config = config
+        raise_fd_limit(self.max_connections)
         log.info("SIGHUP: reloaded %s", config.path)
 
     async def _accept_loop(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
@@ -258,8 +295,9 @@ class Server:
                 raise
             config = self.config
             conn_id = next(self.ids)
-            if len(self.connections) >= config.max_connections:
-                connections.start_soon(self._refuse, stream, conn_id, config.max_connections)
+            limit = self.max_connections
+            if len(self.connections) >= limit:
+                connections.start_soon(self._refuse, stream, conn_id, limit)
                 continue
             connection = Connection(config, stream, conn_id)
             self.connections.add(connection)
@@ -295,8 +333,16 @@ async def serve(
     sockets: list[socket.socket],
     *,
     reload: Callable[[], Config] | None = None,
+    worker: int = 0,
+    workers: int = 1,
     task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `sockets` until SIGTERM/SIGINT (then drain and return) or cancellation."""
-    server = Server(config, reload)
+    """Serve `sockets` until SIGTERM/SIGINT (then drain and return) or cancellation.
+
+    `worker`/`workers`: this process is worker `worker` (0-based) of `workers` serving the
+    same sockets (see the module docstring); the defaults mean the only one.
+    """
+    if not 0 <= worker < workers:
+        raise ValueError(f"worker {worker} is not in 0..{workers - 1}")
+    server = Server(config, reload, worker, workers)
     await server.serve(sockets, task_status=task_status)

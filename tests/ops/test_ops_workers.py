@@ -1,0 +1,322 @@
+"""`Workers: N` on the real `python -m trio_proxsmtp -d 3` process: pre-forked workers under a
+supervisor that passes signals on, replaces dead workers, and leaves nothing behind.
+
+To reach every worker deterministically the tests set MaxConnections equal to Workers, so
+each worker's share is one session: while a client holds a session on one worker, that
+worker answers "421 busy" and only the other one can greet a new client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+from ops_support import background, free_port, proxy_process, wait_for, write_config
+
+from trio_proxsmtp.config import Config, parse_config
+from trio_proxsmtp.server import FIRST_CONNECTION_ID, Server, worker_share
+from trio_proxsmtp.testing import FakeClient, FakeUpstream, open_client
+from trio_proxsmtp.workers import describe_exit
+
+MESSAGE = b"Subject: workers\r\n\r\nbody\r\n"
+# Records its pid (filters run in their own session) and passes the message through.
+FILTER = 'echo $$ >> "$1/pids"\nexec cat\n'
+WORKER_RE = re.compile(r"worker (\d+) of (\d+) started \(pid (\d+)\)")
+ACCEPTED_RE = re.compile(r"^proxsmtpd: ([0-9A-F]{6}): accepted connection", re.MULTILINE)
+
+
+def setup(tmp_path: Path, up: FakeUpstream, extra: str) -> tuple[Path, int]:
+    (tmp_path / "filter.sh").write_text(FILTER)
+    port = free_port()
+    config = write_config(
+        tmp_path / "proxsmtpd.conf",
+        f"Listen: 127.0.0.1:{port}\n"
+        f"OutAddress: {up.address}\n"
+        f"TempDirectory: {tmp_path}\n"
+        f"FilterCommand: /bin/sh {tmp_path / 'filter.sh'} {tmp_path}\n"
+        f"{extra}",
+    )
+    return config, port
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """state, ppid, pgrp, ... of a live process; None if gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields
+
+
+def alive(pid: int) -> bool:
+    return proc_stat(pid) is not None
+
+
+def kill_quietly(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def workers_started(log: str) -> list[tuple[int, int]]:
+    """(worker number, pid) for every "worker K of N started" line, in order."""
+    return [(int(k), int(pid)) for k, _n, pid in WORKER_RE.findall(log)]
+
+
+def filter_pids(tmp_path: Path) -> list[int]:
+    path = tmp_path / "pids"
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+async def one_session_per_worker(stack: AsyncExitStack, port: int, count: int) -> list[FakeClient]:
+    """Greeted clients, one held on each worker (needs MaxConnections == Workers)."""
+    clients: list[FakeClient] = []
+    while len(clients) < count:
+        client = await stack.enter_async_context(open_client("127.0.0.1", port))
+        if (await client.greeting()).code == 220:
+            clients.append(client)
+        else:  # that worker's share is taken: try again, the kernel may pick the other
+            await client.aclose()
+    return clients
+
+
+async def test_two_workers_share_the_load_and_stop_cleanly(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with FakeUpstream() as up:
+            config, port = setup(tmp_path, up, "Workers: 2\nMaxConnections: 2\n")
+            pidfile = tmp_path / "proxsmtpd.pid"
+            with proxy_process(config, tmp_path / "proxy.log", "-p", str(pidfile)) as proxy:
+                await proxy.wait_log("listening on", count=2)
+                supervisor = proxy.proc.pid
+                assert pidfile.read_text() == f"{supervisor}\n"
+                pids = [pid for _k, pid in workers_started(proxy.log())]
+                assert sorted(k for k, _pid in workers_started(proxy.log())) == [1, 2]
+                assert len(set(pids)) == 2 and supervisor not in pids
+                for pid in pids:
+                    stat = proc_stat(pid)
+                    assert stat is not None and int(stat[1]) == supervisor
+
+                async with AsyncExitStack() as stack:
+                    clients = await one_session_per_worker(stack, port, 2)
+                    # MaxConnections is shared out: both shares are taken now.
+                    async with open_client("127.0.0.1", port) as third:
+                        assert (await third.greeting()).code == 421
+                    for n in range(20):
+                        body = f"Subject: m{n}\r\n\r\nmessage {n}\r\n".encode()
+                        replies = await clients[n % 2].send_message("a@x", ["b@x"], body)
+                        assert [r.code for r in replies] == [250, 250, 354, 250]
+                    for client in clients:
+                        await client.quit()
+                bodies = sorted(t.message.split(b"\r\n\r\n", 1)[1] for t in up.transactions)
+                assert bodies == sorted(f"message {n}\r\n".encode() for n in range(20))
+                assert len(filter_pids(tmp_path)) == 20
+                # Each worker numbers its connections with its own parity.
+                served = {int(conn_id, 16) % 2 for conn_id in ACCEPTED_RE.findall(proxy.log())}
+                assert served == {0, 1}
+
+                started = trio.current_time()
+                proxy.signal(signal.SIGTERM)
+                assert await proxy.wait_exit() == 0
+                assert trio.current_time() - started < 5
+            log = proxy.log()
+            assert "received SIGTERM: stopping 2 workers" in log
+            assert log.count("shut down\n") == 2
+            assert not any(alive(pid) for pid in pids + filter_pids(tmp_path))
+            assert not pidfile.exists()
+
+
+async def test_sighup_reaches_both_workers(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with FakeUpstream() as up:
+            base = "Workers: 2\nMaxConnections: 2\n"
+            config, port = setup(tmp_path, up, base + "Header: X-Gen: one\n")
+            with proxy_process(config, tmp_path / "proxy.log") as proxy:
+                await proxy.wait_log("listening on", count=2)
+
+                async def deliver_on_both() -> list[bytes]:
+                    """The added header of one message through each worker."""
+                    before = len(up.transactions)
+                    async with AsyncExitStack() as stack:
+                        for client in await one_session_per_worker(stack, port, 2):
+                            replies = await client.send_message("a@x", ["b@x"], MESSAGE)
+                            assert replies[-1].code == 250
+                            await client.quit()
+                            await client.read_eof()
+                    return [
+                        t.message.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[-1]
+                        for t in up.transactions[before:]
+                    ]
+
+                assert await deliver_on_both() == [b"X-Gen: one"] * 2
+                config.write_text(config.read_text().replace("one", "two"))
+                proxy.signal(signal.SIGHUP)
+                await proxy.wait_log("SIGHUP: reloaded", count=2)
+                assert await deliver_on_both() == [b"X-Gen: two"] * 2
+                proxy.signal(signal.SIGTERM)
+                assert await proxy.wait_exit() == 0
+
+
+async def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with FakeUpstream() as up:
+            config, port = setup(tmp_path, up, "Workers: 2\nMaxConnections: 2\n")
+            with proxy_process(config, tmp_path / "proxy.log") as proxy:
+                await proxy.wait_log("listening on", count=2)
+                first = dict(workers_started(proxy.log()))
+                victim = first[1]
+                kill_quietly(victim, signal.SIGKILL)
+                await proxy.wait_log(f"(pid {victim}) was killed by signal SIGKILL")
+                await proxy.wait_log("listening on", count=3)
+                replacement = workers_started(proxy.log())[-1]
+                assert replacement[0] == 1 and replacement[1] not in first.values()
+                assert alive(replacement[1]) and alive(first[2])
+
+                async with AsyncExitStack() as stack:
+                    for client in await one_session_per_worker(stack, port, 2):
+                        replies = await client.send_message("a@x", ["b@x"], MESSAGE)
+                        assert replies[-1].code == 250
+                assert len(up.transactions) == 2
+                proxy.signal(signal.SIGTERM)
+                assert await proxy.wait_exit() == 0
+            assert not alive(replacement[1]) and not alive(first[2])
+
+
+async def test_workers_leave_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with FakeUpstream() as up:
+            config, port = setup(tmp_path, up, "Workers: 2\n")
+            with proxy_process(config, tmp_path / "proxy.log") as proxy:
+                await proxy.wait_log("listening on", count=2)
+                pids = [pid for _k, pid in workers_started(proxy.log())]
+                try:
+                    async with open_client("127.0.0.1", port) as idle:
+                        assert (await idle.command("EHLO idle.example")).code == 250
+                        proxy.proc.kill()
+                        # The worker drains as on SIGTERM: the idle client is told.
+                        assert (await idle.read_reply()).code == 421
+                    started = trio.current_time()
+                    await wait_for(lambda: not any(alive(pid) for pid in pids))
+                    assert trio.current_time() - started < 5
+                finally:
+                    for pid in pids:
+                        if alive(pid):
+                            kill_quietly(pid, signal.SIGKILL)
+
+
+async def test_one_worker_keeps_the_single_process(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with FakeUpstream() as up:
+            config, port = setup(tmp_path, up, "Workers: 1\n")
+            with proxy_process(config, tmp_path / "proxy.log") as proxy:
+                await proxy.started()
+                async with open_client("127.0.0.1", port) as client:
+                    assert (await client.send_message("a@x", ["b@x"], MESSAGE))[-1].code == 250
+                children = [
+                    entry.name
+                    for entry in Path("/proc").iterdir()
+                    if entry.name.isdigit()
+                    and (stat := proc_stat(int(entry.name))) is not None
+                    and int(stat[1]) == proxy.proc.pid
+                ]
+                assert children == []
+                proxy.signal(signal.SIGTERM)
+                assert await proxy.wait_exit() == 0
+            assert "worker" not in proxy.log()
+            assert ACCEPTED_RE.findall(proxy.log()) == ["100000"]
+
+
+async def test_the_supervisor_removes_the_unix_socket_file(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with FakeUpstream() as up:
+            path = tmp_path / "proxsmtpd.sock"
+            config = write_config(
+                tmp_path / "proxsmtpd.conf",
+                f"Listen: {path}\nOutAddress: {up.address}\nWorkers: 2\n",
+            )
+            with proxy_process(config, tmp_path / "proxy.log") as proxy:
+                await proxy.wait_log("listening on", count=2)
+                async with open_client(path) as client:
+                    assert (await client.send_message("a@x", ["b@x"], MESSAGE))[-1].code == 250
+                proxy.signal(signal.SIGTERM)
+                assert await proxy.wait_exit() == 0
+            assert not path.exists()
+
+
+# -- in-process and small-process checks ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("total", "count"),
+    [(t, c) for t in (1, 2, 3, 7, 64, 10239) for c in (1, 2, 3, 5, 64) if c <= t],
+)
+def test_worker_shares_add_up_and_differ_by_at_most_one(total: int, count: int) -> None:
+    shares = [worker_share(total, k, count) for k in range(count)]
+    assert sum(shares) == total
+    assert max(shares) - min(shares) <= 1 and min(shares) >= 1
+    assert shares == sorted(shares, reverse=True)  # the first workers get the remainder
+
+
+def test_each_worker_numbers_its_connections_apart() -> None:
+    config = parse_config("OutAddress: 127.0.0.1:2525\nMaxConnections: 5\n")
+    servers = [Server(config, None, k, 3) for k in range(3)]
+    ids = [[next(server.ids) for _ in range(4)] for server in servers]
+    flat = sorted(i for worker_ids in ids for i in worker_ids)
+    assert flat == list(range(FIRST_CONNECTION_ID, FIRST_CONNECTION_ID + 12))
+    assert ids[1] == [FIRST_CONNECTION_ID + 1 + 3 * n for n in range(4)]
+    assert [server.max_connections for server in servers] == [2, 2, 1]
+    assert next(Server(config).ids) == FIRST_CONNECTION_ID
+    assert Server(config).max_connections == 5
+
+
+def test_reload_keeps_the_running_worker_count(caplog: pytest.LogCaptureFixture) -> None:
+    old = parse_config("OutAddress: 127.0.0.1:2525\nWorkers: 2\nMaxConnections: 4\n")
+    new: list[Config] = [attrs.evolve(old, workers=3, max_connections=6, timeout=9.0)]
+    server = Server(old, lambda: new[0], 1, 2)
+    server._reload()
+    assert (server.config.workers, server.config.timeout, server.max_connections) == (2, 9.0, 3)
+    assert "Workers changed from 2 to 3: a restart is needed" in caplog.text
+    # One worker and MaxConnections 1 in the file: a share of 0 would refuse every client.
+    new[0] = attrs.evolve(old, workers=1, max_connections=1, timeout=5.0)
+    server._reload()
+    assert (server.config.timeout, server.max_connections) == (9.0, 3)
+    assert "config not reloaded" in caplog.text
+
+
+def test_describe_exit() -> None:
+    assert describe_exit(3 << 8) == "exited with status 3"
+    assert describe_exit(signal.SIGKILL) == "was killed by signal SIGKILL"
+
+
+CRASHING = """\
+import signal, sys
+from trio_proxsmtp.log import setup_logging
+from trio_proxsmtp.workers import Supervisor
+setup_logging(4)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+sys.exit(Supervisor(2, lambda k: 3, restart_interval=0.25).run())
+"""
+
+
+async def test_a_crashing_worker_is_restarted_at_a_bounded_rate(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        out = tmp_path / "out.log"
+        with background([sys.executable, "-c", CRASHING], out) as proc:
+            await wait_for(lambda: "exited with status 3: starting a new one" in out.read_text())
+            started = trio.current_time()
+            before = out.read_text().count("worker 1 of 2 started")
+            await trio.sleep(1.0)
+            during = out.read_text().count("worker 1 of 2 started") - before
+            elapsed = trio.current_time() - started
+            proc.send_signal(signal.SIGTERM)
+            await wait_for(lambda: proc.poll() is not None)
+            assert proc.returncode == 0
+        # One start per 0.25 s at most (plus one at the edge), but it does keep trying.
+        assert 2 <= during <= elapsed / 0.25 + 1
+        assert "all workers stopped" in out.read_text()
