@@ -148,6 +148,9 @@ class Sink:
         self.out.unlink(missing_ok=True)
 
 
+OUR_WORKERS = 1  # --workers
+
+
 class Proxy:
     """Our proxy or the C proxsmtpd, in the foreground, with a config made for this run."""
 
@@ -157,6 +160,8 @@ class Proxy:
         self.impl = impl
         self.port = free_port()
         self.conf = workdir / f"{impl}-{self.port}.conf"
+        if impl == "ours" and OUR_WORKERS > 1:
+            extra += f"Workers: {OUR_WORKERS}\n"  # our extension; C has no such option
         self.conf.write_text(
             f"Listen: {HOST}:{self.port}\nOutAddress: {HOST}:{upstream}\n"
             f"TempDirectory: {workdir}\nMaxConnections: {max_conn}\n{extra}"
@@ -453,6 +458,9 @@ def report(r: Results, elapsed: float) -> str:
         f"{s.rounds} rounds A/B alternated; {s.sessions} sessions, {MSG_SIZE}-byte messages; "
         f"rate = sink count over {s.window:g} s after {s.warmup:g} s warm-up; "
         f"latency = final dot -> reply, one idle session",
+        f"ours: Workers {OUR_WORKERS} (peak RSS is the first process only)"
+        if OUR_WORKERS > 1
+        else "ours: one process (Workers 1), the same config as C",
         "",
         f"{'scenario':<11} {'impl':<6} {'msg/s (rounds)':<26} {'median':>8} {'ours/C':>7} "
         f"{'p50 ms':>7} {'p99 ms':>7} {'n':>4} {'peak RSS':>9}",
@@ -538,7 +546,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="about one minute")
     parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
     parser.add_argument("--only", choices=["main", "levels", "big", "idle"], action="append")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="run ours with Workers: N (an extension)"
+    )
     args = parser.parse_args()
+    global OUR_WORKERS
+    OUR_WORKERS = max(1, args.workers)
     s = QUICK if args.quick else FULL
     if args.rounds:
         s.rounds = args.rounds
