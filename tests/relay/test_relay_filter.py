@@ -255,10 +255,7 @@ async def test_filter_verdicts_not_delivered(
 ) -> None:
     with trio.fail_after(20):
         async with proxied(f"FilterCommand: {command}") as (up, proxy), proxy.connect() as client:
-            await client.command("EHLO c")
-            await client.command("MAIL FROM:<s@x>")
-            await client.command("RCPT TO:<r@x>")
-            await client.command("DATA")
+            assert (await client.start_message("s@x", ["r@x"], helo="c"))[-1].code == 354
             before = len(client.received)
             await client.send(MESSAGE + b".\r\n")
             await client.read_reply()
@@ -275,10 +272,7 @@ async def test_filter_timeout_kills_group(caplog: pytest.LogCaptureFixture) -> N
     config = "FilterTimeout: 1\nFilterCommand: sh -c 'sleep 30; cat'"
     with trio.fail_after(20):
         async with proxied(config) as (up, proxy), proxy.connect() as client:
-            await client.command("EHLO c")
-            await client.command("MAIL FROM:<s@x>")
-            await client.command("RCPT TO:<r@x>")
-            await client.command("DATA")
+            assert (await client.start_message("s@x", ["r@x"], helo="c"))[-1].code == 354
             await client.send(MESSAGE + b".\r\n")
             start = time.monotonic()
             reply = await client.read_reply()
@@ -300,10 +294,7 @@ async def test_client_vanishes_while_filter_runs(caplog: pytest.LogCaptureFixtur
             proxied(config) as (up, proxy),
             proxy.connect() as client,
         ):
-            await client.command("EHLO c")
-            await client.command("MAIL FROM:<s@x>")
-            await client.command("RCPT TO:<r@x>")
-            await client.command("DATA")
+            assert (await client.start_message("s@x", ["r@x"], helo="c"))[-1].code == 354
             await client.send(MESSAGE + b".\r\n")
             with trio.fail_after(5):
                 while not filter_processes(proxy.temp_directory):
@@ -323,10 +314,7 @@ async def test_client_vanishes_in_data_with_filter() -> None:
             proxied("FilterCommand: cat") as (up, proxy),
             proxy.connect() as client,
         ):
-            await client.command("EHLO c")
-            await client.command("MAIL FROM:<s@x>")
-            await client.command("RCPT TO:<r@x>")
-            await client.command("DATA")
+            assert (await client.start_message("s@x", ["r@x"], helo="c"))[-1].code == 354
             await client.send(b"Subject: t\r\n\r\nhalf a message")
             await client.aclose()
             await up.wait_until(lambda: up.active_connections == 0)
@@ -339,10 +327,7 @@ async def test_quit_pipelined_after_dot_still_delivers() -> None:
             proxied("FilterCommand: sleep 0.3; cat") as (up, proxy),
             proxy.connect() as client,
         ):
-            await client.command("EHLO c")
-            await client.command("MAIL FROM:<s@x>")
-            await client.command("RCPT TO:<r@x>")
-            await client.command("DATA")
+            assert (await client.start_message("s@x", ["r@x"], helo="c"))[-1].code == 354
             await client.send(MESSAGE + b".\r\nQUIT\r\n")
             assert (await client.read_reply()).code == 250
             assert (await client.read_reply()).code == 221

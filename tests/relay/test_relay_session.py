@@ -450,10 +450,7 @@ async def test_t39_keepalives_while_data_arrives_slowly(
             proxied("KeepAlives: 1\nTimeOut: 5") as (up, proxy),
             proxy.connect(timeout=60) as client,
         ):
-            await client.command("EHLO c")
-            await client.command("MAIL FROM:<s@x>")
-            await client.command("RCPT TO:<r@x>")
-            assert (await client.command("DATA")).code == 354
+            assert (await client.start_message("s@x", ["r@x"], helo="c"))[-1].code == 354
             for line in (b"Subject: t\r\n", b"\r\n", b"a\r\n", b"b\r\n"):
                 await client.send(line)
                 await trio.sleep(1.5)
@@ -477,10 +474,7 @@ async def test_client_vanishes_in_data_nothing_delivered(
             proxied() as (up, proxy),
             proxy.connect() as client,
         ):
-            await client.command("EHLO c")
-            await client.command("MAIL FROM:<s@x>")
-            await client.command("RCPT TO:<r@x>")
-            await client.command("DATA")
+            assert (await client.start_message("s@x", ["r@x"], helo="c"))[-1].code == 354
             await client.send(b"Subject: t\r\n\r\npartial")
             await client.aclose()
             await up.wait_until(lambda: up.active_connections == 0)
@@ -516,10 +510,7 @@ async def test_unix_listener_socket_file_removed(tmp_path: os.PathLike[str]) -> 
 
 async def _send_and_leave(up: FakeUpstream, proxy: RunningProxy, after_dot: bytes) -> None:
     async with proxy.connect() as client:
-        await client.command("EHLO c")
-        await client.command("MAIL FROM:<s@x>")
-        await client.command("RCPT TO:<r@x>")
-        await client.command("DATA")
+        assert (await client.start_message("s@x", ["r@x"], helo="c"))[-1].code == 354
         await client.send(MESSAGE + b".\r\n" + after_dot)
     await up.wait_until(lambda: up.active_connections == 0)
 

@@ -83,3 +83,16 @@ def test_dot_stuff() -> None:
     assert dot_stuff(b".a\r\nb\r\n.\r\n") == b"..a\r\nb\r\n..\r\n.\r\n"
     assert dot_stuff(b"x") == b"x\r\n.\r\n"
     assert dot_stuff(b"") == b".\r\n"
+
+
+async def test_start_message_stops_after_data_and_the_message_is_yours() -> None:
+    with trio.fail_after(10):
+        async with FakeUpstream() as up, open_client("127.0.0.1", up.port) as client:
+            replies = await client.start_message("a@x", ["b@x", "c@x"], helo="h")
+            assert [r.code for r in replies] == [250, 250, 250, 354]
+            assert up.transactions == []
+            await client.send(b"Subject: mine\r\n\r\nbody\r\n.\r\n")
+            assert (await client.read_reply()).code == 250
+            await up.wait_until(lambda: len(up.transactions) == 1)
+    assert up.transactions[0].message == b"Subject: mine\r\n\r\nbody\r\n"
+    assert up.transactions[0].rcpt_to == ["b@x", "c@x"]

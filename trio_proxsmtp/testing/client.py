@@ -166,6 +166,26 @@ class FakeClient:
         or when DATA is not answered 354. With ``pipelined=True`` MAIL, RCPTs and DATA
         go out in one write; the message follows if DATA got 354.
         """
+        replies = await self.start_message(
+            mail_from, rcpts, helo=helo, pipelined=pipelined, timeout=timeout
+        )
+        if replies[-1].code != 354:
+            return replies
+        await self.send(dot_stuff(message))
+        replies.append(await self.read_reply(timeout))
+        return replies
+
+    async def start_message(
+        self,
+        mail_from: str,
+        rcpts: Iterable[str],
+        *,
+        helo: str = "client.example",
+        pipelined: bool = False,
+        timeout: float | None = None,
+    ) -> list[Reply]:
+        """`send_message` up to DATA's reply: the message itself is yours to send (or not,
+        to test a client that leaves in the middle). Returns the replies so far."""
         recipients = list(rcpts)
         if not self._helo_done:
             await self.command(f"EHLO {helo}", timeout)
@@ -187,10 +207,6 @@ class FakeClient:
                     return replies
                 if index == len(recipients) and not any(r.is_positive for r in replies[1:]):
                     return replies
-        if replies[-1].code != 354:
-            return replies
-        await self.send(dot_stuff(message))
-        replies.append(await self.read_reply(timeout))
         return replies
 
     async def quit(self, timeout: float | None = None) -> Reply:
