@@ -22,7 +22,6 @@ import socket
 import sys
 from collections.abc import Callable
 
-import attrs
 import trio
 
 from trio_proxsmtp import __version__, server
@@ -310,8 +309,7 @@ def _supervise(config: Config, sockets: list[socket.socket], config_path: str) -
             new = load_config(config_path)
         except Exception:
             return
-        if new.max_connections >= count:
-            current = attrs.evolve(new, listen=config.listen, workers=count)
+        current = server.applicable_reload(current, new, count)[0] or current
 
     try:
         return Supervisor(count, work, sockets=sockets, on_hup=on_hup).run()

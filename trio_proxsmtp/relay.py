@@ -100,9 +100,7 @@ class _Closing(Exception):
 
 @attrs.define
 class ConnectionInfo:
-    conn_id: int
     client: str  # CLIENT: the peer's address ("" for an unnamed unix peer)
-    client_family: int
     local: str  # %l: the address it connected to
     original_destination: tuple[str, int] | None = None
 
@@ -117,12 +115,7 @@ class Connection:
         self.trace = self.log.isEnabledFor(logging.DEBUG)
         sock = client.socket
         peer = _peername(sock)
-        self.info = ConnectionInfo(
-            conn_id=conn_id,
-            client=format_host(peer),
-            client_family=sock.family,
-            local=format_host(_sockname(sock)),
-        )
+        self.info = ConnectionInfo(client=format_host(peer), local=format_host(_sockname(sock)))
         reject = (
             reply_from_text(config.filter_reject)
             if (config.filter_type is FilterType.REJECT)
@@ -244,11 +237,13 @@ class Connection:
             if self.trace:
                 self.log.debug("CLIENT < %s", _show_command(line, command, in_auth))
             await self._perform(self.session.command(command))
-            self._remove_spools()  # a message's whole life ends inside one command
 
     async def _perform(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, SendClient):
+                if not self.session.in_message:
+                    # The message's fate is decided: its spools go before the client hears it.
+                    self._remove_spools()
                 await self._send_client(action.reply)
             elif isinstance(action, SendUpstream):
                 secret = action.purpose is Purpose.AUTH_CONTINUATION
@@ -267,7 +262,6 @@ class Connection:
             elif isinstance(action, SendMessage):
                 await self._send_message()
                 reply = await self._read_reply()
-                self._remove_spools()
                 await self._perform(self.session.reply(action, reply))
             elif isinstance(action, SkipBytes):
                 await self._skip_client_bytes(action.count)
@@ -413,9 +407,8 @@ class Connection:
             except OSError as exc:
                 error = f"couldn't write cache file: {exc}"
                 self.log.error("%s", error)
-        if error is not None or self.spool is None:
-            self._remove_spools()
-            return self.session.message_failed(LOCAL_ERROR, error or "no spool")
+        if error is not None:
+            return self.session.message_failed(LOCAL_ERROR, error)
         self.log.debug("received %d message bytes", receiver.size)
         return self.session.message_received(receiver.size)
 
@@ -445,7 +438,6 @@ class Connection:
             if verdict.message is not self.spool:
                 self.output = verdict.message
             return self.session.filter_done(True, None, Outcome.FILTERED)
-        self._remove_spools()
         if verdict.kind is VerdictKind.ERROR:
             self.log.error("filter command failed: %s", verdict.detail)
             outcome = Outcome.FILTER_ERROR
@@ -773,7 +765,6 @@ def _single_error() -> Iterator[None]:
     try:
         yield
     except BaseExceptionGroup as group:
-        errors = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
-        if len(errors) == 1 and len(group.exceptions) == 1:
-            raise errors[0] from None
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
         raise

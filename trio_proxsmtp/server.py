@@ -42,7 +42,7 @@ from trio_proxsmtp.config import Config, TransparentMode
 from trio_proxsmtp.log import LOGGER_NAME, connection_logger
 from trio_proxsmtp.relay import IP_TRANSPARENT, Connection
 
-__all__ = ["Server", "bind_listeners", "serve", "worker_share"]
+__all__ = ["Server", "applicable_reload", "bind_listeners", "serve", "worker_share"]
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -122,6 +122,31 @@ def remove_unix_socket_files(files: dict[str, tuple[int, int]]) -> None:
 def worker_share(max_connections: int, worker: int, workers: int) -> int:
     """Worker `worker` (0-based) of `workers`' part of MaxConnections; the parts add up."""
     return max_connections // workers + (1 if worker < max_connections % workers else 0)
+
+
+def applicable_reload(
+    running: Config, new: Config, workers: int
+) -> tuple[Config | None, list[str]]:
+    """What of a reloaded config a running server can apply: Listen and Workers need a
+    restart, so they keep their running values. None when it cannot be applied at all.
+    The reasons come back as text for the log. Used by every worker and the supervisor."""
+    problems: list[str] = []
+    if new.listen != running.listen:
+        problems.append(
+            f"Listen changed from {running.listen} to {new.listen}: a restart is needed to apply it"
+        )
+        new = attrs.evolve(new, listen=running.listen)
+    if new.workers != workers:
+        problems.append(
+            f"Workers changed from {workers} to {new.workers}: a restart is needed to apply it"
+        )
+        new = attrs.evolve(new, workers=workers)
+    if new.max_connections < workers:
+        problems.append(
+            f"MaxConnections {new.max_connections} is less than the {workers} workers running"
+        )
+        return None, problems
+    return new, problems
 
 
 def raise_fd_limit(max_connections: int) -> None:
@@ -240,7 +265,7 @@ class Server:
                 if self.draining:
                     log.info("SIGHUP ignored: shutting down")
                 else:
-                    self._reload()
+                    await self._reload()
                 continue
             if self.draining:
                 log.info("received %s again: ending the grace period", signal.Signals(signum).name)
@@ -248,37 +273,23 @@ class Server:
                 log.info("received %s", signal.Signals(signum).name)
             self.stop()
 
-    def _reload(self) -> None:
+    async def _reload(self) -> None:
         if self.reload is None:
             log.warning("SIGHUP: no config file to reload")
             return
         try:
-            config = self.reload()
+            # In a thread: reading the file resolves host names, which may take seconds
+            # of DNS that must not stall every session.
+            loaded = await trio.to_thread.run_sync(self.reload)
         except Exception as exc:
             log.error("SIGHUP: config not reloaded, keeping the old one: %s", exc)
             return
-        if config.listen != self.config.listen:
-            log.warning(
-                "SIGHUP: Listen changed from %s to %s: a restart is needed to apply it",
-                self.config.listen,
-                config.listen,
-            )
-            config = attrs.evolve(config, listen=self.config.listen)
-        if config.workers != self.workers:
-            log.warning(
-                "SIGHUP: Workers changed from %d to %d: a restart is needed to apply it",
-                self.workers,
-                config.workers,
-            )
-            config = attrs.evolve(config, workers=self.workers)
-            if config.max_connections < self.workers:
-                log.error(
-                    "SIGHUP: config not reloaded, keeping the old one: MaxConnections %d "
-                    "is less than the %d workers running",
-                    config.max_connections,
-                    self.workers,
-                )
-                return
+        config, problems = applicable_reload(self.config, loaded, self.workers)
+        for problem in problems:
+            log.warning("SIGHUP: %s", problem)
+        if config is None:
+            log.error("SIGHUP: config not reloaded, keeping the old one")
+            return
         self.config = config
         raise_fd_limit(self.max_connections)
         log.info("SIGHUP: reloaded %s", config.path)

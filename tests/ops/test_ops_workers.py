@@ -22,7 +22,7 @@ import trio
 from ops_support import background, free_port, proxy_process, wait_for, write_config
 
 from trio_proxsmtp.config import Config, parse_config
-from trio_proxsmtp.server import FIRST_CONNECTION_ID, Server, worker_share
+from trio_proxsmtp.server import FIRST_CONNECTION_ID, Server, applicable_reload, worker_share
 from trio_proxsmtp.testing import FakeClient, FakeUpstream, open_client
 from trio_proxsmtp.workers import describe_exit
 
@@ -275,16 +275,18 @@ def test_each_worker_numbers_its_connections_apart() -> None:
     assert Server(config).max_connections == 5
 
 
-def test_reload_keeps_the_running_worker_count(caplog: pytest.LogCaptureFixture) -> None:
+async def test_reload_keeps_the_running_worker_count(caplog: pytest.LogCaptureFixture) -> None:
     old = parse_config("OutAddress: 127.0.0.1:2525\nWorkers: 2\nMaxConnections: 4\n")
     new: list[Config] = [attrs.evolve(old, workers=3, max_connections=6, timeout=9.0)]
     server = Server(old, lambda: new[0], 1, 2)
-    server._reload()
+    with trio.fail_after(10):
+        await server._reload()
     assert (server.config.workers, server.config.timeout, server.max_connections) == (2, 9.0, 3)
     assert "Workers changed from 2 to 3: a restart is needed" in caplog.text
     # One worker and MaxConnections 1 in the file: a share of 0 would refuse every client.
     new[0] = attrs.evolve(old, workers=1, max_connections=1, timeout=5.0)
-    server._reload()
+    with trio.fail_after(10):
+        await server._reload()
     assert (server.config.timeout, server.max_connections) == (9.0, 3)
     assert "config not reloaded" in caplog.text
 
@@ -320,3 +322,18 @@ async def test_a_crashing_worker_is_restarted_at_a_bounded_rate(tmp_path: Path) 
         # One start per 0.25 s at most (plus one at the edge), but it does keep trying.
         assert 2 <= during <= elapsed / 0.25 + 1
         assert "all workers stopped" in out.read_text()
+
+
+def test_applicable_reload_keeps_what_needs_a_restart() -> None:
+    running = parse_config("OutAddress: 127.0.0.1:2525\nListen: 127.0.0.1:2600\nWorkers: 2\n")
+    new = parse_config(
+        "OutAddress: 127.0.0.1:2525\nListen: 127.0.0.1:2700\nWorkers: 3\nTimeOut: 9\n"
+    )
+    config, problems = applicable_reload(running, new, 2)
+    assert config is not None
+    assert (config.listen, config.workers, config.timeout) == (running.listen, 2, 9.0)
+    assert len(problems) == 2 and all("a restart is needed" in p for p in problems)
+    # A file that leaves a running worker no connection at all is not applied.
+    tight = parse_config("OutAddress: 127.0.0.1:2525\nListen: 127.0.0.1:2600\nMaxConnections: 1\n")
+    assert applicable_reload(running, tight, 2)[0] is None
+    assert applicable_reload(running, running, 2) == (running, [])

@@ -77,6 +77,8 @@ class State(enum.Enum):
 
 # States in which a client command line may arrive.
 _COMMAND_STATES = frozenset({State.HELO, State.MAIL, State.RCPT})
+# States in which a message is on its way.
+_MESSAGE_STATES = frozenset({State.DATA, State.FILTERING, State.REPLAY})
 
 
 class Purpose(enum.Enum):
@@ -240,8 +242,12 @@ class Session:
         self._in_auth = False  # an AUTH exchange is waiting for client continuation lines
         self._xclient_supported = False
         self._xclient_sent = False
-        self._upstream_outcome: str | None = None
         self.messages = 0  # transactions finished on this connection
+
+    @property
+    def in_message(self) -> bool:
+        """A message is on its way (received, filtered or replayed) and not yet answered."""
+        return self.state in _MESSAGE_STATES
 
     @property
     def in_auth(self) -> bool:
@@ -279,12 +285,10 @@ class Session:
             return self._reply_to_line(action, reply)
         if isinstance(action, SendMessage):
             self._expect(State.REPLAY)
-            return self._finish_message(
-                reply, Outcome.FILTERED if self.policy.filtering else Outcome.PASSED, relay=reply
-            )
+            return self._finish_message(reply, self._filter_outcome())
         if isinstance(action, ReceiveMessage) and action.stream:
             self._expect(State.DATA)
-            return self._finish_message(reply, Outcome.SKIPPED, relay=reply)
+            return self._finish_message(reply, Outcome.SKIPPED)
         raise LocalProtocolError(f"no upstream reply expected for {action!r}")
 
     def message_received(self, size: int) -> list[Action]:
@@ -319,9 +323,8 @@ class Session:
     def abort(self, reason: str) -> list[Action]:
         """The connection ends in the middle of a message: nothing was delivered, and the
         message still gets its one summary line (1.10 logged FILTER-ERROR here too)."""
-        if self.state not in (State.DATA, State.FILTERING, State.REPLAY):
+        if not self.in_message:
             return []
-        self._upstream_outcome = None
         summary = self._summary(Outcome.FILTER_ERROR, reason)
         self._end_transaction()
         return [summary]
@@ -406,7 +409,7 @@ class Session:
             if reply.code == 354:
                 return [SendMessage()]
             # The upstream refused our DATA: that is the message's final reply (B15: logged).
-            return self._finish_message(reply, self._filter_outcome(), relay=reply, rset=True)
+            return self._finish_message(reply, self._filter_outcome(), rset=True)
         if purpose is Purpose.SKIP_DATA:
             self._expect(*_COMMAND_STATES)
             if reply.code == 354:
@@ -478,13 +481,13 @@ class Session:
         return Outcome.FILTERED if self.policy.filtering else Outcome.PASSED
 
     def _finish_message(
-        self, reply: Reply, outcome: Outcome, *, relay: Reply, rset: bool = False
+        self, reply: Reply, outcome: Outcome, *, rset: bool = False
     ) -> list[Action]:
-        """The upstream answered the message (or refused its DATA): tell the client."""
-        self._upstream_outcome = reply.text
-        summary = self._summary(outcome, None)
+        """The upstream answered the message (or refused its DATA): its reply is the
+        client's."""
+        summary = self._summary(outcome, None, upstream=reply.text)
         self._end_transaction()
-        actions: list[Action] = [SendClient(relay)]
+        actions: list[Action] = [SendClient(reply)]
         if rset:
             actions.append(SendUpstream(b"RSET\r\n", Purpose.RSET))
         actions.append(summary)
@@ -492,7 +495,6 @@ class Session:
 
     def _abandon_message(self, reply: Reply, outcome: Outcome, detail: str) -> list[Action]:
         """The message is not delivered: tell the client, reset the upstream's transaction."""
-        self._upstream_outcome = None
         text = reply.text if outcome in (Outcome.REJECTED, Outcome.DROPPED) else detail
         summary = self._summary(outcome, text or None)
         self._end_transaction()
@@ -503,7 +505,9 @@ class Session:
         self._reset_envelope()
         self.state = State.MAIL
 
-    def _summary(self, outcome: Outcome, reason: str | None) -> Summary:
+    def _summary(
+        self, outcome: Outcome, reason: str | None, *, upstream: str | None = None
+    ) -> Summary:
         parts = [f"client={self.policy.client}"]
         if self.envelope.sender is not None:
             parts.append(f"from={self.envelope.sender}")
@@ -512,9 +516,8 @@ class Session:
             parts.append(f"status={outcome.value}")
         if reason:
             parts.append(f"reason={reason}")
-        if self._upstream_outcome is not None:
-            parts.append(f"upstream={self._upstream_outcome}")
-        self._upstream_outcome = None
+        if upstream is not None:
+            parts.append(f"upstream={upstream}")
         return Summary(", ".join(parts), outcome)
 
     # -- helpers ------------------------------------------------------------------------
