@@ -421,3 +421,20 @@ async def test_single_line_ehlo_when_no_keywords() -> None:
             await c.greeting()
             await c.command("EHLO c")
             assert c.received.endswith(b"ESMTP\r\n250 up\r\n")
+
+
+async def test_record_false_keeps_nothing_but_still_reports() -> None:
+    seen: list[bytes] = []
+    up = FakeUpstream(record=False, on_transaction=lambda t: seen.append(t.message))
+    with trio.fail_after(10):
+        async with up:
+            for _ in range(3):
+                async with open_client("127.0.0.1", up.port) as client:
+                    replies = await client.send_message("a@x", ["b@x"], b"Subject: s\r\n\r\nx\r\n")
+                    assert replies[-1].code == 250
+                    await client.quit()
+            await up.wait_until(lambda: up.active_connections == 0)
+            # A long-running sink: nothing piles up, yet it still counts and reports.
+            assert (up.received, up.commands, up.transactions, up.sessions) == (b"", [], [], [])
+            assert up.connections == 3
+    assert seen == [b"Subject: s\r\n\r\nx\r\n"] * 3

@@ -68,6 +68,7 @@ async def _sink(args: argparse.Namespace) -> None:
         unix_path=listen.unix_path,
         reject_magic=args.reject,
         on_transaction=_printer(args.quiet),
+        record=False,  # it may run for days: print, keep nothing
     )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with up:

@@ -200,6 +200,8 @@ class FakeUpstream:
         host, port: where to listen (port 0: a free port, see :attr:`port`).
         unix_path: listen on this Unix socket instead (removed afterwards).
         on_transaction: called with each recorded transaction (e.g. to print it).
+        record: keep every byte, command, session and transaction in memory (for tests);
+            False for a long-running sink that only reports through ``on_transaction``.
     """
 
     def __init__(
@@ -219,6 +221,7 @@ class FakeUpstream:
         port: int = 0,
         unix_path: str | os.PathLike[str] | None = None,
         on_transaction: Callable[[Transaction], object] | None = None,
+        record: bool = True,
     ) -> None:
         self.banner = banner
         self.hostname = hostname
@@ -237,6 +240,8 @@ class FakeUpstream:
         self.host = host
         self.unix_path = os.fspath(unix_path) if unix_path is not None else None
         self.on_transaction = on_transaction
+        self.record = record
+        self._forgotten = 0  # closed sessions dropped because record is False
 
         self.received = bytearray()
         """Every byte received, from all connections, in arrival order."""
@@ -254,7 +259,7 @@ class FakeUpstream:
     @property
     def connections(self) -> int:
         """How many connections were accepted so far."""
-        return len(self.sessions)
+        return len(self.sessions) + self._forgotten
 
     @property
     def active_connections(self) -> int:
@@ -353,7 +358,7 @@ class FakeUpstream:
         end of ``trio.testing.memory_stream_pair()`` so that delays run under a mock clock
         without real sockets.
         """
-        session = Session(index=len(self.sessions), peer=peer)
+        session = Session(index=self.connections, peer=peer)
         self.sessions.append(session)
         self._notify()
         conn = _Connection(self, stream, session)
@@ -364,6 +369,9 @@ class FakeUpstream:
         finally:
             session.closed = True
             await conn.close()
+            if not self.record:
+                self.sessions.remove(session)
+                self._forgotten += 1
             self._notify()
 
 
@@ -392,8 +400,9 @@ class _Connection:
         if not chunk:
             self.eof = True
             raise _Closed
-        self.session.received += chunk
-        self.up.received += chunk
+        if self.up.record:
+            self.session.received += chunk
+            self.up.received += chunk
         self.buffer += chunk
         self.up._notify()
 
@@ -445,8 +454,9 @@ class _Connection:
                 await self._reply("LONG", b"", "500 5.5.0 Line too long")
                 continue
             command = line.rstrip(b"\r\n")
-            self.session.commands.append(command)
-            up.commands.append(command)
+            if up.record:
+                self.session.commands.append(command)
+                up.commands.append(command)
             up._notify()
             await self._command(command)
 
@@ -558,8 +568,9 @@ class _Connection:
         await self._send(result)
 
     def _record(self, transaction: Transaction) -> None:
-        self.session.transactions.append(transaction)
-        self.up.transactions.append(transaction)
+        if self.up.record:
+            self.session.transactions.append(transaction)
+            self.up.transactions.append(transaction)
         self.up._notify()
         if self.up.on_transaction is not None:
             self.up.on_transaction(transaction)
