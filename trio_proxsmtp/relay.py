@@ -390,8 +390,14 @@ class Connection:
             error = f"couldn't open cache file: {exc}"
             self.log.error("%s", error)
 
+        # Past the upstream's SIZE the message is refused (552) once read to its end: keep
+        # reading, stop writing, so a huge message cannot fill the disk for nothing.
+        limit = self.session.extensions.size_limit
+
         async def spool(body: bytes) -> None:
             nonlocal error
+            if limit is not None and receiver.size > limit:
+                return
             if self.spool is not None and error is None:
                 try:
                     self.spool.write(body)

@@ -17,6 +17,7 @@ import trio
 import trio.testing
 
 from trio_proxsmtp.log import LOGGER_NAME
+from trio_proxsmtp.spool import Spool
 from trio_proxsmtp.testing import (
     CLOSE,
     END_OF_DATA,
@@ -277,13 +278,28 @@ async def test_b6_empty_first_message() -> None:
             assert t.message == b""
 
 
-async def test_size_limit_enforced_after_whole_message() -> None:
+async def test_size_limit_enforced_after_whole_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    written: list[int] = []
+    real_write = Spool.write
+
+    def counting_write(spool: Spool, data: bytes) -> None:
+        written.append(len(data))
+        real_write(spool, data)
+
+    monkeypatch.setattr(Spool, "write", counting_write)
     up = FakeUpstream(size_limit=100)
     with trio.fail_after(10):
         async with proxied(up=up) as (_, proxy), proxy.connect() as client:
-            big = b"Subject: big\r\n\r\n" + b"x" * 200 + b"\r\nRSET\r\n"
-            replies = await client.send_message("s@x", ["r@x"], big)
-            assert replies[-1].code == 552
+            await client.start_message("s@x", ["r@x"])
+            # Well past the limit, in pieces: the spool stops growing at the limit.
+            await client.send(b"Subject: big\r\n\r\n")
+            for _ in range(50):
+                await client.send(b"x" * 1000 + b"\r\n")
+            await client.send(b"RSET\r\n.\r\n")
+            assert (await client.read_reply()).code == 552
+            assert sum(written) < 100 + 1002 + 16
             await up.wait_until(lambda: up.commands[-1] == b"RSET")
             assert up.transactions == [] and b"DATA" not in up.commands
             assert (await client.command("NOOP")).code == 250
