@@ -438,3 +438,27 @@ async def test_record_false_keeps_nothing_but_still_reports() -> None:
             assert (up.received, up.commands, up.transactions, up.sessions) == (b"", [], [], [])
             assert up.connections == 3
     assert seen == [b"Subject: s\r\n\r\nx\r\n"] * 3
+
+
+async def test_a_closed_session_is_never_seen_still_listed_when_not_recording() -> None:
+    """Regression: ``closed`` was set before the stream's close (a checkpoint), so a
+    waiter on ``active_connections == 0`` could still find the session in ``sessions``."""
+    up = FakeUpstream(record=False)
+    seen: list[tuple[int, int]] = []
+    done = trio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            seen.append((up.active_connections, len(up.sessions)))
+            await trio.sleep(0)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            async with in_memory(up) as client:
+                await client.greeting()
+                await client.quit()
+                await up.wait_until(lambda: up.connections == 1 and up.active_connections == 0)
+            done.set()
+    assert (0, 1) not in seen  # closed yet still listed: the state the race exposed
+    assert (1, 1) in seen and seen[-1] == (0, 0)

@@ -367,12 +367,16 @@ class FakeUpstream:
         except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
-            session.closed = True
-            await conn.close()
-            if not self.record:
-                self.sessions.remove(session)
-                self._forgotten += 1
-            self._notify()
+            # Close first: a waiter that sees ``closed`` must also see the session gone
+            # (record=False) -- no checkpoint may fall between the two.
+            try:
+                await conn.close()
+            finally:
+                session.closed = True
+                if not self.record:
+                    self.sessions.remove(session)
+                    self._forgotten += 1
+                self._notify()
 
 
 class _Connection:
