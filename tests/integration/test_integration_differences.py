@@ -17,6 +17,8 @@ The documented list:
 - B18  MAIL/RCPT paired with their replies: "MAIL  FROM" and multi-line RCPT replies.
 - B19  XFORWARD parsed as tokens (1.10 keeps the CRLF of a last ADDR in REMOTE).
 - B20  XCLIENT carries HELO= and is followed by EHLO again.
+- XFORWARD values are xtext-decoded, and "[UNAVAILABLE]" leaves REMOTE/REMOTE_HELO unset
+  (1.10 passes "odd+20helo" and "UNAVAILABLE" on as they are).
 - DATA with no valid recipient (or no MAIL) is refused at DATA (1.10 says 354, takes the
   message, then relays the upstream's refusal of its DATA as the reply to the final ".").
 - An upstream refusal of our DATA is followed by RSET, so the next transaction is clean.
@@ -289,6 +291,16 @@ async def test_b19_xforward_addr_at_end_of_line(tmp_path: Path) -> None:
     theirs, ours = await both(tmp_path, config, steps)
     assert b"|REMOTE=192.0.2.7\r\n|REMOTE_HELO=h.example|" in theirs.upstream[0]
     assert b"|REMOTE=192.0.2.7|REMOTE_HELO=h.example|" in ours.upstream[0]
+
+
+async def test_xforward_values_are_decoded(tmp_path: Path) -> None:
+    config = ENV_DUMP + "\nTempDirectory: {tmp}"
+    xforward = line("XFORWARD HELO=odd+20helo ADDR=[UNAVAILABLE] PROTO=ESMTP")
+    steps = (EHLO, xforward, *transaction(), QUIT)
+    theirs, ours = await both(tmp_path, config, steps)
+    assert theirs.replies == ours.replies
+    assert b"|REMOTE=UNAVAILABLE|REMOTE_HELO=odd+20helo|" in theirs.upstream[0]
+    assert b"|REMOTE=unset|REMOTE_HELO=odd helo|" in ours.upstream[0]
 
 
 async def test_b20_xclient_then_ehlo_again(tmp_path: Path) -> None:

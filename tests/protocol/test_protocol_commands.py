@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_proxsmtp.protocol.commands import Command, Verb, parse_command
+from trio_proxsmtp.protocol.commands import Command, Verb, parse_command, xforward_value
 
 
 @pytest.mark.parametrize(
@@ -142,3 +142,27 @@ def test_never_raises_and_keeps_the_line(line: bytes) -> None:
 def test_envelope_commands_never_raise(prefix: bytes, rest: bytes) -> None:
     command = parse_command(prefix + rest + b"\r\n")
     assert command.verb in (Verb.MAIL, Verb.RCPT, Verb.XFORWARD)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("IPv6:2001:db8::1", "IPv6:2001:db8::1"),
+        ("odd+20helo", "odd helo"),
+        ("a+2Bb+3Dc", "a+b=c"),  # "+" and "=" are always escaped by the sender
+        ("caf+C3+A9", "café"),  # UTF-8 octets
+        ("a+2", "a+2"),  # not an escape: kept as it is
+        ("x+00y+0Az", "x?y?z"),  # control characters (NUL cannot go into the environment)
+        ("UNAVAILABLE", None),  # "[UNAVAILABLE]" with its brackets stripped by the parser
+        ("TEMPUNAVAIL", None),
+    ],
+)
+def test_xforward_value(value: str, expected: str | None) -> None:
+    assert xforward_value(value) == expected
+
+
+@given(st.text())
+def test_xforward_value_never_yields_a_control_character(value: str) -> None:
+    decoded = xforward_value(value)
+    assert decoded is None or not any(ord(c) < 32 or ord(c) == 127 for c in decoded)

@@ -289,6 +289,20 @@ def test_xforward_name_does_not_hide_addr() -> None:
     assert d.session.envelope.remote_addr == "1.2.3.4"
 
 
+def test_xforward_values_are_xtext_decoded() -> None:
+    d = ready()
+    d.command("XFORWARD HELO=odd+20helo+2Bplus ADDR=192.0.2.7", OK)
+    assert d.session.envelope.remote_helo == "odd helo+plus"
+    assert d.session.envelope.remote_addr == "192.0.2.7"
+
+
+def test_xforward_unavailable_clears_the_value() -> None:
+    d = ready()
+    d.command("XFORWARD ADDR=192.0.2.7 HELO=h.example", OK)
+    d.command("XFORWARD ADDR=[UNAVAILABLE] HELO=[TEMPUNAVAIL]", OK)
+    assert (d.session.envelope.remote_addr, d.session.envelope.remote_helo) == (None, None)
+
+
 # -- AUTH ----------------------------------------------------------------------------------
 
 

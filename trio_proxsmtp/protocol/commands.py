@@ -3,7 +3,8 @@
 Parsing is tolerant (it never raises) because every line is forwarded verbatim anyway; the
 parse only decides what the proxy does itself and what it records.  MAIL/RCPT follow
 RFC 5321 but also accept the sloppy forms proxsmtpd 1.10 accepted, and parameters are split
-off an unbracketed address (B18).  XFORWARD is parsed into attribute tokens (B19).
+off an unbracketed address (B18).  XFORWARD is parsed into attribute tokens (B19), and
+`xforward_value` turns one into what a filter should see.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 
 import attrs
 
-__all__ = ["Command", "Verb", "parse_command"]
+__all__ = ["Command", "Verb", "parse_command", "xforward_value"]
 
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"
@@ -168,3 +169,28 @@ def _parse_xforward(argument: str) -> tuple[tuple[str, str], ...]:
         if name:
             attributes.append((name.upper(), value))
     return tuple(attributes)
+
+
+_XTEXT_ESCAPE = re.compile(r"\+([0-9A-Fa-f]{2})")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Postfix sends these (in brackets, which the parser strips) when it does not know the value.
+_UNKNOWN = frozenset({"UNAVAILABLE", "TEMPUNAVAIL"})
+
+
+def xforward_value(value: str) -> str | None:
+    """An XFORWARD attribute value as a filter should see it; None when the sender does not know it.
+
+    Postfix xtext-encodes the values (RFC 3461: "+XX" is the byte XX, e.g. "+20" a space)
+    and sends "[UNAVAILABLE]" / "[TEMPUNAVAIL]" for what it does not know; 1.10 passed
+    both on raw.  A decoded control character (NUL cannot even go into an environment
+    variable) becomes "?".
+    """
+    if value in _UNKNOWN:
+        return None
+    if "+" in value:
+        raw = _XTEXT_ESCAPE.sub(
+            lambda m: bytes([int(m.group(1), 16)]).decode("latin-1"),
+            value.encode(_ENCODING, _ERRORS).decode("latin-1"),
+        )
+        value = raw.encode("latin-1").decode(_ENCODING, _ERRORS)
+    return _CONTROL.sub("?", value)

@@ -22,7 +22,7 @@ import logging
 
 import attrs
 
-from trio_proxsmtp.protocol.commands import Command, Verb
+from trio_proxsmtp.protocol.commands import Command, Verb, xforward_value
 from trio_proxsmtp.protocol.ehlo import (
     Extensions,
     parse_extensions,
@@ -463,9 +463,9 @@ class Session:
         elif verb is Verb.XFORWARD:
             for name, value in command.attributes:
                 if name == "ADDR":
-                    self.envelope.remote_addr = value
+                    self.envelope.remote_addr = xforward_value(value)
                 elif name == "HELO":
-                    self.envelope.remote_helo = value
+                    self.envelope.remote_helo = xforward_value(value)
         actions.append(SendClient(reply))
         return actions
 
