@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import trio
 
-from trio_proxsmtp import __version__, server
+from trio_proxsmtp import __version__, notify, server
 from trio_proxsmtp.config import (
     Config,
     ConfigError,
@@ -219,6 +219,8 @@ def _start(
 ) -> int:
     """Bind, detach, write the pid file, drop privileges, serve; one error line on failure."""
     daemon = _Daemon()
+    # Only this process speaks to systemd: filters and workers must not inherit the socket.
+    notify.take_socket()
     # Until serve() has its signal receiver, SIGTERM/SIGINT/SIGHUP wait (server.py).
     signal.pthread_sigmask(signal.SIG_BLOCK, server.HANDLED_SIGNALS)
     try:
@@ -300,18 +302,28 @@ def _supervise(config: Config, sockets: list[socket.socket], config_path: str) -
     unix_paths = server.unix_socket_files(sockets)
 
     def work(index: int) -> int:
+        notify.forget()  # the supervisor speaks for the service
         return _serve(current, sockets, config_path, (index, count))
 
     def on_hup() -> None:
         # Only for workers started from now on; each running worker reloads (and logs) itself.
         nonlocal current
+        notify.reloading()
         try:
             new = load_config(config_path)
         except Exception:
+            notify.ready(notify.NOT_RELOADED)
             return
-        current = server.applicable_reload(current, new, count)[0] or current
+        applied = server.applicable_reload(current, new, count)[0]
+        current = applied or current
+        notify.ready(
+            f"{count} workers; reloaded {config_path}"
+            if applied is not None
+            else notify.NOT_RELOADED
+        )
 
     try:
+        notify.ready(f"{count} workers listening on {config.listen}")
         return Supervisor(count, work, sockets=sockets, on_hup=on_hup).run()
     finally:
         server.remove_unix_socket_files(unix_paths)

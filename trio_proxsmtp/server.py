@@ -37,6 +37,7 @@ from typing import Any
 import attrs
 import trio
 
+from trio_proxsmtp import notify
 from trio_proxsmtp.address import AddressKind, format_host, resolve_tcp
 from trio_proxsmtp.config import Config, TransparentMode
 from trio_proxsmtp.log import LOGGER_NAME, connection_logger
@@ -226,6 +227,7 @@ class Server:
                                 accepting.start_soon(self._accept_loop, listener, connections)
                             names = [_listener_name(listener) for listener in listeners]
                             log.info("listening on %s", ", ".join(names))
+                            notify.ready(f"listening on {', '.join(names)}")
                             task_status.started(names)
                     # Accepting has stopped (a signal): refuse new clients at once, drain.
                     for listener in listeners:
@@ -245,6 +247,7 @@ class Server:
     async def _drain(self) -> None:
         self.draining = True
         log.info("shutting down: %d sessions open", len(self.connections))
+        notify.stopping()
         for connection in list(self.connections):
             connection.drain()
         with self._grace:
@@ -265,7 +268,11 @@ class Server:
                 if self.draining:
                     log.info("SIGHUP ignored: shutting down")
                 else:
-                    await self._reload()
+                    notify.reloading()
+                    reloaded = await self._reload()
+                    notify.ready(
+                        f"reloaded {self.config.path}" if reloaded else notify.NOT_RELOADED
+                    )
                 continue
             if self.draining:
                 log.info("received %s again: ending the grace period", signal.Signals(signum).name)
@@ -273,26 +280,28 @@ class Server:
                 log.info("received %s", signal.Signals(signum).name)
             self.stop()
 
-    async def _reload(self) -> None:
+    async def _reload(self) -> bool:
+        """Re-read the config file; False when the old config stays."""
         if self.reload is None:
             log.warning("SIGHUP: no config file to reload")
-            return
+            return False
         try:
             # In a thread: reading the file resolves host names, which may take seconds
             # of DNS that must not stall every session.
             loaded = await trio.to_thread.run_sync(self.reload)
         except Exception as exc:
             log.error("SIGHUP: config not reloaded, keeping the old one: %s", exc)
-            return
+            return False
         config, problems = applicable_reload(self.config, loaded, self.workers)
         for problem in problems:
             log.warning("SIGHUP: %s", problem)
         if config is None:
             log.error("SIGHUP: config not reloaded, keeping the old one")
-            return
+            return False
         self.config = config
         raise_fd_limit(self.max_connections)
         log.info("SIGHUP: reloaded %s", config.path)
+        return True
 
     async def _accept_loop(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
         while True:

@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 
+from trio_proxsmtp import notify
 from trio_proxsmtp.log import LOGGER_NAME
 
 __all__ = ["STOP_SIGNALS", "Supervisor", "describe_exit", "set_parent_death_signal"]
@@ -115,6 +116,7 @@ class Supervisor:
             if not self.stopping:
                 log.info("received %s: stopping %d workers", name, len(self.pids))
                 self.stopping = True
+                notify.stopping()
                 self._due.clear()
                 for sock in self._sockets:
                     sock.close()

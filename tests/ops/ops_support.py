@@ -73,12 +73,14 @@ def open_files_under(pid: int, directory: Path) -> list[str]:
 class ProxyProcess:
     """`python -m trio_proxsmtp -d 3 -f CONF`, stderr into a log file."""
 
-    def __init__(self, config: Path, log: Path, *extra: str) -> None:
+    def __init__(
+        self, config: Path, log: Path, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
         self.log_path = log
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trio_proxsmtp", "-d", "3", "-f", str(config), *extra],
-            env=ENV,
+            env={**ENV, **(env or {})},
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -118,8 +120,10 @@ class ProxyProcess:
 
 
 @contextmanager
-def proxy_process(config: Path, log: Path, *extra: str) -> Iterator[ProxyProcess]:
-    proxy = ProxyProcess(config, log, *extra)
+def proxy_process(
+    config: Path, log: Path, *extra: str, env: dict[str, str] | None = None
+) -> Iterator[ProxyProcess]:
+    proxy = ProxyProcess(config, log, *extra, env=env)
     try:
         yield proxy
     finally:

@@ -149,7 +149,7 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
     text = (CONTRIB / "trio-proxsmtpd.service").read_text()
-    for key in ("Type=simple", "KillSignal=SIGTERM", "ExecReload=/bin/kill -HUP $MAINPID"):
+    for key in ("Type=notify", "KillSignal=SIGTERM", "ExecReload=/bin/kill -HUP $MAINPID"):
         assert key in text.splitlines()
     [stop] = [line for line in text.splitlines() if line.startswith("TimeoutStopSec=")]
     assert int(stop.partition("=")[2]) > Config().shutdown_timeout
