@@ -385,7 +385,8 @@ class Connection:
             # Only a file-mode filter needs the message by name ($EMAIL).
             named = self.config.filter_type is FilterType.FILE
             self.spool = Spool.create(self.config.temp_directory, named=named)
-            self.log.debug("created cache file: %s", self.spool.path)
+            if not self.spool.in_memory:
+                self.log.debug("created cache file: %s", self.spool.path)
         except OSError as exc:
             error = f"couldn't open cache file: {exc}"
             self.log.error("%s", error)

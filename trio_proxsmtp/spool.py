@@ -1,5 +1,9 @@
 """A message on disk: the body is spooled to a 0600 temp file and streamed, never held whole.
 
+A message nobody needs by name (pipe mode, no filter) stays in memory while it fits in one
+buffer (256 KiB, what a file spool buffers before its first write anyway): most mail is
+smaller, and making and closing a temp file was a fifth of the proxy's CPU per message.
+
 Disk I/O here is synchronous on purpose. Writes land in the page cache and take microseconds;
 handing every chunk to a worker thread (``trio.to_thread``) would cost more than the write
 itself. The buffers are large (256 KiB) so a message costs few system calls.
@@ -33,19 +37,24 @@ class Spool:
     no second open), until ``lend()`` hands it to a file-mode filter: from then on it is
     read back by name, since the filter may have edited or replaced it.
 
-    A spool nobody needs by name (``named=False``: pipe mode and no filter) is an unnamed
-    ``O_TMPFILE`` file in the same directory where Linux supports it: no name to make or
-    unlink, and nothing left behind even if the proxy is killed with SIGKILL.
+    A spool nobody needs by name (``named=False``: pipe mode and no filter) lives in memory
+    up to BUFFER_SIZE; past that it becomes an unnamed ``O_TMPFILE`` file in the same
+    directory where Linux supports it: no name to make or unlink, and nothing left behind
+    even if the proxy is killed with SIGKILL.  So for it, `write` is where a file error
+    (missing directory, full disk) shows up.
     """
 
     path: str
     size: int
 
-    def __init__(self, path: str, fd: int, *, named: bool = True) -> None:
+    def __init__(
+        self, path: str, fd: int, *, named: bool = True, directory: str | None = None
+    ) -> None:
         self.path = path
         self.named = named
         self.size = 0
-        self._fd = fd
+        self._fd = fd  # -1: in memory, no file yet (unnamed only)
+        self._directory = directory
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._writable = True
@@ -55,18 +64,37 @@ class Spool:
 
     @classmethod
     def create(cls, directory: str, *, named: bool = True) -> Spool:
-        """Make the temp file; raises OSError (the caller answers 451)."""
-        if not named and _O_TMPFILE:
+        """Make the temp file (unnamed: later, if ever); raises OSError (the caller answers 451)."""
+        if not named:
+            return cls(os.path.join(directory, "(memory)"), -1, named=False, directory=directory)
+        return cls._named_file(directory)
+
+    @classmethod
+    def _named_file(cls, directory: str) -> Spool:
+        # mkstemp opens O_RDWR|O_EXCL with mode 0600; Python fds are non-inheritable.
+        fd, path = tempfile.mkstemp(prefix="proxsmtpd.", dir=directory)
+        return cls(path, fd)
+
+    @property
+    def in_memory(self) -> bool:
+        """Is the content (still) only in memory?"""
+        return self._fd < 0
+
+    def _open_file(self) -> None:
+        """The unnamed spool outgrew memory: give it a file (O_TMPFILE, else a named one)."""
+        assert self._directory is not None
+        if _O_TMPFILE:
             try:
-                fd = os.open(directory, _O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+                self._fd = os.open(self._directory, _O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                     raise
             else:
-                return cls(os.path.join(directory, "(unnamed)"), fd, named=False)
-        # mkstemp opens O_RDWR|O_EXCL with mode 0600; Python fds are non-inheritable.
-        fd, path = tempfile.mkstemp(prefix="proxsmtpd.", dir=directory)
-        return cls(path, fd)
+                self.path = os.path.join(self._directory, "(unnamed)")
+                return
+        fd, self.path = tempfile.mkstemp(prefix="proxsmtpd.", dir=self._directory)
+        self._fd = fd
+        self.named = True  # a name to unlink at close, though nobody reads it by name
 
     def write(self, data: bytes) -> None:
         """Append ``data`` (buffered in memory up to BUFFER_SIZE)."""
@@ -79,6 +107,8 @@ class Spool:
             self._flush()
 
     def _flush(self) -> None:
+        if self._fd < 0:
+            self._open_file()
         data = b"".join(self._pending)
         self._pending.clear()
         self._pending_size = 0
@@ -91,6 +121,10 @@ class Spool:
         """Flush and end writing; raises OSError if the disk refused the data."""
         if self._writable:
             self._writable = False
+            if self._fd < 0:
+                # Small enough to stay in memory: one piece, read back by chunks().
+                self._pending[:] = [b"".join(self._pending)] if self._pending else []
+                return
             self._flush()
 
     def lend(self) -> None:
@@ -108,6 +142,11 @@ class Spool:
     def chunks(self, chunk_size: int = BUFFER_SIZE) -> Iterator[bytes]:
         """Yield the file's current content; updates ``size``."""
         self.finish()
+        if self._fd < 0:
+            data = memoryview(self._pending[0]) if self._pending else memoryview(b"")
+            for start in range(0, len(data), chunk_size):
+                yield bytes(data[start : start + chunk_size])
+            return
         if not self._by_name:
             offset = 0
             while chunk := os.pread(self._fd, chunk_size, offset):
@@ -141,8 +180,9 @@ class Spool:
         for handle in handles:
             with contextlib.suppress(OSError):
                 handle.close()
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
         if not self.named:
             return
         try:

@@ -29,7 +29,7 @@ from trio_proxsmtp.filter import (
     run_filter,
 )
 from trio_proxsmtp.protocol.replies import Reply
-from trio_proxsmtp.spool import Spool
+from trio_proxsmtp.spool import BUFFER_SIZE, Spool
 
 MESSAGE = b"Subject: t\r\n\r\nbody \x00\xff\r\n..stuffed\r\n"
 PR_SET_CHILD_SUBREAPER = 36
@@ -288,8 +288,12 @@ async def test_cancellation_kills_group_removes_output_and_propagates(
     pidfile = tmp_path / "pgid"
     reached_end = False
     with trio.fail_after(10), make_spool(spool_dir) as spool:
+        # Output past what an unnamed spool keeps in memory, so that it gets a file.
         spec = FilterSpec(
-            f"echo $$ > {pidfile}; sleep 30; cat", FilterType.PIPE, 60, str(spool_dir)
+            f"echo $$ > {pidfile}; head -c {BUFFER_SIZE + 1} /dev/zero; sleep 30; cat",
+            FilterType.PIPE,
+            60,
+            str(spool_dir),
         )
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
@@ -303,7 +307,8 @@ async def test_cancellation_kills_group_removes_output_and_propagates(
                 while not pidfile.exists() or not pidfile.read_text().strip():
                     await trio.sleep(0.01)
                 # The input spool, and the unnamed output spool the filter writes to.
-                assert len(_open_under(spool_dir)) == 2
+                while len(_open_under(spool_dir)) < 2:
+                    await trio.sleep(0.01)
                 scope.cancel()
         assert scope.cancelled_caught and not reached_end
         assert [p.name for p in spool_dir.iterdir()] == [os.path.basename(spool.path)]
@@ -379,11 +384,13 @@ async def test_script_without_shebang_runs_through_sh(spool_dir: Path, tmp_path:
 
 async def test_spool_directory_missing_is_local_error(tmp_path: Path) -> None:
     with trio.fail_after(10), make_spool(tmp_path) as spool:
-        spec = FilterSpec("cat", FilterType.PIPE, 10, str(tmp_path / "missing"))
+        # Output past what the unnamed output spool keeps in memory: it needs the directory.
+        command = f"cat >/dev/null; head -c {BUFFER_SIZE + 1} /dev/zero"
+        spec = FilterSpec(command, FilterType.PIPE, 10, str(tmp_path / "missing"))
         verdict = await run_filter(spec, spool, {})
     assert verdict.kind is VerdictKind.ERROR
     assert verdict.reply == Reply.single(451, "Local Error")
-    assert verdict.detail.startswith("couldn't run: ")
+    assert verdict.detail.startswith("couldn't spool filter output: ")
     assert str(errno.ENOENT) in verdict.detail or "No such file" in verdict.detail
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trio_proxsmtp.spool import Spool
+from trio_proxsmtp.spool import BUFFER_SIZE, Spool
 
 
 def test_create_is_private_and_named_like_proxsmtpd(tmp_path: Path) -> None:
@@ -123,6 +123,22 @@ def test_unnamed_spool_leaves_no_name_and_reads_back(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unnamed_spool_in_a_missing_directory_fails_like_a_named_one(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
-        Spool.create(str(tmp_path / "missing"), named=False)
+def test_unnamed_spool_in_a_missing_directory_fails_once_it_needs_a_file(tmp_path: Path) -> None:
+    with Spool.create(str(tmp_path / "missing"), named=False) as spool:
+        spool.write(b"x" * (BUFFER_SIZE - 1))
+        with pytest.raises(FileNotFoundError):
+            spool.write(b"yy")  # past the buffer: now it needs the directory
+
+
+def test_a_small_unnamed_spool_never_touches_the_disk(tmp_path: Path) -> None:
+    directory = tmp_path / "missing"  # not even there: nothing is created in it
+    with Spool.create(str(directory), named=False) as spool:
+        spool.write(b"Subject: s\r\n\r\n")
+        spool.write(b"body\r\n")
+        assert spool.in_memory
+        assert b"".join(spool.chunks(chunk_size=5)) == b"Subject: s\r\n\r\nbody\r\n"
+        assert [len(c) for c in spool.chunks(chunk_size=6)] == [6, 6, 6, 2]
+        assert spool.size == 20 and spool.in_memory
+    assert not directory.exists()
+    with Spool.create(str(tmp_path), named=False) as empty:
+        assert list(empty.chunks()) == [] and empty.size == 0

@@ -115,11 +115,12 @@ async def test_sigterm_past_the_grace_period_kills_the_filter(tmp_path: Path) ->
                     await client.command("MAIL FROM:<a@x>")
                     await client.command("RCPT TO:<b@x>")
                     assert (await client.command("DATA")).code == 354
-                    await client.send(MESSAGE + b".\r\n")
+                    # Bigger than what an unnamed spool keeps in memory: it has a file.
+                    await client.send(MESSAGE + (b"x" * 998 + b"\r\n") * 300 + b".\r\n")
                     await wait_for((tmp_path / "started").exists)
                     [pgid] = filter_pids(tmp_path)
                     assert group_alive(pgid)
-                    # The message's spools (unnamed in pipe mode) are open in the proxy.
+                    # The message's spool (unnamed in pipe mode) is open in the proxy.
                     assert open_files_under(proxy.proc.pid, tmp_path / "spool") != []
                     started = trio.current_time()
                     proxy.signal(signal.SIGTERM)

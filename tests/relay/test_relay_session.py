@@ -11,13 +11,15 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
 from trio_proxsmtp.log import LOGGER_NAME
-from trio_proxsmtp.spool import Spool
+from trio_proxsmtp.protocol.replies import Reply
+from trio_proxsmtp.spool import BUFFER_SIZE, Spool
 from trio_proxsmtp.testing import (
     CLOSE,
     END_OF_DATA,
@@ -569,3 +571,19 @@ async def test_protocol_trace_hides_auth_credentials(caplog: pytest.LogCaptureFi
         assert f"{side} (AUTH continuation hidden)" in text
     assert "dXNlcg==" not in text and "c2VjcmV0" not in text
     assert "CLIENT < EHLO c" in text  # everything else is traced as it is
+
+
+async def test_spool_outgrowing_memory_in_a_missing_temp_directory_is_451(
+    tmp_path: Path,
+) -> None:
+    """A small message never touches TempDirectory; a big one needs it, and fails cleanly."""
+    config = f"TempDirectory: {tmp_path / 'missing'}"
+    with trio.fail_after(10):
+        async with proxied(config) as (up, proxy), proxy.connect() as client:
+            small = b"Subject: small\r\n\r\nbody\r\n"
+            assert (await client.send_message("s@x", ["r@x"], small))[-1].code == 250
+            big = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * (BUFFER_SIZE // 1000 + 1)
+            replies = await client.send_message("s@x", ["r@x"], big)
+            assert replies[-1] == Reply.single(451, "Local Error")
+            assert (await client.command("NOOP")).code == 250  # read to its end (B2)
+            assert [t.message for t in up.transactions] == [small]

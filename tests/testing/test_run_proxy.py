@@ -6,7 +6,7 @@ import os
 
 import trio
 
-from trio_proxsmtp.spool import Spool
+from trio_proxsmtp.spool import BUFFER_SIZE, Spool
 from trio_proxsmtp.testing import FakeUpstream, run_proxy
 
 MESSAGE = b"Subject: t\r\n\r\n..dot line\r\nbody\r\n"
@@ -37,6 +37,7 @@ async def test_leftovers_sees_named_and_unnamed_spools() -> None:
             assert proxy.leftovers() == []
             named = Spool.create(proxy.temp_directory)
             unnamed = Spool.create(proxy.temp_directory, named=False)
+            unnamed.write(b"x" * (BUFFER_SIZE + 1))  # past memory: an unnamed file
             try:
                 found = proxy.leftovers()
                 assert len(found) == 2

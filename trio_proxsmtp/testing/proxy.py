@@ -63,7 +63,10 @@ class RunningProxy:
         (O_TMPFILE) spool never shows in the directory, only as an open file below it.
         """
         directory = os.path.realpath(self.temp_directory)
-        found = [os.path.join(directory, name) for name in os.listdir(directory)]
+        try:
+            found = [os.path.join(directory, name) for name in os.listdir(directory)]
+        except FileNotFoundError:  # nothing can be left in a directory that is not there
+            found = []
         open_fds = os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else []
         for fd in open_fds:
             with contextlib.suppress(OSError):
