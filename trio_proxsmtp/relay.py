@@ -129,6 +129,7 @@ class Connection:
                 reject=reject,
                 skip_authenticated=config.skip_authenticated,
                 xclient=config.xclient,
+                max_message_size=config.max_message_size or None,
             )
         )
         self.upstream: trio.abc.Stream | None = None
@@ -391,9 +392,10 @@ class Connection:
             error = f"couldn't open cache file: {exc}"
             self.log.error("%s", error)
 
-        # Past the upstream's SIZE the message is refused (552) once read to its end: keep
-        # reading, stop writing, so a huge message cannot fill the disk for nothing.
-        limit = self.session.extensions.size_limit
+        # Past the size limit (MaxMessageSize, the upstream's SIZE) the message is refused
+        # (552) once read to its end: keep reading, stop writing, so a huge message cannot
+        # fill the disk for nothing.
+        limit = self.session.size_limit
 
         async def spool(body: bytes) -> None:
             nonlocal error

@@ -510,6 +510,68 @@ def test_size_at_limit_accepted() -> None:
     assert d.session.message_received(1000) == [RunFilter()]
 
 
+# -- MaxMessageSize ------------------------------------------------------------------------
+
+
+def limited(limit: int, ehlo: Reply = EHLO_REPLY) -> Driver:
+    return ready(SessionPolicy(client="c", max_message_size=limit), ehlo)
+
+
+@pytest.mark.parametrize(
+    ("limit", "ehlo", "advertised", "effective"),
+    [
+        (500, EHLO_REPLY, "SIZE 500", 500),  # ours is smaller: it replaces the upstream's
+        (5000, EHLO_REPLY, "SIZE 1000", 1000),  # the upstream's is smaller: it stays
+        (500, Reply(250, ("up.example", "8BITMIME")), "SIZE 500", 500),  # none upstream
+    ],
+)
+def test_max_message_size_is_advertised_and_the_smaller_limit_wins(
+    limit: int, ehlo: Reply, advertised: str, effective: int
+) -> None:
+    d = limited(limit, ehlo)
+    reply = d.client[-1]  # after the banner
+    assert [line for line in reply.lines if line.startswith("SIZE")] == [advertised]
+    assert reply.lines[0] == "smtp.passthru"
+    assert d.session.size_limit == effective
+
+
+def test_max_message_size_keeps_the_filtered_marker_last() -> None:
+    d = limited(500, Reply(250, ("up.example", "SIZE 1000", "STARTTLS")))
+    assert d.client[-1] == Reply(250, ("smtp.passthru", "SIZE 500", "XFILTERED"))
+
+
+def test_without_max_message_size_the_ehlo_reply_is_untouched() -> None:
+    d = ready(ehlo=Reply(250, ("up.example", "8BITMIME")))
+    assert d.client[-1] == Reply(250, ("smtp.passthru", "8BITMIME"))
+    assert d.session.size_limit is None
+
+
+def test_mail_declaring_more_than_max_message_size_is_refused_without_the_upstream() -> None:
+    d = limited(500)
+    assert d.command("MAIL FROM:<s@x> SIZE=501") == [MESSAGE_TOO_BIG]
+    assert d.upstream == [b"EHLO c\r\n"] and state_of(d.session) is State.MAIL
+    assert any("MaxMessageSize" in log.message for log in d.logs())
+    d.command("MAIL FROM:<s@x> SIZE=500", OK)  # at the limit: forwarded
+    assert d.upstream[-1] == b"MAIL FROM:<s@x> SIZE=500\r\n"
+
+
+def test_mail_over_only_the_upstream_size_is_left_to_the_upstream() -> None:
+    d = limited(5000)  # upstream SIZE 1000
+    d.command("MAIL FROM:<s@x> SIZE=2000", Reply.single(552, "5.3.4 too big"))
+    assert d.upstream[-1] == b"MAIL FROM:<s@x> SIZE=2000\r\n"
+
+
+def test_message_over_max_message_size_gets_552_after_helo_too() -> None:
+    d = Driver(SessionPolicy(client="c", max_message_size=100))
+    d.greet()
+    d.command("HELO c", Reply.single(250, "up.example"))  # no SIZE said, still enforced
+    with_envelope(d)
+    d.command("DATA")
+    actions = d.session.message_received(101)
+    assert actions[0] == SendClient(MESSAGE_TOO_BIG)
+    assert isinstance(actions[2], Summary) and actions[2].outcome is Outcome.TOO_BIG
+
+
 def test_spool_failure_gives_reply_and_rset() -> None:
     d = ready()
     with_envelope(d)

@@ -587,3 +587,31 @@ async def test_spool_outgrowing_memory_in_a_missing_temp_directory_is_451(
             assert replies[-1] == Reply.single(451, "Local Error")
             assert (await client.command("NOOP")).code == 250  # read to its end (B2)
             assert [t.message for t in up.transactions] == [small]
+
+
+async def test_max_message_size_advertised_and_enforced(monkeypatch: pytest.MonkeyPatch) -> None:
+    written: list[int] = []
+    real_write = Spool.write
+
+    def counting_write(spool: Spool, data: bytes) -> None:
+        written.append(len(data))
+        real_write(spool, data)
+
+    monkeypatch.setattr(Spool, "write", counting_write)
+    with trio.fail_after(10):
+        async with proxied("MaxMessageSize: 100") as (up, proxy), proxy.connect() as client:
+            await client.greeting()
+            ehlo = await client.command("EHLO c.example")
+            assert "SIZE 100" in ehlo.lines and "SIZE 10240000" not in ehlo.lines
+            assert (await client.command("MAIL FROM:<s@x> SIZE=101")).code == 552
+            assert not any(c.startswith(b"MAIL") for c in up.commands)  # never asked
+            await client.command("MAIL FROM:<s@x>")
+            await client.command("RCPT TO:<r@x>")
+            assert (await client.command("DATA")).code == 354
+            await client.send(b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 50 + b".\r\n")
+            assert (await client.read_reply()).code == 552
+            assert sum(written) < 100 + 1000 + 16  # writing stopped at the limit
+            assert (await client.command("NOOP")).code == 250
+            small = b"Subject: s\r\n\r\nok\r\n"
+            assert (await client.send_message("s@x", ["r@x"], small))[-1].code == 250
+            assert [t.message for t in up.transactions] == [small]

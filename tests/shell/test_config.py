@@ -49,6 +49,7 @@ def test_defaults() -> None:
     assert config.user is None
     assert config.xclient is False
     assert config.shutdown_timeout == 30.0
+    assert config.max_message_size == 0
     assert config.path == "test.conf"
 
 
@@ -102,6 +103,8 @@ def test_config_class_defaults_match_parsed_defaults() -> None:
         ("XClient: Off", "xclient", False),
         ("ShutdownTimeout: 0", "shutdown_timeout", 0.0),
         ("ShutdownTimeout: 90", "shutdown_timeout", 90.0),
+        ("MaxMessageSize: 0", "max_message_size", 0),
+        ("MaxMessageSize: 10485760", "max_message_size", 10485760),
     ],
 )
 def test_option_values(line: str, field: str, value: object) -> None:
@@ -132,6 +135,8 @@ def test_option_values(line: str, field: str, value: object) -> None:
         ("FilterReject: 250 Fine", "FilterReject", "not a rejection"),
         ("FilterReject: 550 caf\u00e9", "FilterReject", "printable ASCII"),
         ("KeepAlives: -5", "KeepAlives", "not a decimal integer"),
+        ("MaxMessageSize: 10M", "MaxMessageSize", "not a decimal integer"),
+        ("MaxMessageSize: 99999999999", "MaxMessageSize", "between 0 and"),
         ("KeepAlives: x", "KeepAlives", "not a decimal integer"),
         ("MaxConnections: 0", "MaxConnections", "between 1 and 10239"),
         ("MaxConnections: 10240", "MaxConnections", "between 1 and 10239"),

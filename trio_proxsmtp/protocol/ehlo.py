@@ -14,6 +14,7 @@ __all__ = [
     "PROXY_HOSTNAME",
     "STRIPPED_EXTENSIONS",
     "Extensions",
+    "advertise_size",
     "parse_extensions",
     "rewrite_banner",
     "rewrite_ehlo_reply",
@@ -90,3 +91,16 @@ def rewrite_ehlo_reply(reply: Reply, strip: frozenset[str] = STRIPPED_EXTENSIONS
     if len(reply.lines) > 1 and _keyword(reply.lines[-1]) in strip:
         kept.append(_FILTERED_MARKER)
     return Reply(reply.code, tuple(kept))
+
+
+def advertise_size(reply: Reply, limit: int) -> Reply:
+    """A positive (rewritten) EHLO reply that says "SIZE <limit>": the upstream's SIZE line
+    is replaced, or one is added, so that clients can refuse a big message before sending it."""
+    if not reply.is_positive:
+        return reply
+    lines = [text for text in reply.lines[1:] if _keyword(text) != "SIZE"]
+    if lines and lines[-1] == _FILTERED_MARKER:
+        lines.insert(-1, f"SIZE {limit}")
+    else:
+        lines.append(f"SIZE {limit}")
+    return Reply(reply.code, (reply.lines[0], *lines))

@@ -25,6 +25,7 @@ import attrs
 from trio_proxsmtp.protocol.commands import Command, Verb, xforward_value
 from trio_proxsmtp.protocol.ehlo import (
     Extensions,
+    advertise_size,
     parse_extensions,
     rewrite_banner,
     rewrite_ehlo_reply,
@@ -203,6 +204,7 @@ class SessionPolicy:
     skip_authenticated: bool = False
     xclient: bool = False
     xclient_name: str | None = None  # the client's host name for XCLIENT NAME=, if known
+    max_message_size: int | None = None  # MaxMessageSize (None: only the upstream's SIZE)
 
 
 @attrs.define
@@ -291,10 +293,16 @@ class Session:
             return self._finish_message(reply, Outcome.SKIPPED)
         raise LocalProtocolError(f"no upstream reply expected for {action!r}")
 
+    @property
+    def size_limit(self) -> int | None:
+        """The largest message accepted: MaxMessageSize or the upstream's SIZE, the smaller."""
+        limits = [x for x in (self.policy.max_message_size, self.extensions.size_limit) if x]
+        return min(limits) if limits else None
+
     def message_received(self, size: int) -> list[Action]:
         """The client's message is spooled (`size` bytes, un-stuffed)."""
         self._expect(State.DATA)
-        limit = self.extensions.size_limit
+        limit = self.size_limit
         if limit is not None and size > limit:
             return self._abandon_message(MESSAGE_TOO_BIG, Outcome.TOO_BIG, f"size {size}")
         if self.policy.filtering:
@@ -347,6 +355,12 @@ class Session:
         if verb in (Verb.MAIL, Verb.RCPT) and self._rejecting():
             self._reset_envelope()
             return [SendClient(self._reject_reply())]
+        if verb is Verb.MAIL and self._declared_too_big(command):
+            # RFC 1870: refused at once, never forwarded; the upstream's own SIZE it checks itself.
+            return [
+                Log(logging.INFO, f"refused MAIL over MaxMessageSize: {command.argument}"),
+                SendClient(MESSAGE_TOO_BIG),
+            ]
         if verb is Verb.DATA:
             return self._data()
         return [SendUpstream(command.line, Purpose.COMMAND, command)]
@@ -368,6 +382,16 @@ class Session:
             return [SendClient(NO_VALID_RECIPIENTS)]
         self.state = State.DATA
         return [SendClient(START_MAIL_INPUT), ReceiveMessage(stream=False)]
+
+    def _declared_too_big(self, command: Command) -> bool:
+        limit = self.policy.max_message_size
+        if not limit:
+            return False
+        for param in command.params:
+            name, _, value = param.partition("=")
+            if name.upper() == "SIZE" and value.isascii() and value.isdigit():
+                return int(value) > limit
+        return False
 
     def _rejecting(self) -> bool:
         if self.policy.reject is None:
@@ -446,6 +470,8 @@ class Session:
                 self.extensions = parse_extensions(reply)
                 self._xclient_supported = self._xclient_supported or self.extensions.has("XCLIENT")
                 reply = rewrite_ehlo_reply(reply)
+                if self.policy.max_message_size:
+                    reply = advertise_size(reply, self.size_limit or self.policy.max_message_size)
             else:
                 self._xclient_supported = True  # assumed for HELO (spec §7.6)
                 reply = rewrite_helo_reply(reply)
