@@ -70,6 +70,20 @@ async def proxied(
         assert proxy.leftovers() == []
 
 
+@pytest.fixture
+def spool_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of every Spool.write from now on."""
+    written: list[int] = []
+    real_write = Spool.write
+
+    def counting_write(spool: Spool, data: bytes) -> None:
+        written.append(len(data))
+        real_write(spool, data)
+
+    monkeypatch.setattr(Spool, "write", counting_write)
+    return written
+
+
 async def standard(client: FakeClient) -> list[int]:
     replies = await client.send_message("s@x", ["r@x"], MESSAGE, helo="c")
     return [r.code for r in replies]
@@ -280,17 +294,8 @@ async def test_b6_empty_first_message() -> None:
             assert t.message == b""
 
 
-async def test_size_limit_enforced_after_whole_message(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    written: list[int] = []
-    real_write = Spool.write
-
-    def counting_write(spool: Spool, data: bytes) -> None:
-        written.append(len(data))
-        real_write(spool, data)
-
-    monkeypatch.setattr(Spool, "write", counting_write)
+async def test_size_limit_enforced_after_whole_message(spool_writes: list[int]) -> None:
+    written = spool_writes
     up = FakeUpstream(size_limit=100)
     with trio.fail_after(10):
         async with proxied(up=up) as (_, proxy), proxy.connect() as client:
@@ -589,15 +594,8 @@ async def test_spool_outgrowing_memory_in_a_missing_temp_directory_is_451(
             assert [t.message for t in up.transactions] == [small]
 
 
-async def test_max_message_size_advertised_and_enforced(monkeypatch: pytest.MonkeyPatch) -> None:
-    written: list[int] = []
-    real_write = Spool.write
-
-    def counting_write(spool: Spool, data: bytes) -> None:
-        written.append(len(data))
-        real_write(spool, data)
-
-    monkeypatch.setattr(Spool, "write", counting_write)
+async def test_max_message_size_advertised_and_enforced(spool_writes: list[int]) -> None:
+    written = spool_writes
     with trio.fail_after(10):
         async with proxied("MaxMessageSize: 100") as (up, proxy), proxy.connect() as client:
             await client.greeting()
