@@ -83,6 +83,7 @@ class Config:
     shutdown_timeout: float = 30.0  # extension: graceful drain on SIGTERM
     workers: int = 1  # extension: worker processes sharing the listener (cli.py, workers.py)
     max_message_size: int = 0  # extension: bytes, 0 = only the upstream's SIZE limits it
+    pipelining: bool = False  # extension: advertise PIPELINING (RFC 2920) to clients
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
 
 
@@ -215,6 +216,7 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("ShutdownTimeout", "shutdown_timeout", _seconds_or_zero),
         ("Workers", "workers", lambda v: _integer(v, 1, MAX_WORKERS)),
         ("MaxMessageSize", "max_message_size", lambda v: _integer(v, 0)),
+        ("Pipelining", "pipelining", _boolean),
     ]
 }
 

@@ -130,6 +130,7 @@ class Connection:
                 skip_authenticated=config.skip_authenticated,
                 xclient=config.xclient,
                 max_message_size=config.max_message_size or None,
+                pipelining=config.pipelining,
             )
         )
         self.upstream: trio.abc.Stream | None = None

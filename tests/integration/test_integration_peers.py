@@ -74,6 +74,23 @@ async def test_swaks_pipeline_falls_back_without_the_extension() -> None:
     assert b"\r\n\r\npiped\r\n" in transaction.message
 
 
+async def test_swaks_pipelines_when_pipelining_is_on() -> None:
+    with trio.fail_after(30):
+        async with FakeUpstream() as up, run_proxy(CAT + "\nPipelining: on", upstream=up) as proxy:
+            result = await swaks(proxy.port, "--pipeline", "--body", "piped")
+    output = result.stdout.decode()
+    assert result.returncode == 0, output
+    assert "<-  250-PIPELINING" in output
+    # swaks sent MAIL, RCPT and DATA together, then read the three replies, in order.
+    together = r" -> MAIL FROM:<s@x>\n -> RCPT TO:<r@x>\n -> DATA\n"
+    assert re.search(together + r"<-  250 .*\n<-  250 .*\n<-  354 ", output), output
+    # Upstream, one at a time and in order (DATA once the message was read and filtered).
+    envelope = [c for c in up.commands if c.split(b" ")[0] in (b"MAIL", b"RCPT", b"DATA")]
+    assert envelope == [b"MAIL FROM:<s@x>", b"RCPT TO:<r@x>", b"DATA"]
+    [transaction] = up.transactions
+    assert b"\r\n\r\npiped\r\n" in transaction.message
+
+
 async def test_smtplib_client() -> None:
     message = EmailMessage()
     message["Subject"] = "smtplib test"

@@ -540,6 +540,29 @@ def test_max_message_size_keeps_the_filtered_marker_last() -> None:
     assert d.client[-1] == Reply(250, ("smtp.passthru", "SIZE 500", "XFILTERED"))
 
 
+@pytest.mark.parametrize(
+    ("upstream", "advertised"),
+    [
+        # The upstream's own line is kept, once.
+        (("up.example", "PIPELINING", "SIZE 1000"), ("SIZE 1000", "PIPELINING")),
+        # The upstream cannot pipeline: we still can (it is spoken to lock-step).
+        (("up.example", "SIZE 1000"), ("SIZE 1000", "PIPELINING")),
+        # A stripped last line: XFILTERED stays last.
+        (("up.example", "SIZE 1000", "STARTTLS"), ("SIZE 1000", "PIPELINING", "XFILTERED")),
+    ],
+)
+def test_pipelining_is_advertised_when_configured(
+    upstream: tuple[str, ...], advertised: tuple[str, ...]
+) -> None:
+    d = ready(SessionPolicy(client="c", pipelining=True), Reply(250, upstream))
+    assert d.client[-1] == Reply(250, ("smtp.passthru", *advertised))
+
+
+def test_pipelining_is_stripped_by_default() -> None:
+    d = ready()
+    assert "PIPELINING" not in d.client[-1].lines
+
+
 def test_without_max_message_size_the_ehlo_reply_is_untouched() -> None:
     d = ready(ehlo=Reply(250, ("up.example", "8BITMIME")))
     assert d.client[-1] == Reply(250, ("smtp.passthru", "8BITMIME"))

@@ -257,6 +257,23 @@ async def test_b1_pipelined_envelope_and_body_in_one_write() -> None:
             assert b"MAIL FROM:<smuggled@evil>" not in up.commands
 
 
+async def test_pipelining_group_whose_recipients_all_fail_gets_no_354() -> None:
+    with trio.fail_after(10):
+        async with proxied("Pipelining: on") as (up, proxy), proxy.connect() as client:
+            assert "PIPELINING" in (await client.command("EHLO c")).lines
+            await client.send(b"MAIL FROM:<s@x>\r\nRCPT TO:<reject@x>\r\nDATA\r\n")
+            codes = [(await client.read_reply()).code for _ in range(3)]
+            assert codes == [250, 550, 554]  # RFC 2920: DATA refused, no body expected
+            await client.send(b"RSET\r\nMAIL FROM:<s@x>\r\nRCPT TO:<r@x>\r\nDATA\r\n")
+            codes = [(await client.read_reply()).code for _ in range(4)]
+            assert codes == [250, 250, 250, 354]
+            await client.send(MESSAGE + b".\r\n")
+            assert (await client.read_reply()).code == 250
+            [t] = up.transactions
+            assert (t.rcpt_to, t.message) == (["r@x"], MESSAGE)
+            assert up.commands.count(b"DATA") == 1
+
+
 async def test_t35_rset_and_two_transactions(caplog: pytest.LogCaptureFixture) -> None:
     with trio.fail_after(10):
         async with proxied() as (up, proxy), proxy.connect() as client:

@@ -50,6 +50,7 @@ def test_defaults() -> None:
     assert config.xclient is False
     assert config.shutdown_timeout == 30.0
     assert config.max_message_size == 0
+    assert config.pipelining is False
     assert config.path == "test.conf"
 
 
@@ -105,6 +106,8 @@ def test_config_class_defaults_match_parsed_defaults() -> None:
         ("ShutdownTimeout: 90", "shutdown_timeout", 90.0),
         ("MaxMessageSize: 0", "max_message_size", 0),
         ("MaxMessageSize: 10485760", "max_message_size", 10485760),
+        ("Pipelining: on", "pipelining", True),
+        ("Pipelining: no", "pipelining", False),
     ],
 )
 def test_option_values(line: str, field: str, value: object) -> None:

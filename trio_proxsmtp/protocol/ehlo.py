@@ -14,7 +14,7 @@ __all__ = [
     "PROXY_HOSTNAME",
     "STRIPPED_EXTENSIONS",
     "Extensions",
-    "advertise_size",
+    "advertise",
     "parse_extensions",
     "rewrite_banner",
     "rewrite_ehlo_reply",
@@ -93,14 +93,15 @@ def rewrite_ehlo_reply(reply: Reply, strip: frozenset[str] = STRIPPED_EXTENSIONS
     return Reply(reply.code, tuple(kept))
 
 
-def advertise_size(reply: Reply, limit: int) -> Reply:
-    """A positive (rewritten) EHLO reply that says "SIZE <limit>": the upstream's SIZE line
-    is replaced, or one is added, so that clients can refuse a big message before sending it."""
+def advertise(reply: Reply, line: str) -> Reply:
+    """A positive (rewritten) EHLO reply that says `line` (e.g. "SIZE 1000"): a line with
+    the same keyword is replaced, or the line is added (before "XFILTERED", which stays last)."""
     if not reply.is_positive:
         return reply
-    lines = [text for text in reply.lines[1:] if _keyword(text) != "SIZE"]
+    keyword = _keyword(line)
+    lines = [text for text in reply.lines[1:] if _keyword(text) != keyword]
     if lines and lines[-1] == _FILTERED_MARKER:
-        lines.insert(-1, f"SIZE {limit}")
+        lines.insert(-1, line)
     else:
-        lines.append(f"SIZE {limit}")
+        lines.append(line)
     return Reply(reply.code, (reply.lines[0], *lines))

@@ -25,7 +25,7 @@ import attrs
 from trio_proxsmtp.protocol.commands import Command, Verb, xforward_value
 from trio_proxsmtp.protocol.ehlo import (
     Extensions,
-    advertise_size,
+    advertise,
     parse_extensions,
     rewrite_banner,
     rewrite_ehlo_reply,
@@ -205,6 +205,7 @@ class SessionPolicy:
     xclient: bool = False
     xclient_name: str | None = None  # the client's host name for XCLIENT NAME=, if known
     max_message_size: int | None = None  # MaxMessageSize (None: only the upstream's SIZE)
+    pipelining: bool = False  # advertise PIPELINING to the client
 
 
 @attrs.define
@@ -471,7 +472,11 @@ class Session:
                 self._xclient_supported = self._xclient_supported or self.extensions.has("XCLIENT")
                 reply = rewrite_ehlo_reply(reply)
                 if self.policy.max_message_size:
-                    reply = advertise_size(reply, self.size_limit or self.policy.max_message_size)
+                    reply = advertise(reply, f"SIZE {self.size_limit}")
+                if self.policy.pipelining:
+                    # Ours, whatever the upstream says: every buffered command waits its turn
+                    # and gets its own reply (B1); the upstream side stays lock-step.
+                    reply = advertise(reply, "PIPELINING")
             else:
                 self._xclient_supported = True  # assumed for HELO (spec §7.6)
                 reply = rewrite_helo_reply(reply)
