@@ -364,6 +364,7 @@ async def test_wait_until_and_counters() -> None:
             await up.wait_until(lambda: up.active_connections == 0)
         assert up.connections == 2 and len(up.transactions) == 1
         assert up.transactions[0].session == 0
+        assert up.transactions[0].peer == "127.0.0.1"
         assert [s.peer for s in up.sessions] == ["127.0.0.1", "127.0.0.1"]
 
 
@@ -375,6 +376,7 @@ async def test_unix_socket(tmp_path: Path) -> None:
             assert up.address == str(path)
             replies = await c.send_message("s@x", ["r@x"], MESSAGE)
         assert replies[-1].code == 250
+        assert up.transactions[0].peer == ""  # a Unix socket has no address to show
         assert not path.exists()
 
 

@@ -77,7 +77,10 @@ async def test_sink_prints_messages_and_exits_0_on_sigterm(quiet: bool) -> None:
                 for pipe in (process.stdout, process.stderr):
                     if pipe is not None:
                         await pipe.aclose()
-    head = f"=== message 1: from=<s@example.org> to=<r@example.org> ({len(MESSAGE)} bytes)\n"
+    head = (
+        f"=== message 1: from=<s@example.org> to=<r@example.org> ({len(MESSAGE)} bytes)"
+        " peer=127.0.0.1\n"
+    )
     assert out == head.encode() + (b"" if quiet else MESSAGE)
 
 

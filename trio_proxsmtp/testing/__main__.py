@@ -48,7 +48,7 @@ def _printer(quiet: bool) -> Callable[[Transaction], None]:
         rcpts = ", ".join(f"<{r}>" for r in transaction.rcpt_to)
         head = (
             f"=== message {count}: from=<{transaction.mail_from}> to={rcpts} "
-            f"({len(transaction.message)} bytes)\n"
+            f"({len(transaction.message)} bytes) peer={transaction.peer or '-'}\n"
         )
         out.write(head.encode("utf-8", "surrogateescape"))
         if not quiet:

@@ -116,6 +116,9 @@ class Transaction:
     """``data`` with the dot-stuffing removed."""
     session: int
     """Index of the connection in :attr:`FakeUpstream.sessions`."""
+    peer: str = ""
+    """The address the connection came from ("" for a Unix socket or an in-memory stream):
+    with ``TransparentProxy: full`` it is the proxy's client, not the proxy."""
 
 
 @attrs.define(eq=False)
@@ -562,6 +565,7 @@ class _Connection:
             data=data,
             message=_unstuff(data),
             session=session.index,
+            peer=session.peer,
         )
         result = self._resolve(END_OF_DATA, b".", default)
         await trio.sleep(self._delay(END_OF_DATA))
