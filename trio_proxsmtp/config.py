@@ -37,6 +37,7 @@ from typing import Any
 import attrs
 
 from trio_proxsmtp.address import Address, AddressKind, parse_address, resolve_tcp
+from trio_proxsmtp.tls import TLSError, server_context
 
 DEFAULT_LISTEN_PORT = 10025
 DEFAULT_OUT_PORT = 25
@@ -84,6 +85,8 @@ class Config:
     workers: int = 1  # extension: worker processes sharing the listener (cli.py, workers.py)
     max_message_size: int = 0  # extension: bytes, 0 = only the upstream's SIZE limits it
     pipelining: bool = False  # extension: advertise PIPELINING (RFC 2920) to clients
+    tls_certificate: str | None = None  # extension: offer STARTTLS with this PEM certificate
+    tls_key: str | None = None  # extension: ... and this key (tls.py)
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
 
 
@@ -217,6 +220,8 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("Workers", "workers", lambda v: _integer(v, 1, MAX_WORKERS)),
         ("MaxMessageSize", "max_message_size", lambda v: _integer(v, 0)),
         ("Pipelining", "pipelining", _boolean),
+        ("TLSCertificate", "tls_certificate", _non_empty),
+        ("TLSKey", "tls_key", _non_empty),
     ]
 }
 
@@ -268,6 +273,7 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
             f"{config.workers} workers but MaxConnections is {config.max_connections} "
             "(each worker needs at least one connection)",
         )
+    _check_tls(config, lines)
     warnings: list[str] = []
     if config.transparent_proxy is TransparentMode.OFF:
         if config.out_address is None:
@@ -281,6 +287,26 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
         warnings.append("the OutAddress option will be ignored when TransparentProxy is enabled")
     warnings.extend(_temp_directory_warnings(config.temp_directory))
     return config, warnings
+
+
+def _check_tls(config: Config, lines: dict[str, int]) -> None:
+    """Both TLS options or neither, and a certificate that loads (so -t catches it)."""
+    if config.tls_certificate is None and config.tls_key is None:
+        return
+    if config.tls_certificate is None or config.tls_key is None:
+        if config.tls_key is None:
+            missing, given = "TLSKey", "tls_certificate"
+        else:
+            missing, given = "TLSCertificate", "tls_key"
+        raise ConfigError(
+            config.path, lines.get(given), missing, "required with the other TLS option"
+        )
+    try:
+        server_context(config.tls_certificate, config.tls_key)
+    except TLSError as exc:
+        raise ConfigError(
+            config.path, lines.get("tls_certificate"), "TLSCertificate", str(exc)
+        ) from None
 
 
 def parse_config(text: str, path: str = "<string>") -> Config:

@@ -20,6 +20,7 @@ import datetime
 import errno
 import logging
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -52,6 +53,7 @@ from trio_proxsmtp.protocol.session import (
     Session,
     SessionPolicy,
     SkipBytes,
+    StartTLS,
     Summary,
 )
 from trio_proxsmtp.spool import Spool
@@ -108,9 +110,18 @@ class ConnectionInfo:
 class Connection:
     """Relays one client connection; `run` returns when it is over, never raises."""
 
-    def __init__(self, config: Config, client: trio.SocketStream, conn_id: int) -> None:
+    def __init__(
+        self,
+        config: Config,
+        client: trio.SocketStream,
+        conn_id: int,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.config = config
-        self.client = client
+        # The client stream: the socket's, or a TLS stream over it after STARTTLS.
+        self.client: trio.abc.Stream = client
+        self.client_socket = client.socket
+        self.tls_context = tls
         self.log = connection_logger(conn_id)
         self.trace = self.log.isEnabledFor(logging.DEBUG)
         sock = client.socket
@@ -131,6 +142,7 @@ class Connection:
                 xclient=config.xclient,
                 max_message_size=config.max_message_size or None,
                 pipelining=config.pipelining,
+                starttls=tls is not None,
             )
         )
         self.upstream: trio.abc.Stream | None = None
@@ -198,6 +210,7 @@ class Connection:
             with trio.CancelScope(shield=True):
                 if self.upstream is not None:
                     await self.upstream.aclose()
+                # (TLS: https_compatible, so no close_notify to wait on; the socket closes.)
                 await self.client.aclose()
             self.log.debug("connection closed")
 
@@ -267,6 +280,8 @@ class Connection:
                 await self._perform(self.session.reply(action, reply))
             elif isinstance(action, SkipBytes):
                 await self._skip_client_bytes(action.count)
+            elif isinstance(action, StartTLS):
+                await self._start_tls()
             elif isinstance(action, Summary | Log):
                 self._log_actions([action])
             elif isinstance(action, Close):
@@ -307,7 +322,7 @@ class Connection:
     async def _receive_client(self) -> bytes:
         with trio.move_on_after(self.config.timeout) as scope:
             try:
-                return await self.client.receive_some(RECEIVE_SIZE)
+                return bytes(await self.client.receive_some(RECEIVE_SIZE))
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise ClientGone(str(exc) or "connection reset") from exc
         assert scope.cancelled_caught
@@ -325,6 +340,31 @@ class Connection:
                 raise ClientGone(str(exc) or "connection reset") from exc
         if scope.cancelled_caught:
             raise ClientGone("timed out writing to the client")
+
+    async def _start_tls(self) -> None:
+        """RFC 3207 after our 220: the handshake, then the session starts over."""
+        assert self.tls_context is not None
+        injected = self.client_lines.take_remaining()
+        if injected:
+            # Plain text sent after STARTTLS, before the handshake: never run it as
+            # commands of the TLS session (the STARTTLS command injection attack).
+            self.log.warning("discarded %d bytes sent right after STARTTLS", len(injected))
+        # https_compatible: a client may close without close_notify (most SMTP clients do
+        # after QUIT), and our close must not wait for the client to read one.
+        stream = trio.SSLStream(
+            self.client, self.tls_context, server_side=True, https_compatible=True
+        )
+        with trio.move_on_after(self.config.timeout) as scope:
+            try:
+                await stream.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                reason = exc.__cause__ or exc
+                raise ClientGone(f"TLS handshake failed: {reason}") from exc
+        if scope.cancelled_caught:
+            raise ClientGone("TLS handshake timed out")
+        self.client = stream
+        self.session.tls_started()
+        self.log.info("TLS established: %s, %s", stream.version(), stream.cipher()[0])
 
     async def _say_goodbye(self, reply: Reply) -> None:
         """Best effort: the client may be gone already."""
@@ -358,7 +398,7 @@ class Connection:
                     data = b""
                     self.client_lines.take_remaining()
                 if data:
-                    self.client_lines.feed(data)
+                    self.client_lines.feed(bytes(data))
                     continue
                 self._client_eof = True
                 if self.client_lines.buffered_size == 0:
@@ -485,7 +525,7 @@ class Connection:
             return False  # it said something more first: it finished speaking, not left
         if self._client_eof:
             return True
-        sock = self.client.socket
+        sock = self.client_socket
         peek = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.fileno())
         try:
             return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
@@ -594,7 +634,7 @@ class Connection:
         return stream, format_host(stream.socket.getpeername())
 
     def _original_destination(self) -> tuple[str, int]:
-        sock = self.client.socket
+        sock = self.client_socket
         try:
             if sock.family == socket.AF_INET6:
                 raw = sock.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)

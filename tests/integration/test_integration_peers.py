@@ -91,6 +91,20 @@ async def test_swaks_pipelines_when_pipelining_is_on() -> None:
     assert b"\r\n\r\npiped\r\n" in transaction.message
 
 
+async def test_swaks_tls(tls_files: tuple[Path, Path]) -> None:
+    cert, key = tls_files
+    config = f"{CAT}\nTLSCertificate: {cert}\nTLSKey: {key}"
+    with trio.fail_after(30):
+        async with FakeUpstream() as up, run_proxy(config, upstream=up) as proxy:
+            result = await swaks(proxy.port, "--tls", "--body", "secret")
+    output = result.stdout.decode()
+    assert result.returncode == 0, output
+    assert "<-  220 2.0.0 Ready to start TLS" in output
+    assert "=== TLS started with cipher TLSv1" in output
+    [transaction] = up.transactions
+    assert b"\r\n\r\nsecret\r\n" in transaction.message
+
+
 async def test_smtplib_client() -> None:
     message = EmailMessage()
     message["Subject"] = "smtplib test"

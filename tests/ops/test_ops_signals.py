@@ -225,3 +225,29 @@ async def test_sigterm_removes_the_unix_listen_socket(tmp_path: Path) -> None:
                     assert (await client.read_reply()).to_bytes() == SHUTTING_DOWN
                 assert await proxy.wait_exit() == 0
             assert not listen.exists()
+
+
+async def test_sighup_turns_starttls_on(tmp_path: Path, tls_files: tuple[Path, Path]) -> None:
+    cert, key = tls_files
+    with trio.fail_after(30):
+        async with FakeUpstream() as up:
+            port = free_port()
+            base = f"Listen: 127.0.0.1:{port}\nOutAddress: {up.address}\n"
+            config = write_config(tmp_path / "proxsmtpd.conf", base)
+
+            async def ehlo_keywords() -> tuple[str, ...]:
+                async with open_client("127.0.0.1", port) as client:
+                    await client.greeting()
+                    lines = (await client.command("EHLO c")).lines
+                    await client.quit()
+                return lines
+
+            with proxy_process(config, tmp_path / "proxy.log") as proxy:
+                await proxy.started()
+                assert "STARTTLS" not in await ehlo_keywords()
+                write_config(config, base + f"TLSCertificate: {cert}\nTLSKey: {key}\n")
+                proxy.signal(signal.SIGHUP)
+                await proxy.wait_log("SIGHUP: reloaded")
+                assert "STARTTLS" in await ehlo_keywords()
+                proxy.signal(signal.SIGTERM)
+                assert await proxy.wait_exit() == 0

@@ -30,6 +30,7 @@ from trio_proxsmtp.protocol.session import (
     Session,
     SessionPolicy,
     SkipBytes,
+    StartTLS,
     State,
     Summary,
 )
@@ -556,6 +557,49 @@ def test_pipelining_is_advertised_when_configured(
 ) -> None:
     d = ready(SessionPolicy(client="c", pipelining=True), Reply(250, upstream))
     assert d.client[-1] == Reply(250, ("smtp.passthru", *advertised))
+
+
+# -- STARTTLS ------------------------------------------------------------------------------
+
+TLS = SessionPolicy(client="c", starttls=True)
+UPSTREAM_TLS = Reply(250, ("up.example", "STARTTLS", "SIZE 1000"))
+
+
+def test_starttls_is_ours_advertised_and_answered_without_the_upstream() -> None:
+    d = ready(TLS, UPSTREAM_TLS)
+    assert d.client[-1] == Reply(250, ("smtp.passthru", "SIZE 1000", "STARTTLS"))
+    actions = d.session.command(parse_command(b"STARTTLS\r\n"))
+    assert actions == [SendClient(Reply.single(220, "2.0.0 Ready to start TLS")), StartTLS()]
+    assert d.upstream == [b"EHLO c\r\n"]
+
+
+def test_after_the_handshake_the_client_starts_over() -> None:
+    d = ready(TLS)
+    d.command("XFORWARD ADDR=192.0.2.7", OK)
+    d.session.tls_started()
+    assert (state_of(d.session), d.session.tls, d.session.helo_name) == (State.HELO, True, None)
+    assert d.session.envelope.remote_addr is None  # nothing said before TLS is kept
+    [reply] = d.command("EHLO c", EHLO_REPLY)
+    assert "STARTTLS" not in reply.lines
+    assert d.command("STARTTLS") == [Reply.single(503, "5.5.1 Error: TLS already active")]
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [("STARTTLS now", 501), ("STARTTLS", 503)],  # parameters; an open transaction
+)
+def test_starttls_refusals(line: str, code: int) -> None:
+    d = ready(TLS)
+    if code == 503:
+        d.command("MAIL FROM:<s@x>", OK)
+    [reply] = d.command(line)
+    assert reply.code == code and not d.session.tls
+    assert b"STARTTLS" not in b"".join(d.upstream)
+
+
+def test_starttls_without_a_certificate_is_not_implemented() -> None:
+    d = ready()
+    assert d.command("STARTTLS") == [NOT_IMPLEMENTED]
 
 
 def test_pipelining_is_stripped_by_default() -> None:

@@ -172,6 +172,33 @@ def test_error_names_the_canonical_option_whatever_the_case() -> None:
     assert str(info.value).startswith("x.conf:2: MaxConnections: ")
 
 
+def test_tls_certificate_and_key(tls_files: tuple[Path, Path]) -> None:
+    cert, key = tls_files
+    config = parse(f"TLSCertificate: {cert}\nTLSKey: {key}\n")
+    assert (config.tls_certificate, config.tls_key) == (str(cert), str(key))
+    assert (parse("").tls_certificate, parse("").tls_key) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("lines", "line", "option", "message"),
+    [
+        ("TLSCertificate: {cert}", 2, "TLSKey", "required with the other TLS option"),
+        ("TLSKey: {key}", 2, "TLSCertificate", "required with the other TLS option"),
+        ("TLSCertificate: {cert}\nTLSKey: {missing}", 2, "TLSCertificate", "couldn't read"),
+        ("TLSCertificate: {key}\nTLSKey: {cert}", 2, "TLSCertificate", "couldn't load"),
+    ],
+)
+def test_tls_errors(
+    tls_files: tuple[Path, Path], tmp_path: Path, lines: str, line: int, option: str, message: str
+) -> None:
+    cert, key = tls_files
+    text = BASE + lines.format(cert=cert, key=key, missing=tmp_path / "missing.pem") + "\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "tls.conf")
+    assert (info.value.line, info.value.option) == (line, option)
+    assert message in info.value.message
+
+
 def test_missing_out_address() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config("Listen: 2525\n", "x.conf")

@@ -11,8 +11,9 @@ one exchange outstanding, and buffered client lines wait their turn.
 
 The states and the replies that move between them are tables (`_COMMAND_STATES`,
 `_AFTER_POSITIVE`), so an illegal event raises `LocalProtocolError` (our bug) instead of
-corrupting the envelope.  Later work (PIPELINING, STARTTLS, BDAT) adds actions and table
-rows; it does not change the relay's loop.
+corrupting the envelope.  New features come as actions and rows, not as changes to the
+relay's loop: STARTTLS towards the client is the `StartTLS` action and `tls_started`;
+PIPELINING towards the client needs nothing but the keyword (replies are paired anyway).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ __all__ = [
     "Session",
     "SessionPolicy",
     "SkipBytes",
+    "StartTLS",
     "State",
     "Summary",
 ]
@@ -63,6 +65,10 @@ NEED_MAIL = Reply.single(503, "5.5.1 Error: need MAIL command")
 NO_VALID_RECIPIENTS = Reply.single(554, "5.5.1 Error: no valid recipients")
 MESSAGE_TOO_BIG = Reply.single(552, "5.3.4 Message size exceeds fixed limit")
 LOCAL_ERROR = Reply.single(451, "Local Error")
+READY_TO_START_TLS = Reply.single(220, "2.0.0 Ready to start TLS")
+TLS_ALREADY_ACTIVE = Reply.single(503, "5.5.1 Error: TLS already active")
+TLS_NO_PARAMETERS = Reply.single(501, "5.5.4 Syntax: STARTTLS")
+TLS_IN_TRANSACTION = Reply.single(503, "5.5.1 Error: MAIL transaction in progress")
 
 
 class State(enum.Enum):
@@ -177,6 +183,12 @@ class Close:
     """Close both connections (after QUIT)."""
 
 
+@attrs.frozen
+class StartTLS:
+    """Discard what the client sent after STARTTLS, do the TLS handshake, then call
+    `Session.tls_started` (RFC 3207: the client starts over with EHLO)."""
+
+
 Action = (
     SendUpstream
     | SendClient
@@ -184,6 +196,7 @@ Action = (
     | RunFilter
     | SendMessage
     | SkipBytes
+    | StartTLS
     | Log
     | Summary
     | Close
@@ -206,6 +219,7 @@ class SessionPolicy:
     xclient_name: str | None = None  # the client's host name for XCLIENT NAME=, if known
     max_message_size: int | None = None  # MaxMessageSize (None: only the upstream's SIZE)
     pipelining: bool = False  # advertise PIPELINING to the client
+    starttls: bool = False  # a certificate is configured: offer STARTTLS to the client
 
 
 @attrs.define
@@ -246,6 +260,7 @@ class Session:
         self._xclient_supported = False
         self._xclient_sent = False
         self.messages = 0  # transactions finished on this connection
+        self.tls = False  # the client connection is TLS (after STARTTLS)
 
     @property
     def in_message(self) -> bool:
@@ -342,6 +357,8 @@ class Session:
 
     def _dispatch(self, command: Command) -> list[Action]:
         verb = command.verb
+        if verb is Verb.STARTTLS and self.policy.starttls:
+            return self._starttls(command)
         if verb in (Verb.STARTTLS, Verb.BDAT):
             actions: list[Action] = [SendClient(NOT_IMPLEMENTED)]
             chunk = _bdat_size(command) if verb is Verb.BDAT else 0
@@ -393,6 +410,24 @@ class Session:
             if name.upper() == "SIZE" and value.isascii() and value.isdigit():
                 return int(value) > limit
         return False
+
+    def _starttls(self, command: Command) -> list[Action]:
+        """Answered here (the next server never hears of it); RFC 3207 section 4."""
+        if self.tls:
+            return [SendClient(TLS_ALREADY_ACTIVE)]
+        if command.argument.strip():
+            return [SendClient(TLS_NO_PARAMETERS)]
+        if self.state is State.RCPT:
+            return [SendClient(TLS_IN_TRANSACTION)]
+        return [SendClient(READY_TO_START_TLS), StartTLS()]
+
+    def tls_started(self) -> None:
+        """The handshake is done: forget the client's HELO and envelope; it says EHLO again."""
+        self._expect(*_COMMAND_STATES)
+        self.tls = True
+        self._reset_envelope()
+        self.state = State.HELO
+        self.helo_line = self.helo_name = None
 
     def _rejecting(self) -> bool:
         if self.policy.reject is None:
@@ -473,6 +508,8 @@ class Session:
                 reply = rewrite_ehlo_reply(reply)
                 if self.policy.max_message_size:
                     reply = advertise(reply, f"SIZE {self.size_limit}")
+                if self.policy.starttls and not self.tls:
+                    reply = advertise(reply, "STARTTLS")
                 if self.policy.pipelining:
                     # Ours, whatever the upstream says: every buffered command waits its turn
                     # and gets its own reply (B1); the upstream side stays lock-step.
