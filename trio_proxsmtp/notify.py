@@ -59,7 +59,9 @@ def notify(*fields: str) -> bool:
     target = "\0" + _address[1:] if _address.startswith("@") else _address
     payload = "\n".join(fields).encode("utf-8", "replace")
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        # Non-blocking: a service manager that stopped reading must not stall the mail.
+        kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        with socket.socket(socket.AF_UNIX, kind) as sock:
             sock.sendto(payload, target)
     except OSError as exc:
         log.warning("couldn't notify the service manager: %s: %s", _address, exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import socket
 import struct
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -174,4 +175,25 @@ def test_a_missing_socket_is_a_warning_not_an_error(
 ) -> None:
     notify.take_socket({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
     assert notify.status("still here") is False
+    assert "couldn't notify the service manager" in caplog.text
+
+
+@pytest.mark.usefixtures("no_socket")
+def test_a_manager_that_stopped_reading_never_blocks_us(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "full"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(str(path))  # bound, never read: its queue fills up
+        notify.take_socket({"NOTIFY_SOCKET": str(path)})
+        results: list[bool] = []
+        # In a thread, so that a send that blocks fails this test instead of hanging it.
+        sender = threading.Thread(
+            target=lambda: results.extend(notify.status("x" * 1000) for _ in range(2000)),
+            daemon=True,
+        )
+        sender.start()
+        sender.join(10)
+        assert not sender.is_alive(), "a notification blocked"
+    assert results[0] is True and results[-1] is False  # dropped, not waited for
     assert "couldn't notify the service manager" in caplog.text
