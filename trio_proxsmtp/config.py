@@ -30,6 +30,7 @@ from __future__ import annotations
 import enum
 import os
 import re
+import ssl
 import stat
 from collections.abc import Callable
 from typing import Any
@@ -87,6 +88,8 @@ class Config:
     pipelining: bool = False  # extension: advertise PIPELINING (RFC 2920) to clients
     tls_certificate: str | None = None  # extension: offer STARTTLS with this PEM certificate
     tls_key: str | None = None  # extension: ... and this key (tls.py)
+    # Built from the two by the parser, once per load (at start, and in SIGHUP's thread).
+    tls_context: ssl.SSLContext | None = attrs.field(default=None, eq=False, repr=False)
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
 
 
@@ -273,7 +276,7 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
             f"{config.workers} workers but MaxConnections is {config.max_connections} "
             "(each worker needs at least one connection)",
         )
-    _check_tls(config, lines)
+    config = attrs.evolve(config, tls_context=_tls_context(config, lines))
     warnings: list[str] = []
     if config.transparent_proxy is TransparentMode.OFF:
         if config.out_address is None:
@@ -289,10 +292,10 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
     return config, warnings
 
 
-def _check_tls(config: Config, lines: dict[str, int]) -> None:
+def _tls_context(config: Config, lines: dict[str, int]) -> ssl.SSLContext | None:
     """Both TLS options or neither, and a certificate that loads (so -t catches it)."""
     if config.tls_certificate is None and config.tls_key is None:
-        return
+        return None
     if config.tls_certificate is None or config.tls_key is None:
         if config.tls_key is None:
             missing, given = "TLSKey", "tls_certificate"
@@ -302,7 +305,7 @@ def _check_tls(config: Config, lines: dict[str, int]) -> None:
             config.path, lines.get(given), missing, "required with the other TLS option"
         )
     try:
-        server_context(config.tls_certificate, config.tls_key)
+        return server_context(config.tls_certificate, config.tls_key)
     except TLSError as exc:
         raise ConfigError(
             config.path, lines.get("tls_certificate"), "TLSCertificate", str(exc)

@@ -20,7 +20,6 @@ import datetime
 import errno
 import logging
 import socket
-import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -110,18 +109,11 @@ class ConnectionInfo:
 class Connection:
     """Relays one client connection; `run` returns when it is over, never raises."""
 
-    def __init__(
-        self,
-        config: Config,
-        client: trio.SocketStream,
-        conn_id: int,
-        tls: ssl.SSLContext | None = None,
-    ) -> None:
+    def __init__(self, config: Config, client: trio.SocketStream, conn_id: int) -> None:
         self.config = config
         # The client stream: the socket's, or a TLS stream over it after STARTTLS.
         self.client: trio.abc.Stream = client
         self.client_socket = client.socket
-        self.tls_context = tls
         self.log = connection_logger(conn_id)
         self.trace = self.log.isEnabledFor(logging.DEBUG)
         sock = client.socket
@@ -142,7 +134,7 @@ class Connection:
                 xclient=config.xclient,
                 max_message_size=config.max_message_size or None,
                 pipelining=config.pipelining,
-                starttls=tls is not None,
+                starttls=config.tls_context is not None,
             )
         )
         self.upstream: trio.abc.Stream | None = None
@@ -343,7 +335,8 @@ class Connection:
 
     async def _start_tls(self) -> None:
         """RFC 3207 after our 220: the handshake, then the session starts over."""
-        assert self.tls_context is not None
+        context = self.config.tls_context
+        assert context is not None
         injected = self.client_lines.take_remaining()
         if injected:
             # Plain text sent after STARTTLS, before the handshake: never run it as
@@ -351,9 +344,7 @@ class Connection:
             self.log.warning("discarded %d bytes sent right after STARTTLS", len(injected))
         # https_compatible: a client may close without close_notify (most SMTP clients do
         # after QUIT), and our close must not wait for the client to read one.
-        stream = trio.SSLStream(
-            self.client, self.tls_context, server_side=True, https_compatible=True
-        )
+        stream = trio.SSLStream(self.client, context, server_side=True, https_compatible=True)
         with trio.move_on_after(self.config.timeout) as scope:
             try:
                 await stream.do_handshake()

@@ -30,7 +30,6 @@ import os
 import resource
 import signal
 import socket
-import ssl
 import stat
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -43,7 +42,6 @@ from trio_proxsmtp.address import AddressKind, format_host, resolve_tcp
 from trio_proxsmtp.config import Config, TransparentMode
 from trio_proxsmtp.log import LOGGER_NAME, connection_logger
 from trio_proxsmtp.relay import IP_TRANSPARENT, Connection
-from trio_proxsmtp.tls import TLSError, server_context
 
 __all__ = ["Server", "applicable_reload", "bind_listeners", "serve", "worker_share"]
 
@@ -183,10 +181,6 @@ class Server:
     _idle: trio.Event = attrs.field(factory=trio.Event)
     _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _grace: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    tls: ssl.SSLContext | None = attrs.field(default=None, init=False)  # STARTTLS, if set
-
-    def __attrs_post_init__(self) -> None:
-        self.tls = _tls_context(self.config)
 
     @ids.default
     def _first_ids(self) -> Any:
@@ -304,12 +298,7 @@ class Server:
         if config is None:
             log.error("SIGHUP: config not reloaded, keeping the old one")
             return False
-        try:
-            tls = _tls_context(config)
-        except TLSError as exc:  # the file changed since it was read, or unreadable now
-            log.error("SIGHUP: config not reloaded, keeping the old one: %s", exc)
-            return False
-        self.config, self.tls = config, tls
+        self.config = config
         raise_fd_limit(self.max_connections)
         log.info("SIGHUP: reloaded %s", config.path)
         return True
@@ -330,7 +319,7 @@ class Server:
             if len(self.connections) >= limit:
                 connections.start_soon(self._refuse, stream, conn_id, limit)
                 continue
-            connection = Connection(config, stream, conn_id, self.tls)
+            connection = Connection(config, stream, conn_id)
             self.connections.add(connection)
             connections.start_soon(self._run_connection, connection)
 
@@ -349,12 +338,6 @@ class Server:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(BUSY_REPLY)
         await stream.aclose()
-
-
-def _tls_context(config: Config) -> ssl.SSLContext | None:
-    if config.tls_certificate is None or config.tls_key is None:
-        return None
-    return server_context(config.tls_certificate, config.tls_key)
 
 
 def _listener_name(listener: trio.SocketListener) -> str:

@@ -3,8 +3,8 @@
 proxsmtpd 1.10 strips STARTTLS: a proxy in front of the real server on port 25 then
 takes TLS away from every sender.  With a certificate configured, the proxy offers
 STARTTLS itself (RFC 3207) and speaks TLS to the client; the next server is spoken to as
-before.  The context is built once per config (at start and on SIGHUP), not per
-connection.
+before.  The context is built once per config load (by the config parser: at start, and
+in SIGHUP's reload thread), not per connection.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ import trio
 
 from trio_proxsmtp.config import parse_config
 from trio_proxsmtp.log import LOGGER_NAME
-from trio_proxsmtp.server import Server
 from trio_proxsmtp.testing import FakeUpstream, run_proxy
 
 MESSAGE = b"Subject: tls\r\n\r\nover TLS\r\n"
@@ -133,9 +132,11 @@ async def test_a_failed_handshake_ends_the_session_cleanly(
     assert up.transactions == []
 
 
-def test_the_server_builds_one_context_per_config(tls_files: tuple[Path, Path]) -> None:
+def test_the_config_carries_one_context_built_when_it_is_read(
+    tls_files: tuple[Path, Path],
+) -> None:
     base = "OutAddress: 127.0.0.1:2525\n"
-    assert Server(parse_config(base)).tls is None
-    server = Server(parse_config(base + tls_config(tls_files)))
-    assert isinstance(server.tls, ssl.SSLContext)
-    assert server.tls.minimum_version is ssl.TLSVersion.TLSv1_2
+    assert parse_config(base).tls_context is None
+    config = parse_config(base + tls_config(tls_files))
+    assert isinstance(config.tls_context, ssl.SSLContext)
+    assert config.tls_context.minimum_version is ssl.TLSVersion.TLSv1_2
