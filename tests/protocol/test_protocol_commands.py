@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_proxsmtp.protocol.commands import Command, Verb, parse_command, xforward_value
+from trio_proxsmtp.protocol.commands import (
+    Command,
+    Verb,
+    parse_command,
+    xforward_value,
+    xtext_decode,
+    xtext_encode,
+)
 
 
 @pytest.mark.parametrize(
@@ -166,3 +173,10 @@ def test_xforward_value(value: str, expected: str | None) -> None:
 def test_xforward_value_never_yields_a_control_character(value: str) -> None:
     decoded = xforward_value(value)
     assert decoded is None or not any(ord(c) < 32 or ord(c) == 127 for c in decoded)
+
+
+@given(st.text())
+def test_xtext_decode_undoes_encode(value: str) -> None:
+    encoded = xtext_encode(value)
+    assert all(33 <= ord(c) <= 126 for c in encoded) and "=" not in encoded
+    assert xtext_decode(encoded) == value

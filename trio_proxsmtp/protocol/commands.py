@@ -14,7 +14,7 @@ import re
 
 import attrs
 
-__all__ = ["Command", "Verb", "parse_command", "xforward_value"]
+__all__ = ["Command", "Verb", "parse_command", "xforward_value", "xtext_decode", "xtext_encode"]
 
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"
@@ -171,7 +171,34 @@ def _parse_xforward(argument: str) -> tuple[tuple[str, str], ...]:
     return tuple(attributes)
 
 
+# -- xtext (RFC 3461, formerly 1891): XCLIENT and XFORWARD attribute values ---------------
+
 _XTEXT_ESCAPE = re.compile(r"\+([0-9A-Fa-f]{2})")
+
+
+def xtext_encode(value: str) -> str:
+    """Outside "!".."~", and "+" and "=", every UTF-8 byte becomes "+XX"."""
+    out: list[str] = []
+    for char in value:
+        code = ord(char)
+        if code < 33 or code > 126 or char in "+=":
+            out.extend(f"+{byte:02X}" for byte in char.encode(_ENCODING, _ERRORS))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def xtext_decode(value: str) -> str:
+    """Each "+XX" becomes the byte XX; anything else is kept as it is."""
+    if "+" not in value:
+        return value
+    raw = _XTEXT_ESCAPE.sub(
+        lambda m: bytes([int(m.group(1), 16)]).decode("latin-1"),
+        value.encode(_ENCODING, _ERRORS).decode("latin-1"),
+    )
+    return raw.encode("latin-1").decode(_ENCODING, _ERRORS)
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Postfix sends these (in brackets, which the parser strips) when it does not know the value.
 _UNKNOWN = frozenset({"UNAVAILABLE", "TEMPUNAVAIL"})
@@ -187,10 +214,4 @@ def xforward_value(value: str) -> str | None:
     """
     if value in _UNKNOWN:
         return None
-    if "+" in value:
-        raw = _XTEXT_ESCAPE.sub(
-            lambda m: bytes([int(m.group(1), 16)]).decode("latin-1"),
-            value.encode(_ENCODING, _ERRORS).decode("latin-1"),
-        )
-        value = raw.encode("latin-1").decode(_ENCODING, _ERRORS)
-    return _CONTROL.sub("?", value)
+    return _CONTROL.sub("?", xtext_decode(value))

@@ -23,7 +23,7 @@ import logging
 
 import attrs
 
-from trio_proxsmtp.protocol.commands import Command, Verb, xforward_value
+from trio_proxsmtp.protocol.commands import Command, Verb, xforward_value, xtext_encode
 from trio_proxsmtp.protocol.ehlo import (
     Extensions,
     advertise,
@@ -230,18 +230,6 @@ class Envelope:
     recipients: list[str] = attrs.field(factory=list)
     remote_addr: str | None = None  # from an accepted XFORWARD ADDR=
     remote_helo: str | None = None  # from an accepted XFORWARD HELO=
-
-
-def _xtext(value: str) -> str:
-    """RFC 1891 xtext, as XCLIENT attribute values require."""
-    out: list[str] = []
-    for char in value:
-        code = ord(char)
-        if code < 33 or code > 126 or char in "+=":
-            out.extend(f"+{byte:02X}" for byte in char.encode("utf-8", "surrogateescape"))
-        else:
-            out.append(char)
-    return "".join(out)
 
 
 class Session:
@@ -608,11 +596,11 @@ class Session:
         addr = self.policy.client
         if self.policy.client_is_ipv6 and addr:
             addr = "IPv6:" + addr
-        parts = [f"ADDR={_xtext(addr) if addr else '[UNAVAILABLE]'}"]
+        parts = [f"ADDR={xtext_encode(addr) if addr else '[UNAVAILABLE]'}"]
         if self.policy.xclient_name:
-            parts.append(f"NAME={_xtext(self.policy.xclient_name)}")
+            parts.append(f"NAME={xtext_encode(self.policy.xclient_name)}")
         if self.helo_name:
-            parts.append(f"HELO={_xtext(self.helo_name)}")
+            parts.append(f"HELO={xtext_encode(self.helo_name)}")
         return ("XCLIENT " + " ".join(parts) + "\r\n").encode("ascii")
 
     def _expect(self, *states: State) -> None:
