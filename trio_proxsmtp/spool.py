@@ -67,12 +67,7 @@ class Spool:
         """Make the temp file (unnamed: later, if ever); raises OSError (the caller answers 451)."""
         if not named:
             return cls(os.path.join(directory, "(memory)"), -1, named=False, directory=directory)
-        return cls._named_file(directory)
-
-    @classmethod
-    def _named_file(cls, directory: str) -> Spool:
-        # mkstemp opens O_RDWR|O_EXCL with mode 0600; Python fds are non-inheritable.
-        fd, path = tempfile.mkstemp(prefix="proxsmtpd.", dir=directory)
+        fd, path = _named_file(directory)
         return cls(path, fd)
 
     @property
@@ -92,8 +87,7 @@ class Spool:
             else:
                 self.path = os.path.join(self._directory, "(unnamed)")
                 return
-        fd, self.path = tempfile.mkstemp(prefix="proxsmtpd.", dir=self._directory)
-        self._fd = fd
+        self._fd, self.path = _named_file(self._directory)
         self.named = True  # a name to unlink at close, though nobody reads it by name
 
     def write(self, data: bytes) -> None:
@@ -143,9 +137,14 @@ class Spool:
         """Yield the file's current content; updates ``size``."""
         self.finish()
         if self._fd < 0:
-            data = memoryview(self._pending[0]) if self._pending else memoryview(b"")
+            data = self._pending[0] if self._pending else b""
+            if len(data) <= chunk_size:  # the usual case: the message itself, no copy
+                if data:
+                    yield data
+                return
+            view = memoryview(data)
             for start in range(0, len(data), chunk_size):
-                yield bytes(data[start : start + chunk_size])
+                yield bytes(view[start : start + chunk_size])
             return
         if not self._by_name:
             offset = 0
@@ -202,3 +201,8 @@ class Spool:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _named_file(directory: str) -> tuple[int, str]:
+    """``proxsmtpd.XXXXXX``: mkstemp opens it O_RDWR|O_EXCL, mode 0600, not inheritable."""
+    return tempfile.mkstemp(prefix="proxsmtpd.", dir=directory)

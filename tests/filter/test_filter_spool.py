@@ -138,6 +138,7 @@ def test_a_small_unnamed_spool_never_touches_the_disk(tmp_path: Path) -> None:
         assert spool.in_memory
         assert b"".join(spool.chunks(chunk_size=5)) == b"Subject: s\r\n\r\nbody\r\n"
         assert [len(c) for c in spool.chunks(chunk_size=6)] == [6, 6, 6, 2]
+        assert list(spool.chunks()) == [b"Subject: s\r\n\r\nbody\r\n"]  # one piece
         assert spool.size == 20 and spool.in_memory
     assert not directory.exists()
     with Spool.create(str(tmp_path), named=False) as empty:
