@@ -30,6 +30,7 @@ from __future__ import annotations
 import enum
 import os
 import re
+import shutil
 import ssl
 import stat
 from collections.abc import Callable
@@ -289,7 +290,49 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
     elif config.out_address is not None:
         warnings.append("the OutAddress option will be ignored when TransparentProxy is enabled")
     warnings.extend(_temp_directory_warnings(config.temp_directory))
+    warnings.extend(check_filter_program(config, lines.get("filter_command")))
     return config, warnings
+
+
+def check_filter_program(config: Config, line: int | None = None) -> list[str]:
+    """Check that the FilterCommand's program exists and can be executed.
+
+    A missing filter would otherwise refuse every message with the shell's "not found"
+    (and show its path to outside senders), so it stops the daemon at start, at -t and on
+    a reload. A command with shell syntax (or a shell builtin) runs under ``/bin/sh -c``:
+    its program is not checked, and that is a warning. Raises ConfigError naming the file,
+    the line and the reason; returns the warnings.
+    """
+    command = config.filter_command
+    if command is None or config.filter_type is FilterType.REJECT:
+        return []
+    # filter.py imports this module; only the function is needed, at call time.
+    from trio_proxsmtp.filter import direct_argv
+
+    argv = direct_argv(command)
+    if argv is None:
+        return [
+            f"FilterCommand {command!r} runs under /bin/sh -c (shell syntax or a builtin): "
+            "its program could not be checked"
+        ]
+    program = argv[0]
+    if "/" in program:
+        try:
+            st = os.stat(program)
+        except OSError as exc:
+            reason = f"{program}: {exc.strerror}"
+        else:
+            if not stat.S_ISREG(st.st_mode):
+                reason = f"{program}: not a regular file"
+            elif not os.access(program, os.X_OK):
+                reason = f"{program}: not executable"
+            else:
+                return []
+    elif shutil.which(program) is not None:
+        return []
+    else:
+        reason = f"{program}: no executable of that name in PATH ({os.environ.get('PATH', '')})"
+    raise ConfigError(config.path, line, "FilterCommand", reason)
 
 
 def _tls_context(config: Config, lines: dict[str, int]) -> ssl.SSLContext | None:

@@ -30,7 +30,7 @@ MESSAGE = b"Subject: workers\r\n\r\nbody\r\n"
 # Records its pid (filters run in their own session) and passes the message through.
 FILTER = 'echo $$ >> "$1/pids"\nexec cat\n'
 WORKER_RE = re.compile(r"worker (\d+) of (\d+) started \(pid (\d+)\)")
-ACCEPTED_RE = re.compile(r"^proxsmtpd: ([0-9A-F]{6}): accepted connection", re.MULTILINE)
+ACCEPTED_RE = re.compile(r"^\S+ proxsmtpd\[\d+\]: ([0-9A-F]{6}): accepted connection", re.MULTILINE)
 
 
 def setup(tmp_path: Path, up: FakeUpstream, extra: str) -> tuple[Path, int]:

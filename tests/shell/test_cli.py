@@ -99,6 +99,19 @@ def test_config_error_one_line_exit_2(
     assert err == (f"proxsmtpd: {path}:3: MaxConnections: must be between 1 and 10239: 0\n")
 
 
+@pytest.mark.parametrize("check", [True, False])
+def test_missing_filter_program_stops_check_and_start(
+    tmp_path: Path, check: bool, fake: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_conf(tmp_path, "FilterCommand: /usr/local/bin/nonexistent-filter\n")
+    assert cli.main((["-t"] if check else ["-d", "3"]) + ["-f", path]) == 2
+    assert fake.served == []
+    assert capsys.readouterr().err == (
+        f"proxsmtpd: {path}:3: FilterCommand: /usr/local/bin/nonexistent-filter: "
+        "No such file or directory\n"
+    )
+
+
 def test_unknown_user(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_conf(tmp_path, "User: no-such-user-here\n")
     assert cli.main(["-t", "-f", path]) == 2
@@ -178,7 +191,8 @@ def test_pid_file_option_overrides_command_line(
     fake.pid_paths += [from_conf, from_cli]
     assert cli.main(["-d", "1", "-f", path, "-p", str(from_cli)]) == 0
     assert fake.served[0]["pid_files"] == {str(from_conf): f"{os.getpid()}\n"}
-    assert "proxsmtpd: ignoring pid file specified on the command line" in capsys.readouterr().err
+    ident = f"proxsmtpd[{os.getpid()}]: "
+    assert f"{ident}ignoring pid file specified on the command line" in capsys.readouterr().err
 
 
 def test_empty_pid_file_option_disables_it(
@@ -198,8 +212,9 @@ def test_pid_file_failure_is_an_error(
     bad = tmp_path / "missing-dir" / "p.pid"
     assert cli.main(["-d", "0", "-f", path, "-p", str(bad)]) == 1
     assert fake.served == []
-    assert capsys.readouterr().err == (
-        f"proxsmtpd: couldn't write pid file: {bad}: No such file or directory\n"
+    (line,) = capsys.readouterr().err.splitlines()  # logged (-d): timestamp, ident
+    assert line.endswith(
+        f" proxsmtpd[{os.getpid()}]: couldn't write pid file: {bad}: No such file or directory"
     )
 
 
@@ -216,17 +231,30 @@ def test_pid_file_of_another_process_is_left_alone(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv", [["-d", "0"], []])
 def test_bind_failure_exits_1_before_detaching(
-    tmp_path: Path, fake: FakeServer, argv: list[str], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    fake: FakeServer,
+    argv: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    syslog.bind(str(tmp_path / "syslog"))
+    monkeypatch.setenv("PROXSMTPD_SYSLOG_SOCKET", str(tmp_path / "syslog"))
     fake.bind_error = OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
     path = write_conf(tmp_path)
     pid_file = tmp_path / "p.pid"
     assert cli.main([*argv, "-f", path, "-p", str(pid_file)]) == 1
     assert fake.served == []
     assert not pid_file.exists()
+    syslog.close()
     err = capsys.readouterr().err.splitlines()
-    assert err[-1] == "proxsmtpd: couldn't bind to address: 127.0.0.1:2525: Address already in use"
-    assert err.count(err[-1]) == 1
+    assert err[-1].endswith(
+        "proxsmtpd: couldn't bind to address: 127.0.0.1:2525: Address already in use"
+        if argv == []  # daemon mode: syslog has it, the shell gets it once
+        else f" proxsmtpd[{os.getpid()}]: couldn't bind to address: 127.0.0.1:2525: "
+        "Address already in use"
+    )
+    assert sum("couldn't bind" in line for line in err) == 1
 
 
 def test_running_as_root_warns(
@@ -234,5 +262,5 @@ def test_running_as_root_warns(
 ) -> None:
     path = write_conf(tmp_path)
     assert cli.main(["-d", "1", "-f", path]) == 0
-    warned = "proxsmtpd: running as root is NOT recommended" in capsys.readouterr().err
+    warned = "]: running as root is NOT recommended" in capsys.readouterr().err
     assert warned is (os.geteuid() == 0)

@@ -327,3 +327,45 @@ def test_example_config_parses_and_documents_every_option() -> None:
     text = EXAMPLE.read_text()
     for canonical, _field, _parser in config_module._OPTIONS.values():
         assert re.search(rf"^#?{canonical}:", text, re.MULTILINE), canonical
+
+
+# -- the FilterCommand's program is checked (-t, start-up, reload) ------------------------
+
+
+def test_missing_filter_program_is_an_error_with_file_and_line() -> None:
+    text = "OutAddress: 2525\nFilterCommand: /usr/local/bin/nonexistent-filter --x\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "c.conf")
+    assert str(info.value) == (
+        "c.conf:2: FilterCommand: /usr/local/bin/nonexistent-filter: No such file or directory"
+    )
+
+
+def test_filter_program_not_executable(tmp_path: Path) -> None:
+    script = tmp_path / "filter.sh"
+    script.write_text("#!/bin/sh\ncat\n")
+    script.chmod(0o644)
+    with pytest.raises(ConfigError, match=rf"c.conf:3: FilterCommand: {script}: not executable"):
+        parse_config(f"OutAddress: 2525\n\nFilterCommand: {script}\n", "c.conf")
+    with pytest.raises(ConfigError, match=rf"FilterCommand: {tmp_path}: not a regular file"):
+        parse_config(f"OutAddress: 2525\nFilterCommand: {tmp_path}\n", "c.conf")
+    script.chmod(0o755)
+    assert parse_config_with_warnings(f"OutAddress: 2525\nFilterCommand: {script} -x\n")[1] == []
+
+
+def test_filter_program_searched_in_path() -> None:
+    with pytest.raises(ConfigError, match=r"c\.conf:1: FilterCommand: no-such-filter-xyz: no "):
+        parse_config("FilterCommand: no-such-filter-xyz -q\nOutAddress: 2525\n", "c.conf")
+    assert parse_config_with_warnings("FilterCommand: cat\nOutAddress: 2525\n")[1] == []
+
+
+def test_shell_filter_command_is_a_warning_not_checked() -> None:
+    _, warnings = parse_config_with_warnings(
+        "OutAddress: 2525\nFilterCommand: /nonexistent/x | cat\n"
+    )
+    assert len(warnings) == 1 and "/bin/sh -c" in warnings[0]
+
+
+def test_reject_filter_type_needs_no_program() -> None:
+    config = parse_config("OutAddress: 2525\nFilterType: reject\nFilterCommand: /nonexistent\n")
+    assert config.filter_command == "/nonexistent"
