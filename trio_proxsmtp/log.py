@@ -37,7 +37,7 @@ SYSLOG_ADDRESS = "/dev/log"
 SYSLOG_SOCKET_ENV = "PROXSMTPD_SYSLOG_SOCKET"
 MAX_MESSAGE = 1024  # the reference caps each message at 1024 bytes
 
-# -d LEVEL -> the lowest stdlib level shown (spec §2: LEVEL+3 is the highest syslog priority).
+# -d LEVEL -> the lowest stdlib level shown (LEVEL+3 is the highest syslog priority shown).
 _DEBUG_LEVELS = {
     0: logging.ERROR,
     1: logging.WARNING,

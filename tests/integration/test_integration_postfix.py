@@ -154,8 +154,10 @@ def test_a_failed_start_shows_the_maillog() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))  # bound, not listening: Postfix's bind fails
         port = busy.getsockname()[1]
+        failed = r"(?s)postfix start failed.*--- maillog:.*startup failed"
+        listener = f"127.0.0.1:{port} inet n - n - - smtpd"
         with (
-            pytest.raises(AssertionError, match=r"(?s)postfix start failed.*--- maillog:.*startup failed"),
-            running_postfix(master_cf=[f"127.0.0.1:{port} inet n - n - - smtpd"], listens=[port]),
+            pytest.raises(AssertionError, match=failed),
+            running_postfix(master_cf=[listener], listens=[port]),
         ):
             pass
