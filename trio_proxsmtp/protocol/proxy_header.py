@@ -161,7 +161,7 @@ class ProxyHeaderParser:
         self._max_v2_length = max_v2_length
         self._done = False
 
-    def feed(self, data: bytes) -> NeedMore | ParsedProxyHeader:
+    def feed(self, data: bytes | bytearray) -> NeedMore | ParsedProxyHeader:
         if self._done:
             raise RuntimeError("the PROXY header parser has already finished")
         self._buffer += data
