@@ -56,19 +56,30 @@ _RECEIVE_SIZE = 4096
 
 
 class ProxyProtocolError(Exception):
-    """The connection is to be closed: its PROXY header is missing, wrong, late or untrusted."""
+    """The connection is to be closed: its PROXY header is missing, wrong, late or untrusted.
+
+    `reason` is the label for metrics.connection_refused; str() is the log line.
+    """
+
+    reason = "proxy"
 
 
 class UntrustedProxySource(ProxyProtocolError):
     """The peer is not in ProxyProtocolFrom: its header would not be believed."""
 
+    reason = "proxy-untrusted"
+
 
 class InvalidProxyHeader(ProxyProtocolError):
     """The connection did not start with a valid PROXY header (or closed before one)."""
 
+    reason = "proxy-invalid"
+
 
 class ProxyHeaderTimeout(ProxyProtocolError):
     """The header did not arrive before the deadline."""
+
+    reason = "proxy-timeout"
 
 
 @attrs.frozen

@@ -77,10 +77,11 @@ async def test_local_is_a_health_check_without_client() -> None:
 async def test_untrusted_source_is_refused_before_reading() -> None:
     send, receive = trio.testing.memory_stream_one_way_pair()
     await send.send_all(encode_v1(CLIENT))
-    with pytest.raises(UntrustedProxySource, match=r"192\.0\.2\.9"):
+    with pytest.raises(UntrustedProxySource, match=r"192\.0\.2\.9") as info:
         await read_proxy_header(
             receive, "192.0.2.9", DEFAULT_TRUSTED_NETWORKS, trio.current_time() + 5
         )
+    assert info.value.reason == "proxy-untrusted"
     # Nothing was read: the forged header is still in the stream.
     assert await receive.receive_some() == encode_v1(CLIENT)
 
@@ -88,10 +89,11 @@ async def test_untrusted_source_is_refused_before_reading() -> None:
 async def test_invalid_header_is_refused() -> None:
     send, receive = trio.testing.memory_stream_one_way_pair()
     await send.send_all(EHLO)
-    with pytest.raises(InvalidProxyHeader, match="did not start with a PROXY header"):
+    with pytest.raises(InvalidProxyHeader, match="did not start with a PROXY header") as info:
         await read_proxy_header(
             receive, "127.0.0.1", DEFAULT_TRUSTED_NETWORKS, trio.current_time() + 5
         )
+    assert info.value.reason == "proxy-invalid"
 
 
 async def test_close_before_the_end_of_the_header_is_refused() -> None:
@@ -112,8 +114,9 @@ async def test_late_header_times_out_at_the_deadline(
     async with trio.open_nursery() as nursery:
         # One byte a second: the header would take far longer than the 3 s deadline.
         nursery.start_soon(send_in_pieces, send, encode_v1(CLIENT), 1000, 1.0)
-        with pytest.raises(ProxyHeaderTimeout):
+        with pytest.raises(ProxyHeaderTimeout) as info:
             await read_proxy_header(receive, "127.0.0.1", DEFAULT_TRUSTED_NETWORKS, start + 3)
+        assert info.value.reason == "proxy-timeout"
         assert trio.current_time() == pytest.approx(start + 3)
         nursery.cancel_scope.cancel()
 
