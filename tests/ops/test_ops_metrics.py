@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
+from ops_support import background, wait_for
 from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -241,3 +245,47 @@ async def test_an_oversized_request_is_refused() -> None:
         while data := await client.receive_some():
             response += data
     assert response.startswith(b"HTTP/1.0 400 ")
+
+
+# --- the supervisor ----------------------------------------------------------------------
+
+DYING_WORKERS = """\
+import os, signal, sys
+from trio_proxsmtp.log import setup_logging
+from trio_proxsmtp.metrics import MultiprocessDirectory, PrometheusMetrics
+from trio_proxsmtp.workers import Supervisor
+setup_logging(4)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+def work(slot):
+    metrics = PrometheusMetrics(multiprocess_dir=os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    metrics.connection_opened()  # and dies with the session open
+    metrics.message_done("FILTERED", 250, 10)
+    return 3
+
+with MultiprocessDirectory(sys.argv[1]) as directory:
+    status = Supervisor(2, work, on_worker_exit=directory.worker_died, restart_interval=0.1).run()
+    body = PrometheusMetrics(multiprocess_dir=directory.path).exposition()[0]
+    with open(sys.argv[2], "wb") as f:
+        f.write(body)
+sys.exit(status)
+"""
+
+
+async def test_dead_workers_keep_their_counts_and_leave_the_active_gauge(tmp_path: Path) -> None:
+    out, scrape = tmp_path / "out.log", tmp_path / "scrape"
+    with trio.fail_after(30):
+        argv = [sys.executable, "-c", DYING_WORKERS, str(tmp_path), str(scrape)]
+        with background(argv, out) as proc:
+            await wait_for(lambda: out.read_text().count("starting a new one") >= 4)
+            proc.send_signal(signal.SIGTERM)
+            await wait_for(lambda: proc.poll() is not None)
+    assert proc.returncode == 0, out.read_text()
+    started = len(re.findall(r"worker \d of 2 started", out.read_text()))
+    found = samples(scrape.read_bytes())
+    # Every worker that ever ran is in the totals, though all of them died.
+    assert found[("proxsmtpd_messages_total", (("status", "FILTERED"), ("upstream", "2xx")))] == (
+        started
+    )
+    assert found[("proxsmtpd_connections_active", ())] == 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("proxsmtpd-metrics.")] == []
