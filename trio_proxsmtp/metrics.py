@@ -93,6 +93,7 @@ ROUND_TRIP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 _Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
 REQUEST_TIMEOUT = 10.0  # seconds for a whole scrape: request in, response out
 MAX_REQUEST = 8192  # bytes of request line and headers
+MAX_SCRAPES = 8  # scrapes served at once; more connections are closed at once
 
 
 def reply_class(code: int | None) -> str:
@@ -390,9 +391,10 @@ async def handle_metrics_request(
             request = b""
             while b"\r\n\r\n" not in request and b"\n\n" not in request:
                 if len(request) > MAX_REQUEST:
-                    await stream.send_all(
-                        _response(400, b"request too large\n", "text/plain", False)
-                    )
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await stream.send_all(
+                            _response(400, b"request too large\n", "text/plain", False)
+                        )
                     return
                 try:
                     data = await stream.receive_some(4096)
@@ -413,9 +415,18 @@ async def serve_metrics(
 ) -> None:
     """Serve /metrics on the bound `sockets` until cancelled; started() gets their names."""
     listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+    scrapes = trio.Semaphore(MAX_SCRAPES)
 
     async def handler(stream: trio.SocketStream) -> None:
-        await handle_metrics_request(stream, exposition)
+        try:
+            scrapes.acquire_nowait()
+        except trio.WouldBlock:
+            await stream.aclose()  # a flood of connections must not cost us descriptors
+            return
+        try:
+            await handle_metrics_request(stream, exposition)
+        finally:
+            scrapes.release()
 
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, handler, listeners)

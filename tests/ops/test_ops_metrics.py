@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from trio_proxsmtp.address import Address, AddressKind
 from trio_proxsmtp.metrics import (
+    MAX_SCRAPES,
     MULTIPROC_ENV,
     NULL_METRICS,
     REQUEST_TIMEOUT,
@@ -289,3 +290,23 @@ async def test_dead_workers_keep_their_counts_and_leave_the_active_gauge(tmp_pat
     )
     assert found[("proxsmtpd_connections_active", ())] == 0
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("proxsmtpd-metrics.")] == []
+
+
+async def test_scrapes_at_once_are_bounded() -> None:
+    sockets = bind_metrics_listener(Address(AddressKind.TCP, "127.0.0.1", 0, None, "x"))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            ((_, port),) = await nursery.start(
+                serve_metrics, sockets, PrometheusMetrics().exposition
+            )
+            silent = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(MAX_SCRAPES)]
+            # Accepted in order, each handler takes its slot before the next is accepted.
+            extra = await trio.open_tcp_stream("127.0.0.1", port)
+            await extra.send_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert await extra.receive_some() == b""  # closed unanswered
+            await extra.aclose()
+            for stream in silent:
+                await stream.aclose()
+            response = await http(port, b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert response.startswith(b"HTTP/1.0 200 OK")
+            nursery.cancel_scope.cancel()
