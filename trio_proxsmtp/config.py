@@ -10,7 +10,9 @@ file, the line and the option. Warnings that should not stop the daemon are retu
 `*_with_warnings` functions, never printed here.
 
 Extensions: `ShutdownTimeout` and `Workers` (1..64 processes sharing the listener; it may
-not exceed MaxConnections, which is shared out between the workers).
+not exceed MaxConnections, which is shared out between the workers); `ProxyProtocol` and
+`ProxyProtocolFrom` (a load balancer's PROXY header, proxy_protocol.py) and
+`MetricsListen` (Prometheus metrics over HTTP, metrics.py).
 
 CONTRACT (fields are used by relay/server/filter; do not rename):
 
@@ -39,6 +41,7 @@ from typing import Any
 import attrs
 
 from trio_proxsmtp.address import Address, AddressKind, parse_address, resolve_tcp
+from trio_proxsmtp.proxy_protocol import DEFAULT_TRUSTED_NETWORKS, IPNetwork, parse_networks
 from trio_proxsmtp.tls import TLSError, server_context
 
 DEFAULT_LISTEN_PORT = 10025
@@ -89,6 +92,9 @@ class Config:
     pipelining: bool = False  # extension: advertise PIPELINING (RFC 2920) to clients
     tls_certificate: str | None = None  # extension: offer STARTTLS with this PEM certificate
     tls_key: str | None = None  # extension: ... and this key (tls.py)
+    proxy_protocol: bool = False  # extension: every connection starts with a PROXY header
+    proxy_protocol_from: tuple[IPNetwork, ...] = DEFAULT_TRUSTED_NETWORKS  # ... only from these
+    metrics_listen: Address | None = None  # extension: serve /metrics here (TCP), None = off
     # Built from the two by the parser, once per load (at start, and in SIGHUP's thread).
     tls_context: ssl.SSLContext | None = attrs.field(default=None, eq=False, repr=False)
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
@@ -177,6 +183,25 @@ def _address(default_port: int) -> Callable[[str], Address]:
     return parse
 
 
+def _networks(value: str) -> tuple[IPNetwork, ...]:
+    try:
+        return parse_networks(value)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
+def _metrics_listen(value: str) -> Address:
+    try:
+        address = parse_address(value, 0)
+    except ValueError as exc:
+        raise _Invalid(f"invalid address: {value!r}: {exc}") from None
+    if address.kind is not AddressKind.TCP:
+        raise _Invalid(f"must be host:port (TCP), not a unix socket: {value!r}")
+    if address.port == 0:
+        raise _Invalid(f"needs a port (host:port): {value!r}")
+    return _address(0)(value)
+
+
 def _filter_reject(value: str) -> str:
     if not value:
         return DEFAULT_FILTER_REJECT
@@ -226,6 +251,9 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("Pipelining", "pipelining", _boolean),
         ("TLSCertificate", "tls_certificate", _non_empty),
         ("TLSKey", "tls_key", _non_empty),
+        ("ProxyProtocol", "proxy_protocol", _boolean),
+        ("ProxyProtocolFrom", "proxy_protocol_from", _networks),
+        ("MetricsListen", "metrics_listen", _metrics_listen),
     ]
 }
 
@@ -289,6 +317,8 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
             )
     elif config.out_address is not None:
         warnings.append("the OutAddress option will be ignored when TransparentProxy is enabled")
+    if "proxy_protocol_from" in lines and not config.proxy_protocol:
+        warnings.append("ProxyProtocolFrom is ignored while ProxyProtocol is off")
     warnings.extend(_temp_directory_warnings(config.temp_directory))
     warnings.extend(check_filter_program(config, lines.get("filter_command")))
     return config, warnings

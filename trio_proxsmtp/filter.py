@@ -80,6 +80,9 @@ class FilterSpec:
     temp_directory: str
 
 
+_METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # metrics.MULTIPROC_ENV, without prometheus-client
+
+
 def filter_environment(
     *,
     client: str,
@@ -91,8 +94,13 @@ def filter_environment(
     temp_directory: str,
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The daemon's environment plus the spec §9.3 variables (EMAIL is added by run_filter)."""
+    """The daemon's environment plus the spec §9.3 variables (EMAIL is added by run_filter).
+
+    Without the metrics directory of `Workers` (metrics.py): a filter written with
+    prometheus-client would otherwise add its own numbers to the proxy's.
+    """
     env = dict(os.environ if base is None else base)
+    env.pop(_METRICS_DIR_ENV, None)
     env["CLIENT"] = client
     env["SERVER"] = server
     env["TMPDIR"] = temp_directory
