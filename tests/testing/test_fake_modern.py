@@ -3,6 +3,7 @@ SMTPUTF8 and 8BITMIME -- FakeClient against FakeUpstream, no proxy in between.""
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ import trio
 
 from trio_proxsmtp.testing import (
     DEFAULT_EHLO_KEYWORDS,
+    ClosePoint,
     FakeClient,
     FakeUpstream,
     TestCertificates,
@@ -287,3 +289,18 @@ async def test_smtputf8_must_be_declared_and_offered() -> None:
     async with talk(FakeUpstream(ehlo_keywords=keywords)) as c:
         replies = await c.send_message("s@x", ["r@x"], MESSAGE, mail_parameters=["BODY=8BITMIME"])
         assert replies[0].code == 555
+
+
+@pytest.mark.parametrize("point", [ClosePoint.ON_DATA, ClosePoint.AFTER_DOT])
+async def test_bdat_close_points(point: ClosePoint) -> None:
+    up = FakeUpstream(close_at=point)
+    async with talk(up) as c:
+        await c.command("EHLO c")
+        await c.pipeline(["MAIL FROM:<s@x>", "RCPT TO:<r@x>"])
+        await c.send(b"BDAT 3\r\nabcBDAT 2 LAST\r\nde")
+        replies = []
+        with contextlib.suppress(EOFError):
+            replies.append(await c.read_reply())
+        await c.read_eof()
+    assert [r.code for r in replies] == ([] if point is ClosePoint.ON_DATA else [250])
+    assert up.transactions == []

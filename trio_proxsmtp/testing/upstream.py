@@ -31,7 +31,10 @@ Modern SMTP, so that a client's (or the proxy's) use of it can be checked:
   every reply is written at once. :attr:`Session.reads`, :attr:`Session.writes` and
   :attr:`Session.reply_groups` (the commands each write answered) count the round trips.
 - CHUNKING (RFC 3030): while the keywords list it, ``BDAT n [LAST]`` chunks are read
-  byte-exact; :attr:`Transaction.chunks` has their sizes.
+  byte-exact; :attr:`Transaction.chunks` has their sizes. A chunk's reply key is
+  ``"BDAT"``, the LAST one's :data:`END_OF_DATA`; ``ClosePoint.ON_DATA`` closes at a BDAT,
+  ``ClosePoint.AFTER_DOT`` once the LAST chunk is read; a BDAT whose size cannot be read
+  gets 501 and the connection closed (its end is unknown).
 - 8BITMIME and SMTPUTF8 (RFC 6152, 6531): ``BODY=8BITMIME`` / ``SMTPUTF8`` on MAIL are
   refused (555) unless advertised, and with SMTPUTF8 advertised a non-ASCII address
   without it is refused (553); :attr:`Transaction.mail_parameters` has what MAIL declared.
