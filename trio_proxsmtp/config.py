@@ -11,12 +11,15 @@ file, the line and the option. Warnings that should not stop the daemon are retu
 
 Extensions: `ShutdownTimeout` and `Workers` (1..64 processes sharing the listener; it may
 not exceed MaxConnections, which is shared out between the workers); `ProxyProtocol` and
-`ProxyProtocolFrom` (a load balancer's PROXY header, proxy_protocol.py) and
-`MetricsListen` (Prometheus metrics over HTTP, metrics.py).
+`ProxyProtocolFrom` (a load balancer's PROXY header, proxy_protocol.py);
+`MetricsListen` (Prometheus metrics over HTTP, metrics.py); TLS towards clients
+(`TLSCertificate`/`TLSKey`, `ListenTLS`) and towards the next server (`OutTLS*`), whose
+contexts are built here once per load so that `-t` and SIGHUP catch unusable files;
+`Chunking`.
 
 CONTRACT (fields are used by relay/server/filter; do not rename):
 
-    Config (frozen attrs), FilterType, TransparentMode, ConfigError
+    Config (frozen attrs), FilterType, TransparentMode, OutTLSMode, ConfigError
     def parse_config(text: str, path: str = "<string>") -> Config
     def parse_config_with_warnings(text: str, path: str = "<string>")
         -> tuple[Config, list[str]]
@@ -42,9 +45,10 @@ import attrs
 
 from trio_proxsmtp.address import Address, AddressKind, parse_address, resolve_tcp
 from trio_proxsmtp.proxy_protocol import DEFAULT_TRUSTED_NETWORKS, IPNetwork, parse_networks
-from trio_proxsmtp.tls import TLSError, server_context
+from trio_proxsmtp.tls import TLSError, server_context, system_ca_available, upstream_context
 
 DEFAULT_LISTEN_PORT = 10025
+DEFAULT_LISTEN_TLS_PORT = 465  # submissions (RFC 8314)
 DEFAULT_OUT_PORT = 25
 DEFAULT_FILTER_REJECT = "530 Email Rejected"
 MAX_CONNECTIONS_LIMIT = 10239
@@ -58,6 +62,20 @@ class FilterType(enum.Enum):
     PIPE = "pipe"
     FILE = "file"
     REJECT = "reject"
+
+
+class OutTLSMode(enum.Enum):
+    """`OutTLS`: how the proxy talks to the next server (as Postfix's smtp_tls_security_level).
+
+    MAY: STARTTLS when the next server offers it, plain text when it does not.
+    ENCRYPT: STARTTLS or no mail (4xx to the client).
+    IMPLICIT: TLS from the first byte (RFC 8314), e.g. to port 465.
+    """
+
+    OFF = "off"
+    MAY = "may"
+    ENCRYPT = "encrypt"
+    IMPLICIT = "implicit"
 
 
 class TransparentMode(enum.Enum):
@@ -97,7 +115,42 @@ class Config:
     metrics_listen: Address | None = None  # extension: serve /metrics here (TCP), None = off
     # Built from the two by the parser, once per load (at start, and in SIGHUP's thread).
     tls_context: ssl.SSLContext | None = attrs.field(default=None, eq=False, repr=False)
+    listen_tls: Address | None = None  # extension: a second listener, TLS from the first byte
+    chunking: bool = False  # extension: advertise CHUNKING (RFC 3030) and take BDAT
+    out_tls: OutTLSMode = OutTLSMode.OFF  # extension: TLS to the next server
+    out_tls_verify: bool | None = None  # None: the mode's default (see upstream_tls_verify)
+    out_tls_ca_file: str | None = None  # None: the system CA store
+    out_tls_server_name: str | None = None  # None: the OutAddress host
+    out_tls_certificate: str | None = None  # a client certificate for the next server...
+    out_tls_key: str | None = None  # ... and its key
+    # Built from the OutTLS* options by the parser when OutTLS is not off (tls.py).
+    out_tls_context: ssl.SSLContext | None = attrs.field(default=None, eq=False, repr=False)
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
+
+    @property
+    def upstream_tls_verify(self) -> bool:
+        """Whether the next server's certificate is verified.
+
+        `OutTLSVerify` when set; else on for `encrypt` and `implicit`, off for `may` (as
+        Postfix's `may`: opportunistic TLS, encrypted but not authenticated).
+        """
+        if self.out_tls_verify is not None:
+            return self.out_tls_verify
+        return self.out_tls in (OutTLSMode.ENCRYPT, OutTLSMode.IMPLICIT)
+
+    @property
+    def upstream_tls_hostname(self) -> str | None:
+        """The name to pass as `server_hostname` for the next server: `OutTLSServerName`,
+        else the OutAddress host (a name, or an IP address: checked against the
+        certificate's IP entries, never sent as SNI). None when neither gives one (a Unix
+        socket; the client's own or original address, which the relay knows per connection).
+        """
+        if self.out_tls_server_name is not None:
+            return self.out_tls_server_name
+        address = self.out_address
+        if address is None or address.kind is not AddressKind.TCP or address.is_port_only:
+            return None
+        return address.host
 
 
 class ConfigError(Exception):
@@ -219,6 +272,21 @@ def _non_empty(value: str) -> str:
     return value
 
 
+def _out_tls(value: str) -> OutTLSMode:
+    try:
+        return OutTLSMode(value.lower())
+    except ValueError:
+        raise _Invalid(
+            f"invalid value {value!r} (must be 'off', 'may', 'encrypt' or 'implicit')"
+        ) from None
+
+
+def _server_name(value: str) -> str:
+    if not value or not value.isascii() or any(c.isspace() for c in value) or "/" in value:
+        raise _Invalid(f"not a host name: {value!r}")
+    return value
+
+
 def _skip(value: str) -> bool:
     if value.lower() != "authenticated":
         raise _Invalid(f"invalid value {value!r} (must be 'authenticated')")
@@ -254,6 +322,14 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("ProxyProtocol", "proxy_protocol", _boolean),
         ("ProxyProtocolFrom", "proxy_protocol_from", _networks),
         ("MetricsListen", "metrics_listen", _metrics_listen),
+        ("ListenTLS", "listen_tls", _address(DEFAULT_LISTEN_TLS_PORT)),
+        ("Chunking", "chunking", _boolean),
+        ("OutTLS", "out_tls", _out_tls),
+        ("OutTLSVerify", "out_tls_verify", _boolean),
+        ("OutTLSCAFile", "out_tls_ca_file", _non_empty),
+        ("OutTLSServerName", "out_tls_server_name", _server_name),
+        ("OutTLSCertificate", "out_tls_certificate", _non_empty),
+        ("OutTLSKey", "out_tls_key", _non_empty),
     ]
 }
 
@@ -306,7 +382,9 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
             "(each worker needs at least one connection)",
         )
     config = attrs.evolve(config, tls_context=_tls_context(config, lines))
+    _check_listen_tls(config, lines)
     warnings: list[str] = []
+    config = attrs.evolve(config, out_tls_context=_out_tls_context(config, lines, warnings))
     if config.transparent_proxy is TransparentMode.OFF:
         if config.out_address is None:
             raise ConfigError(
@@ -382,6 +460,100 @@ def _tls_context(config: Config, lines: dict[str, int]) -> ssl.SSLContext | None
     except TLSError as exc:
         raise ConfigError(
             config.path, lines.get("tls_certificate"), "TLSCertificate", str(exc)
+        ) from None
+
+
+def _check_listen_tls(config: Config, lines: dict[str, int]) -> None:
+    """ListenTLS needs the server certificate, and an address of its own."""
+    listen_tls = config.listen_tls
+    if listen_tls is None:
+        return
+    line = lines.get("listen_tls")
+    if config.tls_context is None:
+        raise ConfigError(config.path, line, "ListenTLS", "needs TLSCertificate and TLSKey")
+    listen = config.listen
+    if listen.kind is listen_tls.kind and (
+        (listen.kind is AddressKind.UNIX and listen.path == listen_tls.path)
+        or (
+            listen.kind is AddressKind.TCP
+            and listen.port == listen_tls.port
+            and (listen.is_port_only or listen_tls.is_port_only or listen.host == listen_tls.host)
+        )
+    ):
+        raise ConfigError(
+            config.path, line, "ListenTLS", f"the same address as Listen ({listen.text})"
+        )
+
+
+_OUT_TLS_DETAILS = {
+    "out_tls_verify": "OutTLSVerify",
+    "out_tls_ca_file": "OutTLSCAFile",
+    "out_tls_server_name": "OutTLSServerName",
+    "out_tls_certificate": "OutTLSCertificate",
+    "out_tls_key": "OutTLSKey",
+}
+
+
+def _out_tls_context(
+    config: Config, lines: dict[str, int], warnings: list[str]
+) -> ssl.SSLContext | None:
+    """The context for TLS to the next server, or None with OutTLS off (so -t checks it)."""
+    path = config.path
+    if (config.out_tls_certificate is None) != (config.out_tls_key is None):
+        if config.out_tls_key is None:
+            missing, given = "OutTLSKey", "out_tls_certificate"
+        else:
+            missing, given = "OutTLSCertificate", "out_tls_key"
+        raise ConfigError(path, lines.get(given), missing, "required with the other of the two")
+    if config.out_tls is OutTLSMode.OFF:
+        ignored = [name for field, name in _OUT_TLS_DETAILS.items() if field in lines]
+        if ignored:
+            warnings.append(f"{', '.join(ignored)} ignored: OutTLS is off")
+        return None
+    verify = config.upstream_tls_verify
+    # The option that made verification on: where an error about it points.
+    verify_option = "OutTLSVerify" if "out_tls_verify" in lines else "OutTLS"
+    verify_line = lines.get("out_tls_verify", lines.get("out_tls"))
+    if not verify and config.out_tls_ca_file is not None:
+        warnings.append("OutTLSCAFile ignored: OutTLSVerify is off")
+    if verify:
+        address = config.out_address
+        if (
+            config.out_tls_server_name is None
+            and address is not None
+            and address.kind is AddressKind.UNIX
+            and config.transparent_proxy is TransparentMode.OFF
+        ):
+            raise ConfigError(
+                path,
+                verify_line,
+                verify_option,
+                "verifying the next server needs OutTLSServerName: OutAddress is a Unix socket",
+            )
+        if config.out_tls_ca_file is None and not system_ca_available():
+            raise ConfigError(
+                path,
+                verify_line,
+                verify_option,
+                "verifying the next server needs CA certificates: there is no system CA "
+                "store, set OutTLSCAFile (or OutTLSVerify: off)",
+            )
+    if verify and config.out_tls_ca_file is not None:  # its errors name OutTLSCAFile
+        try:
+            upstream_context(verify=True, ca_file=config.out_tls_ca_file)
+        except TLSError as exc:
+            line = lines.get("out_tls_ca_file")
+            raise ConfigError(path, line, "OutTLSCAFile", str(exc)) from None
+    try:
+        return upstream_context(
+            verify=verify,
+            ca_file=config.out_tls_ca_file if verify else None,
+            certificate=config.out_tls_certificate,
+            key=config.out_tls_key,
+        )
+    except TLSError as exc:
+        raise ConfigError(
+            path, lines.get("out_tls_certificate"), "OutTLSCertificate", str(exc)
         ) from None
 
 

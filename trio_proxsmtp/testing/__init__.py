@@ -4,11 +4,14 @@
 - :class:`FakeClient` / :func:`open_client`: a scripted, byte-exact SMTP client;
 - :func:`run_proxy`: the proxy in-process on an ephemeral port (see its module docstring
   for a complete pytest-trio example);
-- ``python -m trio_proxsmtp.testing sink``: a FakeUpstream that prints what it receives.
+- ``python -m trio_proxsmtp.testing sink``: a FakeUpstream that prints what it receives;
+- :func:`make_test_certificates`: a throwaway CA with a server and a client certificate
+  (with the ``openssl`` command), for the TLS of both fakes.
 
 Nothing here imports pytest: the fakes work under any Trio test runner.
 """
 
+from trio_proxsmtp.testing.certs import OpenSSLMissing, TestCertificates, make_test_certificates
 from trio_proxsmtp.testing.client import FakeClient, dot_stuff, open_client
 from trio_proxsmtp.testing.proxy import RunningProxy, run_proxy
 from trio_proxsmtp.testing.upstream import (
@@ -22,6 +25,7 @@ from trio_proxsmtp.testing.upstream import (
     Hangup,
     Responder,
     Session,
+    TLSInfo,
     Transaction,
 )
 
@@ -35,11 +39,15 @@ __all__ = [
     "FakeClient",
     "FakeUpstream",
     "Hangup",
+    "OpenSSLMissing",
     "Responder",
     "RunningProxy",
     "Session",
+    "TLSInfo",
+    "TestCertificates",
     "Transaction",
     "dot_stuff",
+    "make_test_certificates",
     "open_client",
     "run_proxy",
 ]
