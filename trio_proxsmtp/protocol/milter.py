@@ -757,12 +757,12 @@ class MilterSession:
     def _accept_negotiation(self, answer: Negotiate) -> None:
         if answer.version < 2 or answer.version > VERSION:
             raise MilterProtocolError(f"milter protocol version {answer.version} not supported")
-        extra_actions = answer.actions & ~self.offered_actions
+        extra_actions = int(answer.actions) & ~int(self.offered_actions)
         if extra_actions:
-            raise MilterProtocolError(f"milter wants actions not offered: {extra_actions!r}")
-        extra = answer.protocol & ~self.offered_protocol
+            raise MilterProtocolError(f"milter wants actions not offered: {extra_actions:#x}")
+        extra = int(answer.protocol) & ~int(self.offered_protocol)
         if extra:
-            raise MilterProtocolError(f"milter wants protocol steps not offered: {extra!r}")
+            raise MilterProtocolError(f"milter wants protocol steps not offered: {extra:#x}")
         self.version = answer.version
         self.actions = answer.actions
         self.protocol = answer.protocol
