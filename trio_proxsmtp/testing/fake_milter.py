@@ -12,9 +12,9 @@
 
 A stage's script entry is an answer (a `Verdict`), a list of answers (modifications or
 PROGRESS, then the verdict), raw ``bytes`` to send as they are, `HANGUP` (close the
-connection), `STALL` (never answer), ``None`` (continue), or a function of the received
-`MtaCommand` returning one of those. Stages without an entry continue. Every command
-received is recorded, per connection, in `FakeMilterSession.commands`.
+connection), `STALL` (answer nothing more on that connection), ``None`` (continue), or a
+function of the received `MtaCommand` returning one of those. Stages without an entry
+continue. Every command received is recorded, per connection, in `FakeMilterSession`.
 """
 
 from __future__ import annotations
@@ -117,6 +117,7 @@ class FakeMilterSession:
     macros: dict[str, str] = attrs.field(factory=dict)
     closed: bool = False  # the MTA closed the connection (or sent QUIT)
     negotiated: Negotiate | None = None  # what the MTA offered
+    stalled: bool = False  # a STALL answer: nothing more is answered
 
     def stages(self) -> list[str]:
         """The stage names received, in order (``abort``/``quit`` included, macros not)."""
@@ -208,6 +209,8 @@ class FakeMilter:
         self, stream: trio.abc.Stream, session: FakeMilterSession, command: MtaCommand
     ) -> bool:
         """Answer one command; False to close the connection."""
+        if session.stalled and command.command is not Command.QUIT:
+            return True
         if command.command is Command.MACRO:
             session.macros.update(command.macros)
             return True
@@ -220,20 +223,23 @@ class FakeMilter:
             answer: Answer = self.negotiation
             if answer is None:
                 answer = Negotiate(self.version, self.actions, self.protocol, self.macro_lists)
-            return await self._send(stream, answer)
+            return await self._send(stream, session, answer)
         stage = _STAGE_NAMES[command.command]
         entry = self.script.get(stage)
         answer = entry(command) if callable(entry) else entry
         no_reply = _NO_REPLY.get(stage)
         if answer is None and no_reply is not None and self.protocol & no_reply:
             return True
-        return await self._send(stream, CONTINUE if answer is None else answer)
+        return await self._send(stream, session, CONTINUE if answer is None else answer)
 
-    async def _send(self, stream: trio.abc.Stream, answer: Answer) -> bool:
+    async def _send(
+        self, stream: trio.abc.Stream, session: FakeMilterSession, answer: Answer
+    ) -> bool:
         if answer is HANGUP:
             return False
         if answer is STALL:
-            await trio.sleep_forever()
+            session.stalled = True  # read and record on, answer nothing more
+            return True
         if isinstance(answer, bytes):
             await stream.send_all(answer)
             return True
