@@ -10,7 +10,10 @@ file, the line and the option. Warnings that should not stop the daemon are retu
 `*_with_warnings` functions, never printed here.
 
 Extensions: `ShutdownTimeout` and `Workers` (1..64 processes sharing the listener; it may
-not exceed MaxConnections, which is shared out between the workers).
+not exceed MaxConnections, which is shared out between the workers), and the milter options
+`Milters` (comma-separated ``inet:host:port`` / ``unix:/path``), `MilterDefaultAction`
+(tempfail, accept or reject) and `MilterConnectTimeout` / `MilterCommandTimeout` /
+`MilterContentTimeout` (seconds).
 
 CONTRACT (fields are used by relay/server/filter; do not rename):
 
@@ -38,6 +41,7 @@ from typing import Any
 import attrs
 
 from trio_proxsmtp.address import Address, AddressKind, parse_address, resolve_tcp
+from trio_proxsmtp.milter import DefaultAction, MilterAddress, parse_milter_list
 from trio_proxsmtp.tls import TLSError, server_context
 
 DEFAULT_LISTEN_PORT = 10025
@@ -90,6 +94,12 @@ class Config:
     tls_key: str | None = None  # extension: ... and this key (tls.py)
     # Built from the two by the parser, once per load (at start, and in SIGHUP's thread).
     tls_context: ssl.SSLContext | None = attrs.field(default=None, eq=False, repr=False)
+    # extension: milters (milter.py), applied in this order, and what a failing one means
+    milters: tuple[MilterAddress, ...] = ()
+    milter_default_action: DefaultAction = DefaultAction.TEMPFAIL
+    milter_connect_timeout: float = 30.0
+    milter_command_timeout: float = 30.0
+    milter_content_timeout: float = 300.0
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
 
 
@@ -187,6 +197,22 @@ def _filter_reject(value: str) -> str:
     return value
 
 
+def _milters(value: str) -> tuple[MilterAddress, ...]:
+    try:
+        return parse_milter_list(value)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
+def _milter_default_action(value: str) -> DefaultAction:
+    try:
+        return DefaultAction(value.lower())
+    except ValueError:
+        raise _Invalid(
+            f"invalid value {value!r} (must be 'tempfail', 'accept' or 'reject')"
+        ) from None
+
+
 def _non_empty(value: str) -> str:
     if not value:
         raise _Invalid("must not be empty")
@@ -225,6 +251,11 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("Pipelining", "pipelining", _boolean),
         ("TLSCertificate", "tls_certificate", _non_empty),
         ("TLSKey", "tls_key", _non_empty),
+        ("Milters", "milters", _milters),
+        ("MilterDefaultAction", "milter_default_action", _milter_default_action),
+        ("MilterConnectTimeout", "milter_connect_timeout", _seconds_positive),
+        ("MilterCommandTimeout", "milter_command_timeout", _seconds_positive),
+        ("MilterContentTimeout", "milter_content_timeout", _seconds_positive),
     ]
 }
 

@@ -25,6 +25,7 @@ import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -59,6 +60,9 @@ __all__ = [
     "parse_milter_address",
     "parse_milter_list",
 ]
+
+if TYPE_CHECKING:
+    from trio_proxsmtp.config import Config
 
 log = logging.getLogger("trio_proxsmtp.milter")
 
@@ -133,6 +137,16 @@ class MilterSettings:
     connect_timeout: float = 30.0
     command_timeout: float = 30.0
     content_timeout: float = 300.0
+
+    @classmethod
+    def from_config(cls, config: Config) -> MilterSettings:
+        return cls(
+            milters=config.milters,
+            default_action=config.milter_default_action,
+            connect_timeout=config.milter_connect_timeout,
+            command_timeout=config.milter_command_timeout,
+            content_timeout=config.milter_content_timeout,
+        )
 
 
 @attrs.frozen
