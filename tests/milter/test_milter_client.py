@@ -26,6 +26,7 @@ from trio_proxsmtp.protocol.milter import (
     ChangeSender,
     InsertHeader,
     MtaCommand,
+    Progress,
     Proto,
     ReplaceBody,
     VerdictKind,
@@ -37,6 +38,7 @@ from trio_proxsmtp.testing.fake_milter import (
     HANGUP,
     STALL,
     FakeMilter,
+    Pause,
     reject,
 )
 
@@ -307,3 +309,22 @@ def test_milters_list_parses_in_order() -> None:
     for bad in ["inet:host", "tcp:1.2.3.4:5", "unix:relative", "inet::1:5", "inet:h:99999", "x"]:
         with pytest.raises(ValueError):
             parse_milter_address(bad)
+
+
+async def test_progress_restarts_the_content_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    working = [Pause(8), Progress(), Pause(8), Progress(), Pause(8), AddHeader("X-Slow", "1")]
+    fake = FakeMilter({"eom": [*working, CONTINUE]})
+    async with fake.serving() as address:
+        async with Milters(settings(address, content_timeout=10)) as milters:
+            await transaction(milters)
+            start = trio.current_time()
+            result = await milters.message(lambda: [MESSAGE], ENVELOPE)
+            assert trio.current_time() - start == pytest.approx(24)
+        assert result.decision.proceed and result.modified
+        fake = FakeMilter({"eom": [Pause(8), Progress(), Pause(11), CONTINUE]})
+        async with fake.serving() as address, Milters(settings(address, content_timeout=10)) as m:
+            await transaction(m)
+            result = await m.message(lambda: [MESSAGE], ENVELOPE)
+        assert (result.decision.kind, result.decision.failed) == (VerdictKind.TEMPFAIL, True)

@@ -11,7 +11,7 @@
     assert milter.sessions[0].stages() == ["connect", "helo", "mail", "rcpt", ...]
 
 A stage's script entry is an answer (a `Verdict`), a list of answers (modifications or
-PROGRESS, then the verdict), raw ``bytes`` to send as they are, `HANGUP` (close the
+PROGRESS or a `Pause`, then the verdict), raw ``bytes`` to send as they are, `HANGUP` (close the
 connection), `STALL` (answer nothing more on that connection), ``None`` (continue), or a
 function of the received `MtaCommand` returning one of those. Stages without an entry
 continue. Every command received is recorded, per connection, in `FakeMilterSession`.
@@ -57,6 +57,7 @@ __all__ = [
     "TEMPFAIL",
     "FakeMilter",
     "FakeMilterSession",
+    "Pause",
     "reject",
 ]
 
@@ -75,13 +76,20 @@ TEMPFAIL = Verdict(VerdictKind.TEMPFAIL)
 DISCARD = Verdict(VerdictKind.DISCARD)
 
 
+@attrs.frozen
+class Pause:
+    """In a list of answers: wait this many seconds before sending the next one."""
+
+    seconds: float
+
+
 def reject(reply: str) -> Verdict:
     """SMFIR_REPLYCODE: a custom 4xx/5xx reply (e.g. ``"550 5.7.1 spam"``)."""
     kind = VerdictKind.TEMPFAIL if reply.startswith("4") else VerdictKind.REJECT
     return Verdict(kind, reply)
 
 
-Answer: TypeAlias = MilterAnswer | Sequence[MilterAnswer] | bytes | _Special | None
+Answer: TypeAlias = MilterAnswer | Sequence[MilterAnswer | Pause] | bytes | _Special | None
 Script: TypeAlias = Mapping[str, Answer | Callable[[MtaCommand], Answer]]
 
 _STAGE_NAMES = {
@@ -245,10 +253,14 @@ class FakeMilter:
             return True
         if answer is None:
             answer = CONTINUE
-        answers: list[MilterAnswer] = []
+        answers: list[MilterAnswer | Pause] = []
         if isinstance(answer, list | tuple):
             answers.extend(answer)
         else:
             answers.append(answer)  # type: ignore[arg-type]
-        await stream.send_all(b"".join(encode_response(a) for a in answers))
+        for item in answers:
+            if isinstance(item, Pause):
+                await trio.sleep(item.seconds)
+            else:
+                await stream.send_all(encode_response(item))
         return True
