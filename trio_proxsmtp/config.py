@@ -15,7 +15,9 @@ not exceed MaxConnections, which is shared out between the workers); `ProxyProto
 `MetricsListen` (Prometheus metrics over HTTP, metrics.py); TLS towards clients
 (`TLSCertificate`/`TLSKey`, `ListenTLS`) and towards the next server (`OutTLS*`), whose
 contexts are built here once per load so that `-t` and SIGHUP catch unusable files;
-`Chunking`.
+`Chunking`; and the milter options `Milters` (comma-separated ``inet:host:port`` /
+``unix:/path``), `MilterDefaultAction` (tempfail, accept or reject) and `MilterConnectTimeout` / `MilterCommandTimeout` /
+`MilterContentTimeout` (seconds).
 
 CONTRACT (fields are used by relay/server/filter; do not rename):
 
@@ -44,6 +46,7 @@ from typing import Any
 import attrs
 
 from trio_proxsmtp.address import Address, AddressKind, parse_address, resolve_tcp
+from trio_proxsmtp.milter import DefaultAction, MilterAddress, parse_milter_list
 from trio_proxsmtp.proxy_protocol import DEFAULT_TRUSTED_NETWORKS, IPNetwork, parse_networks
 from trio_proxsmtp.tls import TLSError, server_context, system_ca_available, upstream_context
 
@@ -125,6 +128,12 @@ class Config:
     out_tls_key: str | None = None  # ... and its key
     # Built from the OutTLS* options by the parser when OutTLS is not off (tls.py).
     out_tls_context: ssl.SSLContext | None = attrs.field(default=None, eq=False, repr=False)
+    # extension: milters (milter.py), applied in this order, and what a failing one means
+    milters: tuple[MilterAddress, ...] = ()
+    milter_default_action: DefaultAction = DefaultAction.TEMPFAIL
+    milter_connect_timeout: float = 30.0
+    milter_command_timeout: float = 30.0
+    milter_content_timeout: float = 300.0
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
 
     @property
@@ -266,6 +275,22 @@ def _filter_reject(value: str) -> str:
     return value
 
 
+def _milters(value: str) -> tuple[MilterAddress, ...]:
+    try:
+        return parse_milter_list(value)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
+def _milter_default_action(value: str) -> DefaultAction:
+    try:
+        return DefaultAction(value.lower())
+    except ValueError:
+        raise _Invalid(
+            f"invalid value {value!r} (must be 'tempfail', 'accept' or 'reject')"
+        ) from None
+
+
 def _non_empty(value: str) -> str:
     if not value:
         raise _Invalid("must not be empty")
@@ -330,6 +355,11 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("OutTLSServerName", "out_tls_server_name", _server_name),
         ("OutTLSCertificate", "out_tls_certificate", _non_empty),
         ("OutTLSKey", "out_tls_key", _non_empty),
+        ("Milters", "milters", _milters),
+        ("MilterDefaultAction", "milter_default_action", _milter_default_action),
+        ("MilterConnectTimeout", "milter_connect_timeout", _seconds_positive),
+        ("MilterCommandTimeout", "milter_command_timeout", _seconds_positive),
+        ("MilterContentTimeout", "milter_content_timeout", _seconds_positive),
     ]
 }
 

@@ -33,6 +33,7 @@ def test_protocol_imports_no_io() -> None:
         "data",
         "proxy_header",
         "bdat",
+        "milter",
         "__init__",
     }
     checked = 0
