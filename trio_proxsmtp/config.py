@@ -16,8 +16,8 @@ not exceed MaxConnections, which is shared out between the workers); `ProxyProto
 (`TLSCertificate`/`TLSKey`, `ListenTLS`) and towards the next server (`OutTLS*`), whose
 contexts are built here once per load so that `-t` and SIGHUP catch unusable files;
 `Chunking`; and the milter options `Milters` (comma-separated ``inet:host:port`` /
-``unix:/path``), `MilterDefaultAction` (tempfail, accept or reject) and `MilterConnectTimeout` / `MilterCommandTimeout` /
-`MilterContentTimeout` (seconds).
+``unix:/path``), `MilterDefaultAction` (tempfail, accept or reject) and
+`MilterConnectTimeout` / `MilterCommandTimeout` / `MilterContentTimeout` (seconds).
 
 CONTRACT (fields are used by relay/server/filter; do not rename):
 
