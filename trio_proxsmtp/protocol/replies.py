@@ -13,7 +13,7 @@ import attrs
 from trio_proxsmtp.protocol.errors import RemoteProtocolError
 from trio_proxsmtp.protocol.lines import LineBuffer, LineTooLong
 
-__all__ = ["Reply", "ReplyParser", "reply_from_text"]
+__all__ = ["LOCAL_ERROR", "Reply", "ReplyParser", "reply_from_text"]
 
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"
@@ -83,8 +83,10 @@ class Reply:
         return f"{self.code} {joined}" if joined else str(self.code)
 
 
-# What the client is told when the upstream's replies cannot be understood (spec §18).
-_UPSTREAM_BROKEN = Reply(451, ("Local Error",))
+# 1.10's one local failure reply, kept byte-exact (docs/behaviour.md): a message the filter
+# could not judge, a spool that failed, upstream replies that cannot be understood.
+LOCAL_ERROR = Reply.single(451, "Local Error")
+_UPSTREAM_BROKEN = LOCAL_ERROR
 
 
 class ReplyParser:
