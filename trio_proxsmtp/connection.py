@@ -18,6 +18,7 @@ the upstream's failures reach the client as 421 with the real error in the log (
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import assert_never
 
 import attrs
@@ -50,7 +51,7 @@ from trio_proxsmtp.protocol.session import (
 )
 from trio_proxsmtp.trace import show_command
 from trio_proxsmtp.transaction import Transaction
-from trio_proxsmtp.upstream import Outgoing, Upstream, UpstreamFailure
+from trio_proxsmtp.upstream import Opener, Outgoing, Upstream, UpstreamFailure
 
 __all__ = ["Connection"]
 
@@ -90,7 +91,13 @@ class Connection:
     """Relays one client connection; `run` returns when it is over, never raises."""
 
     def __init__(
-        self, config: Config, stream: trio.abc.Stream, info: ClientInfo, conn_id: int
+        self,
+        config: Config,
+        stream: trio.abc.Stream,
+        info: ClientInfo,
+        conn_id: int,
+        *,
+        open_upstream: Opener | None = None,
     ) -> None:
         self.config = config
         self.info = info
@@ -99,7 +106,7 @@ class Connection:
         self.session = Session(session_policy(config, info))
         self._scope = trio.CancelScope()
         self.client = ClientChannel(stream, info, config.timeout, self.log)
-        self.upstream = Upstream(config, info, self.log)
+        self.upstream = Upstream(config, info, self.log, open_upstream)
         self.transaction = Transaction(
             config, self.session, self.client, self.upstream, self.log, self._scope
         )
@@ -203,7 +210,10 @@ class Connection:
             elif isinstance(action, SendUpstream):
                 secret = action.purpose is Purpose.AUTH_CONTINUATION
                 trace = show_command(action.line, action.command, secret) if self.trace else None
-                reply = await self.upstream.command(Outgoing(action.line, trace))
+                # A bare stream cannot be peeked at: watch it while a message is on its way.
+                watching = self.info.socket is None and self.session.in_message
+                async with self.client.watch(self.transaction.left) if watching else nullcontext():
+                    reply = await self.upstream.command(Outgoing(action.line, trace))
                 await self._perform(self.session.upstream_reply(reply))
             elif isinstance(action, ReceiveMessage):
                 if action.stream:

@@ -8,6 +8,7 @@ decides what happens next: each step returns the session's next actions.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 
@@ -56,7 +57,8 @@ class Transaction:
                 spool.close()
         self.output = self.spool = None
 
-    def _left(self) -> None:
+    def left(self) -> None:
+        """The client left in the middle of the message: end the connection now."""
         self.client_left = True
         self._connection_scope.cancel()
 
@@ -143,7 +145,7 @@ class Transaction:
             timeout=self.config.filter_timeout,
             temp_directory=self.config.temp_directory,
         )
-        async with self.client.watch(self._left), self.upstream.keepalives():
+        async with self.client.watch(self.left), self.upstream.keepalives():
             verdict = await run_filter(spec, self.spool, env, log=self.log)
         self.log.debug("filter verdict: %s (%s)", verdict.kind.name, verdict.detail)
         if verdict.kind is VerdictKind.ACCEPT:
@@ -170,16 +172,19 @@ class Transaction:
         inserter = self._header_inserter()
         sent = 0
         pending = b""  # held back one chunk, so the last one goes out with the "."
-        for chunk in message.chunks():
-            if pending:
-                await self.upstream.send(pending)
-                sent += len(pending)
-            pending = sender.feed(inserter.feed(chunk) if inserter is not None else chunk)
-        tail = inserter.finish() if inserter is not None else b""
-        data = pending + sender.feed(tail) + sender.finish()
-        # The final "." commits the message: not if its client has left meanwhile.
-        if self.client.has_left():
-            raise ClientGone("closed the connection before its message was answered")
+        # A socket is peeked at before the final "."; a bare stream is watched meanwhile.
+        watching = self.client.info.socket is None
+        async with self.client.watch(self.left) if watching else contextlib.nullcontext():
+            for chunk in message.chunks():
+                if pending:
+                    await self.upstream.send(pending)
+                    sent += len(pending)
+                pending = sender.feed(inserter.feed(chunk) if inserter is not None else chunk)
+            tail = inserter.finish() if inserter is not None else b""
+            data = pending + sender.feed(tail) + sender.finish()
+            # The final "." commits the message: not if its client has left meanwhile.
+            if self.client.has_left():
+                raise ClientGone("closed the connection before its message was answered")
         return await self.upstream.command(Outgoing(data, f". ({sent + len(data)} bytes sent)"))
 
     def _header_inserter(self) -> HeaderInserter | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import attrs
@@ -51,14 +51,22 @@ class Outgoing:
 
 NOOP = Outgoing(b"NOOP\r\n", "NOOP")
 
+# Opens the upstream stream and names it (SERVER for the filter): tests pass a memory stream.
+Opener = Callable[[], Awaitable[tuple[trio.abc.Stream, str]]]
+
 
 class Upstream:
     """Owns the upstream stream; see the module docstring."""
 
     def __init__(
-        self, config: Config, info: ClientInfo, log: logging.LoggerAdapter[logging.Logger]
+        self,
+        config: Config,
+        info: ClientInfo,
+        log: logging.LoggerAdapter[logging.Logger],
+        opener: Opener | None = None,
     ) -> None:
         self.config = config
+        self._opener = opener or self._open
         self.info = info
         self.log = log
         self.trace = log.isEnabledFor(logging.DEBUG)
@@ -155,7 +163,7 @@ class Upstream:
     async def connect(self) -> None:
         with trio.move_on_after(self.config.timeout) as scope:
             try:
-                self.stream, self.address = await self._open()
+                self.stream, self.address = await self._opener()
             except OSError as exc:
                 raise UpstreamFailure(
                     f"SERVER: couldn't connect to: {self._name()}: {os_error(exc)}",
