@@ -1,4 +1,4 @@
-"""Running FilterCommand (spec §9) and turning its outcome into a verdict.
+"""Running FilterCommand (docs/behaviour.md §6) and turning its outcome into a verdict.
 
 The filter runs in its own session, so it and everything it forks form one process group:
 on timeout or cancellation the group gets SIGTERM and then SIGKILL, and after every run the
@@ -93,7 +93,8 @@ def filter_environment(
     temp_directory: str,
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The daemon's environment plus the spec §9.3 variables (EMAIL is added by run_filter)."""
+    """The daemon's environment plus the variables of docs/behaviour.md §6.1 (EMAIL is
+    added by run_filter)."""
     env = dict(os.environ if base is None else base)
     env["CLIENT"] = client
     env["SERVER"] = server
@@ -358,7 +359,7 @@ _PREFIX = "Content Rejected; "
 
 
 def _status_text(reply: Reply) -> str:
-    """The summary status for a reply: what the filter said (spec §9.7, last paragraph)."""
+    """The summary status for a reply: what the filter said (docs/behaviour.md §6.4)."""
     text = " / ".join(reply.lines)
     if reply.code == 550 and text.startswith(_PREFIX):
         return text[len(_PREFIX) :]

@@ -1,4 +1,4 @@
-"""Logging as proxsmtpd does it (spec §12): syslog `mail` in daemon mode, stderr with -d.
+"""Logging as proxsmtpd does it (docs/behaviour.md §9): syslog `mail` as a daemon, stderr with -d.
 
 Everything goes through the stdlib logger LOGGER_NAME and its children. Lines about one
 connection carry the connection's id as six hex digits (ids start at 0x100000, so they read
@@ -19,7 +19,7 @@ SYSLOG_IDENT = "proxsmtpd"
 SYSLOG_ADDRESS = "/dev/log"
 MAX_MESSAGE = 1024  # the reference caps each message at 1024 bytes
 
-# -d LEVEL -> the lowest stdlib level shown (spec §2: LEVEL+3 is the highest syslog priority).
+# -d LEVEL -> the lowest stdlib level shown (docs/behaviour.md §9.1).
 _DEBUG_LEVELS = {
     0: logging.ERROR,
     1: logging.WARNING,

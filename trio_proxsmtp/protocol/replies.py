@@ -162,7 +162,7 @@ def _split_reply_line(line: bytes) -> tuple[int, bool, str]:
 
 
 def reply_from_text(text: str) -> Reply:
-    """Normalise filter stderr or FilterReject text into a reply (spec §9.7, with the B8 fix).
+    """Normalise filter stderr or FilterReject text into a reply (docs/behaviour.md §6.4, B8).
 
     Text starting with a code 100..599 is used as it is (a "550-x" continuation becomes the
     final line "550 x", B8); anything else is wrapped in "550 Content Rejected; ".  Line

@@ -1,19 +1,20 @@
 """The proxy's SMTP session as a state machine: commands and replies in, actions out.
 
-Sans-IO, in the manner of h11's `_connection.py`: the Trio relay reads a client command or
-an upstream reply, hands it to `Session`, and performs the actions it gets back in order.
-An action that sends something upstream (`SendUpstream`, `SendMessage`, a streamed
-`ReceiveMessage`) expects exactly one complete reply, which the relay passes back with
-`Session.reply(action, reply)`; that call returns the next actions, so the relay simply
-recurses.  Because every upstream reply is paired with the action that asked for it, the
-envelope is exact even when a client pipelines commands (B1, B18): the relay only ever has
-one exchange outstanding, and buffered client lines wait their turn.
+Sans-IO, in the manner of h11: the relay reads a client command, hands it to `Session`, and
+performs the actions it gets back in order.  Every action that sends something upstream
+(`SendUpstream`, `SendMessage`, a streamed `ReceiveMessage`) joins the session's own queue
+of pending exchanges (`pending`); the upstream's replies are fed back in order with
+`upstream_reply(reply)`, each answering the oldest, and return the next actions.  Because
+every reply is paired with the exchange that asked for it, the envelope is exact even when
+a client pipelines commands (B1, B18); today the relay has one exchange outstanding at a
+time, and a group of pipelined commands towards the upstream needs no change here.
 
-The states and the replies that move between them are tables (`_COMMAND_STATES`,
-`_AFTER_POSITIVE`), so an illegal event raises `LocalProtocolError` (our bug) instead of
-corrupting the envelope.  New features come as actions and rows, not as changes to the
-relay's loop: STARTTLS towards the client is the `StartTLS` action and `tls_started`;
-PIPELINING towards the client needs nothing but the keyword (replies are paired anyway).
+Which input is legal in which state (`_LEGAL`) and where a positive reply moves the session
+(`_AFTER_POSITIVE`) are tables.  An illegal input raises `LocalProtocolError` (our bug)
+instead of corrupting the envelope, and the error is sticky: the session refuses every
+later input.  New features come as actions and rows, not as changes to the relay's loop:
+STARTTLS towards the client is the `StartTLS` action and `tls_started`; PIPELINING towards
+the client needs nothing but the keyword (replies are paired anyway).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ __all__ = [
     "Summary",
 ]
 
-# Fixed wire strings (spec §18): clients and log parsers depend on them.
+# Fixed wire strings (docs/behaviour.md §10): clients and log parsers depend on them.
 START_MAIL_INPUT = Reply.single(354, "Start mail input; end with <CRLF>.<CRLF>")
 NOT_IMPLEMENTED = Reply.single(502, "Command not implemented")
 INSUFFICIENT_AUTHORIZATION = Reply.single(554, "Insufficient authorization")
@@ -141,7 +142,7 @@ class Purpose(enum.Enum):
 
 
 class Outcome(enum.Enum):
-    """The summary log's status= values (spec §12.2), plus DROPPED and TOO-BIG."""
+    """The summary log's status= values (docs/behaviour.md §9.2), plus DROPPED and TOO-BIG."""
 
     FILTERED = "FILTERED"
     PASSED = "PASSED"  # no FilterCommand: the summary has no status= (as in 1.10)
@@ -212,7 +213,7 @@ class Log:
 
 @attrs.frozen
 class Summary:
-    """The per-message summary line (spec §12.2), logged at INFO."""
+    """The per-message summary line (docs/behaviour.md §9.2), logged at INFO."""
 
     text: str
     outcome: Outcome
@@ -264,7 +265,7 @@ class SessionPolicy:
 
 @attrs.define
 class Envelope:
-    """What the upstream accepted for the current transaction (spec §7.4, §9.3)."""
+    """What the upstream accepted for the current transaction (docs/behaviour.md §4.2, §6.1)."""
 
     sender: str | None = None
     recipients: list[str] = attrs.field(factory=list)
@@ -313,7 +314,8 @@ class Session:
 
     @_input
     def line_too_long(self) -> list[Action]:
-        """A client command line over the limit: answered, never forwarded (spec §7.1)."""
+        """A client command line over the limit: answered, never forwarded (docs/behaviour.md
+        §4.1)."""
         return [SendClient(LINE_TOO_LONG)]
 
     @_input
@@ -565,7 +567,7 @@ class Session:
                     # and gets its own reply (B1); the upstream side stays lock-step.
                     reply = advertise(reply, "PIPELINING")
             else:
-                self._xclient_supported = True  # assumed for HELO (spec §7.6)
+                self._xclient_supported = True  # assumed for HELO (docs/behaviour.md §4.5)
                 reply = rewrite_helo_reply(reply)
         elif verb is Verb.MAIL:
             self._reset_envelope(keep_xforward=True)
@@ -692,7 +694,8 @@ class Session:
 
 
 def _mailbox(command: Command, keyword: str) -> str:
-    """The recorded envelope address: parsed mailbox, else the raw argument (spec §7.7)."""
+    """The recorded envelope address: parsed mailbox, else the raw argument
+    (docs/behaviour.md §4.6)."""
     if command.address is not None:
         return command.address
     argument = command.argument
