@@ -32,6 +32,7 @@ def test_protocol_imports_no_io() -> None:
         "ehlo",
         "data",
         "session",
+        "actions",
         "reader",
         "__init__",
     }

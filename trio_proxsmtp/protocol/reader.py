@@ -20,10 +20,10 @@ import enum
 
 import attrs
 
+from trio_proxsmtp.protocol.actions import Action, ReceiveMessage, SkipBytes, StartTLS
 from trio_proxsmtp.protocol.data import DataReceiver
 from trio_proxsmtp.protocol.errors import LocalProtocolError
 from trio_proxsmtp.protocol.lines import CLIENT_LINE_LIMIT, LineBuffer, LineTooLong
-from trio_proxsmtp.protocol.session import Action, ReceiveMessage, SkipBytes, StartTLS
 
 __all__ = [
     "Body",
