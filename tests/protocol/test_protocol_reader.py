@@ -168,3 +168,11 @@ def test_modes_change_only_from_command_mode() -> None:
     assert reader.mode is Mode.MESSAGE
     with pytest.raises(LocalProtocolError):
         reader.begin_skip(3)
+
+
+def test_an_empty_skip_is_over_at_once_and_keeps_the_next_command() -> None:
+    reader = ClientReader()
+    reader.feed(b"NOOP\r\n")
+    reader.begin_skip(0)
+    assert reader.next_event() == Skipped(0)
+    assert reader.next_event() == Line(b"NOOP\r\n")

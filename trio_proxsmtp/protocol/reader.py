@@ -133,9 +133,8 @@ class ClientReader:
 
     def begin_skip(self, count: int) -> None:
         self._expect(Mode.COMMAND)
-        if count > 0:
-            self._mode = Mode.SKIP
-            self._skip = self._skip_total = count
+        self._mode = Mode.SKIP
+        self._skip = self._skip_total = max(count, 0)
 
     def next_event(self) -> ClientEvent:
         """The next framed piece in the current mode, or NEED_DATA."""
