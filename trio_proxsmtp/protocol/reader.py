@@ -91,6 +91,8 @@ class ClientReader:
         self._receiver: DataReceiver | None = None
         self._skip = 0
         self._skip_total = 0
+        # MESSAGE mode: bytes fed while the line buffer is empty skip it (no copy per chunk).
+        self._body = b""
 
     @property
     def mode(self) -> Mode:
@@ -99,7 +101,7 @@ class ClientReader:
     @property
     def buffered_size(self) -> int:
         """Bytes held and not yet framed (what a client pipelined)."""
-        return self._lines.buffered_size
+        return self._lines.buffered_size + len(self._body)
 
     @property
     def message_size(self) -> int:
@@ -107,11 +109,16 @@ class ClientReader:
         return self._receiver.size if self._receiver is not None else 0
 
     def feed(self, data: bytes) -> None:
-        self._lines.feed(data)
+        if self._mode is Mode.MESSAGE:
+            self._body = self._body + data if self._body else data
+        else:
+            self._lines.feed(data)
 
     def discard_buffered(self) -> int:
         """Forget what is buffered (a connection reset); the count of bytes dropped."""
-        return len(self._lines.take_remaining())
+        dropped = len(self._lines.take_remaining()) + len(self._body)
+        self._body = b""
+        return dropped
 
     def follow(self, action: Action) -> TlsBoundary | None:
         """Choose the framer the session's `action` implies for the next client bytes.
@@ -153,7 +160,9 @@ class ClientReader:
             return Skipped(self._skip_total)
         receiver = self._receiver
         assert receiver is not None
-        data = self._lines.take_remaining()
+        data = self._lines.take_remaining() if self._lines.buffered_size else b""
+        if self._body:
+            data, self._body = data + self._body if data else self._body, b""
         if not data:
             return NEED_DATA
         body = receiver.feed(data)
