@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import trio
 
-from trio_proxsmtp import __version__, notify, server
+from trio_proxsmtp import __version__, notify, server, signals
 from trio_proxsmtp.config import (
     Config,
     ConfigError,
@@ -234,8 +234,8 @@ def _start(
     daemon = _Daemon()
     # Only this process speaks to systemd: filters and workers must not inherit the socket.
     notify.take_socket()
-    # Until serve() has its signal receiver, SIGTERM/SIGINT/SIGHUP wait (server.py).
-    signal.pthread_sigmask(signal.SIG_BLOCK, server.HANDLED_SIGNALS)
+    # Until serve() has its signal receiver, SIGTERM/SIGINT/SIGHUP wait (signals.py).
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals.HANDLED_SIGNALS)
     try:
         try:
             sockets: list[socket.socket] = server.bind_listeners(config)
@@ -295,7 +295,7 @@ def _serve(
 ) -> int:
     """Serve until stopped; `worker` is (index, count) in a worker process."""
     reload: Callable[[], Config] = functools.partial(_reload, config_path)
-    serve = functools.partial(server.serve, reload=reload)
+    serve = functools.partial(signals.serve, reload=reload)
     if worker is not None:
         serve = functools.partial(serve, worker=worker[0], workers=worker[1])
     try:

@@ -1,6 +1,6 @@
 """proxsmtpd.conf parsing: one frozen Config; nothing else in the program reads the file.
 
-Syntax and options follow proxsmtpd 1.10 (spec §4, §5): `Name: value` per line, the first
+Syntax and options follow proxsmtpd 1.10 (docs/behaviour.md §2): `Name: value` per line, the first
 ":" separates, names are case-insensitive, `#` only at the start of a line, the last
 duplicate wins. Where the reference is wrong we choose (and `proxsmtpd.conf.example` says so):
 an empty `FilterCommand:` means no filter (B22), `MaxConnections` accepts 1..10239 (B23),
@@ -18,15 +18,6 @@ contexts are built here once per load so that `-t` and SIGHUP catch unusable fil
 `Chunking`; and the milter options `Milters` (comma-separated ``inet:host:port`` /
 ``unix:/path``), `MilterDefaultAction` (tempfail, accept or reject) and
 `MilterConnectTimeout` / `MilterCommandTimeout` / `MilterContentTimeout` (seconds).
-
-CONTRACT (fields are used by relay/server/filter; do not rename):
-
-    Config (frozen attrs), FilterType, TransparentMode, OutTLSMode, ConfigError
-    def parse_config(text: str, path: str = "<string>") -> Config
-    def parse_config_with_warnings(text: str, path: str = "<string>")
-        -> tuple[Config, list[str]]
-    def load_config(path: str) -> Config
-    def load_config_with_warnings(path: str) -> tuple[Config, list[str]]
 
 `Config.pid_file` is None when the file does not set PidFile, and "" when it sets it empty
 (which disables the pid file even if -p was given, as in the reference).

@@ -1,4 +1,4 @@
-"""Logging as proxsmtpd does it: syslog `mail` in daemon mode, stderr with -d.
+"""Logging as proxsmtpd does it (docs/behaviour.md §9): syslog `mail` as a daemon, stderr with -d.
 
 Everything goes through the stdlib logger LOGGER_NAME and its children. Every line names
 the process as ``proxsmtpd[PID]:`` (the syslog ident with the pid, as Postfix's daemons
@@ -37,7 +37,7 @@ SYSLOG_ADDRESS = "/dev/log"
 SYSLOG_SOCKET_ENV = "PROXSMTPD_SYSLOG_SOCKET"
 MAX_MESSAGE = 1024  # the reference caps each message at 1024 bytes
 
-# -d LEVEL -> the lowest stdlib level shown (LEVEL+3 is the highest syslog priority shown).
+# -d LEVEL -> the lowest stdlib level shown (docs/behaviour.md §9.1).
 _DEBUG_LEVELS = {
     0: logging.ERROR,
     1: logging.WARNING,

@@ -280,13 +280,13 @@ async def test_reload_keeps_the_running_worker_count(caplog: pytest.LogCaptureFi
     new: list[Config] = [attrs.evolve(old, workers=3, max_connections=6, timeout=9.0)]
     server = Server(old, lambda: new[0], 1, 2)
     with trio.fail_after(10):
-        await server._reload()
+        await server.reload()
     assert (server.config.workers, server.config.timeout, server.max_connections) == (2, 9.0, 3)
     assert "Workers changed from 2 to 3: a restart is needed" in caplog.text
     # One worker and MaxConnections 1 in the file: a share of 0 would refuse every client.
     new[0] = attrs.evolve(old, workers=1, max_connections=1, timeout=5.0)
     with trio.fail_after(10):
-        await server._reload()
+        await server.reload()
     assert (server.config.timeout, server.max_connections) == (9.0, 3)
     assert "config not reloaded" in caplog.text
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from trio_proxsmtp import __version__, cli, server
+from trio_proxsmtp import __version__, cli, server, signals
 from trio_proxsmtp.config import Config
 
 
@@ -156,7 +156,7 @@ class FakeServer:
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
     fake = FakeServer()
     monkeypatch.setattr(server, "bind_listeners", fake.bind_listeners, raising=False)
-    monkeypatch.setattr(server, "serve", fake.serve, raising=False)
+    monkeypatch.setattr(signals, "serve", fake.serve, raising=False)
     yield fake
     for sock in fake.sockets:
         sock.close()

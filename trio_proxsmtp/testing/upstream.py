@@ -102,7 +102,7 @@ def _default_keywords(size: int | None) -> tuple[str, ...]:
 
 
 DEFAULT_EHLO_KEYWORDS: Final = _default_keywords(DEFAULT_SIZE)
-"""The EHLO keywords of spec §17, in order (the greeting line comes first)."""
+"""The EHLO keywords of docs/behaviour.md §13, in order (the greeting line comes first)."""
 
 
 class Hangup(enum.Enum):
@@ -276,7 +276,7 @@ class FakeUpstream:
     Args:
         banner: the greeting; any (multi-line) text, e.g. ``"554 go away"``.
         hostname: the name in the default EHLO/HELO replies.
-        ehlo_keywords: the EHLO keywords after the greeting line (default: spec §17).
+        ehlo_keywords: the EHLO keywords after the greeting line (default: docs/behaviour.md §13).
         replies: per-verb overrides (see the module docstring); values are a reply text,
             raw bytes, :data:`CLOSE`, :data:`RESET` or a :data:`Responder`.
         close_at: point(s) where the connection is closed without a reply.
