@@ -95,7 +95,7 @@ class Connection:
         config: Config,
         stream: trio.abc.Stream,
         info: ClientInfo,
-        conn_id: int,
+        conn_id: int | str,
         *,
         open_upstream: Opener | None = None,
     ) -> None:
@@ -180,7 +180,7 @@ class Connection:
         else:
             await self.upstream.connect()
         [banner] = await self.upstream.exchange((), replies=1)
-        await self._perform(self.session.greeting(banner))
+        await self._perform(self.session.greeting(banner, relay=self.upstream.relay))
         while True:
             try:
                 line = await self.client.next_command()
@@ -212,20 +212,23 @@ class Connection:
                 trace = show_command(action.line, action.command, secret) if self.trace else None
                 # A bare stream cannot be peeked at: watch it while a message is on its way.
                 watching = self.info.socket is None and self.session.in_message
+                started = trio.current_time()
                 async with self.client.watch(self.transaction.left) if watching else nullcontext():
                     reply = await self.upstream.command(Outgoing(action.line, trace))
-                await self._perform(self.session.upstream_reply(reply))
+                seconds = trio.current_time() - started
+                await self._perform(self.session.upstream_reply(reply, seconds=seconds))
             elif isinstance(action, ReceiveMessage):
                 if action.stream:
-                    reply = await self.transaction.stream(action)
-                    await self._perform(self.session.upstream_reply(reply))
+                    await self._perform(await self.transaction.stream(action))
                 else:
                     await self._perform(await self.transaction.receive(action))
             elif isinstance(action, RunFilter):
                 await self._perform(await self.transaction.filter())
             elif isinstance(action, SendMessage):
+                started = trio.current_time()
                 reply = await self.transaction.replay()
-                await self._perform(self.session.upstream_reply(reply))
+                seconds = trio.current_time() - started
+                await self._perform(self.session.upstream_reply(reply, seconds=seconds))
             elif isinstance(action, SkipBytes):
                 await self.client.skip(action)
             elif isinstance(action, StartTLS):

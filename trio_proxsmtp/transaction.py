@@ -94,8 +94,10 @@ class Transaction:
                     error = f"couldn't write cache file: {exc}"
                     self.log.error("%s", error)
 
+        started = trio.current_time()
         async with self.upstream.keepalives():
             size = await self.client.read_message(action, spool)
+        seconds = trio.current_time() - started
         if error is None and self.spool is not None:
             try:
                 self.spool.finish()
@@ -103,13 +105,13 @@ class Transaction:
                 error = f"couldn't write cache file: {exc}"
                 self.log.error("%s", error)
         if error is not None:
-            return self.session.message_failed(LOCAL_ERROR, error)
+            return self.session.message_failed(LOCAL_ERROR, error, size=size, seconds=seconds)
         self.log.debug("received %d message bytes", size)
-        return self.session.message_received(size)
+        return self.session.message_received(size, seconds=seconds)
 
-    async def stream(self, action: Action) -> Reply:
-        """Skip mode: the client's message goes straight upstream, unfiltered, and the
-        upstream's reply to it comes back (docs/behaviour.md)."""
+    async def stream(self, action: Action) -> list[Action]:
+        """Skip mode: the client's message goes straight upstream, unfiltered; the
+        upstream's reply to it goes to the session (docs/behaviour.md)."""
         sender = DataSender()
         item = Outgoing(b"")
 
@@ -121,9 +123,13 @@ class Transaction:
             elif out:
                 await self.upstream.send(out)
 
+        started = trio.current_time()
         size = await self.client.read_message(action, forward)
         self.log.debug("skipped %d data bytes", size)
-        return await self.upstream.command(item)
+        self.session.message_streamed(size, seconds=trio.current_time() - started)
+        started = trio.current_time()
+        reply = await self.upstream.command(item)
+        return self.session.upstream_reply(reply, seconds=trio.current_time() - started)
 
     # -- the filter ---------------------------------------------------------------------
 
@@ -145,21 +151,25 @@ class Transaction:
             timeout=self.config.filter_timeout,
             temp_directory=self.config.temp_directory,
         )
+        started = trio.current_time()
         async with self.client.watch(self.left), self.upstream.keepalives():
             verdict = await run_filter(spec, self.spool, env, log=self.log)
+        seconds = trio.current_time() - started
         self.log.debug("filter verdict: %s (%s)", verdict.kind.name, verdict.detail)
         if verdict.kind is VerdictKind.ACCEPT:
             assert verdict.message is not None
             if verdict.message is not self.spool:
                 self.output = verdict.message
-            return self.session.filter_done(True, None, Outcome.FILTERED)
+            return self.session.filter_done(True, None, Outcome.FILTERED, seconds=seconds)
         if verdict.kind is VerdictKind.ERROR:
             self.log.error("filter command failed: %s", verdict.detail)
             outcome = Outcome.FILTER_ERROR
         else:
             outcome = Outcome.DROPPED if verdict.kind is VerdictKind.DROP else Outcome.REJECTED
         assert verdict.reply is not None
-        return self.session.filter_done(False, verdict.reply, outcome, verdict.detail)
+        return self.session.filter_done(
+            False, verdict.reply, outcome, verdict.detail, seconds=seconds
+        )
 
     # -- the replay ---------------------------------------------------------------------
 
