@@ -444,3 +444,26 @@ async def test_filter_log_lines_carry_the_connection_id(caplog: pytest.LogCaptur
     filter_lines = [r.getMessage() for r in caplog.records if "filter command" in r.getMessage()]
     assert filter_lines  # started, exited
     assert all(re.match(rf"{ID_PATTERN}: filter command", line) for line in filter_lines)
+
+
+# Lines about the process, not about one connection: the only ones without an id.
+PROCESS_LINES = re.compile(r"listening on |shutting down: |shut down$")
+
+
+async def test_every_line_of_a_session_carries_its_connection_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER_NAME)
+    config = "FilterCommand: cat\nFilterType: file\nHeader: X-F: %i %q\nKeepAlives: 1"
+    with trio.fail_after(10):
+        async with proxied(config) as (_up, proxy), proxy.connect() as client:
+            assert (await standard(client))[-1] == 250
+            await client.quit()
+    lines = [r.getMessage() for r in caplog.records]
+    about_sessions = [line for line in lines if not PROCESS_LINES.search(line)]
+    # protocol trace, spool, filter, the header's warning, summary, the end
+    assert len(about_sessions) > 30
+    assert any("client=" in line for line in about_sessions)
+    assert any("%q" in line for line in about_sessions)  # the Header's warning
+    assert [line for line in about_sessions if not re.match(rf"{ID_PATTERN}: ", line)] == []
+    assert len({line.split(":", 1)[0] for line in about_sessions}) == 1
