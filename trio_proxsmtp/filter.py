@@ -351,14 +351,17 @@ class _Abort(Exception):
 class _GroupStatus(trio.TaskStatus[trio.Process]):
     """Passes run_process's Process on, remembering its pid (= its process group id)."""
 
-    def __init__(self, outer: trio.TaskStatus[trio.Process]) -> None:
+    def __init__(self, outer: trio.TaskStatus[trio.Process], tether: reaper.Tether | None) -> None:
         self.pgid: int | None = None
         self._outer = outer
+        self._tether = tether
 
     def started(self, value: Any = None) -> None:
         assert isinstance(value, trio.Process)
         self.pgid = value.pid
         reaper.spawned(value.pid)
+        if self._tether is not None:
+            self._tether.spawned()
         self._outer.started(value)
 
 
@@ -375,7 +378,9 @@ async def _run_and_kill_group(
 
     ``stdio`` (PIPE or DEVNULL) is used for stdin and stdout; stderr is always a pipe.
     """
-    status = _GroupStatus(task_status)
+    tether = reaper.Tether() if reaper.subreaper_enabled() else None
+    status = _GroupStatus(task_status, tether)
+    reaper.run_started(marker)
     reaper.spawn_starting()
     try:
         await trio.run_process(
@@ -388,14 +393,20 @@ async def _run_and_kill_group(
             check=False,
             deliver_cancel=_kill_group,
             task_status=status,
+            pass_fds=() if tether is None else (tether.child_fd,),
         )
     finally:
-        if status.pgid is None:
-            reaper.spawned(None)
-        else:
-            reaper.exited(status.pgid)
-            _signal_group(status.pgid, signal.SIGKILL)
-            await reaper.sweep(marker, status.pgid)
+        try:
+            if status.pgid is None:
+                reaper.spawned(None)
+            else:
+                reaper.exited(status.pgid)
+                _signal_group(status.pgid, signal.SIGKILL)
+                await reaper.sweep(marker, status.pgid, tether)
+        finally:
+            reaper.run_ended(marker)
+            if tether is not None:
+                tether.close()
 
 
 async def run_filter(

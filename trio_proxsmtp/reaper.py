@@ -9,6 +9,13 @@ ends, `sweep` kills every process the proxy adopted that belongs to the run (in 
 group, carrying its marker, or a child of one killed before), again and again until the
 group is empty, and reaps what it killed.
 
+Cost: the usual run ends with its group gone and either no other child of the proxy or its
+`Tether` released (no process holds the pipe end every process of the run inherited), and
+then nothing is scanned. Otherwise /proc is scanned (about 10 µs a process), one scan
+shared by the runs ending within SCAN_INTERVAL. A daemon that closes every descriptor
+while other children exist can slip past the end of its run; `sweep_forever`, which the
+server runs, kills adopted processes of ended runs every few seconds.
+
 Only the proxy's own *children* are ever signalled, so a pid cannot have been reused by an
 unrelated process (a child's pid stays ours until we reap it); and a zombie is reaped only
 when it is not a process Trio is waiting for (registered with `spawning`/`spawned`).
@@ -32,6 +39,7 @@ import itertools
 import logging
 import os
 import signal
+import time
 
 import attrs
 import trio
@@ -41,10 +49,12 @@ log = logging.getLogger("trio_proxsmtp.reaper")
 PR_SET_CHILD_SUBREAPER = 36
 MARKER_VARIABLE = "PROXSMTPD_FILTER_ID"
 SWEEP_DEADLINE = 2.0  # seconds a sweep may take; what is left goes to the next one
+SCAN_INTERVAL = 0.01  # seconds between two scans of /proc, shared by all runs
 _POLL = 0.005
 
 _enabled = False
 _known: set[int] = set()  # children Trio is waiting for (filter group leaders)
+_active: set[bytes] = set()  # the environment entries of the runs going on
 _in_flight = 0  # spawns whose pid is not known yet
 _counter = itertools.count(1)
 
@@ -82,6 +92,19 @@ def subreaper_enabled() -> bool:
 def new_marker() -> str:
     """A value for MARKER_VARIABLE unique to one filter run of this process."""
     return f"{os.getpid()}.{next(_counter)}"
+
+
+def _entry(marker: str) -> bytes:
+    return f"{MARKER_VARIABLE}={marker}".encode()
+
+
+def run_started(marker: str) -> None:
+    """Run ``marker`` is going on: `sweep_adopted` leaves its processes alone."""
+    _active.add(_entry(marker))
+
+
+def run_ended(marker: str) -> None:
+    _active.discard(_entry(marker))
 
 
 def spawn_starting() -> None:
@@ -132,12 +155,19 @@ def _scan() -> dict[int, _Proc]:
     return procs
 
 
-def _has_marker(pid: int, marker: bytes) -> bool:
+def _markers(pid: int) -> list[bytes]:
+    """The MARKER_VARIABLE entries in a process's (initial) environment."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            return marker in f.read().split(b"\0")
+            environ = f.read()
     except OSError:
-        return False
+        return []
+    prefix = f"{MARKER_VARIABLE}=".encode()
+    return [entry for entry in environ.split(b"\0") if entry.startswith(prefix)]
+
+
+def _has_marker(pid: int, marker: bytes) -> bool:
+    return marker in _markers(pid)
 
 
 def _reap(pid: int) -> bool:
@@ -159,10 +189,91 @@ def _group_exists(pgid: int) -> bool:
     return True
 
 
-def _sweep_once(marker: bytes, pgid: int, killed: set[int], parents: set[int]) -> bool:
+class Tether:
+    """A pipe whose write end every process of a filter run inherits (``pass_fds``).
+
+    When the run ends, end of file on the read end proves that no process still holds the
+    write end: nothing of the run that kept its inherited descriptors survives, so the
+    /proc scan can be skipped. Daemons that close every descriptor are still found by the
+    scan when the group has not ended or other children exist, and by `sweep_forever`.
+    """
+
+    def __init__(self) -> None:
+        self._read, self.child_fd = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self.child_fd, False)  # a filter writing to it gets EAGAIN, not stuck
+
+    def spawned(self) -> None:
+        """The child has its copy: close ours."""
+        if self.child_fd >= 0:
+            os.close(self.child_fd)
+            self.child_fd = -1
+
+    def released(self) -> bool:
+        """No process holds the write end any more (end of file)."""
+        if self.child_fd >= 0:
+            return False
+        try:
+            while os.read(self._read, 4096):  # what a filter wrote into it: not our business
+                pass
+        except BlockingIOError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.spawned()
+        if self._read >= 0:
+            os.close(self._read)
+            self._read = -1
+
+
+def _no_children() -> bool:
+    """True when the proxy has no child process at all (one system call, no /proc scan)."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return False
+
+
+class _Scans:
+    """One /proc scan shared by every run waiting for one, at most one per SCAN_INTERVAL.
+
+    A scan costs about 10 µs a process on the machine; under load, many runs end within
+    one interval and one scan serves them all, so the cost per message falls as the rate
+    rises instead of growing with it.
+    """
+
+    def __init__(self) -> None:
+        self.taken = -1  # the event number the last scan was taken after
+        self.at = float("-inf")  # when (time.monotonic: trio's clock differs per trio.run)
+        self.procs: dict[int, _Proc] = {}
+        self.events = 0
+
+    def event(self) -> int:
+        """Something changed (a kill, a group ended): later scans must be taken after it."""
+        self.events += 1
+        return self.events
+
+    async def after(self, event: int) -> dict[int, _Proc]:
+        while self.taken < event:
+            wait = self.at + SCAN_INTERVAL - time.monotonic()
+            if wait > 0:
+                await trio.sleep(wait)  # another run may take the scan meanwhile
+                continue
+            self.taken, self.at = self.events, time.monotonic()
+            self.procs = _scan()
+        return self.procs
+
+
+_scans = _Scans()
+
+
+def _sweep_once(
+    procs: dict[int, _Proc], marker: bytes, pgid: int, killed: set[int], parents: set[int]
+) -> bool:
     """One pass over our children; True if something of the run may still be around."""
     me, own_group = os.getpid(), os.getpgrp()
-    procs = _scan()
     pending = False
     for pid, proc in procs.items():
         if proc.ppid != me or pid in _known:
@@ -185,10 +296,10 @@ def _sweep_once(marker: bytes, pgid: int, killed: set[int], parents: set[int]) -
             log.info("killed pid %d left behind by a filter (it left the process group)", pid)
             killed.add(pid)
             pending = True
-    return pending or _group_exists(pgid)
+    return pending
 
 
-async def sweep(marker: str, pgid: int) -> list[int]:
+async def sweep(marker: str, pgid: int, tether: Tether | None = None) -> list[int]:
     """Kill and reap what filter run `marker` (group `pgid`) left among our adopted orphans.
 
     Runs shielded with its own deadline (SWEEP_DEADLINE), so it also finishes when the run
@@ -198,10 +309,49 @@ async def sweep(marker: str, pgid: int) -> list[int]:
         return []
     killed: set[int] = set()
     parents: set[int] = set()
-    token = f"{MARKER_VARIABLE}={marker}".encode()
+    token = _entry(marker)
     with trio.CancelScope(shield=True), trio.move_on_after(SWEEP_DEADLINE) as scope:
-        while _sweep_once(token, pgid, killed, parents):
+        while True:
+            group = _group_exists(pgid)
+            if not group and not killed and ((tether and tether.released()) or _no_children()):
+                break  # nothing of the run can be left: the usual case, without a scan
+            procs = await _scans.after(_scans.event())
+            if not _sweep_once(procs, token, pgid, killed, parents) and not group:
+                break
             await trio.sleep(_POLL)
     if scope.cancelled_caught:
         log.warning("filter processes of group %d still running after the sweep", pgid)
     return sorted(killed)
+
+
+async def sweep_adopted() -> list[int]:
+    """Kill adopted orphans of runs that have ended, and reap adopted zombies: one pass.
+
+    The safety net behind `sweep` for a daemon that closed every inherited descriptor (so
+    its run's end looked clean) while other children of the proxy existed.
+    """
+    if not _enabled:
+        return []
+    me, own_group = os.getpid(), os.getpgrp()
+    killed = []
+    for pid, proc in (await _scans.after(_scans.event())).items():
+        if proc.ppid != me or pid in _known:
+            continue
+        if proc.state == "Z":
+            if proc.pgrp != own_group and not _in_flight:
+                _reap(pid)
+            continue
+        markers = _markers(pid)
+        if markers and not _active.intersection(markers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            log.info("killed pid %d left behind by a filter that has ended", pid)
+            killed.append(pid)
+    return killed
+
+
+async def sweep_forever(interval: float = 5.0) -> None:
+    """`sweep_adopted` every ``interval`` seconds (the server runs it in its nursery)."""
+    while True:
+        await trio.sleep(interval)
+        await sweep_adopted()

@@ -108,3 +108,52 @@ async def test_a_run_kills_only_its_own_escapees(spool_dir: Path, tmp_path: Path
 async def test_without_the_subreaper_the_sweep_does_nothing() -> None:
     reaper.disable_subreaper()
     assert await reaper.sweep("no-such-run", os.getpgrp()) == []
+
+
+DAEMON = (
+    'python3 -c "import os; os.closerange(3, 65536); os.setsid(); '
+    "os.execvp('sleep', ['sleep', '1000'])\" </dev/null >/dev/null 2>&1 & echo $! > {}"
+)
+
+
+async def test_daemon_closing_every_descriptor_is_killed_by_the_background_sweep(
+    spool_dir: Path, tmp_path: Path
+) -> None:
+    # It closed the descriptor that shows a run's end is clean, and another child of the
+    # proxy exists, so the end of the run may miss it: sweep_adopted (which the server
+    # runs every few seconds) must not.
+    pidfile = tmp_path / "pid"
+    with trio.fail_after(20):
+        other = await trio.lowlevel.open_process(["sleep", "30"])
+        try:
+            verdict, _ = await filter_run(spool_dir, DAEMON.format(pidfile) + "; sleep 0.3; cat")
+            assert verdict.kind is VerdictKind.ACCEPT
+            [pid] = pids(pidfile)
+            while not gone(pid):
+                await reaper.sweep_adopted()
+                await trio.sleep(0.02)
+            assert other.returncode is None  # not ours to touch: no marker
+        finally:
+            other.kill()
+            await other.wait()
+
+
+async def test_background_sweep_spares_runs_going_on(spool_dir: Path, tmp_path: Path) -> None:
+    pidfile, go = tmp_path / "pid", tmp_path / "go"
+    wait = f"while [ ! -e {go} ]; do sleep 0.05; done"
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            # In a subshell that exits at once: the daemon is adopted by the proxy.
+            command = f"({DAEMON.format(pidfile)}); {wait}; cat"
+            nursery.start_soon(filter_run, spool_dir, command)
+            while not pidfile.exists() or not pidfile.read_text().strip():
+                await trio.sleep(0.02)
+            [pid] = pids(pidfile)
+            while f"PPid:\t{os.getpid()}\n" not in Path(f"/proc/{pid}/status").read_text():
+                await trio.sleep(0.02)  # until the proxy has adopted it
+            assert await reaper.sweep_adopted() == []
+            assert not gone(pid)
+            go.touch()
+        while not gone(pid):
+            await reaper.sweep_adopted()
+            await trio.sleep(0.02)
