@@ -3,8 +3,12 @@ upstream in one write, replies come back in order, each to its own command (B1).
 
 from __future__ import annotations
 
+import itertools
+
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from memory_relay import memory_proxied
 
 from trio_proxsmtp.testing import FakeUpstream
@@ -100,3 +104,28 @@ async def test_pipelined_group_under_the_timeout(autojump_clock: trio.testing.Mo
         assert reply.code == 421 and "timed out" in reply.text
         assert 30 <= trio.current_time() - start < 31
         assert await client.read_eof() == b""
+
+
+WIRE = b"MAIL FROM:<s@x>\r\nRCPT TO:<r1@x>\r\nRCPT TO:<reject@x>\r\nRCPT TO:<r2@x>\r\nDATA\r\n"
+
+
+async def _split_session(cuts: list[int]) -> tuple[list[int], list[list[str]]]:
+    points = sorted({min(c, len(WIRE)) for c in cuts} | {0, len(WIRE)})
+    async with memory_proxied(PIPELINING) as (up, proxy), proxy.connect() as client:
+        await client.command("EHLO client.example")
+        for a, b in itertools.pairwise(points):
+            await client.send(WIRE[a:b])
+            await trio.sleep(0)  # let the proxy read what is there so far
+        codes = [(await client.read_reply()).code for _ in range(5)]
+        if codes[-1] == 354:
+            await client.send(MESSAGE + b".\r\n")
+            codes.append((await client.read_reply()).code)
+    return codes, [t.rcpt_to for t in up.transactions]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(WIRE)), max_size=5))
+def test_any_split_of_a_pipelined_group_gets_the_same_replies(cuts: list[int]) -> None:
+    codes, recipients = trio.run(_split_session, cuts)
+    assert codes == [250, 250, 550, 250, 354, 250]
+    assert recipients == [["r1@x", "r2@x"]]
