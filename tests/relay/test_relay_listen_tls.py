@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+from pathlib import Path
 
 import trio
 import trio.testing
@@ -11,6 +12,7 @@ from memory_relay import CLIENT
 
 from trio_proxsmtp.config import parse_config
 from trio_proxsmtp.connection import Connection
+from trio_proxsmtp.server import applicable_reload
 from trio_proxsmtp.testing import FakeUpstream, run_proxy
 from trio_proxsmtp.testing.certs import TestCertificates
 from trio_proxsmtp.testing.client import open_client
@@ -106,3 +108,31 @@ async def test_listen_tls_plain_client_gets_nothing(test_certificates: TestCerti
                 await client.send(b"EHLO plain.example\r\n")
                 assert await client.read_eof() == b""  # no banner in plain text
     assert up.connections == 0
+
+
+async def test_listen_tls_on_a_unix_socket(
+    test_certificates: TestCertificates, tmp_path: Path
+) -> None:
+    path = tmp_path / "smtps.sock"
+    config = (
+        f"ListenTLS: {path}\nTLSCertificate: {test_certificates.certificate}\n"
+        f"TLSKey: {test_certificates.key}\n"
+    )
+    with trio.fail_after(30):
+        async with FakeUpstream() as up, run_proxy(config, upstream=up):
+            context = trusting(test_certificates)
+            async with open_client(path, tls=context, server_hostname="localhost") as client:
+                assert (await client.send_message("s@x", ["r@x"], MESSAGE))[-1].code == 250
+        assert not path.exists()  # removed at exit, as a Unix Listen socket is
+    assert up.transactions[0].message == MESSAGE
+
+
+def test_a_reload_keeps_the_running_listen_tls(test_certificates: TestCertificates) -> None:
+    tls = f"TLSCertificate: {test_certificates.certificate}\nTLSKey: {test_certificates.key}\n"
+    running = parse_config(f"OutAddress: 127.0.0.1:25\n{tls}ListenTLS: 127.0.0.1:10465\n")
+    new = parse_config(f"OutAddress: 127.0.0.1:25\n{tls}ListenTLS: 127.0.0.1:10466\n")
+    config, problems = applicable_reload(running, new, 1)
+    assert config is not None and config.listen_tls == running.listen_tls
+    assert any("ListenTLS changed" in problem for problem in problems)
+    config, problems = applicable_reload(running, parse_config("OutAddress: 127.0.0.1:25\n"), 1)
+    assert config is None and any("TLSCertificate" in problem for problem in problems)
