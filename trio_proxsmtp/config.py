@@ -10,7 +10,9 @@ file, the line and the option. Warnings that should not stop the daemon are retu
 `*_with_warnings` functions, never printed here.
 
 Extensions: `ShutdownTimeout` and `Workers` (1..64 processes sharing the listener; it may
-not exceed MaxConnections, which is shared out between the workers).
+not exceed MaxConnections, which is shared out between the workers). `Workers: auto`, the
+default, is resolved here, at load, to one worker per core this process may run on (capped
+by MAX_WORKERS and MaxConnections), so `Config.workers` is always a count.
 
 CONTRACT (fields are used by relay/server/filter; do not rename):
 
@@ -83,7 +85,11 @@ class Config:
     user: str | None = None
     xclient: bool = False
     shutdown_timeout: float = 30.0  # extension: graceful drain on SIGTERM
-    workers: int = 1  # extension: worker processes sharing the listener (cli.py, workers.py)
+    # Extension: worker processes sharing the listener (cli.py, workers.py); the default is
+    # `Workers: auto`, resolved once per load from this config's MaxConnections.
+    workers: int = attrs.field(
+        default=attrs.Factory(lambda self: auto_workers(self.max_connections), takes_self=True)
+    )
     max_message_size: int = 0  # extension: bytes, 0 = only the upstream's SIZE limits it
     pipelining: bool = False  # extension: advertise PIPELINING (RFC 2920) to clients
     tls_certificate: str | None = None  # extension: offer STARTTLS with this PEM certificate
@@ -91,6 +97,16 @@ class Config:
     # Built from the two by the parser, once per load (at start, and in SIGHUP's thread).
     tls_context: ssl.SSLContext | None = attrs.field(default=None, eq=False, repr=False)
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
+
+
+def auto_workers(max_connections: int) -> int:
+    """`Workers: auto`: one worker per core we may run on, at most MAX_WORKERS and at most
+    MaxConnections (each worker needs a share of at least one connection)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux: every core the machine has
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS, max_connections))
 
 
 class ConfigError(Exception):
@@ -187,6 +203,19 @@ def _filter_reject(value: str) -> str:
     return value
 
 
+_AUTO = "auto"
+
+
+def _workers(value: str) -> int | str:
+    """A count, or "auto" (resolved once MaxConnections is known)."""
+    if value.lower() == _AUTO:
+        return _AUTO
+    try:
+        return _integer(value, 1, MAX_WORKERS)
+    except _Invalid as exc:
+        raise _Invalid(f"{exc} (or 'auto': one per CPU core)") from None
+
+
 def _non_empty(value: str) -> str:
     if not value:
         raise _Invalid("must not be empty")
@@ -220,7 +249,7 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("User", "user", _non_empty),
         ("XClient", "xclient", _boolean),
         ("ShutdownTimeout", "shutdown_timeout", _seconds_or_zero),
-        ("Workers", "workers", lambda v: _integer(v, 1, MAX_WORKERS)),
+        ("Workers", "workers", _workers),
         ("MaxMessageSize", "max_message_size", lambda v: _integer(v, 0)),
         ("Pipelining", "pipelining", _boolean),
         ("TLSCertificate", "tls_certificate", _non_empty),
@@ -266,6 +295,8 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
         except _Invalid as exc:
             raise ConfigError(path, number, canonical, str(exc)) from None
 
+    if values.get("workers") == _AUTO:
+        del values["workers"]  # the default: Config resolves it from MaxConnections
     config = Config(path=path, **values)
     if config.workers > config.max_connections:
         # Each worker gets a share of MaxConnections; a share of 0 would refuse everyone.

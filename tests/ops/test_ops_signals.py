@@ -120,8 +120,10 @@ async def test_sigterm_past_the_grace_period_kills_the_filter(tmp_path: Path) ->
                     await wait_for((tmp_path / "started").exists)
                     [pgid] = filter_pids(tmp_path)
                     assert group_alive(pgid)
-                    # The message's spool (unnamed in pipe mode) is open in the proxy.
-                    assert open_files_under(proxy.proc.pid, tmp_path / "spool") != []
+                    # The message's spool (unnamed in pipe mode) is open in the proxy (in
+                    # the worker that has the session, under Workers: N).
+                    spool = tmp_path / "spool"
+                    assert [f for pid in proxy.pids() for f in open_files_under(pid, spool)] != []
                     started = trio.current_time()
                     proxy.signal(signal.SIGTERM)
                     reply = await client.read_reply()
