@@ -80,13 +80,13 @@ class Settings:
     latency_budget: float
     latency_max: int
     levels: tuple[int, ...]
-    deliver_per_session: int
+    deliver_per_session: int  # enough that the first sessions still send when the last start
     big_mb: int
     idle: int
 
 
-FULL = Settings(3, 10, 0.8, 2.5, 2.0, 1.5, 300, (10, 50, 200, 500), 10, 50, 5000)
-QUICK = Settings(2, 10, 0.3, 0.6, 0.6, 0.3, 100, (10, 50, 200, 500), 4, 50, 5000)
+FULL = Settings(3, 10, 0.8, 2.5, 2.0, 1.5, 300, (10, 50, 200, 500), 40, 50, 5000)
+QUICK = Settings(2, 10, 0.3, 0.6, 0.6, 0.3, 100, (10, 50, 200, 500), 20, 50, 5000)
 
 
 # ---------------------------------------------------------------- upstreams and scenarios
@@ -160,6 +160,17 @@ def listening(port: int) -> bool:
     with open("/proc/net/tcp") as f:
         return any(
             line.split()[1] == want and line.split()[3] == "0A" for line in f.readlines()[1:]
+        )
+
+
+def established(port: int) -> int:
+    """How many connections to 127.0.0.1:port are established right now (/proc/net/tcp)."""
+    want = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        return sum(
+            1
+            for line in f.readlines()[1:]
+            if (fields := line.split())[1] == want and fields[3] == "01"
         )
 
 
@@ -521,6 +532,7 @@ class Delivery:
     seconds: float
     unfinished_sources: int
     failed_sources: int
+    peak_sessions: int  # the most sessions open at the proxy at once (sampled)
     client_errors: int
     first_error: str
     proxy: str  # "alive", or how it died
@@ -534,6 +546,17 @@ def deliver(impl: str, workdir: Path, sessions: int, per_session: int, max_conn:
     sources = -(-sessions // SESSIONS_PER_SOURCE)
     expected = sessions * per_session
     t0 = time.monotonic()
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.05):
+            with contextlib.suppress(OSError, IndexError):
+                peak = max(peak, established(proxy.port))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     try:
         with load(proxy.port, sessions, per_session, workdir) as procs:
             deadline = time.monotonic() + 60 + expected / 200
@@ -541,6 +564,8 @@ def deliver(impl: str, workdir: Path, sessions: int, per_session: int, max_conn:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     p.wait(max(0.1, deadline - time.monotonic()))
             seconds = time.monotonic() - t0
+            done.set()
+            sampler.join()
             unfinished = sum(p.poll() is None for p in procs)
             failed = sum(p.poll() not in (None, 0) for p in procs)
             errors = [
@@ -559,11 +584,15 @@ def deliver(impl: str, workdir: Path, sessions: int, per_session: int, max_conn:
             seconds,
             unfinished,
             failed,
+            peak,
             len(errors),
             errors[0] if errors else "",
             "alive" if proxy.alive() else proxy.death(),
         )
     finally:
+        done.set()
+        if sampler.is_alive():
+            sampler.join()
         proxy.close()
         sink.close()
 
@@ -673,6 +702,11 @@ def idle_sessions(impl: str, workdir: Path, count: int) -> dict[str, float]:
         upstream.close()
 
 
+def show_ratio(ratio: float) -> str:
+    """A ratio to C; infinite when C delivered nothing (it died): said in words."""
+    return "C died" if ratio == float("inf") else f"{ratio:.2f}"
+
+
 def median_ratio(ours: list[Run], c: list[Run]) -> float:
     """Median of the per-round ratios (a round where C delivered nothing counts as inf)."""
     return statistics.median(
@@ -710,7 +744,7 @@ def report(r: Results, elapsed: float) -> str:
         for impl, rs in runs.items():
             rates = " ".join(f"{x.rate:.0f}" for x in rs)
             med = statistics.median(x.rate for x in rs)
-            ratio = f"{median_ratio(rs, runs['C']):.2f}" if impl != "C" and "C" in runs else ""
+            ratio = show_ratio(median_ratio(rs, runs["C"])) if impl != "C" and "C" in runs else ""
             label = LABELS[impl]
             if impl == "direct":
                 out.append(f"{name:<11} {label:<10} {rates:<24} {med:>7.0f}")
@@ -742,7 +776,8 @@ def report(r: Results, elapsed: float) -> str:
         out += ["", "fixed load, every message counted at the sink:"]
         for impl, dv in r.deliver.items():
             out.append(
-                f"  {LABELS[impl]:<10} {dv.sessions} sessions: {dv.delivered}/{dv.expected} "
+                f"  {LABELS[impl]:<10} {dv.sessions} sessions "
+                f"(at most {dv.peak_sessions} at once): {dv.delivered}/{dv.expected} "
                 f"delivered in {dv.seconds:.1f} s; clients: {dv.failed_sources} failed, "
                 f"{dv.unfinished_sources} unfinished, {dv.client_errors} error lines"
                 f"{' (' + dv.first_error[:80] + ')' if dv.first_error else ''}; "
@@ -772,7 +807,7 @@ def report(r: Results, elapsed: float) -> str:
 def level_line(level: int, impl: str, rs: list[Run], c: list[Run] | None) -> str:
     rates = " ".join(f"{x.rate:.0f}" for x in rs)
     med = statistics.median(x.rate for x in rs)
-    ratio = f"{median_ratio(rs, c):.2f}" if c and impl != "C" else ""
+    ratio = show_ratio(median_ratio(rs, c)) if c and impl != "C" else ""
     cpu = statistics.median(x.cpu_ms for x in rs)
     rss = statistics.median(x.rss_kb for x in rs) / 1024
     return (
@@ -810,7 +845,7 @@ def targets(r: Results) -> list[str]:
             check(
                 f"Wauto {level} sessions, {scenario}: >= {want:g}x C",
                 ratio >= want,
-                f"{ratio:.2f}x"
+                (f"{ratio:.2f}x" if ratio != float("inf") else "C delivered nothing")
                 + (f" (C died in {deaths} of {len(c_runs)} runs)" if deaths else ""),
             )
     if "no filter" in r.runs:
