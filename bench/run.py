@@ -86,7 +86,7 @@ class Settings:
 
 
 FULL = Settings(3, 10, 0.8, 2.5, 2.0, 1.5, 300, (10, 50, 200, 500), 40, 50, 5000)
-QUICK = Settings(2, 10, 0.3, 0.6, 0.6, 0.3, 100, (10, 50, 200, 500), 20, 50, 5000)
+QUICK = Settings(2, 10, 0.3, 0.6, 0.6, 0.3, 100, (10, 50, 200, 500), 10, 50, 5000)
 
 
 # ---------------------------------------------------------------- upstreams and scenarios
@@ -909,7 +909,7 @@ def auto_count() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="about two minutes")
+    parser.add_argument("--quick", action="store_true", help="about three minutes")
     parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
     parser.add_argument("--only", choices=PARTS, action="append", help="run only this part")
     parser.add_argument(
