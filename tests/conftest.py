@@ -1,29 +1,33 @@
-"""Fixtures for every layer: a throwaway TLS certificate for the STARTTLS tests."""
+"""Fixtures for every layer: throwaway TLS certificates (a CA, a server and a client)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from trio_proxsmtp.testing.certs import OpenSSLMissing, TestCertificates, make_test_certificates
+
 
 @pytest.fixture(scope="session")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(certificate, key): self-signed for "localhost", made now, never checked in."""
-    openssl = shutil.which("openssl")
-    if openssl is None:  # .ci/run installs it
-        pytest.skip("openssl is needed to make the test certificate (apt-get install openssl)")
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
-            *("-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return cert, key
+def test_certificates(tmp_path_factory: pytest.TempPathFactory) -> TestCertificates:
+    """A CA with a server certificate for localhost/127.0.0.1/::1 and a client one."""
+    try:
+        return make_test_certificates(tmp_path_factory.mktemp("tls"))
+    except OpenSSLMissing:  # .ci/run installs it
+        pytest.skip("openssl is needed to make the test certificates (apt-get install openssl)")
+
+
+@pytest.fixture(scope="session")
+def other_certificates(tmp_path_factory: pytest.TempPathFactory) -> TestCertificates:
+    """Certificates of a second CA: trusting this CA does not verify `test_certificates`."""
+    try:
+        return make_test_certificates(tmp_path_factory.mktemp("tls-other"), ca_name="other CA")
+    except OpenSSLMissing:
+        pytest.skip("openssl is needed to make the test certificates (apt-get install openssl)")
+
+
+@pytest.fixture(scope="session")
+def tls_files(test_certificates: TestCertificates) -> tuple[Path, Path]:
+    """(certificate, key) of the test server certificate, made now, never checked in."""
+    return test_certificates.certificate, test_certificates.key

@@ -1,26 +1,8 @@
-"""Socket addresses as proxsmtpd's config writes them (spec §5.1), plus bracketed IPv6.
+"""Socket addresses as proxsmtpd's config writes them (docs/behaviour.md §2.1), plus bracketed IPv6.
 
 Parsing is pure: host names are checked for shape here and resolved by `resolve_tcp`, so
 that the config loader can turn an unresolvable name into a config error at start-up and
 the server can use every result (the reference used only the first, which broke IPv6, B11).
-
-CONTRACT (owned by the shell helper; the relay and server rely on these names):
-
-    @attrs.frozen
-    class Address:
-        kind: AddressKind            # AddressKind.TCP or AddressKind.UNIX
-        host: str | None             # TCP: IP literal (IPv6 without brackets) or host name;
-                                     # None for "port only"
-        port: int                    # TCP: 1..65535; 0 for UNIX
-        path: str | None             # UNIX: socket path
-        text: str                    # the value as written in the config
-
-        @property
-        def is_port_only(self) -> bool   # TCP with host None, 0.0.0.0 or ::
-
-    def parse_address(text: str, default_port: int) -> Address   # raises ValueError(reason)
-    def resolve_tcp(address: Address) -> list[tuple[int, tuple[Any, ...]]]   # sync getaddrinfo
-    def format_host(sockaddr: object) -> str   # "127.0.0.1", "::1", unix path, "" for unnamed
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import trio
 
-from trio_proxsmtp import __version__, notify, server
+from trio_proxsmtp import __version__, notify, server, signals
 from trio_proxsmtp.config import (
     Config,
     ConfigError,
@@ -32,7 +32,7 @@ from trio_proxsmtp.config import (
     load_config,
     load_config_with_warnings,
 )
-from trio_proxsmtp.log import LOGGER_NAME, logs_to_stderr, setup_logging
+from trio_proxsmtp.log import LOGGER_NAME, LoggingUnavailable, logs_to_stderr, setup_logging
 from trio_proxsmtp.privileges import PrivilegeError, UserInfo, lookup_user, switch_user
 from trio_proxsmtp.workers import Supervisor
 
@@ -181,6 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trio_proxsmtp (version {__version__}) - proxsmtpd 1.10 compatible")
         print(f"          (config: {config_path})")
         return 0
+    daemonize = debug_level is None and not check_only
+    if daemonize:
+        # The daemon changes directory to /: a relative -f would make SIGHUP read another
+        # file (or none), a relative -p would write /NAME.
+        config_path = os.path.abspath(config_path)
+        if cli_pid_file is not None:
+            cli_pid_file = os.path.abspath(cli_pid_file)
 
     try:
         config, warnings = load_config_with_warnings(config_path)
@@ -202,12 +209,18 @@ def main(argv: list[str] | None = None) -> int:
         if cli_pid_file is not None:
             warnings.append("ignoring pid file specified on the command line")
         pid_file = config.pid_file or None
+    if daemonize and pid_file is not None:
+        pid_file = os.path.abspath(pid_file)
 
-    setup_logging(debug_level)
+    try:
+        setup_logging(debug_level)
+    except LoggingUnavailable as exc:
+        _error(str(exc))
+        return 1
     log.debug("read config file: %s", config_path)
     for warning in warnings:
         log.warning("%s", warning)
-    return _start(config, user, pid_file, debug_level is None, config_path)
+    return _start(config, user, pid_file, daemonize, config_path)
 
 
 def _start(
@@ -221,8 +234,24 @@ def _start(
     daemon = _Daemon()
     # Only this process speaks to systemd: filters and workers must not inherit the socket.
     notify.take_socket()
-    # Until serve() has its signal receiver, SIGTERM/SIGINT/SIGHUP wait (server.py).
-    signal.pthread_sigmask(signal.SIG_BLOCK, server.HANDLED_SIGNALS)
+    # Until serve() has its signal receiver, SIGTERM/SIGINT/SIGHUP wait (signals.py).
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals.HANDLED_SIGNALS)
+    try:
+        return _start_blocked(config, user, pid_file, daemonize, config_path, daemon)
+    finally:
+        # Whatever happened (a start-up error above all), the caller's mask comes back:
+        # a process started later must not inherit SIGTERM blocked (it would never stop).
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+
+
+def _start_blocked(
+    config: Config,
+    user: UserInfo | None,
+    pid_file: str | None,
+    daemonize: bool,
+    config_path: str,
+    daemon: _Daemon,
+) -> int:
     try:
         try:
             sockets: list[socket.socket] = server.bind_listeners(config)
@@ -282,7 +311,7 @@ def _serve(
 ) -> int:
     """Serve until stopped; `worker` is (index, count) in a worker process."""
     reload: Callable[[], Config] = functools.partial(_reload, config_path)
-    serve = functools.partial(server.serve, reload=reload)
+    serve = functools.partial(signals.serve, reload=reload)
     if worker is not None:
         serve = functools.partial(serve, worker=worker[0], workers=worker[1])
     try:

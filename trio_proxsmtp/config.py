@@ -1,6 +1,6 @@
 """proxsmtpd.conf parsing: one frozen Config; nothing else in the program reads the file.
 
-Syntax and options follow proxsmtpd 1.10 (spec §4, §5): `Name: value` per line, the first
+Syntax and options follow proxsmtpd 1.10 (docs/behaviour.md §2): `Name: value` per line, the first
 ":" separates, names are case-insensitive, `#` only at the start of a line, the last
 duplicate wins. Where the reference is wrong we choose (and `proxsmtpd.conf.example` says so):
 an empty `FilterCommand:` means no filter (B22), `MaxConnections` accepts 1..10239 (B23),
@@ -10,18 +10,16 @@ file, the line and the option. Warnings that should not stop the daemon are retu
 `*_with_warnings` functions, never printed here.
 
 Extensions: `ShutdownTimeout` and `Workers` (1..64 processes sharing the listener; it may
-not exceed MaxConnections, which is shared out between the workers). `Workers: auto`, the
-default, is resolved here, at load, to one worker per core this process may run on (capped
-by MAX_WORKERS and MaxConnections), so `Config.workers` is always a count.
-
-CONTRACT (fields are used by relay/server/filter; do not rename):
-
-    Config (frozen attrs), FilterType, TransparentMode, ConfigError
-    def parse_config(text: str, path: str = "<string>") -> Config
-    def parse_config_with_warnings(text: str, path: str = "<string>")
-        -> tuple[Config, list[str]]
-    def load_config(path: str) -> Config
-    def load_config_with_warnings(path: str) -> tuple[Config, list[str]]
+not exceed MaxConnections, which is shared out between the workers); `ProxyProtocol` and
+`ProxyProtocolFrom` (a load balancer's PROXY header, proxy_protocol.py);
+`MetricsListen` (Prometheus metrics over HTTP, metrics.py); TLS towards clients
+(`TLSCertificate`/`TLSKey`, `ListenTLS`) and towards the next server (`OutTLS*`), whose
+contexts are built here once per load so that `-t` and SIGHUP catch unusable files;
+`Chunking`; and the milter options `Milters` (comma-separated ``inet:host:port`` /
+``unix:/path``), `MilterDefaultAction` (tempfail, accept or reject) and
+`MilterConnectTimeout` / `MilterCommandTimeout` / `MilterContentTimeout` (seconds).
+`Workers: auto`, the default, is resolved here, at load, to one worker per core this process
+may run on (capped by MAX_WORKERS and MaxConnections), so `Config.workers` is always a count.
 
 `Config.pid_file` is None when the file does not set PidFile, and "" when it sets it empty
 (which disables the pid file even if -p was given, as in the reference).
@@ -32,6 +30,7 @@ from __future__ import annotations
 import enum
 import os
 import re
+import shutil
 import ssl
 import stat
 from collections.abc import Callable
@@ -40,9 +39,12 @@ from typing import Any
 import attrs
 
 from trio_proxsmtp.address import Address, AddressKind, parse_address, resolve_tcp
-from trio_proxsmtp.tls import TLSError, server_context
+from trio_proxsmtp.milter import DefaultAction, MilterAddress, parse_milter_list
+from trio_proxsmtp.proxy_protocol import DEFAULT_TRUSTED_NETWORKS, IPNetwork, parse_networks
+from trio_proxsmtp.tls import TLSError, server_context, system_ca_available, upstream_context
 
 DEFAULT_LISTEN_PORT = 10025
+DEFAULT_LISTEN_TLS_PORT = 465  # submissions (RFC 8314)
 DEFAULT_OUT_PORT = 25
 DEFAULT_FILTER_REJECT = "530 Email Rejected"
 MAX_CONNECTIONS_LIMIT = 10239
@@ -56,6 +58,20 @@ class FilterType(enum.Enum):
     PIPE = "pipe"
     FILE = "file"
     REJECT = "reject"
+
+
+class OutTLSMode(enum.Enum):
+    """`OutTLS`: how the proxy talks to the next server (as Postfix's smtp_tls_security_level).
+
+    MAY: STARTTLS when the next server offers it, plain text when it does not.
+    ENCRYPT: STARTTLS or no mail (4xx to the client).
+    IMPLICIT: TLS from the first byte (RFC 8314), e.g. to port 465.
+    """
+
+    OFF = "off"
+    MAY = "may"
+    ENCRYPT = "encrypt"
+    IMPLICIT = "implicit"
 
 
 class TransparentMode(enum.Enum):
@@ -94,9 +110,53 @@ class Config:
     pipelining: bool = False  # extension: advertise PIPELINING (RFC 2920) to clients
     tls_certificate: str | None = None  # extension: offer STARTTLS with this PEM certificate
     tls_key: str | None = None  # extension: ... and this key (tls.py)
+    proxy_protocol: bool = False  # extension: every connection starts with a PROXY header
+    proxy_protocol_from: tuple[IPNetwork, ...] = DEFAULT_TRUSTED_NETWORKS  # ... only from these
+    metrics_listen: Address | None = None  # extension: serve /metrics here (TCP), None = off
     # Built from the two by the parser, once per load (at start, and in SIGHUP's thread).
     tls_context: ssl.SSLContext | None = attrs.field(default=None, eq=False, repr=False)
+    listen_tls: Address | None = None  # extension: a second listener, TLS from the first byte
+    chunking: bool = False  # extension: advertise CHUNKING (RFC 3030) and take BDAT
+    out_tls: OutTLSMode = OutTLSMode.OFF  # extension: TLS to the next server
+    out_tls_verify: bool | None = None  # None: the mode's default (see upstream_tls_verify)
+    out_tls_ca_file: str | None = None  # None: the system CA store
+    out_tls_server_name: str | None = None  # None: the OutAddress host
+    out_tls_certificate: str | None = None  # a client certificate for the next server...
+    out_tls_key: str | None = None  # ... and its key
+    # Built from the OutTLS* options by the parser when OutTLS is not off (tls.py).
+    out_tls_context: ssl.SSLContext | None = attrs.field(default=None, eq=False, repr=False)
+    # extension: milters (milter.py), applied in this order, and what a failing one means
+    milters: tuple[MilterAddress, ...] = ()
+    milter_default_action: DefaultAction = DefaultAction.TEMPFAIL
+    milter_connect_timeout: float = 30.0
+    milter_command_timeout: float = 30.0
+    milter_content_timeout: float = 300.0
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
+
+    @property
+    def upstream_tls_verify(self) -> bool:
+        """Whether the next server's certificate is verified.
+
+        `OutTLSVerify` when set; else on for `encrypt` and `implicit`, off for `may` (as
+        Postfix's `may`: opportunistic TLS, encrypted but not authenticated).
+        """
+        if self.out_tls_verify is not None:
+            return self.out_tls_verify
+        return self.out_tls in (OutTLSMode.ENCRYPT, OutTLSMode.IMPLICIT)
+
+    @property
+    def upstream_tls_hostname(self) -> str | None:
+        """The name to pass as `server_hostname` for the next server: `OutTLSServerName`,
+        else the OutAddress host (a name, or an IP address: checked against the
+        certificate's IP entries, never sent as SNI). None when neither gives one (a Unix
+        socket; the client's own or original address, which the relay knows per connection).
+        """
+        if self.out_tls_server_name is not None:
+            return self.out_tls_server_name
+        address = self.out_address
+        if address is None or address.kind is not AddressKind.TCP or address.is_port_only:
+            return None
+        return address.host
 
 
 def auto_workers(max_connections: int) -> int:
@@ -192,6 +252,25 @@ def _address(default_port: int) -> Callable[[str], Address]:
     return parse
 
 
+def _networks(value: str) -> tuple[IPNetwork, ...]:
+    try:
+        return parse_networks(value)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
+def _metrics_listen(value: str) -> Address:
+    try:
+        address = parse_address(value, 0)
+    except ValueError as exc:
+        raise _Invalid(f"invalid address: {value!r}: {exc}") from None
+    if address.kind is not AddressKind.TCP:
+        raise _Invalid(f"must be host:port (TCP), not a unix socket: {value!r}")
+    if address.port == 0:
+        raise _Invalid(f"needs a port (host:port): {value!r}")
+    return _address(0)(value)
+
+
 def _filter_reject(value: str) -> str:
     if not value:
         return DEFAULT_FILTER_REJECT
@@ -216,9 +295,40 @@ def _workers(value: str) -> int | str:
         raise _Invalid(f"{exc} (or 'auto': one per CPU core)") from None
 
 
+def _milters(value: str) -> tuple[MilterAddress, ...]:
+    try:
+        return parse_milter_list(value)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
+def _milter_default_action(value: str) -> DefaultAction:
+    try:
+        return DefaultAction(value.lower())
+    except ValueError:
+        raise _Invalid(
+            f"invalid value {value!r} (must be 'tempfail', 'accept' or 'reject')"
+        ) from None
+
+
 def _non_empty(value: str) -> str:
     if not value:
         raise _Invalid("must not be empty")
+    return value
+
+
+def _out_tls(value: str) -> OutTLSMode:
+    try:
+        return OutTLSMode(value.lower())
+    except ValueError:
+        raise _Invalid(
+            f"invalid value {value!r} (must be 'off', 'may', 'encrypt' or 'implicit')"
+        ) from None
+
+
+def _server_name(value: str) -> str:
+    if not value or not value.isascii() or any(c.isspace() for c in value) or "/" in value:
+        raise _Invalid(f"not a host name: {value!r}")
     return value
 
 
@@ -254,6 +364,22 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("Pipelining", "pipelining", _boolean),
         ("TLSCertificate", "tls_certificate", _non_empty),
         ("TLSKey", "tls_key", _non_empty),
+        ("ProxyProtocol", "proxy_protocol", _boolean),
+        ("ProxyProtocolFrom", "proxy_protocol_from", _networks),
+        ("MetricsListen", "metrics_listen", _metrics_listen),
+        ("ListenTLS", "listen_tls", _address(DEFAULT_LISTEN_TLS_PORT)),
+        ("Chunking", "chunking", _boolean),
+        ("OutTLS", "out_tls", _out_tls),
+        ("OutTLSVerify", "out_tls_verify", _boolean),
+        ("OutTLSCAFile", "out_tls_ca_file", _non_empty),
+        ("OutTLSServerName", "out_tls_server_name", _server_name),
+        ("OutTLSCertificate", "out_tls_certificate", _non_empty),
+        ("OutTLSKey", "out_tls_key", _non_empty),
+        ("Milters", "milters", _milters),
+        ("MilterDefaultAction", "milter_default_action", _milter_default_action),
+        ("MilterConnectTimeout", "milter_connect_timeout", _seconds_positive),
+        ("MilterCommandTimeout", "milter_command_timeout", _seconds_positive),
+        ("MilterContentTimeout", "milter_content_timeout", _seconds_positive),
     ]
 }
 
@@ -308,7 +434,9 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
             "(each worker needs at least one connection)",
         )
     config = attrs.evolve(config, tls_context=_tls_context(config, lines))
+    _check_listen_tls(config, lines)
     warnings: list[str] = []
+    config = attrs.evolve(config, out_tls_context=_out_tls_context(config, lines, warnings))
     if config.transparent_proxy is TransparentMode.OFF:
         if config.out_address is None:
             raise ConfigError(
@@ -319,8 +447,52 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
             )
     elif config.out_address is not None:
         warnings.append("the OutAddress option will be ignored when TransparentProxy is enabled")
+    if "proxy_protocol_from" in lines and not config.proxy_protocol:
+        warnings.append("ProxyProtocolFrom is ignored while ProxyProtocol is off")
     warnings.extend(_temp_directory_warnings(config.temp_directory))
+    warnings.extend(check_filter_program(config, lines.get("filter_command")))
     return config, warnings
+
+
+def check_filter_program(config: Config, line: int | None = None) -> list[str]:
+    """Check that the FilterCommand's program exists and can be executed.
+
+    A missing filter would otherwise refuse every message with the shell's "not found"
+    (and show its path to outside senders), so it stops the daemon at start, at -t and on
+    a reload. A command with shell syntax (or a shell builtin) runs under ``/bin/sh -c``:
+    its program is not checked, and that is a warning. Raises ConfigError naming the file,
+    the line and the reason; returns the warnings.
+    """
+    command = config.filter_command
+    if command is None or config.filter_type is FilterType.REJECT:
+        return []
+    # filter.py imports this module; only the function is needed, at call time.
+    from trio_proxsmtp.filter import direct_argv
+
+    argv = direct_argv(command)
+    if argv is None:
+        return [
+            f"FilterCommand {command!r} runs under /bin/sh -c (shell syntax or a builtin): "
+            "its program could not be checked"
+        ]
+    program = argv[0]
+    if "/" in program:
+        try:
+            st = os.stat(program)
+        except OSError as exc:
+            reason = f"{program}: {exc.strerror}"
+        else:
+            if not stat.S_ISREG(st.st_mode):
+                reason = f"{program}: not a regular file"
+            elif not os.access(program, os.X_OK):
+                reason = f"{program}: not executable"
+            else:
+                return []
+    elif shutil.which(program) is not None:
+        return []
+    else:
+        reason = f"{program}: no executable of that name in PATH ({os.environ.get('PATH', '')})"
+    raise ConfigError(config.path, line, "FilterCommand", reason)
 
 
 def _tls_context(config: Config, lines: dict[str, int]) -> ssl.SSLContext | None:
@@ -340,6 +512,100 @@ def _tls_context(config: Config, lines: dict[str, int]) -> ssl.SSLContext | None
     except TLSError as exc:
         raise ConfigError(
             config.path, lines.get("tls_certificate"), "TLSCertificate", str(exc)
+        ) from None
+
+
+def _check_listen_tls(config: Config, lines: dict[str, int]) -> None:
+    """ListenTLS needs the server certificate, and an address of its own."""
+    listen_tls = config.listen_tls
+    if listen_tls is None:
+        return
+    line = lines.get("listen_tls")
+    if config.tls_context is None:
+        raise ConfigError(config.path, line, "ListenTLS", "needs TLSCertificate and TLSKey")
+    listen = config.listen
+    if listen.kind is listen_tls.kind and (
+        (listen.kind is AddressKind.UNIX and listen.path == listen_tls.path)
+        or (
+            listen.kind is AddressKind.TCP
+            and listen.port == listen_tls.port
+            and (listen.is_port_only or listen_tls.is_port_only or listen.host == listen_tls.host)
+        )
+    ):
+        raise ConfigError(
+            config.path, line, "ListenTLS", f"the same address as Listen ({listen.text})"
+        )
+
+
+_OUT_TLS_DETAILS = {
+    "out_tls_verify": "OutTLSVerify",
+    "out_tls_ca_file": "OutTLSCAFile",
+    "out_tls_server_name": "OutTLSServerName",
+    "out_tls_certificate": "OutTLSCertificate",
+    "out_tls_key": "OutTLSKey",
+}
+
+
+def _out_tls_context(
+    config: Config, lines: dict[str, int], warnings: list[str]
+) -> ssl.SSLContext | None:
+    """The context for TLS to the next server, or None with OutTLS off (so -t checks it)."""
+    path = config.path
+    if (config.out_tls_certificate is None) != (config.out_tls_key is None):
+        if config.out_tls_key is None:
+            missing, given = "OutTLSKey", "out_tls_certificate"
+        else:
+            missing, given = "OutTLSCertificate", "out_tls_key"
+        raise ConfigError(path, lines.get(given), missing, "required with the other of the two")
+    if config.out_tls is OutTLSMode.OFF:
+        ignored = [name for field, name in _OUT_TLS_DETAILS.items() if field in lines]
+        if ignored:
+            warnings.append(f"{', '.join(ignored)} ignored: OutTLS is off")
+        return None
+    verify = config.upstream_tls_verify
+    # The option that made verification on: where an error about it points.
+    verify_option = "OutTLSVerify" if "out_tls_verify" in lines else "OutTLS"
+    verify_line = lines.get("out_tls_verify", lines.get("out_tls"))
+    if not verify and config.out_tls_ca_file is not None:
+        warnings.append("OutTLSCAFile ignored: OutTLSVerify is off")
+    if verify:
+        address = config.out_address
+        if (
+            config.out_tls_server_name is None
+            and address is not None
+            and address.kind is AddressKind.UNIX
+            and config.transparent_proxy is TransparentMode.OFF
+        ):
+            raise ConfigError(
+                path,
+                verify_line,
+                verify_option,
+                "verifying the next server needs OutTLSServerName: OutAddress is a Unix socket",
+            )
+        if config.out_tls_ca_file is None and not system_ca_available():
+            raise ConfigError(
+                path,
+                verify_line,
+                verify_option,
+                "verifying the next server needs CA certificates: there is no system CA "
+                "store, set OutTLSCAFile (or OutTLSVerify: off)",
+            )
+    if verify and config.out_tls_ca_file is not None:  # its errors name OutTLSCAFile
+        try:
+            upstream_context(verify=True, ca_file=config.out_tls_ca_file)
+        except TLSError as exc:
+            line = lines.get("out_tls_ca_file")
+            raise ConfigError(path, line, "OutTLSCAFile", str(exc)) from None
+    try:
+        return upstream_context(
+            verify=verify,
+            ca_file=config.out_tls_ca_file if verify else None,
+            certificate=config.out_tls_certificate,
+            key=config.out_tls_key,
+        )
+    except TLSError as exc:
+        raise ConfigError(
+            path, lines.get("out_tls_certificate"), "OutTLSCertificate", str(exc)
         ) from None
 
 

@@ -1,4 +1,4 @@
-"""Running FilterCommand (spec §9) and turning its outcome into a verdict.
+"""Running FilterCommand (docs/behaviour.md §6) and turning its outcome into a verdict.
 
 The filter runs in its own session, so it and everything it forks form one process group:
 on timeout or cancellation the group gets SIGTERM and then SIGKILL, and after every run the
@@ -35,10 +35,12 @@ import attrs
 import trio
 
 from trio_proxsmtp.config import FilterType
-from trio_proxsmtp.protocol.replies import Reply, reply_from_text
+from trio_proxsmtp.protocol.replies import LOCAL_ERROR, Reply, reply_from_text
 from trio_proxsmtp.spool import Spool
 
 log = logging.getLogger("trio_proxsmtp.filter")
+# run_filter logs through the connection's logger when given one (its lines carry its id).
+Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL to the group
 STDERR_LINE_LIMIT = 4096  # bytes of one stderr line kept
@@ -80,6 +82,9 @@ class FilterSpec:
     temp_directory: str
 
 
+_METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # metrics.MULTIPROC_ENV, without prometheus-client
+
+
 def filter_environment(
     *,
     client: str,
@@ -91,8 +96,14 @@ def filter_environment(
     temp_directory: str,
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The daemon's environment plus the spec §9.3 variables (EMAIL is added by run_filter)."""
+    """The daemon's environment plus the variables of docs/behaviour.md §6.1 (EMAIL is
+    added by run_filter).
+
+    Without the metrics directory of `Workers` (metrics.py): a filter written with
+    prometheus-client would otherwise add its own numbers to the proxy's.
+    """
     env = dict(os.environ if base is None else base)
+    env.pop(_METRICS_DIR_ENV, None)
     env["CLIENT"] = client
     env["SERVER"] = server
     env["TMPDIR"] = temp_directory
@@ -125,7 +136,7 @@ def direct_argv(command: str) -> list[str] | None:
 def _local_error(detail: str) -> Verdict:
     return Verdict(
         kind=VerdictKind.ERROR,
-        reply=Reply.single(451, "Local Error"),
+        reply=LOCAL_ERROR,
         message=None,
         status="FILTER-ERROR",
         detail=detail,
@@ -179,7 +190,10 @@ async def _kill_group(process: trio.Process) -> None:
 class _Run:
     """One filter run: the process, its pipes and what came out of them."""
 
-    def __init__(self, spec: FilterSpec, message: Spool, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, spec: FilterSpec, message: Spool, env: Mapping[str, str], log: Logger = log
+    ) -> None:
+        self.log = log
         self.spec = spec
         self.message = message
         self.env = dict(env)
@@ -203,7 +217,7 @@ class _Run:
                     _run_and_kill_group, argv, stdio, self.env
                 )
             except OSError as exc:
-                log.debug("exec %r failed (%s); retrying through /bin/sh", argv, exc)
+                self.log.debug("exec %r failed (%s); retrying through /bin/sh", argv, exc)
             else:
                 return process
         shell = ["/bin/sh", "-c", self.spec.command]
@@ -216,7 +230,7 @@ class _Run:
                 for chunk in self.message.chunks():
                     await stream.send_all(chunk)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                log.info("filter command closed input early")
+                self.log.info("filter command closed input early")
             except OSError as exc:
                 self.failure = f"couldn't read spool: {exc}"
                 raise _Abort from exc
@@ -244,7 +258,7 @@ class _Run:
             self.env["EMAIL"] = self.message.path
         async with trio.open_nursery() as nursery:
             process = self.process = await self.start(nursery)
-            log.debug("filter command %r started, pid %d", self.spec.command, process.pid)
+            self.log.debug("filter command %r started, pid %d", self.spec.command, process.pid)
             if process.stdin is not None:
                 nursery.start_soon(self.feed, process.stdin)
             if process.stdout is not None:
@@ -301,13 +315,15 @@ async def _run_and_kill_group(
             _signal_group(status.pgid, signal.SIGKILL)
 
 
-async def run_filter(spec: FilterSpec, message: Spool, env: Mapping[str, str]) -> Verdict:
+async def run_filter(
+    spec: FilterSpec, message: Spool, env: Mapping[str, str], log: Logger = log
+) -> Verdict:
     """Run the filter over ``message``; see the module docstring for the rules.
 
     Cancellation (the client left) propagates, after the process group is dead and the
     output spool removed.
     """
-    run = _Run(spec, message, env)
+    run = _Run(spec, message, env, log)
     verdict: Verdict | None = None
     try:
         with trio.move_on_after(spec.timeout) as deadline:
@@ -331,7 +347,7 @@ def _judge(run: _Run, message: Spool) -> Verdict:
     """The verdict for a filter that ran to its end."""
     assert run.process is not None and run.process.returncode is not None
     code = run.process.returncode
-    log.debug("filter command pid %d exited with %d", run.process.pid, code)
+    run.log.debug("filter command pid %d exited with %d", run.process.pid, code)
     if code < 0:
         return _local_error(f"killed by signal {-code}")
     if code == 0:
@@ -351,7 +367,7 @@ _PREFIX = "Content Rejected; "
 
 
 def _status_text(reply: Reply) -> str:
-    """The summary status for a reply: what the filter said (spec §9.7, last paragraph)."""
+    """The summary status for a reply: what the filter said (docs/behaviour.md §6.4)."""
     text = " / ".join(reply.lines)
     if reply.code == 550 and text.startswith(_PREFIX):
         return text[len(_PREFIX) :]

@@ -1,4 +1,4 @@
-"""The ``Header`` option (spec §10): expand the template and insert it into a streamed message.
+"""The ``Header`` option (docs/behaviour.md §7): expand the template, insert it into a message.
 
 Pure: no I/O. Differences from proxsmtpd 1.10, on purpose:
 
@@ -76,7 +76,7 @@ def _crlf_clean(data: bytes) -> bytes:
 
 
 class HeaderInserter:
-    """Streams a message (CRLF lines) through, adding the header where spec §10.3 says.
+    """Streams a message (CRLF lines) through, adding the header where docs/behaviour.md §7.2 says.
 
     ``Received:`` headers go first. Any other header goes just before the first blank
     (empty or whitespace-only) line, or, with no blank line, after the last line. Only a

@@ -1,25 +1,43 @@
-"""Logging as proxsmtpd does it (spec §12): syslog `mail` in daemon mode, stderr with -d.
+"""Logging as proxsmtpd does it (docs/behaviour.md §9): syslog `mail` as a daemon, stderr with -d.
 
-Everything goes through the stdlib logger LOGGER_NAME and its children. Lines about one
-connection carry the connection's id as six hex digits (ids start at 0x100000, so they read
-"100000"), so that one session can be grepped out of a busy log.
+Everything goes through the stdlib logger LOGGER_NAME and its children. Every line names
+the process as ``proxsmtpd[PID]:`` (the syslog ident with the pid, as Postfix's daemons
+do); on stderr (-d) each line also starts with an ISO 8601 timestamp with milliseconds and
+the UTC offset, since supervisord and friends write that stream to a file as it is:
+
+    2026-11-29T16:55:30.123+00:00 proxsmtpd[4242]: 6933A1B20010920001: accepted ...
+
+Lines about one connection carry the connection's id, so that one session can be grepped
+out of a busy log. ``connection_ids()`` makes ids that stay unique across restarts and
+worker processes, like Postfix's long queue ids: 8 hex digits of the process's start time
+(Unix seconds), 6 of its pid, then a counter of at least 4 hex digits (see ConnectionIds).
+
+In daemon mode there must be a syslog socket (``/dev/log``, or the path in the environment
+variable PROXSMTPD_SYSLOG_SOCKET): without one ``setup_logging`` raises
+LoggingUnavailable and the daemon refuses to start (its stderr is /dev/null once detached,
+so "logging to stderr" would lose every line). Run with ``-d LEVEL`` under a supervisor to
+log to stderr instead.
 """
 
 from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import socket
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 LOGGER_NAME = "trio_proxsmtp"
 SYSLOG_IDENT = "proxsmtpd"
 SYSLOG_ADDRESS = "/dev/log"
+# Where the admin says the syslog socket is, when it is not /dev/log (containers, chroots).
+SYSLOG_SOCKET_ENV = "PROXSMTPD_SYSLOG_SOCKET"
 MAX_MESSAGE = 1024  # the reference caps each message at 1024 bytes
 
-# -d LEVEL -> the lowest stdlib level shown (spec §2: LEVEL+3 is the highest syslog priority).
+# -d LEVEL -> the lowest stdlib level shown (docs/behaviour.md §9.1).
 _DEBUG_LEVELS = {
     0: logging.ERROR,
     1: logging.WARNING,
@@ -29,6 +47,10 @@ _DEBUG_LEVELS = {
 }
 
 _logs_to_stderr = False
+
+
+class LoggingUnavailable(Exception):
+    """Daemon mode without a syslog socket: nowhere to log, so the daemon must not start."""
 
 
 class _Truncate(logging.Filter):
@@ -54,9 +76,21 @@ def _install(handler: logging.Handler, level: int) -> None:
     logger.setLevel(level)
 
 
+class _TimestampFormatter(logging.Formatter):
+    """``2026-11-29T16:55:30.123+00:00 proxsmtpd[PID]: message``: local time with offset."""
+
+    def __init__(self) -> None:
+        super().__init__(f"%(asctime)s {SYSLOG_IDENT}[%(process)d]: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+        offset = time.strftime("%z", time.localtime(record.created))
+        return f"{stamp}.{int(record.msecs):03d}{offset[:3]}:{offset[3:]}"
+
+
 def _stderr_handler() -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{SYSLOG_IDENT}: %(message)s"))
+    handler.setFormatter(_TimestampFormatter())
     return handler
 
 
@@ -77,9 +111,10 @@ def _syslog_unavailable(path: str) -> str | None:
     return reason
 
 
-def setup_logging(debug_level: int | None, *, syslog_address: str = SYSLOG_ADDRESS) -> None:
-    """None: daemon mode, syslog facility mail (stderr if there is no syslog); 0..4: stderr.
+def setup_logging(debug_level: int | None, *, syslog_address: str | None = None) -> None:
+    """None: daemon mode, syslog facility mail; 0..4: stderr, with timestamps.
 
+    Raises LoggingUnavailable in daemon mode when nothing listens on the syslog socket.
     Safe to call again: it replaces the handler it installed before.
     """
     global _logs_to_stderr
@@ -89,19 +124,21 @@ def setup_logging(debug_level: int | None, *, syslog_address: str = SYSLOG_ADDRE
         _install(_stderr_handler(), _DEBUG_LEVELS[debug_level])
         _logs_to_stderr = True
         return
+    if syslog_address is None:
+        syslog_address = os.environ.get(SYSLOG_SOCKET_ENV) or SYSLOG_ADDRESS
     reason = _syslog_unavailable(syslog_address)
     if reason is not None:
-        _install(_stderr_handler(), logging.INFO)
-        _logs_to_stderr = True
-        logging.getLogger(LOGGER_NAME).warning(
-            "no syslog socket at %s (%s): logging to stderr", syslog_address, reason
+        raise LoggingUnavailable(
+            f"no syslog socket at {syslog_address} ({reason}): start a syslog daemon, set "
+            f"{SYSLOG_SOCKET_ENV} to its socket, or run in the foreground with -d LEVEL "
+            "to log to stderr"
         )
-        return
     syslog = logging.handlers.SysLogHandler(
         syslog_address, facility=logging.handlers.SysLogHandler.LOG_MAIL
     )
-    syslog.ident = f"{SYSLOG_IDENT}: "
-    syslog.setFormatter(logging.Formatter("%(message)s"))
+    # The pid is the process's at the time of the record: the daemon and each worker
+    # are forked after this call.
+    syslog.setFormatter(logging.Formatter(f"{SYSLOG_IDENT}[%(process)d]: %(message)s"))
     _install(syslog, logging.INFO)
     _logs_to_stderr = False
 
@@ -112,15 +149,38 @@ def logs_to_stderr() -> bool:
 
 
 class ConnectionLogger(logging.LoggerAdapter[logging.Logger]):
-    """Prefixes every message with the connection id, as "100A3F: "."""
+    """Prefixes every message with the connection id: "6933A1B20010920001: " (a str id from
+    connection_ids), or "100A3F: " (an int id, six hex digits, as the first release)."""
 
     def process(
         self, msg: Any, kwargs: MutableMapping[str, Any]
     ) -> tuple[Any, MutableMapping[str, Any]]:
         assert self.extra is not None
-        return f"{self.extra['conn_id']:06X}: {msg}", kwargs
+        conn_id = self.extra["conn_id"]
+        text = conn_id if isinstance(conn_id, str) else f"{conn_id:06X}"
+        return f"{text}: {msg}", kwargs
 
 
-def connection_logger(conn_id: int) -> logging.LoggerAdapter[logging.Logger]:
+def connection_logger(conn_id: int | str) -> logging.LoggerAdapter[logging.Logger]:
     """A logger for one connection; every line carries its id."""
     return ConnectionLogger(logging.getLogger(LOGGER_NAME), {"conn_id": conn_id})
+
+
+ID_PATTERN = r"[0-9A-F]{18,}"  # a connection id as connection_ids makes them
+
+
+def connection_ids(*, now: float | None = None, pid: int | None = None) -> Iterator[str]:
+    """Connection ids unique across restarts and worker processes, greppable as hex.
+
+    ``TTTTTTTTPPPPPPCCCC``: TTTTTTTT the process's start time (Unix seconds, 8 hex digits),
+    PPPPPP its pid (6 hex digits, Linux pids are below 2**22), CCCC a per-process counter
+    from 1 (4 hex digits, more once it passes FFFF). A restarted proxy or another worker has
+    another start time or pid, so its ids never repeat earlier ones. Call it in the process
+    that serves (after fork), once.
+    """
+    start = int(time.time() if now is None else now) & 0xFFFFFFFF
+    prefix = f"{start:08X}{(os.getpid() if pid is None else pid) & 0xFFFFFF:06X}"
+    counter = 0
+    while True:
+        counter += 1
+        yield f"{prefix}{counter:04X}"

@@ -1,4 +1,4 @@
-"""Switching to the `User` of the config, after the listeners are bound (spec §3, B16).
+"""Switching to the `User` of the config, after the listeners are bound (docs/behaviour.md §1, B16).
 
 The reference dropped privileges before bind, so `User` and a port below 1024 could not be
 combined; we look the user up early (so a typo fails before anything is bound) and switch

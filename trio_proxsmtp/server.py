@@ -1,17 +1,21 @@
-"""Listeners, the connection limit, signals and graceful drain.
+"""Listeners, the connection limit, reload and graceful drain.
 
 `bind_listeners` is synchronous so that the command line can bind before it detaches and
 report a bind error to the invoking shell (B17).  `serve` runs the accept loops and one
 `Connection` per client in a single nursery, so stopping it stops everything.
 
-Shutdown (SIGTERM/SIGINT, fixing B14): stop accepting at once; idle sessions get
+The server knows no signals: the command line's signal task (signals.py) calls `stop` and
+`reload`, and a server started in a test (testing.run_proxy) leaves the process's signal
+handlers alone.
+
+`stop` (SIGTERM/SIGINT, fixing B14): stop accepting at once; idle sessions get
 `421 4.3.2 Service shutting down`; sessions in the middle of a message get ShutdownTimeout
 seconds to finish with their real reply, then are cancelled (filters killed, 421, nothing
-half-delivered).  A second SIGTERM/SIGINT ends the grace period at once; the signal
-handlers stay ours until every session is gone, so no signal can leave a filter running.
+half-delivered).  A second `stop` ends the grace period at once.
 
-SIGHUP reloads the config file for new connections; running sessions finish on the config
-they started with; a changed Listen is logged as needing a restart and not applied.
+`reload` (SIGHUP) re-reads the config file for new connections; running sessions finish on
+the config they started with; a changed Listen is logged as needing a restart and not
+applied.
 A Unix Listen socket file is removed at exit (1.10 left it), unless it was replaced.
 
 With `Workers: N` (workers.py) N processes each run `serve` on the same sockets as worker
@@ -28,10 +32,9 @@ import itertools
 import logging
 import os
 import resource
-import signal
 import socket
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -39,16 +42,17 @@ import trio
 
 from trio_proxsmtp import notify
 from trio_proxsmtp.address import AddressKind, format_host, resolve_tcp
+from trio_proxsmtp.client_info import from_socket_stream
 from trio_proxsmtp.config import Config, TransparentMode
+from trio_proxsmtp.connection import Connection
 from trio_proxsmtp.log import LOGGER_NAME, connection_logger
-from trio_proxsmtp.relay import IP_TRANSPARENT, Connection
+from trio_proxsmtp.upstream import IP_TRANSPARENT
 
 __all__ = ["Server", "applicable_reload", "bind_listeners", "serve", "worker_share"]
 
 log = logging.getLogger(LOGGER_NAME)
 
 BACKLOG = socket.SOMAXCONN  # the kernel caps it at net.core.somaxconn
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 FIRST_CONNECTION_ID = 0x100000
 BUSY_REPLY = b"421 Server busy, too many connections\r\n"
 # fds one connection may need: client, upstream, 2 spools, 3 filter pipes, slack.
@@ -172,7 +176,7 @@ class Server:
     """The accept loops, the live connections and the current config."""
 
     config: Config
-    reload: Callable[[], Config] | None = None
+    load_config: Callable[[], Config] | None = None  # re-reads the config file
     worker: int = 0  # this process's index, 0..workers-1 (Workers: N)
     workers: int = 1
     connections: set[Connection] = attrs.field(factory=set)
@@ -211,29 +215,19 @@ class Server:
         self, sockets: list[socket.socket], task_status: trio.TaskStatus[list[Any]]
     ) -> None:
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
-        # The signal receiver stays open through the drain: a second SIGTERM/SIGINT must
-        # end the grace period, not kill the process with filters and spools left behind.
-        with trio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
-            # The command line blocks these from before bind until now, so that a signal
-            # sent during start-up waits for this receiver instead of killing a half-started
-            # process (pid file left behind). Filters inherit the unblocked mask.
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-            async with trio.open_nursery() as outer:
-                outer.start_soon(self._signals, signals)
-                async with trio.open_nursery() as connections:
-                    with self._accepting:
-                        async with trio.open_nursery() as accepting:
-                            for listener in listeners:
-                                accepting.start_soon(self._accept_loop, listener, connections)
-                            names = [_listener_name(listener) for listener in listeners]
-                            log.info("listening on %s", ", ".join(names))
-                            notify.ready(f"listening on {', '.join(names)}")
-                            task_status.started(names)
-                    # Accepting has stopped (a signal): refuse new clients at once, drain.
+        async with trio.open_nursery() as connections:
+            with self._accepting:
+                async with trio.open_nursery() as accepting:
                     for listener in listeners:
-                        await listener.aclose()
-                    await self._drain()
-                outer.cancel_scope.cancel()
+                        accepting.start_soon(self._accept_loop, listener, connections)
+                    names = [_listener_name(listener) for listener in listeners]
+                    log.info("listening on %s", ", ".join(names))
+                    notify.ready(f"listening on {', '.join(names)}")
+                    task_status.started(names)
+            # Accepting has stopped (stop()): refuse new clients at once, drain.
+            for listener in listeners:
+                await listener.aclose()
+            await self._drain()
         log.info("shut down")
 
     def stop(self) -> None:
@@ -262,33 +256,15 @@ class Server:
         for connection in list(self.connections):
             connection.cancel()
 
-    async def _signals(self, signals: AsyncIterator[int]) -> None:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                if self.draining:
-                    log.info("SIGHUP ignored: shutting down")
-                else:
-                    notify.reloading()
-                    reloaded = await self._reload()
-                    notify.ready(
-                        f"reloaded {self.config.path}" if reloaded else notify.NOT_RELOADED
-                    )
-                continue
-            if self.draining:
-                log.info("received %s again: ending the grace period", signal.Signals(signum).name)
-            else:
-                log.info("received %s", signal.Signals(signum).name)
-            self.stop()
-
-    async def _reload(self) -> bool:
-        """Re-read the config file; False when the old config stays."""
-        if self.reload is None:
+    async def reload(self) -> bool:
+        """Re-read the config file (what SIGHUP does); False when the old config stays."""
+        if self.load_config is None:
             log.warning("SIGHUP: no config file to reload")
             return False
         try:
             # In a thread: reading the file resolves host names, which may take seconds
             # of DNS that must not stall every session.
-            loaded = await trio.to_thread.run_sync(self.reload)
+            loaded = await trio.to_thread.run_sync(self.load_config)
         except Exception as exc:
             log.error("SIGHUP: config not reloaded, keeping the old one: %s", exc)
             return False
@@ -319,7 +295,8 @@ class Server:
             if len(self.connections) >= limit:
                 connections.start_soon(self._refuse, stream, conn_id, limit)
                 continue
-            connection = Connection(config, stream, conn_id)
+            # Who the client is, decided once here (a PROXY header would fill it instead).
+            connection = Connection(config, stream, from_socket_stream(stream), conn_id)
             self.connections.add(connection)
             connections.start_soon(self._run_connection, connection)
 
@@ -357,7 +334,8 @@ async def serve(
     workers: int = 1,
     task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `sockets` until SIGTERM/SIGINT (then drain and return) or cancellation.
+    """Serve `sockets` until cancelled; no signals (the command line's serve is
+    signals.serve).
 
     `worker`/`workers`: this process is worker `worker` (0-based) of `workers` serving the
     same sockets (see the module docstring); the defaults mean the only one.

@@ -9,7 +9,7 @@ handing every chunk to a worker thread (``trio.to_thread``) would cost more than
 itself. The buffers are large (256 KiB) so a message costs few system calls.
 
 The file is read back by *name*, not through the write handle, because a file-mode filter may
-have edited it in place or replaced it with ``mv`` (spec §9.5).
+have edited it in place or replaced it with ``mv`` (docs/behaviour.md §6.2).
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ SIGTERM/SIGINT/SIGHUP since before bind, so it simply waits for them (and SIGCHL
   at most once per `restart_interval` per slot, so a crash loop cannot spin.
 - A worker gets SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), so a SIGKILLed
   supervisor leaves no worker behind.
+- `on_worker_exit(pid)` is called for every worker reaped (metrics.MultiprocessDirectory
+  drops the dead worker's share of the live gauges there).
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class Supervisor:
         *,
         sockets: Iterable[socket.socket] = (),
         on_hup: Callable[[], None] | None = None,
+        on_worker_exit: Callable[[int], None] | None = None,
         restart_interval: float = 1.0,
     ) -> None:
         if count < 1:
@@ -85,6 +88,7 @@ class Supervisor:
         # listener open, so new clients are refused instead of waiting in its backlog.
         self._sockets = list(sockets)
         self._on_hup = on_hup
+        self._on_worker_exit = on_worker_exit
         self._restart_interval = restart_interval
         self.pids: dict[int, int] = {}  # pid -> slot
         self._started: dict[int, float] = {}  # slot -> monotonic time of its last start
@@ -144,6 +148,8 @@ class Supervisor:
             slot = self.pids.pop(pid, None)
             if slot is None:
                 continue
+            if self._on_worker_exit is not None:
+                self._on_worker_exit(pid)
             what = describe_exit(status)
             if self.stopping:
                 log.debug("worker %d of %d (pid %d) %s", slot + 1, self.count, pid, what)

@@ -6,7 +6,15 @@
 # Messages scoring at or above REJECT_SCORE (default 10) are refused with 550; the others
 # are delivered with SpamAssassin's X-Spam-* headers added. If spamd cannot be reached the
 # message is delivered unchanged; set SPAM_FAIL_CLOSED=1 to answer 451 instead (the sender
-# retries later). Everything in the environment comes from the network: quote it.
+# retries later). A missing spamc is always a 451 (fail closed: an installation error
+# must not pass every message unscanned), said on stderr for the proxy's log.
+# Everything in the environment comes from the network: quote it.
+
+if ! command -v spamc >/dev/null 2>&1; then
+    echo "spamassassin.sh: spamc not found in PATH ($PATH): failing closed" >&2
+    echo "451 4.3.0 Spam filter unavailable, try again later" >&2
+    exit 1
+fi
 
 reject_score=${REJECT_SCORE:-10}
 dir=$(mktemp -d "${TMPDIR:-/tmp}/spam.XXXXXX") || { echo "451 4.3.0 Local error" >&2; exit 1; }
@@ -15,7 +23,9 @@ cat >"$dir/in" || { echo "451 4.3.0 Local error" >&2; exit 1; }
 
 # -x: no silent fallback, so a spamd failure is an exit status we can act on.
 spamc -x <"$dir/in" >"$dir/out"
-if [ $? -ne 0 ]; then
+status=$?
+if [ $status -ne 0 ]; then
+    echo "spamassassin.sh: spamc exited with $status (spamd unreachable?)" >&2
     if [ "${SPAM_FAIL_CLOSED:-0}" = 1 ]; then
         echo "451 4.3.0 Spam filter unavailable, try again later" >&2
         exit 1

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -97,3 +100,47 @@ async def test_spamassassin_fails_open_by_default(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("SPAM_FAIL_CLOSED", "1")
     code, _, arrived = await deliver(SPAM, b"SPAMD-DOWN\r\n")
     assert code == 451 and arrived == []
+
+
+@pytest.fixture
+def no_scanners(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PATH with the tools the scripts use, and neither clamdscan nor spamc."""
+    bin_dir = tmp_path / "tools"
+    bin_dir.mkdir()
+    for tool in ("cat", "mktemp", "rm", "sed", "head", "awk"):
+        found = shutil.which(tool)
+        assert found is not None, tool
+        (bin_dir / tool).symlink_to(found)
+    monkeypatch.setenv("PATH", str(bin_dir))
+
+
+@pytest.mark.usefixtures("no_scanners")
+@pytest.mark.parametrize("config", [CLAMAV, SPAM], ids=["clamav", "spam"])
+async def test_missing_scanner_fails_closed(config: str) -> None:
+    code, text, arrived = await deliver(config, b"hello\r\n")
+    assert code == 451 and arrived == []
+    assert "unavailable" in text
+
+
+@pytest.mark.usefixtures("no_scanners")
+@pytest.mark.parametrize("script", ["clamav.sh", "spamassassin.sh"])
+def test_missing_scanner_is_said_on_stderr(script: str, tmp_path: Path) -> None:
+    message = tmp_path / "m.eml"
+    message.write_bytes(b"Subject: t\r\n\r\nhello\r\n")
+    with message.open("rb") as stdin:
+        result = subprocess.run(
+            [str(FILTERS / script)],
+            stdin=stdin,
+            env={**os.environ, "EMAIL": str(message), "TMPDIR": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    assert result.returncode != 0 and result.stdout == ""
+    *before, reply = result.stderr.splitlines()
+    assert reply.startswith("451 4.3.0 ")
+    scanner = "clamdscan" if script == "clamav.sh" else "spamc"
+    assert before == [
+        f"{script}: {scanner} not found in PATH ({os.environ['PATH']}): failing closed"
+    ]

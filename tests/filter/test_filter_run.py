@@ -28,6 +28,7 @@ from trio_proxsmtp.filter import (
     filter_environment,
     run_filter,
 )
+from trio_proxsmtp.metrics import MULTIPROC_ENV
 from trio_proxsmtp.protocol.replies import Reply
 from trio_proxsmtp.spool import BUFFER_SIZE, Spool
 
@@ -418,6 +419,23 @@ def test_filter_environment_variables() -> None:
         "REMOTE_HELO": "weird helo",
         "TMPDIR": "/var/tmp/",
     }
+
+
+def test_filter_environment_leaves_out_the_metrics_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(MULTIPROC_ENV, "/tmp/proxsmtpd-metrics.x")
+    result = filter_environment(
+        client="192.0.2.7",
+        server="10.0.0.1",
+        sender=None,
+        recipients=[],
+        remote=None,
+        remote_helo=None,
+        temp_directory="/tmp/",
+    )
+    assert MULTIPROC_ENV not in result
+    assert result["CLIENT"] == "192.0.2.7"
 
 
 def test_filter_environment_leaves_unknowns_unset(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ points its command, log file and environment at this checkout and at tmp_path.
 from __future__ import annotations
 
 import configparser
+import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from trio_proxsmtp.testing import FakeUpstream, open_client
 CONTRIB = ROOT / "contrib"
 PROGRAM = "program:trio-proxsmtpd"
 NAME = "trio-proxsmtpd"
+VENV_SCRIPT = "/opt/trio-proxsmtpd/bin/trio-proxsmtpd"  # the README's venv install
 
 # Messages from slow@... make the filter record its process group and hang.
 FILTER = """\
@@ -46,11 +48,15 @@ def test_contrib_stop_wait_exceeds_the_default_shutdown_timeout() -> None:
     assert program["stopsignal"] == "TERM"
     assert int(program["stopwaitsecs"]) > Config().shutdown_timeout
     assert " -d " in program["command"] and " -f " in program["command"]
+    assert program["command"].startswith(VENV_SCRIPT + " ")
 
 
 def supervisord_conf(tmp_path: Path, proxy_conf: Path) -> Path:
     program = contrib_program()
-    program["command"] = program["command"].replace("python3", sys.executable, 1)
+    # the venv install of the README, as this checkout's interpreter runs it
+    program["command"] = program["command"].replace(
+        VENV_SCRIPT, f"{sys.executable} -m trio_proxsmtp", 1
+    )
     program["command"] = program["command"].replace("/etc/proxsmtpd.conf", str(proxy_conf))
     program["stdout_logfile"] = str(tmp_path / "proxy.log")
     program["directory"] = str(ROOT)
@@ -157,11 +163,18 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     [stop] = [line for line in text.splitlines() if line.startswith("TimeoutStopSec=")]
     assert int(stop.partition("=")[2]) > Config().shutdown_timeout
     assert " -d 3 " in next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    assert "Documentation=man:trio-proxsmtpd(8) man:proxsmtpd.conf(5)" in text.splitlines()
+    assert text.count(VENV_SCRIPT) == 2  # ExecStartPre and ExecStart
     # The unit names the installed script; verify a copy that names one that exists here.
     copy = tmp_path / "trio-proxsmtpd.service"
-    copy.write_text(text.replace("/usr/bin/trio-proxsmtpd", sys.executable))
+    copy.write_text(text.replace(VENV_SCRIPT, sys.executable))
+    # Documentation=man:... is checked with man(1): our pages, laid out as a venv has them.
+    for page, section in (("trio-proxsmtpd.8", "man8"), ("proxsmtpd.conf.5", "man5")):
+        (tmp_path / "man" / section).mkdir(parents=True)
+        shutil.copy(ROOT / "man" / page, tmp_path / "man" / section / page)
     result = subprocess.run(
         ["systemd-analyze", "verify", str(copy)],
+        env={**os.environ, "MANPATH": str(tmp_path / "man")},
         capture_output=True,
         text=True,
         timeout=30,

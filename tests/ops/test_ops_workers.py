@@ -31,7 +31,7 @@ MESSAGE = b"Subject: workers\r\n\r\nbody\r\n"
 # Records its pid (filters run in their own session) and passes the message through.
 FILTER = 'echo $$ >> "$1/pids"\nexec cat\n'
 WORKER_RE = re.compile(r"worker (\d+) of (\d+) started \(pid (\d+)\)")
-ACCEPTED_RE = re.compile(r"^proxsmtpd: ([0-9A-F]{6}): accepted connection", re.MULTILINE)
+ACCEPTED_RE = re.compile(r"^\S+ proxsmtpd\[\d+\]: ([0-9A-F]{6}): accepted connection", re.MULTILINE)
 
 
 def setup(tmp_path: Path, up: FakeUpstream, extra: str) -> tuple[Path, int]:
@@ -317,13 +317,13 @@ async def test_reload_keeps_the_running_worker_count(caplog: pytest.LogCaptureFi
     new: list[Config] = [attrs.evolve(old, workers=3, max_connections=6, timeout=9.0)]
     server = Server(old, lambda: new[0], 1, 2)
     with trio.fail_after(10):
-        await server._reload()
+        await server.reload()
     assert (server.config.workers, server.config.timeout, server.max_connections) == (2, 9.0, 3)
     assert "Workers changed from 2 to 3: a restart is needed" in caplog.text
     # One worker and MaxConnections 1 in the file: a share of 0 would refuse every client.
     new[0] = attrs.evolve(old, workers=1, max_connections=1, timeout=5.0)
     with trio.fail_after(10):
-        await server._reload()
+        await server.reload()
     assert (server.config.timeout, server.max_connections) == (9.0, 3)
     assert "config not reloaded" in caplog.text
 

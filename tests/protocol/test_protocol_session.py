@@ -830,3 +830,32 @@ def test_abort_between_messages_logs_nothing() -> None:
     d = ready()
     with_envelope(d)
     assert d.session.abort("client disconnected") == []
+
+
+# -- the queue of pending exchanges and the sticky error ----------------------------------
+
+
+def test_replies_answer_the_pending_exchanges_in_order() -> None:
+    d = ready()
+    (mail,) = d.session.command(parse_command(b"MAIL FROM:<s@x>\r\n"))
+    assert d.session.pending == (mail,)
+    assert d.session.upstream_reply(OK) == [SendClient(OK)]
+    assert d.session.pending == ()
+    with pytest.raises(LocalProtocolError):
+        d.session.upstream_reply(OK)
+
+
+def test_an_illegal_input_breaks_the_session_for_good() -> None:
+    d = ready()
+    with pytest.raises(LocalProtocolError):
+        d.session.message_received(1)
+    # Legal on its own, but the session can no longer be trusted.
+    with pytest.raises(LocalProtocolError, match="already failed"):
+        d.session.command(parse_command(b"NOOP\r\n"))
+
+
+def test_a_reply_to_another_action_than_the_oldest_pending_is_our_bug() -> None:
+    d = ready()
+    d.session.command(parse_command(b"MAIL FROM:<s@x>\r\n"))
+    with pytest.raises(LocalProtocolError):
+        d.session.reply(SendUpstream(b"RSET\r\n", Purpose.RSET), OK)

@@ -433,3 +433,12 @@ def test_filter_processes_finds_only_marked(tmp_path: Path) -> None:
         child.kill()
         child.wait()
     assert filter_processes(marker) == []
+
+
+async def test_filter_log_lines_carry_the_connection_id(caplog: pytest.LogCaptureFixture) -> None:
+    with trio.fail_after(10):
+        async with proxied("FilterCommand: exit 0") as (_up, proxy), proxy.connect() as client:
+            assert (await standard(client))[-1] == 250
+    filter_lines = [r.getMessage() for r in caplog.records if "filter command" in r.getMessage()]
+    assert filter_lines  # started, exited
+    assert all(re.match(r"[0-9A-F]{6}: filter command", line) for line in filter_lines)

@@ -470,42 +470,6 @@ async def test_t37_max_connections(caplog: pytest.LogCaptureFixture) -> None:
     assert "too many connections open (max 2)" in caplog.text
 
 
-async def test_t38_idle_client_gets_421_timeout(autojump_clock: trio.testing.MockClock) -> None:
-    with trio.fail_after(30):
-        async with proxied("TimeOut: 5") as (up, proxy), proxy.connect(timeout=60) as client:
-            await client.command("EHLO c")
-            start = trio.current_time()
-            reply = await client.read_reply()
-            assert reply.to_bytes() == b"421 4.4.2 smtp.passthru Error: timeout exceeded\r\n"
-            assert 5 <= trio.current_time() - start < 6
-            await client.read_eof()
-            await up.wait_until(lambda: up.active_connections == 0)
-
-
-async def test_t39_keepalives_while_data_arrives_slowly(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    with trio.fail_after(60):
-        async with (
-            proxied("KeepAlives: 1\nTimeOut: 5") as (up, proxy),
-            proxy.connect(timeout=60) as client,
-        ):
-            assert (await client.start_message("s@x", ["r@x"], helo="c"))[-1].code == 354
-            for line in (b"Subject: t\r\n", b"\r\n", b"a\r\n", b"b\r\n"):
-                await client.send(line)
-                await trio.sleep(1.5)
-            await client.send(b".\r\n")
-            final = await client.read_reply()
-            assert final.code == 250
-            # No NOOP reply reached the client: the next reply is NOOP's own.
-            assert (await client.command("QUIT")).code == 221
-            assert len(client.replies) == 7
-            noops = up.commands.index(b"DATA") - up.commands.index(b"RCPT TO:<r@x>") - 1
-            assert noops >= 2
-            assert set(up.commands[3 : 3 + noops]) == {b"NOOP"}
-            assert up.transactions[0].message == b"Subject: t\r\n\r\na\r\nb\r\n"
-
-
 async def test_client_vanishes_in_data_nothing_delivered(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

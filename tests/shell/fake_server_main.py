@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from trio_proxsmtp import cli, server
+from trio_proxsmtp import signals as signal_task
 from trio_proxsmtp.config import Config
 
 
@@ -41,7 +42,7 @@ async def serve(
 ) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         # Like the real serve(): the command line blocked these until a receiver exists.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, server.HANDLED_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signal_task.HANDLED_SIGNALS)
         task_status.started([s.getsockname() for s in sockets])
         print(f"SERVING {__import__('os').getpid()}", flush=True)
         async for _ in signals:
@@ -51,5 +52,5 @@ async def serve(
 
 
 setattr(server, "bind_listeners", bind_listeners)  # noqa: B010
-setattr(server, "serve", serve)  # noqa: B010
+setattr(signal_task, "serve", serve)  # noqa: B010
 sys.exit(cli.main(sys.argv[1:]))

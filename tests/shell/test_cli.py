@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 
-from trio_proxsmtp import __version__, cli, server
+from trio_proxsmtp import __version__, cli, server, signals
 from trio_proxsmtp.config import Config
 
 
@@ -102,6 +103,19 @@ def test_config_error_one_line_exit_2(
     assert err == (f"proxsmtpd: {path}:3: MaxConnections: must be between 1 and 10239: 0\n")
 
 
+@pytest.mark.parametrize("check", [True, False])
+def test_missing_filter_program_stops_check_and_start(
+    tmp_path: Path, check: bool, fake: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_conf(tmp_path, "FilterCommand: /usr/local/bin/nonexistent-filter\n")
+    assert cli.main((["-t"] if check else ["-d", "3"]) + ["-f", path]) == 2
+    assert fake.served == []
+    assert capsys.readouterr().err == (
+        f"proxsmtpd: {path}:3: FilterCommand: /usr/local/bin/nonexistent-filter: "
+        "No such file or directory\n"
+    )
+
+
 def test_unknown_user(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_conf(tmp_path, "User: no-such-user-here\n")
     assert cli.main(["-t", "-f", path]) == 2
@@ -146,7 +160,7 @@ class FakeServer:
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
     fake = FakeServer()
     monkeypatch.setattr(server, "bind_listeners", fake.bind_listeners, raising=False)
-    monkeypatch.setattr(server, "serve", fake.serve, raising=False)
+    monkeypatch.setattr(signals, "serve", fake.serve, raising=False)
     yield fake
     for sock in fake.sockets:
         sock.close()
@@ -181,7 +195,8 @@ def test_pid_file_option_overrides_command_line(
     fake.pid_paths += [from_conf, from_cli]
     assert cli.main(["-d", "1", "-f", path, "-p", str(from_cli)]) == 0
     assert fake.served[0]["pid_files"] == {str(from_conf): f"{os.getpid()}\n"}
-    assert "proxsmtpd: ignoring pid file specified on the command line" in capsys.readouterr().err
+    ident = f"proxsmtpd[{os.getpid()}]: "
+    assert f"{ident}ignoring pid file specified on the command line" in capsys.readouterr().err
 
 
 def test_empty_pid_file_option_disables_it(
@@ -201,8 +216,9 @@ def test_pid_file_failure_is_an_error(
     bad = tmp_path / "missing-dir" / "p.pid"
     assert cli.main(["-d", "0", "-f", path, "-p", str(bad)]) == 1
     assert fake.served == []
-    assert capsys.readouterr().err == (
-        f"proxsmtpd: couldn't write pid file: {bad}: No such file or directory\n"
+    (line,) = capsys.readouterr().err.splitlines()  # logged (-d): timestamp, ident
+    assert line.endswith(
+        f" proxsmtpd[{os.getpid()}]: couldn't write pid file: {bad}: No such file or directory"
     )
 
 
@@ -219,17 +235,30 @@ def test_pid_file_of_another_process_is_left_alone(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv", [["-d", "0"], []])
 def test_bind_failure_exits_1_before_detaching(
-    tmp_path: Path, fake: FakeServer, argv: list[str], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    fake: FakeServer,
+    argv: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    syslog.bind(str(tmp_path / "syslog"))
+    monkeypatch.setenv("PROXSMTPD_SYSLOG_SOCKET", str(tmp_path / "syslog"))
     fake.bind_error = OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
     path = write_conf(tmp_path)
     pid_file = tmp_path / "p.pid"
     assert cli.main([*argv, "-f", path, "-p", str(pid_file)]) == 1
     assert fake.served == []
     assert not pid_file.exists()
+    syslog.close()
     err = capsys.readouterr().err.splitlines()
-    assert err[-1] == "proxsmtpd: couldn't bind to address: 127.0.0.1:2525: Address already in use"
-    assert err.count(err[-1]) == 1
+    assert err[-1].endswith(
+        "proxsmtpd: couldn't bind to address: 127.0.0.1:2525: Address already in use"
+        if argv == []  # daemon mode: syslog has it, the shell gets it once
+        else f" proxsmtpd[{os.getpid()}]: couldn't bind to address: 127.0.0.1:2525: "
+        "Address already in use"
+    )
+    assert sum("couldn't bind" in line for line in err) == 1
 
 
 def test_running_as_root_warns(
@@ -237,5 +266,18 @@ def test_running_as_root_warns(
 ) -> None:
     path = write_conf(tmp_path)
     assert cli.main(["-d", "1", "-f", path]) == 0
-    warned = "proxsmtpd: running as root is NOT recommended" in capsys.readouterr().err
+    warned = "]: running as root is NOT recommended" in capsys.readouterr().err
     assert warned is (os.geteuid() == 0)
+
+
+def test_a_failed_start_leaves_the_signal_mask_as_it_was(
+    tmp_path: Path, fake: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Start-up blocks SIGTERM/SIGINT/SIGHUP until serve() listens for them; a start-up
+    # error must unblock them again, or every process started later by the same process
+    # (a test run's subprocesses) inherits SIGTERM blocked and never stops on it.
+    fake.bind_error = OSError(errno.EADDRINUSE, "Address already in use")
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert cli.main(["-d", "0", "-f", write_conf(tmp_path)]) == 1
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
+    assert "couldn't bind" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -51,6 +52,12 @@ def test_defaults() -> None:
     assert config.shutdown_timeout == 30.0
     assert config.max_message_size == 0
     assert config.pipelining is False
+    assert config.proxy_protocol is False
+    assert config.proxy_protocol_from == (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    assert config.metrics_listen is None
     assert config.path == "test.conf"
 
 
@@ -108,6 +115,20 @@ def test_config_class_defaults_match_parsed_defaults() -> None:
         ("MaxMessageSize: 10485760", "max_message_size", 10485760),
         ("Pipelining: on", "pipelining", True),
         ("Pipelining: no", "pipelining", False),
+        ("ProxyProtocol: on", "proxy_protocol", True),
+        ("ProxyProtocol: off", "proxy_protocol", False),
+        (
+            "ProxyProtocolFrom: 10.0.0.0/8, 192.0.2.7,[2001:db8::1]",
+            "proxy_protocol_from",
+            (
+                ipaddress.ip_network("10.0.0.0/8"),
+                ipaddress.ip_network("192.0.2.7/32"),
+                ipaddress.ip_network("2001:db8::1/128"),
+            ),
+        ),
+        ("MetricsListen: 127.0.0.1:9100", "metrics_listen", parse_address("127.0.0.1:9100", 0)),
+        ("MetricsListen: [::1]:9100", "metrics_listen", parse_address("[::1]:9100", 0)),
+        ("MetricsListen: 9100", "metrics_listen", parse_address("9100", 0)),
     ],
 )
 def test_option_values(line: str, field: str, value: object) -> None:
@@ -153,6 +174,16 @@ def test_option_values(line: str, field: str, value: object) -> None:
         ("User:", "User", "must not be empty"),
         ("XClient: client", "XClient", "invalid value"),
         ("ShutdownTimeout: -1", "ShutdownTimeout", "not a decimal integer"),
+        ("ProxyProtocol: v2", "ProxyProtocol", "invalid value"),
+        ("ProxyProtocolFrom:", "ProxyProtocolFrom", "empty entry"),
+        ("ProxyProtocolFrom: 10.0.0.0/8,,::1", "ProxyProtocolFrom", "empty entry"),
+        ("ProxyProtocolFrom: 10.0.0.1/8", "ProxyProtocolFrom", "has host bits set"),
+        ("ProxyProtocolFrom: lb.example.org", "ProxyProtocolFrom", "not an IP address"),
+        ("ProxyProtocolFrom: 10.0.0.0/33", "ProxyProtocolFrom", "not an IP address"),
+        ("MetricsListen: 127.0.0.1", "MetricsListen", "needs a port"),
+        ("MetricsListen: /run/metrics.sock", "MetricsListen", "not a unix socket"),
+        ("MetricsListen: 127.0.0.1:99999", "MetricsListen", "invalid address"),
+        ("MetricsListen: no-such-host.invalid:9100", "MetricsListen", "couldn't resolve"),
     ],
 )
 def test_validation_errors(line: str, option: str | None, message: str) -> None:
@@ -205,6 +236,13 @@ def test_missing_out_address() -> None:
     assert str(info.value) == (
         "x.conf: OutAddress: no OutAddress specified (required unless TransparentProxy is on)"
     )
+
+
+def test_proxy_protocol_from_without_proxy_protocol_warns() -> None:
+    _, warnings = parse_config_with_warnings(BASE + "ProxyProtocolFrom: 10.0.0.0/8\n", "t.conf")
+    assert warnings == ["ProxyProtocolFrom is ignored while ProxyProtocol is off"]
+    on = BASE + "ProxyProtocol: on\nProxyProtocolFrom: 10.0.0.0/8\n"
+    assert parse_config_with_warnings(on, "t.conf")[1] == []
 
 
 def test_transparent_proxy_needs_no_out_address() -> None:
@@ -327,3 +365,45 @@ def test_example_config_parses_and_documents_every_option() -> None:
     text = EXAMPLE.read_text()
     for canonical, _field, _parser in config_module._OPTIONS.values():
         assert re.search(rf"^#?{canonical}:", text, re.MULTILINE), canonical
+
+
+# -- the FilterCommand's program is checked (-t, start-up, reload) ------------------------
+
+
+def test_missing_filter_program_is_an_error_with_file_and_line() -> None:
+    text = "OutAddress: 2525\nFilterCommand: /usr/local/bin/nonexistent-filter --x\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "c.conf")
+    assert str(info.value) == (
+        "c.conf:2: FilterCommand: /usr/local/bin/nonexistent-filter: No such file or directory"
+    )
+
+
+def test_filter_program_not_executable(tmp_path: Path) -> None:
+    script = tmp_path / "filter.sh"
+    script.write_text("#!/bin/sh\ncat\n")
+    script.chmod(0o644)
+    with pytest.raises(ConfigError, match=rf"c.conf:3: FilterCommand: {script}: not executable"):
+        parse_config(f"OutAddress: 2525\n\nFilterCommand: {script}\n", "c.conf")
+    with pytest.raises(ConfigError, match=rf"FilterCommand: {tmp_path}: not a regular file"):
+        parse_config(f"OutAddress: 2525\nFilterCommand: {tmp_path}\n", "c.conf")
+    script.chmod(0o755)
+    assert parse_config_with_warnings(f"OutAddress: 2525\nFilterCommand: {script} -x\n")[1] == []
+
+
+def test_filter_program_searched_in_path() -> None:
+    with pytest.raises(ConfigError, match=r"c\.conf:1: FilterCommand: no-such-filter-xyz: no "):
+        parse_config("FilterCommand: no-such-filter-xyz -q\nOutAddress: 2525\n", "c.conf")
+    assert parse_config_with_warnings("FilterCommand: cat\nOutAddress: 2525\n")[1] == []
+
+
+def test_shell_filter_command_is_a_warning_not_checked() -> None:
+    _, warnings = parse_config_with_warnings(
+        "OutAddress: 2525\nFilterCommand: /nonexistent/x | cat\n"
+    )
+    assert len(warnings) == 1 and "/bin/sh -c" in warnings[0]
+
+
+def test_reject_filter_type_needs_no_program() -> None:
+    config = parse_config("OutAddress: 2525\nFilterType: reject\nFilterCommand: /nonexistent\n")
+    assert config.filter_command == "/nonexistent"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import signal
 import socket
 import subprocess
@@ -40,9 +41,15 @@ def write_conf(tmp_path: Path, port: int, extra: str = "") -> str:
     return str(path)
 
 
-def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+def run(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        argv, env=ENV, capture_output=True, text=True, timeout=DEADLINE, cwd=ROOT, check=False
+        argv,
+        env=ENV if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        cwd=ROOT,
+        check=False,
     )
 
 
@@ -73,6 +80,25 @@ def wait_until(predicate: object, what: str) -> None:
 def status_fields(pid: int) -> dict[str, str]:
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+@pytest.fixture(autouse=True)
+def syslog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    """A syslog socket for daemon mode (the test machine may have no /dev/log)."""
+    path = str(tmp_path / "syslog.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        monkeypatch.setitem(ENV, "PROXSMTPD_SYSLOG_SOCKET", path)
+        yield sock
+
+
+def syslog_lines(sock: socket.socket, until: str) -> list[str]:
+    """The syslog records received, up to one containing `until`."""
+    sock.settimeout(DEADLINE)
+    lines = []
+    while not lines or until not in lines[-1]:
+        lines.append(sock.recv(4096).decode())
+    return lines
 
 
 @pytest.fixture
@@ -165,6 +191,62 @@ def test_daemon_detaches_and_serves(tmp_path: Path, cleanup: list[str]) -> None:
     os.kill(pid, signal.SIGTERM)
     wait_until(lambda: not pid_file.exists(), "the pid file to go")
     wait_until(lambda: processes_using(path) == [], "the daemon to exit")
+
+
+def test_daemon_without_syslog_refuses_to_start(tmp_path: Path) -> None:
+    """Once detached, stderr is /dev/null: the daemon must not "log to stderr" there."""
+    path = write_conf(tmp_path, free_port())
+    missing = tmp_path / "no-syslog"
+    result = run([*FAKE, "-f", path], env={**ENV, "PROXSMTPD_SYSLOG_SOCKET": str(missing)})
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"proxsmtpd: no syslog socket at {missing} (")
+    assert "-d LEVEL" in result.stderr
+    assert processes_using(path) == []
+
+
+def test_daemon_logs_to_syslog_with_pid(
+    tmp_path: Path, syslog: socket.socket, cleanup: list[str]
+) -> None:
+    path = write_conf(tmp_path, free_port(), "FilterCommand: cat | cat\n")
+    pid_file = tmp_path / "p.pid"
+    assert run([*FAKE, "-f", path, "-p", str(pid_file)]).returncode == 0
+    cleanup.append(path)
+    pid = int(pid_file.read_text())
+    line = syslog_lines(syslog, "FilterCommand")[-1]
+    # logged before detaching, by the process the shell started
+    assert re.match(r"<20>proxsmtpd\[\d+\]: FilterCommand 'cat \| cat' runs under", line)
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: processes_using(path) == [], "the daemon to exit")
+
+
+def test_daemon_makes_relative_paths_absolute(
+    tmp_path: Path, syslog: socket.socket, cleanup: list[str]
+) -> None:
+    """The daemon runs in /: -f must still name the file SIGHUP reloads, -p its pid file."""
+    port = free_port()
+    # One process: the log lines below are read by the pid in the pid file, and with
+    # Workers each worker logs its own "listening on" and "SIGHUP: reloaded" with its pid.
+    path = write_conf(tmp_path, port, "Workers: 1\n")
+    result = subprocess.run(
+        [*REAL, "-f", "proxsmtpd.conf", "-p", "rel.pid"],
+        env=ENV,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    cleanup.append(str(tmp_path))
+    pid = int((tmp_path / "rel.pid").read_text())
+    assert not Path("/rel.pid").exists()
+    assert os.readlink(f"/proc/{pid}/cwd") == "/"
+    listening = syslog_lines(syslog, "listening on")[-1]
+    assert listening.startswith(f"<22>proxsmtpd[{pid}]: listening on 127.0.0.1:{port}")
+    os.kill(pid, signal.SIGHUP)
+    assert syslog_lines(syslog, "SIGHUP")[-1].endswith(f"SIGHUP: reloaded {path}\x00")
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not (tmp_path / "rel.pid").exists(), "the pid file to go")
 
 
 def test_daemon_reports_late_errors_to_the_shell(tmp_path: Path) -> None:

@@ -69,11 +69,13 @@ async def test_default_replies_to_other_verbs() -> None:
                 for line in ("HELO c", "NOOP", "RSET", "XCLIENT ADDR=1.2.3.4", "XFORWARD NAME=x")
             ]
             codes.append((await c.command("AUTH PLAIN AGZvbwBiYXI=")).code)
-            codes.append((await c.command("BDAT 10 LAST")).code)
+            # CHUNKING is advertised: the chunk is read, and refused without a MAIL.
+            await c.send(b"BDAT 10 LAST\r\n0123456789")
+            codes.append((await c.read_reply()).code)
             codes.append((await c.command(b"\xff\x00garbage")).code)
             quit_reply = await c.quit()
             assert await c.read_eof() == b""
-        assert codes == [250, 250, 250, 220, 250, 235, 502, 502]
+        assert codes == [250, 250, 250, 220, 250, 235, 503, 502]
         assert quit_reply.code == 221 and c.closed
 
 

@@ -3,6 +3,16 @@
 Nothing here imports anything outside this package but the standard library and attrs.
 """
 
+from trio_proxsmtp.protocol.bdat import (
+    BdatCommand,
+    BdatSender,
+    BdatSyntaxError,
+    BdatTransfer,
+    ChunkReader,
+    bdat_command,
+    bdat_frames,
+    parse_bdat,
+)
 from trio_proxsmtp.protocol.commands import Command, Verb, parse_command
 from trio_proxsmtp.protocol.data import DataReceiver, DataSender, stuff, unstuff
 from trio_proxsmtp.protocol.ehlo import (
@@ -22,6 +32,11 @@ __all__ = [
     "CLIENT_LINE_LIMIT",
     "PROXY_HOSTNAME",
     "STRIPPED_EXTENSIONS",
+    "BdatCommand",
+    "BdatSender",
+    "BdatSyntaxError",
+    "BdatTransfer",
+    "ChunkReader",
     "Command",
     "DataReceiver",
     "DataSender",
@@ -34,6 +49,9 @@ __all__ = [
     "Reply",
     "ReplyParser",
     "Verb",
+    "bdat_command",
+    "bdat_frames",
+    "parse_bdat",
     "parse_command",
     "parse_extensions",
     "reply_from_text",

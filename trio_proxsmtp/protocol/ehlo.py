@@ -1,4 +1,4 @@
-"""The banner, HELO and EHLO reply rewrites of proxsmtpd (spec §7.2, §7.4).
+"""The banner, HELO and EHLO reply rewrites of proxsmtpd (docs/behaviour.md §4.2).
 
 The upstream's host name never reaches the client (it would trip mail-loop detection), and
 EHLO keywords for features the proxy cannot relay are removed.
@@ -23,7 +23,8 @@ __all__ = [
 
 PROXY_HOSTNAME = "smtp.passthru"
 
-# The one place this list lives: extensions the proxy cannot pass through (spec §7.4, B12).
+# The one place this list lives: extensions the proxy cannot pass through
+# (docs/behaviour.md §4.2, B12).
 STRIPPED_EXTENSIONS: frozenset[str] = frozenset(
     {"PIPELINING", "STARTTLS", "CHUNKING", "BINARYMIME", "CHECKPOINT", "XCLIENT", "XEXCH50"}
 )

@@ -12,7 +12,8 @@ import attrs
 
 __all__ = ["CLIENT_LINE_LIMIT", "LineBuffer", "LineTooLong"]
 
-# proxsmtpd 1.10 answers "500 Line too long" to lines of 4222 bytes or more (spec §7.1).
+# proxsmtpd 1.10 answers "500 Line too long" to lines of 4222 bytes or more
+# (docs/behaviour.md §4.1).
 CLIENT_LINE_LIMIT = 4221
 
 # Consumed bytes are compacted away once this many have piled up at the buffer's front.

@@ -13,7 +13,7 @@ import attrs
 from trio_proxsmtp.protocol.errors import RemoteProtocolError
 from trio_proxsmtp.protocol.lines import LineBuffer, LineTooLong
 
-__all__ = ["Reply", "ReplyParser", "reply_from_text"]
+__all__ = ["LOCAL_ERROR", "Reply", "ReplyParser", "reply_from_text"]
 
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"
@@ -83,8 +83,10 @@ class Reply:
         return f"{self.code} {joined}" if joined else str(self.code)
 
 
-# What the client is told when the upstream's replies cannot be understood (spec §18).
-_UPSTREAM_BROKEN = Reply(451, ("Local Error",))
+# 1.10's one local failure reply, kept byte-exact (docs/behaviour.md): a message the filter
+# could not judge, a spool that failed, upstream replies that cannot be understood.
+LOCAL_ERROR = Reply.single(451, "Local Error")
+_UPSTREAM_BROKEN = LOCAL_ERROR
 
 
 class ReplyParser:
@@ -160,7 +162,7 @@ def _split_reply_line(line: bytes) -> tuple[int, bool, str]:
 
 
 def reply_from_text(text: str) -> Reply:
-    """Normalise filter stderr or FilterReject text into a reply (spec §9.7, with the B8 fix).
+    """Normalise filter stderr or FilterReject text into a reply (docs/behaviour.md §6.4, B8).
 
     Text starting with a code 100..599 is used as it is (a "550-x" continuation becomes the
     final line "550 x", B8); anything else is wrapped in "550 Content Rejected; ".  Line

@@ -1,28 +1,48 @@
 """The proxy's SMTP session as a state machine: commands and replies in, actions out.
 
-Sans-IO, in the manner of h11's `_connection.py`: the Trio relay reads a client command or
-an upstream reply, hands it to `Session`, and performs the actions it gets back in order.
-An action that sends something upstream (`SendUpstream`, `SendMessage`, a streamed
-`ReceiveMessage`) expects exactly one complete reply, which the relay passes back with
-`Session.reply(action, reply)`; that call returns the next actions, so the relay simply
-recurses.  Because every upstream reply is paired with the action that asked for it, the
-envelope is exact even when a client pipelines commands (B1, B18): the relay only ever has
-one exchange outstanding, and buffered client lines wait their turn.
+Sans-IO, in the manner of h11: the relay reads a client command, hands it to `Session`, and
+performs the actions it gets back in order.  Every action that sends something upstream
+(`SendUpstream`, `SendMessage`, a streamed `ReceiveMessage`) joins the session's own queue
+of pending exchanges (`pending`); the upstream's replies are fed back in order with
+`upstream_reply(reply)`, each answering the oldest, and return the next actions.  Because
+every reply is paired with the exchange that asked for it, the envelope is exact even when
+a client pipelines commands (B1, B18); today the relay has one exchange outstanding at a
+time, and a group of pipelined commands towards the upstream needs no change here.
 
-The states and the replies that move between them are tables (`_COMMAND_STATES`,
-`_AFTER_POSITIVE`), so an illegal event raises `LocalProtocolError` (our bug) instead of
-corrupting the envelope.  New features come as actions and rows, not as changes to the
-relay's loop: STARTTLS towards the client is the `StartTLS` action and `tls_started`;
-PIPELINING towards the client needs nothing but the keyword (replies are paired anyway).
+Which input is legal in which state (`_LEGAL`) and where a positive reply moves the session
+(`_AFTER_POSITIVE`) are tables.  An illegal input raises `LocalProtocolError` (our bug)
+instead of corrupting the envelope, and the error is sticky: the session refuses every
+later input.  New features come as actions and rows, not as changes to the relay's loop:
+STARTTLS towards the client is the `StartTLS` action and `tls_started`; PIPELINING towards
+the client needs nothing but the keyword (replies are paired anyway).
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Concatenate, ParamSpec, TypeVar
 
 import attrs
 
+from trio_proxsmtp.protocol.actions import (
+    Action,
+    Close,
+    Log,
+    Outcome,
+    Purpose,
+    ReceiveMessage,
+    RunFilter,
+    SendClient,
+    SendMessage,
+    SendUpstream,
+    SkipBytes,
+    StartTLS,
+    Summary,
+)
 from trio_proxsmtp.protocol.commands import Command, Verb, xforward_value, xtext_encode
 from trio_proxsmtp.protocol.ehlo import (
     Extensions,
@@ -33,7 +53,7 @@ from trio_proxsmtp.protocol.ehlo import (
     rewrite_helo_reply,
 )
 from trio_proxsmtp.protocol.errors import LocalProtocolError
-from trio_proxsmtp.protocol.replies import Reply
+from trio_proxsmtp.protocol.replies import LOCAL_ERROR, Reply
 
 __all__ = [
     "LOCAL_ERROR",
@@ -56,7 +76,7 @@ __all__ = [
     "Summary",
 ]
 
-# Fixed wire strings (spec §18): clients and log parsers depend on them.
+# Fixed wire strings (docs/behaviour.md §10): clients and log parsers depend on them.
 START_MAIL_INPUT = Reply.single(354, "Start mail input; end with <CRLF>.<CRLF>")
 NOT_IMPLEMENTED = Reply.single(502, "Command not implemented")
 INSUFFICIENT_AUTHORIZATION = Reply.single(554, "Insufficient authorization")
@@ -64,7 +84,6 @@ LINE_TOO_LONG = Reply.single(500, "5.5.2 Line too long")
 NEED_MAIL = Reply.single(503, "5.5.1 Error: need MAIL command")
 NO_VALID_RECIPIENTS = Reply.single(554, "5.5.1 Error: no valid recipients")
 MESSAGE_TOO_BIG = Reply.single(552, "5.3.4 Message size exceeds fixed limit")
-LOCAL_ERROR = Reply.single(451, "Local Error")
 READY_TO_START_TLS = Reply.single(220, "2.0.0 Ready to start TLS")
 TLS_ALREADY_ACTIVE = Reply.single(503, "5.5.1 Error: TLS already active")
 TLS_NO_PARAMETERS = Reply.single(501, "5.5.4 Syntax: STARTTLS")
@@ -87,120 +106,42 @@ _COMMAND_STATES = frozenset({State.HELO, State.MAIL, State.RCPT})
 # States in which a message is on its way.
 _MESSAGE_STATES = frozenset({State.DATA, State.FILTERING, State.REPLAY})
 
+# Where each input of the relay is legal; anything else is our bug (LocalProtocolError).
+_LEGAL: dict[str, frozenset[State]] = {
+    "greeting": frozenset({State.GREETING}),
+    "line_too_long": _COMMAND_STATES,
+    "command": _COMMAND_STATES,
+    "message_received": frozenset({State.DATA}),
+    "message_failed": frozenset({State.DATA}),
+    "filter_done": frozenset({State.FILTERING}),
+    "tls_started": _COMMAND_STATES,
+}
 
-class Purpose(enum.Enum):
-    """Why a line went upstream: decides what its reply does."""
+# The state a positive reply to a client command moves to (others keep the state; RSET is
+# the one conditional move, back from RCPT to MAIL).
+_AFTER_POSITIVE = {Verb.EHLO: State.MAIL, Verb.HELO: State.MAIL, Verb.MAIL: State.RCPT}
 
-    COMMAND = "command"  # a client command: the reply is relayed (rewritten where needed)
-    AUTH_CONTINUATION = "auth"  # a client line inside an AUTH exchange
-    XCLIENT = "xclient"  # our XCLIENT: reply swallowed
-    XCLIENT_HELO = "xclient-helo"  # HELO/EHLO re-sent after XCLIENT (B20): reply swallowed
-    RSET = "rset"  # our RSET after a rejected message: reply swallowed
-    DATA = "data"  # our DATA before replaying a spooled message
-    SKIP_DATA = "skip-data"  # the client's DATA passed through (Skip: authenticated)
-
-
-class Outcome(enum.Enum):
-    """The summary log's status= values (spec §12.2), plus DROPPED and TOO-BIG."""
-
-    FILTERED = "FILTERED"
-    PASSED = "PASSED"  # no FilterCommand: the summary has no status= (as in 1.10)
-    SKIPPED = "SKIPPED"
-    REJECTED = "REJECTED"
-    DROPPED = "DROPPED"
-    FILTER_ERROR = "FILTER-ERROR"
-    TOO_BIG = "TOO-BIG"
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
-# ---------------------------------------------------------------------------------------
-# Actions: what the relay must do next.
+def _input(
+    method: Callable[Concatenate[Session, _P], _R],
+) -> Callable[Concatenate[Session, _P], _R]:
+    """An input from the relay: legal only in the states `_LEGAL` names for it, refused
+    once the session has failed, and its upstream-bound actions queued for their replies."""
+    legal = _LEGAL[method.__name__]
 
+    def wrapper(self: Session, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._sticky():
+            self._expect(*legal)
+            result = method(self, *args, **kwargs)
+            if isinstance(result, list):
+                self._emit(result)
+            return result
 
-@attrs.frozen
-class SendUpstream:
-    """Write `line` upstream, read one complete reply, give it to `Session.reply`.
-
-    `command` is the client command the line carries, or (XCLIENT and the HELO/EHLO re-sent
-    after it) the client command that waits for that exchange to finish.
-    """
-
-    line: bytes
-    purpose: Purpose
-    command: Command | None = None
-
-
-@attrs.frozen
-class SendClient:
-    reply: Reply
-
-
-@attrs.frozen
-class ReceiveMessage:
-    """Read the client's message up to <CRLF>.<CRLF>.
-
-    stream=False: spool it, then call `Session.message_received(size)`.
-    stream=True (Skip: authenticated): pass it straight upstream with its terminator, read
-    one reply and give it to `Session.reply`.
-    """
-
-    stream: bool
-
-
-@attrs.frozen
-class RunFilter:
-    """Run FilterCommand over the spooled message, then call `Session.filter_done`."""
-
-
-@attrs.frozen
-class SendMessage:
-    """Replay the spooled (filtered) message upstream with its header, dot-stuffed, and the
-    final ".", read one reply and give it to `Session.reply`."""
-
-
-@attrs.frozen
-class SkipBytes:
-    """Discard this many client bytes (the chunk of a BDAT we refused): never commands."""
-
-    count: int
-
-
-@attrs.frozen
-class Log:
-    level: int
-    message: str
-
-
-@attrs.frozen
-class Summary:
-    """The per-message summary line (spec §12.2), logged at INFO."""
-
-    text: str
-    outcome: Outcome
-
-
-@attrs.frozen
-class Close:
-    """Close both connections (after QUIT)."""
-
-
-@attrs.frozen
-class StartTLS:
-    """Discard what the client sent after STARTTLS, do the TLS handshake, then call
-    `Session.tls_started` (RFC 3207: the client starts over with EHLO)."""
-
-
-Action = (
-    SendUpstream
-    | SendClient
-    | ReceiveMessage
-    | RunFilter
-    | SendMessage
-    | SkipBytes
-    | StartTLS
-    | Log
-    | Summary
-    | Close
-)
+    wrapper.__name__, wrapper.__doc__ = method.__name__, method.__doc__
+    return wrapper
 
 
 # ---------------------------------------------------------------------------------------
@@ -224,7 +165,7 @@ class SessionPolicy:
 
 @attrs.define
 class Envelope:
-    """What the upstream accepted for the current transaction (spec §7.4, §9.3)."""
+    """What the upstream accepted for the current transaction (docs/behaviour.md §4.2, §6.1)."""
 
     sender: str | None = None
     recipients: list[str] = attrs.field(factory=list)
@@ -249,6 +190,9 @@ class Session:
         self._xclient_sent = False
         self.messages = 0  # transactions finished on this connection
         self.tls = False  # the client connection is TLS (after STARTTLS)
+        # Exchanges sent upstream, oldest first: each upstream reply answers the head.
+        self._pending: collections.deque[Action] = collections.deque()
+        self._error: LocalProtocolError | None = None  # sticky: set once, refuses all
 
     @property
     def in_message(self) -> bool:
@@ -262,20 +206,21 @@ class Session:
 
     # -- inputs -------------------------------------------------------------------------
 
+    @_input
     def greeting(self, reply: Reply) -> list[Action]:
         """The upstream's banner."""
-        self._expect(State.GREETING)
         self.state = State.HELO
         return [SendClient(rewrite_banner(reply))]
 
+    @_input
     def line_too_long(self) -> list[Action]:
-        """A client command line over the limit: answered, never forwarded (spec §7.1)."""
-        self._expect(*_COMMAND_STATES)
+        """A client command line over the limit: answered, never forwarded (docs/behaviour.md
+        §4.1)."""
         return [SendClient(LINE_TOO_LONG)]
 
+    @_input
     def command(self, command: Command) -> list[Action]:
         """A client command line (only in the command states)."""
-        self._expect(*_COMMAND_STATES)
         if self._in_auth:
             return [SendUpstream(command.line, Purpose.AUTH_CONTINUATION, command)]
         if self._xclient_armed() and command.verb is not Verb.QUIT:
@@ -285,8 +230,26 @@ class Session:
             return [SendUpstream(self._xclient_line(), Purpose.XCLIENT, command)]
         return self._dispatch(command)
 
+    def upstream_reply(self, reply: Reply) -> list[Action]:
+        """The upstream's next complete reply: it answers the oldest exchange pending."""
+        with self._sticky():
+            if not self._pending:
+                raise LocalProtocolError("no upstream reply expected")
+            return self._emit(self._reply(self._pending.popleft(), reply))
+
     def reply(self, action: Action, reply: Reply) -> list[Action]:
-        """The upstream's complete reply to `action`."""
+        """The upstream's complete reply to `action`, which must be the oldest pending."""
+        with self._sticky():
+            if not self._pending or self._pending[0] != action:
+                raise LocalProtocolError(f"no upstream reply expected for {action!r}")
+            return self._emit(self._reply(self._pending.popleft(), reply))
+
+    @property
+    def pending(self) -> tuple[Action, ...]:
+        """The exchanges sent upstream and not yet answered, oldest first."""
+        return tuple(self._pending)
+
+    def _reply(self, action: Action, reply: Reply) -> list[Action]:
         if isinstance(action, SendUpstream):
             return self._reply_to_line(action, reply)
         if isinstance(action, SendMessage):
@@ -303,9 +266,9 @@ class Session:
         limits = [x for x in (self.policy.max_message_size, self.extensions.size_limit) if x]
         return min(limits) if limits else None
 
+    @_input
     def message_received(self, size: int) -> list[Action]:
         """The client's message is spooled (`size` bytes, un-stuffed)."""
-        self._expect(State.DATA)
         limit = self.size_limit
         if limit is not None and size > limit:
             return self._abandon_message(MESSAGE_TOO_BIG, Outcome.TOO_BIG, f"size {size}")
@@ -315,16 +278,16 @@ class Session:
         self.state = State.REPLAY
         return [SendUpstream(b"DATA\r\n", Purpose.DATA)]
 
+    @_input
     def message_failed(self, reply: Reply, detail: str) -> list[Action]:
         """The message could not be spooled (disk full...); it was still read to its end."""
-        self._expect(State.DATA)
         return self._abandon_message(reply, Outcome.FILTER_ERROR, detail)
 
+    @_input
     def filter_done(
         self, accepted: bool, reply: Reply | None, outcome: Outcome, detail: str = ""
     ) -> list[Action]:
         """The filter's verdict: accepted -> replay; otherwise `reply` goes to the client."""
-        self._expect(State.FILTERING)
         if accepted:
             self.state = State.REPLAY
             return [SendUpstream(b"DATA\r\n", Purpose.DATA)]
@@ -335,6 +298,7 @@ class Session:
     def abort(self, reason: str) -> list[Action]:
         """The connection ends in the middle of a message: nothing was delivered, and the
         message still gets its one summary line (1.10 logged FILTER-ERROR here too)."""
+        self._pending.clear()
         if not self.in_message:
             return []
         summary = self._summary(Outcome.FILTER_ERROR, reason)
@@ -409,9 +373,9 @@ class Session:
             return [SendClient(TLS_IN_TRANSACTION)]
         return [SendClient(READY_TO_START_TLS), StartTLS()]
 
+    @_input
     def tls_started(self) -> None:
         """The handshake is done: forget the client's HELO and envelope; it says EHLO again."""
-        self._expect(*_COMMAND_STATES)
         self.tls = True
         self._reset_envelope()
         self.state = State.HELO
@@ -485,9 +449,9 @@ class Session:
         if not reply.is_positive:
             actions.append(SendClient(reply))
             return actions
+        self.state = _AFTER_POSITIVE.get(verb, self.state)
         if verb in (Verb.EHLO, Verb.HELO):
             self._reset_envelope()
-            self.state = State.MAIL
             self.helo_line = command.line
             self.helo_name = command.argument.split(None, 1)[0] if command.argument else ""
             if verb is Verb.EHLO:
@@ -503,12 +467,11 @@ class Session:
                     # and gets its own reply (B1); the upstream side stays lock-step.
                     reply = advertise(reply, "PIPELINING")
             else:
-                self._xclient_supported = True  # assumed for HELO (spec §7.6)
+                self._xclient_supported = True  # assumed for HELO (docs/behaviour.md §4.5)
                 reply = rewrite_helo_reply(reply)
         elif verb is Verb.MAIL:
             self._reset_envelope(keep_xforward=True)
             self.envelope.sender = _mailbox(command, "FROM")
-            self.state = State.RCPT
         elif verb is Verb.RCPT:
             if self.state is State.RCPT:
                 self.envelope.recipients.append(_mailbox(command, "TO"))
@@ -603,6 +566,27 @@ class Session:
             parts.append(f"HELO={xtext_encode(self.helo_name)}")
         return ("XCLIENT " + " ".join(parts) + "\r\n").encode("ascii")
 
+    def _emit(self, actions: list[Action]) -> list[Action]:
+        """Queue the actions that expect an upstream reply; the relay performs them in
+        order, so their replies arrive in this order."""
+        for action in actions:
+            if isinstance(action, SendUpstream | SendMessage) or (
+                isinstance(action, ReceiveMessage) and action.stream
+            ):
+                self._pending.append(action)
+        return actions
+
+    @contextmanager
+    def _sticky(self) -> Iterator[None]:
+        """Once an input was illegal the session is broken: every later input fails too."""
+        if self._error is not None:
+            raise LocalProtocolError(f"session already failed: {self._error}")
+        try:
+            yield
+        except LocalProtocolError as exc:
+            self._error = exc
+            raise
+
     def _expect(self, *states: State) -> None:
         if self.state not in states:
             allowed = ", ".join(state.value for state in states)
@@ -610,7 +594,8 @@ class Session:
 
 
 def _mailbox(command: Command, keyword: str) -> str:
-    """The recorded envelope address: parsed mailbox, else the raw argument (spec §7.7)."""
+    """The recorded envelope address: parsed mailbox, else the raw argument
+    (docs/behaviour.md §4.6)."""
     if command.address is not None:
         return command.address
     argument = command.argument

@@ -2,14 +2,20 @@
 
 - :class:`FakeUpstream`: a scriptable SMTP server that records every byte and transaction;
 - :class:`FakeClient` / :func:`open_client`: a scripted, byte-exact SMTP client;
+- :class:`FakeMilter`: a scriptable milter (Sendmail/Postfix mail filter protocol) that
+  records every stage and answers per a script;
 - :func:`run_proxy`: the proxy in-process on an ephemeral port (see its module docstring
   for a complete pytest-trio example);
-- ``python -m trio_proxsmtp.testing sink``: a FakeUpstream that prints what it receives.
+- ``python -m trio_proxsmtp.testing sink``: a FakeUpstream that prints what it receives;
+- :func:`make_test_certificates`: a throwaway CA with a server and a client certificate
+  (with the ``openssl`` command), for the TLS of both fakes.
 
 Nothing here imports pytest: the fakes work under any Trio test runner.
 """
 
+from trio_proxsmtp.testing.certs import OpenSSLMissing, TestCertificates, make_test_certificates
 from trio_proxsmtp.testing.client import FakeClient, dot_stuff, open_client
+from trio_proxsmtp.testing.fake_milter import FakeMilter, FakeMilterSession
 from trio_proxsmtp.testing.proxy import RunningProxy, run_proxy
 from trio_proxsmtp.testing.upstream import (
     BANNER,
@@ -22,6 +28,7 @@ from trio_proxsmtp.testing.upstream import (
     Hangup,
     Responder,
     Session,
+    TLSInfo,
     Transaction,
 )
 
@@ -33,13 +40,19 @@ __all__ = [
     "RESET",
     "ClosePoint",
     "FakeClient",
+    "FakeMilter",
+    "FakeMilterSession",
     "FakeUpstream",
     "Hangup",
+    "OpenSSLMissing",
     "Responder",
     "RunningProxy",
     "Session",
+    "TLSInfo",
+    "TestCertificates",
     "Transaction",
     "dot_stuff",
+    "make_test_certificates",
     "open_client",
     "run_proxy",
 ]

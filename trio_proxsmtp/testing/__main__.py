@@ -1,6 +1,10 @@
-"""``python -m trio_proxsmtp.testing sink``: a fake upstream that prints what it receives.
+"""``python -m trio_proxsmtp.testing sink|filter``: tools for trying the proxy out.
 
-It lets the README quick start show a message going through the proxy without an MTA.
+``sink`` is a fake upstream that prints what it receives. ``filter`` runs a FilterCommand on
+one message file as the proxy would and prints the verdict and a diff (filtercheck.py);
+exit status 0 deliver, 1 reject, 3 drop, 4 filter error, 2 usage or config error.
+
+The sink lets the README quick start show a message going through the proxy without an MTA.
 It answers like the fake upstream of the tests (every address accepted unless ``--reject``)
 and prints each accepted message, envelope first, until SIGINT or SIGTERM (exit 0).
 """
@@ -15,6 +19,7 @@ from collections.abc import Callable, Sequence
 import attrs
 import trio
 
+from trio_proxsmtp.testing import filtercheck
 from trio_proxsmtp.testing.upstream import FakeUpstream, Transaction
 
 DEFAULT_LISTEN = "127.0.0.1:10026"
@@ -81,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m trio_proxsmtp.testing", description="Fake SMTP peers for testing."
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="tool", required=True)
     sink = commands.add_parser("sink", help="a fake upstream that prints what it receives")
     sink.add_argument(
         "--listen",
@@ -94,13 +99,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     sink.add_argument(
         "--reject", action="store_true", help='answer 550 to addresses containing "reject"'
     )
+    check = commands.add_parser(
+        "filter",
+        help="run a FilterCommand on a message file as the proxy would",
+        description="Run a FilterCommand on a message file as the proxy would; print the "
+        "verdict and a diff of the message delivered. Exit status: 0 deliver, 1 reject, "
+        "3 drop, 4 filter error, 2 usage or config error.",
+    )
+    filtercheck.add_arguments(check)
     args = parser.parse_args(argv)
+    if args.tool == "filter":
+        return _filter(args)
     try:
         trio.run(_sink, args)
     except OSError as error:
         print(f"sink: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _filter(args: argparse.Namespace) -> int:
+    try:
+        status, text = trio.run(filtercheck.run, args)
+    except filtercheck.UsageError as error:
+        print(f"filter: {error}", file=sys.stderr)
+        return 2
+    sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))
+    sys.stdout.flush()
+    return status
 
 
 if __name__ == "__main__":

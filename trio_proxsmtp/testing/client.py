@@ -11,16 +11,23 @@ drive a proxy through any session, including broken ones::
 
 Every read has a deadline (``timeout``, default 10 s; ``trio.TooSlowError`` when it
 passes) so that a hung peer fails the test instead of hanging it.
+
+Modern SMTP: :meth:`FakeClient.pipeline` sends a group of commands in one write (RFC 2920),
+:meth:`FakeClient.send_bdat` and :meth:`FakeClient.send_message_bdat` send a message in
+BDAT chunks (RFC 3030), :meth:`FakeClient.starttls` upgrades the connection (RFC 3207) and
+``open_client(..., tls=context)`` speaks TLS from the first byte (RFC 8314).
 """
 
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 import trio
 
+from trio_proxsmtp.protocol.bdat import DEFAULT_CHUNK_SIZE, bdat_command
 from trio_proxsmtp.protocol.replies import Reply, ReplyParser
 
 __all__ = ["FakeClient", "dot_stuff", "open_client"]
@@ -43,6 +50,21 @@ def dot_stuff(message: bytes) -> bytes:
 def _line(command: str | bytes) -> bytes:
     raw = command.encode("utf-8", "surrogateescape") if isinstance(command, str) else command
     return raw if raw.endswith(b"\n") else raw + b"\r\n"
+
+
+def _mail_line(mail_from: str, parameters: Iterable[str]) -> bytes:
+    return _line(" ".join([f"MAIL FROM:<{mail_from}>", *parameters]))
+
+
+def _bdat_frames(chunks: Iterable[bytes]) -> list[bytes]:
+    """A BDAT command and its bytes per chunk, LAST on the last (``BDAT 0 LAST`` if none)."""
+    pieces = list(chunks) or [b""]
+    last = len(pieces) - 1
+    return [bdat_command(len(p), last=i == last) + p for i, p in enumerate(pieces)]
+
+
+def _rcpt_line(rcpt: str) -> bytes:
+    return _line(f"RCPT TO:<{rcpt}>")
 
 
 class FakeClient:
@@ -156,6 +178,7 @@ class FakeClient:
         *,
         helo: str = "client.example",
         pipelined: bool = False,
+        mail_parameters: Iterable[str] = (),
         timeout: float | None = None,
     ) -> list[Reply]:
         """Run one transaction; return the replies to MAIL, each RCPT, DATA and the dot.
@@ -164,10 +187,16 @@ class FakeClient:
         are in :attr:`replies`). Addresses are sent inside ``<>``. Without pipelining it
         stops early like a real client: after a failed MAIL, when no RCPT was accepted,
         or when DATA is not answered 354. With ``pipelined=True`` MAIL, RCPTs and DATA
-        go out in one write; the message follows if DATA got 354.
+        go out in one write; the message follows if DATA got 354. ``mail_parameters``
+        (e.g. ``["SMTPUTF8", "BODY=8BITMIME"]``) follow MAIL's address.
         """
         replies = await self.start_message(
-            mail_from, rcpts, helo=helo, pipelined=pipelined, timeout=timeout
+            mail_from,
+            rcpts,
+            helo=helo,
+            pipelined=pipelined,
+            mail_parameters=mail_parameters,
+            timeout=timeout,
         )
         if replies[-1].code != 354:
             return replies
@@ -182,6 +211,7 @@ class FakeClient:
         *,
         helo: str = "client.example",
         pipelined: bool = False,
+        mail_parameters: Iterable[str] = (),
         timeout: float | None = None,
     ) -> list[Reply]:
         """`send_message` up to DATA's reply: the message itself is yours to send (or not,
@@ -190,8 +220,8 @@ class FakeClient:
         if not self._helo_done:
             await self.command(f"EHLO {helo}", timeout)
         commands = [
-            _line(f"MAIL FROM:<{mail_from}>"),
-            *(_line(f"RCPT TO:<{r}>") for r in recipients),
+            _mail_line(mail_from, mail_parameters),
+            *(_rcpt_line(r) for r in recipients),
             b"DATA\r\n",
         ]
         replies: list[Reply] = []
@@ -209,6 +239,99 @@ class FakeClient:
                     return replies
         return replies
 
+    async def pipeline(
+        self, lines: Iterable[str | bytes], timeout: float | None = None
+    ) -> list[Reply]:
+        """Send commands in one write (CRLF added where missing), then read one reply each."""
+        if not self._greeted:
+            await self.greeting(timeout)
+        raw = [_line(line) for line in lines]
+        await self.send(b"".join(raw))
+        return [await self.read_reply(timeout) for _ in raw]
+
+    async def starttls(
+        self,
+        context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> Reply:
+        """Send STARTTLS; on 220, handshake (within the timeout) and go on over TLS.
+
+        Bytes that came after the 220 in plain text are dropped, as a server must drop
+        a client's. The client has to say EHLO again (RFC 3207).
+        """
+        reply = await self.command("STARTTLS", timeout)
+        if reply.code != 220:
+            return reply
+        self._scan = self._consumed = len(self.received)
+        self._parser = ReplyParser(max_line=self._max_line)
+        tls = trio.SSLStream(self.stream, context, server_hostname=server_hostname)
+        with trio.fail_after(self.timeout if timeout is None else timeout):
+            await tls.do_handshake()
+        self.stream = tls
+        self._helo_done = False
+        return reply
+
+    async def send_bdat(
+        self,
+        chunks: Iterable[bytes],
+        *,
+        pipelined: bool = False,
+        timeout: float | None = None,
+    ) -> list[Reply]:
+        """Send a message as BDAT chunks (the last one with LAST; none: ``BDAT 0 LAST``).
+
+        Returns one reply per chunk. Lock-step it stops after a refused chunk, like a
+        real client; pipelined every chunk goes in one write.
+        """
+        frames = _bdat_frames(chunks)
+        if pipelined:
+            await self.send(b"".join(frames))
+            return [await self.read_reply(timeout) for _ in frames]
+        replies = []
+        for frame in frames:
+            await self.send(frame)
+            replies.append(reply := await self.read_reply(timeout))
+            if not reply.is_positive:
+                break
+        return replies
+
+    async def send_message_bdat(
+        self,
+        mail_from: str,
+        rcpts: Iterable[str],
+        message: bytes,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        helo: str = "client.example",
+        mail_parameters: Iterable[str] = (),
+        pipelined: bool = False,
+        timeout: float | None = None,
+    ) -> list[Reply]:
+        """Like :meth:`send_message` with BDAT chunks of ``chunk_size`` for DATA.
+
+        Returns the replies to MAIL, each RCPT and each chunk. Pipelined, MAIL, the RCPTs
+        and every chunk go in one write (RFC 3030 §4.2).
+        """
+        if not self._helo_done:
+            await self.command(f"EHLO {helo}", timeout)
+        recipients = list(rcpts)
+        chunks = [message[i : i + chunk_size] for i in range(0, len(message), chunk_size)]
+        envelope = [_mail_line(mail_from, mail_parameters), *(_rcpt_line(r) for r in recipients)]
+        if pipelined:
+            frames = _bdat_frames(chunks)
+            await self.send(b"".join(envelope + frames))
+            return [await self.read_reply(timeout) for _ in envelope + frames]
+        replies = []
+        for index, command in enumerate(envelope):
+            await self.send(command)
+            replies.append(reply := await self.read_reply(timeout))
+            if index == 0 and not reply.is_positive:
+                return replies
+        if not any(r.is_positive for r in replies[1:]):
+            return replies
+        return replies + await self.send_bdat(chunks, timeout=timeout)
+
     async def quit(self, timeout: float | None = None) -> Reply:
         """Send QUIT and read its reply (the connection is left for the peer to close)."""
         return await self.command("QUIT", timeout)
@@ -220,17 +343,36 @@ class FakeClient:
 
 @asynccontextmanager
 async def open_client(
-    host: str | os.PathLike[str], port: int | None = None, *, timeout: float = DEFAULT_TIMEOUT
+    host: str | os.PathLike[str],
+    port: int | None = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> AsyncIterator[FakeClient]:
     """Connect a :class:`FakeClient` to ``host:port``, or to the Unix socket ``host`` when
-    ``port`` is None; the connection is closed when the block ends."""
+    ``port`` is None; the connection is closed when the block ends.
+
+    With ``tls`` it speaks TLS from the first byte (implicit TLS, RFC 8314), checking the
+    certificate as ``tls`` says against ``server_hostname`` (default: ``host``).
+    """
     with trio.fail_after(timeout):
         if port is None:
-            stream: trio.SocketStream = await trio.open_unix_socket(os.fspath(host))
+            sock: trio.SocketStream = await trio.open_unix_socket(os.fspath(host))
         else:
-            stream = await trio.open_tcp_stream(os.fspath(host), port)
+            sock = await trio.open_tcp_stream(os.fspath(host), port)
+    stream: trio.abc.Stream = sock
+    if tls is not None:
+        name = server_hostname if server_hostname is not None else os.fspath(host)
+        stream = trio.SSLStream(sock, tls, server_hostname=name)
+        try:
+            with trio.fail_after(timeout):
+                await stream.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
     client = FakeClient(stream, timeout=timeout)
     try:
         yield client
     finally:
-        await trio.aclose_forcefully(stream)
+        await trio.aclose_forcefully(client.stream)

@@ -1,0 +1,123 @@
+"""Real milters started per test: OpenDKIM with a key made by opendkim-genkey."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from milter_support import DOMAIN, SELECTOR, OpenDKIM, free_port, txt_record, wait_listening
+
+
+@pytest.fixture(scope="module")
+def opendkim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenDKIM]:
+    tmp_path = tmp_path_factory.mktemp("opendkim")
+    binary = shutil.which("opendkim") or "/usr/sbin/opendkim"
+    genkey = shutil.which("opendkim-genkey") or "/usr/sbin/opendkim-genkey"
+    if not Path(binary).exists() or not Path(genkey).exists():
+        pytest.skip("opendkim / opendkim-tools not installed (apt-get install opendkim-tools)")
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    subprocess.run(
+        [genkey, "-b", "1024", "-d", DOMAIN, "-s", SELECTOR, "-D", str(keys)],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    conf = tmp_path / "opendkim.conf"
+    conf.write_text(
+        "\n".join(
+            [
+                "Mode sv",
+                f"Socket inet:{port}@127.0.0.1",
+                f"Domain {DOMAIN}",
+                f"Selector {SELECTOR}",
+                f"KeyFile {keys / (SELECTOR + '.private')}",
+                "Canonicalization relaxed/simple",
+                "Syslog no",
+                f"PidFile {tmp_path / 'opendkim.pid'}",
+                "UserID root",
+                "RequireSafeKeys no",
+                # Verification looks keys up here instead of in DNS (no network in tests).
+                f"TestPublicKeys {tmp_path / 'keys.txt'}",
+                "AuthservID test.proxy",
+                "",
+            ]
+        )
+    )
+    record = txt_record(keys / f"{SELECTOR}.txt")
+    (tmp_path / "keys.txt").write_bytes(
+        f"{SELECTOR}._domainkey.{DOMAIN} ".encode() + record + b"\n"
+    )
+    process = subprocess.Popen([binary, "-f", "-x", str(conf)], stderr=subprocess.PIPE)
+    try:
+        wait_listening(port, process)
+        yield OpenDKIM(
+            f"inet:127.0.0.1:{port}", DOMAIN, SELECTOR, record, keys / f"{SELECTOR}.private"
+        )
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def rspamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """rspamd's proxy worker in milter mode, scanning by itself; yields its Milters: address.
+
+    The packaged rules from /etc/rspamd are used unchanged: our overrides live in a temp
+    LOCAL_CONFDIR (one milter worker on a free port, no other workers, logs to stderr, DNS
+    pointed at a closed local port so that nothing waits on the network).
+    """
+    binary = shutil.which("rspamd")
+    if binary is None or not Path("/etc/rspamd/rspamd.conf").exists():
+        pytest.skip("rspamd not installed (apt-get install rspamd)")
+    tmp_path = tmp_path_factory.mktemp("rspamd")
+    local = tmp_path / "local"
+    (local / "override.d").mkdir(parents=True)
+    port = free_port()
+    overrides = {
+        "worker-proxy.inc": f"""
+            bind_socket = "127.0.0.1:{port}";
+            milter = yes;
+            timeout = 30s;
+            count = 1;
+            upstream "local" {{ default = yes; self_scan = yes; }}
+        """,
+        "worker-normal.inc": "enabled = false;",
+        "worker-controller.inc": "enabled = false;",
+        "worker-fuzzy.inc": "enabled = false;",
+        "logging.inc": 'type = "console"; level = "error";',
+        "options.inc": 'dns { nameserver = ["127.0.0.1:9"]; timeout = 0.2s; retransmits = 1; }',
+    }
+    for name, text in overrides.items():
+        (local / "override.d" / name).write_text(text + "\n")
+    for name in ("db", "run"):
+        (tmp_path / name).mkdir()
+    command = [binary, "-f", "-i", "-u", "root", "-g", "root"]
+    for var, value in {
+        "LOCAL_CONFDIR": local,
+        "DBDIR": tmp_path / "db",
+        "RUNDIR": tmp_path / "run",
+        "LOGDIR": tmp_path,
+    }.items():
+        command += ["--var", f"{var}={value}"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # The first start compiles rspamd's regular expressions: allow for it.
+        wait_listening(port, process, timeout=120)
+        yield f"inet:127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,312 @@
+"""Prometheus metrics: what is counted, the exposition, several processes, /metrics over HTTP."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from ops_support import background, wait_for
+from prometheus_client import values
+from prometheus_client.parser import text_string_to_metric_families
+
+from trio_proxsmtp.address import Address, AddressKind
+from trio_proxsmtp.metrics import (
+    MAX_SCRAPES,
+    MULTIPROC_ENV,
+    NULL_METRICS,
+    REQUEST_TIMEOUT,
+    Metrics,
+    MultiprocessDirectory,
+    PrometheusMetrics,
+    bind_metrics_listener,
+    handle_metrics_request,
+    reply_class,
+    serve_metrics,
+)
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(exposition: bytes) -> Samples:
+    """Every sample of an exposition, keyed by name and sorted labels."""
+    found: Samples = {}
+    for family in text_string_to_metric_families(exposition.decode("utf-8")):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def record_a_known_mix(metrics: Metrics) -> None:
+    metrics.connection_accepted()
+    metrics.connection_accepted()
+    metrics.connection_accepted()
+    metrics.connection_refused("busy")
+    metrics.connection_opened()
+    metrics.connection_opened()
+    metrics.connection_closed()
+    metrics.message_done("FILTERED", 250, 1000)
+    metrics.message_done("FILTERED", 250, 3000)
+    metrics.message_done("REJECTED", None, 500)
+    metrics.message_done("TEMP-FAIL", 451, 100)  # a status this module does not know of
+    metrics.message_done("FILTERED", 554, 70_000)
+    metrics.filter_ran(0.2)
+    metrics.filter_ran(20.0)
+    metrics.filter_failed("timeout")
+    metrics.upstream_round_trip(0.004)
+    metrics.bytes_received("client", 1234)
+    metrics.bytes_sent("upstream", 1000)
+    metrics.bytes_sent("upstream", 200)
+    metrics.tls_started("client")
+
+
+def expected_mix(times: int) -> Samples:
+    return {
+        ("proxsmtpd_connections_accepted_total", ()): 3 * times,
+        ("proxsmtpd_connections_refused_total", (("reason", "busy"),)): 1 * times,
+        ("proxsmtpd_messages_total", (("status", "FILTERED"), ("upstream", "2xx"))): 2 * times,
+        ("proxsmtpd_messages_total", (("status", "FILTERED"), ("upstream", "5xx"))): 1 * times,
+        ("proxsmtpd_messages_total", (("status", "REJECTED"), ("upstream", "none"))): 1 * times,
+        ("proxsmtpd_messages_total", (("status", "TEMP-FAIL"), ("upstream", "4xx"))): 1 * times,
+        ("proxsmtpd_message_size_bytes_count", ()): 5 * times,
+        ("proxsmtpd_message_size_bytes_sum", ()): 74_600 * times,
+        ("proxsmtpd_message_size_bytes_bucket", (("le", "1024.0"),)): 3 * times,
+        ("proxsmtpd_filter_duration_seconds_count", ()): 2 * times,
+        ("proxsmtpd_filter_duration_seconds_bucket", (("le", "0.25"),)): 1 * times,
+        ("proxsmtpd_filter_duration_seconds_bucket", (("le", "10.0"),)): 1 * times,
+        ("proxsmtpd_filter_duration_seconds_bucket", (("le", "30.0"),)): 2 * times,
+        ("proxsmtpd_filter_failures_total", (("reason", "timeout"),)): 1 * times,
+        ("proxsmtpd_upstream_round_trip_seconds_count", ()): 1 * times,
+        ("proxsmtpd_bytes_received_total", (("peer", "client"),)): 1234 * times,
+        ("proxsmtpd_bytes_sent_total", (("peer", "upstream"),)): 1200 * times,
+        ("proxsmtpd_tls_sessions_total", (("side", "client"),)): 1 * times,
+    }
+
+
+def assert_contains(found: Samples, expected: Samples) -> None:
+    for key, value in expected.items():
+        assert found.get(key) == pytest.approx(value), key
+
+
+def test_reply_class() -> None:
+    assert [reply_class(c) for c in (250, 354, 421, 554, None, 999)] == [
+        "2xx",
+        "3xx",
+        "4xx",
+        "5xx",
+        "none",
+        "none",
+    ]
+
+
+def test_counts_in_one_process() -> None:
+    metrics = PrometheusMetrics()
+    record_a_known_mix(metrics)
+    body, content_type = metrics.exposition()
+    assert content_type.startswith("text/plain")
+    found = samples(body)
+    assert_contains(found, expected_mix(1))
+    assert found[("proxsmtpd_connections_active", ())] == 1
+    with metrics.session():
+        assert samples(metrics.exposition()[0])[("proxsmtpd_connections_active", ())] == 2
+    assert samples(metrics.exposition()[0])[("proxsmtpd_connections_active", ())] == 1
+
+
+def test_two_instances_do_not_share_counts() -> None:
+    first, second = PrometheusMetrics(), PrometheusMetrics()
+    first.connection_accepted()
+    assert samples(second.exposition()[0])[("proxsmtpd_connections_accepted_total", ())] == 0
+
+
+def test_null_metrics_record_nothing_and_have_every_method() -> None:
+    assert not NULL_METRICS.enabled
+    record_a_known_mix(NULL_METRICS)
+    with NULL_METRICS.session():
+        pass
+    with pytest.raises(RuntimeError):
+        NULL_METRICS.exposition()
+    public = {n for n in vars(PrometheusMetrics) if not n.startswith("_")}
+    assert public <= set(dir(Metrics))
+
+
+@pytest.fixture
+def restore_multiprocess_mode() -> Iterator[None]:
+    """The multi-process switch is process-wide: put it back for the other tests."""
+    saved_env, saved_class = os.environ.get(MULTIPROC_ENV), values.ValueClass
+    try:
+        yield
+    finally:
+        if saved_env is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = saved_env
+        values.ValueClass = saved_class
+
+
+def fork_worker(directory: str, hold_open: int) -> int:
+    """A worker as workers.py makes one: forked after the directory was made."""
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            metrics = PrometheusMetrics(multiprocess_dir=os.environ[MULTIPROC_ENV])
+            assert os.environ[MULTIPROC_ENV] == directory
+            record_a_known_mix(metrics)
+            for _ in range(hold_open):
+                metrics.connection_opened()
+            status = 0
+        finally:
+            os._exit(status)
+    return pid
+
+
+@pytest.mark.usefixtures("restore_multiprocess_mode")
+def test_two_worker_processes_add_up_and_a_dead_one_keeps_its_counts(tmp_path: Path) -> None:
+    with MultiprocessDirectory(str(tmp_path)) as directory:
+        assert os.environ[MULTIPROC_ENV] == directory.path
+        first = fork_worker(directory.path, hold_open=2)
+        second = fork_worker(directory.path, hold_open=0)
+        for pid in (first, second):
+            assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        scraper = PrometheusMetrics(multiprocess_dir=directory.path)
+        found = samples(scraper.exposition()[0])
+        assert_contains(found, expected_mix(2))
+        assert found[("proxsmtpd_connections_active", ())] == 1 + 3  # 1 each, +2 held
+        # The supervisor reaps the first worker: its open sessions are gone, its counts stay.
+        directory.worker_died(first)
+        found = samples(scraper.exposition()[0])
+        assert_contains(found, expected_mix(2))
+        assert found[("proxsmtpd_connections_active", ())] == 1
+        path = directory.path
+    assert not os.path.exists(path)
+    assert MULTIPROC_ENV not in os.environ
+
+
+# --- HTTP ----------------------------------------------------------------------------------
+
+
+async def http(port: int, request: bytes) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request)
+        response = b""
+        while data := await stream.receive_some():
+            response += data
+    return response
+
+
+async def test_metrics_served_over_http_on_loopback() -> None:
+    metrics = PrometheusMetrics()
+    record_a_known_mix(metrics)
+    sockets = bind_metrics_listener(Address(AddressKind.TCP, "127.0.0.1", 0, None, "x"))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            names = await nursery.start(serve_metrics, sockets, metrics.exposition)
+            ((host, port),) = names
+            assert host == "127.0.0.1"
+            response = await http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, _, body = response.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.0 200 OK\r\n")
+            assert f"Content-Length: {len(body)}".encode() in head
+            assert_contains(samples(body), expected_mix(1))
+
+            head_only = await http(port, b"HEAD /metrics HTTP/1.0\r\n\r\n")
+            assert head_only.startswith(b"HTTP/1.0 200 OK\r\n") and head_only.endswith(b"\r\n\r\n")
+            assert (await http(port, b"GET / HTTP/1.0\r\n\r\n")).startswith(b"HTTP/1.0 404 ")
+            assert (await http(port, b"POST /metrics HTTP/1.0\r\n\r\n")).startswith(
+                b"HTTP/1.0 405 "
+            )
+            assert (await http(port, b"nonsense\r\n\r\n")).startswith(b"HTTP/1.0 400 ")
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_silent_scraper_is_dropped_at_the_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server, client = trio.testing.memory_stream_pair()
+    start = trio.current_time()
+    await client.send_all(b"GET /metrics HTTP/1.0\r\n")  # never ends its headers
+    await handle_metrics_request(server, PrometheusMetrics().exposition)
+    assert trio.current_time() - start == pytest.approx(REQUEST_TIMEOUT)
+    assert await client.receive_some() == b""  # closed without an answer
+
+
+async def test_an_oversized_request_is_refused() -> None:
+    server, client = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(handle_metrics_request, server, PrometheusMetrics().exposition)
+        await client.send_all(b"GET /metrics HTTP/1.0\r\n" + b"X-Pad: " + b"a" * 10_000)
+        response = b""
+        while data := await client.receive_some():
+            response += data
+    assert response.startswith(b"HTTP/1.0 400 ")
+
+
+# --- the supervisor ----------------------------------------------------------------------
+
+DYING_WORKERS = """\
+import os, signal, sys
+from trio_proxsmtp.log import setup_logging
+from trio_proxsmtp.metrics import MultiprocessDirectory, PrometheusMetrics
+from trio_proxsmtp.workers import Supervisor
+setup_logging(4)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+def work(slot):
+    metrics = PrometheusMetrics(multiprocess_dir=os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    metrics.connection_opened()  # and dies with the session open
+    metrics.message_done("FILTERED", 250, 10)
+    return 3
+
+with MultiprocessDirectory(sys.argv[1]) as directory:
+    status = Supervisor(2, work, on_worker_exit=directory.worker_died, restart_interval=0.1).run()
+    body = PrometheusMetrics(multiprocess_dir=directory.path).exposition()[0]
+    with open(sys.argv[2], "wb") as f:
+        f.write(body)
+sys.exit(status)
+"""
+
+
+async def test_dead_workers_keep_their_counts_and_leave_the_active_gauge(tmp_path: Path) -> None:
+    out, scrape = tmp_path / "out.log", tmp_path / "scrape"
+    with trio.fail_after(30):
+        argv = [sys.executable, "-c", DYING_WORKERS, str(tmp_path), str(scrape)]
+        with background(argv, out) as proc:
+            await wait_for(lambda: out.read_text().count("starting a new one") >= 4)
+            proc.send_signal(signal.SIGTERM)
+            await wait_for(lambda: proc.poll() is not None)
+    assert proc.returncode == 0, out.read_text()
+    started = len(re.findall(r"worker \d of 2 started", out.read_text()))
+    found = samples(scrape.read_bytes())
+    # Every worker that ever ran is in the totals, though all of them died.
+    assert found[("proxsmtpd_messages_total", (("status", "FILTERED"), ("upstream", "2xx")))] == (
+        started
+    )
+    assert found[("proxsmtpd_connections_active", ())] == 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("proxsmtpd-metrics.")] == []
+
+
+async def test_scrapes_at_once_are_bounded() -> None:
+    sockets = bind_metrics_listener(Address(AddressKind.TCP, "127.0.0.1", 0, None, "x"))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            ((_, port),) = await nursery.start(
+                serve_metrics, sockets, PrometheusMetrics().exposition
+            )
+            silent = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(MAX_SCRAPES)]
+            # Accepted in order, each handler takes its slot before the next is accepted.
+            extra = await trio.open_tcp_stream("127.0.0.1", port)
+            await extra.send_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert await extra.receive_some() == b""  # closed unanswered
+            await extra.aclose()
+            for stream in silent:
+                await stream.aclose()
+            response = await http(port, b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert response.startswith(b"HTTP/1.0 200 OK")
+            nursery.cancel_scope.cancel()

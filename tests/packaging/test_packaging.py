@@ -1,0 +1,165 @@
+"""What a wheel ships: py.typed, the example config, contrib/, the man pages, the LICENSE.
+
+The wheel is built from a copy of the source tree (so the checkout gets no build/), with
+the test environment's setuptools, and its example command is run from the unpacked wheel.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_INSTALL = (
+    "python3 -m venv /opt/trio-proxsmtpd && /opt/trio-proxsmtpd/bin/pip install trio_proxsmtp"
+)
+VENV_SCRIPT = "/opt/trio-proxsmtpd/bin/trio-proxsmtpd"
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("wheel")
+    source = base / "src"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"
+        ),
+    )
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"),
+            *("-q", "-w", str(base / "out"), str(source)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (built,) = (base / "out").glob("trio_proxsmtp-*.whl")
+    return built
+
+
+def test_the_wheel_ships_what_admins_and_type_checkers_need(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {
+        "trio_proxsmtp/py.typed",
+        "trio_proxsmtp/_data/proxsmtpd.conf.example",
+        "trio_proxsmtp/_data/contrib/postfix/before-queue.master.cf",
+        "trio_proxsmtp/_data/contrib/filters/clamav.sh",
+        "trio_proxsmtp/_data/contrib/trio-proxsmtpd.service",
+        "trio_proxsmtp/_data/man/trio-proxsmtpd.8",
+    }
+    assert expected <= names
+    data = {name.split(".data/", 1)[1] for name in names if ".data/" in name}
+    assert {"data/share/man/man8/trio-proxsmtpd.8", "data/share/man/man5/proxsmtpd.conf.5"} <= (
+        data
+    )
+    [license_file] = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+    [metadata] = [n for n in names if n.endswith(".dist-info/METADATA")]
+    zf = zipfile.ZipFile(wheel)
+    assert b"Copyright (c) 2026, the trio_proxsmtp developers" in zf.read(license_file)
+    meta = zf.read(metadata).decode()
+    assert "License-Expression: BSD-3-Clause" in meta
+    assert "Classifier: Typing :: Typed" in meta and "Project-URL: " in meta
+
+
+def test_the_example_command_works_from_the_wheel(wheel: Path, tmp_path: Path) -> None:
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+
+    def example(*args: str) -> bytes:
+        return subprocess.run(
+            [sys.executable, "-m", "trio_proxsmtp.example", *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        ).stdout
+
+    assert example() == (ROOT / "proxsmtpd.conf.example").read_bytes()
+    names = example("--list").decode().split()
+    assert "contrib/postfix/after-queue.main.cf" in names and "man/proxsmtpd.conf.5" in names
+    unit = example("contrib/trio-proxsmtpd.service")
+    assert unit == (ROOT / "contrib" / "trio-proxsmtpd.service").read_bytes()
+    # the file came from the unpacked wheel, not from this checkout
+    located = subprocess.run(
+        [sys.executable, "-c", "import trio_proxsmtp.example as e; print(e.shipped_root())"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    assert located == str(tmp_path / "site" / "trio_proxsmtp" / "_data")
+
+
+def test_example_refuses_names_outside_the_shipped_files() -> None:
+    from trio_proxsmtp.example import main, read_shipped
+
+    with pytest.raises(FileNotFoundError):
+        read_shipped("../pyproject.toml")
+    assert main(["contrib/../setup.py"]) == 1
+
+
+def test_man_pages_match_the_readme() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "manpages.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_man_pages_render_without_warnings() -> None:
+    if shutil.which("groff") is None:
+        pytest.skip("groff is not installed")
+    for page in ("trio-proxsmtpd.8", "proxsmtpd.conf.5"):
+        result = subprocess.run(
+            ["groff", "-man", "-Tutf8", "-ww", str(ROOT / "man" / page)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        text = re.sub(".\b", "", result.stdout)  # no overstrike bold
+        assert ("COMMAND LINE" if page.endswith(".8") else "CONFIGURATION") in text
+        assert "SEE ALSO" in text
+
+
+def test_service_files_run_the_venv_install_of_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert VENV_INSTALL in readme
+    for name in ("trio-proxsmtpd.service", "supervisord.conf"):
+        text = (ROOT / "contrib" / name).read_text()
+        assert VENV_INSTALL in text, name
+        assert f"{VENV_SCRIPT} -d 3 -f /etc/proxsmtpd.conf" in text, name
+    assert (
+        "Documentation=man:trio-proxsmtpd(8) man:proxsmtpd.conf(5)"
+        in (ROOT / "contrib" / "trio-proxsmtpd.service").read_text().splitlines()
+    )
+
+
+def test_readme_points_to_postfix_first() -> None:
+    """Right after the first two commands, before anything else an admin needs."""
+    readme = (ROOT / "README.md").read_text()
+    second_command = readme.index(".venv/bin/python -m pytest\n")
+    pointer = readme.index("[Postfix](#postfix)")
+    assert second_command < pointer
+    between = readme[second_command:pointer]
+    assert "\n#" not in between and "\n    " not in between.rstrip()
+    assert "\n## Postfix\n" in readme

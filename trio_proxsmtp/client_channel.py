@@ -1,0 +1,237 @@
+"""The client side of a connection: its stream, its unread bytes, and their framing.
+
+`ClientChannel` is the only owner of the client stream (swapped for a TLS stream after
+STARTTLS) and of the `ClientReader` buffer.  It reads the next command line, a DATA body or
+a refused BDAT chunk as the session's actions choose (the framing itself is sans-IO, in
+`protocol/reader.py`), sends our replies, and while nobody reads the client (filter, replay)
+watches for it leaving.  Every read and write runs under TimeOut.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+
+import trio
+
+from trio_proxsmtp.client_info import ClientInfo
+from trio_proxsmtp.nursery import single_error
+from trio_proxsmtp.protocol.lines import LineTooLong
+from trio_proxsmtp.protocol.reader import (
+    Body,
+    ClientReader,
+    Line,
+    NeedData,
+    Skipped,
+    TlsBoundary,
+)
+from trio_proxsmtp.protocol.replies import Reply
+from trio_proxsmtp.protocol.session import Action
+from trio_proxsmtp.trace import show
+
+__all__ = ["ClientChannel", "ClientGone", "ClientTimeout", "Drained"]
+
+RECEIVE_SIZE = 64 * 1024
+# Pipelined client input kept while the client is not being read (filter, replay).
+MAX_PENDING_INPUT = 64 * 1024
+
+
+class ClientGone(Exception):
+    """The client closed or reset the connection."""
+
+
+class ClientTimeout(Exception):
+    """The client said nothing for TimeOut seconds."""
+
+
+class Drained(Exception):
+    """Shutdown reached a session waiting for its next command."""
+
+
+class ClientChannel:
+    """Owns the client stream and its buffer; see the module docstring."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        info: ClientInfo,
+        timeout: float,
+        log: logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        self.stream = stream
+        self.info = info
+        self.timeout = timeout
+        self.log = log
+        self.trace = log.isEnabledFor(logging.DEBUG)
+        self.reader = ClientReader()
+        self.eof = False  # the watcher saw the client's end of file
+        self._draining = False
+        self._idle_scope: trio.CancelScope | None = None
+
+    # -- reading ------------------------------------------------------------------------
+
+    def stop_idle(self) -> None:
+        """Shutdown: a wait for the next command ends now (`Drained`), one to come at once."""
+        self._draining = True
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+
+    async def next_command(self) -> bytes | LineTooLong:
+        """The next command line; `Drained` if shutdown comes first and nothing is buffered."""
+        while True:
+            if self._draining and self.reader.buffered_size == 0:
+                raise Drained
+            event = self.reader.next_event()
+            if isinstance(event, Line):
+                return event.data
+            if isinstance(event, LineTooLong):
+                return event
+            assert isinstance(event, NeedData), event
+            if self.eof:
+                raise ClientGone("closed the connection")
+            try:
+                with trio.CancelScope() as idle:
+                    self._idle_scope = idle
+                    if self._draining:
+                        idle.cancel()
+                    data = await self.receive()
+            finally:
+                self._idle_scope = None
+            if idle.cancelled_caught:
+                raise Drained
+            if not data:
+                raise ClientGone("closed the connection")
+            self.reader.feed(data)
+
+    async def read_message(
+        self, action: Action, deliver: Callable[[bytes, bool], Awaitable[None]]
+    ) -> int:
+        """Pass the client's message, un-stuffed, to `deliver(body, done)` up to
+        <CRLF>.<CRLF>; what follows stays buffered. Returns the message's size."""
+        self.reader.follow(action)
+        while True:
+            event = self.reader.next_event()
+            if isinstance(event, Body):
+                await deliver(event.data, event.done)
+                if event.done:
+                    return self.reader.message_size
+                continue
+            data = await self.receive()
+            if not data:
+                raise ClientGone("unexpected end of data from client")
+            self.reader.feed(data)
+
+    async def skip(self, action: Action) -> None:
+        """Discard the chunk of a refused BDAT: its bytes are never commands."""
+        self.reader.follow(action)
+        while not isinstance(self.reader.next_event(), Skipped):
+            data = await self.receive()
+            if not data:
+                raise ClientGone("closed the connection")
+            self.reader.feed(data)
+
+    async def receive(self) -> bytes:
+        with trio.move_on_after(self.timeout) as scope:
+            try:
+                return bytes(await self.stream.receive_some(RECEIVE_SIZE))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ClientGone(str(exc) or "connection reset") from exc
+        assert scope.cancelled_caught
+        raise ClientTimeout
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def send(self, reply: Reply) -> None:
+        data = reply.to_bytes()
+        if self.trace:
+            for line in data.splitlines():
+                self.log.debug("CLIENT > %s", show(line))
+        with trio.move_on_after(self.timeout) as scope:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ClientGone(str(exc) or "connection reset") from exc
+        if scope.cancelled_caught:
+            raise ClientGone("timed out writing to the client")
+
+    async def say_goodbye(self, reply: Reply) -> None:
+        """Best effort: the client may be gone already."""
+        with trio.CancelScope(shield=True), trio.move_on_after(5), suppress(ClientGone):
+            await self.send(reply)
+
+    # -- TLS ----------------------------------------------------------------------------
+
+    async def start_tls(self, action: Action, context: ssl.SSLContext) -> None:
+        """RFC 3207 after our 220: cross the TLS boundary, then the handshake."""
+        boundary = self.reader.follow(action)
+        assert isinstance(boundary, TlsBoundary)
+        if boundary.discarded:
+            # Plain text sent after STARTTLS, before the handshake: never run it as
+            # commands of the TLS session (the STARTTLS command injection attack).
+            self.log.warning("discarded %d bytes sent right after STARTTLS", boundary.discarded)
+        # https_compatible: a client may close without close_notify (most SMTP clients do
+        # after QUIT), and our close must not wait for the client to read one.
+        stream = trio.SSLStream(self.stream, context, server_side=True, https_compatible=True)
+        with trio.move_on_after(self.timeout) as scope:
+            try:
+                await stream.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                reason = exc.__cause__ or exc
+                raise ClientGone(f"TLS handshake failed: {reason}") from exc
+        if scope.cancelled_caught:
+            raise ClientGone("TLS handshake timed out")
+        self.stream = stream
+        self.log.info("TLS established: %s, %s", stream.version(), stream.cipher()[0])
+
+    # -- the client leaving -------------------------------------------------------------
+
+    def has_left(self) -> bool:
+        """Whether the client has left (end of file or a reset, no command pipelined).
+        A peek at the socket when there is one: cheaper than a watcher for every message."""
+        if self.reader.buffered_size:
+            return False  # it said something more first: it finished speaking, not left
+        if self.eof:
+            return True
+        return bool(self.info.peer_has_closed())
+
+    @asynccontextmanager
+    async def watch(self, on_left: Callable[[], None]) -> AsyncIterator[None]:
+        """While the client is not being read (filter, replay): notice it leaving at once.
+
+        Bytes it pipelines meanwhile are kept (bounded) for the next command.  End of file
+        with no complete command buffered means the client left: `on_left` is called (it
+        cancels the connection, so the message is not delivered).  A client that pipelined
+        QUIT (or anything) after its "." and then closed has finished speaking, not left.
+        """
+
+        async def watch() -> None:
+            while self.reader.buffered_size < MAX_PENDING_INPUT and not self.eof:
+                try:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                    self.reader.discard_buffered()
+                if data:
+                    self.reader.feed(bytes(data))
+                    continue
+                self.eof = True
+                if self.reader.buffered_size == 0:
+                    self.log.info("client disconnected before its message was answered")
+                    on_left()
+                return
+            await trio.sleep_forever()
+
+        if self.eof:
+            yield
+            return
+        with single_error():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                yield
+                nursery.cancel_scope.cancel()
+
+    async def aclose(self) -> None:
+        # (TLS: https_compatible, so no close_notify to wait on; the socket closes.)
+        await self.stream.aclose()

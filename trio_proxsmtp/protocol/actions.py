@@ -1,0 +1,144 @@
+"""What the session asks the relay to do (its actions), and the enums they carry.
+
+Every action is a frozen value; the relay performs them in order (connection.py).
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from trio_proxsmtp.protocol.commands import Command
+from trio_proxsmtp.protocol.replies import Reply
+
+__all__ = [
+    "Action",
+    "Close",
+    "Log",
+    "Outcome",
+    "Purpose",
+    "ReceiveMessage",
+    "RunFilter",
+    "SendClient",
+    "SendMessage",
+    "SendUpstream",
+    "SkipBytes",
+    "StartTLS",
+    "Summary",
+]
+
+
+class Purpose(enum.Enum):
+    """Why a line went upstream: decides what its reply does."""
+
+    COMMAND = "command"  # a client command: the reply is relayed (rewritten where needed)
+    AUTH_CONTINUATION = "auth"  # a client line inside an AUTH exchange
+    XCLIENT = "xclient"  # our XCLIENT: reply swallowed
+    XCLIENT_HELO = "xclient-helo"  # HELO/EHLO re-sent after XCLIENT (B20): reply swallowed
+    RSET = "rset"  # our RSET after a rejected message: reply swallowed
+    DATA = "data"  # our DATA before replaying a spooled message
+    SKIP_DATA = "skip-data"  # the client's DATA passed through (Skip: authenticated)
+
+
+class Outcome(enum.Enum):
+    """The summary log's status= values (docs/behaviour.md §9.2), plus DROPPED and TOO-BIG."""
+
+    FILTERED = "FILTERED"
+    PASSED = "PASSED"  # no FilterCommand: the summary has no status= (as in 1.10)
+    SKIPPED = "SKIPPED"
+    REJECTED = "REJECTED"
+    DROPPED = "DROPPED"
+    FILTER_ERROR = "FILTER-ERROR"
+    TOO_BIG = "TOO-BIG"
+
+
+# ---------------------------------------------------------------------------------------
+# Actions: what the relay must do next.
+
+
+@attrs.frozen
+class SendUpstream:
+    """Write `line` upstream, read one complete reply, give it to `Session.reply`.
+
+    `command` is the client command the line carries, or (XCLIENT and the HELO/EHLO re-sent
+    after it) the client command that waits for that exchange to finish.
+    """
+
+    line: bytes
+    purpose: Purpose
+    command: Command | None = None
+
+
+@attrs.frozen
+class SendClient:
+    reply: Reply
+
+
+@attrs.frozen
+class ReceiveMessage:
+    """Read the client's message up to <CRLF>.<CRLF>.
+
+    stream=False: spool it, then call `Session.message_received(size)`.
+    stream=True (Skip: authenticated): pass it straight upstream with its terminator, read
+    one reply and give it to `Session.reply`.
+    """
+
+    stream: bool
+
+
+@attrs.frozen
+class RunFilter:
+    """Run FilterCommand over the spooled message, then call `Session.filter_done`."""
+
+
+@attrs.frozen
+class SendMessage:
+    """Replay the spooled (filtered) message upstream with its header, dot-stuffed, and the
+    final ".", read one reply and give it to `Session.reply`."""
+
+
+@attrs.frozen
+class SkipBytes:
+    """Discard this many client bytes (the chunk of a BDAT we refused): never commands."""
+
+    count: int
+
+
+@attrs.frozen
+class Log:
+    level: int
+    message: str
+
+
+@attrs.frozen
+class Summary:
+    """The per-message summary line (docs/behaviour.md §9.2), logged at INFO."""
+
+    text: str
+    outcome: Outcome
+
+
+@attrs.frozen
+class Close:
+    """Close both connections (after QUIT)."""
+
+
+@attrs.frozen
+class StartTLS:
+    """Discard what the client sent after STARTTLS, do the TLS handshake, then call
+    `Session.tls_started` (RFC 3207: the client starts over with EHLO)."""
+
+
+Action = (
+    SendUpstream
+    | SendClient
+    | ReceiveMessage
+    | RunFilter
+    | SendMessage
+    | SkipBytes
+    | StartTLS
+    | Log
+    | Summary
+    | Close
+)

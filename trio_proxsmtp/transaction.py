@@ -1,0 +1,201 @@
+"""One message's life in the relay: the spool, the filter run, the replay upstream.
+
+`Transaction` owns the spool files of the current message and removes them on every path
+(`close`, called before the client hears the message's fate and when the connection ends).
+It uses the client channel to read the message and the upstream to send it, but never
+decides what happens next: each step returns the session's next actions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+
+import trio
+
+from trio_proxsmtp.client_channel import ClientChannel, ClientGone
+from trio_proxsmtp.config import Config, FilterType
+from trio_proxsmtp.filter import FilterSpec, VerdictKind, filter_environment, run_filter
+from trio_proxsmtp.header import HeaderInserter, expand_header
+from trio_proxsmtp.protocol.data import DataSender
+from trio_proxsmtp.protocol.replies import LOCAL_ERROR, Reply
+from trio_proxsmtp.protocol.session import Action, Outcome, Session
+from trio_proxsmtp.spool import Spool
+from trio_proxsmtp.upstream import Outgoing, Upstream
+
+__all__ = ["Transaction"]
+
+
+class Transaction:
+    """The current message's spools and the steps that use them; see the module docstring."""
+
+    def __init__(
+        self,
+        config: Config,
+        session: Session,
+        client: ClientChannel,
+        upstream: Upstream,
+        log: logging.LoggerAdapter[logging.Logger],
+        on_client_left: trio.CancelScope,
+    ) -> None:
+        self.config = config
+        self.session = session
+        self.client = client
+        self.upstream = upstream
+        self.log = log
+        self.trace = log.isEnabledFor(logging.DEBUG)
+        self._connection_scope = on_client_left
+        self.client_left = False
+        self.spool: Spool | None = None
+        self.output: Spool | None = None  # the filter's rewritten message, if any
+
+    def close(self) -> None:
+        """Remove the spool files (idempotent)."""
+        for spool in (self.output, self.spool):
+            if spool is not None:
+                spool.close()
+        self.output = self.spool = None
+
+    def left(self) -> None:
+        """The client left in the middle of the message: end the connection now."""
+        self.client_left = True
+        self._connection_scope.cancel()
+
+    # -- receiving ----------------------------------------------------------------------
+
+    async def receive(self, action: Action) -> list[Action]:
+        """Spool the client's message up to <CRLF>.<CRLF>; always read to the end (B2)."""
+        error: str | None = None
+        try:
+            # Only a file-mode filter needs the message by name ($EMAIL).
+            named = self.config.filter_type is FilterType.FILE
+            self.spool = Spool.create(self.config.temp_directory, named=named)
+            if not self.spool.in_memory:
+                self.log.debug("created cache file: %s", self.spool.path)
+        except OSError as exc:
+            error = f"couldn't open cache file: {exc}"
+            self.log.error("%s", error)
+
+        # Past the size limit (MaxMessageSize, the upstream's SIZE) the message is refused
+        # (552) once read to its end: keep reading, stop writing, so a huge message cannot
+        # fill the disk for nothing.
+        limit = self.session.size_limit
+        reader = self.client.reader
+
+        async def spool(body: bytes, done: bool) -> None:
+            nonlocal error
+            if limit is not None and reader.message_size > limit:
+                return
+            if self.spool is not None and error is None:
+                try:
+                    self.spool.write(body)
+                except OSError as exc:
+                    error = f"couldn't write cache file: {exc}"
+                    self.log.error("%s", error)
+
+        async with self.upstream.keepalives():
+            size = await self.client.read_message(action, spool)
+        if error is None and self.spool is not None:
+            try:
+                self.spool.finish()
+            except OSError as exc:
+                error = f"couldn't write cache file: {exc}"
+                self.log.error("%s", error)
+        if error is not None:
+            return self.session.message_failed(LOCAL_ERROR, error)
+        self.log.debug("received %d message bytes", size)
+        return self.session.message_received(size)
+
+    async def stream(self, action: Action) -> Reply:
+        """Skip mode: the client's message goes straight upstream, unfiltered, and the
+        upstream's reply to it comes back (docs/behaviour.md)."""
+        sender = DataSender()
+        item = Outgoing(b"")
+
+        async def forward(body: bytes, done: bool) -> None:
+            nonlocal item
+            out = sender.feed(body)
+            if done:
+                item = Outgoing(out + sender.finish())
+            elif out:
+                await self.upstream.send(out)
+
+        size = await self.client.read_message(action, forward)
+        self.log.debug("skipped %d data bytes", size)
+        return await self.upstream.command(item)
+
+    # -- the filter ---------------------------------------------------------------------
+
+    async def filter(self) -> list[Action]:
+        assert self.spool is not None and self.config.filter_command
+        envelope = self.session.envelope
+        env = filter_environment(
+            client=self.client.info.client,
+            server=self.upstream.address,
+            sender=envelope.sender,
+            recipients=envelope.recipients,
+            remote=envelope.remote_addr,
+            remote_helo=envelope.remote_helo,
+            temp_directory=self.config.temp_directory,
+        )
+        spec = FilterSpec(
+            command=self.config.filter_command,
+            mode=self.config.filter_type,
+            timeout=self.config.filter_timeout,
+            temp_directory=self.config.temp_directory,
+        )
+        async with self.client.watch(self.left), self.upstream.keepalives():
+            verdict = await run_filter(spec, self.spool, env, log=self.log)
+        self.log.debug("filter verdict: %s (%s)", verdict.kind.name, verdict.detail)
+        if verdict.kind is VerdictKind.ACCEPT:
+            assert verdict.message is not None
+            if verdict.message is not self.spool:
+                self.output = verdict.message
+            return self.session.filter_done(True, None, Outcome.FILTERED)
+        if verdict.kind is VerdictKind.ERROR:
+            self.log.error("filter command failed: %s", verdict.detail)
+            outcome = Outcome.FILTER_ERROR
+        else:
+            outcome = Outcome.DROPPED if verdict.kind is VerdictKind.DROP else Outcome.REJECTED
+        assert verdict.reply is not None
+        return self.session.filter_done(False, verdict.reply, outcome, verdict.detail)
+
+    # -- the replay ---------------------------------------------------------------------
+
+    async def replay(self) -> Reply:
+        """Replay the spool: header inserted, dot-stuffed, CRLF-clean, then the final "."
+        and the upstream's reply to it."""
+        message = self.output or self.spool
+        assert message is not None
+        sender = DataSender()
+        inserter = self._header_inserter()
+        sent = 0
+        pending = b""  # held back one chunk, so the last one goes out with the "."
+        # A socket is peeked at before the final "."; a bare stream is watched meanwhile.
+        watching = self.client.info.socket is None
+        async with self.client.watch(self.left) if watching else contextlib.nullcontext():
+            for chunk in message.chunks():
+                if pending:
+                    await self.upstream.send(pending)
+                    sent += len(pending)
+                pending = sender.feed(inserter.feed(chunk) if inserter is not None else chunk)
+            tail = inserter.finish() if inserter is not None else b""
+            data = pending + sender.feed(tail) + sender.finish()
+            # The final "." commits the message: not if its client has left meanwhile.
+            if self.client.has_left():
+                raise ClientGone("closed the connection before its message was answered")
+        return await self.upstream.command(Outgoing(data, f". ({sent + len(data)} bytes sent)"))
+
+    def _header_inserter(self) -> HeaderInserter | None:
+        if not self.config.header:
+            return None
+        header, warnings = expand_header(
+            self.config.header,
+            client=self.client.info.client,
+            local=self.client.info.local,
+            now=datetime.datetime.now().astimezone(),
+        )
+        for warning in warnings:
+            self.log.warning("%s", warning)
+        return HeaderInserter(header) if header else None

@@ -1,0 +1,242 @@
+"""The upstream side of a connection: connecting, and every exchange with the next server.
+
+`Upstream` is the only owner of the upstream stream and its reply parser.  Everything that
+goes upstream and expects replies goes through `exchange`: it writes a group of outgoing
+items in one write, then reads one complete reply per item, in order.  Today the session
+sends one command at a time (a group of one); PIPELINING towards the upstream is a group of
+several, with nothing else to change.  STARTTLS towards the upstream belongs in
+`start_tls`: the stream is swapped for a `trio.SSLStream` over it, between exchanges.
+Keepalives (NOOP) are exchanges too.  Every wait runs under TimeOut; every failure is an
+`UpstreamFailure`, which the client sees as 421 with the real error in the log (B13).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from trio_proxsmtp.address import AddressKind, format_host
+from trio_proxsmtp.client_info import ClientInfo, NoOriginalDestination
+from trio_proxsmtp.config import Config, TransparentMode
+from trio_proxsmtp.nursery import single_error
+from trio_proxsmtp.protocol.replies import Reply, ReplyParser
+from trio_proxsmtp.trace import show
+
+__all__ = ["IP_TRANSPARENT", "Outgoing", "Upstream", "UpstreamFailure"]
+
+RECEIVE_SIZE = 64 * 1024
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+
+
+class UpstreamFailure(Exception):
+    """The upstream could not be reached, went away, timed out or broke the protocol."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # the short form the client sees in its 421
+
+
+@attrs.frozen
+class Outgoing:
+    """Bytes for the upstream; `trace` is what the protocol trace shows (None: nothing)."""
+
+    data: bytes
+    trace: str | None = None
+
+
+NOOP = Outgoing(b"NOOP\r\n", "NOOP")
+
+# Opens the upstream stream and names it (SERVER for the filter): tests pass a memory stream.
+Opener = Callable[[], Awaitable[tuple[trio.abc.Stream, str]]]
+
+
+class Upstream:
+    """Owns the upstream stream; see the module docstring."""
+
+    def __init__(
+        self,
+        config: Config,
+        info: ClientInfo,
+        log: logging.LoggerAdapter[logging.Logger],
+        opener: Opener | None = None,
+    ) -> None:
+        self.config = config
+        self._opener = opener or self._open
+        self.info = info
+        self.log = log
+        self.trace = log.isEnabledFor(logging.DEBUG)
+        self.stream: trio.abc.Stream | None = None
+        self.address = ""  # SERVER in the filter's environment
+        self.replies = ReplyParser()
+        self.activity = trio.current_time()  # the last byte sent or received
+
+    # -- the one place where commands go up and replies come back -----------------------
+
+    async def exchange(
+        self, outgoing: Sequence[Outgoing], replies: int | None = None
+    ) -> list[Reply]:
+        """Send `outgoing` in one write, then read `replies` complete replies (one per item
+        unless told otherwise: the banner is zero items and one reply), in order."""
+        if outgoing:
+            if self.trace:
+                for item in outgoing:
+                    if item.trace is not None:
+                        self.log.debug("SERVER > %s", item.trace)
+            await self.send(b"".join(item.data for item in outgoing))
+        count = len(outgoing) if replies is None else replies
+        return [await self._read_reply() for _ in range(count)]
+
+    async def command(self, item: Outgoing) -> Reply:
+        """A group of one."""
+        return (await self.exchange([item]))[0]
+
+    async def send(self, data: bytes) -> None:
+        """Write bytes that expect no reply of their own (the body of a message)."""
+        assert self.stream is not None
+        with trio.move_on_after(self.config.timeout) as scope:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise UpstreamFailure(
+                    f"server disconnected unexpectedly: {exc}", "closed the connection"
+                ) from exc
+        if scope.cancelled_caught:
+            raise UpstreamFailure("network operation timed out: writing to server", "timed out")
+        self.activity = trio.current_time()
+
+    async def _read_reply(self) -> Reply:
+        assert self.stream is not None
+        while True:
+            reply = self.replies.next_reply()
+            if reply is not None:
+                if self.trace:
+                    for line in reply.to_bytes().splitlines():
+                        self.log.debug("SERVER < %s", show(line))
+                return reply
+            with trio.move_on_after(self.config.timeout) as scope:
+                try:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise UpstreamFailure(
+                        f"server disconnected unexpectedly: {exc}", "closed the connection"
+                    ) from exc
+            if scope.cancelled_caught:
+                raise UpstreamFailure(
+                    "network operation timed out: waiting for server", "timed out"
+                )
+            if not data:
+                raise UpstreamFailure("server disconnected unexpectedly", "closed the connection")
+            self.activity = trio.current_time()
+            self.replies.feed(bytes(data))
+
+    @asynccontextmanager
+    async def keepalives(self) -> AsyncIterator[None]:
+        """KeepAlives: NOOP upstream whenever it has been quiet that long (B24: also while
+        the filter runs).  Each exchange is shielded so that ending the phase never leaves
+        a half-read reply behind."""
+        interval = self.config.keep_alives
+        if interval <= 0:
+            yield
+            return
+
+        async def noop_loop() -> None:
+            while True:
+                await trio.sleep_until(self.activity + interval)
+                if trio.current_time() < self.activity + interval:
+                    continue
+                with trio.CancelScope(shield=True):
+                    await self.command(NOOP)
+
+        with single_error():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(noop_loop)
+                yield
+                nursery.cancel_scope.cancel()
+
+    # -- connecting ---------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        with trio.move_on_after(self.config.timeout) as scope:
+            try:
+                self.stream, self.address = await self._opener()
+            except OSError as exc:
+                raise UpstreamFailure(
+                    f"SERVER: couldn't connect to: {self._name()}: {os_error(exc)}",
+                    "unavailable",
+                ) from exc
+        if scope.cancelled_caught:
+            raise UpstreamFailure(
+                f"SERVER: couldn't connect to: {self._name()}: timed out", "unavailable"
+            )
+        self.log.debug("SERVER connected to: %s", self.address)
+        self.activity = trio.current_time()
+
+    def _name(self) -> str:
+        if self.info.original_destination is not None:
+            host, port = self.info.original_destination
+            return f"{host}:{port}"
+        return str(self.config.out_address)
+
+    async def _open(self) -> tuple[trio.abc.Stream, str]:
+        config = self.config
+        if config.transparent_proxy is not TransparentMode.OFF:
+            try:
+                host, port = self.info.lookup_original_destination()
+            except NoOriginalDestination as exc:
+                raise UpstreamFailure(
+                    f"couldn't get source address for transparent proxying: {exc}",
+                    "unavailable",
+                ) from exc
+            if host == self.info.client:
+                raise UpstreamFailure("loop detected in transparent proxying", "unavailable")
+            if config.transparent_proxy is TransparentMode.FULL:
+                return await self._open_transparent(host, port), host
+            return await trio.open_tcp_stream(host, port), host
+        address = config.out_address
+        assert address is not None
+        if address.kind is AddressKind.UNIX:
+            assert address.path is not None
+            return await trio.open_unix_socket(address.path), address.path
+        # Port only: the loopback feature, the client's own address (docs/behaviour.md).
+        target = self.info.client if address.is_port_only else address.host
+        assert target is not None
+        stream = await trio.open_tcp_stream(target, address.port)
+        return stream, format_host(stream.socket.getpeername())
+
+    async def _open_transparent(self, host: str, port: int) -> trio.SocketStream:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = trio.socket.socket(family, socket.SOCK_STREAM)
+        try:
+            try:
+                sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+                await sock.bind((self.info.client, 0))
+            except OSError as exc:
+                self.log.debug("couldn't bind to the client's address: %s", exc)
+            await sock.connect((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketStream(sock)
+
+    async def aclose(self) -> None:
+        if self.stream is not None:
+            await self.stream.aclose()
+
+
+def os_error(exc: OSError) -> str:
+    """The real reason of a failed connect (B13): trio.open_tcp_stream raises a summary
+    ("all attempts to connect ... failed") caused by the attempts' own errors."""
+    reasons: list[str] = []
+    cause = exc.__cause__
+    causes = cause.exceptions if isinstance(cause, BaseExceptionGroup) else [cause]
+    for error in causes:
+        if isinstance(error, OSError) and error.strerror and error.strerror not in reasons:
+            reasons.append(error.strerror)
+    if reasons:
+        return "; ".join(reasons)
+    return exc.strerror or str(exc)
