@@ -28,6 +28,7 @@ from trio_proxsmtp.client_channel import ClientChannel, ClientGone, ClientTimeou
 from trio_proxsmtp.client_info import ClientInfo, client_host_name
 from trio_proxsmtp.config import Config, FilterType
 from trio_proxsmtp.log import connection_logger
+from trio_proxsmtp.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.nursery import single_error
 from trio_proxsmtp.protocol.commands import parse_command
 from trio_proxsmtp.protocol.errors import RemoteProtocolError
@@ -98,6 +99,7 @@ class Connection:
         conn_id: int,
         *,
         open_upstream: Opener | None = None,
+        metrics: Metrics = NULL_METRICS,
     ) -> None:
         self.config = config
         self.info = info
@@ -111,6 +113,8 @@ class Connection:
             config, self.session, self.client, self.upstream, self.log, self._scope
         )
         self.draining = False
+        self.metrics = self.client.metrics = self.upstream.metrics = metrics
+        self.transaction.metrics = metrics
 
     def drain(self) -> None:
         """Shutdown: an idle session ends now with 421; a busy one when its message is done."""
@@ -243,5 +247,8 @@ class Connection:
         for action in actions:
             if isinstance(action, Summary):
                 self.log.info("%s", action.text)
+                self.metrics.message_done(
+                    action.outcome.value, action.upstream_code, self.transaction.take_size()
+                )
             elif isinstance(action, Log):
                 self.log.log(action.level, "%s", action.message)

@@ -18,6 +18,7 @@ from trio_proxsmtp.client_channel import ClientChannel, ClientGone
 from trio_proxsmtp.config import Config, FilterType
 from trio_proxsmtp.filter import FilterSpec, VerdictKind, filter_environment, run_filter
 from trio_proxsmtp.header import HeaderInserter, expand_header
+from trio_proxsmtp.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.protocol.data import DataSender
 from trio_proxsmtp.protocol.replies import LOCAL_ERROR, Reply
 from trio_proxsmtp.protocol.session import Action, Outcome, Session
@@ -29,6 +30,9 @@ __all__ = ["Transaction"]
 
 class Transaction:
     """The current message's spools and the steps that use them; see the module docstring."""
+
+    metrics: Metrics = NULL_METRICS  # filter runs (set by the connection)
+    size: int | None = None  # the current message's size once read (for metrics)
 
     def __init__(
         self,
@@ -56,6 +60,11 @@ class Transaction:
             if spool is not None:
                 spool.close()
         self.output = self.spool = None
+
+    def take_size(self) -> int | None:
+        """The size of the message just ended (None if none was read), then forget it."""
+        size, self.size = self.size, None
+        return size
 
     def left(self) -> None:
         """The client left in the middle of the message: end the connection now."""
@@ -104,6 +113,7 @@ class Transaction:
                 self.log.error("%s", error)
         if error is not None:
             return self.session.message_failed(LOCAL_ERROR, error)
+        self.size = size
         self.log.debug("received %d message bytes", size)
         return self.session.message_received(size)
 
@@ -121,7 +131,7 @@ class Transaction:
             elif out:
                 await self.upstream.send(out)
 
-        size = await self.client.read_message(action, forward)
+        size = self.size = await self.client.read_message(action, forward)
         self.log.debug("skipped %d data bytes", size)
         return await self.upstream.command(item)
 
@@ -145,8 +155,11 @@ class Transaction:
             timeout=self.config.filter_timeout,
             temp_directory=self.config.temp_directory,
         )
+        started = trio.current_time()
         async with self.client.watch(self.left), self.upstream.keepalives():
             verdict = await run_filter(spec, self.spool, env, log=self.log)
+        elapsed = trio.current_time() - started
+        self.metrics.filter_ran(elapsed)
         self.log.debug("filter verdict: %s (%s)", verdict.kind.name, verdict.detail)
         if verdict.kind is VerdictKind.ACCEPT:
             assert verdict.message is not None
@@ -155,6 +168,7 @@ class Transaction:
             return self.session.filter_done(True, None, Outcome.FILTERED)
         if verdict.kind is VerdictKind.ERROR:
             self.log.error("filter command failed: %s", verdict.detail)
+            self.metrics.filter_failed("timeout" if elapsed >= spec.timeout else "error")
             outcome = Outcome.FILTER_ERROR
         else:
             outcome = Outcome.DROPPED if verdict.kind is VerdictKind.DROP else Outcome.REJECTED

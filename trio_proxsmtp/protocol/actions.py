@@ -117,6 +117,7 @@ class Summary:
 
     text: str
     outcome: Outcome
+    upstream_code: int | None = None  # the next server's final reply to the message, if any
 
 
 @attrs.frozen

@@ -504,7 +504,7 @@ class Session:
     ) -> list[Action]:
         """The upstream answered the message (or refused its DATA): its reply is the
         client's."""
-        summary = self._summary(outcome, None, upstream=reply.text)
+        summary = self._summary(outcome, None, upstream=reply)
         self._end_transaction()
         actions: list[Action] = [SendClient(reply)]
         if rset:
@@ -525,7 +525,7 @@ class Session:
         self.state = State.MAIL
 
     def _summary(
-        self, outcome: Outcome, reason: str | None, *, upstream: str | None = None
+        self, outcome: Outcome, reason: str | None, *, upstream: Reply | None = None
     ) -> Summary:
         parts = [f"client={self.policy.client}"]
         if self.envelope.sender is not None:
@@ -536,8 +536,9 @@ class Session:
         if reason:
             parts.append(f"reason={reason}")
         if upstream is not None:
-            parts.append(f"upstream={upstream}")
-        return Summary(", ".join(parts), outcome)
+            parts.append(f"upstream={upstream.text}")
+        code = upstream.code if upstream is not None else None
+        return Summary(", ".join(parts), outcome, code)
 
     # -- helpers ------------------------------------------------------------------------
 
