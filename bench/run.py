@@ -43,7 +43,10 @@ SCENARIOS: dict[str, str] = {
     "no filter": "",
     "cat": "FilterCommand: cat\n",
     "file+true": "FilterType: file\nFilterCommand: true\n",
+    # "no filter" with the Prometheus listener on: the cost of the metrics (ours only).
+    "metrics on": "MetricsListen: 127.0.0.1:{metrics_port}\n",
 }
+OURS_ONLY = {"metrics on"}  # scenarios using our extensions: C has no such option
 SESSIONS_PER_SOURCE = 5  # the C proxy's listen backlog is 5: start sessions in fives
 STAGGER = 0.02  # seconds between two smtp-source processes
 MSG_SIZE = 2048
@@ -162,6 +165,7 @@ class Proxy:
         self.conf = workdir / f"{impl}-{self.port}.conf"
         if impl == "ours" and OUR_WORKERS > 1:
             extra += f"Workers: {OUR_WORKERS}\n"  # our extension; C has no such option
+        extra = extra.replace("{metrics_port}", str(free_port()))
         self.conf.write_text(
             f"Listen: {HOST}:{self.port}\nOutAddress: {HOST}:{upstream}\n"
             f"TempDirectory: {workdir}\nMaxConnections: {max_conn}\n{extra}"
@@ -522,6 +526,13 @@ def targets(r: Results) -> list[str]:
         check("no filter >= 4x C msg/s", ratio >= 4, f"{ratio:.2f}x")
         p50 = statistics.median(x.p50_ms for x in r.runs["no filter"]["ours"])
         check("no filter p50 <= 3 ms", p50 <= 3, f"{p50:.2f} ms")
+    if "metrics on" in r.runs and "no filter" in r.runs:
+        on = statistics.median(x.rate for x in r.runs["metrics on"]["ours"])
+        off = statistics.median(x.rate for x in r.runs["no filter"]["ours"])
+        lines.append(
+            f"  [info] metrics on: {on:.0f} msg/s, {off:.0f} without MetricsListen "
+            f"({(on / off - 1) * 100:+.1f} %)"
+        )
     if "cat" in r.runs:
         ratio = median_ratio(r.runs["cat"])
         check("cat >= 1.8x C msg/s", ratio >= 1.8, f"{ratio:.2f}x")
@@ -576,6 +587,8 @@ def main() -> None:
                 for name, extra in SCENARIOS.items():
                     order = IMPLS if rnd % 2 == 0 else IMPLS[::-1]
                     for impl in order:
+                        if name in OURS_ONLY and impl != "ours":
+                            continue
                         run = one_run(impl, workdir, extra, s, s.sessions)
                         r.runs.setdefault(name, {}).setdefault(impl, []).append(run)
                         progress(f"round {rnd + 1} {name} {impl}: {run.rate:.0f} msg/s")
