@@ -27,7 +27,8 @@ leaves the Unix socket file to the supervisor, which outlives every worker.
 its own task, never in the accept loop, within DEFAULT_HEADER_TIMEOUT; a missing, invalid,
 late or untrusted header closes the connection with a log line.  The connection counts
 toward MaxConnections from accept (the limit counts connections, not addresses: a header
-changes nothing there).  `proxied_client_info` turns the header into the `ClientInfo`.
+changes nothing there).  `client_info.from_proxy_header` turns the header into the
+`ClientInfo`.
 
 Metrics (metrics.py): the server counts connections accepted, refused and active, and
 hands its `Metrics` to every `Connection`; with metrics sockets it also serves /metrics.
@@ -51,7 +52,7 @@ import trio
 
 from trio_proxsmtp import notify
 from trio_proxsmtp.address import AddressKind, format_host, resolve_tcp
-from trio_proxsmtp.client_info import ClientInfo, from_socket_stream
+from trio_proxsmtp.client_info import from_proxy_header, from_socket_stream
 from trio_proxsmtp.config import Config, TransparentMode
 from trio_proxsmtp.connection import Connection
 from trio_proxsmtp.log import LOGGER_NAME, connection_logger
@@ -68,7 +69,6 @@ __all__ = [
     "Server",
     "applicable_reload",
     "bind_listeners",
-    "proxied_client_info",
     "serve",
     "worker_share",
 ]
@@ -386,7 +386,8 @@ class Server:
                 await trio.aclose_forcefully(stream)
             self._idle.set()
             return
-        info = proxied_client_info(result, socket_info, config)
+        transparent = config.transparent_proxy is not TransparentMode.OFF
+        info = from_proxy_header(result, socket_info, transparent=transparent)
         if result.is_health_check:
             log.debug("PROXY LOCAL from %s: a health check", socket_info.client)
         else:
@@ -455,27 +456,3 @@ async def serve(
         raise ValueError(f"worker {worker} is not in 0..{workers - 1}")
     server = Server(config, reload, worker, workers, metrics)
     await server.serve(sockets, metrics_sockets=metrics_sockets, task_status=task_status)
-
-
-def proxied_client_info(result: ProxyResult, socket_info: ClientInfo, config: Config) -> ClientInfo:
-    """The client a PROXY header names, in place of the socket's peer (the balancer).
-
-    Its address is the client (logs, CLIENT, XCLIENT, %i); the address it connected to is
-    the local one (%l) and, with TransparentProxy, the original destination.  A header
-    that names no client (v2 LOCAL health checks, v1 UNKNOWN) leaves the socket's own.
-    The socket stays: it still tells whether the client has left.
-    """
-    client = result.client
-    if client is None:
-        return socket_info
-    destination = None
-    if client.destination_address is not None and client.destination_port is not None:
-        destination = (client.destination_address, client.destination_port)
-    transparent = config.transparent_proxy is not TransparentMode.OFF
-    return ClientInfo(
-        client=client.client_address,
-        local=client.destination_address or socket_info.local,
-        is_ipv6=":" in client.client_address,
-        original_destination=destination if transparent else None,
-        socket=socket_info.socket,
-    )

@@ -18,6 +18,7 @@ from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
 
 from trio_proxsmtp.address import Address, AddressKind
+from trio_proxsmtp.config import parse_config
 from trio_proxsmtp.metrics import (
     MAX_SCRAPES,
     MULTIPROC_ENV,
@@ -31,6 +32,7 @@ from trio_proxsmtp.metrics import (
     reply_class,
     serve_metrics,
 )
+from trio_proxsmtp.server import applicable_reload
 from trio_proxsmtp.testing import END_OF_DATA, FakeClient, FakeUpstream, open_client
 from trio_proxsmtp.testing.upstream import Session as UpstreamSession
 
@@ -414,3 +416,14 @@ async def test_scraped_counts_of_a_known_mix(tmp_path: Path, workers: int) -> No
                 proxy.signal(signal.SIGTERM)
                 assert await proxy.wait_exit() == 0
     assert list(temp.iterdir()) == []  # the multi-process directory is gone
+
+
+def test_a_changed_metrics_listen_waits_for_a_restart() -> None:
+    running = parse_config("OutAddress: 127.0.0.1:2525\nMetricsListen: 127.0.0.1:9100\n")
+    new = parse_config("OutAddress: 127.0.0.1:2525\nMetricsListen: 127.0.0.1:9200\n")
+    applied, problems = applicable_reload(running, new, 1)
+    assert applied is not None and applied.metrics_listen == running.metrics_listen
+    assert problems == [
+        "MetricsListen changed from 127.0.0.1:9100 to 127.0.0.1:9200: a restart is needed to "
+        "apply it"
+    ]

@@ -14,6 +14,7 @@ import pytest
 import trio
 import trio.testing
 
+from trio_proxsmtp.client_info import ClientInfo, from_proxy_header
 from trio_proxsmtp.log import LOGGER_NAME
 from trio_proxsmtp.metrics import PrometheusMetrics
 from trio_proxsmtp.protocol.proxy_header import (
@@ -24,6 +25,7 @@ from trio_proxsmtp.protocol.proxy_header import (
     encode_v1,
     encode_v2,
 )
+from trio_proxsmtp.proxy_protocol import ProxiedClient, ProxyResult
 from trio_proxsmtp.testing import FakeUpstream, run_proxy
 
 CLIENT_V4 = ProxyHeader(
@@ -191,3 +193,42 @@ async def test_a_connection_waiting_for_its_header_counts_toward_max_connections
     body = metrics.exposition()[0].decode()
     assert 'proxsmtpd_connections_refused_total{reason="busy"} 1.0' in body
     assert "proxsmtpd_connections_accepted_total 2.0" in body
+
+
+async def test_transparent_proxying_goes_to_the_header_destination() -> None:
+    with trio.fail_after(30):
+        async with FakeUpstream() as up, run_proxy("ProxyProtocol: on\nTransparentProxy: on") as p:
+            # The client connected to the upstream's address; the balancer sent it to us.
+            header = encode_v2(
+                ProxyHeader(
+                    2,
+                    ProxyCommand.PROXY,
+                    ProxyFamily.INET,
+                    ProxyTransport.STREAM,
+                    "203.0.113.7",
+                    40123,
+                    "127.0.0.1",
+                    up.port,
+                )
+            )
+            async with p.connect(proxy_header=header) as client:
+                assert (await client.greeting()).code == 220
+                replies = await client.send_message("a@x", ["b@x"], MESSAGE)
+                assert replies[-1].code == 250
+    assert len(up.transactions) == 1
+
+
+def test_client_info_from_a_header() -> None:
+    socket_info = ClientInfo(client="127.0.0.1", local="127.0.0.1")
+    result = ProxyResult(
+        CLIENT_V6,
+        ProxiedClient("2001:db8::7", 40123, "2001:db8::25", 25),
+        b"",
+    )
+    info = from_proxy_header(result, socket_info)
+    assert (info.client, info.local, info.is_ipv6) == ("2001:db8::7", "2001:db8::25", True)
+    assert info.original_destination is None  # only asked for by TransparentProxy
+    transparent = from_proxy_header(result, socket_info, transparent=True)
+    assert transparent.original_destination == ("2001:db8::25", 25)
+    # LOCAL names nobody: the connection's own endpoints stay.
+    assert from_proxy_header(ProxyResult(LOCAL, None, b""), socket_info) is socket_info
