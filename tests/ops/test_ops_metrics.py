@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
@@ -427,3 +428,18 @@ def test_a_changed_metrics_listen_waits_for_a_restart() -> None:
         "MetricsListen changed from 127.0.0.1:9100 to 127.0.0.1:9200: a restart is needed to "
         "apply it"
     ]
+
+
+async def test_a_metrics_listen_in_use_stops_start_up(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        busy = taken.getsockname()[1]
+        config = write_config(
+            tmp_path / "proxsmtpd.conf",
+            f"Listen: 127.0.0.1:{free_port()}\nOutAddress: 127.0.0.1:2525\n"
+            f"MetricsListen: 127.0.0.1:{busy}\n",
+        )
+        with trio.fail_after(30), proxy_process(config, tmp_path / "proxy.log") as proxy:
+            assert await proxy.wait_exit() == 1
+            assert f"couldn't bind MetricsListen: 127.0.0.1:{busy}: " in proxy.log()
