@@ -31,6 +31,9 @@ pytestmark = pytest.mark.integration
 
 CLIENT_ADDRESS = "127.0.0.2"  # the clients' source: loopback, but not the balancer's
 FILTER = "#!/bin/sh\nprintf 'X-Client: %s\\r\\n' \"$CLIENT\"\nexec cat\n"
+# HAProxy's check timeout is its interval: a shared, loaded test machine needs more than
+# the 200 ms of haproxy_support's default, or an instance may be marked down.
+CHECK_INTERVAL = "1s"
 LINE_RE = re.compile(r"^\S+ proxsmtpd\[\d+\]: ([0-9A-F]{6}): (.*)$", re.MULTILINE)
 
 
@@ -126,7 +129,12 @@ async def test_the_real_client_reaches_upstream_and_filter_through_haproxy(
             FakeUpstream() as up,
             proxy_instance(tmp_path / "one", "one", up) as one,
             proxy_instance(tmp_path / "two", "two", up) as two,
-            run_haproxy(tmp_path, [one.port, two.port], send_proxy=send_proxy) as front,
+            run_haproxy(
+                tmp_path,
+                [one.port, two.port],
+                send_proxy=send_proxy,
+                check_interval=CHECK_INTERVAL,
+            ) as front,
         ):
             await wait_checked([one, two])
             # Two clients at once: leastconn gives each instance one.
@@ -189,7 +197,7 @@ async def test_draining_one_instance_loses_no_message(tmp_path: Path) -> None:
             FakeUpstream() as up,
             proxy_instance(tmp_path / "one", "one", up) as one,
             proxy_instance(tmp_path / "two", "two", up) as two,
-            run_haproxy(tmp_path, [one.port, two.port]) as front,
+            run_haproxy(tmp_path, [one.port, two.port], check_interval=CHECK_INTERVAL) as front,
         ):
             await wait_checked([one, two])
             stop = trio.Event()
