@@ -10,11 +10,14 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 import trio.testing
 
+from trio_proxsmtp.address import Address, AddressKind
 from trio_proxsmtp.client_info import ClientInfo, from_proxy_header
+from trio_proxsmtp.config import parse_config
 from trio_proxsmtp.log import LOGGER_NAME
 from trio_proxsmtp.metrics import PrometheusMetrics
 from trio_proxsmtp.protocol.proxy_header import (
@@ -26,7 +29,8 @@ from trio_proxsmtp.protocol.proxy_header import (
     encode_v2,
 )
 from trio_proxsmtp.proxy_protocol import ProxiedClient, ProxyResult
-from trio_proxsmtp.testing import FakeUpstream, run_proxy
+from trio_proxsmtp.server import Server, bind_listeners
+from trio_proxsmtp.testing import FakeUpstream, open_client, run_proxy
 
 CLIENT_V4 = ProxyHeader(
     1, ProxyCommand.PROXY, ProxyFamily.INET, ProxyTransport.STREAM,
@@ -145,26 +149,31 @@ async def test_a_connection_without_a_header_is_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, LOGGER_NAME)
+    metrics = PrometheusMetrics()
     with trio.fail_after(30):
         async with (
             FakeUpstream() as up,
-            run_proxy("ProxyProtocol: on", upstream=up) as proxy,
+            run_proxy("ProxyProtocol: on", upstream=up, metrics=metrics) as proxy,
             proxy.connect(proxy_header=b"EHLO plain.example\r\n") as c,
         ):
             assert await c.read_eof() == b""
     assert up.connections == 0
     errors = [r.getMessage().split(": ", 1)[1] for r in caplog.records if r.levelno >= 40]
     assert len(errors) == 1 and errors[0].startswith("invalid PROXY header from 127.0.0.1")
+    body = metrics.exposition()[0].decode()
+    assert 'proxsmtpd_connections_refused_total{reason="proxy-invalid"} 1.0' in body
+    assert "proxsmtpd_connections_active 0.0" in body  # never a session
 
 
 async def test_a_silent_connection_is_closed_at_the_header_deadline(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, LOGGER_NAME)
+    metrics = PrometheusMetrics()
     with trio.fail_after(30):
         async with (
             FakeUpstream() as up,
-            run_proxy("ProxyProtocol: on", upstream=up) as proxy,
+            run_proxy("ProxyProtocol: on", upstream=up, metrics=metrics) as proxy,
             proxy.connect(timeout=60) as c,
         ):
             start = trio.current_time()
@@ -173,6 +182,8 @@ async def test_a_silent_connection_is_closed_at_the_header_deadline(
     assert 4.9 <= waited <= 5.5
     assert up.connections == 0
     assert "no PROXY header from 127.0.0.1 in time: connection closed" in caplog.text
+    body = metrics.exposition()[0].decode()
+    assert 'proxsmtpd_connections_refused_total{reason="proxy-timeout"} 1.0' in body
 
 
 async def test_a_connection_waiting_for_its_header_counts_toward_max_connections() -> None:
@@ -232,3 +243,30 @@ def test_client_info_from_a_header() -> None:
     assert transparent.original_destination == ("2001:db8::25", 25)
     # LOCAL names nobody: the connection's own endpoints stay.
     assert from_proxy_header(ProxyResult(LOCAL, None, b""), socket_info) is socket_info
+
+
+async def test_shutdown_closes_a_connection_still_waiting_for_its_header() -> None:
+    config = parse_config("ProxyProtocol: on\nOutAddress: 127.0.0.1:9\nShutdownTimeout: 30\n")
+    loopback = Address(AddressKind.TCP, "127.0.0.1", 0, None, "127.0.0.1:0")
+    config = attrs.evolve(config, listen=loopback)
+    sockets = bind_listeners(config)
+    server = Server(config)
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve, sockets)
+                port = sockets[0].getsockname()[1]
+                async with open_client("127.0.0.1", port) as client:
+                    await wait_for_connections(server, 1)
+                    server.stop()
+                    # Closed at once: the grace period is for sessions, not silent sockets.
+                    assert await client.read_eof(timeout=2) == b""
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert not server.connections
+
+
+async def wait_for_connections(server: Server, count: int) -> None:
+    while len(server.connections) < count:
+        await trio.sleep(0.01)
