@@ -125,7 +125,8 @@ class Scenario:
         text = self.c if impl == "C" else self.ours
         if text is None:
             raise ValueError(f"scenario {self.name!r} has no config for C")
-        return text.replace("{workdir}", str(workdir))
+        text = text.replace("{workdir}", str(workdir))
+        return text.replace("{metrics_port}", str(free_port()))
 
     def impls(self, impls: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(i for i in impls if i != "C" or self.c is not None)
@@ -142,6 +143,8 @@ MAIN_SCENARIOS = (
         "FilterType: file\nFilterCommand: true\n",
         "FilterType: file\nFilterCommand: true\n",
     ),
+    # "no filter" with the Prometheus listener on: what the metrics cost (ours only).
+    Scenario("metrics on", "MetricsListen: 127.0.0.1:{metrics_port}\n", None),
 )
 LEVEL_SCENARIOS = MAIN_SCENARIOS[:2]
 
@@ -880,6 +883,13 @@ def targets(r: Results) -> list[str]:
     if "no filter" in r.runs:
         ratio = median_ratio(r.runs["no filter"]["ours"], r.runs["no filter"]["C"])
         check("issue 7: 10 sessions, no filter >= 4x C", ratio >= 4, f"{ratio:.2f}x")
+    if "metrics on" in r.runs and "no filter" in r.runs:
+        on = statistics.median(x.rate for x in r.runs["metrics on"]["ours"])
+        off = statistics.median(x.rate for x in r.runs["no filter"]["ours"])
+        lines.append(
+            f"  [info] metrics on: {on:.0f} msg/s, {off:.0f} without MetricsListen "
+            f"({(on / off - 1) * 100:+.1f} %)"
+        )
     if "cat" in r.runs:
         ratio = median_ratio(r.runs["cat"]["ours"], r.runs["cat"]["C"])
         check("issue 7: 10 sessions, cat >= 1.8x C", ratio >= 1.8, f"{ratio:.2f}x")
