@@ -248,6 +248,7 @@ class Upstream:
         self.stream = stream
         self.tls = True
         self.activity = trio.current_time()
+        self.metrics.tls_started("upstream")
         self.log.info(
             "SERVER TLS established: %s, %s (%s)",
             stream.version(),

@@ -34,7 +34,8 @@ from trio_proxsmtp.metrics import (
     serve_metrics,
 )
 from trio_proxsmtp.server import applicable_reload
-from trio_proxsmtp.testing import END_OF_DATA, FakeClient, FakeUpstream, open_client
+from trio_proxsmtp.testing import END_OF_DATA, FakeClient, FakeUpstream, open_client, run_proxy
+from trio_proxsmtp.testing.certs import TestCertificates
 from trio_proxsmtp.testing.upstream import Session as UpstreamSession
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -443,3 +444,22 @@ async def test_a_metrics_listen_in_use_stops_start_up(tmp_path: Path) -> None:
         with trio.fail_after(30), proxy_process(config, tmp_path / "proxy.log") as proxy:
             assert await proxy.wait_exit() == 1
             assert f"couldn't bind MetricsListen: 127.0.0.1:{busy}: " in proxy.log()
+
+
+async def test_tls_to_the_next_server_is_counted(test_certificates: TestCertificates) -> None:
+    metrics = PrometheusMetrics()
+    config = f"OutTLS: encrypt\nOutTLSCAFile: {test_certificates.ca}\n"
+    with trio.fail_after(20):
+        async with (
+            FakeUpstream(
+                tls_certificate=test_certificates.certificate, tls_key=test_certificates.key
+            ) as up,
+            run_proxy(config, upstream=up, metrics=metrics) as proxy,
+            proxy.connect() as client,
+        ):
+            await client.greeting()
+            replies = await client.send_message("s@x", ["r@x"], b"Subject: t\r\n\r\nbody\r\n")
+            assert replies[-1].code == 250
+    assert up.transactions[0].tls
+    found = samples(metrics.exposition()[0])
+    assert found[("proxsmtpd_tls_sessions_total", (("side", "upstream"),))] == 1
