@@ -341,15 +341,15 @@ def test_direct_argv_only_for_plain_words() -> None:
 
 @pytest.fixture
 def spawned(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """Record every argv given to trio.run_process."""
+    """Record every argv given to the filter launcher."""
     calls: list[list[str]] = []
-    real = trio.run_process
+    real = filter_module._spawn
 
-    async def spy(argv: list[str], **kwargs: Any) -> Any:
+    def spy(argv: list[str], *args: Any) -> Any:
         calls.append(list(argv))
-        return await real(argv, **kwargs)
+        return real(argv, *args)
 
-    monkeypatch.setattr(trio, "run_process", spy)
+    monkeypatch.setattr(filter_module, "_spawn", spy)
     return calls
 
 
