@@ -45,6 +45,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 
 import attrs
@@ -151,6 +152,26 @@ def direct_argv(command: str) -> list[str] | None:
     if words[0] in _SH_BUILTINS and not (words[0] in ("true", "false") and len(words) == 1):
         return None
     return words
+
+
+WHICH_TTL = 1.0  # seconds a PATH lookup of a filter program is reused
+_which_cache: dict[tuple[str, str], tuple[float, str | None]] = {}
+
+
+def _which(name: str, path: str) -> str | None:
+    """`shutil.which`, reused for WHICH_TTL seconds (a stat per PATH directory per message
+    was about 3 % of the proxy's CPU with ``cat``). A stale answer is harmless: a program
+    gone or no longer executable fails its exec and goes through sh, as an unknown one does.
+    """
+    now = time.monotonic()
+    cached = _which_cache.get((name, path))
+    if cached is not None and now - cached[0] < WHICH_TTL:
+        return cached[1]
+    if len(_which_cache) > 64:  # a few filter commands and PATHs: never grows unbounded
+        _which_cache.clear()
+    found = shutil.which(name, path=path)
+    _which_cache[name, path] = (now, found)
+    return found
 
 
 def _move_recipients_to_file(env: dict[str, str], directory: str) -> str | None:
@@ -361,7 +382,7 @@ class _Run:
         if argv is not None and "/" not in argv[0]:
             # Search PATH here: the child would try execve in every PATH directory. Not
             # found: sh runs it, and says "not found" with exit 127, exactly as before.
-            found = shutil.which(argv[0], path=self.env.get("PATH", os.defpath))
+            found = _which(argv[0], self.env.get("PATH", os.defpath))
             argv = None if found is None else [found, *argv[1:]]
         if argv is not None:
             try:
