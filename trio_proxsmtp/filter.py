@@ -27,6 +27,9 @@ Changes from proxsmtpd 1.10, on purpose:
 * Nothing in the environment can crash the run: a value exec refuses (a NUL byte) is a
   local error.
 * Descendants that leave the process group are killed too (reaper.py).
+* The filter is started in the Trio thread (`subprocess.Popen`'s vfork path: no
+  preexec_fn, no uid/gid change), not in a worker thread as `trio.run_process` does: the
+  thread hand-off cost more CPU than the spawn itself (bench/spawn.py).
 
 Knows nothing about sockets: it gets a spool and an environment and returns a ``Verdict``.
 """
@@ -42,8 +45,8 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import attrs
 import trio
@@ -151,6 +154,26 @@ def direct_argv(command: str) -> list[str] | None:
     return words
 
 
+WHICH_TTL = 1.0  # seconds a PATH lookup of a filter program is reused
+_which_cache: dict[tuple[str, str], tuple[float, str | None]] = {}
+
+
+def _which(name: str, path: str) -> str | None:
+    """`shutil.which`, reused for WHICH_TTL seconds (a stat per PATH directory per message
+    was about 3 % of the proxy's CPU with ``cat``). A stale answer is harmless: a program
+    gone or no longer executable fails its exec and goes through sh, as an unknown one does.
+    """
+    now = time.monotonic()
+    cached = _which_cache.get((name, path))
+    if cached is not None and now - cached[0] < WHICH_TTL:
+        return cached[1]
+    if len(_which_cache) > 64:  # a few filter commands and PATHs: never grows unbounded
+        _which_cache.clear()
+    found = shutil.which(name, path=path)
+    _which_cache[name, path] = (now, found)
+    return found
+
+
 def _move_recipients_to_file(env: dict[str, str], directory: str) -> str | None:
     """RECIPIENTS too big for exec: write it to a 0600 file named by RECIPIENTS_FILE.
 
@@ -229,11 +252,102 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-async def _kill_group(process: trio.Process) -> None:
-    """deliver_cancel for run_process: SIGTERM the group, SIGKILL it after a grace."""
-    _signal_group(process.pid, signal.SIGTERM)
+async def _kill_group(pgid: int) -> None:
+    """On cancellation: SIGTERM the group, SIGKILL it after a grace."""
+    _signal_group(pgid, signal.SIGTERM)
     await trio.sleep(KILL_GRACE)
-    _signal_group(process.pid, signal.SIGKILL)
+    _signal_group(pgid, signal.SIGKILL)
+
+
+class FilterProcess:
+    """A started filter: its pid (= its process group), its pipes, its exit status.
+
+    `wait` waits on a pidfd (the event loop, no thread), then reaps the child itself.
+    """
+
+    def __init__(
+        self,
+        pid: int,
+        stdin: trio.lowlevel.FdStream | None,
+        stdout: trio.lowlevel.FdStream | None,
+        stderr: trio.lowlevel.FdStream,
+    ) -> None:
+        self.pid = pid
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self.returncode: int | None = None
+        self._wait_lock = trio.Lock()
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except (OSError, AttributeError):  # kernel before 5.3: poll waitpid instead
+            self._pidfd = -1
+
+    async def wait(self) -> int:
+        """The exit status (negative: the signal), once the child has exited."""
+        async with self._wait_lock:  # one waiter on the pidfd at a time; the rest queue
+            while self.returncode is None:
+                if self._pidfd >= 0:
+                    await trio.lowlevel.wait_readable(self._pidfd)
+                done, status = os.waitpid(self.pid, os.WNOHANG)
+                if done == self.pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+                    self._close_pidfd()
+                elif self._pidfd < 0:
+                    await trio.sleep(0.01)
+        return self.returncode
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd >= 0:
+            trio.lowlevel.notify_closing(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+
+def _spawn(
+    argv: list[str], stdio: int, env: Mapping[str, str], pass_fds: tuple[int, ...]
+) -> FilterProcess:
+    """Start ``argv`` in a new session (its own process group), in this thread.
+
+    `subprocess.Popen` takes its vfork path here (no preexec_fn, no uid/gid change): the
+    parent is suspended only until the child has called exec, and an exec failure is an
+    OSError. Descriptors other than the pipes and ``pass_fds`` are closed in the child.
+    ``stdio`` (PIPE or DEVNULL) is used for stdin and stdout; stderr is always a pipe.
+    """
+    ours: list[int] = []  # our ends of the pipes, closed if the spawn fails
+    theirs: list[int] = []  # the child's ends, closed here once it has them
+    try:
+        child: list[int] = []  # stdin, stdout, stderr
+        for index in range(3):
+            if index == 2 or stdio == subprocess.PIPE:
+                read, write = os.pipe()  # both close-on-exec: Popen dup2s the child's end
+                ours.append(write if index == 0 else read)
+                theirs.append(read if index == 0 else write)
+                child.append(theirs[-1])
+            else:
+                child.append(subprocess.DEVNULL)
+        popen = subprocess.Popen(
+            argv,
+            stdin=child[0],
+            stdout=child[1],
+            stderr=child[2],
+            env=env,
+            start_new_session=True,
+            pass_fds=pass_fds,
+        )
+    except BaseException:
+        for fd in ours:
+            os.close(fd)
+        raise
+    finally:
+        for fd in theirs:
+            os.close(fd)
+    streams = [trio.lowlevel.FdStream(fd) for fd in ours]
+    stderr = streams.pop()
+    stdin, stdout = streams if streams else (None, None)
+    # Popen's own bookkeeping is not used: the child is reaped by FilterProcess.wait.
+    popen.returncode = 0
+    return FilterProcess(popen.pid, stdin, stdout, stderr)
 
 
 class _Run:
@@ -259,20 +373,20 @@ class _Run:
         self.output: Spool | None = None
         self.stderr = _StderrTail()
         self.failure: str | None = None
-        self.process: trio.Process | None = None
+        self.process: FilterProcess | None = None
 
-    async def start(self, nursery: trio.Nursery) -> trio.Process:
+    async def start(self, nursery: trio.Nursery) -> FilterProcess:
         pipe = self.spec.mode is FilterType.PIPE
         stdio = subprocess.PIPE if pipe else subprocess.DEVNULL
         argv = direct_argv(self.spec.command)
         if argv is not None and "/" not in argv[0]:
             # Search PATH here: the child would try execve in every PATH directory. Not
             # found: sh runs it, and says "not found" with exit 127, exactly as before.
-            found = shutil.which(argv[0], path=self.env.get("PATH", os.defpath))
+            found = _which(argv[0], self.env.get("PATH", os.defpath))
             argv = None if found is None else [found, *argv[1:]]
         if argv is not None:
             try:
-                process: trio.Process = await nursery.start(
+                process: FilterProcess = await nursery.start(
                     _run_and_kill_group, argv, stdio, self.env, self.marker
                 )
             except OSError as exc:
@@ -365,61 +479,49 @@ class _Abort(Exception):
     """Our own I/O failed (spool); the reason is in _Run.failure."""
 
 
-class _GroupStatus(trio.TaskStatus[trio.Process]):
-    """Passes run_process's Process on, remembering its pid (= its process group id)."""
-
-    def __init__(self, outer: trio.TaskStatus[trio.Process], tether: reaper.Tether | None) -> None:
-        self.pgid: int | None = None
-        self._outer = outer
-        self._tether = tether
-
-    def started(self, value: Any = None) -> None:
-        assert isinstance(value, trio.Process)
-        self.pgid = value.pid
-        reaper.spawned(value.pid)
-        if self._tether is not None:
-            self._tether.spawned()
-        self._outer.started(value)
-
-
 async def _run_and_kill_group(
     argv: list[str],
     stdio: int,
     env: Mapping[str, str],
     marker: str,
     *,
-    task_status: trio.TaskStatus[trio.Process] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[FilterProcess] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """run_process in a new session, then SIGKILL what is left of the group (B3), always,
-    and what left the group (reaper.sweep), before anyone waits for the pipes' end.
-
-    ``stdio`` (PIPE or DEVNULL) is used for stdin and stdout; stderr is always a pipe.
+    """Start the filter (`_spawn`) and wait for it; on cancellation SIGTERM its group and
+    SIGKILL it after KILL_GRACE, still waiting for it to exit; then SIGKILL what is left of
+    the group (B3), always, and what left the group (reaper.sweep), before anyone waits
+    for the pipes' end.
     """
     tether = reaper.Tether() if reaper.subreaper_enabled() else None
-    status = _GroupStatus(task_status, tether)
+    pgid: int | None = None
     reaper.run_started(marker)
     reaper.spawn_starting()
     try:
-        await trio.run_process(
-            argv,
-            stdin=stdio,
-            stdout=stdio,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-            check=False,
-            deliver_cancel=_kill_group,
-            task_status=status,
-            pass_fds=() if tether is None else (tether.child_fd,),
-        )
+        try:
+            process = _spawn(argv, stdio, env, () if tether is None else (tether.child_fd,))
+        except BaseException:
+            reaper.spawned(None)
+            raise
+        pgid = process.pid
+        reaper.spawned(pgid)
+        if tether is not None:
+            tether.spawned()
+        task_status.started(process)
+        try:
+            await process.wait()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                async with trio.open_nursery() as killer:
+                    killer.start_soon(_kill_group, pgid)
+                    await process.wait()
+                    killer.cancel_scope.cancel()
+            raise
     finally:
         try:
-            if status.pgid is None:
-                reaper.spawned(None)
-            else:
-                reaper.exited(status.pgid)
-                _signal_group(status.pgid, signal.SIGKILL)
-                await reaper.sweep(marker, status.pgid, tether)
+            if pgid is not None:
+                reaper.exited(pgid)
+                _signal_group(pgid, signal.SIGKILL)
+                await reaper.sweep(marker, pgid, tether)
         finally:
             reaper.run_ended(marker)
             if tether is not None:

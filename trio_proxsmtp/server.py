@@ -314,8 +314,12 @@ class Server:
                     log.info("listening on %s", ", ".join(names))
                     notify.ready(f"listening on {', '.join(names)}")
                     task_status.started(names)
-            # Accepting has stopped (stop()): refuse new clients at once, drain.
+            # Accepting has stopped (stop()): refuse new clients at once, drain. The
+            # listening sockets are shared with the other workers (Workers: N), so closing
+            # our descriptor alone would leave them open until the last worker closes its
+            # own: shut them down for every process first.
             for listener in listeners:
+                _shut_down_listener(listener.socket)
                 await listener.aclose()
             await self._drain()
         log.info("shut down")
@@ -380,6 +384,12 @@ class Server:
                     log.error("accept failed: %s; retrying in 100 ms", exc)
                     await trio.sleep(0.1)
                     continue
+                if exc.errno == errno.EINVAL:
+                    # Another worker is shutting down and shut the shared listener down
+                    # (no longer listening): our own SIGTERM is on its way; until then
+                    # the sessions we have go on.
+                    log.debug("listener %s shut down by another worker", listener.socket)
+                    await trio.sleep_forever()
                 raise
             config = self.config
             conn_id = next(self.ids)
@@ -499,6 +509,18 @@ class _AwaitingHeader:
 
     def cancel(self) -> None:
         self.scope.cancel()
+
+
+def _shut_down_listener(sock: trio.socket.SocketType) -> None:
+    """Stop `sock` listening in every process that shares it (Workers: N).
+
+    On Linux ``shutdown(SHUT_RD)`` on a listening TCP socket leaves the LISTEN state: new
+    clients are refused at once, and the other workers' pending ``accept`` fails with
+    EINVAL (their accept loops wait for their own stop). A Unix socket refuses new
+    clients once shut down for reading.
+    """
+    with contextlib.suppress(OSError):  # not connected / already closed: nothing to do
+        sock.shutdown(socket.SHUT_RD)
 
 
 def _listener_name(listener: trio.SocketListener) -> str:

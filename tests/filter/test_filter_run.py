@@ -341,15 +341,15 @@ def test_direct_argv_only_for_plain_words() -> None:
 
 @pytest.fixture
 def spawned(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """Record every argv given to trio.run_process."""
+    """Record every argv given to the filter launcher."""
     calls: list[list[str]] = []
-    real = trio.run_process
+    real = filter_module._spawn
 
-    async def spy(argv: list[str], **kwargs: Any) -> Any:
+    def spy(argv: list[str], *args: Any) -> Any:
         calls.append(list(argv))
-        return await real(argv, **kwargs)
+        return real(argv, *args)
 
-    monkeypatch.setattr(trio, "run_process", spy)
+    monkeypatch.setattr(filter_module, "_spawn", spy)
     return calls
 
 
@@ -405,6 +405,45 @@ async def test_spool_directory_missing_is_local_error(tmp_path: Path) -> None:
     assert verdict.reply == Reply.single(451, "Local Error")
     assert verdict.detail.startswith("couldn't spool filter output: ")
     assert str(errno.ENOENT) in verdict.detail or "No such file" in verdict.detail
+
+
+def test_path_lookup_is_reused_for_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    lookups: list[str] = []
+    now = [1000.0]
+
+    def which(name: str, path: str) -> str:
+        lookups.append(name)
+        return f"/found/{name}"
+
+    monkeypatch.setattr(filter_module, "_which_cache", {})
+    monkeypatch.setattr(filter_module.shutil, "which", which)
+    monkeypatch.setattr(filter_module.time, "monotonic", lambda: now[0])
+    assert filter_module._which("cat", "/bin") == "/found/cat"
+    now[0] += filter_module.WHICH_TTL / 2
+    assert filter_module._which("cat", "/bin") == "/found/cat"
+    assert filter_module._which("cat", "/usr/bin") == "/found/cat"  # another PATH: looked up
+    assert lookups == ["cat", "cat"]
+    now[0] += filter_module.WHICH_TTL
+    filter_module._which("cat", "/bin")
+    assert lookups == ["cat", "cat", "cat"]
+
+
+async def test_a_stale_path_lookup_gets_the_same_verdict(spool_dir: Path, tmp_path: Path) -> None:
+    """The program found a moment ago is gone: its exec fails and sh says "not found", as
+    it would without the reused lookup."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    program = bin_dir / "stale-filter-xyz"
+    program.write_text("#!/bin/sh\nexec cat\n")
+    program.chmod(0o755)
+    environment = env(spool_dir, PATH=f"{bin_dir}:/usr/bin:/bin")
+    with trio.fail_after(10):
+        verdict, delivered = await run(spool_dir, "stale-filter-xyz", environment=environment)
+        assert verdict.kind is VerdictKind.ACCEPT and delivered == MESSAGE
+        program.unlink()
+        verdict, _ = await run(spool_dir, "stale-filter-xyz", environment=environment)
+    assert verdict.kind is VerdictKind.ERROR
+    assert verdict.detail.startswith("exit 127: command not found")
 
 
 # --- environment -------------------------------------------------------------------------

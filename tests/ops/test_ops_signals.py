@@ -65,13 +65,8 @@ async def test_sigterm_lets_a_filtered_message_finish_and_tells_idle_clients(
 ) -> None:
     with trio.fail_after(30):
         async with FakeUpstream() as up:
-            # Workers: 1 because of "the listener is closed before the first 421" below: with
-            # several workers each closes its own copy of the listening socket before its
-            # 421s, and the socket stays open until the last worker has closed it.
-            # TODO(issue 15, with the server split): shut the shared listener down
-            # (shutdown(SHUT_RD) leaves LISTEN for every process) and let the other workers'
-            # accept loops end on the EINVAL that follows, then drop this pin.
-            config, port = setup(tmp_path, up, delay=1.5, extra="ShutdownTimeout: 20\nWorkers: 1\n")
+            # Two workers share the listener: it must be closed for both before the first 421.
+            config, port = setup(tmp_path, up, delay=1.5, extra="ShutdownTimeout: 20\nWorkers: 2\n")
             pidfile = tmp_path / "proxsmtpd.pid"
             with proxy_process(config, tmp_path / "proxy.log", "-p", str(pidfile)) as proxy:
                 await proxy.started()

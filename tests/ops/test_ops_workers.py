@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
@@ -396,3 +397,31 @@ def test_applicable_reload_keeps_what_needs_a_restart() -> None:
     tight = parse_config("OutAddress: 127.0.0.1:2525\nListen: 127.0.0.1:2600\nMaxConnections: 1\n")
     assert applicable_reload(running, tight, 2)[0] is None
     assert applicable_reload(running, running, 2) == (running, [])
+
+
+async def test_a_stopping_worker_closes_the_shared_listener_for_every_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two workers of one listener (its descriptor duplicated, as fork does): once one stops,
+    new clients are refused although the other still holds its copy, and the other's accept
+    loop waits quietly for its own stop."""
+    caplog.set_level("DEBUG", logger="trio_proxsmtp")
+    config = parse_config("OutAddress: 127.0.0.1:2525\nWorkers: 2\n")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    port = sock.getsockname()[1]
+    first, second = Server(config, None, 0, 2), Server(config, None, 1, 2)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(first.serve, [sock])
+            await nursery.start(second.serve, [sock.dup()])
+            (await trio.open_tcp_stream("127.0.0.1", port)).socket.close()  # accepted
+            first.stop()
+            await wait_for(lambda: "shut down\n" in caplog.text)
+            with pytest.raises(OSError):
+                await trio.open_tcp_stream("127.0.0.1", port)
+            await wait_for(lambda: "shut down by another worker" in caplog.text)
+            assert not second.draining  # its sessions go on until its own stop
+            second.stop()
+    assert caplog.text.count("shut down\n") == 2

@@ -180,3 +180,61 @@ def test_xtext_decode_undoes_encode(value: str) -> None:
     encoded = xtext_encode(value)
     assert all(33 <= ord(c) <= 126 for c in encoded) and "=" not in encoded
     assert xtext_decode(encoded) == value
+
+
+# -- the fast scans give the same answers as the character loops they replaced ----------
+
+
+def _find_ws_loop(text: str, pos: int) -> int:
+    for index in range(pos, len(text)):
+        if text[index] in " \t":
+            return index
+    return len(text)
+
+
+def _find_unquoted_loop(text: str, targets: str, pos: int) -> int:
+    quoted = False
+    index = pos
+    while index < len(text):
+        char = text[index]
+        if quoted and char == "\\":
+            index += 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in targets:
+            return index
+        index += 1
+    return -1
+
+
+_PATH_TEXT = st.text(alphabet=st.sampled_from(' \t"\\<>:=@ab\u00e9'), max_size=40)
+
+
+@given(_PATH_TEXT, st.integers(min_value=0, max_value=45), st.sampled_from([">", " \t"]))
+def test_scans_match_the_character_loops(text: str, pos: int, targets: str) -> None:
+    from trio_proxsmtp.protocol import commands
+
+    assert commands._find_ws(text, pos) == _find_ws_loop(text, pos)
+    assert commands._find_unquoted(text, targets, pos) == _find_unquoted_loop(text, targets, pos)
+
+
+@given(
+    st.sampled_from(["MAIL FROM:", "RCPT TO:", "mail from: ", "RCPT  TO:<", "HELO "]), _PATH_TEXT
+)
+def test_parse_command_any_path_text(prefix: str, rest: str) -> None:
+    """Paths with and without quotes parse as the loop-based scanner parsed them."""
+    from trio_proxsmtp.protocol import commands
+
+    line = (prefix + rest + "\r\n").encode("utf-8")
+    command = parse_command(line)
+    argument = command.argument
+    if command.verb in (Verb.MAIL, Verb.RCPT):
+        keyword = "FROM" if command.verb is Verb.MAIL else "TO"
+        original = commands._find_unquoted
+        try:
+            commands._find_unquoted = _find_unquoted_loop  # type: ignore[assignment]
+            expected = commands._parse_path(argument, keyword)
+        finally:
+            commands._find_unquoted = original
+        assert (command.address, command.params) == expected

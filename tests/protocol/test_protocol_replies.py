@@ -260,3 +260,51 @@ def test_reply_from_text_always_one_bounded_line(text: str) -> None:
     wire = reply_from_text(text).to_bytes()
     assert wire.endswith(b"\r\n") and wire.count(b"\n") == 1 and wire.count(b"\r") == 1
     assert len(wire) <= 512
+
+
+def _to_bytes_general(reply: Reply) -> bytes:
+    """The wire form built line by line (to_bytes has a shortcut for one line)."""
+    lines = [f"{reply.code}-{text}\r\n" for text in reply.lines[:-1]]
+    lines.append(f"{reply.code} {reply.lines[-1]}\r\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")
+
+
+_REPLY_LINE = st.builds(
+    lambda code, sep, text, end: b"%d%s%s%s" % (code, sep, text, end),
+    st.integers(min_value=100, max_value=599),
+    st.sampled_from([b" ", b"-", b""]),
+    st.binary(max_size=30),
+    st.sampled_from([b"\r\n", b"\n"]),
+)
+_UPSTREAM_BYTES = st.lists(st.one_of(_REPLY_LINE, st.binary(max_size=8)), max_size=8).map(b"".join)
+
+
+@given(_UPSTREAM_BYTES, st.integers(min_value=0, max_value=300))
+def test_parsed_replies_pass_the_validators(data: bytes, cut: int) -> None:
+    """A parsed reply is built without re-running the validators: any bytes, any split,
+    it equals the reply the validating constructor builds, with the same wire form."""
+    parser = ReplyParser(max_line=128, max_lines=8)
+    replies: list[Reply] = []
+    try:
+        for piece in (data[:cut], data[cut:]):
+            parser.feed(piece)
+            while (reply := parser.next_reply()) is not None:
+                replies.append(reply)
+    except RemoteProtocolError:
+        pass
+    for reply in replies:
+        assert Reply(reply.code, reply.lines) == reply
+        assert reply.to_bytes() == _to_bytes_general(reply)
+
+
+@given(
+    st.integers(min_value=100, max_value=599),
+    st.lists(
+        st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\r\n")),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_to_bytes_shortcut_matches_the_general_form(code: int, lines: list[str]) -> None:
+    reply = Reply(code, tuple(lines))
+    assert reply.to_bytes() == _to_bytes_general(reply)

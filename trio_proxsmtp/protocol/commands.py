@@ -31,6 +31,7 @@ _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"
 _WS = " \t"
 _WS_RUN = re.compile(r"[ \t]+")
+_WS_CHAR = re.compile(r"[ \t]")
 
 
 class Verb(enum.Enum):
@@ -118,10 +119,8 @@ def parse_command(line: bytes) -> Command:
 
 def _find_ws(text: str, pos: int) -> int:
     """Index of the first space or tab at or after `pos`, or len(text)."""
-    for index in range(pos, len(text)):
-        if text[index] in _WS:
-            return index
-    return len(text)
+    match = _WS_CHAR.search(text, pos)
+    return len(text) if match is None else match.start()
 
 
 def _parse_path(argument: str, keyword: str) -> tuple[str | None, tuple[str, ...]]:
@@ -153,6 +152,10 @@ def _split_ws(text: str) -> tuple[str, ...]:
 
 def _find_unquoted(text: str, targets: str, pos: int) -> int:
     """Index of the first char in `targets` outside a quoted string, or -1."""
+    if text.find('"', pos) < 0:
+        # Nothing quoted (the usual address): the first target found is the answer.
+        found = [index for target in targets if (index := text.find(target, pos)) >= 0]
+        return min(found) if found else -1
     quoted = False
     index = pos
     while index < len(text):

@@ -52,10 +52,22 @@ class Reply:
     def single(cls, code: int, text: str) -> Reply:
         return cls(code, (text,))
 
+    @classmethod
+    def _checked(cls, code: int, lines: tuple[str, ...]) -> Reply:
+        """A reply whose code and lines the caller has already checked (ReplyParser: a
+        code in 100..599, lines cut at LF with CR replaced, decoded with surrogateescape):
+        built without running the validators again, once per upstream reply."""
+        reply = object.__new__(cls)
+        object.__setattr__(reply, "code", code)
+        object.__setattr__(reply, "lines", lines)
+        return reply
+
     def to_bytes(self) -> bytes:
         """The reply as wire bytes, every line ending in CRLF."""
         # The final line always has its space, even with no text: "250 " from smtp-sink must
         # reach the client as "250 ", or swaks waits for more (found by the integration tests).
+        if len(self.lines) == 1:
+            return f"{self.code} {self.lines[0]}\r\n".encode(_ENCODING, _ERRORS)
         out = [f"{self.code}-{text}\r\n" for text in self.lines[:-1]]
         out.append(f"{self.code} {self.lines[-1]}\r\n")
         return "".join(out).encode(_ENCODING, _ERRORS)
@@ -144,7 +156,7 @@ class ReplyParser:
                     f"upstream reply has more than {self._max_lines} lines", _UPSTREAM_BROKEN
                 )
             if final:
-                reply = Reply(code, tuple(self._texts))
+                reply = Reply._checked(code, tuple(self._texts))
                 self._code = None
                 self._texts = []
                 return reply
