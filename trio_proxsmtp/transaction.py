@@ -18,9 +18,11 @@ from trio_proxsmtp.client_channel import ClientChannel, ClientGone
 from trio_proxsmtp.config import Config, FilterType
 from trio_proxsmtp.filter import FilterSpec, VerdictKind, filter_environment, run_filter
 from trio_proxsmtp.header import HeaderInserter, expand_header
+from trio_proxsmtp.message_edit import EditedMessage, Envelope, Recipient, bare_address
+from trio_proxsmtp.milter import Milters
 from trio_proxsmtp.protocol.data import DataSender
-from trio_proxsmtp.protocol.replies import LOCAL_ERROR, Reply
-from trio_proxsmtp.protocol.session import Action, Outcome, Session
+from trio_proxsmtp.protocol.replies import LOCAL_ERROR, Reply, reply_from_text
+from trio_proxsmtp.protocol.session import Action, ChangedEnvelope, Outcome, Session
 from trio_proxsmtp.spool import Spool
 from trio_proxsmtp.upstream import Outgoing, Upstream
 
@@ -49,6 +51,7 @@ class Transaction:
         self.client_left = False
         self.spool: Spool | None = None
         self.output: Spool | None = None  # the filter's rewritten message, if any
+        self.edited: EditedMessage | None = None  # the milters' edits, over one of those
 
     def close(self) -> None:
         """Remove the spool files (idempotent)."""
@@ -56,6 +59,7 @@ class Transaction:
             if spool is not None:
                 spool.close()
         self.output = self.spool = None
+        self.edited = None
 
     def left(self) -> None:
         """The client left in the middle of the message: end the connection now."""
@@ -161,13 +165,46 @@ class Transaction:
         assert verdict.reply is not None
         return self.session.filter_done(False, verdict.reply, outcome, verdict.detail)
 
+    # -- the milters --------------------------------------------------------------------
+
+    async def run_milters(self, milters: Milters) -> list[Action]:
+        """End of message for the milters (after FilterCommand: they see what goes out);
+        their edits are kept for the replay and a changed envelope goes to the session."""
+        message = self.output or self.spool
+        assert message is not None
+        session_envelope = self.session.envelope
+        params = session_envelope.recipient_params
+        recipients = tuple(
+            Recipient(bare_address(rcpt), params[i] if i < len(params) else ())
+            for i, rcpt in enumerate(session_envelope.recipients)
+        )
+        sender = session_envelope.sender or ""
+        envelope = Envelope(bare_address(sender), recipients, session_envelope.sender_params)
+        async with self.client.watch(self.left), self.upstream.keepalives():
+            result = await milters.message(message.chunks, envelope)
+        decision = result.decision
+        self.log.debug("milters: %s (%s)", decision.kind.name, decision.milter or "all")
+        changed: ChangedEnvelope | None = None
+        if result.modified:
+            self.edited = result.message
+            if result.envelope != envelope:
+                new = result.envelope
+                changed = ChangedEnvelope(
+                    new.sender, new.sender_args, tuple((r.address, r.args) for r in new.recipients)
+                )
+        reply = reply_from_text(decision.reply) if decision.reply else None
+        return self.session.milters_done(
+            decision.kind, reply, decision.milter, changed, failed=decision.failed
+        )
+
     # -- the replay ---------------------------------------------------------------------
 
     async def replay(self) -> Reply:
         """Replay the spool: header inserted, dot-stuffed, CRLF-clean, then the final "."
         and the upstream's reply to it."""
-        message = self.output or self.spool
-        assert message is not None
+        spooled = self.output or self.spool
+        assert spooled is not None
+        message: Spool | EditedMessage = self.edited or spooled
         sender = DataSender()
         inserter = self._header_inserter()
         sent = 0

@@ -13,13 +13,16 @@ from trio_proxsmtp.protocol.commands import Command
 from trio_proxsmtp.protocol.replies import Reply
 
 __all__ = [
+    "AbortMilters",
     "Action",
+    "AskMilters",
     "Close",
     "Log",
     "Outcome",
     "Purpose",
     "ReceiveMessage",
     "RunFilter",
+    "RunMilters",
     "SendClient",
     "SendMessage",
     "SendUpstream",
@@ -39,6 +42,7 @@ class Purpose(enum.Enum):
     RSET = "rset"  # our RSET after a rejected message: reply swallowed
     DATA = "data"  # our DATA before replaying a spooled message
     SKIP_DATA = "skip-data"  # the client's DATA passed through (Skip: authenticated)
+    REPLAY_ENVELOPE = "replay-envelope"  # RSET/MAIL/RCPT of an envelope a milter changed
 
 
 class Outcome(enum.Enum):
@@ -93,6 +97,25 @@ class RunFilter:
 
 
 @attrs.frozen
+class AskMilters:
+    """Ask the milters about a client command (HELO/EHLO, MAIL, RCPT, DATA) before it goes
+    any further, then call `Session.milters_decided(action, kind, reply, milter)`."""
+
+    command: Command
+
+
+@attrs.frozen
+class AbortMilters:
+    """The transaction ended without a message (RSET, a refused MAIL): tell the milters."""
+
+
+@attrs.frozen
+class RunMilters:
+    """End of message: give the spooled (filtered) message to the milters, apply their
+    edits, then call `Session.milters_done`."""
+
+
+@attrs.frozen
 class SendMessage:
     """Replay the spooled (filtered) message upstream with its header, dot-stuffed, and the
     final ".", read one reply and give it to `Session.reply`."""
@@ -135,6 +158,9 @@ Action = (
     | SendClient
     | ReceiveMessage
     | RunFilter
+    | AskMilters
+    | AbortMilters
+    | RunMilters
     | SendMessage
     | SkipBytes
     | StartTLS
