@@ -11,9 +11,13 @@ import pytest
 from milter_support import DOMAIN, SELECTOR, OpenDKIM, free_port, txt_record, wait_listening
 
 
-@pytest.fixture(scope="module")
-def opendkim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenDKIM]:
-    tmp_path = tmp_path_factory.mktemp("opendkim")
+def start_opendkim(tmp_path: Path, settings: str, domain: str, selector: str) -> Iterator[OpenDKIM]:
+    """OpenDKIM in the foreground on a free loopback port, with a key made now.
+
+    `settings` are the opendkim.conf lines that matter (those of README's example); the
+    port, the key file and what a test needs (no syslog, root, keys from a file instead of
+    DNS) are filled in here.
+    """
     binary = shutil.which("opendkim") or "/usr/sbin/opendkim"
     genkey = shutil.which("opendkim-genkey") or "/usr/sbin/opendkim-genkey"
     if not Path(binary).exists() or not Path(genkey).exists():
@@ -21,21 +25,24 @@ def opendkim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenDKIM]:
     keys = tmp_path / "keys"
     keys.mkdir()
     subprocess.run(
-        [genkey, "-b", "1024", "-d", DOMAIN, "-s", SELECTOR, "-D", str(keys)],
+        [genkey, "-b", "1024", "-d", domain, "-s", selector, "-D", str(keys)],
         check=True,
         capture_output=True,
     )
     port = free_port()
+    lines = []
+    for line in settings.splitlines():
+        name = line.split(None, 1)[0] if line.strip() else ""
+        if name == "Socket":
+            line = f"Socket inet:{port}@127.0.0.1"
+        elif name == "KeyFile":
+            line = f"KeyFile {keys / (selector + '.private')}"
+        lines.append(line)
     conf = tmp_path / "opendkim.conf"
     conf.write_text(
         "\n".join(
             [
-                "Mode sv",
-                f"Socket inet:{port}@127.0.0.1",
-                f"Domain {DOMAIN}",
-                f"Selector {SELECTOR}",
-                f"KeyFile {keys / (SELECTOR + '.private')}",
-                "Canonicalization relaxed/simple",
+                *lines,
                 "Syslog no",
                 f"PidFile {tmp_path / 'opendkim.pid'}",
                 "UserID root",
@@ -47,15 +54,15 @@ def opendkim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenDKIM]:
             ]
         )
     )
-    record = txt_record(keys / f"{SELECTOR}.txt")
+    record = txt_record(keys / f"{selector}.txt")
     (tmp_path / "keys.txt").write_bytes(
-        f"{SELECTOR}._domainkey.{DOMAIN} ".encode() + record + b"\n"
+        f"{selector}._domainkey.{domain} ".encode() + record + b"\n"
     )
     process = subprocess.Popen([binary, "-f", "-x", str(conf)], stderr=subprocess.PIPE)
     try:
         wait_listening(port, process)
         yield OpenDKIM(
-            f"inet:127.0.0.1:{port}", DOMAIN, SELECTOR, record, keys / f"{SELECTOR}.private"
+            f"inet:127.0.0.1:{port}", domain, selector, record, keys / f"{selector}.private"
         )
     finally:
         process.terminate()
@@ -66,6 +73,36 @@ def opendkim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenDKIM]:
             process.wait()
         if process.stderr is not None:
             process.stderr.close()
+
+
+def opendkim_settings(mode: str) -> str:
+    return "\n".join(
+        [
+            f"Mode {mode}",
+            "Socket inet:8891@127.0.0.1",
+            f"Domain {DOMAIN}",
+            f"Selector {SELECTOR}",
+            "KeyFile keys/test.private",
+            "Canonicalization relaxed/simple",
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def opendkim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenDKIM]:
+    """Signing for internal hosts (127.0.0.1), verifying for the others."""
+    tmp_path = tmp_path_factory.mktemp("opendkim")
+    yield from start_opendkim(tmp_path, opendkim_settings("sv"), DOMAIN, SELECTOR)
+
+
+@pytest.fixture(scope="module")
+def opendkim_verifier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenDKIM]:
+    """Verifying only (Mode v): what a proxy in front of an inbound server runs."""
+    tmp_path = tmp_path_factory.mktemp("opendkim-v")
+    # The proxy's test client is 127.0.0.1, an internal host by default: OpenDKIM does not
+    # check mail from internal hosts, so here they are another address.
+    settings = opendkim_settings("v") + "\nInternalHosts 192.0.2.1"
+    yield from start_opendkim(tmp_path, settings, DOMAIN, SELECTOR)
 
 
 @pytest.fixture(scope="module")
