@@ -44,6 +44,12 @@ SCENARIOS: dict[str, str] = {
     "cat": "FilterCommand: cat\n",
     "file+true": "FilterType: file\nFilterCommand: true\n",
 }
+# Ours only (C has no milters), compared with C's `cat`; the milters run for the whole
+# benchmark (see start_milters) and {accept}/{dkim} become their addresses.
+MILTER_SCENARIOS: dict[str, str] = {
+    "milter": "Milters: {accept}\n",
+    "dkim sign": "Milters: {dkim}\n",
+}
 SESSIONS_PER_SOURCE = 5  # the C proxy's listen backlog is 5: start sessions in fives
 STAGGER = 0.02  # seconds between two smtp-source processes
 MSG_SIZE = 2048
@@ -216,6 +222,40 @@ def rate_at_sink(sink: Sink, warmup: float, window: float) -> float:
     time.sleep(window)
     c1, t1 = sink.count(), time.monotonic()
     return (c1 - c0) / (t1 - t0)
+
+
+@contextlib.contextmanager
+def start_milters(workdir: Path) -> Iterator[dict[str, str]]:
+    """bench/accept_milter.py and OpenDKIM signing (a key made now) on free ports."""
+    procs: list[subprocess.Popen[bytes]] = []
+    addresses: dict[str, str] = {}
+    try:
+        port = free_port()
+        accept = [sys.executable, str(Path(__file__).with_name("accept_milter.py")), str(port)]
+        procs.append(subprocess.Popen(accept))
+        wait_listening(port, procs[-1])
+        addresses["accept"] = f"inet:{HOST}:{port}"
+        opendkim = shutil.which("opendkim", path="/usr/sbin:" + os.environ.get("PATH", ""))
+        genkey = shutil.which("opendkim-genkey", path="/usr/sbin:" + os.environ.get("PATH", ""))
+        if opendkim and genkey:
+            keys = workdir / "dkim"
+            keys.mkdir()
+            subprocess.run([genkey, "-b", "2048", "-d", "example.org", "-s", "bench", "-D",
+                            str(keys)], check=True)  # fmt: skip
+            port = free_port()
+            conf = keys / "opendkim.conf"
+            conf.write_text(
+                f"Mode s\nSocket inet:{port}@{HOST}\nDomain example.org\nSelector bench\n"
+                f"KeyFile {keys / 'bench.private'}\nCanonicalization relaxed/simple\n"
+                f"Syslog no\nUserID root\nRequireSafeKeys no\nPidFile {keys / 'pid'}\n"
+            )
+            procs.append(subprocess.Popen([opendkim, "-f", "-x", str(conf)]))
+            wait_listening(port, procs[-1])
+            addresses["dkim"] = f"inet:{HOST}:{port}"
+        yield addresses
+    finally:
+        for proc in procs:
+            stop(proc)
 
 
 # ---------------------------------------------------------------- a small blocking client
@@ -446,8 +486,10 @@ def idle_sessions(impl: str, workdir: Path, count: int) -> dict[str, float]:
         upstream.close()
 
 
-def median_ratio(runs: dict[str, list[Run]]) -> float:
-    return statistics.median(o.rate / c.rate for o, c in zip(runs["ours"], runs["C"], strict=True))
+def median_ratio(runs: dict[str, list[Run]], c_runs: list[Run] | None = None) -> float:
+    """Ours over C, round by round (`c_runs`: C's runs of another scenario, e.g. `cat`)."""
+    theirs = runs["C"] if c_runs is None else c_runs
+    return statistics.median(o.rate / c.rate for o, c in zip(runs["ours"], theirs, strict=True))
 
 
 # ---------------------------------------------------------------- report
@@ -474,6 +516,8 @@ def report(r: Results, elapsed: float) -> str:
             rates = " ".join(f"{x.rate:.0f}" for x in rs)
             med = statistics.median(x.rate for x in rs)
             ratio = f"{median_ratio(runs):.2f}" if impl == "ours" and "C" in runs else ""
+            if name in MILTER_SCENARIOS and "cat" in r.runs:
+                ratio = f"{median_ratio(runs, r.runs['cat']['C']):.2f}c"  # vs C's cat
             if impl == "direct":
                 out.append(f"{name:<11} {impl:<6} {rates:<26} {med:>8.0f}")
                 continue
@@ -525,6 +569,10 @@ def targets(r: Results) -> list[str]:
     if "cat" in r.runs:
         ratio = median_ratio(r.runs["cat"])
         check("cat >= 1.8x C msg/s", ratio >= 1.8, f"{ratio:.2f}x")
+    for name, want in (("milter", 3.0), ("dkim sign", 1.5)):
+        if name in r.runs and "cat" in r.runs:
+            ratio = median_ratio(r.runs[name], r.runs["cat"]["C"])
+            check(f"{name} >= {want:g}x C's cat msg/s", ratio >= want, f"{ratio:.2f}x")
     if "ours" in r.big:
         g = r.big["ours"]["growth_kb"] / 1024
         check("50 MB message RSS growth <= 10 MB", g <= 10, f"{g:.1f} MB")
@@ -556,6 +604,9 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="run ours with Workers: N (an extension)"
     )
+    parser.add_argument(
+        "--scenario", action="append", help="main part: only these scenarios (repeatable)"
+    )
     args = parser.parse_args()
     global OUR_WORKERS
     OUR_WORKERS = max(1, args.workers)
@@ -571,17 +622,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="proxsmtp-bench-") as tmp:
         workdir = Path(tmp)
         os.chmod(workdir, 0o755)  # smtp-sink runs as nobody; proxies run as us
+        milters = contextlib.ExitStack()
+        scenarios = dict(SCENARIOS)
+        wanted = set(args.scenario or [*SCENARIOS, *MILTER_SCENARIOS])
+        if "main" in parts and wanted & set(MILTER_SCENARIOS):
+            addresses = milters.enter_context(start_milters(workdir))
+            for name, template in MILTER_SCENARIOS.items():
+                with contextlib.suppress(KeyError):  # no OpenDKIM: no dkim scenario
+                    scenarios[name] = template.format(**addresses)
+        scenarios = {k: v for k, v in scenarios.items() if k in wanted}
         if "main" in parts:
             for rnd in range(s.rounds):
-                for name, extra in SCENARIOS.items():
+                for name, extra in scenarios.items():
                     order = IMPLS if rnd % 2 == 0 else IMPLS[::-1]
                     for impl in order:
+                        if impl == "C" and name in MILTER_SCENARIOS:
+                            continue  # C has no milters: compared with its `cat`
                         run = one_run(impl, workdir, extra, s, s.sessions)
                         r.runs.setdefault(name, {}).setdefault(impl, []).append(run)
                         progress(f"round {rnd + 1} {name} {impl}: {run.rate:.0f} msg/s")
                 run = one_run("direct", workdir, "", s, s.sessions)
                 r.runs.setdefault("direct", {}).setdefault("direct", []).append(run)
                 progress(f"round {rnd + 1} direct: {run.rate:.0f} msg/s")
+        milters.close()
         if "levels" in parts:
             # One level alone swings by +-20 % on a shared 2-core VM: rounds, medians, and
             # the order of levels and of the two proxies alternated like the main runs.
