@@ -393,3 +393,24 @@ async def test_a_milter_hanging_up_mid_session_gets_the_default_action() -> None
     async with milter_proxy(milter, config="MilterDefaultAction: tempfail") as (up, proxy, _):
         assert await codes(proxy) == [250, 451]
     assert not up.transactions
+
+
+async def test_skip_authenticated_skips_the_filter_but_not_the_milters(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    milter = FakeMilter({"eom": [AddHeader("X-Signed", "yes"), CONTINUE]})
+    config = "Skip: authenticated\nFilterCommand: sed s/body/FILTERED/"
+    async with (
+        milter_proxy(milter, config=config) as (up, proxy, _),
+        proxy.connect(timeout=50) as client,
+    ):
+        await client.greeting()
+        await client.command("EHLO c")
+        assert (await client.command("AUTH PLAIN AGFAYg==")).code == 235
+        replies = await client.send_message("s@x", ["r@x"], MESSAGE, helo="c")
+        assert [r.code for r in replies] == [250, 250, 354, 250]
+        await client.command("QUIT")
+    [t] = up.transactions
+    assert t.message == MESSAGE.replace(b"\r\n\r\n", b"\r\nX-Signed: yes\r\n\r\n")
+    [summary] = summaries(caplog)
+    assert "status=SKIPPED" in summary
