@@ -284,8 +284,10 @@ class _Milter:
         assert self.stream is not None
         await self._send(data, timeout)
         modifications: list[Modification] = []
+        quick_ack = self.session.awaiting is Stage.EOM  # answers of several packets
         while True:
-            self._quick_ack()
+            if quick_ack:
+                self._quick_ack()
             with trio.move_on_after(timeout) as scope:
                 try:
                     chunk = await self.stream.receive_some(_READ_SIZE)
