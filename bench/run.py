@@ -9,6 +9,8 @@ sends messages one at a time on one session against an otherwise idle proxy.  Ev
 (load generator, proxy, sink, filters) shares this machine's cores: the numbers are relative.
 
 Standard library only, plus the package under test.  ``--quick`` gives a ~1 minute version.
+``--only upstream`` runs the issue 11 scenarios (ours only, through haproxy): the plain
+lock-step run, PIPELINING towards the next server and TLS towards it.
 """
 
 from __future__ import annotations
@@ -596,11 +598,173 @@ def cpu_model() -> str:
     return ""
 
 
+# ---------------------------------------------------------------- the next server: TLS, PIPELINING
+#
+# Issue 11: ours only, three scenarios that differ in one thing each, all through the same
+# haproxy (mode tcp) in front of smtp-sink and the same pipelining load client: "lock-step"
+# (the sink offers no PIPELINING, plain text), "PIPELINING upstream" (the sink offers it:
+# the proxy sends MAIL+RCPT+RCPT in one write), "TLS upstream" (OutTLS: implicit, haproxy
+# terminates TLS; no PIPELINING).
+
+HAPROXY = shutil.which("haproxy", path="/usr/sbin:/usr/bin:" + os.environ.get("PATH", ""))
+UPSTREAM_SCENARIOS = ("lock-step", "PIPELINING upstream", "TLS upstream")
+
+
+class Front:
+    """smtp-sink (with or without PIPELINING) behind haproxy, plain or terminating TLS."""
+
+    def __init__(self, workdir: Path, pipelining: bool, tls_pem: Path | None) -> None:
+        self.sink_port, self.port = free_port(), free_port()
+        self.out = workdir / f"sink-{self.sink_port}.out"
+        cmd = [str(SINK), *([] if pipelining else ["-p"]), "-c", f"{HOST}:{self.sink_port}"]
+        cmd.append("1024")
+        if os.geteuid() == 0:
+            cmd[1:1] = ["-u", "nobody"]
+        with open(self.out, "wb") as out:
+            self.sink = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        wait_listening(self.sink_port, self.sink)
+        ssl = f" ssl crt {tls_pem}" if tls_pem is not None else ""
+        self.conf = workdir / f"haproxy-{self.port}.cfg"
+        self.conf.write_text(
+            "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n"
+            "  timeout client 60s\n  timeout server 60s\nlisten smtp\n"
+            f"  bind {HOST}:{self.port}{ssl}\n  server sink {HOST}:{self.sink_port}\n"
+        )
+        self.haproxy = subprocess.Popen(
+            [str(HAPROXY), "-db", "-f", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_listening(self.port, self.haproxy)
+
+    def count(self) -> int:
+        return Sink.count(self)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        stop(self.haproxy)
+        stop(self.sink)
+        self.out.unlink(missing_ok=True)
+        self.conf.unlink(missing_ok=True)
+
+
+def pipelined_message(sock: socket.socket, rfile: object, body: bytes, pipelining: bool) -> None:
+    """MAIL, two RCPTs and DATA (in one write when the proxy offers PIPELINING), the body."""
+    lines = [b"MAIL FROM:<from@example.org>\r\n", b"RCPT TO:<a@example.net>\r\n"]
+    lines += [b"RCPT TO:<b@example.net>\r\n", b"DATA\r\n"]
+    read = rfile.readline  # type: ignore[attr-defined]
+
+    def reply() -> bytes:
+        while (line := read())[3:4] == b"-":
+            pass
+        if not line:
+            raise ConnectionError("connection closed")
+        return bytes(line)
+
+    if pipelining:
+        sock.sendall(b"".join(lines))
+        codes = [reply()[:3] for _ in lines]
+    else:
+        codes = []
+        for line in lines:
+            sock.sendall(line)
+            codes.append(reply()[:3])
+    if codes != [b"250", b"250", b"250", b"354"]:
+        raise RuntimeError(f"unexpected replies {codes}")
+    sock.sendall(body + b".\r\n")
+    if not reply().startswith(b"250"):
+        raise RuntimeError("message refused")
+
+
+def pipelining_session(port: int, stop_at: threading.Event, done: list[float]) -> None:
+    """One session sending messages until `stop_at`; each message's duration into `done`."""
+    client = Client(port)
+    client.sock.sendall(b"EHLO bench.example\r\n")
+    ehlo = b""
+    while True:
+        line = client.rfile.readline()
+        ehlo += line
+        if line[3:4] != b"-":
+            break
+    pipelining = b"PIPELINING" in ehlo
+    body = text(MSG_SIZE)
+    try:
+        while not stop_at.is_set():
+            t0 = time.perf_counter()
+            pipelined_message(client.sock, client.rfile, body, pipelining)
+            done.append(time.perf_counter() - t0)
+    finally:
+        client.close()
+
+
+def upstream_run(workdir: Path, scenario: str, s: Settings, tls_pem: Path, ca: Path) -> Run:
+    tls = scenario == "TLS upstream"
+    front = Front(workdir, scenario == "PIPELINING upstream", tls_pem if tls else None)
+    extra = "Pipelining: on\n"
+    if tls:
+        extra += f"OutTLS: implicit\nOutTLSCAFile: {ca}\n"
+    proxy = Proxy("ours", workdir, front.port, extra)
+    try:
+        stop_at = threading.Event()
+        durations: list[float] = []
+        threads = [
+            threading.Thread(target=pipelining_session, args=(proxy.port, stop_at, durations))
+            for _ in range(s.sessions)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            rate = rate_at_sink(front, s.warmup, s.window)  # type: ignore[arg-type]
+        finally:
+            stop_at.set()
+            for thread in threads:
+                thread.join()
+        # Latency: one session alone, message by message (MAIL to the final 250).
+        alone: list[float] = []
+        stop_alone = threading.Event()
+        timer = threading.Timer(s.latency_budget, stop_alone.set)
+        timer.start()
+        pipelining_session(proxy.port, stop_alone, alone)
+        return Run(rate, pct(alone, 0.5) * 1e3, pct(alone, 0.99) * 1e3, len(alone))
+    finally:
+        proxy.close()
+        front.close()
+
+
+def upstream_scenarios(workdir: Path, s: Settings) -> dict[str, list[Run]]:
+    from trio_proxsmtp.testing.certs import make_test_certificates
+
+    certs = make_test_certificates(workdir / "certs")
+    pem = workdir / "certs" / "haproxy.pem"
+    pem.write_bytes(certs.certificate.read_bytes() + certs.key.read_bytes())
+    runs: dict[str, list[Run]] = {}
+    for rnd in range(s.rounds):
+        order = UPSTREAM_SCENARIOS if rnd % 2 == 0 else UPSTREAM_SCENARIOS[::-1]
+        for scenario in order:
+            run = upstream_run(workdir, scenario, s, pem, certs.ca)
+            runs.setdefault(scenario, []).append(run)
+            progress(f"round {rnd + 1} {scenario}: {run.rate:.0f} msg/s, p50 {run.p50_ms:.2f} ms")
+    return runs
+
+
+def upstream_report(runs: dict[str, list[Run]]) -> str:
+    lines = ["", "Next server: TLS and PIPELINING (ours, pipelining clients, medians)"]
+    base = statistics.median(r.rate for r in runs["lock-step"])
+    for scenario, rs in runs.items():
+        rate = statistics.median(r.rate for r in rs)
+        p50 = statistics.median(r.p50_ms for r in rs)
+        lines.append(
+            f"  {scenario:<20} {rate:8.0f} msg/s ({rate / base:5.2f}x lock-step)  p50 {p50:6.2f} ms"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="about one minute")
     parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
-    parser.add_argument("--only", choices=["main", "levels", "big", "idle"], action="append")
+    parser.add_argument(
+        "--only", choices=["main", "levels", "big", "idle", "upstream"], action="append"
+    )
     parser.add_argument(
         "--workers", type=int, default=1, help="run ours with Workers: N (an extension)"
     )
@@ -616,8 +780,9 @@ def main() -> None:
     for tool, name in ((SINK, "smtp-sink"), (SOURCE, "smtp-source"), (C_PROXY, "proxsmtpd")):
         if tool is None:
             sys.exit(f"{name} not found (Debian packages postfix and proxsmtp)")
-    parts = set(args.only or ["main", "levels", "big", "idle"])
+    parts = set(args.only or ["main", "levels", "big", "idle", "upstream"])
     r = Results(s)
+    upstream: dict[str, list[Run]] = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="proxsmtp-bench-") as tmp:
         workdir = Path(tmp)
@@ -666,7 +831,13 @@ def main() -> None:
                 count = s.idle if impl == "ours" else min(s.idle, C_IDLE)
                 r.idle[impl] = idle_sessions(impl, workdir, count)
                 progress(f"idle {impl}: {r.idle[impl]}")
+        if "upstream" in parts:
+            if HAPROXY is None:
+                sys.exit("haproxy not found (Debian package haproxy)")
+            upstream = upstream_scenarios(workdir, s)
     text_out = report(r, time.monotonic() - started)
+    if upstream:
+        text_out += "\n" + upstream_report(upstream)
     print(text_out)
     results = Path(__file__).resolve().parent / "results"
     results.mkdir(exist_ok=True)

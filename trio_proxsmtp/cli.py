@@ -235,7 +235,23 @@ def _start(
     # Only this process speaks to systemd: filters and workers must not inherit the socket.
     notify.take_socket()
     # Until serve() has its signal receiver, SIGTERM/SIGINT/SIGHUP wait (signals.py).
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals.HANDLED_SIGNALS)
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals.HANDLED_SIGNALS)
+    try:
+        return _start_blocked(config, user, pid_file, daemonize, config_path, daemon)
+    finally:
+        # Whatever happened (a start-up error above all), the caller's mask comes back:
+        # a process started later must not inherit SIGTERM blocked (it would never stop).
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+
+
+def _start_blocked(
+    config: Config,
+    user: UserInfo | None,
+    pid_file: str | None,
+    daemonize: bool,
+    config_path: str,
+    daemon: _Daemon,
+) -> int:
     try:
         try:
             sockets: list[socket.socket] = server.bind_listeners(config)

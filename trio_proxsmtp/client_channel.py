@@ -21,6 +21,7 @@ from trio_proxsmtp.nursery import single_error
 from trio_proxsmtp.protocol.lines import LineTooLong
 from trio_proxsmtp.protocol.reader import (
     Body,
+    Chunk,
     ClientReader,
     Line,
     NeedData,
@@ -123,6 +124,23 @@ class ClientChannel:
                 raise ClientGone("unexpected end of data from client")
             self.reader.feed(data)
 
+    async def read_chunk(self, action: Action, deliver: Callable[[bytes], Awaitable[None]]) -> None:
+        """Pass the bytes of a BDAT chunk, exactly as sent, to `deliver`; what follows the
+        chunk stays buffered (the next command)."""
+        self.reader.follow(action)
+        while True:
+            event = self.reader.next_event()
+            if isinstance(event, Chunk):
+                if event.data:
+                    await deliver(event.data)
+                if event.done:
+                    return
+                continue
+            data = await self.receive()
+            if not data:
+                raise ClientGone("unexpected end of data from client")
+            self.reader.feed(data)
+
     async def skip(self, action: Action) -> None:
         """Discard the chunk of a refused BDAT: its bytes are never commands."""
         self.reader.follow(action)
@@ -163,14 +181,16 @@ class ClientChannel:
 
     # -- TLS ----------------------------------------------------------------------------
 
-    async def start_tls(self, action: Action, context: ssl.SSLContext) -> None:
-        """RFC 3207 after our 220: cross the TLS boundary, then the handshake."""
-        boundary = self.reader.follow(action)
-        assert isinstance(boundary, TlsBoundary)
-        if boundary.discarded:
-            # Plain text sent after STARTTLS, before the handshake: never run it as
-            # commands of the TLS session (the STARTTLS command injection attack).
-            self.log.warning("discarded %d bytes sent right after STARTTLS", boundary.discarded)
+    async def start_tls(self, action: Action | None, context: ssl.SSLContext) -> None:
+        """RFC 3207 after our 220: cross the TLS boundary, then the handshake.  With no
+        action: TLS from the first byte (ListenTLS, RFC 8314), before the banner."""
+        if action is not None:
+            boundary = self.reader.follow(action)
+            assert isinstance(boundary, TlsBoundary)
+            if boundary.discarded:
+                # Plain text sent after STARTTLS, before the handshake: never run it as
+                # commands of the TLS session (the STARTTLS command injection attack).
+                self.log.warning("discarded %d bytes sent right after STARTTLS", boundary.discarded)
         # https_compatible: a client may close without close_notify (most SMTP clients do
         # after QUIT), and our close must not wait for the client to read one.
         stream = trio.SSLStream(self.stream, context, server_side=True, https_compatible=True)

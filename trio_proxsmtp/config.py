@@ -17,7 +17,10 @@ not exceed MaxConnections, which is shared out between the workers); `ProxyProto
 contexts are built here once per load so that `-t` and SIGHUP catch unusable files;
 `Chunking`; and the milter options `Milters` (comma-separated ``inet:host:port`` /
 ``unix:/path``), `MilterDefaultAction` (tempfail, accept or reject) and
-`MilterConnectTimeout` / `MilterCommandTimeout` / `MilterContentTimeout` (seconds).
+`MilterConnectTimeout` / `MilterCommandTimeout` / `MilterContentTimeout` (seconds); and the
+limits that bound what a hostile client can hold (MaxRecipients, MaxConnectionsPerClient with
+ConnectionLimitExceptions, HardErrorLimit, CommandTimeOut, ReplyTimeOut, MinDataRate,
+SessionTimeOut, StressTimeOut).
 
 `Config.pid_file` is None when the file does not set PidFile, and "" when it sets it empty
 (which disables the pid file even if -p was given, as in the reference).
@@ -26,6 +29,7 @@ contexts are built here once per load so that `-t` and SIGHUP catch unusable fil
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
 import re
 import shutil
@@ -50,6 +54,14 @@ MAX_WORKERS = 64
 DEFAULT_LISTEN = parse_address(str(DEFAULT_LISTEN_PORT), DEFAULT_LISTEN_PORT)
 # C `int`, like the reference's strtol into an int: keeps timeouts sane for Trio.
 _INT_MAX = 2**31 - 1
+
+Network = IPNetwork
+DEFAULT_CONNECTION_LIMIT_EXCEPTIONS: tuple[Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+# Stress: from this share of MaxConnections on, StressTimeOut replaces the longer waits.
+STRESS_FRACTION = 0.75
 
 
 class FilterType(enum.Enum):
@@ -125,6 +137,16 @@ class Config:
     milter_connect_timeout: float = 30.0
     milter_command_timeout: float = 30.0
     milter_content_timeout: float = 300.0
+    # Extensions bounding hostile peers (issue 16); used by the relay and the server.
+    max_recipients: int = 1000  # over it: 452 4.5.3 Too many recipients
+    max_connections_per_client: int | None = None  # None: half of MaxConnections; 0: none
+    connection_limit_exceptions: tuple[Network, ...] = DEFAULT_CONNECTION_LIMIT_EXCEPTIONS
+    hard_error_limit: int = 20  # error replies before the client is disconnected; 0: none
+    command_timeout: float = 180.0  # a whole client command line, from ready to its LF
+    reply_timeout: float = 180.0  # a whole upstream reply (banner included)
+    min_data_rate: int = 500  # bytes/s a client must keep up in DATA/BDAT; 0: off
+    session_timeout: float = 3600.0  # a whole session; 0: none
+    stress_timeout: float = 10.0  # client waits under stress (see STRESS_FRACTION); 0: off
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
 
     @property
@@ -151,6 +173,24 @@ class Config:
         if address is None or address.kind is not AddressKind.TCP or address.is_port_only:
             return None
         return address.host
+
+    @property
+    def per_client_limit(self) -> int:
+        """Connections one client address may hold (0: no limit)."""
+        if self.max_connections_per_client is None:
+            return max(1, self.max_connections // 2)
+        return self.max_connections_per_client
+
+    def connection_limit_applies(self, client_ip: str) -> bool:
+        """Does MaxConnectionsPerClient count this client? Not for ConnectionLimitExceptions,
+        and not for a client without an IP address (a unix socket)."""
+        try:
+            address = ipaddress.ip_address(client_ip.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return not any(address in network for network in self.connection_limit_exceptions)
 
 
 class ConfigError(Exception):
@@ -236,7 +276,7 @@ def _address(default_port: int) -> Callable[[str], Address]:
     return parse
 
 
-def _networks(value: str) -> tuple[IPNetwork, ...]:
+def _proxy_networks(value: str) -> tuple[IPNetwork, ...]:
     try:
         return parse_networks(value)
     except ValueError as exc:
@@ -303,6 +343,26 @@ def _server_name(value: str) -> str:
     return value
 
 
+def _exception_networks(value: str) -> tuple[Network, ...]:
+    """ConnectionLimitExceptions: comma-separated networks or addresses (``192.0.2.0/24,
+    ::1``, Postfix's ``[2001:db8::]/32``; host bits allowed, as in Postfix's mynetworks), or
+    ``none``. (ProxyProtocolFrom is stricter: proxy_protocol.parse_networks.)"""
+    if value.lower() == "none":
+        return ()
+    networks = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            raise _Invalid(f"empty network in {value!r} (use 'none' for no exceptions)")
+        # "[2001:db8::]/32" as Postfix writes IPv6 networks, or "2001:db8::/32".
+        bare = item[1:].replace("]", "", 1) if item.startswith("[") else item
+        try:
+            networks.append(ipaddress.ip_network(bare, strict=False))
+        except ValueError as exc:
+            raise _Invalid(f"invalid network {item!r}: {exc}") from None
+    return tuple(networks)
+
+
 def _skip(value: str) -> bool:
     if value.lower() != "authenticated":
         raise _Invalid(f"invalid value {value!r} (must be 'authenticated')")
@@ -336,7 +396,7 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("TLSCertificate", "tls_certificate", _non_empty),
         ("TLSKey", "tls_key", _non_empty),
         ("ProxyProtocol", "proxy_protocol", _boolean),
-        ("ProxyProtocolFrom", "proxy_protocol_from", _networks),
+        ("ProxyProtocolFrom", "proxy_protocol_from", _proxy_networks),
         ("MetricsListen", "metrics_listen", _metrics_listen),
         ("ListenTLS", "listen_tls", _address(DEFAULT_LISTEN_TLS_PORT)),
         ("Chunking", "chunking", _boolean),
@@ -351,6 +411,15 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("MilterConnectTimeout", "milter_connect_timeout", _seconds_positive),
         ("MilterCommandTimeout", "milter_command_timeout", _seconds_positive),
         ("MilterContentTimeout", "milter_content_timeout", _seconds_positive),
+        ("MaxRecipients", "max_recipients", lambda v: _integer(v, 1)),
+        ("MaxConnectionsPerClient", "max_connections_per_client", lambda v: _integer(v, 0)),
+        ("ConnectionLimitExceptions", "connection_limit_exceptions", _exception_networks),
+        ("HardErrorLimit", "hard_error_limit", lambda v: _integer(v, 0)),
+        ("CommandTimeOut", "command_timeout", _seconds_positive),
+        ("ReplyTimeOut", "reply_timeout", _seconds_positive),
+        ("MinDataRate", "min_data_rate", lambda v: _integer(v, 0)),
+        ("SessionTimeOut", "session_timeout", _seconds_or_zero),
+        ("StressTimeOut", "stress_timeout", _seconds_or_zero),
     ]
 }
 
@@ -420,6 +489,12 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
         warnings.append("ProxyProtocolFrom is ignored while ProxyProtocol is off")
     warnings.extend(_temp_directory_warnings(config.temp_directory))
     warnings.extend(check_filter_program(config, lines.get("filter_command")))
+    per_client = config.max_connections_per_client
+    if per_client and per_client >= config.max_connections:
+        warnings.append(
+            f"MaxConnectionsPerClient {per_client} is not below MaxConnections "
+            f"{config.max_connections}: one client address can take every connection"
+        )
     return config, warnings
 
 

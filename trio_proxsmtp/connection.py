@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from contextlib import nullcontext
 from typing import assert_never
 
@@ -27,13 +28,14 @@ import trio
 
 from trio_proxsmtp.client_channel import ClientChannel, ClientGone, ClientTimeout, Drained
 from trio_proxsmtp.client_info import ClientInfo, client_host_name
-from trio_proxsmtp.config import Config, FilterType
+from trio_proxsmtp.config import Config, FilterType, OutTLSMode
 from trio_proxsmtp.log import connection_logger
 from trio_proxsmtp.milter import MilterContext, Milters, MilterSettings
 from trio_proxsmtp.nursery import single_error
 from trio_proxsmtp.protocol.commands import Verb, parse_command
 from trio_proxsmtp.protocol.errors import RemoteProtocolError
 from trio_proxsmtp.protocol.lines import LineTooLong
+from trio_proxsmtp.protocol.reader import Line
 from trio_proxsmtp.protocol.replies import Reply, reply_from_text
 from trio_proxsmtp.protocol.session import (
     AbortMilters,
@@ -42,6 +44,7 @@ from trio_proxsmtp.protocol.session import (
     Close,
     Log,
     Purpose,
+    ReceiveChunk,
     ReceiveMessage,
     RunFilter,
     RunMilters,
@@ -52,6 +55,7 @@ from trio_proxsmtp.protocol.session import (
     SessionPolicy,
     SkipBytes,
     StartTLS,
+    StartUpstreamTLS,
     Summary,
 )
 from trio_proxsmtp.trace import show_command
@@ -66,8 +70,8 @@ SHUTTING_DOWN = Reply.single(421, "4.3.2 Service shutting down")
 INTERNAL_ERROR = Reply.single(421, "4.3.0 Local Error")
 
 
-def upstream_unavailable(reason: str) -> Reply:
-    return Reply.single(421, f"4.4.1 smtp.passthru Error: upstream {reason}")
+def upstream_unavailable(reason: str, status: str = "4.4.1") -> Reply:
+    return Reply.single(421, f"{status} smtp.passthru Error: upstream {reason}")
 
 
 class _Closing(Exception):
@@ -91,6 +95,9 @@ def session_policy(config: Config, info: ClientInfo) -> SessionPolicy:
         starttls=config.tls_context is not None,
         milters=bool(config.milters),
         filter_name=filter_name(config.filter_command or ""),
+        upstream_starttls=config.out_tls in (OutTLSMode.MAY, OutTLSMode.ENCRYPT),
+        upstream_tls_required=config.out_tls is OutTLSMode.ENCRYPT,
+        chunking=config.chunking,
     )
 
 
@@ -111,8 +118,11 @@ class Connection:
         conn_id: int,
         *,
         open_upstream: Opener | None = None,
+        implicit_tls: ssl.SSLContext | None = None,
     ) -> None:
+        """`implicit_tls`: the client speaks TLS from the first byte (ListenTLS)."""
         self.config = config
+        self.implicit_tls = implicit_tls
         self.info = info
         self.log = connection_logger(conn_id)
         self.conn_id = conn_id
@@ -154,7 +164,7 @@ class Connection:
                     farewell, ended = CLIENT_TIMEOUT, "client timed out"
                 except UpstreamFailure as exc:
                     self.log.error("%s", exc)
-                    farewell = upstream_unavailable(exc.reason)
+                    farewell = upstream_unavailable(exc.reason, exc.status)
                     ended = f"upstream {exc.reason}"
                 except RemoteProtocolError as exc:
                     self.log.error("protocol error: %s", exc)
@@ -179,6 +189,11 @@ class Connection:
             self.log.debug("connection closed")
 
     async def _run(self) -> None:
+        if self.implicit_tls is not None:
+            # ListenTLS (RFC 8314): the handshake first, under TimeOut, before the banner
+            # and before the upstream hears of this client; no STARTTLS is offered.
+            await self.client.start_tls(None, self.implicit_tls)
+            self.session.tls = True
         if self.config.xclient:
             # XCLIENT NAME= needs the client's host name: look it up while connecting.
             name = "[TEMPUNAVAIL]"
@@ -194,6 +209,7 @@ class Connection:
             self.session.policy = attrs.evolve(self.session.policy, xclient_name=name)
         else:
             await self.upstream.connect()
+        self.session.upstream_tls = self.upstream.tls  # OutTLS: implicit
         if not self.config.milters:
             await self._relay()
             return
@@ -239,7 +255,51 @@ class Connection:
             command = parse_command(line)
             if self.trace:
                 self.log.debug("CLIENT < %s", show_command(line, command, in_auth))
-            await self._perform(self.session.command(command))
+            actions = self.session.command(command)
+            if self.upstream_pipelining(actions):
+                await self._send_group(actions)
+            else:
+                await self._perform(actions)
+
+    # -- PIPELINING towards the upstream (RFC 2920) --------------------------------------
+
+    def upstream_pipelining(self, actions: list[Action]) -> bool:
+        """Whether `actions` (the session's answer to one command) start a group: a MAIL
+        or RCPT forwarded as is, with another MAIL/RCPT already buffered behind it, to a
+        next server that offers PIPELINING.  A lone command still waits for its reply."""
+        if len(actions) != 1 or not isinstance(actions[0], SendUpstream):
+            return False
+        action = actions[0]
+        if action.purpose is not Purpose.COMMAND or action.command is None:
+            return False
+        if not self.session.pipelinable(action.command):
+            return False
+        line = self.client.reader.peek_line()
+        return line is not None and self.session.pipelinable(parse_command(line))
+
+    async def _send_group(self, first: list[Action]) -> None:
+        """The client's buffered MAIL/RCPT commands go upstream in one write; the replies
+        are read and relayed in order, each to its own command (B1).  DATA never joins:
+        the session answers it once every reply of the group is in, so a group whose
+        recipients all failed gets 554, never 354 (docs/behaviour.md §11)."""
+        group = [action for action in first if isinstance(action, SendUpstream)]
+        while True:
+            line = self.client.reader.peek_line()
+            if line is None or not self.session.pipelinable(command := parse_command(line)):
+                break
+            taken = self.client.reader.next_event()
+            assert isinstance(taken, Line) and taken.data == line
+            if self.trace:
+                self.log.debug("CLIENT < %s", show_command(line, command, False))
+            [action] = self.session.command(command)
+            assert isinstance(action, SendUpstream), action
+            group.append(action)
+        items = [
+            Outgoing(a.line, show_command(a.line, a.command, False) if self.trace else None)
+            for a in group
+        ]
+        for reply in await self.upstream.exchange(items):
+            await self._perform(self.session.upstream_reply(reply))
 
     async def _perform(self, actions: list[Action]) -> None:
         """Do the session's actions in order; an upstream reply goes back to the session,
@@ -266,8 +326,13 @@ class Connection:
                     await self._perform(await self.transaction.receive(action))
             elif isinstance(action, RunFilter):
                 await self._perform(await self.transaction.filter())
+            elif isinstance(action, ReceiveChunk):
+                await self._perform(await self.transaction.receive_chunk(action))
+            elif isinstance(action, StartUpstreamTLS):
+                await self.upstream.start_tls()
+                await self._perform(self.session.upstream_tls_started(action.command))
             elif isinstance(action, SendMessage):
-                reply = await self.transaction.replay()
+                reply = await self.transaction.replay(action)
                 await self._perform(self.session.upstream_reply(reply))
             elif isinstance(action, AskMilters):
                 await self._perform(await self._ask_milters(action))

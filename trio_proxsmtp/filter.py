@@ -14,6 +14,19 @@ Changes from proxsmtpd 1.10, on purpose:
 * A command made only of plain words (no shell syntax, not a shell builtin) is executed
   directly, saving a ``/bin/sh`` per message; if that exec fails, it is retried through
   ``/bin/sh -c`` so the result (exit 127 and sh's message) is the same as 1.10's.
+* A filter the shell cannot run (exit 126 or 127) is a local error (451), never a 5xx
+  that would bounce all mail; sh's message goes to the log, not to the client.
+* Exit 0 with no output at all for a non-empty message is a local error (451): it is
+  almost always a broken filter (1.10 delivered an empty message).
+* The output is capped (``size_limit``: the size promised to the client): past it the
+  filter is killed and the verdict is a local error (451), since the message it got was
+  within the limit and the filter grew it. Pipe mode stops spooling at the cap; file mode
+  checks the file's size four times a second and at the end.
+* RECIPIENTS over 64 KiB (an environment string cannot hold more than 128 KiB) goes to a
+  0600 file named by ``RECIPIENTS_FILE`` instead; RECIPIENTS is then unset.
+* Nothing in the environment can crash the run: a value exec refuses (a NUL byte) is a
+  local error.
+* Descendants that leave the process group are killed too (reaper.py).
 
 Knows nothing about sockets: it gets a spool and an environment and returns a ``Verdict``.
 """
@@ -28,12 +41,14 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 import trio
 
+from trio_proxsmtp import reaper
 from trio_proxsmtp.config import FilterType
 from trio_proxsmtp.protocol.replies import LOCAL_ERROR, Reply, reply_from_text
 from trio_proxsmtp.spool import Spool
@@ -45,6 +60,9 @@ Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL to the group
 STDERR_LINE_LIMIT = 4096  # bytes of one stderr line kept
 RECEIVE_SIZE = 256 * 1024
+# One environment string may hold 128 KiB (MAX_ARG_STRLEN); past this RECIPIENTS is a file.
+RECIPIENTS_ENV_LIMIT = 64 * 1024
+FILE_SIZE_POLL = 0.25  # seconds between size checks of a file-mode filter's $EMAIL
 
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 # Words sh treats specially even without shell syntax: a program of the same name (if any)
@@ -133,6 +151,37 @@ def direct_argv(command: str) -> list[str] | None:
     return words
 
 
+def _move_recipients_to_file(env: dict[str, str], directory: str) -> str | None:
+    """RECIPIENTS too big for exec: write it to a 0600 file named by RECIPIENTS_FILE.
+
+    One recipient per line, each ending in a newline. Returns the path (the caller removes
+    it) or None when RECIPIENTS fits. Raises OSError.
+    """
+    recipients = env.get("RECIPIENTS")
+    if recipients is None or len(recipients.encode("utf-8", "surrogateescape")) <= (
+        RECIPIENTS_ENV_LIMIT
+    ):
+        return None
+    fd, path = tempfile.mkstemp(prefix="proxsmtpd-rcpt.", dir=directory)
+    try:
+        with open(fd, "wb", closefd=True) as f:
+            f.write(recipients.encode("utf-8", "surrogateescape") + b"\n")
+    except BaseException:
+        os.unlink(path)
+        raise
+    del env["RECIPIENTS"]
+    env["RECIPIENTS_FILE"] = path
+    return path
+
+
+def _unexecutable(env: Mapping[str, str]) -> str | None:
+    """Why exec would refuse this environment (a NUL byte), or None."""
+    for name, value in env.items():
+        if "\0" in name or "\0" in value:
+            return f"environment variable {name.replace(chr(0), '?')} contains a NUL byte"
+    return None
+
+
 def _local_error(detail: str) -> Verdict:
     return Verdict(
         kind=VerdictKind.ERROR,
@@ -191,12 +240,22 @@ class _Run:
     """One filter run: the process, its pipes and what came out of them."""
 
     def __init__(
-        self, spec: FilterSpec, message: Spool, env: Mapping[str, str], log: Logger = log
+        self,
+        spec: FilterSpec,
+        message: Spool,
+        env: Mapping[str, str],
+        log: Logger = log,
+        size_limit: int | None = None,
     ) -> None:
         self.log = log
         self.spec = spec
         self.message = message
+        self.input_size = message.size
+        self.size_limit = size_limit
         self.env = dict(env)
+        self.marker = reaper.new_marker()
+        self.env[reaper.MARKER_VARIABLE] = self.marker
+        self.recipients_file: str | None = None
         self.output: Spool | None = None
         self.stderr = _StderrTail()
         self.failure: str | None = None
@@ -214,14 +273,14 @@ class _Run:
         if argv is not None:
             try:
                 process: trio.Process = await nursery.start(
-                    _run_and_kill_group, argv, stdio, self.env
+                    _run_and_kill_group, argv, stdio, self.env, self.marker
                 )
             except OSError as exc:
                 self.log.debug("exec %r failed (%s); retrying through /bin/sh", argv, exc)
             else:
                 return process
         shell = ["/bin/sh", "-c", self.spec.command]
-        process = await nursery.start(_run_and_kill_group, shell, stdio, self.env)
+        process = await nursery.start(_run_and_kill_group, shell, stdio, self.env, self.marker)
         return process
 
     async def feed(self, stream: trio.abc.SendStream) -> None:
@@ -239,6 +298,9 @@ class _Run:
         assert self.output is not None
         async with stream:
             while chunk := await stream.receive_some(RECEIVE_SIZE):
+                if self.size_limit is not None and self.output.size + len(chunk) > self.size_limit:
+                    self.failure = self.too_big(self.output.size + len(chunk))
+                    raise _Abort
                 try:
                     self.output.write(bytes(chunk))
                 except OSError as exc:
@@ -250,12 +312,30 @@ class _Run:
             while chunk := await stream.receive_some(RECEIVE_SIZE):
                 self.stderr.feed(bytes(chunk))
 
+    async def watch_file_size(self) -> None:
+        """File mode: kill a filter whose $EMAIL grows past the size limit."""
+        assert self.size_limit is not None
+        while True:
+            await trio.sleep(FILE_SIZE_POLL)
+            with contextlib.suppress(OSError):  # replaced by mv this instant: next time
+                size = os.stat(self.message.path).st_size
+                if size > self.size_limit:
+                    self.failure = self.too_big(size)
+                    raise _Abort
+
+    def too_big(self, size: int) -> str:
+        return f"filter output of {size}+ bytes exceeds the size limit of {self.size_limit}"
+
     async def run(self) -> None:
         if self.spec.mode is FilterType.PIPE:
             self.output = Spool.create(self.spec.temp_directory, named=False)
         else:
             self.message.lend()
             self.env["EMAIL"] = self.message.path
+        self.recipients_file = _move_recipients_to_file(self.env, self.spec.temp_directory)
+        if (problem := _unexecutable(self.env)) is not None:
+            self.failure = problem
+            raise _Abort
         async with trio.open_nursery() as nursery:
             process = self.process = await self.start(nursery)
             self.log.debug("filter command %r started, pid %d", self.spec.command, process.pid)
@@ -265,8 +345,20 @@ class _Run:
                 nursery.start_soon(self.drain_stdout, process.stdout)
             assert process.stderr is not None
             nursery.start_soon(self.drain_stderr, process.stderr)
+            if self.spec.mode is FilterType.FILE and self.size_limit is not None:
+                watcher = trio.CancelScope()
+                nursery.start_soon(self._watch_until, watcher)
+            else:
+                watcher = None
+            await process.wait()
+            if watcher is not None:
+                watcher.cancel()
         if self.output is not None:
             self.output.finish()
+
+    async def _watch_until(self, scope: trio.CancelScope) -> None:
+        with scope:
+            await self.watch_file_size()
 
 
 class _Abort(Exception):
@@ -276,13 +368,17 @@ class _Abort(Exception):
 class _GroupStatus(trio.TaskStatus[trio.Process]):
     """Passes run_process's Process on, remembering its pid (= its process group id)."""
 
-    def __init__(self, outer: trio.TaskStatus[trio.Process]) -> None:
+    def __init__(self, outer: trio.TaskStatus[trio.Process], tether: reaper.Tether | None) -> None:
         self.pgid: int | None = None
         self._outer = outer
+        self._tether = tether
 
     def started(self, value: Any = None) -> None:
         assert isinstance(value, trio.Process)
         self.pgid = value.pid
+        reaper.spawned(value.pid)
+        if self._tether is not None:
+            self._tether.spawned()
         self._outer.started(value)
 
 
@@ -290,14 +386,19 @@ async def _run_and_kill_group(
     argv: list[str],
     stdio: int,
     env: Mapping[str, str],
+    marker: str,
     *,
     task_status: trio.TaskStatus[trio.Process] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """run_process in a new session, then SIGKILL what is left of the group (B3), always.
+    """run_process in a new session, then SIGKILL what is left of the group (B3), always,
+    and what left the group (reaper.sweep), before anyone waits for the pipes' end.
 
     ``stdio`` (PIPE or DEVNULL) is used for stdin and stdout; stderr is always a pipe.
     """
-    status = _GroupStatus(task_status)
+    tether = reaper.Tether() if reaper.subreaper_enabled() else None
+    status = _GroupStatus(task_status, tether)
+    reaper.run_started(marker)
+    reaper.spawn_starting()
     try:
         await trio.run_process(
             argv,
@@ -309,21 +410,39 @@ async def _run_and_kill_group(
             check=False,
             deliver_cancel=_kill_group,
             task_status=status,
+            pass_fds=() if tether is None else (tether.child_fd,),
         )
     finally:
-        if status.pgid is not None:
-            _signal_group(status.pgid, signal.SIGKILL)
+        try:
+            if status.pgid is None:
+                reaper.spawned(None)
+            else:
+                reaper.exited(status.pgid)
+                _signal_group(status.pgid, signal.SIGKILL)
+                await reaper.sweep(marker, status.pgid, tether)
+        finally:
+            reaper.run_ended(marker)
+            if tether is not None:
+                tether.close()
 
 
 async def run_filter(
-    spec: FilterSpec, message: Spool, env: Mapping[str, str], log: Logger = log
+    spec: FilterSpec,
+    message: Spool,
+    env: Mapping[str, str],
+    log: Logger = log,
+    *,
+    size_limit: int | None = None,
 ) -> Verdict:
     """Run the filter over ``message``; see the module docstring for the rules.
 
-    Cancellation (the client left) propagates, after the process group is dead and the
-    output spool removed.
+    ``size_limit``: the largest output accepted, in bytes (the size promised to the client:
+    MaxMessageSize or the upstream's SIZE, the smaller); None for no limit.
+
+    Cancellation (the client left) propagates, after the process group (and whatever left
+    it) is dead, and the output spool and the RECIPIENTS_FILE are removed.
     """
-    run = _Run(spec, message, env, log)
+    run = _Run(spec, message, env, log, size_limit)
     verdict: Verdict | None = None
     try:
         with trio.move_on_after(spec.timeout) as deadline:
@@ -333,6 +452,8 @@ async def run_filter(
                 verdict = _local_error(run.failure or "filter I/O failed")
             except* OSError as group:  # Spool.create, spawning /bin/sh, the final flush
                 verdict = _local_error(f"couldn't run: {group.exceptions[0]}")
+            except* ValueError as group:  # exec refused the environment or the command
+                verdict = _local_error(f"couldn't run: {group.exceptions[0]}")
         if verdict is None and deadline.cancelled_caught:
             verdict = _local_error(f"timed out after {spec.timeout:g}s")
         if verdict is None:
@@ -341,6 +462,15 @@ async def run_filter(
     finally:
         if run.output is not None and (verdict is None or verdict.message is not run.output):
             run.output.close()
+        if run.recipients_file is not None:
+            try:
+                os.unlink(run.recipients_file)
+            except OSError as exc:
+                run.log.warning("couldn't remove %s: %s", run.recipients_file, exc)
+
+
+# sh's exit codes for "found but not executable" and "not found".
+_SHELL_CANNOT_RUN = {126: "not executable", 127: "not found"}
 
 
 def _judge(run: _Run, message: Spool) -> Verdict:
@@ -350,14 +480,24 @@ def _judge(run: _Run, message: Spool) -> Verdict:
     run.log.debug("filter command pid %d exited with %d", run.process.pid, code)
     if code < 0:
         return _local_error(f"killed by signal {-code}")
+    if code in _SHELL_CANNOT_RUN:
+        stderr = run.stderr.text()
+        return _local_error(
+            f"exit {code}: command {_SHELL_CANNOT_RUN[code]}" + (f": {stderr}" if stderr else "")
+        )
     if code == 0:
-        if run.output is not None:
-            return Verdict(VerdictKind.ACCEPT, None, run.output, "FILTERED", "exit 0")
-        try:
-            message.refresh_size()
-        except OSError as exc:
-            return _local_error(f"couldn't reopen {message.path}: {exc}")
-        return Verdict(VerdictKind.ACCEPT, None, message, "FILTERED", "exit 0")
+        output = run.output
+        if output is None:  # file mode: the spool itself, perhaps edited or replaced
+            try:
+                message.refresh_size()
+            except OSError as exc:
+                return _local_error(f"couldn't reopen {message.path}: {exc}")
+            output = message
+            if run.size_limit is not None and message.size > run.size_limit:
+                return _local_error(run.too_big(message.size))
+        if output.size == 0 and run.input_size > 0:
+            return _local_error(f"exit 0 but no output for a message of {run.input_size} bytes")
+        return Verdict(VerdictKind.ACCEPT, None, output, "FILTERED", "exit 0")
     reply = reply_from_text(run.stderr.text())
     kind = VerdictKind.DROP if 200 <= reply.code < 300 else VerdictKind.REJECT
     return Verdict(kind, reply, None, _status_text(reply), f"exit {code}")

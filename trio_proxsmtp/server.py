@@ -34,6 +34,7 @@ import os
 import resource
 import socket
 import stat
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -41,14 +42,21 @@ import attrs
 import trio
 
 from trio_proxsmtp import notify
-from trio_proxsmtp.address import AddressKind, format_host, resolve_tcp
+from trio_proxsmtp.address import Address, AddressKind, format_host, resolve_tcp
 from trio_proxsmtp.client_info import from_socket_stream
 from trio_proxsmtp.config import Config, TransparentMode
 from trio_proxsmtp.connection import Connection
 from trio_proxsmtp.log import LOGGER_NAME, connection_logger
 from trio_proxsmtp.upstream import IP_TRANSPARENT
 
-__all__ = ["Server", "applicable_reload", "bind_listeners", "serve", "worker_share"]
+__all__ = [
+    "Server",
+    "applicable_reload",
+    "bind_listeners",
+    "is_tls_listener",
+    "serve",
+    "worker_share",
+]
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -61,9 +69,33 @@ FDS_PER_CONNECTION = 8
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
+# The ListenTLS sockets bound by this process (inherited by forked Workers): their clients
+# speak TLS from the first byte (RFC 8314), whatever the address (port 0 in tests).
+_TLS_SOCKETS: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+
+def is_tls_listener(sock: socket.socket) -> bool:
+    """Whether `sock` was bound for ListenTLS by `bind_listeners`."""
+    return sock in _TLS_SOCKETS
+
+
 def bind_listeners(config: Config) -> list[socket.socket]:
-    """Create, bind and listen on the Listen address (before detaching and dropping root)."""
-    address = config.listen
+    """Create, bind and listen on the Listen address, and on the ListenTLS address when
+    set (before detaching and dropping root)."""
+    sockets = _bind(config, config.listen)
+    if config.listen_tls is not None:
+        try:
+            tls = _bind(config, config.listen_tls)
+        except OSError:
+            for sock in sockets:
+                sock.close()
+            raise
+        _TLS_SOCKETS.update(tls)
+        sockets += tls
+    return sockets
+
+
+def _bind(config: Config, address: Address) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     try:
         if address.kind is AddressKind.UNIX:
@@ -141,6 +173,15 @@ def applicable_reload(
             f"Listen changed from {running.listen} to {new.listen}: a restart is needed to apply it"
         )
         new = attrs.evolve(new, listen=running.listen)
+    if new.listen_tls != running.listen_tls:
+        problems.append(
+            f"ListenTLS changed from {running.listen_tls} to {new.listen_tls}: "
+            "a restart is needed to apply it"
+        )
+        new = attrs.evolve(new, listen_tls=running.listen_tls)
+    if running.listen_tls is not None and new.tls_context is None:
+        problems.append("ListenTLS needs TLSCertificate and TLSKey")
+        return None, problems
     if new.workers != workers:
         problems.append(
             f"Workers changed from {workers} to {new.workers}: a restart is needed to apply it"
@@ -215,12 +256,16 @@ class Server:
         self, sockets: list[socket.socket], task_status: trio.TaskStatus[list[Any]]
     ) -> None:
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+        tls = [is_tls_listener(s) for s in sockets]
         async with trio.open_nursery() as connections:
             with self._accepting:
                 async with trio.open_nursery() as accepting:
-                    for listener in listeners:
-                        accepting.start_soon(self._accept_loop, listener, connections)
-                    names = [_listener_name(listener) for listener in listeners]
+                    for listener, implicit_tls in zip(listeners, tls, strict=True):
+                        accepting.start_soon(self._accept_loop, listener, connections, implicit_tls)
+                    names = [
+                        _listener_name(listener) + (" (TLS)" if implicit_tls else "")
+                        for listener, implicit_tls in zip(listeners, tls, strict=True)
+                    ]
                     log.info("listening on %s", ", ".join(names))
                     notify.ready(f"listening on {', '.join(names)}")
                     task_status.started(names)
@@ -279,7 +324,9 @@ class Server:
         log.info("SIGHUP: reloaded %s", config.path)
         return True
 
-    async def _accept_loop(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
+    async def _accept_loop(
+        self, listener: trio.SocketListener, connections: trio.Nursery, implicit_tls: bool = False
+    ) -> None:
         while True:
             try:
                 stream = await listener.accept()
@@ -296,7 +343,11 @@ class Server:
                 connections.start_soon(self._refuse, stream, conn_id, limit)
                 continue
             # Who the client is, decided once here (a PROXY header would fill it instead).
-            connection = Connection(config, stream, from_socket_stream(stream), conn_id)
+            # ListenTLS: the handshake is the connection's first step (under TimeOut).
+            context = config.tls_context if implicit_tls else None
+            connection = Connection(
+                config, stream, from_socket_stream(stream), conn_id, implicit_tls=context
+            )
             self.connections.add(connection)
             connections.start_soon(self._run_connection, connection)
 

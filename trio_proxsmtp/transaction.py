@@ -20,9 +20,17 @@ from trio_proxsmtp.filter import FilterSpec, VerdictKind, filter_environment, ru
 from trio_proxsmtp.header import HeaderInserter, expand_header
 from trio_proxsmtp.message_edit import EditedMessage, Envelope, Recipient, bare_address
 from trio_proxsmtp.milter import Milters
+from trio_proxsmtp.protocol.bdat import BdatSender
 from trio_proxsmtp.protocol.data import DataSender
 from trio_proxsmtp.protocol.replies import LOCAL_ERROR, Reply, reply_from_text
-from trio_proxsmtp.protocol.session import Action, ChangedEnvelope, Outcome, Session
+from trio_proxsmtp.protocol.session import (
+    Action,
+    ChangedEnvelope,
+    Outcome,
+    ReceiveChunk,
+    SendMessage,
+    Session,
+)
 from trio_proxsmtp.spool import Spool
 from trio_proxsmtp.upstream import Outgoing, Upstream
 
@@ -52,6 +60,8 @@ class Transaction:
         self.spool: Spool | None = None
         self.output: Spool | None = None  # the filter's rewritten message, if any
         self.edited: EditedMessage | None = None  # the milters' edits, over one of those
+        self.chunked = 0  # BDAT: message bytes received so far (past the limit too)
+        self.chunk_error: str | None = None  # BDAT: the spool failed; reported at LAST
 
     def close(self) -> None:
         """Remove the spool files (idempotent)."""
@@ -60,6 +70,7 @@ class Transaction:
                 spool.close()
         self.output = self.spool = None
         self.edited = None
+        self.chunked, self.chunk_error = 0, None
 
     def left(self) -> None:
         """The client left in the middle of the message: end the connection now."""
@@ -110,6 +121,47 @@ class Transaction:
             return self.session.message_failed(LOCAL_ERROR, error)
         self.log.debug("received %d message bytes", size)
         return self.session.message_received(size)
+
+    async def receive_chunk(self, action: ReceiveChunk) -> list[Action]:
+        """Spool one BDAT chunk (RFC 3030), byte for byte: BDAT has no stuffing and no
+        terminator.  Past the size limit the chunks are still read, not stored (552 at
+        LAST, as for DATA); a spool error is reported at LAST too."""
+        if self.spool is None and self.chunk_error is None:
+            try:
+                named = self.config.filter_type is FilterType.FILE
+                self.spool = Spool.create(self.config.temp_directory, named=named)
+                if not self.spool.in_memory:
+                    self.log.debug("created cache file: %s", self.spool.path)
+            except OSError as exc:
+                self.chunk_error = f"couldn't open cache file: {exc}"
+                self.log.error("%s", self.chunk_error)
+        limit = self.session.size_limit
+
+        async def spool(data: bytes) -> None:
+            self.chunked += len(data)
+            if limit is not None and self.chunked > limit:
+                return
+            if self.spool is not None and self.chunk_error is None:
+                try:
+                    self.spool.write(data)
+                except OSError as exc:
+                    self.chunk_error = f"couldn't write cache file: {exc}"
+                    self.log.error("%s", self.chunk_error)
+
+        async with self.upstream.keepalives():
+            await self.client.read_chunk(action, spool)
+        if not action.last:
+            return self.session.chunk_received(action.size, False, self.chunked)
+        if self.chunk_error is None and self.spool is not None:
+            try:
+                self.spool.finish()
+            except OSError as exc:
+                self.chunk_error = f"couldn't write cache file: {exc}"
+                self.log.error("%s", self.chunk_error)
+        if self.chunk_error is not None:
+            return self.session.message_failed(LOCAL_ERROR, self.chunk_error)
+        self.log.debug("received %d message bytes in BDAT chunks", self.chunked)
+        return self.session.chunk_received(action.size, True, self.chunked)
 
     async def stream(self, action: Action) -> Reply:
         """Skip mode: the client's message goes straight upstream, unfiltered, and the
@@ -199,12 +251,14 @@ class Transaction:
 
     # -- the replay ---------------------------------------------------------------------
 
-    async def replay(self) -> Reply:
+    async def replay(self, action: SendMessage) -> Reply:
         """Replay the spool: header inserted, dot-stuffed, CRLF-clean, then the final "."
         and the upstream's reply to it."""
         spooled = self.output or self.spool
         assert spooled is not None
         message: Spool | EditedMessage = self.edited or spooled
+        if action.bdat:
+            return await self._replay_bdat(message)
         sender = DataSender()
         inserter = self._header_inserter()
         sent = 0
@@ -224,6 +278,34 @@ class Transaction:
                 raise ClientGone("closed the connection before its message was answered")
         return await self.upstream.command(Outgoing(data, f". ({sent + len(data)} bytes sent)"))
 
+    async def _replay_bdat(self, message: Spool | EditedMessage) -> Reply:
+        """The message as BDAT chunks (RFC 3030): no stuffing; each chunk but the LAST is
+        answered before the next goes; the first refusal ends the message."""
+        sender = BdatSender()
+        inserter = self._header_inserter()
+        sent = 0
+        pending: list[bytes] = []  # frames held back, so the LAST one is checked before
+        watching = self.client.info.socket is None
+        async with self.client.watch(self.left) if watching else contextlib.nullcontext():
+            for chunk in message.chunks():
+                for frame in pending:
+                    reply = await self.upstream.command(Outgoing(frame, frame_trace(frame)))
+                    sent += len(frame)
+                    if not reply.is_positive:
+                        return reply
+                pending = sender.feed(inserter.feed(chunk) if inserter is not None else chunk)
+            tail = inserter.finish() if inserter is not None else b""
+            for frame in [*pending, *sender.feed(tail)]:
+                reply = await self.upstream.command(Outgoing(frame, frame_trace(frame)))
+                sent += len(frame)
+                if not reply.is_positive:
+                    return reply
+            last = sender.finish()
+            # The LAST chunk commits the message: not if its client has left meanwhile.
+            if self.client.has_left():
+                raise ClientGone("closed the connection before its message was answered")
+        return await self.upstream.command(Outgoing(last, frame_trace(last)))
+
     def _header_inserter(self) -> HeaderInserter | None:
         if not self.config.header:
             return None
@@ -236,3 +318,8 @@ class Transaction:
         for warning in warnings:
             self.log.warning("%s", warning)
         return HeaderInserter(header) if header else None
+
+
+def frame_trace(frame: bytes) -> str:
+    """What the protocol trace shows for a BDAT frame: its command line, not the bytes."""
+    return frame[: frame.index(b"\r\n")].decode("ascii")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
@@ -22,7 +23,7 @@ import trio
 
 from trio_proxsmtp.address import AddressKind, format_host
 from trio_proxsmtp.client_info import ClientInfo, NoOriginalDestination
-from trio_proxsmtp.config import Config, TransparentMode
+from trio_proxsmtp.config import Config, OutTLSMode, TransparentMode
 from trio_proxsmtp.nursery import single_error
 from trio_proxsmtp.protocol.replies import Reply, ReplyParser
 from trio_proxsmtp.trace import show
@@ -36,9 +37,10 @@ IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 class UpstreamFailure(Exception):
     """The upstream could not be reached, went away, timed out or broke the protocol."""
 
-    def __init__(self, message: str, reason: str) -> None:
+    def __init__(self, message: str, reason: str, status: str = "4.4.1") -> None:
         super().__init__(message)
         self.reason = reason  # the short form the client sees in its 421
+        self.status = status  # the enhanced status code of that 421 (4.7.0 for TLS)
 
 
 @attrs.frozen
@@ -74,6 +76,7 @@ class Upstream:
         self.address = ""  # SERVER in the filter's environment
         self.replies = ReplyParser()
         self.activity = trio.current_time()  # the last byte sent or received
+        self.tls = False  # the upstream stream is TLS (OutTLS: implicit, or after STARTTLS)
 
     # -- the one place where commands go up and replies come back -----------------------
 
@@ -175,6 +178,69 @@ class Upstream:
             )
         self.log.debug("SERVER connected to: %s", self.address)
         self.activity = trio.current_time()
+        if self.config.out_tls is OutTLSMode.IMPLICIT:
+            await self.start_tls()  # RFC 8314: before the banner
+
+    # -- TLS ----------------------------------------------------------------------------
+
+    def server_hostname(self) -> str | None:
+        """The name checked in the next server's certificate (and sent as SNI when it is
+        a name): OutTLSServerName, else the OutAddress host, else the address we reached
+        (the client's own or original destination; None for a Unix socket)."""
+        name = self.config.upstream_tls_hostname
+        if name is not None:
+            return name
+        address = self.config.out_address
+        if address is not None and address.kind is AddressKind.UNIX:
+            return None
+        return self.address or None
+
+    async def start_tls(self) -> None:
+        """The TLS handshake with the next server over the current stream (implicit TLS, or
+        after its 220 to our STARTTLS), under TimeOut.  Never falls back to plain text: a
+        failure is an `UpstreamFailure` whose log line says why (certificate verification,
+        timeout, a closed connection), and the client gets 421 4.7.0."""
+        assert self.stream is not None
+        context = self.config.out_tls_context
+        assert context is not None, "OutTLS is on, so the config loader built its context"
+        name = self.server_hostname()
+        if self.replies.buffered_size:
+            # Bytes after the 220 and before the handshake: an injection attempt.
+            raise UpstreamFailure(
+                "SERVER: sent data after its reply to STARTTLS", "TLS failure", "4.7.0"
+            )
+        stream = trio.SSLStream(self.stream, context, server_hostname=name, https_compatible=True)
+        with trio.move_on_after(self.config.timeout) as scope:
+            try:
+                await stream.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                cause = exc.__cause__
+                if isinstance(cause, ssl.SSLCertVerificationError):
+                    why = f"certificate verification failed: {cause.verify_message}"
+                elif cause is not None:
+                    why = str(cause) or type(cause).__name__
+                else:
+                    why = "connection closed"
+                raise UpstreamFailure(
+                    f"SERVER: TLS handshake failed with {name or self.address}: {why}",
+                    "TLS handshake failed",
+                    "4.7.0",
+                ) from exc
+        if scope.cancelled_caught:
+            raise UpstreamFailure(
+                "network operation timed out: upstream TLS handshake",
+                "TLS handshake timed out",
+                "4.7.0",
+            )
+        self.stream = stream
+        self.tls = True
+        self.activity = trio.current_time()
+        self.log.info(
+            "SERVER TLS established: %s, %s (%s)",
+            stream.version(),
+            stream.cipher()[0],
+            "verified" if context.verify_mode == ssl.CERT_REQUIRED else "not verified",
+        )
 
     def _name(self) -> str:
         if self.info.original_destination is not None:

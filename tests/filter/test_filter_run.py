@@ -162,9 +162,20 @@ async def test_t24_replacement_without_reading_stdin(spool_dir: Path) -> None:
     assert delivered == b"Subject: replaced\r\n\r\nnew body\r\n"
 
 
-async def test_t25_empty_output_is_an_empty_message(spool_dir: Path) -> None:
+async def test_t25_empty_output_for_a_message_is_a_local_error(spool_dir: Path) -> None:
+    # 1.10 delivered an empty message; it is almost always a broken filter (issue 16, 8).
     with trio.fail_after(10):
         verdict, delivered = await run(spool_dir, "cat >/dev/null; exit 0")
+    assert verdict.kind is VerdictKind.ERROR
+    assert verdict.reply == Reply.single(451, "Local Error")
+    assert verdict.status == "FILTER-ERROR"
+    assert verdict.detail == f"exit 0 but no output for a message of {len(MESSAGE)} bytes"
+    assert delivered is None
+
+
+async def test_empty_message_through_cat_stays_empty(spool_dir: Path) -> None:
+    with trio.fail_after(10):
+        verdict, delivered = await run(spool_dir, "cat", data=b"")
     assert verdict.kind is VerdictKind.ACCEPT
     assert delivered == b""
 
@@ -367,11 +378,12 @@ async def test_missing_command_falls_back_to_sh_exit_127(
     with trio.fail_after(10):
         verdict, _ = await run(spool_dir, "no-such-filter-command-xyz --opt")
     assert spawned[-1] == ["/bin/sh", "-c", "no-such-filter-command-xyz --opt"]
-    assert verdict.kind is VerdictKind.REJECT and verdict.detail == "exit 127"
-    assert verdict.reply is not None
-    assert verdict.reply.code == 550
-    assert "no-such-filter-command-xyz" in verdict.reply.lines[0]
-    assert "not found" in verdict.reply.lines[0]
+    # A temporary failure with a generic reply, never a 5xx that bounces all mail; sh's
+    # message is for the log only (issue 13).
+    assert verdict.kind is VerdictKind.ERROR
+    assert verdict.reply == Reply.single(451, "Local Error")
+    assert verdict.detail.startswith("exit 127: command not found: ")
+    assert "no-such-filter-command-xyz" in verdict.detail
 
 
 async def test_script_without_shebang_runs_through_sh(spool_dir: Path, tmp_path: Path) -> None:

@@ -25,6 +25,10 @@ The documented list:
 - The chunk of a refused BDAT is skipped, never run as commands (1.10 runs it).
 - Bare CR/LF inside a message become CRLF (1.10 passes them through).
 - A command line that is too long gets "500 5.5.2 Line too long" (1.10: no enhanced code).
+- A filter that exits 0 with no output for a non-empty message gets "451 Local Error"
+  (1.10 delivered an empty message).
+- A filter the shell cannot run (exit 126/127) gets "451 Local Error" (1.10: a 550 with
+  sh's message, bouncing every message and showing the path to senders).
 """
 
 from __future__ import annotations
@@ -341,3 +345,22 @@ async def test_line_too_long_has_an_enhanced_code(tmp_path: Path) -> None:
     # Neither forwards any part of it.
     assert b"xxxx" not in theirs.upstream[0]
     assert b"xxxx" not in ours.upstream[0]
+
+
+async def test_empty_filter_output_is_a_filter_error(tmp_path: Path) -> None:
+    config = "FilterCommand: cat >/dev/null; exit 0"
+    theirs, ours = await both(tmp_path, config, (EHLO, *transaction(), QUIT))
+    assert theirs.replies[-2:] == (QUEUED, b"221 2.0.0 Bye\r\n")
+    assert b"DATA\r\n.\r\n" in theirs.upstream[0]
+    assert ours.replies[-2:] == (LOCAL_ERROR, b"221 2.0.0 Bye\r\n")
+    assert not ours.upstream or b"DATA" not in ours.upstream[0]
+
+
+async def test_filter_not_found_is_a_temporary_failure(tmp_path: Path) -> None:
+    # Shell syntax, so our start-up check only warns (a plain missing program is refused at
+    # start); the shell then exits 127 for both proxies.
+    config = 'FilterCommand: {tmp}/nonexistent-filter "$SENDER"'
+    theirs, ours = await both(tmp_path, config, (EHLO, *transaction(), QUIT))
+    assert theirs.replies[-2].startswith(b"550 Content Rejected; ")
+    assert b"nonexistent-filter" in theirs.replies[-2]
+    assert ours.replies[-2:] == (LOCAL_ERROR, b"221 2.0.0 Bye\r\n")

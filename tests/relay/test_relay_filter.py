@@ -177,14 +177,15 @@ async def test_t24_replacement_without_reading_stdin() -> None:
             assert up.transactions[0].message == b"Subject: replaced\r\n\r\nnew body\r\n"
 
 
-async def test_t25_empty_output_delivers_empty_message() -> None:
+async def test_t25_empty_output_is_a_filter_error() -> None:
+    # 1.10 delivered an empty message; now 451 (issue 16; tests/hostile has the details).
     with trio.fail_after(20):
         async with (
             proxied("FilterCommand: cat >/dev/null; exit 0") as (up, proxy),
             proxy.connect() as client,
         ):
-            assert await standard(client) == [250, 250, 354, 250]
-            assert up.transactions[0].data == b""
+            assert await standard(client) == [250, 250, 354, 451]
+            assert up.transactions == []
 
 
 async def test_b7_output_without_final_newline() -> None:
@@ -437,7 +438,7 @@ def test_filter_processes_finds_only_marked(tmp_path: Path) -> None:
 
 async def test_filter_log_lines_carry_the_connection_id(caplog: pytest.LogCaptureFixture) -> None:
     with trio.fail_after(10):
-        async with proxied("FilterCommand: exit 0") as (_up, proxy), proxy.connect() as client:
+        async with proxied("FilterCommand: cat") as (_up, proxy), proxy.connect() as client:
             assert (await standard(client))[-1] == 250
     filter_lines = [r.getMessage() for r in caplog.records if "filter command" in r.getMessage()]
     assert filter_lines  # started, exited

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -264,3 +265,16 @@ def test_running_as_root_warns(
     assert cli.main(["-d", "1", "-f", path]) == 0
     warned = "]: running as root is NOT recommended" in capsys.readouterr().err
     assert warned is (os.geteuid() == 0)
+
+
+def test_a_failed_start_leaves_the_signal_mask_as_it_was(
+    tmp_path: Path, fake: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Start-up blocks SIGTERM/SIGINT/SIGHUP until serve() listens for them; a start-up
+    # error must unblock them again, or every process started later by the same process
+    # (a test run's subprocesses) inherits SIGTERM blocked and never stops on it.
+    fake.bind_error = OSError(errno.EADDRINUSE, "Address already in use")
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert cli.main(["-d", "0", "-f", write_conf(tmp_path)]) == 1
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
+    assert "couldn't bind" in capsys.readouterr().err

@@ -20,6 +20,7 @@ __all__ = [
     "Log",
     "Outcome",
     "Purpose",
+    "ReceiveChunk",
     "ReceiveMessage",
     "RunFilter",
     "RunMilters",
@@ -28,6 +29,7 @@ __all__ = [
     "SendUpstream",
     "SkipBytes",
     "StartTLS",
+    "StartUpstreamTLS",
     "Summary",
 ]
 
@@ -43,6 +45,8 @@ class Purpose(enum.Enum):
     DATA = "data"  # our DATA before replaying a spooled message
     SKIP_DATA = "skip-data"  # the client's DATA passed through (Skip: authenticated)
     REPLAY_ENVELOPE = "replay-envelope"  # RSET/MAIL/RCPT of an envelope a milter changed
+    UPSTREAM_EHLO = "upstream-ehlo"  # OutTLS may/encrypt: our EHLO before STARTTLS
+    UPSTREAM_STARTTLS = "upstream-starttls"  # OutTLS may/encrypt: our STARTTLS
 
 
 class Outcome(enum.Enum):
@@ -118,7 +122,22 @@ class RunMilters:
 @attrs.frozen
 class SendMessage:
     """Replay the spooled (filtered) message upstream with its header, dot-stuffed, and the
-    final ".", read one reply and give it to `Session.reply`."""
+    final ".", read one reply and give it to `Session.reply`.
+
+    bdat=True (a message that came by BDAT, to a next server offering CHUNKING): as BDAT
+    chunks instead, no DATA before them; the reply given is the LAST chunk's, or the first
+    chunk reply that is not positive."""
+
+    bdat: bool = False
+
+
+@attrs.frozen
+class ReceiveChunk:
+    """Read the `size` bytes of a BDAT chunk into the spool (RFC 3030; Chunking: on), then
+    call `Session.chunk_received`; `last`: the LAST chunk, the message is complete."""
+
+    size: int
+    last: bool
 
 
 @attrs.frozen
@@ -153,10 +172,20 @@ class StartTLS:
     `Session.tls_started` (RFC 3207: the client starts over with EHLO)."""
 
 
+@attrs.frozen
+class StartUpstreamTLS:
+    """The next server said 220 to our STARTTLS: do the TLS handshake with it, then call
+    `Session.upstream_tls_started(command)` (`command`: the client's HELO/EHLO waiting)."""
+
+    command: Command
+
+
 Action = (
     SendUpstream
     | SendClient
     | ReceiveMessage
+    | ReceiveChunk
+    | StartUpstreamTLS
     | RunFilter
     | AskMilters
     | AbortMilters

@@ -14,7 +14,18 @@ import re
 
 import attrs
 
-__all__ = ["Command", "Verb", "parse_command", "xforward_value", "xtext_decode", "xtext_encode"]
+from trio_proxsmtp.protocol.replies import Reply
+
+__all__ = [
+    "BAD_CHARACTER",
+    "Command",
+    "Verb",
+    "check_command_line",
+    "parse_command",
+    "xforward_value",
+    "xtext_decode",
+    "xtext_encode",
+]
 
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"
@@ -52,6 +63,35 @@ class Command:
     address: str | None = None
     params: tuple[str, ...] = ()
     attributes: tuple[tuple[str, str], ...] = ()
+
+
+# The answer to a command line check_command_line refuses; it is never forwarded.
+BAD_CHARACTER = Reply.single(500, "5.5.2 Error: bad character in command")
+
+# C0 controls but TAB, and DEL. Bytes 0x80-0xFF pass: SMTPUTF8 addresses are UTF-8, and
+# 1.10 passed any 8-bit byte on.
+_FORBIDDEN = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_NAMES = {0x00: "NUL", 0x0D: "bare CR", 0x7F: "DEL"}
+
+
+def check_command_line(line: bytes) -> str | None:
+    """Why a client command line must be refused (with BAD_CHARACTER), or None if it may go on.
+
+    ``line`` is one line as LineBuffer returns it, with its terminator (CRLF, or a bare
+    LF, which is accepted as 1.10 did). Refused: NUL, a CR anywhere but before the final
+    LF (an upstream that splits lines at a bare CR would answer twice and the replies would
+    drift out of step), and every other control character but TAB. A line without an LF
+    (the peer's last, unterminated bytes) is checked the same way.
+    """
+    body = line
+    if body.endswith(b"\n"):
+        body = body[:-2] if body.endswith(b"\r\n") else body[:-1]
+    match = _FORBIDDEN.search(body)
+    if match is None:
+        return None
+    byte = body[match.start()]
+    name = _NAMES.get(byte, f"control character 0x{byte:02X}")
+    return f"{name} at byte {match.start()}"
 
 
 def parse_command(line: bytes) -> Command:

@@ -90,6 +90,15 @@ class LineBuffer:
             self._start = self._scan = 0
         return result
 
+    def peek_line(self) -> bytes | None:
+        """The next complete line if one is buffered and within the limit, not taken."""
+        if self._too_long is not None or self._discarding is not None:
+            return None
+        end = self._buf.find(b"\n", self._scan)
+        if end < 0 or end + 1 - self._start > self._max_line:
+            return None
+        return bytes(self._buf[self._start : end + 1])
+
     def take_remaining(self) -> bytes:
         """Hand the unconsumed bytes to another reader (e.g. the DATA receiver)."""
         rest = bytes(self._buf[self._start :])

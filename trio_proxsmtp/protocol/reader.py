@@ -7,6 +7,8 @@ are cut is the reader's mode, set from the session's actions by `ClientReader.fo
 - MESSAGE: a DATA body up to <CRLF>.<CRLF>, un-stuffed (`Body` events, the last one
   `done`); what follows the terminator stays buffered as the next commands;
 - SKIP: the chunk of a BDAT we refused, discarded, never read as commands (`Skipped`);
+- CHUNK: the chunk of a BDAT we take (Chunking: on), exactly its announced size, byte for
+  byte (`Chunk` events, the last one `done`); what follows it stays buffered;
 - the TLS boundary: what the client sent after STARTTLS, before the handshake, is
   dropped (`TlsBoundary`), so plain text can never be injected into the TLS session.
 
@@ -20,13 +22,21 @@ import enum
 
 import attrs
 
-from trio_proxsmtp.protocol.actions import Action, ReceiveMessage, SkipBytes, StartTLS
+from trio_proxsmtp.protocol.actions import (
+    Action,
+    ReceiveChunk,
+    ReceiveMessage,
+    SkipBytes,
+    StartTLS,
+)
+from trio_proxsmtp.protocol.bdat import ChunkReader
 from trio_proxsmtp.protocol.data import DataReceiver
 from trio_proxsmtp.protocol.errors import LocalProtocolError
 from trio_proxsmtp.protocol.lines import CLIENT_LINE_LIMIT, LineBuffer, LineTooLong
 
 __all__ = [
     "Body",
+    "Chunk",
     "ClientEvent",
     "ClientReader",
     "Line",
@@ -42,6 +52,7 @@ class Mode(enum.Enum):
     COMMAND = "command"
     MESSAGE = "message"
     SKIP = "skip"
+    CHUNK = "chunk"
 
 
 @attrs.frozen
@@ -54,6 +65,14 @@ class Line:
 @attrs.frozen
 class Body:
     """Message bytes, un-stuffed; `done` on the last piece (the terminator was seen)."""
+
+    data: bytes
+    done: bool
+
+
+@attrs.frozen
+class Chunk:
+    """Bytes of a BDAT chunk, as sent; `done` on the last piece of the chunk."""
 
     data: bytes
     done: bool
@@ -78,7 +97,7 @@ class NeedData:
     """Nothing more can be framed until the client sends more."""
 
 
-ClientEvent = Line | LineTooLong | Body | Skipped | TlsBoundary | NeedData
+ClientEvent = Line | LineTooLong | Body | Chunk | Skipped | TlsBoundary | NeedData
 NEED_DATA = NeedData()
 
 
@@ -91,6 +110,7 @@ class ClientReader:
         self._receiver: DataReceiver | None = None
         self._skip = 0
         self._skip_total = 0
+        self._chunk: ChunkReader | None = None
         # MESSAGE mode: bytes fed while the line buffer is empty skip it (no copy per chunk).
         self._body = b""
 
@@ -129,6 +149,8 @@ class ClientReader:
             self.begin_message()
         elif isinstance(action, SkipBytes):
             self.begin_skip(action.count)
+        elif isinstance(action, ReceiveChunk):
+            self.begin_chunk(action.size)
         elif isinstance(action, StartTLS):
             return TlsBoundary(self.discard_buffered())
         return None
@@ -143,8 +165,38 @@ class ClientReader:
         self._mode = Mode.SKIP
         self._skip = self._skip_total = max(count, 0)
 
+    def begin_chunk(self, size: int) -> None:
+        self._expect(Mode.COMMAND)
+        self._mode = Mode.CHUNK
+        self._chunk = ChunkReader(size)
+
+    def _next_chunk(self) -> Chunk | NeedData:
+        chunk = self._chunk
+        assert chunk is not None
+        if chunk.done:  # a zero-size chunk
+            self._mode, self._chunk = Mode.COMMAND, None
+            return Chunk(b"", True)
+        data = self._lines.take_remaining()
+        if not data:
+            return NEED_DATA
+        piece = chunk.feed(data)
+        if chunk.remaining:
+            return Chunk(piece, False)
+        self._lines.feed(chunk.take_remaining())
+        self._mode, self._chunk = Mode.COMMAND, None
+        return Chunk(piece, True)
+
+    def peek_line(self) -> bytes | None:
+        """The next complete command line buffered, without taking it (None: none, or
+        not in COMMAND mode, or an over-long line comes first)."""
+        if self._mode is not Mode.COMMAND:
+            return None
+        return self._lines.peek_line()
+
     def next_event(self) -> ClientEvent:
         """The next framed piece in the current mode, or NEED_DATA."""
+        if self._mode is Mode.CHUNK:
+            return self._next_chunk()
         if self._mode is Mode.COMMAND:
             line = self._lines.next_line()
             if line is None:

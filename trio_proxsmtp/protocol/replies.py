@@ -106,6 +106,12 @@ class ReplyParser:
     def feed(self, data: bytes) -> None:
         self._lines.feed(data)
 
+    @property
+    def buffered_size(self) -> int:
+        """Bytes received and not yet part of a returned reply (a TLS boundary must see
+        none: what follows a 220 to STARTTLS is the handshake, never more replies)."""
+        return self._lines.buffered_size + sum(len(text) for text in self._texts)
+
     def next_reply(self) -> Reply | None:
         """The next complete reply, or None when more data is needed."""
         if self._error is not None:

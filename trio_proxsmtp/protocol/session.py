@@ -36,6 +36,7 @@ from trio_proxsmtp.protocol.actions import (
     Log,
     Outcome,
     Purpose,
+    ReceiveChunk,
     ReceiveMessage,
     RunFilter,
     RunMilters,
@@ -44,8 +45,11 @@ from trio_proxsmtp.protocol.actions import (
     SendUpstream,
     SkipBytes,
     StartTLS,
+    StartUpstreamTLS,
     Summary,
 )
+from trio_proxsmtp.protocol.bdat import SYNTAX_REPLY as BDAT_SYNTAX
+from trio_proxsmtp.protocol.bdat import BdatSyntaxError, parse_bdat
 from trio_proxsmtp.protocol.commands import (
     Command,
     Verb,
@@ -76,6 +80,7 @@ __all__ = [
     "Log",
     "Outcome",
     "Purpose",
+    "ReceiveChunk",
     "ReceiveMessage",
     "RunFilter",
     "RunMilters",
@@ -86,6 +91,7 @@ __all__ = [
     "SessionPolicy",
     "SkipBytes",
     "StartTLS",
+    "StartUpstreamTLS",
     "State",
     "Summary",
 ]
@@ -104,6 +110,17 @@ TLS_NO_PARAMETERS = Reply.single(501, "5.5.4 Syntax: STARTTLS")
 TLS_IN_TRANSACTION = Reply.single(503, "5.5.1 Error: MAIL transaction in progress")
 # A milter's DISCARD: the client is told the message was taken, as Postfix does.
 MILTER_DISCARDED = Reply.single(250, "2.0.0 Ok")
+# OutTLS (docs/behaviour.md §11): no mail goes to the next server in plain text under encrypt.
+UPSTREAM_TLS_UNAVAILABLE = Reply.single(
+    421, "4.7.0 smtp.passthru Error: TLS to the next server unavailable"
+)
+NEED_HELO = Reply.single(503, "5.5.1 Error: send HELO/EHLO first")
+AUTH_NEEDS_ENCRYPTION = Reply.single(
+    538, "5.7.11 Encryption required for requested authentication mechanism"
+)
+# CHUNKING (RFC 3030) from the client, Chunking: on.
+BDAT_IN_PROGRESS = Reply.single(503, "5.5.1 Error: BDAT transfer in progress (RSET to abandon)")
+NOOP_OK = Reply.single(250, "2.0.0 Ok")
 
 
 class State(enum.Enum):
@@ -112,6 +129,7 @@ class State(enum.Enum):
     MAIL = "mail"  # ready for a transaction
     RCPT = "rcpt"  # sender accepted; recipients may follow
     DATA = "data"  # the client is sending its message
+    CHUNKS = "chunks"  # BDAT chunks came, the LAST not yet: commands between chunks
     FILTERING = "filtering"  # the message is spooled; the filter runs
     MILTERING = "miltering"  # the milters have the (filtered) message
     REPLAY = "replay"  # our DATA, the message and its final reply, upstream
@@ -121,19 +139,23 @@ class State(enum.Enum):
 # States in which a client command line may arrive.
 _COMMAND_STATES = frozenset({State.HELO, State.MAIL, State.RCPT})
 # States in which a message is on its way.
-_MESSAGE_STATES = frozenset({State.DATA, State.FILTERING, State.MILTERING, State.REPLAY})
+_MESSAGE_STATES = frozenset(
+    {State.DATA, State.CHUNKS, State.FILTERING, State.MILTERING, State.REPLAY}
+)
 
 # Where each input of the relay is legal; anything else is our bug (LocalProtocolError).
 _LEGAL: dict[str, frozenset[State]] = {
     "greeting": frozenset({State.GREETING}),
-    "line_too_long": _COMMAND_STATES,
-    "command": _COMMAND_STATES,
+    "line_too_long": _COMMAND_STATES | {State.CHUNKS},
+    "command": _COMMAND_STATES | {State.CHUNKS},
     "message_received": frozenset({State.DATA}),
-    "message_failed": frozenset({State.DATA}),
+    "message_failed": frozenset({State.DATA, State.CHUNKS}),
+    "chunk_received": frozenset({State.CHUNKS}),
     "filter_done": frozenset({State.FILTERING}),
     "tls_started": _COMMAND_STATES,
     "milters_decided": _COMMAND_STATES,
     "milters_done": frozenset({State.MILTERING}),
+    "upstream_tls_started": _COMMAND_STATES,
 }
 # The client commands the milters are asked about before they go any further.
 _MILTER_VERBS = frozenset({Verb.HELO, Verb.EHLO, Verb.MAIL, Verb.RCPT, Verb.DATA})
@@ -184,6 +206,9 @@ class SessionPolicy:
     starttls: bool = False  # a certificate is configured: offer STARTTLS to the client
     milters: bool = False  # Milters are configured: ask them at each stage
     filter_name: str = "filter"  # FilterCommand's program, for the summary's filter=
+    upstream_starttls: bool = False  # OutTLS may/encrypt: STARTTLS to the next server
+    upstream_tls_required: bool = False  # OutTLS encrypt: no plain-text fallback
+    chunking: bool = False  # Chunking: on: advertise CHUNKING and take BDAT
 
 
 @attrs.define
@@ -223,7 +248,11 @@ class Session:
         self._xclient_supported = False
         self._xclient_sent = False
         self.messages = 0  # transactions finished on this connection
-        self.tls = False  # the client connection is TLS (after STARTTLS)
+        self.tls = False  # the client connection is TLS (after STARTTLS, or ListenTLS)
+        self.upstream_tls = False  # the next server's connection is TLS
+        self._upstream_tls_tried = False  # OutTLS may/encrypt: the upgrade was attempted
+        self._plain_ehlo: Reply | None = None  # the next server's EHLO reply before TLS
+        self._bdat_message = False  # the current message came by BDAT
         # Exchanges sent upstream, oldest first: each upstream reply answers the head.
         self._pending: collections.deque[Action] = collections.deque()
         self._error: LocalProtocolError | None = None  # sticky: set once, refuses all
@@ -295,7 +324,9 @@ class Session:
             return self._reply_to_line(action, reply)
         if isinstance(action, SendMessage):
             self._expect(State.REPLAY)
-            return self._finish_message(reply, self._filter_outcome())
+            # A refused BDAT chunk leaves the next server's transaction open: reset it.
+            rset = action.bdat and not reply.is_positive
+            return self._finish_message(reply, self._filter_outcome(), rset=rset)
         if isinstance(action, ReceiveMessage) and action.stream:
             self._expect(State.DATA)
             return self._finish_message(reply, Outcome.SKIPPED)
@@ -310,6 +341,9 @@ class Session:
     @_input
     def message_received(self, size: int) -> list[Action]:
         """The client's message is spooled (`size` bytes, un-stuffed)."""
+        return self._received(size)
+
+    def _received(self, size: int) -> list[Action]:
         limit = self.size_limit
         if limit is not None and size > limit:
             return self._abandon_message(MESSAGE_TOO_BIG, Outcome.TOO_BIG, f"size {size}")
@@ -320,6 +354,13 @@ class Session:
             self.state = State.MILTERING
             return [RunMilters()]
         self.state = State.REPLAY
+        return self._replay()
+
+    def _replay(self) -> list[Action]:
+        """Send the accepted message: as BDAT when it came by BDAT and the next server
+        offers CHUNKING (no DATA exchange), else DATA, its 354, then the message."""
+        if self._bdat_message and self.extensions.has("CHUNKING"):
+            return [SendMessage(bdat=True)]
         return [SendUpstream(b"DATA\r\n", Purpose.DATA)]
 
     @_input
@@ -337,7 +378,7 @@ class Session:
             return [RunMilters()]
         if accepted:
             self.state = State.REPLAY
-            return [SendUpstream(b"DATA\r\n", Purpose.DATA)]
+            return self._replay()
         if reply is None:
             raise LocalProtocolError("a rejected message needs a reply")
         if self.policy.milters:
@@ -358,6 +399,18 @@ class Session:
 
     def _dispatch(self, command: Command) -> list[Action]:
         verb = command.verb
+        if self.state is State.CHUNKS:
+            return self._between_chunks(command)
+        if verb is Verb.BDAT and self.policy.chunking:
+            return self._bdat(command)
+        if verb in (Verb.EHLO, Verb.HELO) and self._upstream_tls_due():
+            return self._upgrade_upstream(command)
+        if verb is Verb.AUTH and self.tls and not self.upstream_tls:
+            # Credentials the client sent encrypted never cross a plain-text hop.
+            return [
+                Log(logging.WARNING, "refused AUTH: the client used TLS, the next server not"),
+                SendClient(AUTH_NEEDS_ENCRYPTION),
+            ]
         if verb is Verb.STARTTLS and self.policy.starttls:
             return self._starttls(command)
         if verb in (Verb.STARTTLS, Verb.BDAT):
@@ -386,7 +439,141 @@ class Session:
             return [AskMilters(command)]
         if verb is Verb.RSET and self.policy.milters:
             return [AbortMilters(), SendUpstream(command.line, Purpose.COMMAND, command)]
+        if (
+            self.policy.upstream_tls_required
+            and not self.upstream_tls
+            and verb not in (Verb.QUIT, Verb.NOOP, Verb.RSET)
+        ):
+            # OutTLS: encrypt: nothing of the client's goes upstream before TLS is up.
+            return [SendClient(NEED_HELO)]
         return [SendUpstream(command.line, Purpose.COMMAND, command)]
+
+    def pipelinable(self, command: Command) -> bool:
+        """Whether `command` may join a group sent upstream in one write before the replies
+        to the group's earlier commands (RFC 2920): a MAIL or RCPT the session would
+        forward as is, to a next server that offers PIPELINING.  DATA never joins: it is
+        answered by us once the replies to MAIL and RCPT are in (docs/behaviour.md §11)."""
+        if command.verb not in (Verb.MAIL, Verb.RCPT) or self._error is not None:
+            return False
+        if self.policy.milters:
+            return False  # the milters answer each MAIL and RCPT before it goes upstream
+        return (
+            self.extensions.has("PIPELINING")
+            and self.state in (State.MAIL, State.RCPT)
+            and not self._in_auth
+            and not self._xclient_armed()
+            and not self._rejecting()
+            and not (self.policy.upstream_tls_required and not self.upstream_tls)
+            and not (command.verb is Verb.MAIL and self._declared_too_big(command))
+        )
+
+    # -- TLS to the next server (OutTLS may/encrypt) --------------------------------------
+
+    def _upstream_tls_due(self) -> bool:
+        policy = self.policy
+        return policy.upstream_starttls and not self.upstream_tls and not self._upstream_tls_tried
+
+    def _upgrade_upstream(self, command: Command) -> list[Action]:
+        """The client's first HELO/EHLO: first our own EHLO (an EHLO even for a HELO), to
+        learn whether the next server offers STARTTLS (RFC 3207)."""
+        self._upstream_tls_tried = True
+        if command.verb is Verb.EHLO:
+            line = command.line
+        else:
+            name = command.argument.split(None, 1)[0] if command.argument.strip() else ""
+            line = f"EHLO {name or 'smtp.passthru'}\r\n".encode("utf-8", "surrogateescape")
+        return [SendUpstream(line, Purpose.UPSTREAM_EHLO, command)]
+
+    def _after_upstream_ehlo(self, command: Command, reply: Reply) -> list[Action]:
+        self._expect(*_COMMAND_STATES)
+        if reply.is_positive and parse_extensions(reply).has("STARTTLS"):
+            self._plain_ehlo = reply
+            return [SendUpstream(b"STARTTLS\r\n", Purpose.UPSTREAM_STARTTLS, command)]
+        why = "doesn't offer STARTTLS" if reply.is_positive else f"refused EHLO: {reply.text}"
+        return self._no_upstream_tls(command, reply, f"next server {why}")
+
+    def _after_upstream_starttls(self, command: Command, reply: Reply) -> list[Action]:
+        self._expect(*_COMMAND_STATES)
+        if reply.code == 220:
+            return [StartUpstreamTLS(command)]
+        assert self._plain_ehlo is not None
+        plain, self._plain_ehlo = self._plain_ehlo, None
+        return self._no_upstream_tls(command, plain, f"next server refused STARTTLS: {reply.text}")
+
+    def _no_upstream_tls(self, command: Command, ehlo_reply: Reply, why: str) -> list[Action]:
+        """No TLS to the next server: under encrypt the client gets 421 and nothing goes
+        upstream; under may the session goes on in plain text (the EHLO reply we got is
+        the client's, a HELO is sent as the client said it)."""
+        if self.policy.upstream_tls_required:
+            return [
+                Log(logging.ERROR, f"TLS required (OutTLS: encrypt): {why}"),
+                SendClient(UPSTREAM_TLS_UNAVAILABLE),
+                Close(),
+            ]
+        log = Log(logging.INFO, f"plain text to the next server (OutTLS: may): {why}")
+        if command.verb is Verb.EHLO:
+            return [log, *self._after_command_reply(command, ehlo_reply)]
+        return [log, *self._dispatch(command)]
+
+    @_input
+    def upstream_tls_started(self, command: Command) -> list[Action]:
+        """The TLS handshake with the next server is done: the client's HELO/EHLO goes
+        over it, and its reply (the new extensions) is the client's."""
+        self.upstream_tls = True
+        self._plain_ehlo = None
+        self.extensions = Extensions(frozenset(), None)
+        return self._dispatch(command)
+
+    # -- CHUNKING from the client (Chunking: on) -----------------------------------------
+
+    def _bdat(self, command: Command) -> list[Action]:
+        """The first BDAT of a message (RFC 3030): its chunks are spooled like a DATA
+        message; the filter runs at LAST."""
+        try:
+            bdat = parse_bdat(command.argument)
+        except BdatSyntaxError as exc:
+            return self._bdat_syntax_error(str(exc))
+        if self.envelope.sender is None or not self.envelope.recipients:
+            # The chunk is read and dropped, never taken for commands.
+            reply = NEED_MAIL if self.envelope.sender is None else NO_VALID_RECIPIENTS
+            return [SkipBytes(bdat.size), SendClient(reply)]
+        self.state = State.CHUNKS
+        self._bdat_message = True
+        return [ReceiveChunk(bdat.size, bdat.last)]
+
+    def _between_chunks(self, command: Command) -> list[Action]:
+        verb = command.verb
+        if verb is Verb.BDAT:
+            try:
+                bdat = parse_bdat(command.argument)
+            except BdatSyntaxError as exc:
+                return self._bdat_syntax_error(str(exc))
+            return [ReceiveChunk(bdat.size, bdat.last)]
+        if verb is Verb.NOOP:
+            return [SendClient(NOOP_OK)]
+        if verb in (Verb.RSET, Verb.QUIT):
+            # The message is abandoned: nothing went upstream yet; its spool goes with the
+            # reply (the connection closes it once no message is on its way).
+            self._end_transaction(count=False)
+            return self._dispatch(command)
+        return [SendClient(BDAT_IN_PROGRESS)]
+
+    def _bdat_syntax_error(self, detail: str) -> list[Action]:
+        """The chunk's end is unknown: the stream cannot be resynchronised (RFC 3030 §3)."""
+        actions: list[Action] = [Log(logging.WARNING, detail)]
+        if self.in_message:
+            actions.append(self._summary(Outcome.FILTER_ERROR, "BDAT syntax error"))
+            self._end_transaction()
+        return [*actions, SendClient(BDAT_SYNTAX), Close()]
+
+    @_input
+    def chunk_received(self, size: int, last: bool, total: int) -> list[Action]:
+        """A BDAT chunk of `size` bytes is spooled (`total` so far); each chunk but the
+        LAST gets its 250 here; at LAST the message goes on as a DATA message does."""
+        if not last:
+            return [SendClient(Reply.single(250, f"2.0.0 {size} octets received"))]
+        self.state = State.DATA
+        return self._received(total)
 
     def _data(self, command: Command) -> list[Action]:
         if self._rejecting():
@@ -488,6 +675,12 @@ class Session:
             return self._after_auth_reply(reply)
         if purpose is Purpose.REPLAY_ENVELOPE:
             return self._replay_envelope_reply(action, reply)
+        if purpose is Purpose.UPSTREAM_EHLO:
+            assert action.command is not None
+            return self._after_upstream_ehlo(action.command, reply)
+        if purpose is Purpose.UPSTREAM_STARTTLS:
+            assert action.command is not None
+            return self._after_upstream_starttls(action.command, reply)
         assert action.command is not None
         return self._after_command_reply(action.command, reply)
 
@@ -521,6 +714,8 @@ class Session:
                     reply = advertise(reply, f"SIZE {self.size_limit}")
                 if self.policy.starttls and not self.tls:
                     reply = advertise(reply, "STARTTLS")
+                if self.policy.chunking:
+                    reply = advertise(reply, "CHUNKING")  # never BINARYMIME
                 if self.policy.pipelining:
                     # Ours, whatever the upstream says: every buffered command waits its turn
                     # and gets its own reply (B1); the upstream side stays lock-step.
@@ -586,9 +781,11 @@ class Session:
         actions: list[Action] = [AbortMilters()] if self.policy.milters else []
         return [*actions, SendClient(reply), SendUpstream(b"RSET\r\n", Purpose.RSET), summary]
 
-    def _end_transaction(self) -> None:
-        self.messages += 1
+    def _end_transaction(self, count: bool = True) -> None:
+        if count:
+            self.messages += 1
         self._reset_envelope()
+        self._bdat_message = False
         self.state = State.MAIL
 
     def _summary(
@@ -672,7 +869,7 @@ class Session:
         self._decided_by = None  # delivered: nobody refused it
         self.state = State.REPLAY
         if envelope is None:
-            return [SendUpstream(b"DATA\r\n", Purpose.DATA)]
+            return self._replay()
         try:
             lines = _envelope_lines(envelope)
         except ValueError as exc:
@@ -706,7 +903,7 @@ class Session:
         if not self._replay_accepted:
             final = self._replay_refusal or LOCAL_ERROR
             return [*actions, *self._finish_message(final, self._filter_outcome(), rset=True)]
-        return [*actions, SendUpstream(b"DATA\r\n", Purpose.DATA)]
+        return [*actions, *self._replay()]
 
     # -- helpers ------------------------------------------------------------------------
 

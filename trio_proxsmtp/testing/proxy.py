@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -51,6 +52,9 @@ class RunningProxy:
     """"127.0.0.1", or the socket path when listening on a Unix socket."""
     port: int
     """The TCP port; 0 for a Unix socket."""
+    tls_port: int | None = None
+    """The ListenTLS port (TLS from the first byte), when the config has one: forced to
+    127.0.0.1 on a free port like Listen."""
 
     @property
     def temp_directory(self) -> str:
@@ -100,7 +104,7 @@ async def run_proxy(
     removed afterwards (a Config object that sets "/tmp/" explicitly counts as default).
     """
     # Imported here so that the fakes stay importable without the whole server.
-    from trio_proxsmtp.server import bind_listeners, serve
+    from trio_proxsmtp.server import bind_listeners, is_tls_listener, serve
 
     temp_directory = tempfile.mkdtemp(prefix="trio-proxsmtp-test-")
     try:
@@ -120,6 +124,8 @@ async def run_proxy(
                 config = attrs.evolve(config, temp_directory=temp_directory)
         if config.listen.kind is not AddressKind.UNIX:
             config = attrs.evolve(config, listen=_LOOPBACK_ANY_PORT)
+        if config.listen_tls is not None and config.listen_tls.kind is not AddressKind.UNIX:
+            config = attrs.evolve(config, listen_tls=_LOOPBACK_ANY_PORT)
 
         sockets = bind_listeners(config)
         try:
@@ -127,9 +133,17 @@ async def run_proxy(
                 host, port = os.fspath(sockets[0].getsockname()), 0
             else:
                 host, port = sockets[0].getsockname()[:2]
+            tls_port = next(
+                (
+                    s.getsockname()[1]
+                    for s in sockets
+                    if is_tls_listener(s) and s.family != socket.AF_UNIX
+                ),
+                None,
+            )
             async with background_nursery() as nursery:
                 await nursery.start(partial(serve, config, sockets))
-                yield RunningProxy(config=config, host=host, port=port)
+                yield RunningProxy(config=config, host=host, port=port, tls_port=tls_port)
         finally:
             for sock in sockets:
                 sock.close()
