@@ -414,3 +414,17 @@ async def test_skip_authenticated_skips_the_filter_but_not_the_milters(
     assert t.message == MESSAGE.replace(b"\r\n\r\n", b"\r\nX-Signed: yes\r\n\r\n")
     [summary] = summaries(caplog)
     assert "status=SKIPPED" in summary
+
+
+async def test_a_bdat_message_goes_through_the_milters_too() -> None:
+    milter = FakeMilter({"eom": [AddHeader("X-Signed", "yes"), CONTINUE]})
+    async with (
+        milter_proxy(milter, config="Chunking: on") as (up, proxy, _),
+        proxy.connect(timeout=50) as client,
+    ):
+        replies = await client.send_message_bdat("s@x", ["r@x"], MESSAGE, chunk_size=10)
+        assert replies[-1].code == 250
+        await client.command("QUIT")
+    [t] = up.transactions
+    assert t.message == MESSAGE.replace(b"\r\n\r\n", b"\r\nX-Signed: yes\r\n\r\n")
+    assert milter.sessions[0].body == b"body\r\n"
