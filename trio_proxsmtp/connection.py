@@ -115,7 +115,7 @@ class Connection:
         config: Config,
         stream: trio.abc.Stream,
         info: ClientInfo,
-        conn_id: int,
+        conn_id: int | str,
         *,
         open_upstream: Opener | None = None,
         implicit_tls: ssl.SSLContext | None = None,
@@ -239,7 +239,7 @@ class Connection:
     async def _relay(self) -> None:
         """The banner, then the client's commands until the session ends."""
         [banner] = await self.upstream.exchange((), replies=1)
-        await self._perform(self.session.greeting(banner))
+        await self._perform(self.session.greeting(banner, relay=self.upstream.relay))
         while True:
             try:
                 line = await self.client.next_command()
@@ -315,13 +315,14 @@ class Connection:
                 trace = show_command(action.line, action.command, secret) if self.trace else None
                 # A bare stream cannot be peeked at: watch it while a message is on its way.
                 watching = self.info.socket is None and self.session.in_message
+                started = trio.current_time()
                 async with self.client.watch(self.transaction.left) if watching else nullcontext():
                     reply = await self.upstream.command(Outgoing(action.line, trace))
-                await self._perform(self.session.upstream_reply(reply))
+                seconds = trio.current_time() - started
+                await self._perform(self.session.upstream_reply(reply, seconds=seconds))
             elif isinstance(action, ReceiveMessage):
                 if action.stream:
-                    reply = await self.transaction.stream(action)
-                    await self._perform(self.session.upstream_reply(reply))
+                    await self._perform(await self.transaction.stream(action))
                 else:
                     await self._perform(await self.transaction.receive(action))
             elif isinstance(action, RunFilter):
@@ -332,8 +333,10 @@ class Connection:
                 await self.upstream.start_tls()
                 await self._perform(self.session.upstream_tls_started(action.command))
             elif isinstance(action, SendMessage):
+                started = trio.current_time()
                 reply = await self.transaction.replay(action)
-                await self._perform(self.session.upstream_reply(reply))
+                seconds = trio.current_time() - started
+                await self._perform(self.session.upstream_reply(reply, seconds=seconds))
             elif isinstance(action, AskMilters):
                 await self._perform(await self._ask_milters(action))
             elif isinstance(action, AbortMilters):

@@ -19,23 +19,25 @@ applied.
 A Unix Listen socket file is removed at exit (1.10 left it), unless it was replaced.
 
 With `Workers: N` (workers.py) N processes each run `serve` on the same sockets as worker
-k = 0..N-1: each serves at most its share of MaxConnections (`worker_share`), numbers its
-connections FIRST_CONNECTION_ID + k, + k + N, ... so ids stay unique across processes, and
-leaves the Unix socket file to the supervisor, which outlives every worker.
+k = 0..N-1: each serves at most its share of MaxConnections (`worker_share`) and leaves the
+Unix socket file to the supervisor, which outlives every worker.
+
+Connection ids come from `log.connection_ids` (start time, pid, counter): unique across
+restarts and worker processes. Every server in one process shares that process's counter
+(`process_connection_ids`), so in-process servers (tests) never repeat an id either.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import logging
 import os
 import resource
 import socket
 import stat
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -46,7 +48,7 @@ from trio_proxsmtp.address import Address, AddressKind, format_host, resolve_tcp
 from trio_proxsmtp.client_info import from_socket_stream
 from trio_proxsmtp.config import Config, TransparentMode
 from trio_proxsmtp.connection import Connection
-from trio_proxsmtp.log import LOGGER_NAME, connection_logger
+from trio_proxsmtp.log import LOGGER_NAME, connection_ids, connection_logger
 from trio_proxsmtp.upstream import IP_TRANSPARENT
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "applicable_reload",
     "bind_listeners",
     "is_tls_listener",
+    "process_connection_ids",
     "serve",
     "worker_share",
 ]
@@ -61,7 +64,6 @@ __all__ = [
 log = logging.getLogger(LOGGER_NAME)
 
 BACKLOG = socket.SOMAXCONN  # the kernel caps it at net.core.somaxconn
-FIRST_CONNECTION_ID = 0x100000
 BUSY_REPLY = b"421 Server busy, too many connections\r\n"
 # fds one connection may need: client, upstream, 2 spools, 3 filter pipes, slack.
 FDS_PER_CONNECTION = 8
@@ -156,6 +158,19 @@ def remove_unix_socket_files(files: dict[str, tuple[int, int]]) -> None:
             log.warning("couldn't remove socket file: %s: %s", path, exc.strerror)
 
 
+_ids: tuple[int, Iterator[str]] | None = None  # (pid, this process's connection ids)
+
+
+def process_connection_ids() -> Iterator[str]:
+    """This process's connection ids, made on first use: a forked worker (another pid)
+    starts its own, with its own pid in them."""
+    global _ids
+    pid = os.getpid()
+    if _ids is None or _ids[0] != pid:
+        _ids = (pid, connection_ids(pid=pid))
+    return _ids[1]
+
+
 def worker_share(max_connections: int, worker: int, workers: int) -> int:
     """Worker `worker` (0-based) of `workers`' part of MaxConnections; the parts add up."""
     return max_connections // workers + (1 if worker < max_connections % workers else 0)
@@ -221,15 +236,11 @@ class Server:
     worker: int = 0  # this process's index, 0..workers-1 (Workers: N)
     workers: int = 1
     connections: set[Connection] = attrs.field(factory=set)
-    ids: Any = attrs.field()
+    ids: Iterator[str] = attrs.field(factory=process_connection_ids)
     draining: bool = False
     _idle: trio.Event = attrs.field(factory=trio.Event)
     _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _grace: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-
-    @ids.default
-    def _first_ids(self) -> Any:
-        return itertools.count(FIRST_CONNECTION_ID + self.worker, self.workers)
 
     @property
     def max_connections(self) -> int:
@@ -358,7 +369,7 @@ class Server:
             self.connections.discard(connection)
             self._idle.set()
 
-    async def _refuse(self, stream: trio.SocketStream, conn_id: int, limit: int) -> None:
+    async def _refuse(self, stream: trio.SocketStream, conn_id: str, limit: int) -> None:
         connection_logger(conn_id).error(
             "too many connections open (max %d). sent busy response", limit
         )

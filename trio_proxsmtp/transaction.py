@@ -62,6 +62,7 @@ class Transaction:
         self.edited: EditedMessage | None = None  # the milters' edits, over one of those
         self.chunked = 0  # BDAT: message bytes received so far (past the limit too)
         self.chunk_error: str | None = None  # BDAT: the spool failed; reported at LAST
+        self.chunks_started: float | None = None  # BDAT: when the first chunk began
 
     def close(self) -> None:
         """Remove the spool files (idempotent)."""
@@ -70,7 +71,7 @@ class Transaction:
                 spool.close()
         self.output = self.spool = None
         self.edited = None
-        self.chunked, self.chunk_error = 0, None
+        self.chunked, self.chunk_error, self.chunks_started = 0, None, None
 
     def left(self) -> None:
         """The client left in the middle of the message: end the connection now."""
@@ -109,8 +110,10 @@ class Transaction:
                     error = f"couldn't write cache file: {exc}"
                     self.log.error("%s", error)
 
+        started = trio.current_time()
         async with self.upstream.keepalives():
             size = await self.client.read_message(action, spool)
+        seconds = trio.current_time() - started
         if error is None and self.spool is not None:
             try:
                 self.spool.finish()
@@ -118,9 +121,9 @@ class Transaction:
                 error = f"couldn't write cache file: {exc}"
                 self.log.error("%s", error)
         if error is not None:
-            return self.session.message_failed(LOCAL_ERROR, error)
+            return self.session.message_failed(LOCAL_ERROR, error, size=size, seconds=seconds)
         self.log.debug("received %d message bytes", size)
-        return self.session.message_received(size)
+        return self.session.message_received(size, seconds=seconds)
 
     async def receive_chunk(self, action: ReceiveChunk) -> list[Action]:
         """Spool one BDAT chunk (RFC 3030), byte for byte: BDAT has no stuffing and no
@@ -148,10 +151,14 @@ class Transaction:
                     self.chunk_error = f"couldn't write cache file: {exc}"
                     self.log.error("%s", self.chunk_error)
 
+        if self.chunks_started is None:
+            self.chunks_started = trio.current_time()
         async with self.upstream.keepalives():
             await self.client.read_chunk(action, spool)
+        # The message's receive time: from its first chunk to the end of this one.
+        seconds = trio.current_time() - self.chunks_started
         if not action.last:
-            return self.session.chunk_received(action.size, False, self.chunked)
+            return self.session.chunk_received(action.size, False, self.chunked, seconds=seconds)
         if self.chunk_error is None and self.spool is not None:
             try:
                 self.spool.finish()
@@ -159,13 +166,15 @@ class Transaction:
                 self.chunk_error = f"couldn't write cache file: {exc}"
                 self.log.error("%s", self.chunk_error)
         if self.chunk_error is not None:
-            return self.session.message_failed(LOCAL_ERROR, self.chunk_error)
+            return self.session.message_failed(
+                LOCAL_ERROR, self.chunk_error, size=self.chunked, seconds=seconds
+            )
         self.log.debug("received %d message bytes in BDAT chunks", self.chunked)
-        return self.session.chunk_received(action.size, True, self.chunked)
+        return self.session.chunk_received(action.size, True, self.chunked, seconds=seconds)
 
-    async def stream(self, action: Action) -> Reply:
-        """Skip mode: the client's message goes straight upstream, unfiltered, and the
-        upstream's reply to it comes back (docs/behaviour.md)."""
+    async def stream(self, action: Action) -> list[Action]:
+        """Skip mode: the client's message goes straight upstream, unfiltered; the
+        upstream's reply to it goes to the session (docs/behaviour.md)."""
         sender = DataSender()
         item = Outgoing(b"")
 
@@ -177,9 +186,13 @@ class Transaction:
             elif out:
                 await self.upstream.send(out)
 
+        started = trio.current_time()
         size = await self.client.read_message(action, forward)
         self.log.debug("skipped %d data bytes", size)
-        return await self.upstream.command(item)
+        self.session.message_streamed(size, seconds=trio.current_time() - started)
+        started = trio.current_time()
+        reply = await self.upstream.command(item)
+        return self.session.upstream_reply(reply, seconds=trio.current_time() - started)
 
     # -- the filter ---------------------------------------------------------------------
 
@@ -201,21 +214,25 @@ class Transaction:
             timeout=self.config.filter_timeout,
             temp_directory=self.config.temp_directory,
         )
+        started = trio.current_time()
         async with self.client.watch(self.left), self.upstream.keepalives():
             verdict = await run_filter(spec, self.spool, env, log=self.log)
+        seconds = trio.current_time() - started
         self.log.debug("filter verdict: %s (%s)", verdict.kind.name, verdict.detail)
         if verdict.kind is VerdictKind.ACCEPT:
             assert verdict.message is not None
             if verdict.message is not self.spool:
                 self.output = verdict.message
-            return self.session.filter_done(True, None, Outcome.FILTERED)
+            return self.session.filter_done(True, None, Outcome.FILTERED, seconds=seconds)
         if verdict.kind is VerdictKind.ERROR:
             self.log.error("filter command failed: %s", verdict.detail)
             outcome = Outcome.FILTER_ERROR
         else:
             outcome = Outcome.DROPPED if verdict.kind is VerdictKind.DROP else Outcome.REJECTED
         assert verdict.reply is not None
-        return self.session.filter_done(False, verdict.reply, outcome, verdict.detail)
+        return self.session.filter_done(
+            False, verdict.reply, outcome, verdict.detail, seconds=seconds
+        )
 
     # -- the milters --------------------------------------------------------------------
 

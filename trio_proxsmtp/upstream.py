@@ -12,6 +12,7 @@ Keepalives (NOOP) are exchanges too.  Every wait runs under TimeOut; every failu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -74,6 +75,7 @@ class Upstream:
         self.trace = log.isEnabledFor(logging.DEBUG)
         self.stream: trio.abc.Stream | None = None
         self.address = ""  # SERVER in the filter's environment
+        self.relay = ""  # the peer actually connected to (host:port or path): relay= in logs
         self.replies = ReplyParser()
         self.activity = trio.current_time()  # the last byte sent or received
         self.tls = False  # the upstream stream is TLS (OutTLS: implicit, or after STARTTLS)
@@ -176,7 +178,9 @@ class Upstream:
             raise UpstreamFailure(
                 f"SERVER: couldn't connect to: {self._name()}: timed out", "unavailable"
             )
-        self.log.debug("SERVER connected to: %s", self.address)
+        assert self.stream is not None
+        self.relay = relay_name(self.stream, self.address)
+        self.log.debug("SERVER connected to: %s", self.relay)
         self.activity = trio.current_time()
         if self.config.out_tls is OutTLSMode.IMPLICIT:
             await self.start_tls()  # RFC 8314: before the banner
@@ -292,6 +296,18 @@ class Upstream:
     async def aclose(self) -> None:
         if self.stream is not None:
             await self.stream.aclose()
+
+
+def relay_name(stream: trio.abc.Stream, fallback: str) -> str:
+    """``host:port`` (``[v6]:port``) of a TCP peer, as the summary's relay=; `fallback`
+    (the socket path, or what a test's opener said) for anything else."""
+    if isinstance(stream, trio.SocketStream):
+        with contextlib.suppress(OSError):
+            peer = stream.socket.getpeername()
+            if isinstance(peer, tuple) and len(peer) >= 2:
+                host = format_host(peer)
+                return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return fallback
 
 
 def os_error(exc: OSError) -> str:

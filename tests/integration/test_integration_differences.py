@@ -275,7 +275,7 @@ async def test_b15_summary_log_has_the_upstream_outcome(
     assert "550" not in their_log.split("status=FILTERED")[0].splitlines()[-1]
     summaries = [r.getMessage() for r in caplog.records if "status=" in r.getMessage()]
     assert len(summaries) == 1
-    assert "from=s@x, to=r@x, status=FILTERED" in summaries[0]
+    assert "from=<s@x>, to=<r@x>, status=FILTERED" in summaries[0]
     assert "550 5.7.1 spam" in summaries[0]
 
 

@@ -22,7 +22,13 @@ import trio
 from ops_support import background, free_port, proxy_process, wait_for, write_config
 
 from trio_proxsmtp.config import Config, parse_config
-from trio_proxsmtp.server import FIRST_CONNECTION_ID, Server, applicable_reload, worker_share
+from trio_proxsmtp.log import ID_PATTERN
+from trio_proxsmtp.server import (
+    Server,
+    applicable_reload,
+    process_connection_ids,
+    worker_share,
+)
 from trio_proxsmtp.testing import FakeClient, FakeUpstream, open_client
 from trio_proxsmtp.workers import describe_exit
 
@@ -30,7 +36,9 @@ MESSAGE = b"Subject: workers\r\n\r\nbody\r\n"
 # Records its pid (filters run in their own session) and passes the message through.
 FILTER = 'echo $$ >> "$1/pids"\nexec cat\n'
 WORKER_RE = re.compile(r"worker (\d+) of (\d+) started \(pid (\d+)\)")
-ACCEPTED_RE = re.compile(r"^\S+ proxsmtpd\[\d+\]: ([0-9A-F]{6}): accepted connection", re.MULTILINE)
+ACCEPTED_RE = re.compile(
+    rf"^\S+ proxsmtpd\[(\d+)\]: ({ID_PATTERN}): accepted connection", re.MULTILINE
+)
 
 
 def setup(tmp_path: Path, up: FakeUpstream, extra: str) -> tuple[Path, int]:
@@ -117,9 +125,13 @@ async def test_two_workers_share_the_load_and_stop_cleanly(tmp_path: Path) -> No
                 bodies = sorted(t.message.split(b"\r\n\r\n", 1)[1] for t in up.transactions)
                 assert bodies == sorted(f"message {n}\r\n".encode() for n in range(20))
                 assert len(filter_pids(tmp_path)) == 20
-                # Each worker numbers its connections with its own parity.
-                served = {int(conn_id, 16) % 2 for conn_id in ACCEPTED_RE.findall(proxy.log())}
-                assert served == {0, 1}
+                # Both workers served, each id names the worker (its pid) that logged it,
+                # and no id is used twice.
+                accepted = ACCEPTED_RE.findall(proxy.log())
+                ids = [conn_id for _pid, conn_id in accepted]
+                assert len(ids) >= 2 and len(set(ids)) == len(ids)
+                assert all(int(conn_id[8:14], 16) == int(pid) for pid, conn_id in accepted)
+                assert {int(conn_id[8:14], 16) for conn_id in ids} == set(pids)
 
                 started = trio.current_time()
                 proxy.signal(signal.SIGTERM)
@@ -229,7 +241,10 @@ async def test_one_worker_keeps_the_single_process(tmp_path: Path) -> None:
                 proxy.signal(signal.SIGTERM)
                 assert await proxy.wait_exit() == 0
             assert "worker" not in proxy.log()
-            assert ACCEPTED_RE.findall(proxy.log()) == ["100000"]
+            # The process itself serves: its first id carries its own pid.
+            [(pid, conn_id)] = ACCEPTED_RE.findall(proxy.log())
+            assert int(pid) == proxy.proc.pid == int(conn_id[8:14], 16)
+            assert conn_id.endswith("0001")
 
 
 async def test_the_supervisor_removes_the_unix_socket_file(tmp_path: Path) -> None:
@@ -263,16 +278,23 @@ def test_worker_shares_add_up_and_differ_by_at_most_one(total: int, count: int) 
     assert shares == sorted(shares, reverse=True)  # the first workers get the remainder
 
 
-def test_each_worker_numbers_its_connections_apart() -> None:
+def test_connection_ids_never_repeat_across_servers_and_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     config = parse_config("OutAddress: 127.0.0.1:2525\nMaxConnections: 5\n")
     servers = [Server(config, None, k, 3) for k in range(3)]
-    ids = [[next(server.ids) for _ in range(4)] for server in servers]
-    flat = sorted(i for worker_ids in ids for i in worker_ids)
-    assert flat == list(range(FIRST_CONNECTION_ID, FIRST_CONNECTION_ID + 12))
-    assert ids[1] == [FIRST_CONNECTION_ID + 1 + 3 * n for n in range(4)]
+    ids = [next(server.ids) for _ in range(4) for server in servers]
+    # Servers in one process share its counter: no id twice, each with this pid.
+    assert len(set(ids)) == 12 and all(re.fullmatch(ID_PATTERN, i) for i in ids)
+    assert {i[8:14] for i in ids} == {f"{os.getpid() & 0xFFFFFF:06X}"}
     assert [server.max_connections for server in servers] == [2, 2, 1]
-    assert next(Server(config).ids) == FIRST_CONNECTION_ID
     assert Server(config).max_connections == 5
+    # A forked worker (another pid) starts its own ids, with its pid in them.
+    monkeypatch.setattr(os, "getpid", lambda: 0x4242)
+    worker = Server(config, None, 1, 3)
+    worker_ids = [next(worker.ids) for _ in range(3)]
+    assert {i[8:14] for i in worker_ids} == {"004242"} and not set(worker_ids) & set(ids)
+    assert process_connection_ids() is worker.ids
 
 
 async def test_reload_keeps_the_running_worker_count(caplog: pytest.LogCaptureFixture) -> None:

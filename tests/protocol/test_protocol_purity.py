@@ -37,6 +37,7 @@ def test_protocol_imports_no_io() -> None:
         "session",
         "actions",
         "reader",
+        "summary",
         "__init__",
     }
     checked = 0

@@ -40,6 +40,7 @@ EHLO_REPLY = Reply(
     250, ("up.example", "PIPELINING", "SIZE 1000", "XCLIENT NAME ADDR HELO", "AUTH PLAIN")
 )
 EHLO_NO_XCLIENT = Reply(250, ("up.example", "SIZE 1000"))
+RELAY = "192.0.2.25:25"  # where the relay says it connected
 
 
 class Driver:
@@ -62,7 +63,7 @@ class Driver:
                 self.other.append(action)
 
     def greet(self) -> None:
-        self.run(self.session.greeting(Reply.single(220, "up.example ESMTP")), [])
+        self.run(self.session.greeting(Reply.single(220, "up.example ESMTP"), relay=RELAY), [])
 
     def command(self, line: str, *replies: Reply) -> list[Reply]:
         before = len(self.client)
@@ -376,27 +377,31 @@ def test_filtered_message_full_cycle() -> None:
     d = ready()
     with_envelope(d)
     d.command("DATA")
-    assert d.session.message_received(10) == [RunFilter()]
+    assert d.session.message_received(10, seconds=0.5) == [RunFilter()]
     assert state_of(d.session) is State.FILTERING
-    actions = d.session.filter_done(True, None, Outcome.FILTERED)
+    actions = d.session.filter_done(True, None, Outcome.FILTERED, seconds=1.25)
     assert actions == [SendUpstream(b"DATA\r\n", Purpose.DATA)]
     assert state_of(d.session) is State.REPLAY
-    follow = d.session.reply(actions[0], Reply.single(354, "go"))
+    follow = d.session.reply(actions[0], Reply.single(354, "go"), seconds=0.01)
     assert follow == [SendMessage()]
     final = Reply.single(250, "2.0.0 queued")
-    done = d.session.reply(follow[0], final)
+    done = d.session.reply(follow[0], final, seconds=0.24)
     assert done[0] == SendClient(final)
     [summary] = [a for a in done if isinstance(a, Summary)]
     assert summary.outcome is Outcome.FILTERED
+    assert summary.upstream_code == 250
+    # The stages' durations come in with the inputs that end them; upstream is our DATA
+    # plus the message and its final ".".
     assert summary.text == (
-        "client=192.0.2.1, from=s@x, to=r@x, status=FILTERED, upstream=250 2.0.0 queued"
+        "client=192.0.2.1, from=<s@x>, to=<r@x>, status=FILTERED, upstream=250 2.0.0 queued, "
+        f"relay={RELAY}, size=10, delay=2.00, delays=0.50/1.25/0.25"
     )
     assert state_of(d.session) is State.MAIL
     assert d.session.envelope.sender is None
     assert d.session.messages == 1
 
 
-def test_no_filter_goes_straight_to_replay_without_status() -> None:
+def test_no_filter_goes_straight_to_replay_and_passed() -> None:
     d = ready(SessionPolicy(client="c", filtering=False))
     with_envelope(d)
     d.command("DATA")
@@ -405,7 +410,8 @@ def test_no_filter_goes_straight_to_replay_without_status() -> None:
     follow = d.session.reply(actions[0], Reply.single(354, "go"))
     done = d.session.reply(follow[0], OK)
     [summary] = [a for a in done if isinstance(a, Summary)]
-    assert "status=" not in summary.text and summary.outcome is Outcome.PASSED
+    assert summary.outcome is Outcome.PASSED
+    assert summary.text.startswith("client=c, from=<s@x>, to=<r@x>, status=PASSED, upstream=250")
 
 
 def test_upstream_refuses_data_final_reply_rset_and_logged() -> None:
@@ -434,9 +440,11 @@ def test_filter_rejects() -> None:
     summary = actions[2]
     assert isinstance(summary, Summary)
     assert summary.text == (
-        "client=192.0.2.1, from=s@x, to=r@x, status=REJECTED, "
-        "reason=550 Content Rejected; Virus found"
+        "client=192.0.2.1, from=<s@x>, to=<r@x>, status=REJECTED, "
+        "reason=550 Content Rejected; Virus found, relay=none, size=10, delay=0.00, "
+        "delays=0.00/0.00/0.00"
     )
+    assert summary.upstream_code is None
     assert state_of(d.session) is State.MAIL
 
 
@@ -664,7 +672,7 @@ def test_two_transactions_two_summaries_and_envelope_reset() -> None:
         # SendMessage was collected in `other`: answer it.
         d.run(d.session.reply(SendMessage(), OK), [])
     texts = [s.text for s in d.summaries()]
-    assert len(texts) == 2 and "from=a@x" in texts[0] and "from=b@x" in texts[1]
+    assert len(texts) == 2 and "from=<a@x>" in texts[0] and "from=<b@x>" in texts[1]
     assert d.session.messages == 2
 
 
@@ -820,9 +828,11 @@ def test_abort_mid_message_gives_its_one_summary(stage: str) -> None:
     [summary] = d.session.abort("client disconnected")
     assert isinstance(summary, Summary)
     assert summary.outcome is Outcome.FILTER_ERROR
-    assert summary.text == (
-        "client=192.0.2.1, from=s@x, to=r@x, status=FILTER-ERROR, reason=client disconnected"
+    assert summary.text.startswith(
+        "client=192.0.2.1, from=<s@x>, to=<r@x>, status=FILTER-ERROR, "
+        "reason=client disconnected, relay=none, "
     )
+    assert ("size=10" in summary.text) is (stage != "data")
     assert d.session.abort("again") == []  # one summary per message
 
 
@@ -859,3 +869,101 @@ def test_a_reply_to_another_action_than_the_oldest_pending_is_our_bug() -> None:
     d.session.command(parse_command(b"MAIL FROM:<s@x>\r\n"))
     with pytest.raises(LocalProtocolError):
         d.session.reply(SendUpstream(b"RSET\r\n", Purpose.RSET), OK)
+
+
+# -- the summary line -------------------------------------------------------------------
+
+
+def filtering(d: Driver) -> Driver:
+    with_envelope(d)
+    d.command("DATA")
+    d.session.message_received(10, seconds=0.25)
+    return d
+
+
+@pytest.mark.parametrize(
+    ("reply", "status"),
+    [
+        (Reply.single(451, "4.7.1 Try again later"), Outcome.DEFERRED),
+        (Reply.single(550, "5.7.1 Spam"), Outcome.REJECTED),
+        (Reply.single(554, "Content Rejected; Virus"), Outcome.REJECTED),
+    ],
+)
+def test_filter_refusal_status_follows_the_reply_code(reply: Reply, status: Outcome) -> None:
+    """A 4xx is retried by the client (DEFERRED), a 5xx bounces (REJECTED)."""
+    d = filtering(ready())
+    actions = d.session.filter_done(False, reply, Outcome.REJECTED, "exit 1", seconds=0.5)
+    [summary] = [a for a in actions if isinstance(a, Summary)]
+    assert summary.outcome is status
+    assert f"status={status.value}, reason={reply.text}, relay=none, size=10" in summary.text
+    assert summary.text.endswith("delay=0.75, delays=0.25/0.50/0.00")
+
+
+def test_reject_mode_temporary_filter_reject_is_deferred() -> None:
+    tempfail = Reply.single(451, "4.3.0 Closed for maintenance")
+    d = ready(SessionPolicy(client="c", filtering=False, reject=tempfail))
+    d.command("MAIL FROM:<s@x>")
+    assert d.command("DATA", OK) == [tempfail]
+    [summary] = d.summaries()
+    assert summary.outcome is Outcome.DEFERRED
+    assert summary.text == (
+        "client=c, status=DEFERRED, reason=451 4.3.0 Closed for maintenance, relay=none, "
+        "delay=0.00, delays=0.00/0.00/0.00"
+    )
+
+
+def test_null_sender_and_raw_addresses_in_brackets() -> None:
+    d = ready(SessionPolicy(client="c", filtering=False))
+    d.command("MAIL FROM:<>", OK)
+    d.command("RCPT TO: odd", OK)
+    d.command("DATA")
+    [data] = d.session.message_received(3)
+    [message] = d.session.reply(data, Reply.single(354, "go"))
+    d.run(d.session.reply(message, OK), [])
+    [summary] = d.summaries()
+    assert summary.text.startswith("client=c, from=<>, to=<odd>, status=PASSED, ")
+
+
+def test_upstream_refusing_our_data_is_logged_with_its_relay_and_time() -> None:
+    d = filtering(ready())
+    [data] = d.session.filter_done(True, None, Outcome.FILTERED, seconds=1.0)
+    actions = d.session.reply(data, Reply.single(451, "4.3.0 busy"), seconds=0.5)
+    [summary] = [a for a in actions if isinstance(a, Summary)]
+    # The status says what the proxy did; upstream= says what the next server answered.
+    assert summary.outcome is Outcome.FILTERED and summary.upstream_code == 451
+    assert summary.text.endswith(
+        f"upstream=451 4.3.0 busy, relay={RELAY}, size=10, delay=1.75, delays=0.25/1.00/0.50"
+    )
+
+
+def test_skip_mode_summary_has_size_and_delays() -> None:
+    d = ready(SessionPolicy(client="c", skip_authenticated=True))
+    d.command("AUTH PLAIN AGFAYg==", Reply.single(235, "ok"))
+    d.command("MAIL FROM:<s@x>", OK)
+    d.command("RCPT TO:<r@x>", OK)
+    d.command("DATA", Reply.single(354, "go"))
+    assert d.session.message_streamed(42, seconds=2.0) == []
+    done = d.session.upstream_reply(OK, seconds=0.5)
+    [summary] = [a for a in done if isinstance(a, Summary)]
+    assert summary.outcome is Outcome.SKIPPED
+    assert summary.text.endswith(f"relay={RELAY}, size=42, delay=2.50, delays=2.00/0.00/0.50")
+
+
+def test_message_streamed_without_a_stream_is_our_bug() -> None:
+    d = ready()
+    with_envelope(d)
+    d.command("DATA")  # spooled, not streamed
+    with pytest.raises(LocalProtocolError):
+        d.session.message_streamed(1)
+
+
+def test_each_message_starts_with_fresh_facts() -> None:
+    d = filtering(ready())
+    d.run(d.session.filter_done(False, Reply.single(550, "no"), Outcome.REJECTED, seconds=3), [OK])
+    d.command("MAIL FROM:<s@x>", OK)
+    d.command("RCPT TO:<r@x>", OK)
+    d.command("DATA")
+    [summary] = d.session.abort("client disconnected")
+    assert isinstance(summary, Summary)
+    assert "size=" not in summary.text
+    assert summary.text.endswith("delay=0.00, delays=0.00/0.00/0.00")

@@ -21,6 +21,8 @@ from trio_proxsmtp.protocol.session import (
     SkipBytes,
     StartUpstreamTLS,
     State,
+    Status,
+    Summary,
 )
 
 OK = Reply.single(250, "2.0.0 Ok")
@@ -128,6 +130,18 @@ def test_bdat_chunks_then_bdat_upstream() -> None:
     assert s.chunk_received(5, True, 15) == [SendMessage(bdat=True)]
     [final, _summary] = s.upstream_reply(OK)
     assert final == SendClient(OK) and s.state is State.MAIL
+
+
+def test_bdat_message_summary_has_its_size_and_delays() -> None:
+    """receive: from the first chunk to the end of the LAST (as the relay measured it)."""
+    s = chunking_session()
+    s.command(parse_command(b"BDAT 10\r\n"))
+    s.chunk_received(10, False, 10, seconds=1.0)
+    s.command(parse_command(b"BDAT 5 LAST\r\n"))
+    assert s.chunk_received(5, True, 15, seconds=3.0) == [SendMessage(bdat=True)]
+    [_final, summary] = s.upstream_reply(OK, seconds=0.5)
+    assert isinstance(summary, Summary) and summary.outcome is Status.PASSED
+    assert summary.text.endswith("size=15, delay=3.50, delays=3.00/0.00/0.50")
 
 
 def test_bdat_refusals_skip_the_chunk() -> None:

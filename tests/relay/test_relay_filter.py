@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_proxsmtp.log import LOGGER_NAME
+from trio_proxsmtp.log import ID_PATTERN, LOGGER_NAME
 from trio_proxsmtp.testing import FakeClient, FakeUpstream, RunningProxy, run_proxy
 
 MESSAGE = b"Subject: t\r\n\r\nbody\r\n"
@@ -92,7 +92,9 @@ async def test_t11_cat_filter_delivers(caplog: pytest.LogCaptureFixture) -> None
             [t] = up.transactions
             assert (t.mail_from, t.rcpt_to, t.data) == ("s@x", ["r@x"], MESSAGE)
     [summary] = summaries(caplog)
-    assert summary.startswith("client=127.0.0.1, from=s@x, to=r@x, status=FILTERED, upstream=250")
+    assert summary.startswith(
+        "client=127.0.0.1, from=<s@x>, to=<r@x>, status=FILTERED, upstream=250"
+    )
 
 
 async def test_t12_filter_sees_unstuffed_message_and_environment(tmp_path: Path) -> None:
@@ -141,8 +143,8 @@ async def test_t13_t14_envelope_in_environment(
             assert (await client.read_reply()).code == 250
             assert out.read_text() == "<>|c@x"
     first, second = summaries(caplog)
-    assert first.startswith("client=127.0.0.1, from=p@x, to=a@x, to=b@x, status=FILTERED")
-    assert second.startswith("client=127.0.0.1, from=<>, to=c@x, status=FILTERED")
+    assert first.startswith("client=127.0.0.1, from=<p@x>, to=<a@x>, to=<b@x>, status=FILTERED")
+    assert second.startswith("client=127.0.0.1, from=<>, to=<c@x>, status=FILTERED")
 
 
 async def test_t34_xforward_environment(tmp_path: Path) -> None:
@@ -266,7 +268,7 @@ async def test_filter_verdicts_not_delivered(
             assert up.transactions == []
             assert up.commands[-2:] == [b"RSET", b"NOOP"] and b"DATA" not in up.commands
     [summary] = summaries(caplog)
-    assert summary.startswith("client=127.0.0.1, from=s@x, to=r@x, ") and status in summary
+    assert summary.startswith("client=127.0.0.1, from=<s@x>, to=<r@x>, ") and status in summary
 
 
 async def test_filter_timeout_kills_group(caplog: pytest.LogCaptureFixture) -> None:
@@ -442,4 +444,27 @@ async def test_filter_log_lines_carry_the_connection_id(caplog: pytest.LogCaptur
             assert (await standard(client))[-1] == 250
     filter_lines = [r.getMessage() for r in caplog.records if "filter command" in r.getMessage()]
     assert filter_lines  # started, exited
-    assert all(re.match(r"[0-9A-F]{6}: filter command", line) for line in filter_lines)
+    assert all(re.match(rf"{ID_PATTERN}: filter command", line) for line in filter_lines)
+
+
+# Lines about the process, not about one connection: the only ones without an id.
+PROCESS_LINES = re.compile(r"listening on |shutting down: |shut down$")
+
+
+async def test_every_line_of_a_session_carries_its_connection_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER_NAME)
+    config = "FilterCommand: cat\nFilterType: file\nHeader: X-F: %i %q\nKeepAlives: 1"
+    with trio.fail_after(10):
+        async with proxied(config) as (_up, proxy), proxy.connect() as client:
+            assert (await standard(client))[-1] == 250
+            await client.quit()
+    lines = [r.getMessage() for r in caplog.records]
+    about_sessions = [line for line in lines if not PROCESS_LINES.search(line)]
+    # protocol trace, spool, filter, the header's warning, summary, the end
+    assert len(about_sessions) > 30
+    assert any("client=" in line for line in about_sessions)
+    assert any("%q" in line for line in about_sessions)  # the Header's warning
+    assert [line for line in about_sessions if not re.match(rf"{ID_PATTERN}: ", line)] == []
+    assert len({line.split(":", 1)[0] for line in about_sessions}) == 1

@@ -3,11 +3,14 @@ leaving, with no socket (a Connection works on any trio.abc.Stream)."""
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 import trio
 import trio.testing
 from memory_relay import memory_proxied as proxied
 
-from trio_proxsmtp.testing import FakeUpstream
+from trio_proxsmtp.testing import END_OF_DATA, FakeUpstream
 
 MESSAGE = b"Subject: t\r\n\r\nbody\r\n"
 
@@ -73,3 +76,42 @@ async def test_pipelined_quit_then_close_on_a_bare_stream_still_delivers(
                 await client.send(MESSAGE + b".\r\nQUIT\r\n")
             await up.wait_until(lambda: up.active_connections == 0)
             assert [t.message for t in up.transactions] == [MESSAGE]
+
+
+async def test_summary_delays_are_the_relays_measured_stages(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """receive: the client's message; upstream: our DATA and the message up to its reply."""
+    caplog.set_level(logging.INFO)
+    up = FakeUpstream(delays={"DATA": 0.5, END_OF_DATA: 2.0})
+    with trio.fail_after(60):
+        async with proxied("", up) as (_, proxy), proxy.connect(timeout=60) as client:
+            assert (await client.start_message("s@x", ["r@x"], helo="c"))[-1].code == 354
+            await client.send(MESSAGE[:5])
+            await trio.sleep(1.5)
+            await client.send(MESSAGE[5:] + b".\r\n")
+            assert (await client.read_reply()).code == 250
+    [summary] = [r.getMessage() for r in caplog.records if "client=" in r.getMessage()]
+    assert summary.endswith(
+        f"status=PASSED, upstream=250 2.0.0 Ok: queued as 1, relay=upstream.memory, "
+        f"size={len(MESSAGE)}, delay=4.00, delays=1.50/0.00/2.50"
+    )
+
+
+async def test_bdat_receive_delay_runs_from_the_first_chunk_to_the_last(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    with trio.fail_after(60):
+        async with proxied("Chunking: on") as (_, proxy), proxy.connect(timeout=60) as client:
+            assert (await client.command("EHLO c")).code == 250
+            assert (await client.command("MAIL FROM:<s@x>")).code == 250
+            assert (await client.command("RCPT TO:<r@x>")).code == 250
+            await client.send(b"BDAT 5\r\n" + MESSAGE[:5])
+            assert (await client.read_reply()).code == 250
+            await trio.sleep(2.0)  # the client takes its time between chunks
+            rest = MESSAGE[5:]
+            await client.send(f"BDAT {len(rest)} LAST\r\n".encode() + rest)
+            assert (await client.read_reply()).code == 250
+    [summary] = [r.getMessage() for r in caplog.records if "client=" in r.getMessage()]
+    assert summary.endswith(f"size={len(MESSAGE)}, delay=2.00, delays=2.00/0.00/0.00")

@@ -235,8 +235,9 @@ async def test_t11_no_filter_message_relayed(caplog: pytest.LogCaptureFixture) -
             [t] = up.transactions
             assert (t.mail_from, t.rcpt_to, t.message) == ("s@x", ["r@x"], MESSAGE)
     [summary] = summaries(caplog)
-    assert summary.startswith("client=127.0.0.1, from=s@x, to=r@x, upstream=250")
-    assert "status=" not in summary
+    # Without a filter the message still has a status, and the upstream's address.
+    assert summary.startswith("client=127.0.0.1, from=<s@x>, to=<r@x>, status=PASSED, upstream=250")
+    assert f", relay={up.address}, size={len(MESSAGE)}, delay=" in summary
 
 
 async def test_b1_pipelined_envelope_and_body_in_one_write() -> None:
@@ -289,7 +290,7 @@ async def test_t35_rset_and_two_transactions(caplog: pytest.LogCaptureFixture) -
             ]
     found = summaries(caplog)
     assert len(found) == 2
-    assert "from=b@x, to=two@x" in found[0] and "from=c@x, to=three@x" in found[1]
+    assert "from=<b@x>, to=<two@x>" in found[0] and "from=<c@x>, to=<three@x>" in found[1]
 
 
 async def test_data_without_accepted_rcpt_refused_locally() -> None:
@@ -485,7 +486,8 @@ async def test_client_vanishes_in_data_nothing_delivered(
             assert up.transactions == [] and b"DATA" not in up.commands
     # The message still gets its one summary line, saying why it went nowhere.
     assert summaries(caplog) == [
-        "client=127.0.0.1, from=s@x, to=r@x, status=FILTER-ERROR, reason=client disconnected"
+        "client=127.0.0.1, from=<s@x>, to=<r@x>, status=FILTER-ERROR, reason=client disconnected, "
+        "relay=none, delay=0.00, delays=0.00/0.00/0.00"
     ]
 
 

@@ -11,6 +11,7 @@ import attrs
 
 from trio_proxsmtp.protocol.commands import Command
 from trio_proxsmtp.protocol.replies import Reply
+from trio_proxsmtp.protocol.summary import MessageSummary, Status
 
 __all__ = [
     "AbortMilters",
@@ -49,16 +50,9 @@ class Purpose(enum.Enum):
     UPSTREAM_STARTTLS = "upstream-starttls"  # OutTLS may/encrypt: our STARTTLS
 
 
-class Outcome(enum.Enum):
-    """The summary log's status= values (docs/behaviour.md §9.2), plus DROPPED and TOO-BIG."""
-
-    FILTERED = "FILTERED"
-    PASSED = "PASSED"  # no FilterCommand: the summary has no status= (as in 1.10)
-    SKIPPED = "SKIPPED"
-    REJECTED = "REJECTED"
-    DROPPED = "DROPPED"
-    FILTER_ERROR = "FILTER-ERROR"
-    TOO_BIG = "TOO-BIG"
+# What happened to a message: the summary line's status= (protocol/summary.py). The name
+# Outcome is what the relay passes to the session; it is the same enum.
+Outcome = Status
 
 
 # ---------------------------------------------------------------------------------------
@@ -155,10 +149,22 @@ class Log:
 
 @attrs.frozen
 class Summary:
-    """The per-message summary line (docs/behaviour.md §9.2), logged at INFO."""
+    """The per-message summary line (docs/behaviour.md §9.2), logged at INFO.
 
-    text: str
-    outcome: Outcome
+    `message` holds the facts; `upstream_code` is the code of the next server's final
+    reply (None when the message never got one), for the metrics.
+    """
+
+    message: MessageSummary
+    upstream_code: int | None = None
+
+    @property
+    def text(self) -> str:
+        return self.message.line()
+
+    @property
+    def outcome(self) -> Status:
+        return self.message.status
 
 
 @attrs.frozen

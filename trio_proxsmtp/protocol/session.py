@@ -68,6 +68,7 @@ from trio_proxsmtp.protocol.ehlo import (
 from trio_proxsmtp.protocol.errors import LocalProtocolError
 from trio_proxsmtp.protocol.milter import VerdictKind
 from trio_proxsmtp.protocol.replies import LOCAL_ERROR, Reply
+from trio_proxsmtp.protocol.summary import Delays, MessageSummary, Status, refusal_status
 
 __all__ = [
     "LOCAL_ERROR",
@@ -78,6 +79,7 @@ __all__ = [
     "Close",
     "Envelope",
     "Log",
+    "MessageFacts",
     "Outcome",
     "Purpose",
     "ReceiveChunk",
@@ -93,6 +95,7 @@ __all__ = [
     "StartTLS",
     "StartUpstreamTLS",
     "State",
+    "Status",
     "Summary",
 ]
 
@@ -150,6 +153,7 @@ _LEGAL: dict[str, frozenset[State]] = {
     "command": _COMMAND_STATES | {State.CHUNKS},
     "message_received": frozenset({State.DATA}),
     "message_failed": frozenset({State.DATA, State.CHUNKS}),
+    "message_streamed": frozenset({State.DATA}),
     "chunk_received": frozenset({State.CHUNKS}),
     "filter_done": frozenset({State.FILTERING}),
     "tls_started": _COMMAND_STATES,
@@ -232,6 +236,22 @@ class ChangedEnvelope:
     recipients: tuple[tuple[str, tuple[str, ...]], ...]  # (address, ESMTP parameters)
 
 
+@attrs.define
+class MessageFacts:
+    """What the summary line says about the current message beyond its envelope: its size
+    and the seconds each stage took, as the relay measured them (the session keeps no
+    clock: durations come in with the inputs that end each stage)."""
+
+    size: int | None = None
+    receive: float = 0.0
+    filter: float = 0.0
+    upstream: float = 0.0
+
+    @property
+    def delays(self) -> Delays:
+        return Delays(self.receive, self.filter, self.upstream)
+
+
 class Session:
     """One client connection's SMTP state; see the module docstring."""
 
@@ -253,6 +273,8 @@ class Session:
         self._upstream_tls_tried = False  # OutTLS may/encrypt: the upgrade was attempted
         self._plain_ehlo: Reply | None = None  # the next server's EHLO reply before TLS
         self._bdat_message = False  # the current message came by BDAT
+        self.relay: str | None = None  # the upstream's address, for the summary's relay=
+        self.facts = MessageFacts()  # the current message's size and stage durations
         # Exchanges sent upstream, oldest first: each upstream reply answers the head.
         self._pending: collections.deque[Action] = collections.deque()
         self._error: LocalProtocolError | None = None  # sticky: set once, refuses all
@@ -277,8 +299,9 @@ class Session:
     # -- inputs -------------------------------------------------------------------------
 
     @_input
-    def greeting(self, reply: Reply) -> list[Action]:
-        """The upstream's banner."""
+    def greeting(self, reply: Reply, *, relay: str | None = None) -> list[Action]:
+        """The upstream's banner; `relay` is the address the relay connected to."""
+        self.relay = relay
         self.state = State.HELO
         return [SendClient(rewrite_banner(reply))]
 
@@ -300,26 +323,32 @@ class Session:
             return [SendUpstream(self._xclient_line(), Purpose.XCLIENT, command)]
         return self._dispatch(command)
 
-    def upstream_reply(self, reply: Reply) -> list[Action]:
-        """The upstream's next complete reply: it answers the oldest exchange pending."""
+    def upstream_reply(self, reply: Reply, *, seconds: float = 0.0) -> list[Action]:
+        """The upstream's next complete reply: it answers the oldest exchange pending.
+
+        `seconds`: how long that exchange took (sending the message included); the ones
+        of the message's DATA and final "." are its upstream delay.
+        """
         with self._sticky():
             if not self._pending:
                 raise LocalProtocolError("no upstream reply expected")
-            return self._emit(self._reply(self._pending.popleft(), reply))
+            return self._emit(self._reply(self._pending.popleft(), reply, seconds))
 
-    def reply(self, action: Action, reply: Reply) -> list[Action]:
+    def reply(self, action: Action, reply: Reply, *, seconds: float = 0.0) -> list[Action]:
         """The upstream's complete reply to `action`, which must be the oldest pending."""
         with self._sticky():
             if not self._pending or self._pending[0] != action:
                 raise LocalProtocolError(f"no upstream reply expected for {action!r}")
-            return self._emit(self._reply(self._pending.popleft(), reply))
+            return self._emit(self._reply(self._pending.popleft(), reply, seconds))
 
     @property
     def pending(self) -> tuple[Action, ...]:
         """The exchanges sent upstream and not yet answered, oldest first."""
         return tuple(self._pending)
 
-    def _reply(self, action: Action, reply: Reply) -> list[Action]:
+    def _reply(self, action: Action, reply: Reply, seconds: float) -> list[Action]:
+        if _carries_message(action):
+            self.facts.upstream += seconds
         if isinstance(action, SendUpstream):
             return self._reply_to_line(action, reply)
         if isinstance(action, SendMessage):
@@ -339,11 +368,12 @@ class Session:
         return min(limits) if limits else None
 
     @_input
-    def message_received(self, size: int) -> list[Action]:
-        """The client's message is spooled (`size` bytes, un-stuffed)."""
-        return self._received(size)
+    def message_received(self, size: int, *, seconds: float = 0.0) -> list[Action]:
+        """The client's message is spooled (`size` bytes, un-stuffed, read in `seconds`)."""
+        return self._received(size, seconds)
 
-    def _received(self, size: int) -> list[Action]:
+    def _received(self, size: int, seconds: float) -> list[Action]:
+        self.facts.size, self.facts.receive = size, seconds
         limit = self.size_limit
         if limit is not None and size > limit:
             return self._abandon_message(MESSAGE_TOO_BIG, Outcome.TOO_BIG, f"size {size}")
@@ -364,15 +394,38 @@ class Session:
         return [SendUpstream(b"DATA\r\n", Purpose.DATA)]
 
     @_input
-    def message_failed(self, reply: Reply, detail: str) -> list[Action]:
+    def message_failed(
+        self, reply: Reply, detail: str, *, size: int | None = None, seconds: float = 0.0
+    ) -> list[Action]:
         """The message could not be spooled (disk full...); it was still read to its end."""
+        self.facts.size, self.facts.receive = size, seconds
         return self._abandon_message(reply, Outcome.FILTER_ERROR, detail)
 
     @_input
+    def message_streamed(self, size: int, *, seconds: float = 0.0) -> list[Action]:
+        """Skip mode: the client's message went upstream as it came (`size` bytes, read in
+        `seconds`); the upstream's reply to it follows as `upstream_reply`."""
+        if not self._pending or self._pending[0] != ReceiveMessage(stream=True):
+            raise LocalProtocolError("no message is being streamed")
+        self.facts.size, self.facts.receive = size, seconds
+        return []
+
+    @_input
     def filter_done(
-        self, accepted: bool, reply: Reply | None, outcome: Outcome, detail: str = ""
+        self,
+        accepted: bool,
+        reply: Reply | None,
+        outcome: Outcome,
+        detail: str = "",
+        *,
+        seconds: float = 0.0,
     ) -> list[Action]:
-        """The filter's verdict: accepted -> replay; otherwise `reply` goes to the client."""
+        """The filter's verdict: accepted -> replay; otherwise `reply` goes to the client.
+
+        A refusal (REJECTED or DEFERRED) is logged by its reply's code: 4xx DEFERRED, 5xx
+        REJECTED. `seconds`: how long the filter ran.
+        """
+        self.facts.filter = seconds
         if accepted and self.policy.milters:
             self.state = State.MILTERING  # FilterCommand first, then the milters
             return [RunMilters()]
@@ -539,6 +592,7 @@ class Session:
             return [SkipBytes(bdat.size), SendClient(reply)]
         self.state = State.CHUNKS
         self._bdat_message = True
+        self.facts = MessageFacts()
         return [ReceiveChunk(bdat.size, bdat.last)]
 
     def _between_chunks(self, command: Command) -> list[Action]:
@@ -567,19 +621,24 @@ class Session:
         return [*actions, SendClient(BDAT_SYNTAX), Close()]
 
     @_input
-    def chunk_received(self, size: int, last: bool, total: int) -> list[Action]:
-        """A BDAT chunk of `size` bytes is spooled (`total` so far); each chunk but the
-        LAST gets its 250 here; at LAST the message goes on as a DATA message does."""
+    def chunk_received(
+        self, size: int, last: bool, total: int, *, seconds: float = 0.0
+    ) -> list[Action]:
+        """A BDAT chunk of `size` bytes is spooled (`total` so far, `seconds` since the
+        first chunk began); each chunk but the LAST gets its 250 here; at LAST the message
+        goes on as a DATA message does."""
         if not last:
+            self.facts.size, self.facts.receive = total, seconds
             return [SendClient(Reply.single(250, f"2.0.0 {size} octets received"))]
         self.state = State.DATA
-        return self._received(total)
+        return self._received(total, seconds)
 
     def _data(self, command: Command) -> list[Action]:
         if self._rejecting():
             # Nothing reaches the upstream; its transaction (if any) is reset.
             reply = self._reject_reply()
-            summary = self._summary(Outcome.REJECTED, reply.text)
+            self.facts = MessageFacts()
+            summary = self._summary(refusal_status(reply.code), reply.text)
             self._reset_envelope()
             if self.state is State.RCPT:
                 self.state = State.MAIL
@@ -593,6 +652,7 @@ class Session:
         if self._ask_milters(command):
             return [AskMilters(command)]
         self.state = State.DATA
+        self.facts = MessageFacts()
         return [SendClient(START_MAIL_INPUT), ReceiveMessage(stream=False)]
 
     def _declared_too_big(self, command: Command) -> bool:
@@ -668,6 +728,7 @@ class Session:
             self._expect(*_COMMAND_STATES)
             if reply.code == 354:
                 self.state = State.DATA
+                self.facts = MessageFacts()
                 return [SendClient(reply), ReceiveMessage(stream=True)]
             return [SendClient(reply)]
         if purpose is Purpose.AUTH_CONTINUATION:
@@ -764,7 +825,7 @@ class Session:
     ) -> list[Action]:
         """The upstream answered the message (or refused its DATA): its reply is the
         client's."""
-        summary = self._summary(outcome, None, upstream=reply.text)
+        summary = self._summary(outcome, None, upstream=reply)
         self._end_transaction()
         actions: list[Action] = [AbortMilters()] if self.policy.milters else []
         actions.append(SendClient(reply))
@@ -775,7 +836,9 @@ class Session:
 
     def _abandon_message(self, reply: Reply, outcome: Outcome, detail: str) -> list[Action]:
         """The message is not delivered: tell the client, reset the upstream's transaction."""
-        text = reply.text if outcome in (Outcome.REJECTED, Outcome.DROPPED) else detail
+        if outcome in (Status.REJECTED, Status.DEFERRED):
+            outcome = refusal_status(reply.code)
+        text = reply.text if outcome in _REFUSED_BY_REPLY else detail
         summary = self._summary(outcome, text or None)
         self._end_transaction()
         actions: list[Action] = [AbortMilters()] if self.policy.milters else []
@@ -789,22 +852,23 @@ class Session:
         self.state = State.MAIL
 
     def _summary(
-        self, outcome: Outcome, reason: str | None, *, upstream: str | None = None
+        self, outcome: Outcome, reason: str | None, *, upstream: Reply | None = None
     ) -> Summary:
-        parts = [f"client={self.policy.client}"]
-        if self.envelope.sender is not None:
-            parts.append(f"from={self.envelope.sender}")
-        parts.extend(f"to={rcpt}" for rcpt in self.envelope.recipients)
-        if outcome is not Outcome.PASSED:
-            parts.append(f"status={outcome.value}")
-        if self._decided_by:
-            parts.append(self._decided_by)  # milter=ADDRESS or filter=PROGRAM
-            self._decided_by = None
-        if reason:
-            parts.append(f"reason={reason}")
-        if upstream is not None:
-            parts.append(f"upstream={upstream}")
-        return Summary(", ".join(parts), outcome)
+        """The message's one summary line; relay= only once the upstream answered it."""
+        message = MessageSummary(
+            client=self.policy.client,
+            status=outcome,
+            sender=self.envelope.sender,
+            recipients=tuple(self.envelope.recipients),
+            reason=reason,
+            upstream=None if upstream is None else upstream.text,
+            relay=None if upstream is None else self.relay,
+            size=self.facts.size,
+            delays=self.facts.delays,
+            decided_by=self._decided_by,
+        )
+        self._decided_by = None
+        return Summary(message, None if upstream is None else upstream.code)
 
     # -- milters ------------------------------------------------------------------------
 
@@ -837,7 +901,7 @@ class Session:
             return [log, SendClient(reply)]
         # At DATA the transaction is over: the upstream's is reset, the summary says why.
         self._decided_by = f"milter={milter}"
-        summary = self._summary(Outcome.REJECTED, reply.text)
+        summary = self._summary(refusal_status(reply.code), reply.text)
         self._reset_envelope()
         self.state = State.MAIL
         return [log, SendClient(reply), SendUpstream(b"RSET\r\n", Purpose.RSET), summary]
@@ -864,7 +928,7 @@ class Session:
         if kind in (VerdictKind.REJECT, VerdictKind.TEMPFAIL):
             if reply is None:
                 raise LocalProtocolError("a refusal by a milter needs a reply")
-            outcome = Outcome.FILTER_ERROR if failed else Outcome.REJECTED
+            outcome = Outcome.FILTER_ERROR if failed else refusal_status(reply.code)
             return self._abandon_message(reply, outcome, f"milter failed: {reply.text}")
         self._decided_by = None  # delivered: nobody refused it
         self.state = State.REPLAY
@@ -957,6 +1021,18 @@ class Session:
         if self.state not in states:
             allowed = ", ".join(state.value for state in states)
             raise LocalProtocolError(f"event illegal in state {self.state.value} ({allowed})")
+
+
+# Statuses whose reason= is the reply the client got (others: the detail, for the admin).
+_REFUSED_BY_REPLY = frozenset({Status.REJECTED, Status.DEFERRED, Status.DROPPED})
+
+
+def _carries_message(action: Action) -> bool:
+    """An exchange that sends the message upstream: our DATA, the replay and its final
+    ".", or the stream of skip mode. Their time is the message's upstream delay."""
+    if isinstance(action, SendUpstream):
+        return action.purpose is Purpose.DATA
+    return isinstance(action, SendMessage) or (isinstance(action, ReceiveMessage) and action.stream)
 
 
 def _mailbox(command: Command, keyword: str) -> str:

@@ -90,6 +90,7 @@ class MessageSummary:
     relay: str | None = None
     size: int | None = None
     delays: Delays | None = None
+    decided_by: str | None = None  # milters configured: "milter=ADDRESS" or "filter=PROGRAM"
 
     def line(self) -> str:
         parts = [f"client={self.client}"]
@@ -97,6 +98,8 @@ class MessageSummary:
             parts.append(f"from={_address(self.sender)}")
         parts.extend(f"to={_address(rcpt)}" for rcpt in self.recipients)
         parts.append(f"status={self.status.value}")
+        if self.decided_by:
+            parts.append(self.decided_by)
         if self.reason:
             parts.append(f"reason={_one_line(self.reason)}")
         if self.upstream is not None:
