@@ -369,7 +369,9 @@ class Connection:
             version, cipher = self.client.tls_details()
             decision = await milters.helo(name, tls_version=version, cipher=cipher)
         elif verb is Verb.MAIL:
-            queue_id = f"{self.conn_id:06X}{self.session.messages + 1:04X}"
+            # The milters' "i" macro: unique per message of this process (id + number).
+            conn_id = self.conn_id if isinstance(self.conn_id, str) else f"{self.conn_id:06X}"
+            queue_id = f"{conn_id}{self.session.messages + 1:04X}"
             sender = command.address or "<>"
             decision = await milters.mail(sender, command.params, queue_id=queue_id)
         elif verb is Verb.RCPT:
