@@ -17,6 +17,9 @@ the reply to its final dot, and ``delays=receive/filter/upstream`` splits it as 
 ``delays=a/b/c/d`` does: reading the message from the client, running the filter, and
 sending it to the next server until its reply.
 
+With milters configured, a refused or dropped message also says who decided, right after
+``status=``: ``milter=<its Milters: entry>`` or ``filter=<FilterCommand's program>``.
+
 Every message has a ``status=`` (see Status). A filter's 4xx refusal is ``DEFERRED`` (the
 client retries later), a 5xx one is ``REJECTED`` (the client bounces the message).
 """
