@@ -33,6 +33,11 @@ from trio_proxsmtp.config import (
     load_config_with_warnings,
 )
 from trio_proxsmtp.log import LOGGER_NAME, LoggingUnavailable, logs_to_stderr, setup_logging
+from trio_proxsmtp.metrics import (
+    MultiprocessDirectory,
+    PrometheusMetrics,
+    bind_metrics_listener,
+)
 from trio_proxsmtp.privileges import PrivilegeError, UserInfo, lookup_user, switch_user
 from trio_proxsmtp.workers import Supervisor
 
@@ -259,10 +264,22 @@ def _start_blocked(
             raise _StartupError(
                 f"couldn't bind to address: {config.listen}: {_strerror(exc)}"
             ) from None
+        # MetricsListen is bound like Listen: before detaching and switching User.
+        if config.metrics_listen is not None:
+            try:
+                metrics_sockets = bind_metrics_listener(config.metrics_listen)
+            except OSError as exc:
+                for sock in sockets:
+                    sock.close()
+                raise _StartupError(
+                    f"couldn't bind MetricsListen: {config.metrics_listen}: {_strerror(exc)}"
+                ) from None
+        else:
+            metrics_sockets = []
         if daemonize:
             status = daemon.detach()
             if status is not None:
-                for sock in sockets:
+                for sock in sockets + metrics_sockets:
                     sock.close()
                 return status
         pid_written = False
@@ -287,8 +304,8 @@ def _start_blocked(
                 log.warning("running as root is NOT recommended")
             daemon.report("ready")
             if config.workers > 1:
-                return _supervise(config, sockets, config_path)
-            return _serve(config, sockets, config_path)
+                return _supervise(config, sockets, config_path, metrics_sockets)
+            return _serve(config, sockets, config_path, metrics_sockets=metrics_sockets)
         finally:
             if pid_written and pid_file is not None:
                 remove_pid_file(pid_file)
@@ -308,10 +325,23 @@ def _serve(
     sockets: list[socket.socket],
     config_path: str,
     worker: tuple[int, int] | None = None,
+    *,
+    metrics_sockets: list[socket.socket] | None = None,
+    metrics_dir: str | None = None,
 ) -> int:
-    """Serve until stopped; `worker` is (index, count) in a worker process."""
+    """Serve until stopped; `worker` is (index, count) in a worker process.
+
+    With `metrics_sockets` (MetricsListen) metrics are counted, and served by worker 0;
+    `metrics_dir` is the supervisor's multi-process directory (Workers: N)."""
     reload: Callable[[], Config] = functools.partial(_reload, config_path)
     serve = functools.partial(signals.serve, reload=reload)
+    if metrics_sockets:
+        serve = functools.partial(serve, metrics=PrometheusMetrics(metrics_dir))
+        if worker is None or worker[0] == 0:
+            serve = functools.partial(serve, metrics_sockets=metrics_sockets)
+        else:
+            for sock in metrics_sockets:
+                sock.close()  # worker 0 serves them; the supervisor keeps its own copies
     if worker is not None:
         serve = functools.partial(serve, worker=worker[0], workers=worker[1])
     try:
@@ -324,15 +354,31 @@ def _serve(
     return 0
 
 
-def _supervise(config: Config, sockets: list[socket.socket], config_path: str) -> int:
-    """Run config.workers workers on `sockets` until SIGTERM/SIGINT; we supervise them."""
+def _supervise(
+    config: Config,
+    sockets: list[socket.socket],
+    config_path: str,
+    metrics_sockets: list[socket.socket],
+) -> int:
+    """Run config.workers workers on `sockets` until SIGTERM/SIGINT; we supervise them.
+
+    With MetricsListen the workers count into a multi-process metrics directory made here
+    before the first fork and removed at exit (metrics.py); worker 0 serves /metrics."""
     count = config.workers
     current = config
     unix_paths = server.unix_socket_files(sockets)
+    directory = MultiprocessDirectory() if metrics_sockets else None
 
     def work(index: int) -> int:
         notify.forget()  # the supervisor speaks for the service
-        return _serve(current, sockets, config_path, (index, count))
+        return _serve(
+            current,
+            sockets,
+            config_path,
+            (index, count),
+            metrics_sockets=metrics_sockets,
+            metrics_dir=directory.path if directory is not None else None,
+        )
 
     def on_hup() -> None:
         # Only for workers started from now on; each running worker reloads (and logs) itself.
@@ -353,9 +399,17 @@ def _supervise(config: Config, sockets: list[socket.socket], config_path: str) -
 
     try:
         notify.ready(f"{count} workers listening on {config.listen}")
-        return Supervisor(count, work, sockets=sockets, on_hup=on_hup).run()
+        return Supervisor(
+            count,
+            work,
+            sockets=sockets,
+            on_hup=on_hup,
+            on_worker_exit=directory.worker_died if directory is not None else None,
+        ).run()
     finally:
         server.remove_unix_socket_files(unix_paths)
+        if directory is not None:
+            directory.close()
 
 
 def _reload(path: str) -> Config:

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager, suppress
 import trio
 
 from trio_proxsmtp.client_info import ClientInfo
+from trio_proxsmtp.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.nursery import single_error
 from trio_proxsmtp.protocol.lines import LineTooLong
 from trio_proxsmtp.protocol.reader import (
@@ -53,6 +54,8 @@ class Drained(Exception):
 
 class ClientChannel:
     """Owns the client stream and its buffer; see the module docstring."""
+
+    metrics: Metrics = NULL_METRICS  # bytes in and out, TLS (set by the connection)
 
     def __init__(
         self,
@@ -153,7 +156,9 @@ class ClientChannel:
     async def receive(self) -> bytes:
         with trio.move_on_after(self.timeout) as scope:
             try:
-                return bytes(await self.stream.receive_some(RECEIVE_SIZE))
+                data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
+                self.metrics.bytes_received("client", len(data))
+                return data
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise ClientGone(str(exc) or "connection reset") from exc
         assert scope.cancelled_caught
@@ -173,6 +178,7 @@ class ClientChannel:
                 raise ClientGone(str(exc) or "connection reset") from exc
         if scope.cancelled_caught:
             raise ClientGone("timed out writing to the client")
+        self.metrics.bytes_sent("client", len(data))
 
     async def say_goodbye(self, reply: Reply) -> None:
         """Best effort: the client may be gone already."""
@@ -203,6 +209,7 @@ class ClientChannel:
         if scope.cancelled_caught:
             raise ClientGone("TLS handshake timed out")
         self.stream = stream
+        self.metrics.tls_started("client")
         self.log.info("TLS established: %s, %s", stream.version(), stream.cipher()[0])
 
     def tls_details(self) -> tuple[str | None, str | None]:
@@ -242,6 +249,7 @@ class ClientChannel:
                     data = b""
                     self.reader.discard_buffered()
                 if data:
+                    self.metrics.bytes_received("client", len(data))
                     self.reader.feed(bytes(data))
                     continue
                 self.eof = True

@@ -1,8 +1,9 @@
 """Who the client is: one value built at accept and handed to the connection.
 
 `ClientInfo` carries the peer's and our local address and, for transparent proxying, the
-original destination.  Today `from_socket_stream` fills it from the accepted socket; a
-PROXY-protocol header would fill the same value from its own fields.  Two capabilities need
+original destination.  `from_socket_stream` fills it from the accepted socket;
+`from_proxy_header` from a PROXY-protocol header (ProxyProtocol: on), whose client is the
+client everywhere: logs, CLIENT, XCLIENT, Header's %i, TransparentProxy.  Two capabilities need
 the socket itself, so they are optional: `socket` is None for a stream that has none (a
 memory stream in tests), and then the connection falls back to what a stream can tell.
 """
@@ -18,12 +19,14 @@ import attrs
 import trio
 
 from trio_proxsmtp.address import format_host
+from trio_proxsmtp.proxy_protocol import ProxyResult
 
 __all__ = [
     "NAME_LOOKUP_TIMEOUT",
     "ClientInfo",
     "NoOriginalDestination",
     "client_host_name",
+    "from_proxy_header",
     "from_socket_stream",
 ]
 
@@ -94,6 +97,31 @@ def from_socket_stream(stream: trio.SocketStream) -> ClientInfo:
         local=format_host(_address(sock.getsockname)),
         is_ipv6=sock.family == socket.AF_INET6,
         socket=sock,
+    )
+
+
+def from_proxy_header(
+    result: ProxyResult, socket_info: ClientInfo, *, transparent: bool = False
+) -> ClientInfo:
+    """The client a PROXY header names, in place of the socket's peer (the balancer).
+
+    Its address is the client; the address it connected to (the balancer's front) is the
+    local one (%l) and, with `transparent` (TransparentProxy on), the original destination.
+    A header that names no client (v2 LOCAL health checks, v1 UNKNOWN) leaves the socket's
+    own.  The socket stays: it still tells whether the client has left.
+    """
+    client = result.client
+    if client is None:
+        return socket_info
+    destination = None
+    if client.destination_address is not None and client.destination_port is not None:
+        destination = (client.destination_address, client.destination_port)
+    return ClientInfo(
+        client=client.client_address,
+        local=client.destination_address or socket_info.local,
+        is_ipv6=":" in client.client_address,
+        original_destination=destination if transparent else None,
+        socket=socket_info.socket,
     )
 
 

@@ -21,6 +21,8 @@ contexts are built here once per load so that `-t` and SIGHUP catch unusable fil
 limits that bound what a hostile client can hold (MaxRecipients, MaxConnectionsPerClient with
 ConnectionLimitExceptions, HardErrorLimit, CommandTimeOut, ReplyTimeOut, MinDataRate,
 SessionTimeOut, StressTimeOut).
+`Workers: auto`, the default, is resolved here, at load, to one worker per core this process
+may run on (capped by MAX_WORKERS and MaxConnections), so `Config.workers` is always a count.
 
 `Config.pid_file` is None when the file does not set PidFile, and "" when it sets it empty
 (which disables the pid file even if -p was given, as in the reference).
@@ -111,7 +113,11 @@ class Config:
     user: str | None = None
     xclient: bool = False
     shutdown_timeout: float = 30.0  # extension: graceful drain on SIGTERM
-    workers: int = 1  # extension: worker processes sharing the listener (cli.py, workers.py)
+    # Extension: worker processes sharing the listener (cli.py, workers.py); the default is
+    # `Workers: auto`, resolved once per load from this config's MaxConnections.
+    workers: int = attrs.field(
+        default=attrs.Factory(lambda self: auto_workers(self.max_connections), takes_self=True)
+    )
     max_message_size: int = 0  # extension: bytes, 0 = only the upstream's SIZE limits it
     pipelining: bool = False  # extension: advertise PIPELINING (RFC 2920) to clients
     tls_certificate: str | None = None  # extension: offer STARTTLS with this PEM certificate
@@ -191,6 +197,16 @@ class Config:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         return not any(address in network for network in self.connection_limit_exceptions)
+
+
+def auto_workers(max_connections: int) -> int:
+    """`Workers: auto`: one worker per core we may run on, at most MAX_WORKERS and at most
+    MaxConnections (each worker needs a share of at least one connection)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux: every core the machine has
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS, max_connections))
 
 
 class ConfigError(Exception):
@@ -306,6 +322,19 @@ def _filter_reject(value: str) -> str:
     return value
 
 
+_AUTO = "auto"
+
+
+def _workers(value: str) -> int | str:
+    """A count, or "auto" (resolved once MaxConnections is known)."""
+    if value.lower() == _AUTO:
+        return _AUTO
+    try:
+        return _integer(value, 1, MAX_WORKERS)
+    except _Invalid as exc:
+        raise _Invalid(f"{exc} (or 'auto': one per CPU core)") from None
+
+
 def _milters(value: str) -> tuple[MilterAddress, ...]:
     try:
         return parse_milter_list(value)
@@ -390,7 +419,7 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("User", "user", _non_empty),
         ("XClient", "xclient", _boolean),
         ("ShutdownTimeout", "shutdown_timeout", _seconds_or_zero),
-        ("Workers", "workers", lambda v: _integer(v, 1, MAX_WORKERS)),
+        ("Workers", "workers", _workers),
         ("MaxMessageSize", "max_message_size", lambda v: _integer(v, 0)),
         ("Pipelining", "pipelining", _boolean),
         ("TLSCertificate", "tls_certificate", _non_empty),
@@ -461,6 +490,8 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
         except _Invalid as exc:
             raise ConfigError(path, number, canonical, str(exc)) from None
 
+    if values.get("workers") == _AUTO:
+        del values["workers"]  # the default: Config resolves it from MaxConnections
     config = Config(path=path, **values)
     if config.workers > config.max_connections:
         # Each worker gets a share of MaxConnections; a share of 0 would refuse everyone.

@@ -30,6 +30,7 @@ from trio_proxsmtp.client_channel import ClientChannel, ClientGone, ClientTimeou
 from trio_proxsmtp.client_info import ClientInfo, client_host_name
 from trio_proxsmtp.config import Config, FilterType, OutTLSMode
 from trio_proxsmtp.log import connection_logger
+from trio_proxsmtp.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.milter import MilterContext, Milters, MilterSettings
 from trio_proxsmtp.nursery import single_error
 from trio_proxsmtp.protocol.commands import Verb, parse_command
@@ -119,6 +120,7 @@ class Connection:
         *,
         open_upstream: Opener | None = None,
         implicit_tls: ssl.SSLContext | None = None,
+        metrics: Metrics = NULL_METRICS,
     ) -> None:
         """`implicit_tls`: the client speaks TLS from the first byte (ListenTLS)."""
         self.config = config
@@ -136,6 +138,8 @@ class Connection:
             config, self.session, self.client, self.upstream, self.log, self._scope
         )
         self.draining = False
+        self.metrics = self.client.metrics = self.upstream.metrics = metrics
+        self.transaction.metrics = metrics
 
     def drain(self) -> None:
         """Shutdown: an idle session ends now with 421; a busy one when its message is done."""
@@ -385,5 +389,8 @@ class Connection:
         for action in actions:
             if isinstance(action, Summary):
                 self.log.info("%s", action.text)
+                self.metrics.message_done(
+                    action.outcome.value, action.upstream_code, action.message.size
+                )
             elif isinstance(action, Log):
                 self.log.log(action.level, "%s", action.message)

@@ -120,8 +120,9 @@ class Metrics:
     def connection_closed(self) -> None:
         """The session of an earlier connection_opened ended."""
 
-    def message_done(self, status: str, upstream_code: int | None, size: int) -> None:
-        """A message ended with this summary status, final upstream reply and size (bytes)."""
+    def message_done(self, status: str, upstream_code: int | None, size: int | None) -> None:
+        """A message ended with this summary status, final upstream reply and size (bytes;
+        None when no message was read: refused at DATA, or the client left in it)."""
 
     def filter_ran(self, seconds: float) -> None:
         """The filter ran for this long (whatever its verdict)."""
@@ -298,9 +299,10 @@ class PrometheusMetrics(Metrics):
     def connection_closed(self) -> None:
         self._active.dec()
 
-    def message_done(self, status: str, upstream_code: int | None, size: int) -> None:
+    def message_done(self, status: str, upstream_code: int | None, size: int | None) -> None:
         self._child(self._messages, status, reply_class(upstream_code)).inc()
-        self._sizes.observe(size)
+        if size is not None:
+            self._sizes.observe(size)
 
     def filter_ran(self, seconds: float) -> None:
         self._filter_time.observe(seconds)

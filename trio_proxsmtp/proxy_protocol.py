@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_TRUSTED_NETWORKS",
     "IPNetwork",
     "InvalidProxyHeader",
+    "PrefixedStream",
     "ProxiedClient",
     "ProxyHeaderTimeout",
     "ProxyProtocolError",
@@ -183,3 +184,34 @@ async def read_proxy_header(
         raise InvalidProxyHeader(f"invalid PROXY header from {peer}: {exc.reason}") from None
     assert isinstance(result, ParsedProxyHeader)
     return ProxyResult(result.header, _client_of(result.header), result.remainder)
+
+
+class PrefixedStream(trio.abc.Stream):
+    """A stream whose first bytes were already read (with its PROXY header): they come
+    back first, then the stream's own. For a TLS listener behind a balancer, where the
+    client's handshake may follow the header in the same segment."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self.stream = stream
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._prefix:
+            size = len(self._prefix) if max_bytes is None else max_bytes
+            data, self._prefix = self._prefix[:size], self._prefix[size:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self.stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        if isinstance(self.stream, trio.abc.HalfCloseableStream):
+            await self.stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()

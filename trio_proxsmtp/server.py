@@ -25,6 +25,16 @@ Unix socket file to the supervisor, which outlives every worker.
 Connection ids come from `log.connection_ids` (start time, pid, counter): unique across
 restarts and worker processes. Every server in one process shares that process's counter
 (`process_connection_ids`), so in-process servers (tests) never repeat an id either.
+
+`ProxyProtocol: on` (proxy_protocol.py): each accepted connection reads its PROXY header in
+its own task, never in the accept loop, within DEFAULT_HEADER_TIMEOUT; a missing, invalid,
+late or untrusted header closes the connection with a log line.  The connection counts
+toward MaxConnections from accept (the limit counts connections, not addresses: a header
+changes nothing there).  `client_info.from_proxy_header` turns the header into the
+`ClientInfo`.
+
+Metrics (metrics.py): the server counts connections accepted, refused and active, and
+hands its `Metrics` to every `Connection`; with metrics sockets it also serves /metrics.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import logging
 import os
 import resource
 import socket
+import ssl
 import stat
 import weakref
 from collections.abc import Callable, Iterator
@@ -45,10 +56,18 @@ import trio
 
 from trio_proxsmtp import notify
 from trio_proxsmtp.address import Address, AddressKind, format_host, resolve_tcp
-from trio_proxsmtp.client_info import from_socket_stream
+from trio_proxsmtp.client_info import from_proxy_header, from_socket_stream
 from trio_proxsmtp.config import Config, TransparentMode
 from trio_proxsmtp.connection import Connection
 from trio_proxsmtp.log import LOGGER_NAME, connection_ids, connection_logger
+from trio_proxsmtp.metrics import NULL_METRICS, Metrics, serve_metrics
+from trio_proxsmtp.proxy_protocol import (
+    DEFAULT_HEADER_TIMEOUT,
+    PrefixedStream,
+    ProxyProtocolError,
+    ProxyResult,
+    read_proxy_header,
+)
 from trio_proxsmtp.upstream import IP_TRANSPARENT
 
 __all__ = [
@@ -202,6 +221,12 @@ def applicable_reload(
             f"Workers changed from {workers} to {new.workers}: a restart is needed to apply it"
         )
         new = attrs.evolve(new, workers=workers)
+    if new.metrics_listen != running.metrics_listen:
+        problems.append(
+            f"MetricsListen changed from {running.metrics_listen or 'unset'} to "
+            f"{new.metrics_listen or 'unset'}: a restart is needed to apply it"
+        )
+        new = attrs.evolve(new, metrics_listen=running.metrics_listen)
     if new.max_connections < workers:
         problems.append(
             f"MaxConnections {new.max_connections} is less than the {workers} workers running"
@@ -235,7 +260,8 @@ class Server:
     load_config: Callable[[], Config] | None = None  # re-reads the config file
     worker: int = 0  # this process's index, 0..workers-1 (Workers: N)
     workers: int = 1
-    connections: set[Connection] = attrs.field(factory=set)
+    metrics: Metrics = NULL_METRICS
+    connections: set[Connection | _AwaitingHeader] = attrs.field(factory=set)
     ids: Iterator[str] = attrs.field(factory=process_connection_ids)
     draining: bool = False
     _idle: trio.Event = attrs.field(factory=trio.Event)
@@ -251,8 +277,16 @@ class Server:
         self,
         sockets: list[socket.socket],
         *,
+        metrics_sockets: list[socket.socket] | None = None,
         task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Serve until stopped and drained; /metrics on `metrics_sockets` meanwhile."""
+        if metrics_sockets:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve_metrics, metrics_sockets, self.metrics.exposition)
+                await self.serve(sockets, task_status=task_status)
+                nursery.cancel_scope.cancel()
+            return
         raise_fd_limit(self.max_connections)
         if not self.config.filter_command:
             log.warning("no filter command specified. passing messages through")
@@ -350,24 +384,94 @@ class Server:
             config = self.config
             conn_id = next(self.ids)
             limit = self.max_connections
+            self.metrics.connection_accepted()
             if len(self.connections) >= limit:
+                self.metrics.connection_refused("busy")
                 connections.start_soon(self._refuse, stream, conn_id, limit)
                 continue
-            # Who the client is, decided once here (a PROXY header would fill it instead).
             # ListenTLS: the handshake is the connection's first step (under TimeOut).
             context = config.tls_context if implicit_tls else None
+            if config.proxy_protocol:
+                # Who the client is comes in its PROXY header: read in its own task.
+                waiting = _AwaitingHeader(stream, conn_id, context)
+                self.connections.add(waiting)
+                connections.start_soon(self._run_proxied, waiting, config)
+                continue
+            # Who the client is, decided once here.
             connection = Connection(
-                config, stream, from_socket_stream(stream), conn_id, implicit_tls=context
+                config,
+                stream,
+                from_socket_stream(stream),
+                conn_id,
+                implicit_tls=context,
+                metrics=self.metrics,
             )
             self.connections.add(connection)
             connections.start_soon(self._run_connection, connection)
 
     async def _run_connection(self, connection: Connection) -> None:
         try:
-            await connection.run()
+            with self.metrics.session():
+                await connection.run()
         finally:
             self.connections.discard(connection)
             self._idle.set()
+
+    async def _run_proxied(self, waiting: _AwaitingHeader, config: Config) -> None:
+        """Read the PROXY header, then run the session as the client it names.
+
+        Meanwhile `waiting` stands in `self.connections`: it counts toward MaxConnections,
+        and a shutdown closes it at once (it has not said who it is yet)."""
+        stream = waiting.stream
+        socket_info = from_socket_stream(stream)
+        log = connection_logger(waiting.conn_id)
+        result: ProxyResult | None = None
+        try:
+            with waiting.scope:
+                result = await read_proxy_header(
+                    stream,
+                    socket_info.client,
+                    config.proxy_protocol_from,
+                    trio.current_time() + DEFAULT_HEADER_TIMEOUT,
+                )
+        except ProxyProtocolError as exc:
+            log.error("%s: connection closed", exc)
+            self.metrics.connection_refused(exc.reason)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.error("%s left before its PROXY header: %s", socket_info.client, exc)
+            self.metrics.connection_refused("proxy-invalid")
+        finally:
+            self.connections.discard(waiting)
+        if result is None:  # refused, or closed by the shutdown
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+            self._idle.set()
+            return
+        transparent = config.transparent_proxy is not TransparentMode.OFF
+        info = from_proxy_header(result, socket_info, transparent=transparent)
+        if result.is_health_check:
+            log.debug("PROXY LOCAL from %s: a health check", socket_info.client)
+        else:
+            log.debug("PROXY header from %s: client %s", socket_info.client, info.client)
+        remainder = result.remainder
+        client_stream: trio.abc.Stream = stream
+        if waiting.implicit_tls is not None and remainder:
+            # ListenTLS behind a balancer: what followed the header is the TLS handshake.
+            client_stream, remainder = PrefixedStream(stream, remainder), b""
+        connection = Connection(
+            config,
+            client_stream,
+            info,
+            waiting.conn_id,
+            implicit_tls=waiting.implicit_tls,
+            metrics=self.metrics,
+        )
+        # What followed the header is the start of the SMTP stream.
+        connection.client.reader.feed(remainder)
+        self.connections.add(connection)
+        if self.draining:
+            connection.drain()
+        await self._run_connection(connection)
 
     async def _refuse(self, stream: trio.SocketStream, conn_id: str, limit: int) -> None:
         connection_logger(conn_id).error(
@@ -377,6 +481,24 @@ class Server:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(BUSY_REPLY)
         await stream.aclose()
+
+
+class _AwaitingHeader:
+    """A connection whose PROXY header is being read, as `Server.connections` sees it."""
+
+    def __init__(
+        self, stream: trio.SocketStream, conn_id: str, implicit_tls: ssl.SSLContext | None
+    ) -> None:
+        self.stream = stream
+        self.conn_id = conn_id
+        self.implicit_tls = implicit_tls
+        self.scope = trio.CancelScope()
+
+    def drain(self) -> None:
+        self.scope.cancel()
+
+    def cancel(self) -> None:
+        self.scope.cancel()
 
 
 def _listener_name(listener: trio.SocketListener) -> str:
@@ -394,15 +516,19 @@ async def serve(
     reload: Callable[[], Config] | None = None,
     worker: int = 0,
     workers: int = 1,
+    metrics: Metrics = NULL_METRICS,
+    metrics_sockets: list[socket.socket] | None = None,
     task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `sockets` until cancelled; no signals (the command line's serve is
     signals.serve).
 
     `worker`/`workers`: this process is worker `worker` (0-based) of `workers` serving the
-    same sockets (see the module docstring); the defaults mean the only one.
+    same sockets (see the module docstring); the defaults mean the only one.  `metrics`
+    records what happens (NULL_METRICS: nothing); with `metrics_sockets` (bound by
+    metrics.bind_metrics_listener) /metrics is served on them from `metrics`.
     """
     if not 0 <= worker < workers:
         raise ValueError(f"worker {worker} is not in 0..{workers - 1}")
-    server = Server(config, reload, worker, workers)
-    await server.serve(sockets, task_status=task_status)
+    server = Server(config, reload, worker, workers, metrics)
+    await server.serve(sockets, metrics_sockets=metrics_sockets, task_status=task_status)

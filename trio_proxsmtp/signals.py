@@ -19,6 +19,7 @@ import trio
 from trio_proxsmtp import notify
 from trio_proxsmtp.config import Config
 from trio_proxsmtp.log import LOGGER_NAME
+from trio_proxsmtp.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.server import Server
 
 __all__ = ["HANDLED_SIGNALS", "handle_signals", "serve"]
@@ -53,13 +54,15 @@ async def serve(
     reload: Callable[[], Config] | None = None,
     worker: int = 0,
     workers: int = 1,
+    metrics: Metrics = NULL_METRICS,
+    metrics_sockets: list[socket.socket] | None = None,
     task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The command line's serve: `server.serve` plus the signal task, until SIGTERM/SIGINT
-    (then drain and return)."""
+    (then drain and return).  `metrics`, `metrics_sockets`: as for server.serve."""
     if not 0 <= worker < workers:
         raise ValueError(f"worker {worker} is not in 0..{workers - 1}")
-    server = Server(config, reload, worker, workers)
+    server = Server(config, reload, worker, workers, metrics)
     with trio.open_signal_receiver(*HANDLED_SIGNALS) as received:
         # The command line blocks these from before bind until now, so that a signal sent
         # during start-up waits for this receiver instead of killing a half-started process
@@ -67,5 +70,5 @@ async def serve(
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(handle_signals, server, received)
-            await server.serve(sockets, task_status=task_status)
+            await server.serve(sockets, metrics_sockets=metrics_sockets, task_status=task_status)
             nursery.cancel_scope.cancel()

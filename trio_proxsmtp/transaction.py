@@ -19,6 +19,7 @@ from trio_proxsmtp.config import Config, FilterType
 from trio_proxsmtp.filter import FilterSpec, VerdictKind, filter_environment, run_filter
 from trio_proxsmtp.header import HeaderInserter, expand_header
 from trio_proxsmtp.message_edit import EditedMessage, Envelope, Recipient, bare_address
+from trio_proxsmtp.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.milter import Milters
 from trio_proxsmtp.protocol.bdat import BdatSender
 from trio_proxsmtp.protocol.data import DataSender
@@ -39,6 +40,8 @@ __all__ = ["Transaction"]
 
 class Transaction:
     """The current message's spools and the steps that use them; see the module docstring."""
+
+    metrics: Metrics = NULL_METRICS  # filter runs (set by the connection)
 
     def __init__(
         self,
@@ -218,6 +221,7 @@ class Transaction:
         async with self.client.watch(self.left), self.upstream.keepalives():
             verdict = await run_filter(spec, self.spool, env, log=self.log)
         seconds = trio.current_time() - started
+        self.metrics.filter_ran(seconds)
         self.log.debug("filter verdict: %s (%s)", verdict.kind.name, verdict.detail)
         if verdict.kind is VerdictKind.ACCEPT:
             assert verdict.message is not None
@@ -226,6 +230,7 @@ class Transaction:
             return self.session.filter_done(True, None, Outcome.FILTERED, seconds=seconds)
         if verdict.kind is VerdictKind.ERROR:
             self.log.error("filter command failed: %s", verdict.detail)
+            self.metrics.filter_failed("timeout" if seconds >= spec.timeout else "error")
             outcome = Outcome.FILTER_ERROR
         else:
             outcome = Outcome.DROPPED if verdict.kind is VerdictKind.DROP else Outcome.REJECTED

@@ -25,6 +25,7 @@ import trio
 from trio_proxsmtp.address import AddressKind, format_host
 from trio_proxsmtp.client_info import ClientInfo, NoOriginalDestination
 from trio_proxsmtp.config import Config, OutTLSMode, TransparentMode
+from trio_proxsmtp.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.nursery import single_error
 from trio_proxsmtp.protocol.replies import Reply, ReplyParser
 from trio_proxsmtp.trace import show
@@ -61,6 +62,8 @@ Opener = Callable[[], Awaitable[tuple[trio.abc.Stream, str]]]
 class Upstream:
     """Owns the upstream stream; see the module docstring."""
 
+    metrics: Metrics = NULL_METRICS  # bytes, round trips, TLS (set by the connection)
+
     def __init__(
         self,
         config: Config,
@@ -94,7 +97,11 @@ class Upstream:
                         self.log.debug("SERVER > %s", item.trace)
             await self.send(b"".join(item.data for item in outgoing))
         count = len(outgoing) if replies is None else replies
-        return [await self._read_reply() for _ in range(count)]
+        started = trio.current_time() if self.metrics.enabled and outgoing else None
+        answers = [await self._read_reply() for _ in range(count)]
+        if started is not None:
+            self.metrics.upstream_round_trip(trio.current_time() - started)
+        return answers
 
     async def command(self, item: Outgoing) -> Reply:
         """A group of one."""
@@ -113,6 +120,7 @@ class Upstream:
         if scope.cancelled_caught:
             raise UpstreamFailure("network operation timed out: writing to server", "timed out")
         self.activity = trio.current_time()
+        self.metrics.bytes_sent("upstream", len(data))
 
     async def _read_reply(self) -> Reply:
         assert self.stream is not None
@@ -137,6 +145,7 @@ class Upstream:
             if not data:
                 raise UpstreamFailure("server disconnected unexpectedly", "closed the connection")
             self.activity = trio.current_time()
+            self.metrics.bytes_received("upstream", len(data))
             self.replies.feed(bytes(data))
 
     @asynccontextmanager
@@ -239,6 +248,7 @@ class Upstream:
         self.stream = stream
         self.tls = True
         self.activity = trio.current_time()
+        self.metrics.tls_started("upstream")
         self.log.info(
             "SERVER TLS established: %s, %s (%s)",
             stream.version(),

@@ -70,6 +70,20 @@ def open_files_under(pid: int, directory: Path) -> list[str]:
     return found
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 class ProxyProcess:
     """`python -m trio_proxsmtp -d 3 -f CONF`, stderr into a log file."""
 
@@ -89,6 +103,19 @@ class ProxyProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def pids(self) -> list[int]:
+        """The proxy's processes: its own pid, then its workers under `Workers: N` (children
+        running the same command line; a filter is a child too, but runs another program)."""
+        pid = self.proc.pid
+        own = _cmdline(pid)
+        workers = [
+            int(entry.name)
+            for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and _ppid(int(entry.name)) == pid
+            and _cmdline(int(entry.name)) == own
+        ]  # fmt: skip
+        return [pid, *sorted(workers)]
 
     def exited(self) -> bool:
         return self.proc.poll() is not None

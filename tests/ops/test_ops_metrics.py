@@ -5,18 +5,21 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
-from ops_support import background, wait_for
+from ops_support import background, free_port, proxy_process, wait_for, write_config
 from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
 
 from trio_proxsmtp.address import Address, AddressKind
+from trio_proxsmtp.config import parse_config
 from trio_proxsmtp.metrics import (
     MAX_SCRAPES,
     MULTIPROC_ENV,
@@ -30,6 +33,10 @@ from trio_proxsmtp.metrics import (
     reply_class,
     serve_metrics,
 )
+from trio_proxsmtp.server import applicable_reload
+from trio_proxsmtp.testing import END_OF_DATA, FakeClient, FakeUpstream, open_client, run_proxy
+from trio_proxsmtp.testing.certs import TestCertificates
+from trio_proxsmtp.testing.upstream import Session as UpstreamSession
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -310,3 +317,149 @@ async def test_scrapes_at_once_are_bounded() -> None:
             response = await http(port, b"GET /metrics HTTP/1.0\r\n\r\n")
             assert response.startswith(b"HTTP/1.0 200 OK")
             nursery.cancel_scope.cancel()
+
+
+# --- the real proxy: MetricsListen ---------------------------------------------------------
+
+MIX_FILTER = """#!/bin/sh
+msg=$(cat)
+case "$msg" in
+*"Subject: reject"*) echo "550 5.7.1 rejected by the test filter" >&2; exit 1 ;;
+*"Subject: drop"*) echo "250 2.0.0 dropped by the test filter" >&2; exit 1 ;;
+esac
+printf '%s\\r\\n' "$msg"
+"""
+MAX_SIZE = 4000
+# (sender, subject, body size, the client's final reply)
+MIX = [
+    ("a@x", "deliver", 0, 250),
+    ("a@x", "deliver", 10, 250),
+    ("a@x", "deliver", 20, 250),
+    ("a@x", "reject", 0, 550),
+    ("a@x", "reject", 0, 550),
+    ("a@x", "drop", 0, 250),
+    ("tempfail@x", "deliver", 0, 451),
+    ("a@x", "too big", MAX_SIZE + 1, 552),
+]
+MIX_COUNTS = {
+    ("FILTERED", "2xx"): 3,
+    ("REJECTED", "none"): 2,
+    ("DROPPED", "none"): 1,
+    ("FILTERED", "4xx"): 1,
+    ("TOO-BIG", "none"): 1,
+}
+
+
+def _temp_fail(line: bytes, session: UpstreamSession) -> str | None:
+    return "451 4.3.0 try again later" if session.mail_from == "tempfail@x" else None
+
+
+async def _scrape(port: int) -> Samples:
+    response = await http(port, b"GET /metrics HTTP/1.0\r\n\r\n")
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 OK"), head
+    return samples(body)
+
+
+def _messages(found: Samples) -> dict[tuple[str, str], float]:
+    return {
+        (dict(labels)["status"], dict(labels)["upstream"]): value
+        for (name, labels), value in found.items()
+        if name == "proxsmtpd_messages_total"
+    }
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_scraped_counts_of_a_known_mix(tmp_path: Path, workers: int) -> None:
+    (tmp_path / "filter.sh").write_text(MIX_FILTER)
+    temp = tmp_path / "tmp"  # the supervisor's metrics directory goes here ($TMPDIR)
+    temp.mkdir()
+    port, metrics_port = free_port(), free_port()
+    with trio.fail_after(60):
+        async with FakeUpstream(replies={END_OF_DATA: _temp_fail}) as up:
+            config = write_config(
+                tmp_path / "proxsmtpd.conf",
+                f"Listen: 127.0.0.1:{port}\nOutAddress: {up.address}\n"
+                f"TempDirectory: {tmp_path}\n"
+                f"FilterCommand: /bin/sh {tmp_path / 'filter.sh'}\n"
+                f"MaxMessageSize: {MAX_SIZE}\nMetricsListen: 127.0.0.1:{metrics_port}\n"
+                f"Workers: {workers}\nMaxConnections: {workers}\n",
+            )
+            log = tmp_path / "proxy.log"
+            with proxy_process(config, log, env={"TMPDIR": str(temp)}) as proxy:
+                await proxy.wait_log("listening on", count=workers)
+                busy = 0
+                async with AsyncExitStack() as stack:
+                    # One session on each worker (each worker's share is one session).
+                    clients: list[FakeClient] = []
+                    while len(clients) < workers:
+                        client = await stack.enter_async_context(open_client("127.0.0.1", port))
+                        if (await client.greeting()).code == 220:
+                            clients.append(client)
+                        else:
+                            busy += 1
+                            await client.aclose()
+                    for n, (sender, subject, size, code) in enumerate(MIX):
+                        body = f"Subject: {subject}\r\n\r\n".encode() + b"x" * size + b"\r\n"
+                        replies = await clients[n % workers].send_message(sender, ["b@x"], body)
+                        assert replies[-1].code == code, subject
+                    mid = await _scrape(metrics_port)
+                    assert mid[("proxsmtpd_connections_active", ())] == workers
+                    for client in clients:
+                        await client.quit()
+                await wait_for(lambda: up.active_connections == 0)
+                found = await _scrape(metrics_port)
+                assert _messages(found) == MIX_COUNTS
+                assert found[("proxsmtpd_message_size_bytes_count", ())] == len(MIX)
+                assert found[("proxsmtpd_connections_accepted_total", ())] == workers + busy
+                refused = found.get(("proxsmtpd_connections_refused_total", (("reason", "busy"),)))
+                assert (refused or 0) == busy
+                assert found[("proxsmtpd_filter_duration_seconds_count", ())] == len(MIX) - 1
+                proxy.signal(signal.SIGTERM)
+                assert await proxy.wait_exit() == 0
+    assert list(temp.iterdir()) == []  # the multi-process directory is gone
+
+
+def test_a_changed_metrics_listen_waits_for_a_restart() -> None:
+    running = parse_config("OutAddress: 127.0.0.1:2525\nMetricsListen: 127.0.0.1:9100\n")
+    new = parse_config("OutAddress: 127.0.0.1:2525\nMetricsListen: 127.0.0.1:9200\n")
+    applied, problems = applicable_reload(running, new, running.workers)
+    assert applied is not None and applied.metrics_listen == running.metrics_listen
+    assert problems == [
+        "MetricsListen changed from 127.0.0.1:9100 to 127.0.0.1:9200: a restart is needed to "
+        "apply it"
+    ]
+
+
+async def test_a_metrics_listen_in_use_stops_start_up(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        busy = taken.getsockname()[1]
+        config = write_config(
+            tmp_path / "proxsmtpd.conf",
+            f"Listen: 127.0.0.1:{free_port()}\nOutAddress: 127.0.0.1:2525\n"
+            f"MetricsListen: 127.0.0.1:{busy}\n",
+        )
+        with trio.fail_after(30), proxy_process(config, tmp_path / "proxy.log") as proxy:
+            assert await proxy.wait_exit() == 1
+            assert f"couldn't bind MetricsListen: 127.0.0.1:{busy}: " in proxy.log()
+
+
+async def test_tls_to_the_next_server_is_counted(test_certificates: TestCertificates) -> None:
+    metrics = PrometheusMetrics()
+    config = f"OutTLS: encrypt\nOutTLSCAFile: {test_certificates.ca}\n"
+    with trio.fail_after(20):
+        async with (
+            FakeUpstream(
+                tls_certificate=test_certificates.certificate, tls_key=test_certificates.key
+            ) as up,
+            run_proxy(config, upstream=up, metrics=metrics) as proxy,
+            proxy.connect() as client,
+        ):
+            await client.greeting()
+            replies = await client.send_message("s@x", ["r@x"], b"Subject: t\r\n\r\nbody\r\n")
+            assert replies[-1].code == 250
+    assert up.transactions[0].tls
+    found = samples(metrics.exposition()[0])
+    assert found[("proxsmtpd_tls_sessions_total", (("side", "upstream"),))] == 1

@@ -83,7 +83,9 @@ async def deliver(port: int) -> None:
 async def test_ready_reloading_and_stopping_come_from_the_proxy(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with FakeUpstream() as up, notify_socket(tmp_path) as notes:
-            config, port = setup(tmp_path, up)
+            # The STATUS texts of one process; with workers the supervisor's say how many
+            # (test_with_workers_only_the_supervisor_notifies).
+            config, port = setup(tmp_path, up, "Workers: 1\n")
             env = {"NOTIFY_SOCKET": str(notes.path)}
             with proxy_process(config, tmp_path / "proxy.log", env=env) as proxy:
                 pid, fields = await notes.expect("READY")

@@ -65,7 +65,13 @@ async def test_sigterm_lets_a_filtered_message_finish_and_tells_idle_clients(
 ) -> None:
     with trio.fail_after(30):
         async with FakeUpstream() as up:
-            config, port = setup(tmp_path, up, delay=1.5, extra="ShutdownTimeout: 20\n")
+            # Workers: 1 because of "the listener is closed before the first 421" below: with
+            # several workers each closes its own copy of the listening socket before its
+            # 421s, and the socket stays open until the last worker has closed it.
+            # TODO(issue 15, with the server split): shut the shared listener down
+            # (shutdown(SHUT_RD) leaves LISTEN for every process) and let the other workers'
+            # accept loops end on the EINVAL that follows, then drop this pin.
+            config, port = setup(tmp_path, up, delay=1.5, extra="ShutdownTimeout: 20\nWorkers: 1\n")
             pidfile = tmp_path / "proxsmtpd.pid"
             with proxy_process(config, tmp_path / "proxy.log", "-p", str(pidfile)) as proxy:
                 await proxy.started()
@@ -120,8 +126,10 @@ async def test_sigterm_past_the_grace_period_kills_the_filter(tmp_path: Path) ->
                     await wait_for((tmp_path / "started").exists)
                     [pgid] = filter_pids(tmp_path)
                     assert group_alive(pgid)
-                    # The message's spool (unnamed in pipe mode) is open in the proxy.
-                    assert open_files_under(proxy.proc.pid, tmp_path / "spool") != []
+                    # The message's spool (unnamed in pipe mode) is open in the proxy (in
+                    # the worker that has the session, under Workers: N).
+                    spool = tmp_path / "spool"
+                    assert [f for pid in proxy.pids() for f in open_files_under(pid, spool)] != []
                     started = trio.current_time()
                     proxy.signal(signal.SIGTERM)
                     reply = await client.read_reply()

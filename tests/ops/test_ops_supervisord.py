@@ -94,7 +94,10 @@ async def test_supervisord_runs_stops_and_restarts_the_proxy(tmp_path: Path) -> 
                 tmp_path / "proxsmtpd.conf",
                 f"Listen: 127.0.0.1:{port}\nOutAddress: {up.address}\nShutdownTimeout: 2\n"
                 f"TempDirectory: {spool}\n"
-                f"FilterCommand: /bin/sh {tmp_path / 'filter.sh'} {tmp_path}\n",
+                f"FilterCommand: /bin/sh {tmp_path / 'filter.sh'} {tmp_path}\n"
+                # One process: the log counts below are per process ("listening on" and
+                # "received SIGTERM" are logged by each worker); test_ops_workers covers N.
+                "Workers: 1\n",
             )
             conf = supervisord_conf(tmp_path, proxy_conf)
             proxy_log, sup_log = tmp_path / "proxy.log", tmp_path / "supervisord.log"

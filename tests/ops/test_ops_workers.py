@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -245,6 +246,42 @@ async def test_one_worker_keeps_the_single_process(tmp_path: Path) -> None:
             [(pid, conn_id)] = ACCEPTED_RE.findall(proxy.log())
             assert int(pid) == proxy.proc.pid == int(conn_id[8:14], 16)
             assert conn_id.endswith("0001")
+
+
+@contextlib.contextmanager
+def cpu_affinity(cpus: list[int]) -> Iterator[None]:
+    """Run what this thread starts meanwhile on `cpus` only (children inherit it)."""
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, old)
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+async def test_by_default_one_worker_per_available_core(tmp_path: Path, cores: int) -> None:
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < cores:
+        pytest.skip(f"needs {cores} available CPU cores")
+    with trio.fail_after(30):
+        async with FakeUpstream() as up:
+            config, port = setup(tmp_path, up, "")  # no Workers line: auto
+            with contextlib.ExitStack() as stack:
+                with cpu_affinity(available[:cores]):
+                    proxy = stack.enter_context(proxy_process(config, tmp_path / "proxy.log"))
+                await proxy.wait_log("listening on", count=cores)
+                async with open_client("127.0.0.1", port) as client:
+                    assert (await client.send_message("a@x", ["b@x"], MESSAGE))[-1].code == 250
+                assert len(proxy.pids()) == (1 if cores == 1 else 1 + cores)
+                proxy.signal(signal.SIGTERM)
+                assert await proxy.wait_exit() == 0
+            log = proxy.log()
+            if cores == 1:  # serves directly, as with Workers: 1
+                assert "worker" not in log
+            else:
+                assert f"starting {cores} workers" in log
+                assert sorted(k for k, _pid in workers_started(log)) == list(range(1, cores + 1))
 
 
 async def test_the_supervisor_removes_the_unix_socket_file(tmp_path: Path) -> None:

@@ -21,7 +21,10 @@ from trio_proxsmtp.config import Config
 
 def write_conf(tmp_path: Path, extra: str = "") -> str:
     path = tmp_path / "proxsmtpd.conf"
-    path.write_text(f"Listen: 127.0.0.1:2525\nOutAddress: 127.0.0.1:2526\n{extra}")
+    # One process: these tests run cli.main in the test runner against a fake server, which
+    # `Workers: auto` would fork (the supervisor path is tested in tests/ops).
+    # Last, so that the line numbers of `extra` stay those the tests expect.
+    path.write_text(f"Listen: 127.0.0.1:2525\nOutAddress: 127.0.0.1:2526\n{extra}\nWorkers: 1\n")
     return str(path)
 
 

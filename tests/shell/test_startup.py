@@ -170,7 +170,8 @@ def test_bind_failure_exits_1_and_leaves_no_process(
 
 def test_daemon_detaches_and_serves(tmp_path: Path, cleanup: list[str]) -> None:
     port = free_port()
-    path = write_conf(tmp_path, port)
+    # One process: the stand-in server is not forked into workers (tests/ops covers that).
+    path = write_conf(tmp_path, port, "Workers: 1\n")
     pid_file = tmp_path / "p.pid"
     result = run([*FAKE, "-f", path, "-p", str(pid_file)])
     assert result.returncode == 0, result.stderr
@@ -223,7 +224,9 @@ def test_daemon_makes_relative_paths_absolute(
 ) -> None:
     """The daemon runs in /: -f must still name the file SIGHUP reloads, -p its pid file."""
     port = free_port()
-    path = write_conf(tmp_path, port)
+    # One process: the log lines below are read by the pid in the pid file, and with
+    # Workers each worker logs its own "listening on" and "SIGHUP: reloaded" with its pid.
+    path = write_conf(tmp_path, port, "Workers: 1\n")
     result = subprocess.run(
         [*REAL, "-f", "proxsmtpd.conf", "-p", "rel.pid"],
         env=ENV,
@@ -262,6 +265,7 @@ def test_daemon_reports_late_errors_to_the_shell(tmp_path: Path) -> None:
 def test_user_switch_after_bind(tmp_path: Path, transparent: bool, cleanup: list[str]) -> None:
     nobody = pwd.getpwnam("nobody")
     extra = "User: nobody\n" + ("TransparentProxy: full\n" if transparent else "")
+    extra += "Workers: 1\n"  # the stand-in server serves in this process, not in workers
     # a port below 1024 works because the switch comes after bind
     port = next(p for p in range(1000, 1024) if _port_free(p))
     path = write_conf(tmp_path, port, extra)

@@ -349,18 +349,29 @@ async def open_client(
     timeout: float = DEFAULT_TIMEOUT,
     tls: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    proxy_header: bytes | None = None,
 ) -> AsyncIterator[FakeClient]:
     """Connect a :class:`FakeClient` to ``host:port``, or to the Unix socket ``host`` when
     ``port`` is None; the connection is closed when the block ends.
 
     With ``tls`` it speaks TLS from the first byte (implicit TLS, RFC 8314), checking the
     certificate as ``tls`` says against ``server_hostname`` (default: ``host``).
+
+    ``proxy_header`` is sent first, as a load balancer would (``ProxyProtocol: on``): the
+    bytes of ``protocol.proxy_header.encode_v1`` / ``encode_v2``, or any bytes to test a
+    broken one. It is not part of :attr:`FakeClient.sent`.
     """
     with trio.fail_after(timeout):
         if port is None:
             sock: trio.SocketStream = await trio.open_unix_socket(os.fspath(host))
         else:
             sock = await trio.open_tcp_stream(os.fspath(host), port)
+        if proxy_header is not None:
+            try:
+                await sock.send_all(proxy_header)
+            except BaseException:
+                await trio.aclose_forcefully(sock)
+                raise
     stream: trio.abc.Stream = sock
     if tls is not None:
         name = server_hostname if server_hostname is not None else os.fspath(host)

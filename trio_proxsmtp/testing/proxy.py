@@ -31,6 +31,7 @@ import attrs
 
 from trio_proxsmtp.address import Address, AddressKind, parse_address
 from trio_proxsmtp.config import DEFAULT_OUT_PORT, Config, parse_config
+from trio_proxsmtp.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.testing.client import DEFAULT_TIMEOUT, FakeClient, open_client
 from trio_proxsmtp.testing.upstream import FakeUpstream, background_nursery
 
@@ -80,12 +81,13 @@ class RunningProxy:
         return found
 
     def connect(
-        self, *, timeout: float = DEFAULT_TIMEOUT
+        self, *, timeout: float = DEFAULT_TIMEOUT, proxy_header: bytes | None = None
     ) -> AbstractAsyncContextManager[FakeClient]:
-        """``async with proxy.connect() as client``: a :class:`FakeClient` to the proxy."""
+        """``async with proxy.connect() as client``: a :class:`FakeClient` to the proxy
+        (``proxy_header``: sent first, see :func:`open_client`)."""
         if self.config.listen.kind is AddressKind.UNIX:
-            return open_client(self.host, timeout=timeout)
-        return open_client(self.host, self.port, timeout=timeout)
+            return open_client(self.host, timeout=timeout, proxy_header=proxy_header)
+        return open_client(self.host, self.port, timeout=timeout, proxy_header=proxy_header)
 
 
 def _target(upstream: FakeUpstream | str) -> str:
@@ -94,9 +96,15 @@ def _target(upstream: FakeUpstream | str) -> str:
 
 @asynccontextmanager
 async def run_proxy(
-    config: Config | str, *, upstream: FakeUpstream | str | None = None
+    config: Config | str,
+    *,
+    upstream: FakeUpstream | str | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[RunningProxy]:
     """Serve ``config`` (a Config or proxsmtpd.conf text) until the block ends.
+
+    ``metrics`` (e.g. a ``metrics.PrometheusMetrics()``) records what the proxy does, to be
+    read with its ``exposition()``; MetricsListen in the config is not served here.
 
     Listen is forced to 127.0.0.1 on a free port (a Unix socket path is kept). OutAddress
     becomes ``upstream`` (a FakeUpstream or an address in config syntax) when given. When
@@ -142,7 +150,9 @@ async def run_proxy(
                 None,
             )
             async with background_nursery() as nursery:
-                await nursery.start(partial(serve, config, sockets))
+                await nursery.start(
+                    partial(serve, config, sockets, metrics=metrics or NULL_METRICS)
+                )
                 yield RunningProxy(config=config, host=host, port=port, tls_port=tls_port)
         finally:
             for sock in sockets:
