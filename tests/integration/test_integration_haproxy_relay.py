@@ -25,6 +25,7 @@ import trio
 from haproxy_support import ROOT, run_haproxy
 from integration_support import free_port, spawn, wait_listening
 
+from trio_proxsmtp.log import ID_PATTERN
 from trio_proxsmtp.testing import FakeClient, FakeUpstream
 
 pytestmark = pytest.mark.integration
@@ -34,7 +35,7 @@ FILTER = "#!/bin/sh\nprintf 'X-Client: %s\\r\\n' \"$CLIENT\"\nexec cat\n"
 # HAProxy's check timeout is its interval: a shared, loaded test machine needs more than
 # the 200 ms of haproxy_support's default, or an instance may be marked down.
 CHECK_INTERVAL = "1s"
-LINE_RE = re.compile(r"^\S+ proxsmtpd\[\d+\]: ([0-9A-F]{6}): (.*)$", re.MULTILINE)
+LINE_RE = re.compile(rf"^\S+ proxsmtpd\[\d+\]: ({ID_PATTERN}): (.*)$", re.MULTILINE)
 
 
 @attrs.define
