@@ -125,7 +125,7 @@ class Scenario:
         text = self.c if impl == "C" else self.ours
         if text is None:
             raise ValueError(f"scenario {self.name!r} has no config for C")
-        text = text.replace("{workdir}", str(workdir))
+        text = text.replace("{workdir}", str(workdir)).replace("{milter}", _MILTER[0])
         return text.replace("{metrics_port}", str(free_port()))
 
     def impls(self, impls: tuple[str, ...]) -> tuple[str, ...]:
@@ -133,6 +133,43 @@ class Scenario:
 
     def open_upstream(self, workdir: Path) -> Upstream:
         return self.upstream(workdir) if self.upstream is not None else Sink(workdir)
+
+
+_MILTER = [""]  # the address of the milter run_milter started for the current run
+
+
+@contextlib.contextmanager
+def run_milter(workdir: Path, kind: str) -> Iterator[None]:
+    """bench/accept_milter.py, or OpenDKIM signing with a 2048-bit key (made once), on a
+    free port for one run; `{milter}` in the scenario's config becomes its address."""
+    port = free_port()
+    if kind == "accept":
+        cmd = [sys.executable, str(Path(__file__).with_name("accept_milter.py")), str(port)]
+    else:
+        path = "/usr/sbin:" + os.environ.get("PATH", "")
+        opendkim = shutil.which("opendkim", path=path)
+        genkey = shutil.which("opendkim-genkey", path=path)
+        if opendkim is None or genkey is None:
+            raise RuntimeError("opendkim not found (Debian packages opendkim, opendkim-tools)")
+        keys = workdir / "dkim"
+        if not keys.exists():
+            keys.mkdir()
+            subprocess.run([genkey, "-b", "2048", "-d", "example.org", "-s", "bench", "-D",
+                            str(keys)], check=True)  # fmt: skip
+        conf = keys / "opendkim.conf"
+        conf.write_text(
+            f"Mode s\nSocket inet:{port}@{HOST}\nDomain example.org\nSelector bench\n"
+            f"KeyFile {keys / 'bench.private'}\nCanonicalization relaxed/simple\n"
+            f"Syslog no\nUserID root\nRequireSafeKeys no\nPidFile {keys / 'pid'}\n"
+        )
+        cmd = [opendkim, "-f", "-x", str(conf)]
+    proc = subprocess.Popen(cmd)
+    try:
+        wait_listening(port, proc)
+        _MILTER[0] = f"inet:{HOST}:{port}"
+        yield
+    finally:
+        stop(proc)
 
 
 MAIN_SCENARIOS = (
@@ -145,7 +182,12 @@ MAIN_SCENARIOS = (
     ),
     # "no filter" with the Prometheus listener on: what the metrics cost (ours only).
     Scenario("metrics on", "MetricsListen: 127.0.0.1:{metrics_port}\n", None),
+    # Milters (issue 14), ours only: C has none, so they are compared with C's `cat`.
+    # bench/accept_milter.py sees every message and accepts it; OpenDKIM signs it.
+    Scenario("milter", "Milters: {milter}\n", None, extra=lambda w: run_milter(w, "accept")),
+    Scenario("dkim sign", "Milters: {milter}\n", None, extra=lambda w: run_milter(w, "dkim")),
 )
+MILTER_SCENARIOS = ("milter", "dkim sign")
 LEVEL_SCENARIOS = MAIN_SCENARIOS[:2]
 
 
@@ -750,6 +792,8 @@ def report(r: Results, elapsed: float) -> str:
             rates = " ".join(f"{x.rate:.0f}" for x in rs)
             med = statistics.median(x.rate for x in rs)
             ratio = show_ratio(median_ratio(rs, runs["C"])) if impl != "C" and "C" in runs else ""
+            if name in MILTER_SCENARIOS and impl == "ours" and "C" in r.runs.get("cat", {}):
+                ratio = show_ratio(median_ratio(rs, r.runs["cat"]["C"])) + "c"  # vs C's cat
             label = LABELS[impl]
             if impl == "direct":
                 out.append(f"{name:<11} {label:<10} {rates:<24} {med:>7.0f}")
@@ -900,6 +944,10 @@ def targets(r: Results) -> list[str]:
         d = r.idle["ours"]
         ok = d["per_session_kb"] <= 25 and d["sessions"] >= 5000
         check("issue 7: 5,000 idle sessions, <= 25 KB each", ok, f"{d['per_session_kb']:.1f} KB")
+    for name, want in (("milter", 3.0), ("dkim sign", 1.5)):
+        if name in r.runs and "cat" in r.runs and "C" in r.runs["cat"]:
+            ratio = median_ratio(r.runs[name]["ours"], r.runs["cat"]["C"])
+            check(f"issue 14: {name} >= {want:g}x C's cat", ratio >= want, show_ratio(ratio))
     return lines
 
 
@@ -1083,6 +1131,9 @@ def upstream_report(runs: dict[str, list[Run]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="about three minutes")
+    parser.add_argument(
+        "--scenario", action="append", help="main part: only these scenarios (repeatable)"
+    )
     parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
     parser.add_argument("--only", choices=PARTS, action="append", help="run only this part")
     parser.add_argument(
@@ -1114,6 +1165,8 @@ def main() -> None:
         if "main" in parts:
             for rnd in range(s.rounds):
                 for sc in MAIN_SCENARIOS:
+                    if args.scenario and sc.name not in args.scenario:
+                        continue
                     for impl in order(sc.impls(("ours", "C")), rnd):
                         run = one_run(
                             impl, workdir, sc, s.sessions, s.warmup, s.window,

@@ -212,6 +212,14 @@ class ClientChannel:
         self.metrics.tls_started("client")
         self.log.info("TLS established: %s, %s", stream.version(), stream.cipher()[0])
 
+    def tls_details(self) -> tuple[str | None, str | None]:
+        """The TLS version and cipher of the client connection (None, None in clear)."""
+        stream = self.stream
+        if not isinstance(stream, trio.SSLStream):
+            return None, None
+        cipher = stream.cipher()
+        return stream.version(), cipher[0] if cipher else None
+
     # -- the client leaving -------------------------------------------------------------
 
     def has_left(self) -> bool:

@@ -18,6 +18,7 @@ the upstream's failures reach the client as 421 with the real error in the log (
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from contextlib import nullcontext
 from typing import assert_never
@@ -30,20 +31,24 @@ from trio_proxsmtp.client_info import ClientInfo, client_host_name
 from trio_proxsmtp.config import Config, FilterType, OutTLSMode
 from trio_proxsmtp.log import connection_logger
 from trio_proxsmtp.metrics import NULL_METRICS, Metrics
+from trio_proxsmtp.milter import MilterContext, Milters, MilterSettings
 from trio_proxsmtp.nursery import single_error
-from trio_proxsmtp.protocol.commands import parse_command
+from trio_proxsmtp.protocol.commands import Verb, parse_command
 from trio_proxsmtp.protocol.errors import RemoteProtocolError
 from trio_proxsmtp.protocol.lines import LineTooLong
 from trio_proxsmtp.protocol.reader import Line
 from trio_proxsmtp.protocol.replies import Reply, reply_from_text
 from trio_proxsmtp.protocol.session import (
+    AbortMilters,
     Action,
+    AskMilters,
     Close,
     Log,
     Purpose,
     ReceiveChunk,
     ReceiveMessage,
     RunFilter,
+    RunMilters,
     SendClient,
     SendMessage,
     SendUpstream,
@@ -89,10 +94,18 @@ def session_policy(config: Config, info: ClientInfo) -> SessionPolicy:
         max_message_size=config.max_message_size or None,
         pipelining=config.pipelining,
         starttls=config.tls_context is not None,
+        milters=bool(config.milters),
+        filter_name=filter_name(config.filter_command or ""),
         upstream_starttls=config.out_tls in (OutTLSMode.MAY, OutTLSMode.ENCRYPT),
         upstream_tls_required=config.out_tls is OutTLSMode.ENCRYPT,
         chunking=config.chunking,
     )
+
+
+def filter_name(command: str) -> str:
+    """FilterCommand's program, as the summary names it (filter=...)."""
+    words = command.split()
+    return words[0].rsplit("/", 1)[-1].replace(",", "") if words else "filter"
 
 
 class Connection:
@@ -114,6 +127,8 @@ class Connection:
         self.implicit_tls = implicit_tls
         self.info = info
         self.log = connection_logger(conn_id)
+        self.conn_id = conn_id
+        self.milters: Milters | None = None  # while the connection runs, if configured
         self.trace = self.log.isEnabledFor(logging.DEBUG)
         self.session = Session(session_policy(config, info))
         self._scope = trio.CancelScope()
@@ -199,6 +214,34 @@ class Connection:
         else:
             await self.upstream.connect()
         self.session.upstream_tls = self.upstream.tls  # OutTLS: implicit
+        if not self.config.milters:
+            await self._relay()
+            return
+        # One milter session per connection, in the connection's scope: a client that
+        # leaves cancels it (sockets closed at once); QUIT closes it politely.
+        async with Milters(MilterSettings.from_config(self.config)) as milters:
+            self.milters = milters
+            try:
+                await milters.connect(self._milter_context())  # a refusal answers each stage
+                await self._relay()
+            except _Closing:
+                await milters.close(polite=True)
+                raise
+            finally:
+                self.milters = None
+
+    def _milter_context(self) -> MilterContext:
+        unix = not self.info.client
+        return MilterContext(
+            client_address=self.info.client,
+            client_name="localhost" if unix else "unknown",
+            hostname=socket.gethostname(),
+            daemon_address=self.info.local,
+            unix=unix,
+        )
+
+    async def _relay(self) -> None:
+        """The banner, then the client's commands until the session ends."""
         [banner] = await self.upstream.exchange((), replies=1)
         await self._perform(self.session.greeting(banner, relay=self.upstream.relay))
         while True:
@@ -298,6 +341,14 @@ class Connection:
                 reply = await self.transaction.replay(action)
                 seconds = trio.current_time() - started
                 await self._perform(self.session.upstream_reply(reply, seconds=seconds))
+            elif isinstance(action, AskMilters):
+                await self._perform(await self._ask_milters(action))
+            elif isinstance(action, AbortMilters):
+                if self.milters is not None:
+                    await self.milters.abort()
+            elif isinstance(action, RunMilters):
+                assert self.milters is not None
+                await self._perform(await self.transaction.run_milters(self.milters))
             elif isinstance(action, SkipBytes):
                 await self.client.skip(action)
             elif isinstance(action, StartTLS):
@@ -310,6 +361,29 @@ class Connection:
                 raise _Closing
             else:
                 assert_never(action)
+
+    async def _ask_milters(self, action: AskMilters) -> list[Action]:
+        """A client command's milter stage (HELO/EHLO, MAIL, RCPT, DATA), then its fate."""
+        milters = self.milters
+        assert milters is not None
+        command = action.command
+        verb = command.verb
+        if verb in (Verb.HELO, Verb.EHLO):
+            name = command.argument.split(None, 1)[0] if command.argument else ""
+            version, cipher = self.client.tls_details()
+            decision = await milters.helo(name, tls_version=version, cipher=cipher)
+        elif verb is Verb.MAIL:
+            # The milters' "i" macro: unique per message of this process (id + number).
+            conn_id = self.conn_id if isinstance(self.conn_id, str) else f"{self.conn_id:06X}"
+            queue_id = f"{conn_id}{self.session.messages + 1:04X}"
+            sender = command.address or "<>"
+            decision = await milters.mail(sender, command.params, queue_id=queue_id)
+        elif verb is Verb.RCPT:
+            decision = await milters.rcpt(command.address or command.argument, command.params)
+        else:
+            decision = await milters.data()
+        reply = reply_from_text(decision.reply) if decision.reply else None
+        return self.session.milters_decided(action, decision.kind, reply, decision.milter)
 
     def _log_actions(self, actions: list[Action]) -> None:
         for action in actions:

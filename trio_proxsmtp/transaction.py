@@ -18,11 +18,20 @@ from trio_proxsmtp.client_channel import ClientChannel, ClientGone
 from trio_proxsmtp.config import Config, FilterType
 from trio_proxsmtp.filter import FilterSpec, VerdictKind, filter_environment, run_filter
 from trio_proxsmtp.header import HeaderInserter, expand_header
+from trio_proxsmtp.message_edit import EditedMessage, Envelope, Recipient, bare_address
 from trio_proxsmtp.metrics import NULL_METRICS, Metrics
+from trio_proxsmtp.milter import Milters
 from trio_proxsmtp.protocol.bdat import BdatSender
 from trio_proxsmtp.protocol.data import DataSender
-from trio_proxsmtp.protocol.replies import LOCAL_ERROR, Reply
-from trio_proxsmtp.protocol.session import Action, Outcome, ReceiveChunk, SendMessage, Session
+from trio_proxsmtp.protocol.replies import LOCAL_ERROR, Reply, reply_from_text
+from trio_proxsmtp.protocol.session import (
+    Action,
+    ChangedEnvelope,
+    Outcome,
+    ReceiveChunk,
+    SendMessage,
+    Session,
+)
 from trio_proxsmtp.spool import Spool
 from trio_proxsmtp.upstream import Outgoing, Upstream
 
@@ -53,6 +62,7 @@ class Transaction:
         self.client_left = False
         self.spool: Spool | None = None
         self.output: Spool | None = None  # the filter's rewritten message, if any
+        self.edited: EditedMessage | None = None  # the milters' edits, over one of those
         self.chunked = 0  # BDAT: message bytes received so far (past the limit too)
         self.chunk_error: str | None = None  # BDAT: the spool failed; reported at LAST
         self.chunks_started: float | None = None  # BDAT: when the first chunk began
@@ -63,6 +73,7 @@ class Transaction:
             if spool is not None:
                 spool.close()
         self.output = self.spool = None
+        self.edited = None
         self.chunked, self.chunk_error, self.chunks_started = 0, None, None
 
     def left(self) -> None:
@@ -228,13 +239,46 @@ class Transaction:
             False, verdict.reply, outcome, verdict.detail, seconds=seconds
         )
 
+    # -- the milters --------------------------------------------------------------------
+
+    async def run_milters(self, milters: Milters) -> list[Action]:
+        """End of message for the milters (after FilterCommand: they see what goes out);
+        their edits are kept for the replay and a changed envelope goes to the session."""
+        message = self.output or self.spool
+        assert message is not None
+        session_envelope = self.session.envelope
+        params = session_envelope.recipient_params
+        recipients = tuple(
+            Recipient(bare_address(rcpt), params[i] if i < len(params) else ())
+            for i, rcpt in enumerate(session_envelope.recipients)
+        )
+        sender = session_envelope.sender or ""
+        envelope = Envelope(bare_address(sender), recipients, session_envelope.sender_params)
+        async with self.client.watch(self.left), self.upstream.keepalives():
+            result = await milters.message(message.chunks, envelope)
+        decision = result.decision
+        self.log.debug("milters: %s (%s)", decision.kind.name, decision.milter or "all")
+        changed: ChangedEnvelope | None = None
+        if result.modified:
+            self.edited = result.message
+            if result.envelope != envelope:
+                new = result.envelope
+                changed = ChangedEnvelope(
+                    new.sender, new.sender_args, tuple((r.address, r.args) for r in new.recipients)
+                )
+        reply = reply_from_text(decision.reply) if decision.reply else None
+        return self.session.milters_done(
+            decision.kind, reply, decision.milter, changed, failed=decision.failed
+        )
+
     # -- the replay ---------------------------------------------------------------------
 
     async def replay(self, action: SendMessage) -> Reply:
         """Replay the spool: header inserted, dot-stuffed, CRLF-clean, then the final "."
         and the upstream's reply to it."""
-        message = self.output or self.spool
-        assert message is not None
+        spooled = self.output or self.spool
+        assert spooled is not None
+        message: Spool | EditedMessage = self.edited or spooled
         if action.bdat:
             return await self._replay_bdat(message)
         sender = DataSender()
@@ -256,7 +300,7 @@ class Transaction:
                 raise ClientGone("closed the connection before its message was answered")
         return await self.upstream.command(Outgoing(data, f". ({sent + len(data)} bytes sent)"))
 
-    async def _replay_bdat(self, message: Spool) -> Reply:
+    async def _replay_bdat(self, message: Spool | EditedMessage) -> Reply:
         """The message as BDAT chunks (RFC 3030): no stuffing; each chunk but the LAST is
         answered before the next goes; the first refusal ends the message."""
         sender = BdatSender()

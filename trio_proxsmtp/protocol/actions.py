@@ -14,7 +14,9 @@ from trio_proxsmtp.protocol.replies import Reply
 from trio_proxsmtp.protocol.summary import MessageSummary, Status
 
 __all__ = [
+    "AbortMilters",
     "Action",
+    "AskMilters",
     "Close",
     "Log",
     "Outcome",
@@ -22,6 +24,7 @@ __all__ = [
     "ReceiveChunk",
     "ReceiveMessage",
     "RunFilter",
+    "RunMilters",
     "SendClient",
     "SendMessage",
     "SendUpstream",
@@ -42,6 +45,7 @@ class Purpose(enum.Enum):
     RSET = "rset"  # our RSET after a rejected message: reply swallowed
     DATA = "data"  # our DATA before replaying a spooled message
     SKIP_DATA = "skip-data"  # the client's DATA passed through (Skip: authenticated)
+    REPLAY_ENVELOPE = "replay-envelope"  # RSET/MAIL/RCPT of an envelope a milter changed
     UPSTREAM_EHLO = "upstream-ehlo"  # OutTLS may/encrypt: our EHLO before STARTTLS
     UPSTREAM_STARTTLS = "upstream-starttls"  # OutTLS may/encrypt: our STARTTLS
 
@@ -88,6 +92,25 @@ class ReceiveMessage:
 @attrs.frozen
 class RunFilter:
     """Run FilterCommand over the spooled message, then call `Session.filter_done`."""
+
+
+@attrs.frozen
+class AskMilters:
+    """Ask the milters about a client command (HELO/EHLO, MAIL, RCPT, DATA) before it goes
+    any further, then call `Session.milters_decided(action, kind, reply, milter)`."""
+
+    command: Command
+
+
+@attrs.frozen
+class AbortMilters:
+    """The transaction ended without a message (RSET, a refused MAIL): tell the milters."""
+
+
+@attrs.frozen
+class RunMilters:
+    """End of message: give the spooled (filtered) message to the milters, apply their
+    edits, then call `Session.milters_done`."""
 
 
 @attrs.frozen
@@ -170,6 +193,9 @@ Action = (
     | ReceiveChunk
     | StartUpstreamTLS
     | RunFilter
+    | AskMilters
+    | AbortMilters
+    | RunMilters
     | SendMessage
     | SkipBytes
     | StartTLS

@@ -29,7 +29,9 @@ from typing import Concatenate, ParamSpec, TypeVar
 import attrs
 
 from trio_proxsmtp.protocol.actions import (
+    AbortMilters,
     Action,
+    AskMilters,
     Close,
     Log,
     Outcome,
@@ -37,6 +39,7 @@ from trio_proxsmtp.protocol.actions import (
     ReceiveChunk,
     ReceiveMessage,
     RunFilter,
+    RunMilters,
     SendClient,
     SendMessage,
     SendUpstream,
@@ -47,7 +50,13 @@ from trio_proxsmtp.protocol.actions import (
 )
 from trio_proxsmtp.protocol.bdat import SYNTAX_REPLY as BDAT_SYNTAX
 from trio_proxsmtp.protocol.bdat import BdatSyntaxError, parse_bdat
-from trio_proxsmtp.protocol.commands import Command, Verb, xforward_value, xtext_encode
+from trio_proxsmtp.protocol.commands import (
+    Command,
+    Verb,
+    parse_command,
+    xforward_value,
+    xtext_encode,
+)
 from trio_proxsmtp.protocol.ehlo import (
     Extensions,
     advertise,
@@ -57,12 +66,16 @@ from trio_proxsmtp.protocol.ehlo import (
     rewrite_helo_reply,
 )
 from trio_proxsmtp.protocol.errors import LocalProtocolError
+from trio_proxsmtp.protocol.milter import VerdictKind
 from trio_proxsmtp.protocol.replies import LOCAL_ERROR, Reply
 from trio_proxsmtp.protocol.summary import Delays, MessageSummary, Status, refusal_status
 
 __all__ = [
     "LOCAL_ERROR",
+    "AbortMilters",
     "Action",
+    "AskMilters",
+    "ChangedEnvelope",
     "Close",
     "Envelope",
     "Log",
@@ -72,6 +85,7 @@ __all__ = [
     "ReceiveChunk",
     "ReceiveMessage",
     "RunFilter",
+    "RunMilters",
     "SendClient",
     "SendMessage",
     "SendUpstream",
@@ -97,6 +111,8 @@ READY_TO_START_TLS = Reply.single(220, "2.0.0 Ready to start TLS")
 TLS_ALREADY_ACTIVE = Reply.single(503, "5.5.1 Error: TLS already active")
 TLS_NO_PARAMETERS = Reply.single(501, "5.5.4 Syntax: STARTTLS")
 TLS_IN_TRANSACTION = Reply.single(503, "5.5.1 Error: MAIL transaction in progress")
+# A milter's DISCARD: the client is told the message was taken, as Postfix does.
+MILTER_DISCARDED = Reply.single(250, "2.0.0 Ok")
 # OutTLS (docs/behaviour.md §11): no mail goes to the next server in plain text under encrypt.
 UPSTREAM_TLS_UNAVAILABLE = Reply.single(
     421, "4.7.0 smtp.passthru Error: TLS to the next server unavailable"
@@ -118,6 +134,7 @@ class State(enum.Enum):
     DATA = "data"  # the client is sending its message
     CHUNKS = "chunks"  # BDAT chunks came, the LAST not yet: commands between chunks
     FILTERING = "filtering"  # the message is spooled; the filter runs
+    MILTERING = "miltering"  # the milters have the (filtered) message
     REPLAY = "replay"  # our DATA, the message and its final reply, upstream
     QUIT = "quit"  # QUIT answered; the connection closes
 
@@ -125,7 +142,9 @@ class State(enum.Enum):
 # States in which a client command line may arrive.
 _COMMAND_STATES = frozenset({State.HELO, State.MAIL, State.RCPT})
 # States in which a message is on its way.
-_MESSAGE_STATES = frozenset({State.DATA, State.CHUNKS, State.FILTERING, State.REPLAY})
+_MESSAGE_STATES = frozenset(
+    {State.DATA, State.CHUNKS, State.FILTERING, State.MILTERING, State.REPLAY}
+)
 
 # Where each input of the relay is legal; anything else is our bug (LocalProtocolError).
 _LEGAL: dict[str, frozenset[State]] = {
@@ -138,8 +157,12 @@ _LEGAL: dict[str, frozenset[State]] = {
     "chunk_received": frozenset({State.CHUNKS}),
     "filter_done": frozenset({State.FILTERING}),
     "tls_started": _COMMAND_STATES,
+    "milters_decided": _COMMAND_STATES,
+    "milters_done": frozenset({State.MILTERING}),
     "upstream_tls_started": _COMMAND_STATES,
 }
+# The client commands the milters are asked about before they go any further.
+_MILTER_VERBS = frozenset({Verb.HELO, Verb.EHLO, Verb.MAIL, Verb.RCPT, Verb.DATA})
 
 # The state a positive reply to a client command moves to (others keep the state; RSET is
 # the one conditional move, back from RCPT to MAIL).
@@ -185,6 +208,8 @@ class SessionPolicy:
     max_message_size: int | None = None  # MaxMessageSize (None: only the upstream's SIZE)
     pipelining: bool = False  # advertise PIPELINING to the client
     starttls: bool = False  # a certificate is configured: offer STARTTLS to the client
+    milters: bool = False  # Milters are configured: ask them at each stage
+    filter_name: str = "filter"  # FilterCommand's program, for the summary's filter=
     upstream_starttls: bool = False  # OutTLS may/encrypt: STARTTLS to the next server
     upstream_tls_required: bool = False  # OutTLS encrypt: no plain-text fallback
     chunking: bool = False  # Chunking: on: advertise CHUNKING and take BDAT
@@ -198,6 +223,17 @@ class Envelope:
     recipients: list[str] = attrs.field(factory=list)
     remote_addr: str | None = None  # from an accepted XFORWARD ADDR=
     remote_helo: str | None = None  # from an accepted XFORWARD HELO=
+    sender_params: tuple[str, ...] = ()  # MAIL's ESMTP parameters (kept for the milters)
+    recipient_params: list[tuple[str, ...]] = attrs.field(factory=list)  # each RCPT's
+
+
+@attrs.frozen
+class ChangedEnvelope:
+    """The envelope as the milters left it: the upstream transaction is made again with it."""
+
+    sender: str  # without angle brackets; "" is the null sender
+    sender_params: tuple[str, ...]
+    recipients: tuple[tuple[str, tuple[str, ...]], ...]  # (address, ESMTP parameters)
 
 
 @attrs.define
@@ -242,6 +278,13 @@ class Session:
         # Exchanges sent upstream, oldest first: each upstream reply answers the head.
         self._pending: collections.deque[Action] = collections.deque()
         self._error: LocalProtocolError | None = None  # sticky: set once, refuses all
+        # Milters: the command they let through (dispatched once more, without asking),
+        # who decided the message's fate (summary), and the envelope replay's state.
+        self._milter_passed: Command | None = None
+        self._decided_by: str | None = None
+        self._replay_lines: collections.deque[bytes] = collections.deque()
+        self._replay_accepted = 0
+        self._replay_refusal: Reply | None = None
 
     @property
     def in_message(self) -> bool:
@@ -334,9 +377,12 @@ class Session:
         limit = self.size_limit
         if limit is not None and size > limit:
             return self._abandon_message(MESSAGE_TOO_BIG, Outcome.TOO_BIG, f"size {size}")
-        if self.policy.filtering:
+        if self.policy.filtering and not self._filter_skipped():
             self.state = State.FILTERING
             return [RunFilter()]
+        if self.policy.milters:
+            self.state = State.MILTERING
+            return [RunMilters()]
         self.state = State.REPLAY
         return self._replay()
 
@@ -380,11 +426,16 @@ class Session:
         REJECTED. `seconds`: how long the filter ran.
         """
         self.facts.filter = seconds
+        if accepted and self.policy.milters:
+            self.state = State.MILTERING  # FilterCommand first, then the milters
+            return [RunMilters()]
         if accepted:
             self.state = State.REPLAY
             return self._replay()
         if reply is None:
             raise LocalProtocolError("a rejected message needs a reply")
+        if self.policy.milters:
+            self._decided_by = f"filter={self.policy.filter_name}"
         return self._abandon_message(reply, outcome, detail)
 
     def abort(self, reason: str) -> list[Action]:
@@ -436,7 +487,11 @@ class Session:
                 SendClient(MESSAGE_TOO_BIG),
             ]
         if verb is Verb.DATA:
-            return self._data()
+            return self._data(command)
+        if self._ask_milters(command):
+            return [AskMilters(command)]
+        if verb is Verb.RSET and self.policy.milters:
+            return [AbortMilters(), SendUpstream(command.line, Purpose.COMMAND, command)]
         if (
             self.policy.upstream_tls_required
             and not self.upstream_tls
@@ -453,6 +508,8 @@ class Session:
         answered by us once the replies to MAIL and RCPT are in (docs/behaviour.md §11)."""
         if command.verb not in (Verb.MAIL, Verb.RCPT) or self._error is not None:
             return False
+        if self.policy.milters:
+            return False  # the milters answer each MAIL and RCPT before it goes upstream
         return (
             self.extensions.has("PIPELINING")
             and self.state in (State.MAIL, State.RCPT)
@@ -576,7 +633,7 @@ class Session:
         self.state = State.DATA
         return self._received(total, seconds)
 
-    def _data(self) -> list[Action]:
+    def _data(self, command: Command) -> list[Action]:
         if self._rejecting():
             # Nothing reaches the upstream; its transaction (if any) is reset.
             reply = self._reject_reply()
@@ -586,12 +643,14 @@ class Session:
             if self.state is State.RCPT:
                 self.state = State.MAIL
             return [SendClient(reply), SendUpstream(b"RSET\r\n", Purpose.RSET), summary]
-        if self.policy.skip_authenticated and self.authenticated:
+        if self.policy.skip_authenticated and self.authenticated and not self.policy.milters:
             return [SendUpstream(b"DATA\r\n", Purpose.SKIP_DATA)]
         if self.envelope.sender is None:
             return [SendClient(NEED_MAIL)]
         if not self.envelope.recipients:
             return [SendClient(NO_VALID_RECIPIENTS)]
+        if self._ask_milters(command):
+            return [AskMilters(command)]
         self.state = State.DATA
         self.facts = MessageFacts()
         return [SendClient(START_MAIL_INPUT), ReceiveMessage(stream=False)]
@@ -675,6 +734,8 @@ class Session:
         if purpose is Purpose.AUTH_CONTINUATION:
             self._expect(*_COMMAND_STATES)
             return self._after_auth_reply(reply)
+        if purpose is Purpose.REPLAY_ENVELOPE:
+            return self._replay_envelope_reply(action, reply)
         if purpose is Purpose.UPSTREAM_EHLO:
             assert action.command is not None
             return self._after_upstream_ehlo(action.command, reply)
@@ -697,6 +758,8 @@ class Session:
         if reply.code == 235:
             actions.append(Log(logging.WARNING, "Authentication success code without AUTH"))
         if not reply.is_positive:
+            if verb is Verb.MAIL and self.policy.milters:
+                actions.append(AbortMilters())  # the milters saw a MAIL that did not happen
             actions.append(SendClient(reply))
             return actions
         self.state = _AFTER_POSITIVE.get(verb, self.state)
@@ -724,9 +787,11 @@ class Session:
         elif verb is Verb.MAIL:
             self._reset_envelope(keep_xforward=True)
             self.envelope.sender = _mailbox(command, "FROM")
+            self.envelope.sender_params = command.params
         elif verb is Verb.RCPT:
             if self.state is State.RCPT:
                 self.envelope.recipients.append(_mailbox(command, "TO"))
+                self.envelope.recipient_params.append(command.params)
         elif verb is Verb.RSET:
             self._reset_envelope()
             if self.state is State.RCPT:
@@ -749,6 +814,10 @@ class Session:
     # -- the end of a message -----------------------------------------------------------
 
     def _filter_outcome(self) -> Outcome:
+        if self.policy.milters and self._filter_skipped():
+            return Outcome.SKIPPED  # Skip: authenticated skipped FilterCommand, not the milters
+        if self.policy.milters:
+            return Outcome.FILTERED
         return Outcome.FILTERED if self.policy.filtering else Outcome.PASSED
 
     def _finish_message(
@@ -758,7 +827,8 @@ class Session:
         client's."""
         summary = self._summary(outcome, None, upstream=reply)
         self._end_transaction()
-        actions: list[Action] = [SendClient(reply)]
+        actions: list[Action] = [AbortMilters()] if self.policy.milters else []
+        actions.append(SendClient(reply))
         if rset:
             actions.append(SendUpstream(b"RSET\r\n", Purpose.RSET))
         actions.append(summary)
@@ -771,7 +841,8 @@ class Session:
         text = reply.text if outcome in _REFUSED_BY_REPLY else detail
         summary = self._summary(outcome, text or None)
         self._end_transaction()
-        return [SendClient(reply), SendUpstream(b"RSET\r\n", Purpose.RSET), summary]
+        actions: list[Action] = [AbortMilters()] if self.policy.milters else []
+        return [*actions, SendClient(reply), SendUpstream(b"RSET\r\n", Purpose.RSET), summary]
 
     def _end_transaction(self, count: bool = True) -> None:
         if count:
@@ -794,8 +865,109 @@ class Session:
             relay=None if upstream is None else self.relay,
             size=self.facts.size,
             delays=self.facts.delays,
+            decided_by=self._decided_by,
         )
+        self._decided_by = None
         return Summary(message, None if upstream is None else upstream.code)
+
+    # -- milters ------------------------------------------------------------------------
+
+    def _ask_milters(self, command: Command) -> bool:
+        """Whether this command goes to the milters first (once: not when they passed it)."""
+        if not self.policy.milters or command.verb not in _MILTER_VERBS:
+            return False
+        if self._milter_passed is command:
+            self._milter_passed = None
+            return False
+        return True
+
+    def _filter_skipped(self) -> bool:
+        """Skip: authenticated skips FilterCommand only; the milters still see the message."""
+        return self.policy.skip_authenticated and self.authenticated
+
+    @_input
+    def milters_decided(
+        self, action: AskMilters, kind: VerdictKind, reply: Reply | None, milter: str | None
+    ) -> list[Action]:
+        """The milters' answer to a client command: it goes on, or `reply` answers it."""
+        command = action.command
+        if kind in (VerdictKind.CONTINUE, VerdictKind.ACCEPT, VerdictKind.DISCARD):
+            self._milter_passed = command
+            return self._dispatch(command)
+        if reply is None:
+            raise LocalProtocolError("a refusal by a milter needs a reply")
+        log = Log(logging.INFO, f"milter {milter} refused {command.verb.value}: {reply.text}")
+        if command.verb is not Verb.DATA:
+            return [log, SendClient(reply)]
+        # At DATA the transaction is over: the upstream's is reset, the summary says why.
+        self._decided_by = f"milter={milter}"
+        summary = self._summary(refusal_status(reply.code), reply.text)
+        self._reset_envelope()
+        self.state = State.MAIL
+        return [log, SendClient(reply), SendUpstream(b"RSET\r\n", Purpose.RSET), summary]
+
+    @_input
+    def milters_done(
+        self,
+        kind: VerdictKind,
+        reply: Reply | None,
+        milter: str | None,
+        envelope: ChangedEnvelope | None = None,
+        *,
+        failed: bool = False,
+    ) -> list[Action]:
+        """The milters' verdict on the message. CONTINUE with `envelope`: the milters changed
+        the envelope, so the upstream transaction is made again (RSET, MAIL, RCPT...)."""
+        if milter is not None:
+            self._decided_by = f"milter={milter}"
+        if kind is VerdictKind.DISCARD:
+            summary = self._summary(Outcome.DROPPED, "discarded by a milter")
+            self._end_transaction()
+            rset = SendUpstream(b"RSET\r\n", Purpose.RSET)
+            return [SendClient(MILTER_DISCARDED), rset, summary]
+        if kind in (VerdictKind.REJECT, VerdictKind.TEMPFAIL):
+            if reply is None:
+                raise LocalProtocolError("a refusal by a milter needs a reply")
+            outcome = Outcome.FILTER_ERROR if failed else refusal_status(reply.code)
+            return self._abandon_message(reply, outcome, f"milter failed: {reply.text}")
+        self._decided_by = None  # delivered: nobody refused it
+        self.state = State.REPLAY
+        if envelope is None:
+            return self._replay()
+        try:
+            lines = _envelope_lines(envelope)
+        except ValueError as exc:
+            return self._abandon_message(LOCAL_ERROR, Outcome.FILTER_ERROR, str(exc))
+        self.envelope.sender = envelope.sender or "<>"
+        self.envelope.recipients = []  # those the upstream accepts, as they come
+        self.envelope.recipient_params = []
+        self._replay_lines = collections.deque(lines)
+        self._replay_accepted = 0
+        self._replay_refusal = None
+        return [SendUpstream(b"RSET\r\n", Purpose.REPLAY_ENVELOPE)]
+
+    def _replay_envelope_reply(self, action: SendUpstream, reply: Reply) -> list[Action]:
+        """One reply of the changed envelope's replay; the next line, or our DATA."""
+        self._expect(State.REPLAY)
+        actions: list[Action] = []
+        if action.line.startswith(b"RCPT"):
+            recipient = _replay_address(action.line)
+            if reply.is_positive:
+                self._replay_accepted += 1
+                self.envelope.recipients.append(recipient)
+            else:
+                self._replay_refusal = reply
+                message = f"next server refused recipient {recipient}: {reply.text}"
+                actions.append(Log(logging.WARNING, message))
+        elif not reply.is_positive:  # RSET or the (changed) MAIL FROM
+            final = reply if reply.code >= 400 else LOCAL_ERROR
+            return self._finish_message(final, self._filter_outcome(), rset=True)
+        if self._replay_lines:
+            return [*actions, SendUpstream(self._replay_lines.popleft(), Purpose.REPLAY_ENVELOPE)]
+        if not self._replay_accepted:
+            final = self._replay_refusal or LOCAL_ERROR
+            return [*actions, *self._finish_message(final, self._filter_outcome(), rset=True)]
+        return [*actions, *self._replay()]
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -872,6 +1044,25 @@ def _mailbox(command: Command, keyword: str) -> str:
     if argument[: len(keyword)].upper() == keyword:
         argument = argument[len(keyword) :]
     return argument.lstrip(" \t:").strip()
+
+
+def _envelope_lines(envelope: ChangedEnvelope) -> list[bytes]:
+    """MAIL FROM and RCPT TO lines for a changed envelope; ValueError for a line break."""
+
+    def line(keyword: str, address: str, params: tuple[str, ...]) -> bytes:
+        text = f"{keyword}:<{address}>" + "".join(f" {p}" for p in params)
+        if "\r" in text or "\n" in text:
+            raise ValueError(f"milter envelope address with a line break: {text!r}")
+        return (text + "\r\n").encode("utf-8", "surrogateescape")
+
+    lines = [line("MAIL FROM", envelope.sender, envelope.sender_params)]
+    lines.extend(line("RCPT TO", address, params) for address, params in envelope.recipients)
+    return lines
+
+
+def _replay_address(line: bytes) -> str:
+    """The address of one of our replayed RCPT TO lines."""
+    return parse_command(line).address or ""
 
 
 def _bdat_size(command: Command) -> int:

@@ -17,6 +17,9 @@ the reply to its final dot, and ``delays=receive/filter/upstream`` splits it as 
 ``delays=a/b/c/d`` does: reading the message from the client, running the filter, and
 sending it to the next server until its reply.
 
+With milters configured, a refused or dropped message also says who decided, right after
+``status=``: ``milter=<its Milters: entry>`` or ``filter=<FilterCommand's program>``.
+
 Every message has a ``status=`` (see Status). A filter's 4xx refusal is ``DEFERRED`` (the
 client retries later), a 5xx one is ``REJECTED`` (the client bounces the message).
 """
@@ -90,6 +93,7 @@ class MessageSummary:
     relay: str | None = None
     size: int | None = None
     delays: Delays | None = None
+    decided_by: str | None = None  # milters configured: "milter=ADDRESS" or "filter=PROGRAM"
 
     def line(self) -> str:
         parts = [f"client={self.client}"]
@@ -97,6 +101,8 @@ class MessageSummary:
             parts.append(f"from={_address(self.sender)}")
         parts.extend(f"to={_address(rcpt)}" for rcpt in self.recipients)
         parts.append(f"status={self.status.value}")
+        if self.decided_by:
+            parts.append(self.decided_by)
         if self.reason:
             parts.append(f"reason={_one_line(self.reason)}")
         if self.upstream is not None:
