@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import trio
 
-from trio_proxsmtp import __version__, notify, server, signals
+from trio_proxsmtp import __version__, notify, reaper, server, signals
 from trio_proxsmtp.config import (
     Config,
     ConfigError,
@@ -310,6 +310,10 @@ def _serve(
     worker: tuple[int, int] | None = None,
 ) -> int:
     """Serve until stopped; `worker` is (index, count) in a worker process."""
+    # Every process that runs filters adopts their orphans (reaper.py): after detaching,
+    # and in each worker; never inside serve(), so in-process tests stay ordinary.
+    # (Undone on return: main() may run in-process, as in tests.)
+    subreaper = reaper.enable_subreaper()  # logs a warning where the kernel cannot
     reload: Callable[[], Config] = functools.partial(_reload, config_path)
     serve = functools.partial(signals.serve, reload=reload)
     if worker is not None:
@@ -321,6 +325,9 @@ def _serve(
     except Exception:
         log.exception("fatal error")
         return 1
+    finally:
+        if subreaper:
+            reaper.disable_subreaper()
     return 0
 
 

@@ -27,9 +27,10 @@ import trio
 from trio_proxsmtp.client_channel import ClientChannel, ClientGone, ClientTimeout, Drained
 from trio_proxsmtp.client_info import ClientInfo, client_host_name
 from trio_proxsmtp.config import Config, FilterType
+from trio_proxsmtp.deadlines import ClientDeadlines, Stress
 from trio_proxsmtp.log import connection_logger
 from trio_proxsmtp.nursery import single_error
-from trio_proxsmtp.protocol.commands import parse_command
+from trio_proxsmtp.protocol.commands import check_command_line, parse_command
 from trio_proxsmtp.protocol.errors import RemoteProtocolError
 from trio_proxsmtp.protocol.lines import LineTooLong
 from trio_proxsmtp.protocol.replies import Reply, reply_from_text
@@ -84,6 +85,8 @@ def session_policy(config: Config, info: ClientInfo) -> SessionPolicy:
         max_message_size=config.max_message_size or None,
         pipelining=config.pipelining,
         starttls=config.tls_context is not None,
+        max_recipients=config.max_recipients,
+        hard_error_limit=config.hard_error_limit,
     )
 
 
@@ -98,6 +101,7 @@ class Connection:
         conn_id: int,
         *,
         open_upstream: Opener | None = None,
+        stress: Stress | None = None,
     ) -> None:
         self.config = config
         self.info = info
@@ -105,7 +109,8 @@ class Connection:
         self.trace = self.log.isEnabledFor(logging.DEBUG)
         self.session = Session(session_policy(config, info))
         self._scope = trio.CancelScope()
-        self.client = ClientChannel(stream, info, config.timeout, self.log)
+        deadlines = ClientDeadlines.from_config(config, stress)
+        self.client = ClientChannel(stream, info, config.timeout, self.log, deadlines)
         self.upstream = Upstream(config, info, self.log, open_upstream)
         self.transaction = Transaction(
             config, self.session, self.client, self.upstream, self.log, self._scope
@@ -134,8 +139,8 @@ class Connection:
                 except ClientGone as exc:
                     self.log.info("client disconnected: %s", exc)
                     ended = "client disconnected"
-                except ClientTimeout:
-                    self.log.error("network operation timed out: client idle")
+                except ClientTimeout as exc:
+                    self.log.error("network operation timed out: %s", exc)
                     farewell, ended = CLIENT_TIMEOUT, "client timed out"
                 except UpstreamFailure as exc:
                     self.log.error("%s", exc)
@@ -191,6 +196,11 @@ class Connection:
             if isinstance(line, LineTooLong):
                 self.log.debug("CLIENT < (%d bytes discarded: line too long)", line.length)
                 await self._perform(self.session.line_too_long())
+                continue
+            reason = check_command_line(line)
+            if reason is not None:
+                # NUL, bare CR, controls: answered here, never forwarded (issue 16, case 7).
+                await self._perform(self.session.bad_command_line(reason))
                 continue
             in_auth = self.session.in_auth
             command = parse_command(line)

@@ -146,7 +146,9 @@ class Transaction:
             temp_directory=self.config.temp_directory,
         )
         async with self.client.watch(self.left), self.upstream.keepalives():
-            verdict = await run_filter(spec, self.spool, env, log=self.log)
+            verdict = await run_filter(
+                spec, self.spool, env, log=self.log, size_limit=self.session.size_limit
+            )
         self.log.debug("filter verdict: %s (%s)", verdict.kind.name, verdict.detail)
         if verdict.kind is VerdictKind.ACCEPT:
             assert verdict.message is not None

@@ -43,7 +43,13 @@ from trio_proxsmtp.protocol.actions import (
     StartTLS,
     Summary,
 )
-from trio_proxsmtp.protocol.commands import Command, Verb, xforward_value, xtext_encode
+from trio_proxsmtp.protocol.commands import (
+    BAD_CHARACTER,
+    Command,
+    Verb,
+    xforward_value,
+    xtext_encode,
+)
 from trio_proxsmtp.protocol.ehlo import (
     Extensions,
     advertise,
@@ -88,6 +94,9 @@ READY_TO_START_TLS = Reply.single(220, "2.0.0 Ready to start TLS")
 TLS_ALREADY_ACTIVE = Reply.single(503, "5.5.1 Error: TLS already active")
 TLS_NO_PARAMETERS = Reply.single(501, "5.5.4 Syntax: STARTTLS")
 TLS_IN_TRANSACTION = Reply.single(503, "5.5.1 Error: MAIL transaction in progress")
+# Limits on hostile clients (docs/behaviour.md, "Limits"); never forwarded.
+TOO_MANY_RECIPIENTS = Reply.single(452, "4.5.3 Too many recipients")
+TOO_MANY_ERRORS = Reply.single(421, "4.7.0 Error: too many errors")
 
 
 class State(enum.Enum):
@@ -110,6 +119,7 @@ _MESSAGE_STATES = frozenset({State.DATA, State.FILTERING, State.REPLAY})
 _LEGAL: dict[str, frozenset[State]] = {
     "greeting": frozenset({State.GREETING}),
     "line_too_long": _COMMAND_STATES,
+    "bad_command_line": _COMMAND_STATES,
     "command": _COMMAND_STATES,
     "message_received": frozenset({State.DATA}),
     "message_failed": frozenset({State.DATA}),
@@ -161,6 +171,8 @@ class SessionPolicy:
     max_message_size: int | None = None  # MaxMessageSize (None: only the upstream's SIZE)
     pipelining: bool = False  # advertise PIPELINING to the client
     starttls: bool = False  # a certificate is configured: offer STARTTLS to the client
+    max_recipients: int = 0  # MaxRecipients: accepted recipients per transaction; 0: none
+    hard_error_limit: int = 0  # HardErrorLimit: error replies before 421 and close; 0: none
 
 
 @attrs.define
@@ -193,6 +205,7 @@ class Session:
         # Exchanges sent upstream, oldest first: each upstream reply answers the head.
         self._pending: collections.deque[Action] = collections.deque()
         self._error: LocalProtocolError | None = None  # sticky: set once, refuses all
+        self.errors = 0  # 4xx/5xx replies to the client since the last delivered message
 
     @property
     def in_message(self) -> bool:
@@ -217,6 +230,17 @@ class Session:
         """A client command line over the limit: answered, never forwarded (docs/behaviour.md
         §4.1)."""
         return [SendClient(LINE_TOO_LONG)]
+
+    @_input
+    def bad_command_line(self, reason: str) -> list[Action]:
+        """A client line with a byte no command may hold (protocol.commands.
+        check_command_line): answered, never forwarded, AUTH continuations included."""
+        note = Log(logging.WARNING, f"refused a command line: {reason}")
+        if self._in_auth:
+            # The upstream waits for a continuation: cancel the exchange (RFC 4954 "*"); its
+            # 501 is the client's answer, and AUTH is over on both sides.
+            return [note, SendUpstream(b"*\r\n", Purpose.AUTH_CONTINUATION)]
+        return [note, SendClient(BAD_CHARACTER)]
 
     @_input
     def command(self, command: Command) -> list[Action]:
@@ -325,6 +349,8 @@ class Session:
         if verb in (Verb.MAIL, Verb.RCPT) and self._rejecting():
             self._reset_envelope()
             return [SendClient(self._reject_reply())]
+        if verb is Verb.RCPT and self._too_many_recipients():
+            return [SendClient(TOO_MANY_RECIPIENTS)]
         if verb is Verb.MAIL and self._declared_too_big(command):
             # RFC 1870: refused at once, never forwarded; the upstream's own SIZE it checks itself.
             return [
@@ -352,6 +378,31 @@ class Session:
             return [SendClient(NO_VALID_RECIPIENTS)]
         self.state = State.DATA
         return [SendClient(START_MAIL_INPUT), ReceiveMessage(stream=False)]
+
+    def _too_many_recipients(self) -> bool:
+        """MaxRecipients: the envelope (kept in memory) never grows past it."""
+        limit = self.policy.max_recipients
+        return bool(limit) and len(self.envelope.recipients) >= limit
+
+    def _count_errors(self, actions: list[Action]) -> list[Action]:
+        """HardErrorLimit: count error replies to the client (ours and the upstream's; not
+        452 Too many recipients, an ordinary answer to a long pipelined list); at the
+        limit, 421 and close.  A delivered message resets the count (_finish_message)."""
+        limit = self.policy.hard_error_limit
+        if not limit or any(isinstance(action, Close) for action in actions):
+            return actions
+        for action in actions:
+            if (
+                isinstance(action, SendClient)
+                and action.reply.code >= 400
+                and action.reply is not TOO_MANY_RECIPIENTS
+                and action.reply is not TOO_MANY_ERRORS
+            ):
+                self.errors += 1
+                if self.errors >= limit:
+                    note = Log(logging.WARNING, f"{self.errors} errors: disconnecting the client")
+                    return [*actions, note, SendClient(TOO_MANY_ERRORS), Close()]
+        return actions
 
     def _declared_too_big(self, command: Command) -> bool:
         limit = self.policy.max_message_size
@@ -505,6 +556,8 @@ class Session:
         """The upstream answered the message (or refused its DATA): its reply is the
         client's."""
         summary = self._summary(outcome, None, upstream=reply.text)
+        if reply.is_positive:
+            self.errors = 0  # HardErrorLimit counts errors between delivered messages
         self._end_transaction()
         actions: list[Action] = [SendClient(reply)]
         if rset:
@@ -574,7 +627,7 @@ class Session:
                 isinstance(action, ReceiveMessage) and action.stream
             ):
                 self._pending.append(action)
-        return actions
+        return self._count_errors(actions)
 
     @contextmanager
     def _sticky(self) -> Iterator[None]:
