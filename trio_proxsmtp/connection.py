@@ -60,6 +60,7 @@ __all__ = ["Connection"]
 CLIENT_TIMEOUT = Reply.single(421, "4.4.2 smtp.passthru Error: timeout exceeded")
 SHUTTING_DOWN = Reply.single(421, "4.3.2 Service shutting down")
 INTERNAL_ERROR = Reply.single(421, "4.3.0 Local Error")
+CLOSE_TIMEOUT = 5.0  # seconds a closing stream may take (no wait without a deadline)
 
 
 def upstream_unavailable(reason: str) -> Reply:
@@ -163,8 +164,11 @@ class Connection:
             await self.client.say_goodbye(INTERNAL_ERROR)
         finally:
             self.transaction.close()
-            with trio.CancelScope(shield=True):
+            # Bounded too (a TLS close_notify to a peer that never reads): a cancelled
+            # aclose still closes the socket.
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 await self.upstream.aclose()
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 await self.client.aclose()
             self.log.debug("connection closed")
 
