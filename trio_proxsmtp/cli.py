@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import trio
 
-from trio_proxsmtp import __version__, notify, server, signals
+from trio_proxsmtp import __version__, notify, reaper, server, signals
 from trio_proxsmtp.config import (
     Config,
     ConfigError,
@@ -333,6 +333,10 @@ def _serve(
 
     With `metrics_sockets` (MetricsListen) metrics are counted, and served by worker 0;
     `metrics_dir` is the supervisor's multi-process directory (Workers: N)."""
+    # Every process that runs filters adopts their orphans (reaper.py): after detaching,
+    # and in each worker; never inside serve(), so in-process tests stay ordinary.
+    # (Undone on return: main() may run in-process, as in tests.)
+    subreaper = reaper.enable_subreaper()  # logs a warning where the kernel cannot
     reload: Callable[[], Config] = functools.partial(_reload, config_path)
     serve = functools.partial(signals.serve, reload=reload)
     if metrics_sockets:
@@ -351,6 +355,9 @@ def _serve(
     except Exception:
         log.exception("fatal error")
         return 1
+    finally:
+        if subreaper:
+            reaper.disable_subreaper()
     return 0
 
 

@@ -4,12 +4,15 @@
 STARTTLS) and of the `ClientReader` buffer.  It reads the next command line, a DATA body or
 a refused BDAT chunk as the session's actions choose (the framing itself is sans-IO, in
 `protocol/reader.py`), sends our replies, and while nobody reads the client (filter, replay)
-watches for it leaving.  Every read and write runs under TimeOut.
+watches for it leaving.  Every read and write runs under TimeOut; a whole command line
+under CommandTimeOut (SessionTimeOut while waiting for one), a message under MinDataRate,
+all shortened under stress (deadlines.py).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -17,6 +20,7 @@ from contextlib import asynccontextmanager, suppress
 import trio
 
 from trio_proxsmtp.client_info import ClientInfo
+from trio_proxsmtp.deadlines import ClientDeadlines
 from trio_proxsmtp.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.nursery import single_error
 from trio_proxsmtp.protocol.lines import LineTooLong
@@ -45,7 +49,8 @@ class ClientGone(Exception):
 
 
 class ClientTimeout(Exception):
-    """The client said nothing for TimeOut seconds."""
+    """The client said nothing for TimeOut seconds, or a record's deadline passed; the
+    message says which."""
 
 
 class Drained(Exception):
@@ -63,10 +68,12 @@ class ClientChannel:
         info: ClientInfo,
         timeout: float,
         log: logging.LoggerAdapter[logging.Logger],
+        deadlines: ClientDeadlines | None = None,
     ) -> None:
         self.stream = stream
         self.info = info
         self.timeout = timeout
+        self.deadlines = deadlines or ClientDeadlines(timeout)
         self.log = log
         self.trace = log.isEnabledFor(logging.DEBUG)
         self.reader = ClientReader()
@@ -83,7 +90,9 @@ class ClientChannel:
             self._idle_scope.cancel()
 
     async def next_command(self) -> bytes | LineTooLong:
-        """The next command line; `Drained` if shutdown comes first and nothing is buffered."""
+        """The next command line; `Drained` if shutdown comes first and nothing is buffered.
+        The whole line must arrive within CommandTimeOut (and the session's deadline)."""
+        ready = trio.current_time()
         while True:
             if self._draining and self.reader.buffered_size == 0:
                 raise Drained
@@ -95,12 +104,13 @@ class ClientChannel:
             assert isinstance(event, NeedData), event
             if self.eof:
                 raise ClientGone("closed the connection")
+            deadline, name = self.deadlines.command_deadline(ready)
             try:
                 with trio.CancelScope() as idle:
                     self._idle_scope = idle
                     if self._draining:
                         idle.cancel()
-                    data = await self.receive()
+                    data = await self.receive(deadline, name)
             finally:
                 self._idle_scope = None
             if idle.cancelled_caught:
@@ -113,8 +123,10 @@ class ClientChannel:
         self, action: Action, deliver: Callable[[bytes, bool], Awaitable[None]]
     ) -> int:
         """Pass the client's message, un-stuffed, to `deliver(body, done)` up to
-        <CRLF>.<CRLF>; what follows stays buffered. Returns the message's size."""
+        <CRLF>.<CRLF>; what follows stays buffered. Returns the message's size.
+        The client must keep up MinDataRate (deadlines.py)."""
         self.reader.follow(action)
+        deadline = self.deadlines.data_start()
         while True:
             event = self.reader.next_event()
             if isinstance(event, Body):
@@ -122,9 +134,10 @@ class ClientChannel:
                 if event.done:
                     return self.reader.message_size
                 continue
-            data = await self.receive()
+            data = await self.receive(deadline, "MinDataRate")
             if not data:
                 raise ClientGone("unexpected end of data from client")
+            deadline = self.deadlines.data_read(deadline, len(data))
             self.reader.feed(data)
 
     async def read_chunk(self, action: Action, deliver: Callable[[bytes], Awaitable[None]]) -> None:
@@ -147,14 +160,19 @@ class ClientChannel:
     async def skip(self, action: Action) -> None:
         """Discard the chunk of a refused BDAT: its bytes are never commands."""
         self.reader.follow(action)
+        deadline = self.deadlines.data_start()
         while not isinstance(self.reader.next_event(), Skipped):
-            data = await self.receive()
+            data = await self.receive(deadline, "MinDataRate")
             if not data:
                 raise ClientGone("closed the connection")
+            deadline = self.deadlines.data_read(deadline, len(data))
             self.reader.feed(data)
 
-    async def receive(self) -> bytes:
-        with trio.move_on_after(self.timeout) as scope:
+    async def receive(self, deadline: float = math.inf, record: str = "") -> bytes:
+        """One read, under TimeOut and the deadline of the record it belongs to (one
+        cancel scope per read, as with TimeOut alone)."""
+        idle = trio.current_time() + self.deadlines.idle()
+        with trio.CancelScope(deadline=min(idle, deadline)) as scope:
             try:
                 data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
                 self.metrics.bytes_received("client", len(data))
@@ -162,7 +180,9 @@ class ClientChannel:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise ClientGone(str(exc) or "connection reset") from exc
         assert scope.cancelled_caught
-        raise ClientTimeout
+        if deadline < idle:
+            raise ClientTimeout(f"{record} exceeded")
+        raise ClientTimeout("client idle")
 
     # -- writing ------------------------------------------------------------------------
 

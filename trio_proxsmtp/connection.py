@@ -29,11 +29,12 @@ import trio
 from trio_proxsmtp.client_channel import ClientChannel, ClientGone, ClientTimeout, Drained
 from trio_proxsmtp.client_info import ClientInfo, client_host_name
 from trio_proxsmtp.config import Config, FilterType, OutTLSMode
+from trio_proxsmtp.deadlines import ClientDeadlines, Stress
 from trio_proxsmtp.log import connection_logger
 from trio_proxsmtp.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.milter import MilterContext, Milters, MilterSettings
 from trio_proxsmtp.nursery import single_error
-from trio_proxsmtp.protocol.commands import Verb, parse_command
+from trio_proxsmtp.protocol.commands import Verb, check_command_line, parse_command
 from trio_proxsmtp.protocol.errors import RemoteProtocolError
 from trio_proxsmtp.protocol.lines import LineTooLong
 from trio_proxsmtp.protocol.reader import Line
@@ -69,6 +70,7 @@ __all__ = ["Connection"]
 CLIENT_TIMEOUT = Reply.single(421, "4.4.2 smtp.passthru Error: timeout exceeded")
 SHUTTING_DOWN = Reply.single(421, "4.3.2 Service shutting down")
 INTERNAL_ERROR = Reply.single(421, "4.3.0 Local Error")
+CLOSE_TIMEOUT = 5.0  # seconds a closing stream may take (no wait without a deadline)
 
 
 def upstream_unavailable(reason: str, status: str = "4.4.1") -> Reply:
@@ -99,6 +101,8 @@ def session_policy(config: Config, info: ClientInfo) -> SessionPolicy:
         upstream_starttls=config.out_tls in (OutTLSMode.MAY, OutTLSMode.ENCRYPT),
         upstream_tls_required=config.out_tls is OutTLSMode.ENCRYPT,
         chunking=config.chunking,
+        max_recipients=config.max_recipients,
+        hard_error_limit=config.hard_error_limit,
     )
 
 
@@ -121,6 +125,7 @@ class Connection:
         open_upstream: Opener | None = None,
         implicit_tls: ssl.SSLContext | None = None,
         metrics: Metrics = NULL_METRICS,
+        stress: Stress | None = None,
     ) -> None:
         """`implicit_tls`: the client speaks TLS from the first byte (ListenTLS)."""
         self.config = config
@@ -132,7 +137,8 @@ class Connection:
         self.trace = self.log.isEnabledFor(logging.DEBUG)
         self.session = Session(session_policy(config, info))
         self._scope = trio.CancelScope()
-        self.client = ClientChannel(stream, info, config.timeout, self.log)
+        deadlines = ClientDeadlines.from_config(config, stress)
+        self.client = ClientChannel(stream, info, config.timeout, self.log, deadlines)
         self.upstream = Upstream(config, info, self.log, open_upstream)
         self.transaction = Transaction(
             config, self.session, self.client, self.upstream, self.log, self._scope
@@ -163,8 +169,8 @@ class Connection:
                 except ClientGone as exc:
                     self.log.info("client disconnected: %s", exc)
                     ended = "client disconnected"
-                except ClientTimeout:
-                    self.log.error("network operation timed out: client idle")
+                except ClientTimeout as exc:
+                    self.log.error("network operation timed out: %s", exc)
                     farewell, ended = CLIENT_TIMEOUT, "client timed out"
                 except UpstreamFailure as exc:
                     self.log.error("%s", exc)
@@ -187,8 +193,11 @@ class Connection:
             await self.client.say_goodbye(INTERNAL_ERROR)
         finally:
             self.transaction.close()
-            with trio.CancelScope(shield=True):
+            # Bounded too (a TLS close_notify to a peer that never reads): a cancelled
+            # aclose still closes the socket.
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 await self.upstream.aclose()
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 await self.client.aclose()
             self.log.debug("connection closed")
 
@@ -254,6 +263,11 @@ class Connection:
             if isinstance(line, LineTooLong):
                 self.log.debug("CLIENT < (%d bytes discarded: line too long)", line.length)
                 await self._perform(self.session.line_too_long())
+                continue
+            reason = check_command_line(line)
+            if reason is not None:
+                # NUL, bare CR, controls: answered here, never forwarded (issue 16, case 7).
+                await self._perform(self.session.bad_command_line(reason))
                 continue
             in_auth = self.session.in_auth
             command = parse_command(line)

@@ -35,10 +35,17 @@ changes nothing there).  `client_info.from_proxy_header` turns the header into t
 
 Metrics (metrics.py): the server counts connections accepted, refused and active, and
 hands its `Metrics` to every `Connection`; with metrics sockets it also serves /metrics.
+
+Hostile clients (docs/behaviour.md, "Limits"): one client address may hold at most
+`Config.per_client_limit` connections (MaxConnectionsPerClient; its worker share with
+Workers), except the ConnectionLimitExceptions networks; past it the client gets
+`421 4.7.0`.  From STRESS_FRACTION of MaxConnections on, the server is under stress: every
+connection's client waits use StressTimeOut (deadlines.py); the log says when it switches.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import logging
@@ -57,8 +64,9 @@ import trio
 from trio_proxsmtp import notify
 from trio_proxsmtp.address import Address, AddressKind, format_host, resolve_tcp
 from trio_proxsmtp.client_info import from_proxy_header, from_socket_stream
-from trio_proxsmtp.config import Config, TransparentMode
+from trio_proxsmtp.config import STRESS_FRACTION, Config, TransparentMode
 from trio_proxsmtp.connection import Connection
+from trio_proxsmtp.deadlines import Stress
 from trio_proxsmtp.log import LOGGER_NAME, connection_ids, connection_logger
 from trio_proxsmtp.metrics import NULL_METRICS, Metrics, serve_metrics
 from trio_proxsmtp.proxy_protocol import (
@@ -267,6 +275,9 @@ class Server:
     _idle: trio.Event = attrs.field(factory=trio.Event)
     _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _grace: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    # Open connections per client address counted by MaxConnectionsPerClient.
+    per_client: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    stress: Stress = attrs.field(factory=Stress)
 
     @property
     def max_connections(self) -> int:
@@ -408,23 +419,65 @@ class Server:
                 connections.start_soon(self._run_proxied, waiting, config)
                 continue
             # Who the client is, decided once here.
+            info = from_socket_stream(stream)
+            counted = info.client if config.connection_limit_applies(info.client) else None
+            if counted is not None and self._over_client_limit(counted):
+                connections.start_soon(self._refuse_client, stream, conn_id, counted)
+                continue
             connection = Connection(
                 config,
                 stream,
-                from_socket_stream(stream),
+                info,
                 conn_id,
                 implicit_tls=context,
                 metrics=self.metrics,
+                stress=self.stress,
             )
             self.connections.add(connection)
-            connections.start_soon(self._run_connection, connection)
+            if counted is not None:
+                self.per_client[counted] += 1
+            self._check_stress()
+            connections.start_soon(self._run_connection, connection, counted)
 
-    async def _run_connection(self, connection: Connection) -> None:
+    @property
+    def per_client_limit(self) -> int:
+        """This worker's share of MaxConnectionsPerClient (0: no limit)."""
+        limit = self.config.per_client_limit
+        if not limit:
+            return 0
+        return max(1, worker_share(limit, self.worker, self.workers))
+
+    def _over_client_limit(self, client: str) -> bool:
+        limit = self.per_client_limit
+        return bool(limit) and self.per_client[client] >= limit
+
+    def _check_stress(self) -> None:
+        """Stress on from STRESS_FRACTION of this worker's MaxConnections, off below it."""
+        stressed = len(self.connections) >= max(1, int(self.max_connections * STRESS_FRACTION))
+        if stressed == self.stress.on or not self.config.stress_timeout:
+            return
+        self.stress.on = stressed
+        if stressed:
+            log.warning(
+                "stress: %d of %d connections open; client waits limited to %g s (StressTimeOut)",
+                len(self.connections),
+                self.max_connections,
+                self.config.stress_timeout,
+            )
+        else:
+            log.info("stress over: %d connections open", len(self.connections))
+
+    async def _run_connection(self, connection: Connection, counted: str | None = None) -> None:
         try:
             with self.metrics.session():
                 await connection.run()
         finally:
             self.connections.discard(connection)
+            if counted is not None:
+                self.per_client[counted] -= 1
+                if not self.per_client[counted]:
+                    del self.per_client[counted]
+            self._check_stress()
             self._idle.set()
 
     async def _run_proxied(self, waiting: _AwaitingHeader, config: Config) -> None:
@@ -463,6 +516,12 @@ class Server:
             log.debug("PROXY LOCAL from %s: a health check", socket_info.client)
         else:
             log.debug("PROXY header from %s: client %s", socket_info.client, info.client)
+        # MaxConnectionsPerClient counts the client the header names, not the balancer.
+        counted = info.client if config.connection_limit_applies(info.client) else None
+        if counted is not None and self._over_client_limit(counted):
+            await self._refuse_client(stream, waiting.conn_id, counted)
+            self._idle.set()
+            return
         remainder = result.remainder
         client_stream: trio.abc.Stream = stream
         if waiting.implicit_tls is not None and remainder:
@@ -475,13 +534,27 @@ class Server:
             waiting.conn_id,
             implicit_tls=waiting.implicit_tls,
             metrics=self.metrics,
+            stress=self.stress,
         )
         # What followed the header is the start of the SMTP stream.
         connection.client.reader.feed(remainder)
         self.connections.add(connection)
+        if counted is not None:
+            self.per_client[counted] += 1
+        self._check_stress()
         if self.draining:
             connection.drain()
-        await self._run_connection(connection)
+        await self._run_connection(connection, counted)
+
+    async def _refuse_client(self, stream: trio.SocketStream, conn_id: str, client: str) -> None:
+        connection_logger(conn_id).warning(
+            "too many connections from %s (max %d): refused", client, self.per_client_limit
+        )
+        reply = f"421 4.7.0 Error: too many connections from {client}\r\n".encode()
+        with trio.move_on_after(5):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(reply)
+        await stream.aclose()
 
     async def _refuse(self, stream: trio.SocketStream, conn_id: str, limit: int) -> None:
         connection_logger(conn_id).error(

@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from trio_proxsmtp import notify
+from trio_proxsmtp import notify, reaper
 from trio_proxsmtp.config import Config
 from trio_proxsmtp.log import LOGGER_NAME
 from trio_proxsmtp.metrics import NULL_METRICS, Metrics
@@ -70,5 +70,7 @@ async def serve(
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(handle_signals, server, received)
+            if reaper.subreaper_enabled():
+                nursery.start_soon(reaper.sweep_forever)
             await server.serve(sockets, metrics_sockets=metrics_sockets, task_status=task_status)
             nursery.cancel_scope.cancel()

@@ -219,7 +219,9 @@ class Transaction:
         )
         started = trio.current_time()
         async with self.client.watch(self.left), self.upstream.keepalives():
-            verdict = await run_filter(spec, self.spool, env, log=self.log)
+            verdict = await run_filter(
+                spec, self.spool, env, log=self.log, size_limit=self.session.size_limit
+            )
         seconds = trio.current_time() - started
         self.metrics.filter_ran(seconds)
         self.log.debug("filter verdict: %s (%s)", verdict.kind.name, verdict.detail)

@@ -6,7 +6,9 @@ items in one write, then reads one complete reply per item, in order.  Today the
 sends one command at a time (a group of one); PIPELINING towards the upstream is a group of
 several, with nothing else to change.  STARTTLS towards the upstream belongs in
 `start_tls`: the stream is swapped for a `trio.SSLStream` over it, between exchanges.
-Keepalives (NOOP) are exchanges too.  Every wait runs under TimeOut; every failure is an
+Keepalives (NOOP) are exchanges too.  Every wait runs under TimeOut, and a whole reply (the
+banner included) under ReplyTimeOut, so a dribbling upstream cannot hold a session; every
+failure is an
 `UpstreamFailure`, which the client sees as 421 with the real error in the log (B13).
 """
 
@@ -124,6 +126,8 @@ class Upstream:
 
     async def _read_reply(self) -> Reply:
         assert self.stream is not None
+        # The whole reply, however it is dribbled, within ReplyTimeOut (one scope per read).
+        deadline = trio.current_time() + self.config.reply_timeout
         while True:
             reply = self.replies.next_reply()
             if reply is not None:
@@ -131,7 +135,8 @@ class Upstream:
                     for line in reply.to_bytes().splitlines():
                         self.log.debug("SERVER < %s", show(line))
                 return reply
-            with trio.move_on_after(self.config.timeout) as scope:
+            idle = trio.current_time() + self.config.timeout
+            with trio.CancelScope(deadline=min(idle, deadline)) as scope:
                 try:
                     data = await self.stream.receive_some(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -139,8 +144,9 @@ class Upstream:
                         f"server disconnected unexpectedly: {exc}", "closed the connection"
                     ) from exc
             if scope.cancelled_caught:
+                what = "a whole reply (ReplyTimeOut)" if deadline < idle else "server"
                 raise UpstreamFailure(
-                    "network operation timed out: waiting for server", "timed out"
+                    f"network operation timed out: waiting for {what}", "timed out"
                 )
             if not data:
                 raise UpstreamFailure("server disconnected unexpectedly", "closed the connection")
@@ -151,25 +157,34 @@ class Upstream:
     @asynccontextmanager
     async def keepalives(self) -> AsyncIterator[None]:
         """KeepAlives: NOOP upstream whenever it has been quiet that long (B24: also while
-        the filter runs).  Each exchange is shielded so that ending the phase never leaves
-        a half-read reply behind."""
+        the filter runs).  When the phase ends normally, an exchange in progress is finished
+        (shielded) so that no half-read reply is left behind; it is bounded by ReplyTimeOut.
+        When the phase ends by an error or a cancellation (client gone, shutdown) the
+        connection is over: the shield is dropped and the exchange ends at once."""
         interval = self.config.keep_alives
         if interval <= 0:
             yield
             return
+        shield = trio.CancelScope(shield=True)
 
         async def noop_loop() -> None:
+            nonlocal shield
             while True:
                 await trio.sleep_until(self.activity + interval)
                 if trio.current_time() < self.activity + interval:
                     continue
-                with trio.CancelScope(shield=True):
+                with shield:
                     await self.command(NOOP)
+                shield = trio.CancelScope(shield=True)
 
         with single_error():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(noop_loop)
-                yield
+                try:
+                    yield
+                except BaseException:
+                    shield.shield = False
+                    raise
                 nursery.cancel_scope.cancel()
 
     # -- connecting ---------------------------------------------------------------------

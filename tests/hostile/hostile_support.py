@@ -1,16 +1,25 @@
-"""Helpers for the attack catalogue: a filter run with clean-up checks, a proxy with a filter."""
+"""Helpers for the attack catalogue: a filter run with clean-up checks, a proxy with a filter,
+one connection on memory streams (for timeouts under the autojump clock)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from trio_proxsmtp.config import FilterType
+import trio
+import trio.testing
+
+from trio_proxsmtp.client_info import ClientInfo
+from trio_proxsmtp.config import FilterType, parse_config
+from trio_proxsmtp.connection import Connection
+from trio_proxsmtp.deadlines import Stress
 from trio_proxsmtp.filter import FilterSpec, Verdict, filter_environment, run_filter
 from trio_proxsmtp.spool import Spool
 from trio_proxsmtp.testing import FakeUpstream, RunningProxy, run_proxy
+from trio_proxsmtp.testing.client import FakeClient
 
 MESSAGE = b"Subject: t\r\n\r\nbody\r\n"
 
@@ -65,3 +74,41 @@ async def proxied(config: str) -> AsyncIterator[tuple[FakeUpstream, RunningProxy
     async with FakeUpstream() as upstream, run_proxy(config, upstream=upstream) as proxy:
         yield upstream, proxy
         assert proxy.leftovers() == []
+
+
+# An upstream on a memory stream: FakeUpstream.handle, or a hand-written hostile one.
+UpstreamHandler = Callable[[trio.abc.Stream], Awaitable[None]]
+
+
+@asynccontextmanager
+async def memory_connection(
+    config: str,
+    upstream: UpstreamHandler | FakeUpstream,
+    *,
+    client: str = "192.0.2.7",
+    stress: Stress | None = None,
+) -> AsyncIterator[tuple[FakeClient, Connection]]:
+    """One `Connection` between a FakeClient and `upstream` on memory streams (no socket,
+    so the autojump clock runs every timeout); the connection's task ends with the block."""
+    handler = upstream.handle if isinstance(upstream, FakeUpstream) else upstream
+    with tempfile.TemporaryDirectory(prefix="trio-proxsmtp-hostile-") as temp:
+        parsed = parse_config(f"TempDirectory: {temp}\nOutAddress: 127.0.0.1:25\n{config}\n")
+        ours, theirs = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+
+            async def open_upstream() -> tuple[trio.abc.Stream, str]:
+                proxy_end, upstream_end = trio.testing.memory_stream_pair()
+                nursery.start_soon(handler, upstream_end)
+                return proxy_end, "upstream.memory"
+
+            info = ClientInfo(client=client, local="127.0.0.1")
+            connection = Connection(
+                parsed, theirs, info, 0x100000, open_upstream=open_upstream, stress=stress
+            )
+            nursery.start_soon(connection.run)
+            try:
+                yield FakeClient(ours, timeout=10_000), connection
+            finally:
+                await trio.aclose_forcefully(ours)
+                nursery.cancel_scope.cancel()
+        assert os.listdir(temp) == []

@@ -145,3 +145,19 @@ async def test_empty_output_through_the_proxy(caplog: pytest.LogCaptureFixture) 
     assert upstream.transactions == []
     assert "exit 0 but no output for a message of" in caplog.text
     assert "status=FILTER-ERROR" in caplog.text
+
+
+async def test_output_over_the_promised_size_through_the_proxy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # MaxMessageSize is what the client was promised: a filter's endless output is cut
+    # there (451: the filter is the cause), and nothing goes upstream.
+    config = "MaxMessageSize: 100000\nFilterCommand: cat >/dev/null; yes 'spam spam spam'"
+    with trio.fail_after(30):
+        async with proxied(config) as (upstream, proxy), proxy.connect() as client:
+            replies = await client.send_message("s@x", ["r@x"], MESSAGE)
+            assert replies[-1] == LOCAL_ERROR
+            assert (await client.command("NOOP")).code == 250
+    assert upstream.transactions == []
+    assert b"spam" not in bytes(upstream.received)
+    assert "exceeds the size limit of 100000" in caplog.text

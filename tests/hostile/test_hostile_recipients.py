@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from hostile_support import MESSAGE, environment, filter_run, proxied
+import trio.testing
+from hostile_support import MESSAGE, environment, filter_run, memory_connection, proxied
 
 from trio_proxsmtp.filter import RECIPIENTS_ENV_LIMIT, VerdictKind
+from trio_proxsmtp.testing import FakeUpstream
 
 BIG = [f"{i:04d}" + "r" * 130 + "@x.org" for i in range(1000)]  # 140 bytes each
 
@@ -110,3 +112,24 @@ async def test_big_recipient_list_through_the_proxy(tmp_path: Path) -> None:
             assert replies[-1].code == 250, replies[-1]
     assert seen.read_text().splitlines() == BIG
     assert upstream.transactions[0].rcpt_to == BIG
+
+
+async def test_max_recipients_is_answered_here(autojump_clock: trio.testing.MockClock) -> None:
+    # Attack 4: the envelope (kept in memory) never grows past MaxRecipients; the rest get
+    # 452 4.5.3 (the client retries them later) and are never forwarded.
+    wanted = [f"r{i}@x" for i in range(5)]
+    async with FakeUpstream() as up, memory_connection("MaxRecipients: 3", up) as (client, _):
+        replies = await client.send_message("s@x", wanted, MESSAGE, pipelined=True)
+    assert [r.code for r in replies[1:6]] == [250, 250, 250, 452, 452]
+    assert replies[4].to_bytes() == b"452 4.5.3 Too many recipients\r\n"
+    assert replies[-1].code == 250
+    assert up.transactions[0].rcpt_to == wanted[:3]
+    assert not any(b"r3@x" in c or b"r4@x" in c for c in up.commands)
+
+
+async def test_the_default_limit_is_a_thousand(autojump_clock: trio.testing.MockClock) -> None:
+    wanted = [f"r{i}@x" for i in range(1001)]
+    async with FakeUpstream() as up, memory_connection("", up) as (client, _):
+        replies = await client.send_message("s@x", wanted, MESSAGE, pipelined=True)
+    assert [r.code for r in replies[1:-2]] == [250] * 1000 + [452]
+    assert len(up.transactions[0].rcpt_to) == 1000

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from hostile_support import MESSAGE, filter_run
+from hostile_support import MESSAGE, filter_run, proxied
 
 from trio_proxsmtp import reaper
 from trio_proxsmtp.filter import VerdictKind
@@ -157,3 +157,15 @@ async def test_background_sweep_spares_runs_going_on(spool_dir: Path, tmp_path: 
         while not gone(pid):
             await reaper.sweep_adopted()
             await trio.sleep(0.02)
+
+
+async def test_setsid_grandchild_through_the_proxy(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    config = f"FilterCommand: sh -c 'setsid sleep 1000 & echo $! > {pidfile}'; cat"
+    with trio.fail_after(30):
+        async with proxied(config) as (upstream, proxy), proxy.connect() as client:
+            assert (await client.send_message("s@x", ["r@x"], MESSAGE))[-1].code == 250
+            [pid] = pids(pidfile)
+            while not gone(pid):  # killed and reaped when the run ends
+                await trio.sleep(0.01)
+    assert upstream.transactions[0].message == MESSAGE

@@ -32,7 +32,7 @@ async def test_t39_keepalives_while_data_arrives_slowly(
 ) -> None:
     with trio.fail_after(60):
         async with (
-            proxied("KeepAlives: 1\nTimeOut: 5") as (up, proxy),
+            proxied("KeepAlives: 1\nTimeOut: 5\nMinDataRate: 0") as (up, proxy),
             proxy.connect(timeout=60) as client,
         ):
             assert (await client.start_message("s@x", ["r@x"], helo="c"))[-1].code == 354

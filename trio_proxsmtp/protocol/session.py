@@ -51,6 +51,7 @@ from trio_proxsmtp.protocol.actions import (
 from trio_proxsmtp.protocol.bdat import SYNTAX_REPLY as BDAT_SYNTAX
 from trio_proxsmtp.protocol.bdat import BdatSyntaxError, parse_bdat
 from trio_proxsmtp.protocol.commands import (
+    BAD_CHARACTER,
     Command,
     Verb,
     parse_command,
@@ -124,6 +125,9 @@ AUTH_NEEDS_ENCRYPTION = Reply.single(
 # CHUNKING (RFC 3030) from the client, Chunking: on.
 BDAT_IN_PROGRESS = Reply.single(503, "5.5.1 Error: BDAT transfer in progress (RSET to abandon)")
 NOOP_OK = Reply.single(250, "2.0.0 Ok")
+# Limits on hostile clients (docs/behaviour.md, "Limits"); never forwarded.
+TOO_MANY_RECIPIENTS = Reply.single(452, "4.5.3 Too many recipients")
+TOO_MANY_ERRORS = Reply.single(421, "4.7.0 Error: too many errors")
 
 
 class State(enum.Enum):
@@ -150,6 +154,7 @@ _MESSAGE_STATES = frozenset(
 _LEGAL: dict[str, frozenset[State]] = {
     "greeting": frozenset({State.GREETING}),
     "line_too_long": _COMMAND_STATES | {State.CHUNKS},
+    "bad_command_line": _COMMAND_STATES | {State.CHUNKS},
     "command": _COMMAND_STATES | {State.CHUNKS},
     "message_received": frozenset({State.DATA}),
     "message_failed": frozenset({State.DATA, State.CHUNKS}),
@@ -213,6 +218,8 @@ class SessionPolicy:
     upstream_starttls: bool = False  # OutTLS may/encrypt: STARTTLS to the next server
     upstream_tls_required: bool = False  # OutTLS encrypt: no plain-text fallback
     chunking: bool = False  # Chunking: on: advertise CHUNKING and take BDAT
+    max_recipients: int = 0  # MaxRecipients: accepted recipients per transaction; 0: none
+    hard_error_limit: int = 0  # HardErrorLimit: error replies before 421 and close; 0: none
 
 
 @attrs.define
@@ -285,6 +292,7 @@ class Session:
         self._replay_lines: collections.deque[bytes] = collections.deque()
         self._replay_accepted = 0
         self._replay_refusal: Reply | None = None
+        self.errors = 0  # 4xx/5xx replies to the client since the last delivered message
 
     @property
     def in_message(self) -> bool:
@@ -310,6 +318,17 @@ class Session:
         """A client command line over the limit: answered, never forwarded (docs/behaviour.md
         §4.1)."""
         return [SendClient(LINE_TOO_LONG)]
+
+    @_input
+    def bad_command_line(self, reason: str) -> list[Action]:
+        """A client line with a byte no command may hold (protocol.commands.
+        check_command_line): answered, never forwarded, AUTH continuations included."""
+        note = Log(logging.WARNING, f"refused a command line: {reason}")
+        if self._in_auth:
+            # The upstream waits for a continuation: cancel the exchange (RFC 4954 "*"); its
+            # 501 is the client's answer, and AUTH is over on both sides.
+            return [note, SendUpstream(b"*\r\n", Purpose.AUTH_CONTINUATION)]
+        return [note, SendClient(BAD_CHARACTER)]
 
     @_input
     def command(self, command: Command) -> list[Action]:
@@ -480,6 +499,8 @@ class Session:
         if verb in (Verb.MAIL, Verb.RCPT) and self._rejecting():
             self._reset_envelope()
             return [SendClient(self._reject_reply())]
+        if verb is Verb.RCPT and self._too_many_recipients():
+            return [SendClient(TOO_MANY_RECIPIENTS)]
         if verb is Verb.MAIL and self._declared_too_big(command):
             # RFC 1870: refused at once, never forwarded; the upstream's own SIZE it checks itself.
             return [
@@ -518,6 +539,7 @@ class Session:
             and not self._rejecting()
             and not (self.policy.upstream_tls_required and not self.upstream_tls)
             and not (command.verb is Verb.MAIL and self._declared_too_big(command))
+            and not (command.verb is Verb.RCPT and self._too_many_recipients())
         )
 
     # -- TLS to the next server (OutTLS may/encrypt) --------------------------------------
@@ -654,6 +676,41 @@ class Session:
         self.state = State.DATA
         self.facts = MessageFacts()
         return [SendClient(START_MAIL_INPUT), ReceiveMessage(stream=False)]
+
+    def _too_many_recipients(self) -> bool:
+        """MaxRecipients: the envelope (kept in memory) never grows past it."""
+        limit = self.policy.max_recipients
+        if not limit:
+            return False
+        # RCPTs sent upstream in a pipelined group and not yet answered count too.
+        in_flight = sum(
+            1
+            for action in self._pending
+            if isinstance(action, SendUpstream)
+            and action.command is not None
+            and action.command.verb is Verb.RCPT
+        )
+        return len(self.envelope.recipients) + in_flight >= limit
+
+    def _count_errors(self, actions: list[Action]) -> list[Action]:
+        """HardErrorLimit: count error replies to the client (ours and the upstream's; not
+        452 Too many recipients, an ordinary answer to a long pipelined list); at the
+        limit, 421 and close.  A delivered message resets the count (_finish_message)."""
+        limit = self.policy.hard_error_limit
+        if not limit or any(isinstance(action, Close) for action in actions):
+            return actions
+        for action in actions:
+            if (
+                isinstance(action, SendClient)
+                and action.reply.code >= 400
+                and action.reply is not TOO_MANY_RECIPIENTS
+                and action.reply is not TOO_MANY_ERRORS
+            ):
+                self.errors += 1
+                if self.errors >= limit:
+                    note = Log(logging.WARNING, f"{self.errors} errors: disconnecting the client")
+                    return [*actions, note, SendClient(TOO_MANY_ERRORS), Close()]
+        return actions
 
     def _declared_too_big(self, command: Command) -> bool:
         limit = self.policy.max_message_size
@@ -826,6 +883,8 @@ class Session:
         """The upstream answered the message (or refused its DATA): its reply is the
         client's."""
         summary = self._summary(outcome, None, upstream=reply)
+        if reply.is_positive:
+            self.errors = 0  # HardErrorLimit counts errors between delivered messages
         self._end_transaction()
         actions: list[Action] = [AbortMilters()] if self.policy.milters else []
         actions.append(SendClient(reply))
@@ -1004,7 +1063,7 @@ class Session:
                 isinstance(action, ReceiveMessage) and action.stream
             ):
                 self._pending.append(action)
-        return actions
+        return self._count_errors(actions)
 
     @contextmanager
     def _sticky(self) -> Iterator[None]:
