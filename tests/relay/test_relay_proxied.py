@@ -271,3 +271,26 @@ async def test_shutdown_closes_a_connection_still_waiting_for_its_header() -> No
 async def wait_for_connections(server: Server, count: int) -> None:
     while len(server.connections) < count:
         await trio.sleep(0.01)
+
+
+async def test_the_per_client_limit_counts_the_header_client() -> None:
+    # Behind a balancer every connection comes from its address: MaxConnectionsPerClient
+    # must count the client the header names, or one client could take every slot (and
+    # clients sharing a balancer would be refused together).
+    config = (
+        "ProxyProtocol: on\nMaxConnectionsPerClient: 1\nConnectionLimitExceptions: none\n"
+        "MaxConnections: 10\n"
+    )
+    other = attrs.evolve(CLIENT_V4, source_address="203.0.113.8")
+    with trio.fail_after(10):
+        async with (
+            FakeUpstream() as up,
+            run_proxy(config, upstream=up) as proxy,
+            proxy.connect(proxy_header=encode_v2(CLIENT_V4)) as first,
+        ):
+            assert (await first.greeting()).code == 220
+            async with proxy.connect(proxy_header=encode_v2(CLIENT_V4)) as second:
+                refused = await second.greeting()
+                assert refused.code == 421 and "203.0.113.7" in refused.text
+            async with proxy.connect(proxy_header=encode_v2(other)) as third:
+                assert (await third.greeting()).code == 220
