@@ -170,7 +170,9 @@ async def test_sighup_reloads_header_keeps_serving_on_bad_file_and_reports_liste
     with trio.fail_after(30):
         async with FakeUpstream() as up:
             port = free_port()
-            base = f"Listen: 127.0.0.1:{port}\nOutAddress: {up.address}\n"
+            # One process: each worker reloads on its own, and a client could reach one that
+            # has not yet (tests/ops/test_ops_workers.py waits for every worker's reload).
+            base = f"Listen: 127.0.0.1:{port}\nOutAddress: {up.address}\nWorkers: 1\n"
             config = write_config(tmp_path / "proxsmtpd.conf", base + "Header: X-Gen: one\n")
             with proxy_process(config, tmp_path / "proxy.log") as proxy:
                 await proxy.started()
@@ -199,7 +201,8 @@ async def test_sighup_reloads_header_keeps_serving_on_bad_file_and_reports_liste
                 other = free_port()
                 write_config(
                     config,
-                    f"Listen: 127.0.0.1:{other}\nOutAddress: {up.address}\nHeader: X-Gen: four\n",
+                    f"Listen: 127.0.0.1:{other}\nOutAddress: {up.address}\nHeader: X-Gen: four\n"
+                    "Workers: 1\n",
                 )
                 proxy.signal(signal.SIGHUP)
                 await proxy.wait_log("a restart is needed")
@@ -235,7 +238,8 @@ async def test_sighup_turns_starttls_on(tmp_path: Path, tls_files: tuple[Path, P
     with trio.fail_after(30):
         async with FakeUpstream() as up:
             port = free_port()
-            base = f"Listen: 127.0.0.1:{port}\nOutAddress: {up.address}\n"
+            # One process, as above: a worker not yet reloaded would still offer no STARTTLS.
+            base = f"Listen: 127.0.0.1:{port}\nOutAddress: {up.address}\nWorkers: 1\n"
             config = write_config(tmp_path / "proxsmtpd.conf", base)
 
             async def ehlo_keywords() -> tuple[str, ...]:
