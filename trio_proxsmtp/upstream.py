@@ -108,8 +108,16 @@ class Upstream:
         return answers
 
     async def command(self, item: Outgoing) -> Reply:
-        """A group of one."""
-        return (await self.exchange([item]))[0]
+        """A group of one: `exchange([item])[0]`, without the lists (once per command)."""
+        if self.trace and item.trace is not None:
+            self.log.debug("SERVER > %s", item.trace)
+        await self.send(item.data)
+        if not self.metrics.enabled:
+            return await self._read_reply()
+        started = trio.current_time()
+        reply = await self._read_reply()
+        self.metrics.upstream_round_trip(trio.current_time() - started)
+        return reply
 
     async def send(self, data: bytes) -> None:
         """Write bytes that expect no reply of their own (the body of a message)."""
