@@ -21,6 +21,7 @@ import trio
 
 from trio_proxsmtp.client_info import ClientInfo
 from trio_proxsmtp.deadlines import ClientDeadlines
+from trio_proxsmtp.fast_io import FastPath
 from trio_proxsmtp.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.nursery import single_error
 from trio_proxsmtp.protocol.lines import LineTooLong
@@ -80,6 +81,7 @@ class ClientChannel:
         self.eof = False  # the watcher saw the client's end of file
         self._draining = False
         self._idle_scope: trio.CancelScope | None = None
+        self._fast = FastPath()  # try the socket call before waiting (fast_io.py)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -171,9 +173,19 @@ class ClientChannel:
     async def receive(self, deadline: float = math.inf, record: str = "") -> bytes:
         """One read, under TimeOut and the deadline of the record it belongs to (one
         cancel scope per read, as with TimeOut alone)."""
-        idle = trio.current_time() + self.deadlines.idle()
+        now = trio.current_time()
+        idle = now + self.deadlines.idle()
+        if min(idle, deadline) > now:
+            try:
+                fast = await self._fast.receive(self.stream, RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ClientGone(str(exc) or "connection reset") from exc
+            if fast is not None:
+                self.metrics.bytes_received("client", len(fast))
+                return fast
         with trio.CancelScope(deadline=min(idle, deadline)) as scope:
             try:
+                await self._fast.wait_readable(self.stream)
                 data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
                 self.metrics.bytes_received("client", len(data))
                 return data
@@ -191,9 +203,16 @@ class ClientChannel:
         if self.trace:
             for line in data.splitlines():
                 self.log.debug("CLIENT > %s", show(line))
+        try:
+            sent = await self._fast.send(self.stream, data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ClientGone(str(exc) or "connection reset") from exc
+        if sent == len(data):
+            self.metrics.bytes_sent("client", sent)
+            return
         with trio.move_on_after(self.timeout) as scope:
             try:
-                await self.stream.send_all(data)
+                await self.stream.send_all(data[sent:] if sent else data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise ClientGone(str(exc) or "connection reset") from exc
         if scope.cancelled_caught:

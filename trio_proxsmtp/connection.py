@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from contextlib import nullcontext
 from typing import assert_never
 
 import attrs
@@ -334,7 +333,10 @@ class Connection:
                 # A bare stream cannot be peeked at: watch it while a message is on its way.
                 watching = self.info.socket is None and self.session.in_message
                 started = trio.current_time()
-                async with self.client.watch(self.transaction.left) if watching else nullcontext():
+                if watching:
+                    async with self.client.watch(self.transaction.left):
+                        reply = await self.upstream.command(Outgoing(action.line, trace))
+                else:
                     reply = await self.upstream.command(Outgoing(action.line, trace))
                 seconds = trio.current_time() - started
                 await self._perform(self.session.upstream_reply(reply, seconds=seconds))

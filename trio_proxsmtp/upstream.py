@@ -27,6 +27,7 @@ import trio
 from trio_proxsmtp.address import AddressKind, format_host
 from trio_proxsmtp.client_info import ClientInfo, NoOriginalDestination
 from trio_proxsmtp.config import Config, OutTLSMode, TransparentMode
+from trio_proxsmtp.fast_io import FastPath
 from trio_proxsmtp.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.nursery import single_error
 from trio_proxsmtp.protocol.replies import Reply, ReplyParser
@@ -84,6 +85,7 @@ class Upstream:
         self.replies = ReplyParser()
         self.activity = trio.current_time()  # the last byte sent or received
         self.tls = False  # the upstream stream is TLS (OutTLS: implicit, or after STARTTLS)
+        self._fast = FastPath()  # try the socket call before waiting (fast_io.py)
 
     # -- the one place where commands go up and replies come back -----------------------
 
@@ -106,15 +108,33 @@ class Upstream:
         return answers
 
     async def command(self, item: Outgoing) -> Reply:
-        """A group of one."""
-        return (await self.exchange([item]))[0]
+        """A group of one: `exchange([item])[0]`, without the lists (once per command)."""
+        if self.trace and item.trace is not None:
+            self.log.debug("SERVER > %s", item.trace)
+        await self.send(item.data)
+        if not self.metrics.enabled:
+            return await self._read_reply()
+        started = trio.current_time()
+        reply = await self._read_reply()
+        self.metrics.upstream_round_trip(trio.current_time() - started)
+        return reply
 
     async def send(self, data: bytes) -> None:
         """Write bytes that expect no reply of their own (the body of a message)."""
         assert self.stream is not None
+        try:
+            sent = await self._fast.send(self.stream, data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise UpstreamFailure(
+                f"server disconnected unexpectedly: {exc}", "closed the connection"
+            ) from exc
+        if sent == len(data):
+            self.activity = trio.current_time()
+            self.metrics.bytes_sent("upstream", sent)
+            return
         with trio.move_on_after(self.config.timeout) as scope:
             try:
-                await self.stream.send_all(data)
+                await self.stream.send_all(data[sent:] if sent else data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise UpstreamFailure(
                     f"server disconnected unexpectedly: {exc}", "closed the connection"
@@ -135,24 +155,37 @@ class Upstream:
                     for line in reply.to_bytes().splitlines():
                         self.log.debug("SERVER < %s", show(line))
                 return reply
-            idle = trio.current_time() + self.config.timeout
-            with trio.CancelScope(deadline=min(idle, deadline)) as scope:
-                try:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise UpstreamFailure(
-                        f"server disconnected unexpectedly: {exc}", "closed the connection"
-                    ) from exc
-            if scope.cancelled_caught:
-                what = "a whole reply (ReplyTimeOut)" if deadline < idle else "server"
+            now = trio.current_time()
+            idle = now + self.config.timeout
+            fast: bytes | None = None
+            try:
+                if deadline > now:
+                    fast = await self._fast.receive(self.stream, RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise UpstreamFailure(
-                    f"network operation timed out: waiting for {what}", "timed out"
-                )
+                    f"server disconnected unexpectedly: {exc}", "closed the connection"
+                ) from exc
+            if fast is not None:
+                data = fast
+            else:
+                with trio.CancelScope(deadline=min(idle, deadline)) as scope:
+                    try:
+                        await self._fast.wait_readable(self.stream)
+                        data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        raise UpstreamFailure(
+                            f"server disconnected unexpectedly: {exc}", "closed the connection"
+                        ) from exc
+                if scope.cancelled_caught:
+                    what = "a whole reply (ReplyTimeOut)" if deadline < idle else "server"
+                    raise UpstreamFailure(
+                        f"network operation timed out: waiting for {what}", "timed out"
+                    )
             if not data:
                 raise UpstreamFailure("server disconnected unexpectedly", "closed the connection")
             self.activity = trio.current_time()
             self.metrics.bytes_received("upstream", len(data))
-            self.replies.feed(bytes(data))
+            self.replies.feed(data)
 
     @asynccontextmanager
     async def keepalives(self) -> AsyncIterator[None]:

@@ -1,0 +1,102 @@
+"""Optimistic socket I/O: try the system call first, wait only if it would block (issue 15).
+
+On a loopback or a busy LAN the bytes are usually there already (or the send buffer has
+room), so a plain `trio.SocketStream` read or write through trio costs a timeout scope, a
+conflict detector, two checkpoints and a task switch around one system call.  `FastPath`
+tries the non-blocking call on the socket's file descriptor first; the caller takes the
+normal path (its cancel scope and trio's wait) only when it would block, and for TLS or
+memory streams.  What stays the same:
+
+* cancellation: `checkpoint_if_cancelled` before every fast call, so a cancelled scope
+  (shutdown, the client leaving, a drain) is seen exactly where trio would see it;
+* fairness: after `FAIR_EVERY` fast calls in a row, one takes the normal path, which
+  yields to other tasks (a call that would block waits, and so yields, anyway);
+* errors: those of `SocketStream` (a closed socket is `ClosedResourceError`, any other
+  OSError `BrokenResourceError`); end of file is b"".
+
+Deadlines are the caller's: it takes the normal path when its deadline has passed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import trio
+
+__all__ = ["FAIR_EVERY", "FastPath"]
+
+FAIR_EVERY = 8
+_CLOSED = {errno.EBADF, errno.ENOTSOCK}
+
+
+def _broken(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
+    if exc.errno in _CLOSED:
+        return trio.ClosedResourceError("this socket was already closed")
+    return trio.BrokenResourceError(f"socket connection broken: {exc}")
+
+
+class FastPath:
+    """The fast calls of one connection side (one counter for fairness)."""
+
+    __slots__ = ("_blocked", "_calls")
+
+    def __init__(self) -> None:
+        self._calls = 0  # fast calls since the last normal one
+        self._blocked = False  # the last receive would have blocked
+
+    def _socket(self, stream: trio.abc.Stream) -> trio.SocketStream | None:
+        """The stream to try, or None: take the normal path."""
+        if not isinstance(stream, trio.SocketStream):
+            return None
+        self._calls += 1
+        if self._calls >= FAIR_EVERY:
+            self._calls = 0
+            return None
+        return stream
+
+    async def receive(self, stream: trio.abc.Stream, size: int) -> bytes | None:
+        """What is waiting (b"": end of file), or None: the caller waits the normal way
+        (`wait_readable`, then the stream's own read)."""
+        self._blocked = False
+        socket_stream = self._socket(stream)
+        if socket_stream is None:
+            return None
+        await trio.lowlevel.checkpoint_if_cancelled()
+        fd = socket_stream.socket.fileno()
+        if fd < 0:
+            return None
+        try:
+            return os.read(fd, size)
+        except BlockingIOError:
+            self._calls = 0
+            self._blocked = True
+            return None
+        except OSError as exc:
+            raise _broken(exc) from exc
+
+    async def send(self, stream: trio.abc.Stream, data: bytes) -> int:
+        """How many bytes of `data` were written at once; the caller sends the rest the
+        normal way (all of it when 0)."""
+        socket_stream = self._socket(stream) if data else None
+        if socket_stream is None:
+            return 0
+        await trio.lowlevel.checkpoint_if_cancelled()
+        sock = socket_stream.socket
+        fd = sock.fileno()
+        if fd < 0 or sock.did_shutdown_SHUT_WR:
+            return 0
+        try:
+            return os.write(fd, data)
+        except BlockingIOError:
+            self._calls = 0
+            return 0
+        except OSError as exc:
+            raise _broken(exc) from exc
+
+    async def wait_readable(self, stream: trio.abc.Stream) -> None:
+        """After a receive that would have blocked, wait (in the caller's cancel scope) for
+        bytes, so that the stream's read that follows does not try the system call twice."""
+        if self._blocked and isinstance(stream, trio.SocketStream):
+            self._blocked = False
+            await trio.lowlevel.wait_readable(stream.socket)
