@@ -1210,7 +1210,9 @@ def main() -> None:
                 # C 1.10 uses select(): a descriptor above FD_SETSIZE (1024) aborts it, at
                 # about 510 sessions (two descriptors each), so it gets C_IDLE sessions.
                 count = s.idle if impl == "ours" else min(s.idle, C_IDLE)
-                r.idle[impl] = idle_sessions(impl, workdir, count)
+                # One process (Workers 1): the memory of a session, not the spread of
+                # accepts between workers (each holds only its share of MaxConnections).
+                r.idle[impl] = idle_sessions("ours1" if impl == "ours" else impl, workdir, count)
                 progress(f"idle {impl}: {r.idle[impl]}")
         if "upstream" in parts:
             if HAPROXY is None:
