@@ -843,7 +843,9 @@ def report(r: Results, elapsed: float) -> str:
         out += ["", "idle sessions (greeted, silent):"]
     for impl, d in r.idle.items():
         out.append(
-            f"  {LABELS[impl]:<10} {d['sessions']:.0f} held, RSS {d['base_kb'] / 1024:.1f} -> "
+            # ours runs one process here (Workers 1): see the idle part in main().
+            f"  {LABELS['ours1' if impl == 'ours' else impl]:<10} {d['sessions']:.0f} held, "
+            f"RSS {d['base_kb'] / 1024:.1f} -> "
             f"{d['rss_kb'] / 1024:.1f} MB, {d['per_session_kb']:.1f} KB/session, "
             f"opened in {d['open_seconds']:.1f} s"
         )
