@@ -20,6 +20,7 @@ from trio_proxsmtp.protocol.proxy_header import (
 from trio_proxsmtp.proxy_protocol import (
     DEFAULT_TRUSTED_NETWORKS,
     InvalidProxyHeader,
+    PrefixedStream,
     ProxiedClient,
     ProxyHeaderTimeout,
     UntrustedProxySource,
@@ -145,3 +146,18 @@ def test_trusted_sources() -> None:
 def test_bad_networks(text: str) -> None:
     with pytest.raises(ValueError):
         parse_networks(text)
+
+
+async def test_prefixed_stream_gives_the_bytes_read_with_the_header_first() -> None:
+    # ListenTLS behind a balancer: the client's TLS handshake may arrive in the same read
+    # as the PROXY header; the TLS layer must see those bytes first, then the socket's.
+    left, right = trio.testing.memory_stream_pair()
+    stream = PrefixedStream(right, b"hello ")
+    await left.send_all(b"world")
+    assert await stream.receive_some(3) == b"hel"
+    assert await stream.receive_some() == b"lo "
+    assert await stream.receive_some() == b"world"
+    await stream.send_all(b"back")
+    assert await left.receive_some() == b"back"
+    await stream.aclose()
+    assert await left.receive_some() == b""
