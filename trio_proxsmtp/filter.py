@@ -93,6 +93,7 @@ class Verdict:
     message: Spool | None  # ACCEPT: what to deliver (pipe: a new spool the caller closes)
     status: str  # the summary log's status= value
     detail: str  # for logs: "exit 1", "killed by signal 9", "timed out after 30s", ...
+    timed_out: bool = False  # ERROR because FilterTimeout ran out (for the metrics)
 
 
 @attrs.frozen
@@ -205,13 +206,14 @@ def _unexecutable(env: Mapping[str, str]) -> str | None:
     return None
 
 
-def _local_error(detail: str) -> Verdict:
+def _local_error(detail: str, *, timed_out: bool = False) -> Verdict:
     return Verdict(
         kind=VerdictKind.ERROR,
         reply=LOCAL_ERROR,
         message=None,
         status="FILTER-ERROR",
         detail=detail,
+        timed_out=timed_out,
     )
 
 
@@ -557,7 +559,7 @@ async def run_filter(
             except* ValueError as group:  # exec refused the environment or the command
                 verdict = _local_error(f"couldn't run: {group.exceptions[0]}")
         if verdict is None and deadline.cancelled_caught:
-            verdict = _local_error(f"timed out after {spec.timeout:g}s")
+            verdict = _local_error(f"timed out after {spec.timeout:g}s", timed_out=True)
         if verdict is None:
             verdict = _judge(run, message)
         return verdict

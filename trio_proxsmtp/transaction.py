@@ -232,7 +232,7 @@ class Transaction:
             return self.session.filter_done(True, None, Outcome.FILTERED, seconds=seconds)
         if verdict.kind is VerdictKind.ERROR:
             self.log.error("filter command failed: %s", verdict.detail)
-            self.metrics.filter_failed("timeout" if seconds >= spec.timeout else "error")
+            self.metrics.filter_failed("timeout" if verdict.timed_out else "error")
             outcome = Outcome.FILTER_ERROR
         else:
             outcome = Outcome.DROPPED if verdict.kind is VerdictKind.DROP else Outcome.REJECTED

@@ -268,6 +268,7 @@ async def test_timeout_is_a_deadline_not_an_inactivity_timer(spool_dir: Path) ->
         verdict, _ = await run(spool_dir, command, timeout=0.5)
     assert verdict.kind is VerdictKind.ERROR
     assert verdict.detail == "timed out after 0.5s"
+    assert verdict.timed_out
 
 
 async def test_sigterm_ignored_gets_sigkill_after_grace(spool_dir: Path, tmp_path: Path) -> None:
