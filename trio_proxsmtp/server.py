@@ -408,7 +408,7 @@ class Server:
             self.metrics.connection_accepted()
             if len(self.connections) >= limit:
                 self.metrics.connection_refused("busy")
-                connections.start_soon(self._refuse, stream, conn_id, limit)
+                connections.start_soon(self._refuse_busy, stream, conn_id, limit)
                 continue
             # ListenTLS: the handshake is the connection's first step (under TimeOut).
             context = config.tls_context if implicit_tls else None
@@ -550,20 +550,21 @@ class Server:
         connection_logger(conn_id).warning(
             "too many connections from %s (max %d): refused", client, self.per_client_limit
         )
-        reply = f"421 4.7.0 Error: too many connections from {client}\r\n".encode()
-        with trio.move_on_after(5):
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await stream.send_all(reply)
-        await stream.aclose()
+        await _refuse(stream, f"421 4.7.0 Error: too many connections from {client}\r\n".encode())
 
-    async def _refuse(self, stream: trio.SocketStream, conn_id: str, limit: int) -> None:
+    async def _refuse_busy(self, stream: trio.SocketStream, conn_id: str, limit: int) -> None:
         connection_logger(conn_id).error(
             "too many connections open (max %d). sent busy response", limit
         )
-        with trio.move_on_after(5):
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await stream.send_all(BUSY_REPLY)
-        await stream.aclose()
+        await _refuse(stream, BUSY_REPLY)
+
+
+async def _refuse(stream: trio.SocketStream, reply: bytes) -> None:
+    """Best effort, bounded: the refused client may not be reading."""
+    with trio.move_on_after(5):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(reply)
+    await trio.aclose_forcefully(stream)
 
 
 class _AwaitingHeader:
