@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -82,6 +83,7 @@ class ClientChannel:
         self._draining = False
         self._idle_scope: trio.CancelScope | None = None
         self._fast = FastPath()  # try the socket call before waiting (fast_io.py)
+        self._peek: socket.socket | None = None  # for has_left, on the accepted socket
 
     # -- reading ------------------------------------------------------------------------
 
@@ -94,7 +96,7 @@ class ClientChannel:
     async def next_command(self) -> bytes | LineTooLong:
         """The next command line; `Drained` if shutdown comes first and nothing is buffered.
         The whole line must arrive within CommandTimeOut (and the session's deadline)."""
-        ready = trio.current_time()
+        ready: float | None = None  # when a read was first needed (a buffered line: never)
         while True:
             if self._draining and self.reader.buffered_size == 0:
                 raise Drained
@@ -106,13 +108,16 @@ class ClientChannel:
             assert isinstance(event, NeedData), event
             if self.eof:
                 raise ClientGone("closed the connection")
+            first = ready is None
+            if ready is None:
+                ready = trio.current_time()
             deadline, name = self.deadlines.command_deadline(ready)
             try:
                 with trio.CancelScope() as idle:
                     self._idle_scope = idle
                     if self._draining:
                         idle.cancel()
-                    data = await self.receive(deadline, name)
+                    data = await self.receive(deadline, name, answer=first)
             finally:
                 self._idle_scope = None
             if idle.cancelled_caught:
@@ -129,6 +134,7 @@ class ClientChannel:
         The client must keep up MinDataRate (deadlines.py)."""
         self.reader.follow(action)
         deadline = self.deadlines.data_start()
+        first = True  # the first read answers our 354
         while True:
             event = self.reader.next_event()
             if isinstance(event, Body):
@@ -136,7 +142,8 @@ class ClientChannel:
                 if event.done:
                     return self.reader.message_size
                 continue
-            data = await self.receive(deadline, "MinDataRate")
+            data = await self.receive(deadline, "MinDataRate", answer=first)
+            first = False
             if not data:
                 raise ClientGone("unexpected end of data from client")
             deadline = self.deadlines.data_read(deadline, len(data))
@@ -170,12 +177,16 @@ class ClientChannel:
             deadline = self.deadlines.data_read(deadline, len(data))
             self.reader.feed(data)
 
-    async def receive(self, deadline: float = math.inf, record: str = "") -> bytes:
+    async def receive(
+        self, deadline: float = math.inf, record: str = "", *, answer: bool = False
+    ) -> bytes:
         """One read, under TimeOut and the deadline of the record it belongs to (one
-        cancel scope per read, as with TimeOut alone)."""
+        cancel scope per read, as with TimeOut alone).  `answer`: the first read after our
+        reply, which the client has not had time to answer yet: wait at once."""
         now = trio.current_time()
         idle = now + self.deadlines.idle()
-        if min(idle, deadline) > now:
+        limit = idle if idle < deadline else deadline
+        if limit > now and not (answer and self._fast.will_wait(self.stream)):
             try:
                 fast = await self._fast.receive(self.stream, RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -183,10 +194,9 @@ class ClientChannel:
             if fast is not None:
                 self.metrics.bytes_received("client", len(fast))
                 return fast
-        with trio.CancelScope(deadline=min(idle, deadline)) as scope:
+        with trio.CancelScope(deadline=limit) as scope:
             try:
-                await self._fast.wait_readable(self.stream)
-                data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
+                data = await self._fast.receive_waiting(self.stream, RECEIVE_SIZE)
                 self.metrics.bytes_received("client", len(data))
                 return data
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -268,7 +278,19 @@ class ClientChannel:
             return False  # it said something more first: it finished speaking, not left
         if self.eof:
             return True
-        return bool(self.info.peer_has_closed())
+        sock = self.info.socket
+        if sock is None:
+            return False
+        if self._peek is None:
+            # Built once per connection (a socket object per message cost a getsockname
+            # system call each time) and detached, never closed, in `aclose`.
+            self._peek = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.fileno())
+        try:
+            return self._peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     @asynccontextmanager
     async def watch(self, on_left: Callable[[], None]) -> AsyncIterator[None]:
@@ -308,5 +330,8 @@ class ClientChannel:
                 nursery.cancel_scope.cancel()
 
     async def aclose(self) -> None:
+        if self._peek is not None:
+            self._peek.detach()  # the descriptor is the stream's to close
+            self._peek = None
         # (TLS: https_compatible, so no close_notify to wait on; the socket closes.)
         await self.stream.aclose()

@@ -72,22 +72,6 @@ class ClientInfo:
         self.original_destination = (host, port)
         return host, port
 
-    def peer_has_closed(self) -> bool | None:
-        """One non-blocking peek: True when the client's end of file (or a reset) is
-        waiting, False when not, None when there is no socket to peek at."""
-        sock = self.socket
-        if sock is None:
-            return None
-        peek = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.fileno())
-        try:
-            return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-        finally:
-            peek.detach()
-
 
 def from_socket_stream(stream: trio.SocketStream) -> ClientInfo:
     """The identity of a client accepted on a socket."""

@@ -320,14 +320,18 @@ class Connection:
 
     async def _perform(self, actions: list[Action]) -> None:
         """Do the session's actions in order; an upstream reply goes back to the session,
-        whose next actions are done before the rest of this list."""
-        for action in actions:
+        whose next actions are done before the rest of this list.  (A loop over a work
+        list, not a recursion: several actions a message, each a coroutine less.)"""
+        todo = actions[::-1]  # popped from the end: next action last
+        while todo:
+            action = todo.pop()
             if isinstance(action, SendClient):
                 if not self.session.in_message:
                     # The message's fate is decided: its spools go before the client hears it.
                     self.transaction.close()
                 await self.client.send(action.reply)
-            elif isinstance(action, SendUpstream):
+                continue
+            if isinstance(action, SendUpstream):
                 secret = action.purpose is Purpose.AUTH_CONTINUATION
                 trace = show_command(action.line, action.command, secret) if self.trace else None
                 # A bare stream cannot be peeked at: watch it while a message is on its way.
@@ -339,44 +343,49 @@ class Connection:
                 else:
                     reply = await self.upstream.command(Outgoing(action.line, trace))
                 seconds = trio.current_time() - started
-                await self._perform(self.session.upstream_reply(reply, seconds=seconds))
+                after = self.session.upstream_reply(reply, seconds=seconds)
+            elif isinstance(action, Summary | Log):
+                self._log_actions([action])
+                continue
             elif isinstance(action, ReceiveMessage):
                 if action.stream:
-                    await self._perform(await self.transaction.stream(action))
+                    after = await self.transaction.stream(action)
                 else:
-                    await self._perform(await self.transaction.receive(action))
-            elif isinstance(action, RunFilter):
-                await self._perform(await self.transaction.filter())
-            elif isinstance(action, ReceiveChunk):
-                await self._perform(await self.transaction.receive_chunk(action))
-            elif isinstance(action, StartUpstreamTLS):
-                await self.upstream.start_tls()
-                await self._perform(self.session.upstream_tls_started(action.command))
+                    after = await self.transaction.receive(action)
             elif isinstance(action, SendMessage):
                 started = trio.current_time()
                 reply = await self.transaction.replay(action)
                 seconds = trio.current_time() - started
-                await self._perform(self.session.upstream_reply(reply, seconds=seconds))
+                after = self.session.upstream_reply(reply, seconds=seconds)
+            elif isinstance(action, RunFilter):
+                after = await self.transaction.filter()
+            elif isinstance(action, ReceiveChunk):
+                after = await self.transaction.receive_chunk(action)
+            elif isinstance(action, StartUpstreamTLS):
+                await self.upstream.start_tls()
+                after = self.session.upstream_tls_started(action.command)
             elif isinstance(action, AskMilters):
-                await self._perform(await self._ask_milters(action))
+                after = await self._ask_milters(action)
             elif isinstance(action, AbortMilters):
                 if self.milters is not None:
                     await self.milters.abort()
+                continue
             elif isinstance(action, RunMilters):
                 assert self.milters is not None
-                await self._perform(await self.transaction.run_milters(self.milters))
+                after = await self.transaction.run_milters(self.milters)
             elif isinstance(action, SkipBytes):
                 await self.client.skip(action)
+                continue
             elif isinstance(action, StartTLS):
                 assert self.config.tls_context is not None
                 await self.client.start_tls(action, self.config.tls_context)
                 self.session.tls_started()
-            elif isinstance(action, Summary | Log):
-                self._log_actions([action])
+                continue
             elif isinstance(action, Close):
                 raise _Closing
             else:
                 assert_never(action)
+            todo.extend(reversed(after))
 
     async def _ask_milters(self, action: AskMilters) -> list[Action]:
         """A client command's milter stage (HELO/EHLO, MAIL, RCPT, DATA), then its fate."""
@@ -404,7 +413,7 @@ class Connection:
     def _log_actions(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Summary):
-                self.log.info("%s", action.text)
+                self.log.info("%s", action)  # formatted only if printed (Summary.__str__)
                 self.metrics.message_done(
                     action.outcome.value, action.upstream_code, action.message.size
                 )

@@ -75,6 +75,16 @@ class FastPath:
         except OSError as exc:
             raise _broken(exc) from exc
 
+    def will_wait(self, stream: trio.abc.Stream) -> bool:
+        """Whether to skip the fast read and wait at once (`receive_waiting`): for the
+        first read of an answer to what was just sent (lock-step SMTP), which is not
+        there yet in nearly every case, so the read would only fail with EAGAIN."""
+        if not isinstance(stream, trio.SocketStream):
+            return False
+        self._calls = 0
+        self._blocked = True
+        return True
+
     async def send(self, stream: trio.abc.Stream, data: bytes) -> int:
         """How many bytes of `data` were written at once; the caller sends the rest the
         normal way (all of it when 0)."""
@@ -94,9 +104,23 @@ class FastPath:
         except OSError as exc:
             raise _broken(exc) from exc
 
-    async def wait_readable(self, stream: trio.abc.Stream) -> None:
-        """After a receive that would have blocked, wait (in the caller's cancel scope) for
-        bytes, so that the stream's read that follows does not try the system call twice."""
+    async def receive_waiting(self, stream: trio.abc.Stream, size: int) -> bytes:
+        """The normal path, in the caller's cancel scope.  After a receive that would have
+        blocked: wait for bytes, then read them with one system call (no second try of the
+        read, and none of `receive_some`'s checkpoint, which would yield to the run loop a
+        second time); otherwise (fairness, TLS, memory streams) the stream's own read."""
         if self._blocked and isinstance(stream, trio.SocketStream):
             self._blocked = False
-            await trio.lowlevel.wait_readable(stream.socket)
+            sock = stream.socket
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                fd = sock.fileno()
+                if fd < 0:
+                    raise trio.ClosedResourceError("this socket was already closed")
+                try:
+                    return os.read(fd, size)
+                except BlockingIOError:
+                    continue  # woken without bytes after all: wait again
+                except OSError as exc:
+                    raise _broken(exc) from exc
+        return bytes(await stream.receive_some(size))

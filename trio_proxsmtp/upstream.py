@@ -86,6 +86,8 @@ class Upstream:
         self.activity = trio.current_time()  # the last byte sent or received
         self.tls = False  # the upstream stream is TLS (OutTLS: implicit, or after STARTTLS)
         self._fast = FastPath()  # try the socket call before waiting (fast_io.py)
+        # `activity` is kept up to date only for KeepAlives (a clock read per I/O saved).
+        self._keepalives = config.keep_alives > 0
 
     # -- the one place where commands go up and replies come back -----------------------
 
@@ -129,7 +131,8 @@ class Upstream:
                 f"server disconnected unexpectedly: {exc}", "closed the connection"
             ) from exc
         if sent == len(data):
-            self.activity = trio.current_time()
+            if self._keepalives:
+                self.activity = trio.current_time()
             self.metrics.bytes_sent("upstream", sent)
             return
         with trio.move_on_after(self.config.timeout) as scope:
@@ -141,25 +144,33 @@ class Upstream:
                 ) from exc
         if scope.cancelled_caught:
             raise UpstreamFailure("network operation timed out: writing to server", "timed out")
-        self.activity = trio.current_time()
+        if self._keepalives:
+            self.activity = trio.current_time()
         self.metrics.bytes_sent("upstream", len(data))
 
     async def _read_reply(self) -> Reply:
+        replies = self.replies
+        reply = replies.next_reply()
+        if reply is None:
+            reply = await self._wait_reply(replies)
+        if self.trace:
+            for line in reply.to_bytes().splitlines():
+                self.log.debug("SERVER < %s", show(line))
+        return reply
+
+    async def _wait_reply(self, replies: ReplyParser) -> Reply:
+        """Read until `replies` has a complete reply: the whole reply, however it is
+        dribbled, within ReplyTimeOut, and every read within TimeOut (one scope per read)."""
         assert self.stream is not None
-        # The whole reply, however it is dribbled, within ReplyTimeOut (one scope per read).
-        deadline = trio.current_time() + self.config.reply_timeout
+        now = trio.current_time()
+        deadline = now + self.config.reply_timeout
+        # The first read follows what was just sent: the answer is not there yet.
+        wait = self._fast.will_wait(self.stream)
         while True:
-            reply = self.replies.next_reply()
-            if reply is not None:
-                if self.trace:
-                    for line in reply.to_bytes().splitlines():
-                        self.log.debug("SERVER < %s", show(line))
-                return reply
-            now = trio.current_time()
             idle = now + self.config.timeout
             fast: bytes | None = None
             try:
-                if deadline > now:
+                if deadline > now and not wait:
                     fast = await self._fast.receive(self.stream, RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise UpstreamFailure(
@@ -170,8 +181,7 @@ class Upstream:
             else:
                 with trio.CancelScope(deadline=min(idle, deadline)) as scope:
                     try:
-                        await self._fast.wait_readable(self.stream)
-                        data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
+                        data = await self._fast.receive_waiting(self.stream, RECEIVE_SIZE)
                     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                         raise UpstreamFailure(
                             f"server disconnected unexpectedly: {exc}", "closed the connection"
@@ -183,21 +193,30 @@ class Upstream:
                     )
             if not data:
                 raise UpstreamFailure("server disconnected unexpectedly", "closed the connection")
-            self.activity = trio.current_time()
+            now = trio.current_time()
+            wait = False
+            if self._keepalives:
+                self.activity = now
             self.metrics.bytes_received("upstream", len(data))
-            self.replies.feed(data)
+            replies.feed(data)
+            reply = replies.next_reply()
+            if reply is not None:
+                return reply
+
+    def keepalives(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """KeepAlives for a phase (see `_keepalives_on`); nothing when they are off."""
+        if not self._keepalives:
+            return contextlib.nullcontext()
+        return self._keepalives_on()
 
     @asynccontextmanager
-    async def keepalives(self) -> AsyncIterator[None]:
+    async def _keepalives_on(self) -> AsyncIterator[None]:
         """KeepAlives: NOOP upstream whenever it has been quiet that long (B24: also while
         the filter runs).  When the phase ends normally, an exchange in progress is finished
         (shielded) so that no half-read reply is left behind; it is bounded by ReplyTimeOut.
         When the phase ends by an error or a cancellation (client gone, shutdown) the
         connection is over: the shield is dropped and the exchange ends at once."""
         interval = self.config.keep_alives
-        if interval <= 0:
-            yield
-            return
         shield = trio.CancelScope(shield=True)
 
         async def noop_loop() -> None:

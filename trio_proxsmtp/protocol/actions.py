@@ -162,6 +162,10 @@ class Summary:
     def text(self) -> str:
         return self.message.line()
 
+    def __str__(self) -> str:
+        """The text, built only when a log record is formatted (not at levels that drop it)."""
+        return self.message.line()
+
     @property
     def outcome(self) -> Status:
         return self.message.status

@@ -22,8 +22,7 @@ from __future__ import annotations
 import collections
 import enum
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Concatenate, ParamSpec, TypeVar
 
 import attrs
@@ -145,6 +144,8 @@ class State(enum.Enum):
 
 # States in which a client command line may arrive.
 _COMMAND_STATES = frozenset({State.HELO, State.MAIL, State.RCPT})
+# Actions whose upstream reply the session waits for (a streamed message is the third).
+_AWAITS_REPLY = (SendUpstream, SendMessage)
 # States in which a message is on its way.
 _MESSAGE_STATES = frozenset(
     {State.DATA, State.CHUNKS, State.FILTERING, State.MILTERING, State.REPLAY}
@@ -185,12 +186,18 @@ def _input(
     legal = _LEGAL[method.__name__]
 
     def wrapper(self: Session, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with self._sticky():
-            self._expect(*legal)
+        if self._error is not None:
+            raise LocalProtocolError(f"session already failed: {self._error}")
+        try:
+            if self.state not in legal:
+                self._expect(*legal)
             result = method(self, *args, **kwargs)
             if isinstance(result, list):
                 self._emit(result)
             return result
+        except LocalProtocolError as exc:
+            self._error = exc  # once an input was illegal, every later one fails too
+            raise
 
     wrapper.__name__, wrapper.__doc__ = method.__name__, method.__doc__
     return wrapper
@@ -348,17 +355,27 @@ class Session:
         `seconds`: how long that exchange took (sending the message included); the ones
         of the message's DATA and final "." are its upstream delay.
         """
-        with self._sticky():
+        if self._error is not None:
+            raise LocalProtocolError(f"session already failed: {self._error}")
+        try:
             if not self._pending:
                 raise LocalProtocolError("no upstream reply expected")
             return self._emit(self._reply(self._pending.popleft(), reply, seconds))
+        except LocalProtocolError as exc:
+            self._error = exc
+            raise
 
     def reply(self, action: Action, reply: Reply, *, seconds: float = 0.0) -> list[Action]:
         """The upstream's complete reply to `action`, which must be the oldest pending."""
-        with self._sticky():
+        if self._error is not None:
+            raise LocalProtocolError(f"session already failed: {self._error}")
+        try:
             if not self._pending or self._pending[0] != action:
                 raise LocalProtocolError(f"no upstream reply expected for {action!r}")
             return self._emit(self._reply(self._pending.popleft(), reply, seconds))
+        except LocalProtocolError as exc:
+            self._error = exc
+            raise
 
     @property
     def pending(self) -> tuple[Action, ...]:
@@ -1059,22 +1076,11 @@ class Session:
         """Queue the actions that expect an upstream reply; the relay performs them in
         order, so their replies arrive in this order."""
         for action in actions:
-            if isinstance(action, SendUpstream | SendMessage) or (
+            if isinstance(action, _AWAITS_REPLY) or (
                 isinstance(action, ReceiveMessage) and action.stream
             ):
                 self._pending.append(action)
         return self._count_errors(actions)
-
-    @contextmanager
-    def _sticky(self) -> Iterator[None]:
-        """Once an input was illegal the session is broken: every later input fails too."""
-        if self._error is not None:
-            raise LocalProtocolError(f"session already failed: {self._error}")
-        try:
-            yield
-        except LocalProtocolError as exc:
-            self._error = exc
-            raise
 
     def _expect(self, *states: State) -> None:
         if self.state not in states:

@@ -1,0 +1,66 @@
+"""Per-message work kept out of the hot path (issue 15): what is done once per connection,
+or only when a log line is printed, and not for every message."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import pytest
+import trio
+
+from trio_proxsmtp.client_channel import ClientChannel
+from trio_proxsmtp.client_info import ClientInfo
+from trio_proxsmtp.protocol.actions import Summary
+from trio_proxsmtp.protocol.summary import MessageSummary, Status
+
+LOG = logging.LoggerAdapter(logging.getLogger("test.hot_path"), {})
+
+
+async def test_the_departure_peek_builds_one_socket_object_per_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A socket object built around the descriptor costs a getsockname system call; the
+    # peek before each final "." reuses one, detached (never closed) at the end.
+    ours, theirs = trio.socket.socketpair()
+    stream = trio.SocketStream(ours)
+    info = ClientInfo(client="127.0.0.1", local="127.0.0.1", socket=ours)
+    channel = ClientChannel(stream, info, 30.0, LOG)
+    built: list[int] = []
+    real_socket = socket.socket
+
+    def counting_socket(*args: object, **kwargs: object) -> socket.socket:
+        sock = real_socket(*args, **kwargs)  # type: ignore[arg-type]
+        built.append(sock.fileno())
+        return sock
+
+    monkeypatch.setattr(socket, "socket", counting_socket)
+    assert [channel.has_left() for _ in range(3)] == [False, False, False]
+    theirs.close()
+    assert channel.has_left()
+    assert built == [ours.fileno()]
+    await channel.aclose()  # detaches the peek socket: the stream closes the descriptor once
+    assert ours.fileno() == -1
+
+
+def test_a_summary_is_formatted_only_when_its_line_is_printed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    summary = Summary(MessageSummary(client="192.0.2.1", status=Status.PASSED, sender="s@x"))
+    assert str(summary) == summary.text
+    formatted: list[int] = []
+    real_line = MessageSummary.line
+
+    def counting_line(self: MessageSummary) -> str:
+        formatted.append(1)
+        return real_line(self)
+
+    monkeypatch.setattr(MessageSummary, "line", counting_line)
+    logger = logging.getLogger("test.hot_path.summary")
+    logger.setLevel(logging.WARNING)
+    logger.info("%s", summary)  # dropped at this level: never formatted
+    assert formatted == []
+    with caplog.at_level(logging.INFO, logger="test.hot_path.summary"):
+        logger.info("%s", summary)
+    assert formatted  # printed: formatted (once per handler)
+    assert caplog.records[-1].getMessage() == real_line(summary.message)
