@@ -714,19 +714,22 @@ class Session:
         452 Too many recipients, an ordinary answer to a long pipelined list); at the
         limit, 421 and close.  A delivered message resets the count (_finish_message)."""
         limit = self.policy.hard_error_limit
-        if not limit or any(isinstance(action, Close) for action in actions):
+        if not limit:
             return actions
+        errors = 0
         for action in actions:
-            if (
-                isinstance(action, SendClient)
-                and action.reply.code >= 400
-                and action.reply is not TOO_MANY_RECIPIENTS
-                and action.reply is not TOO_MANY_ERRORS
-            ):
-                self.errors += 1
-                if self.errors >= limit:
-                    note = Log(logging.WARNING, f"{self.errors} errors: disconnecting the client")
-                    return [*actions, note, SendClient(TOO_MANY_ERRORS), Close()]
+            if isinstance(action, SendClient):
+                reply = action.reply
+                if reply.code < 400 or reply is TOO_MANY_RECIPIENTS or reply is TOO_MANY_ERRORS:
+                    continue
+                errors += 1
+            elif isinstance(action, Close):
+                return actions  # closing anyway: nothing to count
+        for _ in range(errors):
+            self.errors += 1
+            if self.errors >= limit:
+                note = Log(logging.WARNING, f"{self.errors} errors: disconnecting the client")
+                return [*actions, note, SendClient(TOO_MANY_ERRORS), Close()]
         return actions
 
     def _declared_too_big(self, command: Command) -> bool:
