@@ -194,14 +194,23 @@ class ClientChannel:
             if fast is not None:
                 self.metrics.bytes_received("client", len(fast))
                 return fast
+        stressed = self.deadlines.stress_timeout
+        waiting = self.deadlines.stress.waiting
         with trio.CancelScope(deadline=limit) as scope:
+            if stressed > 0:
+                waiting[scope] = now + stressed  # stress coming meanwhile cuts this wait
             try:
                 data = await self._fast.receive_waiting(self.stream, RECEIVE_SIZE)
                 self.metrics.bytes_received("client", len(data))
                 return data
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise ClientGone(str(exc) or "connection reset") from exc
+            finally:
+                if stressed > 0:
+                    del waiting[scope]
         assert scope.cancelled_caught
+        if scope.deadline < limit:
+            raise ClientTimeout("StressTimeOut exceeded")
         if deadline < idle:
             raise ClientTimeout(f"{record} exceeded")
         raise ClientTimeout("client idle")

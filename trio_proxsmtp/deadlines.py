@@ -12,7 +12,8 @@ few seconds never times out.  These deadlines bound a whole record instead
   flight finishes first.
 * StressTimeOut: under stress (from STRESS_FRACTION of MaxConnections on) it replaces
   TimeOut and CommandTimeOut for client waits when it is shorter; `Stress` is the flag the
-  server sets and every connection reads.
+  server sets and every connection reads.  A wait already under way when stress comes is
+  cut to StressTimeOut from its start.
 * ReplyTimeOut (upstream.py): a whole upstream reply, the banner included.
 
 Each wait stays one cancel scope per read, as before: only its deadline is computed
@@ -31,11 +32,28 @@ from trio_proxsmtp.config import Config
 __all__ = ["ClientDeadlines", "Stress"]
 
 
-@attrs.define
 class Stress:
-    """Whether the server is near its connection limit (set by the server)."""
+    """Whether the server is near its connection limit (set by the server), and the client
+    waits under way: switching it on shortens them too, not only the waits to come."""
 
-    on: bool = False
+    __slots__ = ("_on", "waiting")
+
+    def __init__(self, on: bool = False) -> None:
+        self._on = on
+        # A client read's cancel scope -> its deadline under stress (ClientChannel.receive).
+        self.waiting: dict[trio.CancelScope, float] = {}
+
+    @property
+    def on(self) -> bool:
+        return self._on
+
+    @on.setter
+    def on(self, value: bool) -> None:
+        self._on = value
+        if value:
+            for scope, stressed in self.waiting.items():
+                if stressed < scope.deadline:
+                    scope.deadline = stressed
 
 
 @attrs.define

@@ -128,6 +128,27 @@ async def test_under_stress_client_waits_use_stress_timeout(
     assert client.received.endswith(TIMEOUT_REPLY)
 
 
+async def test_stress_cuts_a_client_wait_already_under_way(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A slowloris connected before the stress began must not keep its long TimeOut: the
+    # wait under way is cut to StressTimeOut from its start when the stress comes.
+    stress = Stress()
+    config = "TimeOut: 180\nStressTimeOut: 10"
+    async with (
+        FakeUpstream() as up,
+        memory_connection(config, up, stress=stress) as (client, _),
+    ):
+        await client.greeting()
+        start = trio.current_time()
+        await trio.sleep(6)
+        stress.on = True  # the server reached STRESS_FRACTION meanwhile
+        end = await closed_at(client)
+    assert 10 <= end - start < 11
+    assert client.received.endswith(TIMEOUT_REPLY)
+    assert "StressTimeOut exceeded" in caplog.text
+
+
 async def test_stress_switches_on_and_off_with_a_log_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
