@@ -505,6 +505,7 @@ class Run:
     samples: int = 0
     hwm_kb: int = 0
     died: str = ""  # how the proxy ended if it did not survive the run
+    load_ms: float = 0.0  # CPU of the load generator (smtp-source + sink) per message, ms
 
 
 @dataclass
@@ -518,18 +519,45 @@ class Results:
     idle: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
+def cpu_of(pids: list[int]) -> float:
+    """CPU seconds (user + system) of these processes so far; gone ones count 0."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = proc_stat(pid)
+            total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
 def measure(
-    proxy: Proxy | None, upstream: Upstream, warmup: float, window: float
-) -> tuple[float, float]:
-    """(messages/s at the upstream, proxy CPU ms per message) over `window` after `warmup`."""
+    proxy: Proxy | None,
+    upstream: Upstream,
+    warmup: float,
+    window: float,
+    load_pids: list[int] | None = None,
+) -> tuple[float, float, float]:
+    """(messages/s at the upstream, proxy CPU ms per message, load CPU ms per message)
+    over `window` after `warmup`; the load is smtp-source and the sink (`load_pids`)."""
+    pids = load_pids or []
     time.sleep(warmup)
     cpu0 = proxy.cpu_seconds() if proxy else 0.0
+    load0 = cpu_of(pids)
     c0, t0 = upstream.count(), time.monotonic()
     time.sleep(window)
     c1, t1 = upstream.count(), time.monotonic()
     cpu1 = proxy.cpu_seconds() if proxy else 0.0
+    load1 = cpu_of(pids)
     messages = c1 - c0
-    return messages / (t1 - t0), (cpu1 - cpu0) * 1e3 / messages if messages else 0.0
+    if not messages:
+        return 0.0, 0.0, 0.0
+    per = 1e3 / messages
+    return messages / (t1 - t0), (cpu1 - cpu0) * per, (load1 - load0) * per
+
+
+def load_pids(upstream: Upstream, sources: list[subprocess.Popen[bytes]]) -> list[int]:
+    """The load generator's processes: the smtp-source clients and the sink."""
+    sink = getattr(upstream, "proc", None)
+    return [p.pid for p in sources] + ([sink.pid] if sink is not None else [])
 
 
 def one_run(
@@ -545,17 +573,22 @@ def one_run(
     upstream = scenario.open_upstream(workdir)
     try:
         if impl == "direct":
-            with load(upstream.port, sessions):
-                return Run(measure(None, upstream, warmup, window)[0])
+            with load(upstream.port, sessions) as sources:
+                rate, _cpu, load_ms = measure(
+                    None, upstream, warmup, window, load_pids(upstream, sources)
+                )
+                return Run(rate, load_ms=load_ms)
         with contextlib.ExitStack() as stack:
             if scenario.extra is not None:
                 stack.enter_context(scenario.extra(workdir))
             proxy = Proxy(impl, workdir, upstream.port, scenario.config(impl, workdir), max_conn)
             stack.callback(proxy.close)
-            with load(proxy.port, sessions):
-                rate, cpu_ms = measure(proxy, upstream, warmup, window)
+            with load(proxy.port, sessions) as sources:
+                rate, cpu_ms, load_ms = measure(
+                    proxy, upstream, warmup, window, load_pids(upstream, sources)
+                )
                 rss = proxy.rss_kb()
-            run = Run(rate, cpu_ms, rss, hwm_kb=proxy.hwm_kb())
+            run = Run(rate, cpu_ms, rss, hwm_kb=proxy.hwm_kb(), load_ms=load_ms)
             if run.died or not proxy.alive():
                 run.died = proxy.death()
                 return run
@@ -811,7 +844,7 @@ def report(r: Results, elapsed: float) -> str:
             "",
             f"concurrent sessions, {name}: msg/s median (rounds), ours/C, CPU ms/msg, RSS",
             f"{'sessions':>8} {'impl':<10} {'msg/s (rounds)':<24} {'median':>7} {'ours/C':>7} "
-            f"{'CPU ms':>7} {'RSS':>8}",
+            f"{'CPU ms':>7} {'RSS':>8} {'load ms':>8}",
         ]
         for level in s.levels:
             for impl, lv in by_impl.items():
@@ -819,7 +852,7 @@ def report(r: Results, elapsed: float) -> str:
                     out.append(level_line(level, impl, lv[level], by_impl.get("C", {}).get(level)))
         out.append(
             "  CPU ms = process CPU time / messages at the sink (all workers for Wauto, "
-            "all threads for C)"
+            "all threads for C); load ms = the same for smtp-source and smtp-sink"
         )
     if r.deliver:
         out += ["", "fixed load, every message counted at the sink:"]
@@ -861,9 +894,10 @@ def level_line(level: int, impl: str, rs: list[Run], c: list[Run] | None) -> str
     ratio = show_ratio(median_ratio(rs, c)) if c and impl != "C" else ""
     cpu = statistics.median(x.cpu_ms for x in rs)
     rss = statistics.median(x.rss_kb for x in rs) / 1024
+    load_ms = statistics.median(x.load_ms for x in rs)
     return (
         f"{level:>8} {LABELS[impl]:<10} {rates:<24} {med:>7.0f} {ratio:>7} "
-        f"{cpu:>7.3f} {rss:>6.1f}MB" + died(rs)
+        f"{cpu:>7.3f} {rss:>6.1f}MB {load_ms:>8.3f}" + died(rs)
     )
 
 
@@ -899,6 +933,7 @@ def targets(r: Results) -> list[str]:
                 (f"{ratio:.2f}x" if ratio != float("inf") else "C delivered nothing")
                 + (f" (C died in {deaths} of {len(c_runs)} runs)" if deaths else ""),
             )
+    lines += ceiling(r, "no filter", 200, 2.0)
     if "no filter" in r.runs:
         p50 = statistics.median(x.p50_ms for x in r.runs["no filter"]["ours"])
         check("Wauto 10 sessions, no filter: p50 <= 1 ms", p50 <= 1, f"{p50:.2f} ms")
@@ -951,6 +986,34 @@ def targets(r: Results) -> list[str]:
             ratio = median_ratio(r.runs[name]["ours"], r.runs["cat"]["C"])
             check(f"issue 14: {name} >= {want:g}x C's cat", ratio >= want, show_ratio(ratio))
     return lines
+
+
+def ceiling(r: Results, scenario: str, level: int, want: float) -> list[str]:
+    """Whether `want` x C at `level` sessions fits on this machine at all: the load
+    generator (smtp-source + sink) shares the cores, so a proxy reaching the rate R may
+    spend at most cores / R - load CPU per message.  Set against the bare Trio splice's
+    CPU per message (the floor for Python on Trio), it says if any such proxy could."""
+    by_impl = r.levels.get(scenario, {})
+    c_runs = by_impl.get("C", {}).get(level)
+    floor = by_impl.get("splice", {}).get(level)
+    if not c_runs or not floor or any(x.died for x in c_runs):
+        return []
+    runs = [x for lv in by_impl.values() for x in lv.get(level, []) if x.load_ms]
+    if not runs:
+        return []
+    goal = want * statistics.median(x.rate for x in c_runs)
+    load_ms = statistics.median(x.load_ms for x in runs)
+    cores = len(os.sched_getaffinity(0))
+    budget = cores * 1e3 / goal - load_ms
+    splice = statistics.median(x.cpu_ms for x in floor)
+    ours = by_impl.get("ours1", {}).get(level)
+    mine = f", ours W1 {statistics.median(x.cpu_ms for x in ours):.3f} ms" if ours else ""
+    verdict = "out of reach even for the bare splice" if budget < splice else "within reach"
+    return [
+        f"  [info] {want:g}x C at {level} sessions, {scenario} = {goal:.0f} msg/s: on {cores} "
+        f"cores, with the load generator at {load_ms:.3f} ms CPU/msg, a proxy may spend "
+        f"{budget:.3f} ms/msg; the bare Trio splice spends {splice:.3f}{mine}: {verdict}"
+    ]
 
 
 def cpu_model() -> str:
