@@ -37,10 +37,11 @@ Metrics (metrics.py): the server counts connections accepted, refused and active
 hands its `Metrics` to every `Connection`; with metrics sockets it also serves /metrics.
 
 Hostile clients (docs/behaviour.md, "Limits"): one client address may hold at most
-`Config.per_client_limit` connections (MaxConnectionsPerClient; its worker share with
-Workers), except the ConnectionLimitExceptions networks; past it the client gets
-`421 4.7.0`.  From STRESS_FRACTION of MaxConnections on, the server is under stress: every
-connection's client waits use StressTimeOut (deadlines.py); the log says when it switches.
+`Config.per_client_limit` connections (MaxConnectionsPerClient; with Workers, each worker
+applies its share, at least one: `worker_client_share`), except the
+ConnectionLimitExceptions networks; past it the client gets `421 4.7.0`.  From
+STRESS_FRACTION of MaxConnections on, the server is under stress: every connection's
+client waits use StressTimeOut (deadlines.py); the log says when it switches.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ __all__ = [
     "is_tls_listener",
     "process_connection_ids",
     "serve",
+    "worker_client_share",
     "worker_share",
 ]
 
@@ -201,6 +203,18 @@ def process_connection_ids() -> Iterator[str]:
 def worker_share(max_connections: int, worker: int, workers: int) -> int:
     """Worker `worker` (0-based) of `workers`' part of MaxConnections; the parts add up."""
     return max_connections // workers + (1 if worker < max_connections % workers else 0)
+
+
+def worker_client_share(limit: int, worker: int, workers: int) -> int:
+    """Worker `worker`'s part of MaxConnectionsPerClient `limit` (0: no limit).
+
+    Workers share no state, so each applies its part to the connections it holds. A part
+    is at least one: a part of 0 would refuse the address on that worker outright however
+    few connections it holds elsewhere. So one address holds at most
+    max(limit, workers) connections over all workers."""
+    if not limit:
+        return 0
+    return max(1, worker_share(limit, worker, workers))
 
 
 def applicable_reload(
@@ -442,10 +456,7 @@ class Server:
     @property
     def per_client_limit(self) -> int:
         """This worker's share of MaxConnectionsPerClient (0: no limit)."""
-        limit = self.config.per_client_limit
-        if not limit:
-            return 0
-        return max(1, worker_share(limit, self.worker, self.workers))
+        return worker_client_share(self.config.per_client_limit, self.worker, self.workers)
 
     def _over_client_limit(self, client: str) -> bool:
         limit = self.per_client_limit
