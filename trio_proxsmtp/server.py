@@ -20,7 +20,10 @@ A Unix Listen socket file is removed at exit (1.10 left it), unless it was repla
 
 With `Workers: N` (workers.py) N processes each run `serve` on the same sockets as worker
 k = 0..N-1: each serves at most its share of MaxConnections (`worker_share`) and leaves the
-Unix socket file to the supervisor, which outlives every worker.
+Unix socket file to the supervisor, which outlives every worker.  A worker holding its share
+stops accepting, so that the kernel hands new clients to the workers with room; only a
+client still waiting after HANDOFF_DELAY (every worker full, or the others stalled) is
+taken and refused as busy, and then every client waiting with it, at once.
 
 Connection ids come from `log.connection_ids` (start time, pid, counter): unique across
 restarts and worker processes. Every server in one process shares that process's counter
@@ -52,6 +55,7 @@ import errno
 import logging
 import os
 import resource
+import select
 import socket
 import ssl
 import stat
@@ -94,6 +98,9 @@ log = logging.getLogger(LOGGER_NAME)
 
 BACKLOG = socket.SOMAXCONN  # the kernel caps it at net.core.somaxconn
 BUSY_REPLY = b"421 Server busy, too many connections\r\n"
+# Workers: N: how long a worker holding its share of MaxConnections leaves a waiting client
+# to the other workers before it takes it to refuse it as busy.
+HANDOFF_DELAY = 1.0
 # fds one connection may need: client, upstream, 2 spools, 3 filter pipes, slack.
 FDS_PER_CONNECTION = 8
 # Accept errors that mean "out of resources": wait and retry instead of dying.
@@ -289,6 +296,7 @@ class Server:
     _idle: trio.Event = attrs.field(factory=trio.Event)
     _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _grace: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    _room: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
     # Open connections per client address counted by MaxConnectionsPerClient.
     per_client: collections.Counter[str] = attrs.field(factory=collections.Counter)
     stress: Stress = attrs.field(factory=Stress)
@@ -401,7 +409,10 @@ class Server:
     async def _accept_loop(
         self, listener: trio.SocketListener, connections: trio.Nursery, implicit_tls: bool = False
     ) -> None:
+        overflowing = False
         while True:
+            if self.workers > 1:
+                overflowing = await self._leave_to_other_workers(listener, overflowing)
             try:
                 stream = await listener.accept()
             except OSError as exc:
@@ -453,6 +464,33 @@ class Server:
             self._check_stress()
             connections.start_soon(self._run_connection, connection, counted)
 
+    async def _leave_to_other_workers(
+        self, listener: trio.SocketListener, overflowing: bool
+    ) -> bool:
+        """Wait while this worker holds its share of MaxConnections and another worker may
+        take the waiting clients: the kernel gives a connection only to a worker accepting.
+
+        Returns when there is room, or when a client has waited HANDOFF_DELAY (to be refused
+        as busy); `overflowing` (the value returned last time) then refuses every client
+        still waiting at once, instead of one per HANDOFF_DELAY."""
+        sock = listener.socket
+        while len(self.connections) >= self.max_connections:
+            if overflowing and _pending(sock):
+                return True
+            await trio.lowlevel.wait_readable(sock)  # a client is waiting
+            if len(self.connections) < self.max_connections:
+                break  # room came while we waited for it
+            with trio.move_on_after(HANDOFF_DELAY):
+                await self._room.park()
+            if len(self.connections) >= self.max_connections and _pending(sock):
+                return True
+            overflowing = False
+        return False
+
+    def _connection_ended(self) -> None:
+        self._idle.set()
+        self._room.unpark_all()
+
     @property
     def per_client_limit(self) -> int:
         """This worker's share of MaxConnectionsPerClient (0: no limit)."""
@@ -489,7 +527,7 @@ class Server:
                 if not self.per_client[counted]:
                     del self.per_client[counted]
             self._check_stress()
-            self._idle.set()
+            self._connection_ended()
 
     async def _run_proxied(self, waiting: _AwaitingHeader, config: Config) -> None:
         """Read the PROXY header, then run the session as the client it names.
@@ -519,7 +557,7 @@ class Server:
         if result is None:  # refused, or closed by the shutdown
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
-            self._idle.set()
+            self._connection_ended()
             return
         transparent = config.transparent_proxy is not TransparentMode.OFF
         info = from_proxy_header(result, socket_info, transparent=transparent)
@@ -531,7 +569,7 @@ class Server:
         counted = info.client if config.connection_limit_applies(info.client) else None
         if counted is not None and self._over_client_limit(counted):
             await self._refuse_client(stream, waiting.conn_id, counted)
-            self._idle.set()
+            self._connection_ended()
             return
         remainder = result.remainder
         client_stream: trio.abc.Stream = stream
@@ -568,6 +606,13 @@ class Server:
             "too many connections open (max %d). sent busy response", limit
         )
         await _refuse(stream, BUSY_REPLY)
+
+
+def _pending(sock: trio.socket.SocketType) -> bool:
+    """Is a client waiting in this listening socket's queue (not yet taken by any worker)?"""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 async def _refuse(stream: trio.SocketStream, reply: bytes) -> None:
