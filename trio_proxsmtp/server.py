@@ -20,7 +20,10 @@ A Unix Listen socket file is removed at exit (1.10 left it), unless it was repla
 
 With `Workers: N` (workers.py) N processes each run `serve` on the same sockets as worker
 k = 0..N-1: each serves at most its share of MaxConnections (`worker_share`) and leaves the
-Unix socket file to the supervisor, which outlives every worker.
+Unix socket file to the supervisor, which outlives every worker.  A worker holding its share
+stops accepting, so that the kernel hands new clients to the workers with room; only a
+client still waiting after HANDOFF_DELAY (every worker full, or the others stalled) is
+taken and refused as busy, and then every client waiting with it, at once.
 
 Connection ids come from `log.connection_ids` (start time, pid, counter): unique across
 restarts and worker processes. Every server in one process shares that process's counter
@@ -37,10 +40,11 @@ Metrics (metrics.py): the server counts connections accepted, refused and active
 hands its `Metrics` to every `Connection`; with metrics sockets it also serves /metrics.
 
 Hostile clients (docs/behaviour.md, "Limits"): one client address may hold at most
-`Config.per_client_limit` connections (MaxConnectionsPerClient; its worker share with
-Workers), except the ConnectionLimitExceptions networks; past it the client gets
-`421 4.7.0`.  From STRESS_FRACTION of MaxConnections on, the server is under stress: every
-connection's client waits use StressTimeOut (deadlines.py); the log says when it switches.
+`Config.per_client_limit` connections (MaxConnectionsPerClient; with Workers, each worker
+applies its share, at least one: `worker_client_share`), except the
+ConnectionLimitExceptions networks; past it the client gets `421 4.7.0`.  From
+STRESS_FRACTION of MaxConnections on, the server is under stress: every connection's
+client waits use StressTimeOut (deadlines.py); the log says when it switches.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ import errno
 import logging
 import os
 import resource
+import select
 import socket
 import ssl
 import stat
@@ -85,6 +90,7 @@ __all__ = [
     "is_tls_listener",
     "process_connection_ids",
     "serve",
+    "worker_client_share",
     "worker_share",
 ]
 
@@ -92,6 +98,9 @@ log = logging.getLogger(LOGGER_NAME)
 
 BACKLOG = socket.SOMAXCONN  # the kernel caps it at net.core.somaxconn
 BUSY_REPLY = b"421 Server busy, too many connections\r\n"
+# Workers: N: how long a worker holding its share of MaxConnections leaves a waiting client
+# to the other workers before it takes it to refuse it as busy.
+HANDOFF_DELAY = 1.0
 # fds one connection may need: client, upstream, 2 spools, 3 filter pipes, slack.
 FDS_PER_CONNECTION = 8
 # Accept errors that mean "out of resources": wait and retry instead of dying.
@@ -203,6 +212,18 @@ def worker_share(max_connections: int, worker: int, workers: int) -> int:
     return max_connections // workers + (1 if worker < max_connections % workers else 0)
 
 
+def worker_client_share(limit: int, worker: int, workers: int) -> int:
+    """Worker `worker`'s part of MaxConnectionsPerClient `limit` (0: no limit).
+
+    Workers share no state, so each applies its part to the connections it holds. A part
+    is at least one: a part of 0 would refuse the address on that worker outright however
+    few connections it holds elsewhere. So one address holds at most
+    max(limit, workers) connections over all workers."""
+    if not limit:
+        return 0
+    return max(1, worker_share(limit, worker, workers))
+
+
 def applicable_reload(
     running: Config, new: Config, workers: int
 ) -> tuple[Config | None, list[str]]:
@@ -275,6 +296,7 @@ class Server:
     _idle: trio.Event = attrs.field(factory=trio.Event)
     _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _grace: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    _room: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
     # Open connections per client address counted by MaxConnectionsPerClient.
     per_client: collections.Counter[str] = attrs.field(factory=collections.Counter)
     stress: Stress = attrs.field(factory=Stress)
@@ -387,7 +409,10 @@ class Server:
     async def _accept_loop(
         self, listener: trio.SocketListener, connections: trio.Nursery, implicit_tls: bool = False
     ) -> None:
+        overflowing = False
         while True:
+            if self.workers > 1:
+                overflowing = await self._leave_to_other_workers(listener, overflowing)
             try:
                 stream = await listener.accept()
             except OSError as exc:
@@ -439,13 +464,37 @@ class Server:
             self._check_stress()
             connections.start_soon(self._run_connection, connection, counted)
 
+    async def _leave_to_other_workers(
+        self, listener: trio.SocketListener, overflowing: bool
+    ) -> bool:
+        """Wait while this worker holds its share of MaxConnections and another worker may
+        take the waiting clients: the kernel gives a connection only to a worker accepting.
+
+        Returns when there is room, or when a client has waited HANDOFF_DELAY (to be refused
+        as busy); `overflowing` (the value returned last time) then refuses every client
+        still waiting at once, instead of one per HANDOFF_DELAY."""
+        sock = listener.socket
+        while len(self.connections) >= self.max_connections:
+            if overflowing and _pending(sock):
+                return True
+            await trio.lowlevel.wait_readable(sock)  # a client is waiting
+            if len(self.connections) < self.max_connections:
+                break  # room came while we waited for it
+            with trio.move_on_after(HANDOFF_DELAY):
+                await self._room.park()
+            if len(self.connections) >= self.max_connections and _pending(sock):
+                return True
+            overflowing = False
+        return False
+
+    def _connection_ended(self) -> None:
+        self._idle.set()
+        self._room.unpark_all()
+
     @property
     def per_client_limit(self) -> int:
         """This worker's share of MaxConnectionsPerClient (0: no limit)."""
-        limit = self.config.per_client_limit
-        if not limit:
-            return 0
-        return max(1, worker_share(limit, self.worker, self.workers))
+        return worker_client_share(self.config.per_client_limit, self.worker, self.workers)
 
     def _over_client_limit(self, client: str) -> bool:
         limit = self.per_client_limit
@@ -478,7 +527,7 @@ class Server:
                 if not self.per_client[counted]:
                     del self.per_client[counted]
             self._check_stress()
-            self._idle.set()
+            self._connection_ended()
 
     async def _run_proxied(self, waiting: _AwaitingHeader, config: Config) -> None:
         """Read the PROXY header, then run the session as the client it names.
@@ -508,7 +557,7 @@ class Server:
         if result is None:  # refused, or closed by the shutdown
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
-            self._idle.set()
+            self._connection_ended()
             return
         transparent = config.transparent_proxy is not TransparentMode.OFF
         info = from_proxy_header(result, socket_info, transparent=transparent)
@@ -520,7 +569,7 @@ class Server:
         counted = info.client if config.connection_limit_applies(info.client) else None
         if counted is not None and self._over_client_limit(counted):
             await self._refuse_client(stream, waiting.conn_id, counted)
-            self._idle.set()
+            self._connection_ended()
             return
         remainder = result.remainder
         client_stream: trio.abc.Stream = stream
@@ -557,6 +606,13 @@ class Server:
             "too many connections open (max %d). sent busy response", limit
         )
         await _refuse(stream, BUSY_REPLY)
+
+
+def _pending(sock: trio.socket.SocketType) -> bool:
+    """Is a client waiting in this listening socket's queue (not yet taken by any worker)?"""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 async def _refuse(stream: trio.SocketStream, reply: bytes) -> None:

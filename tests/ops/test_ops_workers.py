@@ -3,7 +3,7 @@ supervisor that passes signals on, replaces dead workers, and leaves nothing beh
 
 To reach every worker deterministically the tests set MaxConnections equal to Workers, so
 each worker's share is one session: while a client holds a session on one worker, that
-worker answers "421 busy" and only the other one can greet a new client.
+worker leaves new clients to the other one (or, when both are full, answers "421 busy").
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from ops_support import background, free_port, proxy_process, wait_for, write_co
 from trio_proxsmtp.config import Config, parse_config
 from trio_proxsmtp.log import ID_PATTERN
 from trio_proxsmtp.server import (
+    BUSY_REPLY,
+    HANDOFF_DELAY,
     Server,
     applicable_reload,
     process_connection_ids,
@@ -144,6 +146,62 @@ async def test_two_workers_share_the_load_and_stop_cleanly(tmp_path: Path) -> No
             assert log.count("shut down\n") == 2
             assert not any(alive(pid) for pid in pids + filter_pids(tmp_path))
             assert not pidfile.exists()
+
+
+async def test_a_full_worker_leaves_new_clients_to_one_with_room(tmp_path: Path) -> None:
+    # Each worker may hold one session. While one is held, the kernel must hand every new
+    # client to the other worker: the full one does not accept (it used to, and answer
+    # "421 busy" while the other had room, half the time).
+    with trio.fail_after(60):
+        async with FakeUpstream() as up:
+            config, port = setup(tmp_path, up, "Workers: 2\nMaxConnections: 2\n")
+            with proxy_process(config, tmp_path / "proxy.log") as proxy:
+                await proxy.wait_log("listening on", count=2)
+                async with open_client("127.0.0.1", port) as held:
+                    assert (await held.greeting()).code == 220
+                    for n in range(8):
+                        async with open_client("127.0.0.1", port) as client:
+                            assert (await client.greeting()).code == 220
+                            body = f"Subject: m{n}\r\n\r\nmessage {n}\r\n".encode()
+                            replies = await client.send_message("a@x", ["b@x"], body)
+                            assert replies[-1].code == 250
+                            await client.quit()
+                            await client.read_eof()
+                    await held.quit()
+                assert "sent busy response" not in proxy.log()
+                proxy.signal(signal.SIGTERM)
+                assert await proxy.wait_exit() == 0
+    assert len(up.transactions) == 8
+
+
+async def test_clients_waiting_while_every_worker_is_full_are_refused_together(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(60):
+        async with FakeUpstream() as up:
+            config, port = setup(tmp_path, up, "Workers: 2\nMaxConnections: 2\n")
+            with proxy_process(config, tmp_path / "proxy.log") as proxy:
+                await proxy.wait_log("listening on", count=2)
+                async with AsyncExitStack() as stack:
+                    await one_session_per_worker(stack, port, 2)
+                    waiting = 8
+                    replies: list[bytes] = []
+
+                    async def refused() -> None:
+                        async with open_client("127.0.0.1", port) as client:
+                            replies.append((await client.greeting()).to_bytes())
+
+                    started = trio.current_time()
+                    async with trio.open_nursery() as nursery:
+                        for _ in range(waiting):
+                            nursery.start_soon(refused)
+                    elapsed = trio.current_time() - started
+                    assert replies == [BUSY_REPLY] * waiting
+                    # Once a client has waited HANDOFF_DELAY, every waiting one is refused
+                    # at once, not one per HANDOFF_DELAY and worker (4 x HANDOFF_DELAY).
+                    assert HANDOFF_DELAY <= elapsed < 3 * HANDOFF_DELAY
+                proxy.signal(signal.SIGTERM)
+                assert await proxy.wait_exit() == 0
 
 
 async def test_sighup_reaches_both_workers(tmp_path: Path) -> None:
