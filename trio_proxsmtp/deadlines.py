@@ -86,7 +86,9 @@ class ClientDeadlines:
 
     def idle(self) -> float:
         """The longest silence allowed now."""
-        return self._stressed(self.timeout)
+        if self.stress.on:
+            return self._stressed(self.timeout)
+        return self.timeout
 
     def command_deadline(self, ready: float) -> tuple[float, str]:
         """The deadline of the command line the proxy was ready for at `ready`, and its

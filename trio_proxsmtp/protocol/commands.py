@@ -84,13 +84,13 @@ def check_command_line(line: bytes) -> str | None:
     drift out of step), and every other control character but TAB. A line without an LF
     (the peer's last, unterminated bytes) is checked the same way.
     """
-    body = line
-    if body.endswith(b"\n"):
-        body = body[:-2] if body.endswith(b"\r\n") else body[:-1]
-    match = _FORBIDDEN.search(body)
+    end = len(line)
+    if line.endswith(b"\n"):
+        end -= 2 if line.endswith(b"\r\n") else 1
+    match = _FORBIDDEN.search(line, 0, end)  # no copy of the line without its terminator
     if match is None:
         return None
-    byte = body[match.start()]
+    byte = line[match.start()]
     name = _NAMES.get(byte, f"control character 0x{byte:02X}")
     return f"{name} at byte {match.start()}"
 

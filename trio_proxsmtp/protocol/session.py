@@ -699,6 +699,9 @@ class Session:
         limit = self.policy.max_recipients
         if not limit:
             return False
+        accepted = len(self.envelope.recipients)
+        if not self._pending:  # lock-step: nothing in flight
+            return accepted >= limit
         # RCPTs sent upstream in a pipelined group and not yet answered count too.
         in_flight = sum(
             1
@@ -707,7 +710,7 @@ class Session:
             and action.command is not None
             and action.command.verb is Verb.RCPT
         )
-        return len(self.envelope.recipients) + in_flight >= limit
+        return accepted + in_flight >= limit
 
     def _count_errors(self, actions: list[Action]) -> list[Action]:
         """HardErrorLimit: count error replies to the client (ours and the upstream's; not
