@@ -183,8 +183,9 @@ class ClientChannel:
         """One read, under TimeOut and the deadline of the record it belongs to (one
         cancel scope per read, as with TimeOut alone).  `answer`: the first read after our
         reply, which the client has not had time to answer yet: wait at once."""
+        deadlines = self.deadlines
         now = trio.current_time()
-        idle = now + self.deadlines.idle()
+        idle = now + (deadlines.idle() if deadlines.stress.on else deadlines.timeout)
         limit = idle if idle < deadline else deadline
         if limit > now and not (answer and self._fast.will_wait(self.stream)):
             try:
@@ -194,8 +195,8 @@ class ClientChannel:
             if fast is not None:
                 self.metrics.bytes_received("client", len(fast))
                 return fast
-        stressed = self.deadlines.stress_timeout
-        waiting = self.deadlines.stress.waiting
+        stressed = deadlines.stress_timeout
+        waiting = deadlines.stress.waiting
         with trio.CancelScope(deadline=limit) as scope:
             if stressed > 0:
                 waiting[scope] = now + stressed  # stress coming meanwhile cuts this wait

@@ -36,20 +36,16 @@ class Stress:
     """Whether the server is near its connection limit (set by the server), and the client
     waits under way: switching it on shortens them too, not only the waits to come."""
 
-    __slots__ = ("_on", "waiting")
+    __slots__ = ("on", "waiting")
 
     def __init__(self, on: bool = False) -> None:
-        self._on = on
+        self.on = on  # read on every client wait: a plain attribute; changed by `switch`
         # A client read's cancel scope -> its deadline under stress (ClientChannel.receive).
         self.waiting: dict[trio.CancelScope, float] = {}
 
-    @property
-    def on(self) -> bool:
-        return self._on
-
-    @on.setter
-    def on(self, value: bool) -> None:
-        self._on = value
+    def switch(self, value: bool) -> None:
+        """Stress on or off; on also cuts the client waits under way."""
+        self.on = value
         if value:
             for scope, stressed in self.waiting.items():
                 if stressed < scope.deadline:
@@ -93,7 +89,10 @@ class ClientDeadlines:
     def command_deadline(self, ready: float) -> tuple[float, str]:
         """The deadline of the command line the proxy was ready for at `ready`, and its
         name; asked again before each read, so that stress shortens a wait under way."""
-        deadline = ready + self._stressed(self.command_timeout)
+        timeout = self.command_timeout
+        if self.stress.on:
+            timeout = self._stressed(timeout)
+        deadline = ready + timeout
         if self.session_deadline < deadline:
             return self.session_deadline, "SessionTimeOut"
         return deadline, "CommandTimeOut"

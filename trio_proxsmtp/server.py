@@ -505,7 +505,7 @@ class Server:
         stressed = len(self.connections) >= max(1, int(self.max_connections * STRESS_FRACTION))
         if stressed == self.stress.on or not self.config.stress_timeout:
             return
-        self.stress.on = stressed
+        self.stress.switch(stressed)
         if stressed:
             log.warning(
                 "stress: %d of %d connections open; client waits limited to %g s (StressTimeOut)",

@@ -145,7 +145,7 @@ async def test_stress_cuts_a_client_wait_already_under_way(
         await client.greeting()
         start = trio.current_time()
         await trio.sleep(6)
-        stress.on = True  # the server reached STRESS_FRACTION meanwhile
+        stress.switch(True)  # the server reached STRESS_FRACTION meanwhile
         end = await closed_at(client)
     assert 10 <= end - start < 11
     assert client.received.endswith(TIMEOUT_REPLY)
