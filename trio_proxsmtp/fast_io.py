@@ -55,14 +55,23 @@ class FastPath:
             return None
         return stream
 
-    async def receive(self, stream: trio.abc.Stream, size: int) -> bytes | None:
+    async def receive(
+        self, stream: trio.abc.Stream, size: int, *, later: bool = False
+    ) -> bytes | None:
         """What is waiting (b"": end of file), or None: the caller waits the normal way
-        (`wait_readable`, then the stream's own read)."""
+        (`receive_waiting`).  `later`: the answer to what was just sent, which is not
+        there yet: let the other tasks run first (one trip through the run queue), and
+        it usually is by then; waiting at once would cost an epoll registration and a
+        wake-up for nearly every answer."""
         self._blocked = False
         socket_stream = self._socket(stream)
         if socket_stream is None:
             return None
-        await trio.lowlevel.checkpoint_if_cancelled()
+        if later:
+            await trio.lowlevel.checkpoint()
+            self._calls = 0  # this one yielded
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
         fd = socket_stream.socket.fileno()
         if fd < 0:
             return None
@@ -74,16 +83,6 @@ class FastPath:
             return None
         except OSError as exc:
             raise _broken(exc) from exc
-
-    def will_wait(self, stream: trio.abc.Stream) -> bool:
-        """Whether to skip the fast read and wait at once (`receive_waiting`): for the
-        first read of an answer to what was just sent (lock-step SMTP), which is not
-        there yet in nearly every case, so the read would only fail with EAGAIN."""
-        if not isinstance(stream, trio.SocketStream):
-            return False
-        self._calls = 0
-        self._blocked = True
-        return True
 
     async def send(self, stream: trio.abc.Stream, data: bytes) -> int:
         """How many bytes of `data` were written at once; the caller sends the rest the

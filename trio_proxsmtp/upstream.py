@@ -164,14 +164,15 @@ class Upstream:
         assert self.stream is not None
         now = trio.current_time()
         deadline = now + self.config.reply_timeout
-        # The first read follows what was just sent: the answer is not there yet.
-        wait = self._fast.will_wait(self.stream)
+        # The first read follows what was just sent: the answer is not there yet, but
+        # usually is once the other tasks have had their turn (FastPath.receive, `later`).
+        later = True
         while True:
             idle = now + self.config.timeout
             fast: bytes | None = None
             try:
-                if deadline > now and not wait:
-                    fast = await self._fast.receive(self.stream, RECEIVE_SIZE)
+                if deadline > now:
+                    fast = await self._fast.receive(self.stream, RECEIVE_SIZE, later=later)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise UpstreamFailure(
                     f"server disconnected unexpectedly: {exc}", "closed the connection"
@@ -194,7 +195,7 @@ class Upstream:
             if not data:
                 raise UpstreamFailure("server disconnected unexpectedly", "closed the connection")
             now = trio.current_time()
-            wait = False
+            later = False
             if self._keepalives:
                 self.activity = now
             self.metrics.bytes_received("upstream", len(data))

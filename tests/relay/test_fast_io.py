@@ -112,29 +112,41 @@ async def test_other_streams_take_the_normal_path() -> None:
     assert await fast.send(one, b"x") == 0
 
 
-async def test_will_wait_makes_the_next_read_wait_without_trying_the_socket() -> None:
+async def test_a_later_read_yields_to_the_other_tasks_before_the_system_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `later`: the answer to what was just sent; the other tasks get their turn first
+    # (a full checkpoint), then the read is tried; nothing there yet: the caller waits.
     left, right = stream_pair()
+    events: list[str] = []
+    real_checkpoint, real_read = trio.lowlevel.checkpoint, os.read
+
+    async def recording_checkpoint() -> None:
+        events.append("yield")
+        await real_checkpoint()
+
+    def recording_read(fd: int, size: int) -> bytes:
+        events.append("read")
+        return real_read(fd, size)
+
+    monkeypatch.setattr(trio.lowlevel, "checkpoint", recording_checkpoint)
+    monkeypatch.setattr(os, "read", recording_read)
     fast = FastPath()
-    await right.send_all(b"early")
-    assert fast.will_wait(left)  # the caller skips `receive` and waits at once
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(right.send_all, b"+late")
-        data = await fast.receive_waiting(left, 1024)
-    assert data in (b"early", b"early+late")  # waited on the socket, then one read
+    await right.send_all(b"answer")
+    assert await fast.receive(left, 1024, later=True) == b"answer"
+    assert await fast.receive(left, 1024, later=True) is None  # nothing came: wait then
+    assert await fast.receive(left, 1024) is None  # not later: no yield
+    assert events == ["yield", "read", "yield", "read", "read"]
     await left.aclose()
     await right.aclose()
 
 
-async def test_will_wait_leaves_other_streams_to_the_normal_path() -> None:
-    left, _right = trio.testing.memory_stream_pair()
-    assert not FastPath().will_wait(left)
-
-
-async def test_an_upstream_reply_is_waited_for_then_read_once(
+async def test_an_upstream_reply_is_read_after_a_yield_and_without_a_wait(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Lock-step SMTP: the answer to what was just sent is not there yet, so no read is
-    # tried before waiting (it would only fail with EAGAIN): one read, after the wait.
+    # Lock-step SMTP: the answer to what was just sent is not there at once, but usually
+    # is once the other sessions have had their turn: yield, then read.  Waiting at once
+    # would cost an epoll registration and a wake-up for nearly every reply.
     ours, theirs = stream_pair()
 
     async def opener() -> tuple[trio.abc.Stream, str]:
@@ -143,22 +155,34 @@ async def test_an_upstream_reply_is_waited_for_then_read_once(
     log = logging.LoggerAdapter(logging.getLogger("test"), {})
     upstream = Upstream(parse_config("OutAddress: 127.0.0.1:25\n"), CLIENT, log, opener=opener)
     await upstream.connect()
-    reads: list[int] = []
-    real_read = os.read
+    events: list[str] = []
+    real_checkpoint, real_read, real_write = trio.lowlevel.checkpoint, os.read, os.write
+    real_wait = trio.lowlevel.wait_readable
 
-    def counting_read(fd: int, size: int) -> bytes:
-        reads.append(fd)
+    async def recording_checkpoint() -> None:
+        events.append("yield")
+        await real_checkpoint()
+        if events.count("yield") == 1:  # another session answers meanwhile
+            real_write(theirs.socket.fileno(), b"250 ok\r\n")
+
+    def recording_read(fd: int, size: int) -> bytes:
+        events.append("read")
         return real_read(fd, size)
 
-    async def answer() -> None:
-        assert await theirs.receive_some(100) == b"NOOP\r\n"
-        await theirs.send_all(b"250 ok\r\n")
+    def recording_write(fd: int, data: bytes) -> int:
+        events.append("send")
+        return real_write(fd, data)
 
-    monkeypatch.setattr(os, "read", counting_read)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(answer)
-        reply = await upstream.command(Outgoing(b"NOOP\r\n"))
+    async def recording_wait(sock: trio.socket.SocketType) -> None:
+        events.append("wait")
+        await real_wait(sock)
+
+    monkeypatch.setattr(trio.lowlevel, "checkpoint", recording_checkpoint)
+    monkeypatch.setattr(trio.lowlevel, "wait_readable", recording_wait)
+    monkeypatch.setattr(os, "read", recording_read)
+    monkeypatch.setattr(os, "write", recording_write)
+    reply = await upstream.command(Outgoing(b"NOOP\r\n"))
     assert reply.code == 250
-    assert reads == [ours.socket.fileno()]
+    assert events == ["send", "yield", "read"]
     await ours.aclose()
     await theirs.aclose()
