@@ -112,16 +112,20 @@ class ClientChannel:
             if ready is None:
                 ready = trio.current_time()
             deadline, name = self.deadlines.command_deadline(ready)
-            try:
-                with trio.CancelScope() as idle:
-                    self._idle_scope = idle
-                    if self._draining:
-                        idle.cancel()
-                    data = await self.receive(deadline, name, answer=first)
-            finally:
-                self._idle_scope = None
-            if idle.cancelled_caught:
-                raise Drained
+            # The answer to our reply is nearly always there after one trip through the
+            # run queue: read it without the drain scope, which only a wait needs.
+            data = await self._receive_at_once(answer=True) if first and deadline > ready else None
+            if data is None:
+                try:
+                    with trio.CancelScope() as idle:
+                        self._idle_scope = idle
+                        if self._draining:
+                            idle.cancel()
+                        data = await self.receive(deadline, name, tried=first)
+                finally:
+                    self._idle_scope = None
+                if idle.cancelled_caught:
+                    raise Drained
             if not data:
                 raise ClientGone("closed the connection")
             self.reader.feed(data)
@@ -177,24 +181,36 @@ class ClientChannel:
             deadline = self.deadlines.data_read(deadline, len(data))
             self.reader.feed(data)
 
+    async def _receive_at_once(self, *, answer: bool = False) -> bytes | None:
+        """The bytes waiting, or None if a read would block (fast_io.FastPath.receive).
+        `answer`: the first read after our reply, which the client has not had time to
+        answer yet: the other tasks run first (`later`)."""
+        try:
+            fast = await self._fast.receive(self.stream, RECEIVE_SIZE, later=answer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ClientGone(str(exc) or "connection reset") from exc
+        if fast is not None:
+            self.metrics.bytes_received("client", len(fast))
+        return fast
+
     async def receive(
-        self, deadline: float = math.inf, record: str = "", *, answer: bool = False
+        self,
+        deadline: float = math.inf,
+        record: str = "",
+        *,
+        answer: bool = False,
+        tried: bool = False,
     ) -> bytes:
         """One read, under TimeOut and the deadline of the record it belongs to (one
-        cancel scope per read, as with TimeOut alone).  `answer`: the first read after our
-        reply, which the client has not had time to answer yet: the other tasks run first
-        (fast_io.FastPath.receive, `later`)."""
+        cancel scope per read, as with TimeOut alone).  `answer`: see `_receive_at_once`;
+        `tried`: the caller's `_receive_at_once` just found nothing: wait at once."""
         deadlines = self.deadlines
         now = trio.current_time()
         idle = now + (deadlines.idle() if deadlines.stress.on else deadlines.timeout)
         limit = idle if idle < deadline else deadline
-        if limit > now:
-            try:
-                fast = await self._fast.receive(self.stream, RECEIVE_SIZE, later=answer)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise ClientGone(str(exc) or "connection reset") from exc
+        if limit > now and not tried:
+            fast = await self._receive_at_once(answer=answer)
             if fast is not None:
-                self.metrics.bytes_received("client", len(fast))
                 return fast
         stressed = deadlines.stress_timeout
         waiting = deadlines.stress.waiting

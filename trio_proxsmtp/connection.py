@@ -336,13 +336,16 @@ class Connection:
                 trace = show_command(action.line, action.command, secret) if self.trace else None
                 # A bare stream cannot be peeked at: watch it while a message is on its way.
                 watching = self.info.socket is None and self.session.in_message
-                started = trio.current_time()
+                # Only our DATA's time counts (the message's upstream delay): no clock
+                # reads for the other commands.
+                timed = action.purpose is Purpose.DATA
+                started = trio.current_time() if timed else 0.0
                 if watching:
                     async with self.client.watch(self.transaction.left):
                         reply = await self.upstream.command(Outgoing(action.line, trace))
                 else:
                     reply = await self.upstream.command(Outgoing(action.line, trace))
-                seconds = trio.current_time() - started
+                seconds = trio.current_time() - started if timed else 0.0
                 after = self.session.upstream_reply(reply, seconds=seconds)
             elif isinstance(action, Summary | Log):
                 self._log_actions([action])

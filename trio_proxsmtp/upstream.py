@@ -194,15 +194,15 @@ class Upstream:
                     )
             if not data:
                 raise UpstreamFailure("server disconnected unexpectedly", "closed the connection")
-            now = trio.current_time()
-            later = False
             if self._keepalives:
-                self.activity = now
+                self.activity = trio.current_time()
             self.metrics.bytes_received("upstream", len(data))
             replies.feed(data)
             reply = replies.next_reply()
             if reply is not None:
                 return reply
+            now = trio.current_time()  # a part of a reply: read on, the deadline stands
+            later = False
 
     def keepalives(self) -> contextlib.AbstractAsyncContextManager[None]:
         """KeepAlives for a phase (see `_keepalives_on`); nothing when they are off."""

@@ -4,10 +4,13 @@ or only when a log line is printed, and not for every message."""
 from __future__ import annotations
 
 import logging
+import os
 import socket
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from trio_proxsmtp.client_channel import ClientChannel
 from trio_proxsmtp.client_info import ClientInfo
@@ -64,3 +67,35 @@ def test_a_summary_is_formatted_only_when_its_line_is_printed(
         logger.info("%s", summary)
     assert formatted  # printed: formatted (once per handler)
     assert caplog.records[-1].getMessage() == real_line(summary.message)
+
+
+async def test_a_command_there_after_one_yield_is_read_without_a_cancel_scope(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The drain scope and the read's deadline scope are for a wait; the next command
+    # nearly always arrives while the other sessions have their turn, and needs neither.
+    ours, theirs = trio.socket.socketpair()
+    info = ClientInfo(client="127.0.0.1", local="127.0.0.1", socket=ours)
+    channel = ClientChannel(trio.SocketStream(ours), info, 30.0, LOG)
+    scopes: list[int] = []
+    real_scope = trio.CancelScope
+
+    def counting_scope(*args: Any, **kwargs: Any) -> trio.CancelScope:
+        scopes.append(1)
+        return real_scope(*args, **kwargs)
+
+    monkeypatch.setattr(trio, "CancelScope", counting_scope)
+    os.write(theirs.fileno(), b"NOOP\r\n")
+    assert await channel.next_command() == b"NOOP\r\n"
+    assert scopes == []
+
+    async def write_once_waiting() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        os.write(theirs.fileno(), b"QUIT\r\n")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write_once_waiting)
+        assert await channel.next_command() == b"QUIT\r\n"
+    assert len(scopes) == 2  # nothing came in time: the drain scope and the deadline's
+    await channel.aclose()
+    theirs.close()
