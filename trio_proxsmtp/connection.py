@@ -268,7 +268,7 @@ class Connection:
                 # NUL, bare CR, controls: answered here, never forwarded (issue 16, case 7).
                 await self._perform(self.session.bad_command_line(reason))
                 continue
-            in_auth = self.session.in_auth
+            in_auth = self.trace and self.session.in_auth  # (only the trace needs it)
             command = parse_command(line)
             if self.trace:
                 self.log.debug("CLIENT < %s", show_command(line, command, in_auth))
@@ -289,10 +289,12 @@ class Connection:
         action = actions[0]
         if action.purpose is not Purpose.COMMAND or action.command is None:
             return False
-        if not self.session.pipelinable(action.command):
-            return False
         line = self.client.reader.peek_line()
-        return line is not None and self.session.pipelinable(parse_command(line))
+        if line is None:
+            return False  # nothing buffered behind it (a lock-step client): no group
+        return self.session.pipelinable(action.command) and self.session.pipelinable(
+            parse_command(line)
+        )
 
     async def _send_group(self, first: list[Action]) -> None:
         """The client's buffered MAIL/RCPT commands go upstream in one write; the replies
