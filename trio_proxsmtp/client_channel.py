@@ -50,6 +50,11 @@ class ClientGone(Exception):
     """The client closed or reset the connection."""
 
 
+def _gone(exc: Exception) -> ClientGone:
+    """The `ClientGone` for a stream error (`BrokenResourceError`, `ClosedResourceError`)."""
+    return ClientGone(str(exc) or "connection reset")
+
+
 class ClientTimeout(Exception):
     """The client said nothing for TimeOut seconds, or a record's deadline passed; the
     message says which."""
@@ -188,7 +193,7 @@ class ClientChannel:
         try:
             fast = await self._fast.receive(self.stream, RECEIVE_SIZE, later=answer)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ClientGone(str(exc) or "connection reset") from exc
+            raise _gone(exc) from exc
         if fast is not None:
             self.metrics.bytes_received("client", len(fast))
         return fast
@@ -222,7 +227,7 @@ class ClientChannel:
                 self.metrics.bytes_received("client", len(data))
                 return data
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise ClientGone(str(exc) or "connection reset") from exc
+                raise _gone(exc) from exc
             finally:
                 if stressed > 0:
                     del waiting[scope]
@@ -243,7 +248,7 @@ class ClientChannel:
         try:
             sent = await self._fast.send(self.stream, data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ClientGone(str(exc) or "connection reset") from exc
+            raise _gone(exc) from exc
         if sent == len(data):
             self.metrics.bytes_sent("client", sent)
             return
@@ -251,7 +256,7 @@ class ClientChannel:
             try:
                 await self.stream.send_all(data[sent:] if sent else data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise ClientGone(str(exc) or "connection reset") from exc
+                raise _gone(exc) from exc
         if scope.cancelled_caught:
             raise ClientGone("timed out writing to the client")
         self.metrics.bytes_sent("client", len(data))

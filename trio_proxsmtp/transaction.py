@@ -83,18 +83,23 @@ class Transaction:
 
     # -- receiving ----------------------------------------------------------------------
 
-    async def receive(self, action: Action) -> list[Action]:
-        """Spool the client's message up to <CRLF>.<CRLF>; always read to the end (B2)."""
-        error: str | None = None
+    def _open_spool(self) -> str | None:
+        """A new spool for the message in `self.spool`; the error (logged), or None."""
         try:
             # Only a file-mode filter needs the message by name ($EMAIL).
             named = self.config.filter_type is FilterType.FILE
             self.spool = Spool.create(self.config.temp_directory, named=named)
-            if not self.spool.in_memory:
-                self.log.debug("created cache file: %s", self.spool.path)
         except OSError as exc:
             error = f"couldn't open cache file: {exc}"
             self.log.error("%s", error)
+            return error
+        if not self.spool.in_memory:
+            self.log.debug("created cache file: %s", self.spool.path)
+        return None
+
+    async def receive(self, action: Action) -> list[Action]:
+        """Spool the client's message up to <CRLF>.<CRLF>; always read to the end (B2)."""
+        error = self._open_spool()
 
         # Past the size limit (MaxMessageSize, the upstream's SIZE) the message is refused
         # (552) once read to its end: keep reading, stop writing, so a huge message cannot
@@ -133,14 +138,7 @@ class Transaction:
         terminator.  Past the size limit the chunks are still read, not stored (552 at
         LAST, as for DATA); a spool error is reported at LAST too."""
         if self.spool is None and self.chunk_error is None:
-            try:
-                named = self.config.filter_type is FilterType.FILE
-                self.spool = Spool.create(self.config.temp_directory, named=named)
-                if not self.spool.in_memory:
-                    self.log.debug("created cache file: %s", self.spool.path)
-            except OSError as exc:
-                self.chunk_error = f"couldn't open cache file: {exc}"
-                self.log.error("%s", self.chunk_error)
+            self.chunk_error = self._open_spool()
         limit = self.session.size_limit
 
         async def spool(data: bytes) -> None:

@@ -48,6 +48,11 @@ class UpstreamFailure(Exception):
         self.status = status  # the enhanced status code of that 421 (4.7.0 for TLS)
 
 
+def _disconnected(exc: Exception) -> UpstreamFailure:
+    """The failure for a stream error (`BrokenResourceError`, `ClosedResourceError`)."""
+    return UpstreamFailure(f"server disconnected unexpectedly: {exc}", "closed the connection")
+
+
 @attrs.frozen
 class Outgoing:
     """Bytes for the upstream; `trace` is what the protocol trace shows (None: nothing)."""
@@ -127,9 +132,7 @@ class Upstream:
         try:
             sent = await self._fast.send(self.stream, data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise UpstreamFailure(
-                f"server disconnected unexpectedly: {exc}", "closed the connection"
-            ) from exc
+            raise _disconnected(exc) from exc
         if sent == len(data):
             if self._keepalives:
                 self.activity = trio.current_time()
@@ -139,9 +142,7 @@ class Upstream:
             try:
                 await self.stream.send_all(data[sent:] if sent else data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise UpstreamFailure(
-                    f"server disconnected unexpectedly: {exc}", "closed the connection"
-                ) from exc
+                raise _disconnected(exc) from exc
         if scope.cancelled_caught:
             raise UpstreamFailure("network operation timed out: writing to server", "timed out")
         if self._keepalives:
@@ -174,9 +175,7 @@ class Upstream:
                 if deadline > now:
                     fast = await self._fast.receive(self.stream, RECEIVE_SIZE, later=later)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise UpstreamFailure(
-                    f"server disconnected unexpectedly: {exc}", "closed the connection"
-                ) from exc
+                raise _disconnected(exc) from exc
             if fast is not None:
                 data = fast
             else:
@@ -184,9 +183,7 @@ class Upstream:
                     try:
                         data = await self._fast.receive_waiting(self.stream, RECEIVE_SIZE)
                     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                        raise UpstreamFailure(
-                            f"server disconnected unexpectedly: {exc}", "closed the connection"
-                        ) from exc
+                        raise _disconnected(exc) from exc
                 if scope.cancelled_caught:
                     what = "a whole reply (ReplyTimeOut)" if deadline < idle else "server"
                     raise UpstreamFailure(
