@@ -82,17 +82,12 @@ class ClientDeadlines:
 
     def idle(self) -> float:
         """The longest silence allowed now."""
-        if self.stress.on:
-            return self._stressed(self.timeout)
-        return self.timeout
+        return self._stressed(self.timeout)
 
     def command_deadline(self, ready: float) -> tuple[float, str]:
         """The deadline of the command line the proxy was ready for at `ready`, and its
-        name; asked again before each read, so that stress shortens a wait under way."""
-        timeout = self.command_timeout
-        if self.stress.on:
-            timeout = self._stressed(timeout)
-        deadline = ready + timeout
+        name; asked again before each read (a wait under way is cut by `Stress.switch`)."""
+        deadline = ready + self._stressed(self.command_timeout)
         if self.session_deadline < deadline:
             return self.session_deadline, "SessionTimeOut"
         return deadline, "CommandTimeOut"
