@@ -108,6 +108,21 @@ async def test_a_flood_of_empty_lines_is_cut_after_the_hard_error_limit(
     assert len(up.commands) == 20  # not relayed line by line
 
 
+async def test_the_proxys_own_error_replies_count_toward_the_hard_error_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A 500 for a forbidden byte is answered by the proxy itself (never forwarded): it
+    # counts as much as an error of the next server's, and the 421 follows the limit.
+    async with FakeUpstream() as up, memory_connection("HardErrorLimit: 3", up) as (client, _):
+        await client.greeting()
+        for _ in range(3):
+            await client.send(b"NOOP\x00\r\n")
+            assert (await client.read_reply()).code == 500
+        assert (await client.read_reply()).to_bytes() == TOO_MANY_ERRORS
+        assert await client.read_eof() == b""
+    assert up.commands == []
+
+
 async def test_a_delivered_message_resets_the_error_count(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

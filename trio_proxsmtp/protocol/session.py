@@ -23,7 +23,7 @@ import collections
 import enum
 import logging
 from collections.abc import Callable
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar, cast
 
 import attrs
 
@@ -183,17 +183,29 @@ def _input(
 ) -> Callable[Concatenate[Session, _P], _R]:
     """An input from the relay: legal only in the states `_LEGAL` names for it, refused
     once the session has failed, and its upstream-bound actions queued for their replies."""
-    legal = _LEGAL[method.__name__]
+    return _guarded(method, _LEGAL[method.__name__])
 
+
+def _reply_input(
+    method: Callable[Concatenate[Session, _P], _R],
+) -> Callable[Concatenate[Session, _P], _R]:
+    """An upstream reply: as `_input`, but legal in any state (it answers what is pending)."""
+    return _guarded(method, None)
+
+
+def _guarded(
+    method: Callable[Concatenate[Session, _P], _R], legal: frozenset[State] | None
+) -> Callable[Concatenate[Session, _P], _R]:
     def wrapper(self: Session, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         if self._error is not None:
             raise LocalProtocolError(f"session already failed: {self._error}")
         try:
-            if self.state not in legal:
+            if legal is not None and self.state not in legal:
                 self._expect(*legal)
             result = method(self, *args, **kwargs)
             if isinstance(result, list):
-                self._emit(result)
+                # _emit's list, not `result`: HardErrorLimit may add its 421 and Close.
+                return cast(_R, self._emit(result))
             return result
         except LocalProtocolError as exc:
             self._error = exc  # once an input was illegal, every later one fails too
@@ -349,33 +361,23 @@ class Session:
             return [SendUpstream(self._xclient_line(), Purpose.XCLIENT, command)]
         return self._dispatch(command)
 
+    @_reply_input
     def upstream_reply(self, reply: Reply, *, seconds: float = 0.0) -> list[Action]:
         """The upstream's next complete reply: it answers the oldest exchange pending.
 
         `seconds`: how long that exchange took (sending the message included); the ones
         of the message's DATA and final "." are its upstream delay.
         """
-        if self._error is not None:
-            raise LocalProtocolError(f"session already failed: {self._error}")
-        try:
-            if not self._pending:
-                raise LocalProtocolError("no upstream reply expected")
-            return self._emit(self._reply(self._pending.popleft(), reply, seconds))
-        except LocalProtocolError as exc:
-            self._error = exc
-            raise
+        if not self._pending:
+            raise LocalProtocolError("no upstream reply expected")
+        return self._reply(self._pending.popleft(), reply, seconds)
 
+    @_reply_input
     def reply(self, action: Action, reply: Reply, *, seconds: float = 0.0) -> list[Action]:
         """The upstream's complete reply to `action`, which must be the oldest pending."""
-        if self._error is not None:
-            raise LocalProtocolError(f"session already failed: {self._error}")
-        try:
-            if not self._pending or self._pending[0] != action:
-                raise LocalProtocolError(f"no upstream reply expected for {action!r}")
-            return self._emit(self._reply(self._pending.popleft(), reply, seconds))
-        except LocalProtocolError as exc:
-            self._error = exc
-            raise
+        if not self._pending or self._pending[0] != action:
+            raise LocalProtocolError(f"no upstream reply expected for {action!r}")
+        return self._reply(self._pending.popleft(), reply, seconds)
 
     @property
     def pending(self) -> tuple[Action, ...]:
