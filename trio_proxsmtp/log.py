@@ -83,8 +83,8 @@ class _TimestampFormatter(logging.Formatter):
         super().__init__(f"%(asctime)s {SYSLOG_IDENT}[%(process)d]: %(message)s")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
-        offset = time.strftime("%z", time.localtime(record.created))
+        local = time.localtime(record.created)
+        stamp, offset = time.strftime("%Y-%m-%dT%H:%M:%S", local), time.strftime("%z", local)
         return f"{stamp}.{int(record.msecs):03d}{offset[:3]}:{offset[3:]}"
 
 

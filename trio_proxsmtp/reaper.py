@@ -51,6 +51,7 @@ MARKER_VARIABLE = "PROXSMTPD_FILTER_ID"
 SWEEP_DEADLINE = 2.0  # seconds a sweep may take; what is left goes to the next one
 SCAN_INTERVAL = 0.01  # seconds between two scans of /proc, shared by all runs
 _POLL = 0.005
+_TETHER_READS = 17  # 4 KiB reads: a full pipe (64 KiB by default) and its end of file
 
 _enabled = False
 _known: set[int] = set()  # children Trio is waiting for (filter group leaders)
@@ -213,12 +214,15 @@ class Tether:
         """No process holds the write end any more (end of file)."""
         if self.child_fd >= 0:
             return False
-        try:
-            while os.read(self._read, 4096):  # what a filter wrote into it: not our business
-                pass
-        except BlockingIOError:
-            return False
-        return True
+        # What a filter wrote into it is not our business; one still writing more than the
+        # pipe holds still holds the write end, so the drain is bounded: never a busy loop.
+        for _ in range(_TETHER_READS):
+            try:
+                if not os.read(self._read, 4096):
+                    return True
+            except BlockingIOError:
+                return False
+        return False
 
     def close(self) -> None:
         self.spawned()

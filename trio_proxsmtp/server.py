@@ -68,7 +68,7 @@ import trio
 
 from trio_proxsmtp import notify
 from trio_proxsmtp.address import Address, AddressKind, format_host, resolve_tcp
-from trio_proxsmtp.client_info import from_proxy_header, from_socket_stream
+from trio_proxsmtp.client_info import ClientInfo, from_proxy_header, from_socket_stream
 from trio_proxsmtp.config import STRESS_FRACTION, Config, TransparentMode
 from trio_proxsmtp.connection import Connection
 from trio_proxsmtp.deadlines import Stress
@@ -449,20 +449,35 @@ class Server:
             if counted is not None and self._over_client_limit(counted):
                 connections.start_soon(self._refuse_client, stream, conn_id, counted)
                 continue
-            connection = Connection(
-                config,
-                stream,
-                info,
-                conn_id,
-                implicit_tls=context,
-                metrics=self.metrics,
-                stress=self.stress,
-            )
-            self.connections.add(connection)
-            if counted is not None:
-                self.per_client[counted] += 1
-            self._check_stress()
+            connection = self._admit(config, stream, info, conn_id, context, counted)
             connections.start_soon(self._run_connection, connection, counted)
+
+    def _admit(
+        self,
+        config: Config,
+        stream: trio.abc.Stream,
+        info: ClientInfo,
+        conn_id: str,
+        implicit_tls: ssl.SSLContext | None,
+        counted: str | None,
+    ) -> Connection:
+        """The session of an accepted client, counted in MaxConnections, in
+        MaxConnectionsPerClient (`counted`: its address, None when not counted) and in
+        the stress level; `_run_connection(connection, counted)` uncounts it."""
+        connection = Connection(
+            config,
+            stream,
+            info,
+            conn_id,
+            implicit_tls=implicit_tls,
+            metrics=self.metrics,
+            stress=self.stress,
+        )
+        self.connections.add(connection)
+        if counted is not None:
+            self.per_client[counted] += 1
+        self._check_stress()
+        return connection
 
     async def _leave_to_other_workers(
         self, listener: trio.SocketListener, overflowing: bool
@@ -576,21 +591,11 @@ class Server:
         if waiting.implicit_tls is not None and remainder:
             # ListenTLS behind a balancer: what followed the header is the TLS handshake.
             client_stream, remainder = PrefixedStream(stream, remainder), b""
-        connection = Connection(
-            config,
-            client_stream,
-            info,
-            waiting.conn_id,
-            implicit_tls=waiting.implicit_tls,
-            metrics=self.metrics,
-            stress=self.stress,
+        connection = self._admit(
+            config, client_stream, info, waiting.conn_id, waiting.implicit_tls, counted
         )
         # What followed the header is the start of the SMTP stream.
         connection.client.reader.feed(remainder)
-        self.connections.add(connection)
-        if counted is not None:
-            self.per_client[counted] += 1
-        self._check_stress()
         if self.draining:
             connection.drain()
         await self._run_connection(connection, counted)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import logging
 import os
 import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from trio_proxsmtp.log import (
     ID_PATTERN,
     LOGGER_NAME,
     LoggingUnavailable,
+    _TimestampFormatter,
     connection_ids,
     connection_logger,
     logs_to_stderr,
@@ -161,3 +164,21 @@ def test_connection_ids_differ_across_restarts_and_workers() -> None:
     worker = set(itertools.islice(connection_ids(now=1000, pid=78), 500))
     assert not first & restarted and not first & worker
     assert next(connection_ids()).startswith(f"{os.getpid():06X}", 8)
+
+
+@pytest.mark.parametrize("tz", ["UTC0", "CET-1CEST,M3.5.0,M10.5.0/3", "NST+3:30"])
+def test_stderr_timestamp_is_the_record_time_in_local_time_with_offset(
+    tz: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    try:
+        for created in (1_780_000_000.25, 1_795_000_000.5):  # one in summer, one in winter
+            record = logging.LogRecord(LOGGER_NAME, logging.INFO, __file__, 1, "x", None, None)
+            record.created, record.msecs = created, (created % 1) * 1000
+            expected = datetime.datetime.fromtimestamp(created).astimezone()
+            stamp = _TimestampFormatter().formatTime(record)
+            assert stamp == expected.isoformat(timespec="milliseconds")
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -307,22 +307,14 @@ def _parse_v2(buffer: bytes, max_length: int) -> NeedMore | ParsedProxyHeader:
 def _v2_addresses(
     family: ProxyFamily, block: bytes
 ) -> tuple[str | None, int | None, str | None, int | None]:
-    if family is ProxyFamily.INET:
-        source, destination = block[0:4], block[4:8]
-        source_port, destination_port = struct.unpack_from("!HH", block, 8)
+    if family is ProxyFamily.INET or family is ProxyFamily.INET6:
+        # Two packed addresses (4 or 16 bytes: ip_address tells them apart), two ports.
+        size = 4 if family is ProxyFamily.INET else 16
+        source_port, destination_port = struct.unpack_from("!HH", block, 2 * size)
         return (
-            str(ipaddress.IPv4Address(source)),
+            str(ipaddress.ip_address(block[:size])),
             source_port,
-            str(ipaddress.IPv4Address(destination)),
-            destination_port,
-        )
-    if family is ProxyFamily.INET6:
-        source, destination = block[0:16], block[16:32]
-        source_port, destination_port = struct.unpack_from("!HH", block, 32)
-        return (
-            str(ipaddress.IPv6Address(source)),
-            source_port,
-            str(ipaddress.IPv6Address(destination)),
+            str(ipaddress.ip_address(block[size : 2 * size])),
             destination_port,
         )
     if family is ProxyFamily.UNIX:
