@@ -57,8 +57,7 @@ DEFAULT_LISTEN = parse_address(str(DEFAULT_LISTEN_PORT), DEFAULT_LISTEN_PORT)
 # C `int`, like the reference's strtol into an int: keeps timeouts sane for Trio.
 _INT_MAX = 2**31 - 1
 
-Network = IPNetwork
-DEFAULT_CONNECTION_LIMIT_EXCEPTIONS: tuple[Network, ...] = (
+DEFAULT_CONNECTION_LIMIT_EXCEPTIONS: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("127.0.0.0/8"),
     ipaddress.ip_network("::1/128"),
 )
@@ -146,7 +145,7 @@ class Config:
     # Extensions bounding hostile peers (issue 16); used by the relay and the server.
     max_recipients: int = 1000  # over it: 452 4.5.3 Too many recipients
     max_connections_per_client: int | None = None  # None: half of MaxConnections; 0: none
-    connection_limit_exceptions: tuple[Network, ...] = DEFAULT_CONNECTION_LIMIT_EXCEPTIONS
+    connection_limit_exceptions: tuple[IPNetwork, ...] = DEFAULT_CONNECTION_LIMIT_EXCEPTIONS
     hard_error_limit: int = 20  # error replies before the client is disconnected; 0: none
     command_timeout: float = 180.0  # a whole client command line, from ready to its LF
     reply_timeout: float = 180.0  # a whole upstream reply (banner included)
@@ -364,7 +363,7 @@ def _server_name(value: str) -> str:
     return value
 
 
-def _exception_networks(value: str) -> tuple[Network, ...]:
+def _exception_networks(value: str) -> tuple[IPNetwork, ...]:
     """ConnectionLimitExceptions: comma-separated networks or addresses (``192.0.2.0/24,
     ::1``, Postfix's ``[2001:db8::]/32``; host bits allowed, as in Postfix's mynetworks), or
     ``none``. (ProxyProtocolFrom is stricter: proxy_protocol.parse_networks.)"""
