@@ -324,9 +324,7 @@ class _Milter:
             return
         if polite and not self.failed:
             with trio.move_on_after(self.settings.command_timeout):
-                with contextlib.suppress(
-                    trio.BrokenResourceError, trio.ClosedResourceError, OSError
-                ):
+                with contextlib.suppress(*_IO_ERRORS):
                     await stream.send_all(bytes(self.unsent) + self.session.quit())
         await trio.aclose_forcefully(stream)
 
