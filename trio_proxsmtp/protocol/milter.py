@@ -248,6 +248,18 @@ class VerdictKind(enum.Enum):
     SKIP = "skip"  # only after a BODY chunk, when negotiated
 
 
+# The one-byte answer for each verdict (a verdict with a reply text is SMFIR_REPLYCODE).
+_VERDICT_RESPONSE = {
+    VerdictKind.CONTINUE: Response.CONTINUE,
+    VerdictKind.ACCEPT: Response.ACCEPT,
+    VerdictKind.REJECT: Response.REJECT,
+    VerdictKind.TEMPFAIL: Response.TEMPFAIL,
+    VerdictKind.DISCARD: Response.DISCARD,
+    VerdictKind.SKIP: Response.SKIP,
+}
+_RESPONSE_VERDICT = {response: kind for kind, response in _VERDICT_RESPONSE.items()}
+
+
 @attrs.frozen
 class Verdict:
     """A milter's answer to a stage; ``reply`` is the SMFIR_REPLYCODE text (no CRLF at end)."""
@@ -410,15 +422,7 @@ def encode_response(answer: MilterAnswer) -> bytes:
         case Verdict(kind=kind, reply=reply):
             if reply is not None:
                 return packet(Response.REPLYCODE.value, _cstr(reply))
-            code = {
-                VerdictKind.CONTINUE: Response.CONTINUE,
-                VerdictKind.ACCEPT: Response.ACCEPT,
-                VerdictKind.REJECT: Response.REJECT,
-                VerdictKind.TEMPFAIL: Response.TEMPFAIL,
-                VerdictKind.DISCARD: Response.DISCARD,
-                VerdictKind.SKIP: Response.SKIP,
-            }[kind]
-            return packet(code.value)
+            return packet(_VERDICT_RESPONSE[kind].value)
         case Negotiate(version=v, actions=a, protocol=p, macros=macros):
             payload = _OPTNEG.pack(v, int(a), int(p))
             for stage, names in macros.items():
@@ -453,18 +457,11 @@ def decode_response(code: bytes, payload: bytes) -> MilterAnswer:
         response = Response(code)
     except ValueError:
         raise MilterProtocolError(f"unknown milter response {code!r}") from None
-    simple = {
-        Response.CONTINUE: VerdictKind.CONTINUE,
-        Response.ACCEPT: VerdictKind.ACCEPT,
-        Response.REJECT: VerdictKind.REJECT,
-        Response.TEMPFAIL: VerdictKind.TEMPFAIL,
-        Response.DISCARD: VerdictKind.DISCARD,
-        Response.SKIP: VerdictKind.SKIP,
-    }
-    if response in simple:
+    kind = _RESPONSE_VERDICT.get(response)
+    if kind is not None:
         if payload:
             raise MilterProtocolError(f"response {code!r} carries data")
-        return Verdict(simple[response])
+        return Verdict(kind)
     match response:
         case Response.REPLYCODE:
             (text,) = _split_cstrings(payload, 1)
