@@ -27,7 +27,9 @@ __all__ = [
     "ALL_ACTIONS",
     "BODY_CHUNK_SIZE",
     "MAX_PACKET_SIZE",
+    "NO_REPLY",
     "OFFERED_PROTOCOL",
+    "STAGE_COMMAND",
     "VERSION",
     "Action",
     "AddHeader",
@@ -191,7 +193,8 @@ class MacroStage(enum.IntEnum):
     EOH = 6
 
 
-_STAGE_COMMAND = {
+# The command that tells a milter about each stage (the fake milter reads it back).
+STAGE_COMMAND = {
     Stage.CONNECT: Command.CONNECT,
     Stage.HELO: Command.HELO,
     Stage.MAIL: Command.MAIL,
@@ -223,7 +226,8 @@ _NOT_WANTED = {
     Stage.EOH: Proto.NOEOH,
     Stage.BODY: Proto.NOBODY,
 }
-_NO_REPLY = {
+# The SMFIP_NR_* flag by which a milter says it will not answer a stage.
+NO_REPLY = {
     Stage.CONNECT: Proto.NR_CONN,
     Stage.HELO: Proto.NR_HELO,
     Stage.MAIL: Proto.NR_MAIL,
@@ -657,7 +661,7 @@ class MilterSession:
         return flag is None or not self.protocol & flag
 
     def _answers(self, stage: Stage) -> bool:
-        flag = _NO_REPLY.get(stage)
+        flag = NO_REPLY.get(stage)
         return flag is None or not self.protocol & flag
 
     def _macros(self, stage: Stage, macros: Mapping[str, str]) -> bytes:
@@ -668,7 +672,7 @@ class MilterSession:
         items = [(n, v) for n, v in macros.items() if wanted is None or n in wanted]
         if not items:
             return b""
-        return encode_macros(_STAGE_COMMAND[stage], items)
+        return encode_macros(STAGE_COMMAND[stage], items)
 
     def stage(
         self,
@@ -690,7 +694,7 @@ class MilterSession:
             assert connect is not None
             out += encode_connect(*connect)
         else:
-            out += encode_command(_STAGE_COMMAND[stage], *args, data=data)
+            out += encode_command(STAGE_COMMAND[stage], *args, data=data)
         if self._answers(stage):
             self.awaiting = stage
         return out
