@@ -38,7 +38,7 @@ import shutil
 import ssl
 import stat
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -57,8 +57,7 @@ DEFAULT_LISTEN = parse_address(str(DEFAULT_LISTEN_PORT), DEFAULT_LISTEN_PORT)
 # C `int`, like the reference's strtol into an int: keeps timeouts sane for Trio.
 _INT_MAX = 2**31 - 1
 
-Network = IPNetwork
-DEFAULT_CONNECTION_LIMIT_EXCEPTIONS: tuple[Network, ...] = (
+DEFAULT_CONNECTION_LIMIT_EXCEPTIONS: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("127.0.0.0/8"),
     ipaddress.ip_network("::1/128"),
 )
@@ -146,7 +145,7 @@ class Config:
     # Extensions bounding hostile peers (issue 16); used by the relay and the server.
     max_recipients: int = 1000  # over it: 452 4.5.3 Too many recipients
     max_connections_per_client: int | None = None  # None: half of MaxConnections; 0: none
-    connection_limit_exceptions: tuple[Network, ...] = DEFAULT_CONNECTION_LIMIT_EXCEPTIONS
+    connection_limit_exceptions: tuple[IPNetwork, ...] = DEFAULT_CONNECTION_LIMIT_EXCEPTIONS
     hard_error_limit: int = 20  # error replies before the client is disconnected; 0: none
     command_timeout: float = 180.0  # a whole client command line, from ready to its LF
     reply_timeout: float = 180.0  # a whole upstream reply (banner included)
@@ -231,6 +230,9 @@ _DECIMAL_RE = re.compile(r"[0-9]+")
 _REPLY_CODE_RE = re.compile(r"([0-9]{3})(?:[ -]|$)")
 
 
+_E = TypeVar("_E", bound=enum.Enum)
+
+
 class _Invalid(Exception):
     """A bad value; the caller adds file, line and option."""
 
@@ -268,11 +270,18 @@ def _transparent(value: str) -> TransparentMode:
     return TransparentMode.CLIENT if _boolean(value) else TransparentMode.OFF
 
 
-def _filter_type(value: str) -> FilterType:
-    try:
-        return FilterType(value.lower())
-    except ValueError:
-        raise _Invalid(f"invalid value {value!r} (must be 'pipe', 'file' or 'reject')") from None
+def _choice(kind: type[_E]) -> Callable[[str], _E]:
+    """A parser for an option whose values are those of the enum `kind` (any case)."""
+    words = [f"'{member.value}'" for member in kind]
+    expected = f"{', '.join(words[:-1])} or {words[-1]}"
+
+    def parse(value: str) -> _E:
+        try:
+            return kind(value.lower())
+        except ValueError:
+            raise _Invalid(f"invalid value {value!r} (must be {expected})") from None
+
+    return parse
 
 
 def _address(default_port: int) -> Callable[[str], Address]:
@@ -342,28 +351,10 @@ def _milters(value: str) -> tuple[MilterAddress, ...]:
         raise _Invalid(str(exc)) from None
 
 
-def _milter_default_action(value: str) -> DefaultAction:
-    try:
-        return DefaultAction(value.lower())
-    except ValueError:
-        raise _Invalid(
-            f"invalid value {value!r} (must be 'tempfail', 'accept' or 'reject')"
-        ) from None
-
-
 def _non_empty(value: str) -> str:
     if not value:
         raise _Invalid("must not be empty")
     return value
-
-
-def _out_tls(value: str) -> OutTLSMode:
-    try:
-        return OutTLSMode(value.lower())
-    except ValueError:
-        raise _Invalid(
-            f"invalid value {value!r} (must be 'off', 'may', 'encrypt' or 'implicit')"
-        ) from None
 
 
 def _server_name(value: str) -> str:
@@ -372,7 +363,7 @@ def _server_name(value: str) -> str:
     return value
 
 
-def _exception_networks(value: str) -> tuple[Network, ...]:
+def _exception_networks(value: str) -> tuple[IPNetwork, ...]:
     """ConnectionLimitExceptions: comma-separated networks or addresses (``192.0.2.0/24,
     ::1``, Postfix's ``[2001:db8::]/32``; host bits allowed, as in Postfix's mynetworks), or
     ``none``. (ProxyProtocolFrom is stricter: proxy_protocol.parse_networks.)"""
@@ -405,7 +396,7 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("OutAddress", "out_address", _address(DEFAULT_OUT_PORT)),
         ("Listen", "listen", _address(DEFAULT_LISTEN_PORT)),
         ("FilterCommand", "filter_command", lambda v: v or None),
-        ("FilterType", "filter_type", _filter_type),
+        ("FilterType", "filter_type", _choice(FilterType)),
         ("FilterTimeout", "filter_timeout", _seconds_positive),
         ("FilterReject", "filter_reject", _filter_reject),
         ("Header", "header", lambda v: v or None),
@@ -429,14 +420,14 @@ _OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("MetricsListen", "metrics_listen", _metrics_listen),
         ("ListenTLS", "listen_tls", _address(DEFAULT_LISTEN_TLS_PORT)),
         ("Chunking", "chunking", _boolean),
-        ("OutTLS", "out_tls", _out_tls),
+        ("OutTLS", "out_tls", _choice(OutTLSMode)),
         ("OutTLSVerify", "out_tls_verify", _boolean),
         ("OutTLSCAFile", "out_tls_ca_file", _non_empty),
         ("OutTLSServerName", "out_tls_server_name", _server_name),
         ("OutTLSCertificate", "out_tls_certificate", _non_empty),
         ("OutTLSKey", "out_tls_key", _non_empty),
         ("Milters", "milters", _milters),
-        ("MilterDefaultAction", "milter_default_action", _milter_default_action),
+        ("MilterDefaultAction", "milter_default_action", _choice(DefaultAction)),
         ("MilterConnectTimeout", "milter_connect_timeout", _seconds_positive),
         ("MilterCommandTimeout", "milter_command_timeout", _seconds_positive),
         ("MilterContentTimeout", "milter_content_timeout", _seconds_positive),

@@ -182,14 +182,15 @@ def _move_recipients_to_file(env: dict[str, str], directory: str) -> str | None:
     it) or None when RECIPIENTS fits. Raises OSError.
     """
     recipients = env.get("RECIPIENTS")
-    if recipients is None or len(recipients.encode("utf-8", "surrogateescape")) <= (
-        RECIPIENTS_ENV_LIMIT
-    ):
+    if recipients is None:
+        return None
+    data = recipients.encode("utf-8", "surrogateescape")
+    if len(data) <= RECIPIENTS_ENV_LIMIT:
         return None
     fd, path = tempfile.mkstemp(prefix="proxsmtpd-rcpt.", dir=directory)
     try:
         with open(fd, "wb", closefd=True) as f:
-            f.write(recipients.encode("utf-8", "surrogateescape") + b"\n")
+            f.write(data + b"\n")
     except BaseException:
         os.unlink(path)
         raise

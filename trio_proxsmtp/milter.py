@@ -324,9 +324,7 @@ class _Milter:
             return
         if polite and not self.failed:
             with trio.move_on_after(self.settings.command_timeout):
-                with contextlib.suppress(
-                    trio.BrokenResourceError, trio.ClosedResourceError, OSError
-                ):
+                with contextlib.suppress(*_IO_ERRORS):
                     await stream.send_all(bytes(self.unsent) + self.session.quit())
         await trio.aclose_forcefully(stream)
 
@@ -465,10 +463,8 @@ class Milters:
                 failure = await self._fail(milter, f"connect: {exc}")
                 if failure is not None:
                     return failure
-        connect = (context.client_name, context.family(), context.client_port,
-                   context.client_address)  # fmt: skip
-        if context.unix:
-            connect = (context.client_name, "L", 0, context.client_address)
+        port = 0 if context.unix else context.client_port  # family() is "L" then
+        connect = (context.client_name, context.family(), port, context.client_address)
         return await self._run_stage(
             Stage.CONNECT, macros=self._macros, connection=True, connect=connect
         )

@@ -101,6 +101,19 @@ async def test_every_stage_reaches_the_milter_with_its_macros() -> None:
     assert session.closed
 
 
+async def test_a_client_on_a_unix_socket_is_family_l_with_port_0() -> None:
+    fake = FakeMilter()
+    context = MilterContext("/run/proxsmtpd.sock", 40123, "localhost", unix=True)
+    async with fake.serving() as address, Milters(settings(address)) as milters:
+        assert (await milters.connect(context)).proceed
+    connect = fake.sessions[0].of("connect")[0]
+    assert (connect.args, connect.port, connect.family) == (
+        ("localhost", "/run/proxsmtpd.sock"),
+        0,
+        "L",
+    )
+
+
 async def test_rcpt_reject_is_per_recipient_with_the_milter_reply() -> None:
     def rcpt(command: MtaCommand) -> object:
         return reject("550 5.7.1 not you") if "bad@" in command.args[0] else None

@@ -27,7 +27,9 @@ __all__ = [
     "ALL_ACTIONS",
     "BODY_CHUNK_SIZE",
     "MAX_PACKET_SIZE",
+    "NO_REPLY",
     "OFFERED_PROTOCOL",
+    "STAGE_COMMAND",
     "VERSION",
     "Action",
     "AddHeader",
@@ -191,7 +193,8 @@ class MacroStage(enum.IntEnum):
     EOH = 6
 
 
-_STAGE_COMMAND = {
+# The command that tells a milter about each stage (the fake milter reads it back).
+STAGE_COMMAND = {
     Stage.CONNECT: Command.CONNECT,
     Stage.HELO: Command.HELO,
     Stage.MAIL: Command.MAIL,
@@ -223,7 +226,8 @@ _NOT_WANTED = {
     Stage.EOH: Proto.NOEOH,
     Stage.BODY: Proto.NOBODY,
 }
-_NO_REPLY = {
+# The SMFIP_NR_* flag by which a milter says it will not answer a stage.
+NO_REPLY = {
     Stage.CONNECT: Proto.NR_CONN,
     Stage.HELO: Proto.NR_HELO,
     Stage.MAIL: Proto.NR_MAIL,
@@ -246,6 +250,18 @@ class VerdictKind(enum.Enum):
     TEMPFAIL = "tempfail"
     DISCARD = "discard"
     SKIP = "skip"  # only after a BODY chunk, when negotiated
+
+
+# The one-byte answer for each verdict (a verdict with a reply text is SMFIR_REPLYCODE).
+_VERDICT_RESPONSE = {
+    VerdictKind.CONTINUE: Response.CONTINUE,
+    VerdictKind.ACCEPT: Response.ACCEPT,
+    VerdictKind.REJECT: Response.REJECT,
+    VerdictKind.TEMPFAIL: Response.TEMPFAIL,
+    VerdictKind.DISCARD: Response.DISCARD,
+    VerdictKind.SKIP: Response.SKIP,
+}
+_RESPONSE_VERDICT = {response: kind for kind, response in _VERDICT_RESPONSE.items()}
 
 
 @attrs.frozen
@@ -410,15 +426,7 @@ def encode_response(answer: MilterAnswer) -> bytes:
         case Verdict(kind=kind, reply=reply):
             if reply is not None:
                 return packet(Response.REPLYCODE.value, _cstr(reply))
-            code = {
-                VerdictKind.CONTINUE: Response.CONTINUE,
-                VerdictKind.ACCEPT: Response.ACCEPT,
-                VerdictKind.REJECT: Response.REJECT,
-                VerdictKind.TEMPFAIL: Response.TEMPFAIL,
-                VerdictKind.DISCARD: Response.DISCARD,
-                VerdictKind.SKIP: Response.SKIP,
-            }[kind]
-            return packet(code.value)
+            return packet(_VERDICT_RESPONSE[kind].value)
         case Negotiate(version=v, actions=a, protocol=p, macros=macros):
             payload = _OPTNEG.pack(v, int(a), int(p))
             for stage, names in macros.items():
@@ -453,18 +461,11 @@ def decode_response(code: bytes, payload: bytes) -> MilterAnswer:
         response = Response(code)
     except ValueError:
         raise MilterProtocolError(f"unknown milter response {code!r}") from None
-    simple = {
-        Response.CONTINUE: VerdictKind.CONTINUE,
-        Response.ACCEPT: VerdictKind.ACCEPT,
-        Response.REJECT: VerdictKind.REJECT,
-        Response.TEMPFAIL: VerdictKind.TEMPFAIL,
-        Response.DISCARD: VerdictKind.DISCARD,
-        Response.SKIP: VerdictKind.SKIP,
-    }
-    if response in simple:
+    kind = _RESPONSE_VERDICT.get(response)
+    if kind is not None:
         if payload:
             raise MilterProtocolError(f"response {code!r} carries data")
-        return Verdict(simple[response])
+        return Verdict(kind)
     match response:
         case Response.REPLYCODE:
             (text,) = _split_cstrings(payload, 1)
@@ -660,7 +661,7 @@ class MilterSession:
         return flag is None or not self.protocol & flag
 
     def _answers(self, stage: Stage) -> bool:
-        flag = _NO_REPLY.get(stage)
+        flag = NO_REPLY.get(stage)
         return flag is None or not self.protocol & flag
 
     def _macros(self, stage: Stage, macros: Mapping[str, str]) -> bytes:
@@ -671,7 +672,7 @@ class MilterSession:
         items = [(n, v) for n, v in macros.items() if wanted is None or n in wanted]
         if not items:
             return b""
-        return encode_macros(_STAGE_COMMAND[stage], items)
+        return encode_macros(STAGE_COMMAND[stage], items)
 
     def stage(
         self,
@@ -693,7 +694,7 @@ class MilterSession:
             assert connect is not None
             out += encode_connect(*connect)
         else:
-            out += encode_command(_STAGE_COMMAND[stage], *args, data=data)
+            out += encode_command(STAGE_COMMAND[stage], *args, data=data)
         if self._answers(stage):
             self.awaiting = stage
         return out

@@ -31,6 +31,8 @@ import trio
 
 from trio_proxsmtp.protocol.milter import (
     ALL_ACTIONS,
+    NO_REPLY,
+    STAGE_COMMAND,
     VERSION,
     Action,
     Command,
@@ -92,29 +94,9 @@ def reject(reply: str) -> Verdict:
 Answer: TypeAlias = MilterAnswer | Sequence[MilterAnswer | Pause] | bytes | _Special | None
 Script: TypeAlias = Mapping[str, Answer | Callable[[MtaCommand], Answer]]
 
-_STAGE_NAMES = {
-    Command.CONNECT: "connect",
-    Command.HELO: "helo",
-    Command.MAIL: "mail",
-    Command.RCPT: "rcpt",
-    Command.DATA: "data",
-    Command.UNKNOWN: "unknown",
-    Command.HEADER: "header",
-    Command.EOH: "eoh",
-    Command.BODY: "body",
-    Command.EOM: "eom",
-}
-_NO_REPLY = {
-    "connect": Proto.NR_CONN,
-    "helo": Proto.NR_HELO,
-    "mail": Proto.NR_MAIL,
-    "rcpt": Proto.NR_RCPT,
-    "data": Proto.NR_DATA,
-    "unknown": Proto.NR_UNKN,
-    "header": Proto.NR_HDR,
-    "eoh": Proto.NR_EOH,
-    "body": Proto.NR_BODY,
-}
+# Stage names are the values of protocol.milter.Stage: the tables are the client's own.
+_STAGE_NAMES = {command: stage.value for stage, command in STAGE_COMMAND.items()}
+_NO_REPLY = {stage.value: flag for stage, flag in NO_REPLY.items()}
 
 
 @attrs.define
