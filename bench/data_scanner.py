@@ -11,7 +11,7 @@ import argparse
 import random
 import time
 
-from trio_proxsmtp.protocol.data import DataReceiver, DataSender
+from trio_proxsmtp.protocol.smtp.data import DataReceiver, DataSender
 
 CHUNK = 64 * 1024
 

@@ -44,7 +44,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trio_proxsmtp import filter as filter_module
+from trio_proxsmtp.stages import filter as filter_module
 
 TRUE = shutil.which("true") or "/bin/true"
 ARGVS = {"direct": [TRUE], "sh -c": ["/bin/sh", "-c", "true"]}

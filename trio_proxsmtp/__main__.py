@@ -2,6 +2,6 @@
 
 import sys
 
-from trio_proxsmtp.cli import main
+from trio_proxsmtp.daemon.cli import main
 
 sys.exit(main())

@@ -11,7 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_proxsmtp.header import MAX_HEADER, HeaderInserter, expand_header, format_date
+from trio_proxsmtp.protocol.message.header import (
+    MAX_HEADER,
+    HeaderInserter,
+    expand_header,
+    format_date,
+)
 
 NOW = datetime.datetime(2026, 11, 26, 7, 52, 15, tzinfo=datetime.UTC)
 

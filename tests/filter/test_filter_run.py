@@ -17,20 +17,18 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-import trio_proxsmtp.filter as filter_module
-from trio_proxsmtp.config import FilterType
-from trio_proxsmtp.filter import (
-    FilterSpec,
+import trio_proxsmtp.stages.filter as filter_module
+from trio_proxsmtp.daemon.prometheus import MULTIPROC_ENV
+from trio_proxsmtp.protocol.smtp.replies import Reply
+from trio_proxsmtp.stages.filter import (
     Verdict,
     VerdictKind,
     _StderrTail,
-    direct_argv,
     filter_environment,
     run_filter,
 )
-from trio_proxsmtp.metrics import MULTIPROC_ENV
-from trio_proxsmtp.protocol.replies import Reply
-from trio_proxsmtp.spool import BUFFER_SIZE, Spool
+from trio_proxsmtp.stages.settings import FilterSpec, FilterType, direct_argv
+from trio_proxsmtp.stages.spool import BUFFER_SIZE, Spool
 
 MESSAGE = b"Subject: t\r\n\r\nbody \x00\xff\r\n..stuffed\r\n"
 PR_SET_CHILD_SUBREAPER = 36

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trio_proxsmtp.spool import BUFFER_SIZE, Spool
+from trio_proxsmtp.stages.spool import BUFFER_SIZE, Spool
 
 
 def test_create_is_private_and_named_like_proxsmtpd(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_proxsmtp.message_edit import (
+from trio_proxsmtp.protocol.message.edit import (
     QUARANTINE_HEADER,
     Envelope,
     Recipient,
@@ -25,7 +25,7 @@ from trio_proxsmtp.protocol.milter import (
     Quarantine,
     ReplaceBody,
 )
-from trio_proxsmtp.spool import Spool
+from trio_proxsmtp.stages.spool import Spool
 
 MESSAGE = b"Received: one\r\nSubject: hello\r\nReceived: two\r\n\tfolded\r\n\r\nbody line\r\n"
 ENVELOPE = Envelope("a@example.com", (Recipient("b@example.org"), Recipient("c@example.org")))

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from trio_proxsmtp import reaper
+from trio_proxsmtp.stages import reaper
 
 
 @pytest.fixture(autouse=True)

@@ -12,12 +12,13 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from trio_proxsmtp.client_info import ClientInfo
-from trio_proxsmtp.config import FilterType, parse_config
-from trio_proxsmtp.connection import Connection
-from trio_proxsmtp.deadlines import Stress
-from trio_proxsmtp.filter import FilterSpec, Verdict, filter_environment, run_filter
-from trio_proxsmtp.spool import Spool
+from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.relay.client_info import ClientInfo
+from trio_proxsmtp.relay.connection import Connection
+from trio_proxsmtp.relay.deadlines import Stress
+from trio_proxsmtp.stages.filter import Verdict, filter_environment, run_filter
+from trio_proxsmtp.stages.settings import FilterSpec, FilterType
+from trio_proxsmtp.stages.spool import Spool
 from trio_proxsmtp.testing import FakeUpstream, RunningProxy, run_proxy
 from trio_proxsmtp.testing.client import FakeClient
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_proxsmtp.protocol.commands import BAD_CHARACTER, check_command_line
+from trio_proxsmtp.protocol.smtp.commands import BAD_CHARACTER, check_command_line
 
 ALLOWED_CONTROL = {0x09}
 

@@ -14,7 +14,7 @@ import trio
 import trio.testing
 from hostile_support import MESSAGE, memory_connection
 
-from trio_proxsmtp.protocol.commands import BAD_CHARACTER
+from trio_proxsmtp.protocol.smtp.commands import BAD_CHARACTER
 from trio_proxsmtp.testing import FakeUpstream
 
 TOO_MANY_ERRORS = b"421 4.7.0 Error: too many errors\r\n"

@@ -17,9 +17,9 @@ import pytest
 import trio
 from hostile_support import MESSAGE, filter_run, proxied
 
-from trio_proxsmtp.config import FilterType
-from trio_proxsmtp.filter import VerdictKind
-from trio_proxsmtp.protocol.replies import Reply
+from trio_proxsmtp.protocol.smtp.replies import Reply
+from trio_proxsmtp.stages.filter import VerdictKind
+from trio_proxsmtp.stages.settings import FilterType
 
 LOCAL_ERROR = Reply.single(451, "Local Error")
 LIMIT = 100_000
@@ -50,7 +50,7 @@ async def test_endless_output_is_cut_at_the_limit(spool_dir: Path, tmp_path: Pat
 
 
 async def test_spooling_stops_at_the_cap(spool_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from trio_proxsmtp import spool as spool_module
+    from trio_proxsmtp.stages import spool as spool_module
 
     written: list[int] = []
     real_write = spool_module.Spool.write

@@ -10,7 +10,7 @@ import ipaddress
 
 import pytest
 
-from trio_proxsmtp.config import ConfigError, parse_config, parse_config_with_warnings
+from trio_proxsmtp.config.loader import ConfigError, parse_config, parse_config_with_warnings
 
 BASE = "OutAddress: 127.0.0.1:2525\n"
 

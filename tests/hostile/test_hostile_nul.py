@@ -12,9 +12,9 @@ import pytest
 import trio
 from hostile_support import MESSAGE, environment, filter_run, proxied
 
-from trio_proxsmtp.filter import VerdictKind
-from trio_proxsmtp.protocol.commands import BAD_CHARACTER
-from trio_proxsmtp.protocol.replies import Reply
+from trio_proxsmtp.protocol.smtp.commands import BAD_CHARACTER
+from trio_proxsmtp.protocol.smtp.replies import Reply
+from trio_proxsmtp.stages.filter import VerdictKind
 
 LOCAL_ERROR = Reply.single(451, "Local Error")
 

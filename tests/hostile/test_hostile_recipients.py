@@ -13,7 +13,7 @@ import trio
 import trio.testing
 from hostile_support import MESSAGE, environment, filter_run, memory_connection, proxied
 
-from trio_proxsmtp.filter import RECIPIENTS_ENV_LIMIT, VerdictKind
+from trio_proxsmtp.stages.filter import RECIPIENTS_ENV_LIMIT, VerdictKind
 from trio_proxsmtp.testing import FakeUpstream
 
 BIG = [f"{i:04d}" + "r" * 130 + "@x.org" for i in range(1000)]  # 140 bytes each

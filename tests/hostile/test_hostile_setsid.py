@@ -14,8 +14,8 @@ import pytest
 import trio
 from hostile_support import MESSAGE, filter_run, proxied
 
-from trio_proxsmtp import reaper
-from trio_proxsmtp.filter import VerdictKind
+from trio_proxsmtp.stages import reaper
+from trio_proxsmtp.stages.filter import VerdictKind
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import trio.testing
 from hostile_support import MESSAGE, memory_connection
 from ops_support import free_port, proxy_process, write_config
 
-from trio_proxsmtp.deadlines import Stress
+from trio_proxsmtp.relay.deadlines import Stress
 from trio_proxsmtp.testing import FakeUpstream, open_client, run_proxy
 from trio_proxsmtp.testing.client import FakeClient
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from trio_proxsmtp import reaper
+from trio_proxsmtp.stages import reaper
 
 
 def test_released_only_once_no_process_holds_the_write_end() -> None:

@@ -33,8 +33,8 @@ import attrs
 import pytest
 import trio
 
-from trio_proxsmtp.config import parse_config
-from trio_proxsmtp.protocol.replies import Reply
+from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.protocol.smtp.replies import Reply
 from trio_proxsmtp.testing import (
     CLOSE,
     END_OF_DATA,

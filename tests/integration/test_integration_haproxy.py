@@ -15,12 +15,10 @@ import pytest
 import trio
 from haproxy_support import HAPROXY_CFG, check_config, haproxy_config, run_haproxy
 
+from trio_proxsmtp.common.networks import DEFAULT_TRUSTED_NETWORKS
+from trio_proxsmtp.daemon.proxy_protocol import read_proxy_header
 from trio_proxsmtp.protocol.proxy_header import ProxyCommand, ProxyFamily
-from trio_proxsmtp.proxy_protocol import (
-    DEFAULT_TRUSTED_NETWORKS,
-    ProxyResult,
-    read_proxy_header,
-)
+from trio_proxsmtp.relay.client_info import ProxyResult
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ import trio
 from haproxy_support import ROOT, run_haproxy
 from integration_support import free_port, spawn, wait_listening
 
-from trio_proxsmtp.log import ID_PATTERN
+from trio_proxsmtp.common.log import ID_PATTERN
 from trio_proxsmtp.testing import FakeClient, FakeUpstream
 
 pytestmark = pytest.mark.integration

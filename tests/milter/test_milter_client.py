@@ -9,17 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from trio_proxsmtp.message_edit import Envelope, Recipient
-from trio_proxsmtp.milter import (
-    FAILURE_REJECT_REPLY,
-    FAILURE_TEMPFAIL_REPLY,
-    DefaultAction,
-    MilterContext,
-    Milters,
-    MilterSettings,
-    parse_milter_address,
-    parse_milter_list,
-)
+from trio_proxsmtp.config.loader import parse_milter_address, parse_milter_list
+from trio_proxsmtp.protocol.message.edit import Envelope, Recipient
 from trio_proxsmtp.protocol.milter import (
     AddHeader,
     AddRecipient,
@@ -31,6 +22,13 @@ from trio_proxsmtp.protocol.milter import (
     ReplaceBody,
     VerdictKind,
 )
+from trio_proxsmtp.stages.milter import (
+    FAILURE_REJECT_REPLY,
+    FAILURE_TEMPFAIL_REPLY,
+    MilterContext,
+    Milters,
+)
+from trio_proxsmtp.stages.settings import DefaultAction, MilterSettings
 from trio_proxsmtp.testing.fake_milter import (
     ACCEPT,
     CONTINUE,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dkim
 from milter_support import OpenDKIM
 
-from trio_proxsmtp.message_edit import Envelope, Recipient
-from trio_proxsmtp.milter import MilterContext, Milters, MilterSettings, parse_milter_address
+from trio_proxsmtp.config.loader import parse_milter_address
+from trio_proxsmtp.protocol.message.edit import Envelope, Recipient
 from trio_proxsmtp.protocol.milter import VerdictKind
+from trio_proxsmtp.stages.milter import MilterContext, Milters
+from trio_proxsmtp.stages.settings import MilterSettings
 
 MESSAGE = (
     b"From: Alice <alice@example.test>\r\n"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from trio_proxsmtp.message_edit import Envelope, Recipient
-from trio_proxsmtp.milter import MilterContext, Milters, MilterSettings, parse_milter_address
+from trio_proxsmtp.config.loader import parse_milter_address
+from trio_proxsmtp.protocol.message.edit import Envelope, Recipient
 from trio_proxsmtp.protocol.milter import VerdictKind
+from trio_proxsmtp.stages.milter import MilterContext, Milters
+from trio_proxsmtp.stages.settings import MilterSettings
 
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 

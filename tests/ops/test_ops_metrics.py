@@ -18,22 +18,20 @@ from ops_support import background, free_port, proxy_process, wait_for, write_co
 from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
 
-from trio_proxsmtp.address import Address, AddressKind
-from trio_proxsmtp.config import parse_config
-from trio_proxsmtp.metrics import (
+from trio_proxsmtp.common.address import Address, AddressKind
+from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics, reply_class
+from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.daemon.prometheus import (
     MAX_SCRAPES,
     MULTIPROC_ENV,
-    NULL_METRICS,
     REQUEST_TIMEOUT,
-    Metrics,
     MultiprocessDirectory,
     PrometheusMetrics,
     bind_metrics_listener,
     handle_metrics_request,
-    reply_class,
     serve_metrics,
 )
-from trio_proxsmtp.server import applicable_reload
+from trio_proxsmtp.daemon.server import applicable_reload
 from trio_proxsmtp.testing import END_OF_DATA, FakeClient, FakeUpstream, open_client, run_proxy
 from trio_proxsmtp.testing.certs import TestCertificates
 from trio_proxsmtp.testing.upstream import Session as UpstreamSession
@@ -259,9 +257,9 @@ async def test_an_oversized_request_is_refused() -> None:
 
 DYING_WORKERS = """\
 import os, signal, sys
-from trio_proxsmtp.log import setup_logging
-from trio_proxsmtp.metrics import MultiprocessDirectory, PrometheusMetrics
-from trio_proxsmtp.workers import Supervisor
+from trio_proxsmtp.common.log import setup_logging
+from trio_proxsmtp.daemon.prometheus import MultiprocessDirectory, PrometheusMetrics
+from trio_proxsmtp.daemon.workers import Supervisor
 setup_logging(4)
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 

@@ -18,7 +18,7 @@ import pytest
 import trio
 from ops_support import free_port, proxy_process, write_config
 
-from trio_proxsmtp import notify
+from trio_proxsmtp.daemon import notify
 from trio_proxsmtp.testing import FakeUpstream, open_client
 
 UCRED = struct.Struct("iII")  # pid, uid, gid

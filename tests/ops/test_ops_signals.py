@@ -20,7 +20,7 @@ from ops_support import (
     write_config,
 )
 
-from trio_proxsmtp.protocol.replies import Reply
+from trio_proxsmtp.protocol.smtp.replies import Reply
 from trio_proxsmtp.testing import FakeUpstream, open_client
 
 MESSAGE = b"Subject: drain\r\n\r\nbody\r\n"

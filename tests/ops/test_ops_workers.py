@@ -23,9 +23,9 @@ import pytest
 import trio
 from ops_support import background, free_port, proxy_process, wait_for, write_config
 
-from trio_proxsmtp.config import Config, parse_config
-from trio_proxsmtp.log import ID_PATTERN
-from trio_proxsmtp.server import (
+from trio_proxsmtp.common.log import ID_PATTERN
+from trio_proxsmtp.config.loader import Config, parse_config
+from trio_proxsmtp.daemon.server import (
     BUSY_REPLY,
     HANDOFF_DELAY,
     Server,
@@ -33,8 +33,8 @@ from trio_proxsmtp.server import (
     process_connection_ids,
     worker_share,
 )
+from trio_proxsmtp.daemon.workers import describe_exit
 from trio_proxsmtp.testing import FakeClient, FakeUpstream, open_client
-from trio_proxsmtp.workers import describe_exit
 
 MESSAGE = b"Subject: workers\r\n\r\nbody\r\n"
 # Records its pid (filters run in their own session) and passes the message through.
@@ -416,8 +416,8 @@ def test_describe_exit() -> None:
 
 CRASHING = """\
 import signal, sys
-from trio_proxsmtp.log import setup_logging
-from trio_proxsmtp.workers import Supervisor
+from trio_proxsmtp.common.log import setup_logging
+from trio_proxsmtp.daemon.workers import Supervisor
 setup_logging(4)
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 sys.exit(Supervisor(2, lambda k: 3, restart_interval=0.25).run())

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_proxsmtp.protocol.bdat import (
+from trio_proxsmtp.protocol.errors import LocalProtocolError, RemoteProtocolError
+from trio_proxsmtp.protocol.smtp.bdat import (
     MAX_CHUNK_SIZE_DIGITS,
     BdatCommand,
     BdatSender,
@@ -20,8 +21,7 @@ from trio_proxsmtp.protocol.bdat import (
     bdat_frames,
     parse_bdat,
 )
-from trio_proxsmtp.protocol.commands import Verb, parse_command
-from trio_proxsmtp.protocol.errors import LocalProtocolError, RemoteProtocolError
+from trio_proxsmtp.protocol.smtp.commands import Verb, parse_command
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_proxsmtp.protocol.commands import (
+from trio_proxsmtp.protocol.smtp.commands import (
     Command,
     Verb,
     parse_command,
@@ -213,7 +213,7 @@ _PATH_TEXT = st.text(alphabet=st.sampled_from(' \t"\\<>:=@ab\u00e9'), max_size=4
 
 @given(_PATH_TEXT, st.integers(min_value=0, max_value=45), st.sampled_from([">", " \t"]))
 def test_scans_match_the_character_loops(text: str, pos: int, targets: str) -> None:
-    from trio_proxsmtp.protocol import commands
+    from trio_proxsmtp.protocol.smtp import commands
 
     assert commands._find_ws(text, pos) == _find_ws_loop(text, pos)
     assert commands._find_unquoted(text, targets, pos) == _find_unquoted_loop(text, targets, pos)
@@ -224,7 +224,7 @@ def test_scans_match_the_character_loops(text: str, pos: int, targets: str) -> N
 )
 def test_parse_command_any_path_text(prefix: str, rest: str) -> None:
     """Paths with and without quotes parse as the loop-based scanner parsed them."""
-    from trio_proxsmtp.protocol import commands
+    from trio_proxsmtp.protocol.smtp import commands
 
     line = (prefix + rest + "\r\n").encode("utf-8")
     command = parse_command(line)

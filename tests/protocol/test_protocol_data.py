@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_proxsmtp.protocol.data import DataReceiver, DataSender, stuff, unstuff
 from trio_proxsmtp.protocol.errors import LocalProtocolError
+from trio_proxsmtp.protocol.smtp.data import DataReceiver, DataSender, stuff, unstuff
 
 
 def receive(*chunks: bytes) -> tuple[bytes, bool, bytes]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trio_proxsmtp.protocol.ehlo import (
+from trio_proxsmtp.protocol.smtp.ehlo import (
     PROXY_HOSTNAME,
     STRIPPED_EXTENSIONS,
     parse_extensions,
@@ -12,7 +12,8 @@ from trio_proxsmtp.protocol.ehlo import (
     rewrite_ehlo_reply,
     rewrite_helo_reply,
 )
-from trio_proxsmtp.protocol.replies import Reply, ReplyParser
+from trio_proxsmtp.protocol.smtp.replies import Reply
+from trio_proxsmtp.protocol.smtp.reply_parser import ReplyParser
 
 # The fake upstream's EHLO reply of spec §17.
 UPSTREAM_EHLO = (

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_proxsmtp.protocol.lines import CLIENT_LINE_LIMIT, LineBuffer, LineTooLong
+from trio_proxsmtp.protocol.smtp.lines import CLIENT_LINE_LIMIT, LineBuffer, LineTooLong
 
 
 def drain(buffer: LineBuffer) -> list[bytes | LineTooLong]:

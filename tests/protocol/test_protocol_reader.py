@@ -10,19 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_proxsmtp.protocol.commands import parse_command
 from trio_proxsmtp.protocol.errors import LocalProtocolError
-from trio_proxsmtp.protocol.reader import (
-    Body,
-    ClientReader,
-    Line,
-    LineTooLong,
-    Mode,
-    NeedData,
-    Skipped,
-    TlsBoundary,
-)
-from trio_proxsmtp.protocol.replies import Reply
 from trio_proxsmtp.protocol.session import (
     Action,
     Close,
@@ -35,6 +23,18 @@ from trio_proxsmtp.protocol.session import (
     SkipBytes,
     StartTLS,
 )
+from trio_proxsmtp.protocol.smtp.commands import parse_command
+from trio_proxsmtp.protocol.smtp.reader import (
+    Body,
+    ClientReader,
+    Line,
+    LineTooLong,
+    Mode,
+    NeedData,
+    Skipped,
+    TlsBoundary,
+)
+from trio_proxsmtp.protocol.smtp.replies import Reply
 
 PLAIN = (
     b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n"

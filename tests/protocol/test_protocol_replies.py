@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_proxsmtp.protocol.errors import RemoteProtocolError
-from trio_proxsmtp.protocol.replies import Reply, ReplyParser, reply_from_text
+from trio_proxsmtp.protocol.smtp.replies import Reply, reply_from_text
+from trio_proxsmtp.protocol.smtp.reply_parser import ReplyParser
 
 
 def parse_all(data: bytes, **kwargs: int) -> list[Reply]:

@@ -6,9 +6,7 @@ import logging
 
 import pytest
 
-from trio_proxsmtp.protocol.commands import parse_command
 from trio_proxsmtp.protocol.errors import LocalProtocolError
-from trio_proxsmtp.protocol.replies import Reply
 from trio_proxsmtp.protocol.session import (
     INSUFFICIENT_AUTHORIZATION,
     LINE_TOO_LONG,
@@ -34,6 +32,8 @@ from trio_proxsmtp.protocol.session import (
     State,
     Summary,
 )
+from trio_proxsmtp.protocol.smtp.commands import parse_command
+from trio_proxsmtp.protocol.smtp.replies import Reply
 
 OK = Reply.single(250, "2.0.0 Ok")
 EHLO_REPLY = Reply(

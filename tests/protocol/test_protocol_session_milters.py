@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from trio_proxsmtp.protocol.commands import parse_command
 from trio_proxsmtp.protocol.errors import LocalProtocolError
 from trio_proxsmtp.protocol.milter import VerdictKind
-from trio_proxsmtp.protocol.replies import Reply
 from trio_proxsmtp.protocol.session import (
     MILTER_DISCARDED,
     START_MAIL_INPUT,
@@ -26,6 +24,8 @@ from trio_proxsmtp.protocol.session import (
     State,
     Summary,
 )
+from trio_proxsmtp.protocol.smtp.commands import parse_command
+from trio_proxsmtp.protocol.smtp.replies import Reply
 
 OK = Reply.single(250, "2.0.0 Ok")
 REFUSED = Reply.single(550, "5.1.1 no such user")

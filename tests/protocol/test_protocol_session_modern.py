@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from trio_proxsmtp.protocol.commands import parse_command
 from trio_proxsmtp.protocol.errors import LocalProtocolError
-from trio_proxsmtp.protocol.replies import Reply
 from trio_proxsmtp.protocol.session import (
     Close,
     Purpose,
@@ -24,6 +22,8 @@ from trio_proxsmtp.protocol.session import (
     Status,
     Summary,
 )
+from trio_proxsmtp.protocol.smtp.commands import parse_command
+from trio_proxsmtp.protocol.smtp.replies import Reply
 
 OK = Reply.single(250, "2.0.0 Ok")
 BANNER = Reply.single(220, "up.example ESMTP")

@@ -13,9 +13,9 @@ import attrs
 import trio
 import trio.testing
 
-from trio_proxsmtp.client_info import ClientInfo
-from trio_proxsmtp.config import Config, parse_config
-from trio_proxsmtp.connection import Connection
+from trio_proxsmtp.config.loader import Config, parse_config
+from trio_proxsmtp.relay.client_info import ClientInfo
+from trio_proxsmtp.relay.connection import Connection
 from trio_proxsmtp.testing import FakeUpstream
 from trio_proxsmtp.testing.client import DEFAULT_TIMEOUT, FakeClient
 

@@ -11,10 +11,10 @@ import pytest
 import trio
 import trio.testing
 
-from trio_proxsmtp.client_info import ClientInfo
-from trio_proxsmtp.config import parse_config
-from trio_proxsmtp.fast_io import FAIR_EVERY, FastPath
-from trio_proxsmtp.upstream import Outgoing, Upstream
+from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.relay.client_info import ClientInfo
+from trio_proxsmtp.relay.fast_io import FAIR_EVERY, FastPath
+from trio_proxsmtp.relay.upstream import Outgoing, Upstream
 
 CLIENT = ClientInfo(client="127.0.0.1", local="127.0.0.1")
 

@@ -12,10 +12,10 @@ import pytest
 import trio
 import trio.testing
 
-from trio_proxsmtp.client_channel import ClientChannel
-from trio_proxsmtp.client_info import ClientInfo
 from trio_proxsmtp.protocol.actions import Summary
 from trio_proxsmtp.protocol.summary import MessageSummary, Status
+from trio_proxsmtp.relay.client_channel import ClientChannel
+from trio_proxsmtp.relay.client_info import ClientInfo
 
 LOG = logging.LoggerAdapter(logging.getLogger("test.hot_path"), {})
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from memory_relay import memory_proxied
 
-from trio_proxsmtp.protocol.replies import Reply
+from trio_proxsmtp.protocol.smtp.replies import Reply
 from trio_proxsmtp.testing import FakeUpstream
 from trio_proxsmtp.testing.client import FakeClient
 

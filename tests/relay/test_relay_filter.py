@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_proxsmtp.log import ID_PATTERN, LOGGER_NAME
+from trio_proxsmtp.common.log import ID_PATTERN, LOGGER_NAME
 from trio_proxsmtp.testing import FakeClient, FakeUpstream, RunningProxy, run_proxy
 
 MESSAGE = b"Subject: t\r\n\r\nbody\r\n"

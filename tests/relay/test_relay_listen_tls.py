@@ -10,9 +10,9 @@ import trio
 import trio.testing
 from memory_relay import CLIENT
 
-from trio_proxsmtp.config import parse_config
-from trio_proxsmtp.connection import Connection
-from trio_proxsmtp.server import applicable_reload
+from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.daemon.server import applicable_reload
+from trio_proxsmtp.relay.connection import Connection
 from trio_proxsmtp.testing import FakeUpstream, run_proxy
 from trio_proxsmtp.testing.certs import TestCertificates
 from trio_proxsmtp.testing.client import open_client

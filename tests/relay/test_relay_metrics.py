@@ -14,7 +14,7 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
-from trio_proxsmtp.metrics import PrometheusMetrics
+from trio_proxsmtp.daemon.prometheus import PrometheusMetrics
 from trio_proxsmtp.testing import END_OF_DATA, FakeClient, FakeUpstream, run_proxy
 from trio_proxsmtp.testing.certs import TestCertificates
 from trio_proxsmtp.testing.upstream import Session

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 from memory_relay import MemoryProxy, memory_proxied
 
-from trio_proxsmtp.log import LOGGER_NAME
+from trio_proxsmtp.common.log import LOGGER_NAME
 from trio_proxsmtp.protocol.milter import (
     AddHeader,
     AddRecipient,

@@ -15,11 +15,11 @@ import pytest
 import trio
 import trio.testing
 
-from trio_proxsmtp.address import Address, AddressKind
-from trio_proxsmtp.client_info import ClientInfo, from_proxy_header
-from trio_proxsmtp.config import parse_config
-from trio_proxsmtp.log import LOGGER_NAME
-from trio_proxsmtp.metrics import PrometheusMetrics
+from trio_proxsmtp.common.address import Address, AddressKind
+from trio_proxsmtp.common.log import LOGGER_NAME
+from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.daemon.prometheus import PrometheusMetrics
+from trio_proxsmtp.daemon.server import Server, bind_listeners
 from trio_proxsmtp.protocol.proxy_header import (
     ProxyCommand,
     ProxyFamily,
@@ -28,8 +28,12 @@ from trio_proxsmtp.protocol.proxy_header import (
     encode_v1,
     encode_v2,
 )
-from trio_proxsmtp.proxy_protocol import ProxiedClient, ProxyResult
-from trio_proxsmtp.server import Server, bind_listeners
+from trio_proxsmtp.relay.client_info import (
+    ClientInfo,
+    ProxiedClient,
+    ProxyResult,
+    from_proxy_header,
+)
 from trio_proxsmtp.testing import FakeUpstream, open_client, run_proxy
 
 CLIENT_V4 = ProxyHeader(

@@ -9,6 +9,14 @@ import pytest
 import trio
 import trio.testing
 
+from trio_proxsmtp.common.networks import DEFAULT_TRUSTED_NETWORKS, is_trusted, parse_networks
+from trio_proxsmtp.daemon.proxy_protocol import (
+    InvalidProxyHeader,
+    PrefixedStream,
+    ProxyHeaderTimeout,
+    UntrustedProxySource,
+    read_proxy_header,
+)
 from trio_proxsmtp.protocol.proxy_header import (
     ProxyCommand,
     ProxyFamily,
@@ -17,17 +25,7 @@ from trio_proxsmtp.protocol.proxy_header import (
     encode_v1,
     encode_v2,
 )
-from trio_proxsmtp.proxy_protocol import (
-    DEFAULT_TRUSTED_NETWORKS,
-    InvalidProxyHeader,
-    PrefixedStream,
-    ProxiedClient,
-    ProxyHeaderTimeout,
-    UntrustedProxySource,
-    is_trusted,
-    parse_networks,
-    read_proxy_header,
-)
+from trio_proxsmtp.relay.client_info import ProxiedClient
 
 CLIENT = ProxyHeader(
     2, ProxyCommand.PROXY, ProxyFamily.INET6, ProxyTransport.STREAM,

@@ -13,9 +13,9 @@ import pytest
 import trio
 import trio.testing
 
-from trio_proxsmtp.address import Address, AddressKind
-from trio_proxsmtp.config import parse_config
-from trio_proxsmtp.server import FDS_PER_CONNECTION, Server, bind_listeners, raise_fd_limit
+from trio_proxsmtp.common.address import Address, AddressKind
+from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.daemon.server import FDS_PER_CONNECTION, Server, bind_listeners, raise_fd_limit
 
 
 class _FlakyListener:

@@ -17,9 +17,9 @@ import pytest
 import trio
 import trio.testing
 
-from trio_proxsmtp.log import LOGGER_NAME
-from trio_proxsmtp.protocol.replies import Reply
-from trio_proxsmtp.spool import BUFFER_SIZE, Spool
+from trio_proxsmtp.common.log import LOGGER_NAME
+from trio_proxsmtp.protocol.smtp.replies import Reply
+from trio_proxsmtp.stages.spool import BUFFER_SIZE, Spool
 from trio_proxsmtp.testing import (
     CLOSE,
     END_OF_DATA,

@@ -8,8 +8,8 @@ import signal
 import attrs
 import trio
 
-from trio_proxsmtp.config import parse_config
-from trio_proxsmtp.signals import handle_signals
+from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.daemon.signals import handle_signals
 from trio_proxsmtp.testing import FakeUpstream, run_proxy
 
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

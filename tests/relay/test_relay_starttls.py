@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_proxsmtp.config import parse_config
-from trio_proxsmtp.log import LOGGER_NAME
+from trio_proxsmtp.common.log import LOGGER_NAME
+from trio_proxsmtp.config.loader import parse_config
 from trio_proxsmtp.testing import FakeUpstream, run_proxy
 
 MESSAGE = b"Subject: tls\r\n\r\nover TLS\r\n"

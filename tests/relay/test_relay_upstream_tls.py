@@ -14,7 +14,7 @@ import pytest
 import trio
 from memory_relay import memory_proxied
 
-from trio_proxsmtp.log import LOGGER_NAME
+from trio_proxsmtp.common.log import LOGGER_NAME
 from trio_proxsmtp.testing import FakeUpstream
 from trio_proxsmtp.testing.certs import TestCertificates
 

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_proxsmtp import relay
+from trio_proxsmtp.relay import client_info as relay
 
 
 def _resolver(

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from trio_proxsmtp.log import LOGGER_NAME
+from trio_proxsmtp.common.log import LOGGER_NAME
 
 
 @pytest.fixture(autouse=True)

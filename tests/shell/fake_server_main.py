@@ -14,9 +14,9 @@ from typing import Any
 
 import trio
 
-from trio_proxsmtp import cli, server
-from trio_proxsmtp import signals as signal_task
-from trio_proxsmtp.config import Config
+from trio_proxsmtp.config.loader import Config
+from trio_proxsmtp.daemon import cli, server
+from trio_proxsmtp.daemon import signals as signal_task
 
 
 def bind_listeners(config: Config) -> list[socket.socket]:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_proxsmtp.address import (
+from trio_proxsmtp.common.address import (
     Address,
     AddressKind,
     format_host,

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import trio
 
-from trio_proxsmtp import __version__, cli, server, signals
-from trio_proxsmtp.config import Config
+from trio_proxsmtp import __version__
+from trio_proxsmtp.config.loader import Config
+from trio_proxsmtp.daemon import cli, server, signals
 
 
 def write_conf(tmp_path: Path, extra: str = "") -> str:

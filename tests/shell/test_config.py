@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from trio_proxsmtp import config as config_module
-from trio_proxsmtp.address import AddressKind, parse_address
-from trio_proxsmtp.config import (
+from trio_proxsmtp.common.address import AddressKind, parse_address
+from trio_proxsmtp.config import loader as config_module
+from trio_proxsmtp.config.loader import (
     Config,
     ConfigError,
-    FilterType,
-    TransparentMode,
     load_config,
     load_config_with_warnings,
     parse_config,
     parse_config_with_warnings,
 )
+from trio_proxsmtp.relay.settings import TransparentMode
+from trio_proxsmtp.stages.settings import FilterType
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "proxsmtpd.conf.example"
 BASE = "OutAddress: 127.0.0.1:2525\n"

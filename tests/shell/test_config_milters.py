@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from trio_proxsmtp import cli
-from trio_proxsmtp.config import ConfigError, parse_config
-from trio_proxsmtp.milter import DefaultAction, MilterAddress, MilterSettings
+from trio_proxsmtp.config.loader import ConfigError, milter_settings, parse_config
+from trio_proxsmtp.daemon import cli
+from trio_proxsmtp.stages.settings import DefaultAction, MilterAddress, MilterSettings
 
 BASE = "OutAddress: 127.0.0.1:2525\n"
 
 
 def test_milter_defaults() -> None:
     config = parse_config(BASE, "test.conf")
-    settings = MilterSettings.from_config(config)
+    settings = milter_settings(config)
     assert settings == MilterSettings()
     assert settings.milters == ()
     assert settings.default_action is DefaultAction.TEMPFAIL
@@ -38,7 +38,7 @@ def test_milter_options() -> None:
         MilterAddress("inet:127.0.0.1:8891", host="127.0.0.1", port=8891),
         MilterAddress("unix:/run/milter.sock", path="/run/milter.sock"),
     )
-    settings = MilterSettings.from_config(config)
+    settings = milter_settings(config)
     assert settings.default_action is DefaultAction.ACCEPT
     assert (settings.connect_timeout, settings.command_timeout, settings.content_timeout) == (
         5.0,

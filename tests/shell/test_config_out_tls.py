@@ -10,12 +10,13 @@ import pytest
 import trio
 import trio.testing
 
-from trio_proxsmtp import cli
-from trio_proxsmtp import config as config_module
-from trio_proxsmtp.address import parse_address
-from trio_proxsmtp.config import ConfigError, OutTLSMode, parse_config, parse_config_with_warnings
+from trio_proxsmtp.common.address import parse_address
+from trio_proxsmtp.common.tls import TLSError, server_context, sni_name, upstream_context
+from trio_proxsmtp.config import loader as config_module
+from trio_proxsmtp.config.loader import ConfigError, parse_config, parse_config_with_warnings
+from trio_proxsmtp.daemon import cli
+from trio_proxsmtp.relay.settings import OutTLSMode
 from trio_proxsmtp.testing.certs import TestCertificates
-from trio_proxsmtp.tls import TLSError, server_context, sni_name, upstream_context
 
 BASE = "OutAddress: mail.example:25\n"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from trio_proxsmtp import cli
-from trio_proxsmtp.config import MAX_WORKERS, Config, ConfigError, auto_workers, parse_config
+from trio_proxsmtp.config.loader import MAX_WORKERS, Config, ConfigError, auto_workers, parse_config
+from trio_proxsmtp.daemon import cli
 
 BASE = "OutAddress: 127.0.0.1:2525\n"
 EXAMPLE = Path(__file__).resolve().parents[2] / "proxsmtpd.conf.example"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from trio_proxsmtp.log import (
+from trio_proxsmtp.common.log import (
     ID_PATTERN,
     LOGGER_NAME,
     LoggingUnavailable,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from trio_proxsmtp.privileges import PrivilegeError, UserInfo, lookup_user, switch_user
+from trio_proxsmtp.daemon.privileges import PrivilegeError, UserInfo, lookup_user, switch_user
 
 NOBODY = pwd.getpwnam("nobody")
 

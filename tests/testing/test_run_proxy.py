@@ -6,7 +6,7 @@ import os
 
 import trio
 
-from trio_proxsmtp.spool import BUFFER_SIZE, Spool
+from trio_proxsmtp.stages.spool import BUFFER_SIZE, Spool
 from trio_proxsmtp.testing import FakeUpstream, run_proxy
 
 MESSAGE = b"Subject: t\r\n\r\n..dot line\r\nbody\r\n"

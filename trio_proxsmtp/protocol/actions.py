@@ -9,8 +9,8 @@ import enum
 
 import attrs
 
-from trio_proxsmtp.protocol.commands import Command
-from trio_proxsmtp.protocol.replies import Reply
+from trio_proxsmtp.protocol.smtp.commands import Command
+from trio_proxsmtp.protocol.smtp.replies import Reply
 from trio_proxsmtp.protocol.summary import MessageSummary, Status
 
 __all__ = [

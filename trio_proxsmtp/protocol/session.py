@@ -47,9 +47,11 @@ from trio_proxsmtp.protocol.actions import (
     StartUpstreamTLS,
     Summary,
 )
-from trio_proxsmtp.protocol.bdat import SYNTAX_REPLY as BDAT_SYNTAX
-from trio_proxsmtp.protocol.bdat import BdatSyntaxError, parse_bdat
-from trio_proxsmtp.protocol.commands import (
+from trio_proxsmtp.protocol.errors import LocalProtocolError
+from trio_proxsmtp.protocol.milter import VerdictKind
+from trio_proxsmtp.protocol.smtp.bdat import SYNTAX_REPLY as BDAT_SYNTAX
+from trio_proxsmtp.protocol.smtp.bdat import BdatSyntaxError, parse_bdat
+from trio_proxsmtp.protocol.smtp.commands import (
     BAD_CHARACTER,
     Command,
     Verb,
@@ -57,7 +59,7 @@ from trio_proxsmtp.protocol.commands import (
     xforward_value,
     xtext_encode,
 )
-from trio_proxsmtp.protocol.ehlo import (
+from trio_proxsmtp.protocol.smtp.ehlo import (
     Extensions,
     advertise,
     parse_extensions,
@@ -65,9 +67,7 @@ from trio_proxsmtp.protocol.ehlo import (
     rewrite_ehlo_reply,
     rewrite_helo_reply,
 )
-from trio_proxsmtp.protocol.errors import LocalProtocolError
-from trio_proxsmtp.protocol.milter import VerdictKind
-from trio_proxsmtp.protocol.replies import LOCAL_ERROR, Reply
+from trio_proxsmtp.protocol.smtp.replies import LOCAL_ERROR, Reply
 from trio_proxsmtp.protocol.summary import Delays, MessageSummary, Status, refusal_status
 
 __all__ = [

@@ -27,8 +27,9 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from trio_proxsmtp.protocol.bdat import DEFAULT_CHUNK_SIZE, bdat_command
-from trio_proxsmtp.protocol.replies import Reply, ReplyParser
+from trio_proxsmtp.protocol.smtp.bdat import DEFAULT_CHUNK_SIZE, bdat_command
+from trio_proxsmtp.protocol.smtp.replies import Reply
+from trio_proxsmtp.protocol.smtp.reply_parser import ReplyParser
 
 __all__ = ["FakeClient", "dot_stuff", "open_client"]
 

@@ -23,16 +23,11 @@ from typing import Any
 
 import attrs
 
-from trio_proxsmtp.config import (
-    Config,
-    ConfigError,
-    FilterType,
-    check_filter_program,
-    load_config,
-)
-from trio_proxsmtp.filter import FilterSpec, VerdictKind, filter_environment, run_filter
-from trio_proxsmtp.protocol.replies import reply_from_text
-from trio_proxsmtp.spool import Spool
+from trio_proxsmtp.config.loader import Config, ConfigError, check_filter_program, load_config
+from trio_proxsmtp.protocol.smtp.replies import reply_from_text
+from trio_proxsmtp.stages.filter import VerdictKind, filter_environment, run_filter
+from trio_proxsmtp.stages.settings import FilterSpec, FilterType
+from trio_proxsmtp.stages.spool import Spool
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 

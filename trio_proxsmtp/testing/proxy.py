@@ -29,9 +29,9 @@ from functools import partial
 
 import attrs
 
-from trio_proxsmtp.address import Address, AddressKind, parse_address
-from trio_proxsmtp.config import DEFAULT_OUT_PORT, Config, parse_config
-from trio_proxsmtp.metrics import NULL_METRICS, Metrics
+from trio_proxsmtp.common.address import Address, AddressKind, parse_address
+from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
+from trio_proxsmtp.config.loader import DEFAULT_OUT_PORT, Config, parse_config
 from trio_proxsmtp.testing.client import DEFAULT_TIMEOUT, FakeClient, open_client
 from trio_proxsmtp.testing.upstream import FakeUpstream, background_nursery
 
@@ -112,7 +112,7 @@ async def run_proxy(
     removed afterwards (a Config object that sets "/tmp/" explicitly counts as default).
     """
     # Imported here so that the fakes stay importable without the whole server.
-    from trio_proxsmtp.server import bind_listeners, is_tls_listener, serve
+    from trio_proxsmtp.daemon.server import bind_listeners, is_tls_listener, serve
 
     temp_directory = tempfile.mkdtemp(prefix="trio-proxsmtp-test-")
     try:

@@ -56,8 +56,8 @@ from typing import Final
 import attrs
 import trio
 
-from trio_proxsmtp.protocol.bdat import BdatSyntaxError, BdatTransfer, parse_bdat
-from trio_proxsmtp.tls import server_context
+from trio_proxsmtp.common.tls import server_context
+from trio_proxsmtp.protocol.smtp.bdat import BdatSyntaxError, BdatTransfer, parse_bdat
 
 __all__ = [
     "BANNER",

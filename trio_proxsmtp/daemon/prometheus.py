@@ -1,0 +1,370 @@
+"""Prometheus metrics (`MetricsListen`): what the relay records, and /metrics over HTTP.
+
+The relay holds one `Metrics` object and calls its methods as things happen.  Without
+MetricsListen that object is `NULL_METRICS`, whose methods do nothing (one method call is
+the whole cost); with it, `PrometheusMetrics` counts with prometheus-client, and the
+exposition is prometheus-client's own (`generate_latest`), never written by hand.
+
+Metric names (all start with ``proxsmtpd_``):
+
+    connections_accepted_total               every connection accepted
+    connections_refused_total{reason}        "busy" (MaxConnections), "proxy-untrusted",
+                                             "proxy-invalid", "proxy-timeout" (PROXY header)
+    connections_active                       sessions open now
+    messages_total{status,upstream}          one per message: status is the summary line's
+                                             (FILTERED, PASSED, SKIPPED, REJECTED, DROPPED,
+                                             FILTER-ERROR, TOO-BIG, any other the relay adds);
+                                             upstream is the next server's final reply class
+                                             "2xx"/"4xx"/"5xx", or "none" without one
+    message_size_bytes                       histogram of message sizes as received
+    filter_duration_seconds                  histogram of filter run times
+    filter_failures_total{reason}            "error" (crash, signal) or "timeout"
+    upstream_round_trip_seconds              histogram: a command to the next server and
+                                             its reply
+    bytes_received_total{peer}               bytes read from "client" / "upstream"
+    bytes_sent_total{peer}                   bytes written to "client" / "upstream"
+    tls_sessions_total{side}                 TLS handshakes done with "client" / "upstream"
+
+Several workers (`Workers: N`): every worker records into files of prometheus-client's
+multi-process mode, in a directory that the supervisor makes before it forks the workers
+(`MultiprocessDirectory`) and removes when it exits; a scrape adds up the files of all
+workers, so it shows the totals.  When a worker dies, its files stay: the counts and
+histograms it made keep counting toward the totals (the replacement worker starts its own
+files), so no counter goes backwards; only its share of `connections_active` (a "livesum"
+gauge) is dropped, by `MultiprocessDirectory.worker_died`.  The totals restart from zero
+only when the whole service restarts, which Prometheus sees as an ordinary counter reset.
+
+Who serves /metrics: the process with worker index 0 (the only process with Workers: 1).
+Its listening socket is bound by the command line at start-up like Listen (so a port below
+1024 works with User, and a bind error stops start-up), and it is inherited by all
+workers; while worker 0 is being restarted a scrape waits in the socket's backlog.  The
+supervisor stays without threads or Trio: it forks replacement workers, and forking a
+process that runs an HTTP server thread could copy a lock held by that thread.
+
+The HTTP side is a small HTTP/1.0 responder over Trio: one request per connection, GET or
+HEAD of /metrics, a deadline on the whole exchange, bounded request size.  The body is
+built synchronously in the event loop: it takes about a millisecond even with many
+workers' files, every few seconds at most.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+import trio
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+from trio_proxsmtp.common.address import Address, resolve_tcp
+from trio_proxsmtp.common.metrics import Metrics, reply_class
+
+__all__ = [
+    "MULTIPROC_ENV",
+    "MultiprocessDirectory",
+    "PrometheusMetrics",
+    "bind_metrics_listener",
+    "handle_metrics_request",
+    "serve_metrics",
+    "use_multiprocess_dir",
+]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+PREFIX = "proxsmtpd"
+SIZE_BUCKETS = tuple(float(2**n) for n in range(10, 27, 2))  # 1 KiB .. 64 MiB
+FILTER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+ROUND_TRIP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+_Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
+REQUEST_TIMEOUT = 10.0  # seconds for a whole scrape: request in, response out
+MAX_REQUEST = 8192  # bytes of request line and headers
+MAX_SCRAPES = 8  # scrapes served at once; more connections are closed at once
+
+
+def use_multiprocess_dir(directory: str) -> None:
+    """Make metrics created from now on, here and in forked children, write to `directory`.
+
+    prometheus-client chooses between in-memory and file-backed values once, when it is
+    imported, from the environment; the command line imports it long before the supervisor
+    makes the directory, so the choice is made again here.
+    """
+    os.environ[MULTIPROC_ENV] = directory
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+
+
+class MultiprocessDirectory:
+    """The supervisor's multi-process metrics directory: made before the first fork, the
+    dead workers' live gauges dropped, removed at exit.  A context manager."""
+
+    def __init__(self, parent: str | None = None) -> None:
+        self.path = tempfile.mkdtemp(prefix="proxsmtpd-metrics.", dir=parent)
+        use_multiprocess_dir(self.path)
+
+    def worker_died(self, pid: int) -> None:
+        """Drop the dead worker's share of the live gauges; its counters stay (see above)."""
+        multiprocess.mark_process_dead(pid, self.path)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        if os.environ.get(MULTIPROC_ENV) == self.path:
+            del os.environ[MULTIPROC_ENV]
+
+    def __enter__(self) -> MultiprocessDirectory:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class PrometheusMetrics(Metrics):
+    """Metrics counted with prometheus-client.
+
+    Without `multiprocess_dir` the metrics live in this process, in their own registry (so
+    tests and reloads never collide in the library's global one).  With it (the supervisor's
+    MultiprocessDirectory path, also in the environment of every worker), every process
+    writes its own files there and `exposition` adds up all of them.
+    """
+
+    enabled = True
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        self._multiprocess_dir = multiprocess_dir
+        if multiprocess_dir is not None:
+            if os.environ.get(MULTIPROC_ENV) != multiprocess_dir:
+                use_multiprocess_dir(multiprocess_dir)
+            registry: CollectorRegistry | None = None  # values go to files; all are read
+        else:
+            registry = CollectorRegistry()
+        self._registry = registry
+
+        def name(text: str) -> str:
+            return f"{PREFIX}_{text}"
+
+        self._accepted = Counter(
+            name("connections_accepted"), "Connections accepted", registry=registry
+        )
+        self._refused = Counter(
+            name("connections_refused"),
+            "Accepted connections turned away, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self._active = Gauge(
+            name("connections_active"),
+            "Sessions open now",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._messages = Counter(
+            name("messages"),
+            "Messages by summary status and the next server's final reply class",
+            ["status", "upstream"],
+            registry=registry,
+        )
+        self._sizes = Histogram(
+            name("message_size_bytes"),
+            "Sizes of the messages received",
+            buckets=SIZE_BUCKETS,
+            registry=registry,
+        )
+        self._filter_time = Histogram(
+            name("filter_duration_seconds"),
+            "Filter run times",
+            buckets=FILTER_BUCKETS,
+            registry=registry,
+        )
+        self._filter_failures = Counter(
+            name("filter_failures"),
+            "Filter runs that failed, by reason (error, timeout)",
+            ["reason"],
+            registry=registry,
+        )
+        self._round_trip = Histogram(
+            name("upstream_round_trip_seconds"),
+            "Time from a command to the next server until its reply",
+            buckets=ROUND_TRIP_BUCKETS,
+            registry=registry,
+        )
+        self._received = Counter(
+            name("bytes_received"), "Bytes read, by peer", ["peer"], registry=registry
+        )
+        self._sent = Counter(
+            name("bytes_sent"), "Bytes written, by peer", ["peer"], registry=registry
+        )
+        self._tls = Counter(
+            name("tls_sessions"), "TLS handshakes completed, by side", ["side"], registry=registry
+        )
+        # Label lookups cost more than the increments: keep the children.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: _Metric, *labels: str) -> _Metric:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return cast(_Metric, child)
+
+    def connection_accepted(self) -> None:
+        self._accepted.inc()
+
+    def connection_refused(self, reason: str) -> None:
+        self._child(self._refused, reason).inc()
+
+    def connection_opened(self) -> None:
+        self._active.inc()
+
+    def connection_closed(self) -> None:
+        self._active.dec()
+
+    def message_done(self, status: str, upstream_code: int | None, size: int | None) -> None:
+        self._child(self._messages, status, reply_class(upstream_code)).inc()
+        if size is not None:
+            self._sizes.observe(size)
+
+    def filter_ran(self, seconds: float) -> None:
+        self._filter_time.observe(seconds)
+
+    def filter_failed(self, reason: str) -> None:
+        self._child(self._filter_failures, reason).inc()
+
+    def upstream_round_trip(self, seconds: float) -> None:
+        self._round_trip.observe(seconds)
+
+    def bytes_received(self, peer: str, count: int) -> None:
+        self._child(self._received, peer).inc(count)
+
+    def bytes_sent(self, peer: str, count: int) -> None:
+        self._child(self._sent, peer).inc(count)
+
+    def tls_started(self, side: str) -> None:
+        self._child(self._tls, side).inc()
+
+    def exposition(self) -> tuple[bytes, str]:
+        if self._registry is not None:
+            return generate_latest(self._registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+# --- the HTTP listener ------------------------------------------------------------------------
+
+
+def bind_metrics_listener(address: Address, backlog: int = 16) -> list[socket.socket]:
+    """Bind MetricsListen (every address the name resolves to), as the command line does for
+    Listen: before detaching and before User, so that errors reach the shell."""
+    sockets: list[socket.socket] = []
+    try:
+        for family, sockaddr in resolve_tcp(address):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+            sock.listen(backlog)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+
+
+def _response(status: int, body: bytes, content_type: str, head_only: bool) -> bytes:
+    head = (
+        f"HTTP/1.0 {status} {_REASONS[status]}\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("ascii")
+    return head if head_only else head + body
+
+
+def _answer(request: bytes, exposition: Callable[[], tuple[bytes, str]]) -> bytes:
+    text_plain = "text/plain; charset=utf-8"
+    line = request.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
+    parts = line.split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+        return _response(400, b"bad request\n", text_plain, False)
+    method, target = parts[0], parts[1]
+    if method not in (b"GET", b"HEAD"):
+        return _response(405, b"only GET and HEAD\n", text_plain, False)
+    head_only = method == b"HEAD"
+    if target.split(b"?", 1)[0] != b"/metrics":
+        return _response(404, b"see /metrics\n", text_plain, head_only)
+    body, content_type = exposition()
+    return _response(200, body, content_type, head_only)
+
+
+async def handle_metrics_request(
+    stream: trio.abc.Stream,
+    exposition: Callable[[], tuple[bytes, str]],
+    timeout: float = REQUEST_TIMEOUT,
+) -> None:
+    """Answer one HTTP request on `stream` and close it; a slow or oversized one is dropped."""
+    async with stream:
+        with trio.move_on_after(timeout):
+            request = b""
+            while b"\r\n\r\n" not in request and b"\n\n" not in request:
+                if len(request) > MAX_REQUEST:
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await stream.send_all(
+                            _response(400, b"request too large\n", "text/plain", False)
+                        )
+                    return
+                try:
+                    data = await stream.receive_some(4096)
+                except trio.BrokenResourceError:
+                    return
+                if not data:
+                    return
+                request += data
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(_answer(request, exposition))
+
+
+async def serve_metrics(
+    sockets: list[socket.socket],
+    exposition: Callable[[], tuple[bytes, str]],
+    *,
+    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve /metrics on the bound `sockets` until cancelled; started() gets their names."""
+    listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+    scrapes = trio.Semaphore(MAX_SCRAPES)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        try:
+            scrapes.acquire_nowait()
+        except trio.WouldBlock:
+            await stream.aclose()  # a flood of connections must not cost us descriptors
+            return
+        try:
+            await handle_metrics_request(stream, exposition)
+        finally:
+            scrapes.release()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, handler, listeners)
+        task_status.started([listener.socket.getsockname()[:2] for listener in listeners])

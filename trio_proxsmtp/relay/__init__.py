@@ -1,0 +1,8 @@
+"""One client connection on Trio: the connection loop, the client channel, the upstream,
+the message transaction, who the client is, deadlines and the fast socket path.  Everything
+here lives as long as one connection.
+
+May import: `trio_proxsmtp.stages`, `trio_proxsmtp.common` and `trio_proxsmtp.protocol`,
+never the config parser or the daemon.  `settings.py` holds the types `config/` builds for
+this layer.
+"""

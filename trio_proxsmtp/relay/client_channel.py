@@ -1,0 +1,369 @@
+"""The client side of a connection: its stream, its unread bytes, and their framing.
+
+`ClientChannel` is the only owner of the client stream (swapped for a TLS stream after
+STARTTLS) and of the `ClientReader` buffer.  It reads the next command line, a DATA body or
+a refused BDAT chunk as the session's actions choose (the framing itself is sans-IO, in
+`protocol/reader.py`), sends our replies, and while nobody reads the client (filter, replay)
+watches for it leaving.  Every read and write runs under TimeOut; a whole command line
+under CommandTimeOut (SessionTimeOut while waiting for one), a message under MinDataRate,
+all shortened under stress (deadlines.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+
+import trio
+
+from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
+from trio_proxsmtp.common.nursery import single_error
+from trio_proxsmtp.common.trace import show
+from trio_proxsmtp.protocol.session import Action
+from trio_proxsmtp.protocol.smtp.lines import LineTooLong
+from trio_proxsmtp.protocol.smtp.reader import (
+    Body,
+    Chunk,
+    ClientReader,
+    Line,
+    NeedData,
+    Skipped,
+    TlsBoundary,
+)
+from trio_proxsmtp.protocol.smtp.replies import Reply
+from trio_proxsmtp.relay.client_info import ClientInfo
+from trio_proxsmtp.relay.deadlines import ClientDeadlines
+from trio_proxsmtp.relay.fast_io import FastPath
+
+__all__ = ["ClientChannel", "ClientGone", "ClientTimeout", "Drained"]
+
+RECEIVE_SIZE = 64 * 1024
+# Pipelined client input kept while the client is not being read (filter, replay).
+MAX_PENDING_INPUT = 64 * 1024
+
+
+class ClientGone(Exception):
+    """The client closed or reset the connection."""
+
+
+def _gone(exc: Exception) -> ClientGone:
+    """The `ClientGone` for a stream error (`BrokenResourceError`, `ClosedResourceError`)."""
+    return ClientGone(str(exc) or "connection reset")
+
+
+class ClientTimeout(Exception):
+    """The client said nothing for TimeOut seconds, or a record's deadline passed; the
+    message says which."""
+
+
+class Drained(Exception):
+    """Shutdown reached a session waiting for its next command."""
+
+
+class ClientChannel:
+    """Owns the client stream and its buffer; see the module docstring."""
+
+    metrics: Metrics = NULL_METRICS  # bytes in and out, TLS (set by the connection)
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        info: ClientInfo,
+        timeout: float,
+        log: logging.LoggerAdapter[logging.Logger],
+        deadlines: ClientDeadlines | None = None,
+    ) -> None:
+        self.stream = stream
+        self.info = info
+        self.timeout = timeout
+        self.deadlines = deadlines or ClientDeadlines(timeout)
+        self.log = log
+        self.trace = log.isEnabledFor(logging.DEBUG)
+        self.reader = ClientReader()
+        self.eof = False  # the watcher saw the client's end of file
+        self._draining = False
+        self._idle_scope: trio.CancelScope | None = None
+        self._fast = FastPath()  # try the socket call before waiting (fast_io.py)
+        self._peek: socket.socket | None = None  # for has_left, on the accepted socket
+
+    # -- reading ------------------------------------------------------------------------
+
+    def stop_idle(self) -> None:
+        """Shutdown: a wait for the next command ends now (`Drained`), one to come at once."""
+        self._draining = True
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+
+    async def next_command(self) -> bytes | LineTooLong:
+        """The next command line; `Drained` if shutdown comes first and nothing is buffered.
+        The whole line must arrive within CommandTimeOut (and the session's deadline)."""
+        ready: float | None = None  # when a read was first needed (a buffered line: never)
+        while True:
+            if self._draining and self.reader.buffered_size == 0:
+                raise Drained
+            event = self.reader.next_event()
+            if isinstance(event, Line):
+                return event.data
+            if isinstance(event, LineTooLong):
+                return event
+            assert isinstance(event, NeedData), event
+            if self.eof:
+                raise ClientGone("closed the connection")
+            first = ready is None
+            if ready is None:
+                ready = trio.current_time()
+            deadline, name = self.deadlines.command_deadline(ready)
+            # The answer to our reply is nearly always there after one trip through the
+            # run queue: read it without the drain scope, which only a wait needs.
+            data = await self._receive_at_once(answer=True) if first and deadline > ready else None
+            if data is None:
+                try:
+                    with trio.CancelScope() as idle:
+                        self._idle_scope = idle
+                        if self._draining:
+                            idle.cancel()
+                        data = await self.receive(deadline, name, tried=first)
+                finally:
+                    self._idle_scope = None
+                if idle.cancelled_caught:
+                    raise Drained
+            if not data:
+                raise ClientGone("closed the connection")
+            self.reader.feed(data)
+
+    async def read_message(
+        self, action: Action, deliver: Callable[[bytes, bool], Awaitable[None]]
+    ) -> int:
+        """Pass the client's message, un-stuffed, to `deliver(body, done)` up to
+        <CRLF>.<CRLF>; what follows stays buffered. Returns the message's size.
+        The client must keep up MinDataRate (deadlines.py)."""
+        self.reader.follow(action)
+        deadline = self.deadlines.data_start()
+        first = True  # the first read answers our 354
+        while True:
+            event = self.reader.next_event()
+            if isinstance(event, Body):
+                await deliver(event.data, event.done)
+                if event.done:
+                    return self.reader.message_size
+                continue
+            data = await self.receive(deadline, "MinDataRate", answer=first)
+            first = False
+            if not data:
+                raise ClientGone("unexpected end of data from client")
+            deadline = self.deadlines.data_read(deadline, len(data))
+            self.reader.feed(data)
+
+    async def read_chunk(self, action: Action, deliver: Callable[[bytes], Awaitable[None]]) -> None:
+        """Pass the bytes of a BDAT chunk, exactly as sent, to `deliver`; what follows the
+        chunk stays buffered (the next command)."""
+        self.reader.follow(action)
+        while True:
+            event = self.reader.next_event()
+            if isinstance(event, Chunk):
+                if event.data:
+                    await deliver(event.data)
+                if event.done:
+                    return
+                continue
+            data = await self.receive()
+            if not data:
+                raise ClientGone("unexpected end of data from client")
+            self.reader.feed(data)
+
+    async def skip(self, action: Action) -> None:
+        """Discard the chunk of a refused BDAT: its bytes are never commands."""
+        self.reader.follow(action)
+        deadline = self.deadlines.data_start()
+        while not isinstance(self.reader.next_event(), Skipped):
+            data = await self.receive(deadline, "MinDataRate")
+            if not data:
+                raise ClientGone("closed the connection")
+            deadline = self.deadlines.data_read(deadline, len(data))
+            self.reader.feed(data)
+
+    async def _receive_at_once(self, *, answer: bool = False) -> bytes | None:
+        """The bytes waiting, or None if a read would block (fast_io.FastPath.receive).
+        `answer`: the first read after our reply, which the client has not had time to
+        answer yet: the other tasks run first (`later`)."""
+        try:
+            fast = await self._fast.receive(self.stream, RECEIVE_SIZE, later=answer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise _gone(exc) from exc
+        if fast is not None:
+            self.metrics.bytes_received("client", len(fast))
+        return fast
+
+    async def receive(
+        self,
+        deadline: float = math.inf,
+        record: str = "",
+        *,
+        answer: bool = False,
+        tried: bool = False,
+    ) -> bytes:
+        """One read, under TimeOut and the deadline of the record it belongs to (one
+        cancel scope per read, as with TimeOut alone).  `answer`: see `_receive_at_once`;
+        `tried`: the caller's `_receive_at_once` just found nothing: wait at once."""
+        deadlines = self.deadlines
+        now = trio.current_time()
+        idle = now + (deadlines.idle() if deadlines.stress.on else deadlines.timeout)
+        limit = idle if idle < deadline else deadline
+        if limit > now and not tried:
+            fast = await self._receive_at_once(answer=answer)
+            if fast is not None:
+                return fast
+        stressed = deadlines.stress_timeout
+        waiting = deadlines.stress.waiting
+        with trio.CancelScope(deadline=limit) as scope:
+            if stressed > 0:
+                waiting[scope] = now + stressed  # stress coming meanwhile cuts this wait
+            try:
+                data = await self._fast.receive_waiting(self.stream, RECEIVE_SIZE)
+                self.metrics.bytes_received("client", len(data))
+                return data
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise _gone(exc) from exc
+            finally:
+                if stressed > 0:
+                    del waiting[scope]
+        assert scope.cancelled_caught
+        if scope.deadline < limit:
+            raise ClientTimeout("StressTimeOut exceeded")
+        if deadline < idle:
+            raise ClientTimeout(f"{record} exceeded")
+        raise ClientTimeout("client idle")
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def send(self, reply: Reply) -> None:
+        data = reply.to_bytes()
+        if self.trace:
+            for line in data.splitlines():
+                self.log.debug("CLIENT > %s", show(line))
+        try:
+            sent = await self._fast.send(self.stream, data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise _gone(exc) from exc
+        if sent == len(data):
+            self.metrics.bytes_sent("client", sent)
+            return
+        with trio.move_on_after(self.timeout) as scope:
+            try:
+                await self.stream.send_all(data[sent:] if sent else data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise _gone(exc) from exc
+        if scope.cancelled_caught:
+            raise ClientGone("timed out writing to the client")
+        self.metrics.bytes_sent("client", len(data))
+
+    async def say_goodbye(self, reply: Reply) -> None:
+        """Best effort: the client may be gone already."""
+        with trio.CancelScope(shield=True), trio.move_on_after(5), suppress(ClientGone):
+            await self.send(reply)
+
+    # -- TLS ----------------------------------------------------------------------------
+
+    async def start_tls(self, action: Action | None, context: ssl.SSLContext) -> None:
+        """RFC 3207 after our 220: cross the TLS boundary, then the handshake.  With no
+        action: TLS from the first byte (ListenTLS, RFC 8314), before the banner."""
+        if action is not None:
+            boundary = self.reader.follow(action)
+            assert isinstance(boundary, TlsBoundary)
+            if boundary.discarded:
+                # Plain text sent after STARTTLS, before the handshake: never run it as
+                # commands of the TLS session (the STARTTLS command injection attack).
+                self.log.warning("discarded %d bytes sent right after STARTTLS", boundary.discarded)
+        # https_compatible: a client may close without close_notify (most SMTP clients do
+        # after QUIT), and our close must not wait for the client to read one.
+        stream = trio.SSLStream(self.stream, context, server_side=True, https_compatible=True)
+        with trio.move_on_after(self.timeout) as scope:
+            try:
+                await stream.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                reason = exc.__cause__ or exc
+                raise ClientGone(f"TLS handshake failed: {reason}") from exc
+        if scope.cancelled_caught:
+            raise ClientGone("TLS handshake timed out")
+        self.stream = stream
+        self.metrics.tls_started("client")
+        self.log.info("TLS established: %s, %s", stream.version(), stream.cipher()[0])
+
+    def tls_details(self) -> tuple[str | None, str | None]:
+        """The TLS version and cipher of the client connection (None, None in clear)."""
+        stream = self.stream
+        if not isinstance(stream, trio.SSLStream):
+            return None, None
+        cipher = stream.cipher()
+        return stream.version(), cipher[0] if cipher else None
+
+    # -- the client leaving -------------------------------------------------------------
+
+    def has_left(self) -> bool:
+        """Whether the client has left (end of file or a reset, no command pipelined).
+        A peek at the socket when there is one: cheaper than a watcher for every message."""
+        if self.reader.buffered_size:
+            return False  # it said something more first: it finished speaking, not left
+        if self.eof:
+            return True
+        sock = self.info.socket
+        if sock is None:
+            return False
+        if self._peek is None:
+            # Built once per connection (a socket object per message cost a getsockname
+            # system call each time) and detached, never closed, in `aclose`.
+            self._peek = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.fileno())
+        try:
+            return self._peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    @asynccontextmanager
+    async def watch(self, on_left: Callable[[], None]) -> AsyncIterator[None]:
+        """While the client is not being read (filter, replay): notice it leaving at once.
+
+        Bytes it pipelines meanwhile are kept (bounded) for the next command.  End of file
+        with no complete command buffered means the client left: `on_left` is called (it
+        cancels the connection, so the message is not delivered).  A client that pipelined
+        QUIT (or anything) after its "." and then closed has finished speaking, not left.
+        """
+
+        async def watch() -> None:
+            while self.reader.buffered_size < MAX_PENDING_INPUT and not self.eof:
+                try:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                    self.reader.discard_buffered()
+                if data:
+                    self.metrics.bytes_received("client", len(data))
+                    self.reader.feed(bytes(data))
+                    continue
+                self.eof = True
+                if self.reader.buffered_size == 0:
+                    self.log.info("client disconnected before its message was answered")
+                    on_left()
+                return
+            await trio.sleep_forever()
+
+        if self.eof:
+            yield
+            return
+        with single_error():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                yield
+                nursery.cancel_scope.cancel()
+
+    async def aclose(self) -> None:
+        if self._peek is not None:
+            self._peek.detach()  # the descriptor is the stream's to close
+            self._peek = None
+        # (TLS: https_compatible, so no close_notify to wait on; the socket closes.)
+        await self.stream.aclose()

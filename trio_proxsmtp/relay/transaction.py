@@ -1,0 +1,348 @@
+"""One message's life in the relay: the spool, the filter run, the replay upstream.
+
+`Transaction` owns the spool files of the current message and removes them on every path
+(`close`, called before the client hears the message's fate and when the connection ends).
+It uses the client channel to read the message and the upstream to send it, but never
+decides what happens next: each step returns the session's next actions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+
+import trio
+
+from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
+from trio_proxsmtp.config.loader import Config
+from trio_proxsmtp.protocol.message.edit import EditedMessage, Envelope, Recipient, bare_address
+from trio_proxsmtp.protocol.message.header import HeaderInserter, expand_header
+from trio_proxsmtp.protocol.session import (
+    Action,
+    ChangedEnvelope,
+    Outcome,
+    ReceiveChunk,
+    SendMessage,
+    Session,
+)
+from trio_proxsmtp.protocol.smtp.bdat import BdatSender
+from trio_proxsmtp.protocol.smtp.data import DataSender
+from trio_proxsmtp.protocol.smtp.replies import LOCAL_ERROR, Reply, reply_from_text
+from trio_proxsmtp.relay.client_channel import ClientChannel, ClientGone
+from trio_proxsmtp.relay.upstream import Outgoing, Upstream
+from trio_proxsmtp.stages.filter import VerdictKind, filter_environment, run_filter
+from trio_proxsmtp.stages.milter import Milters
+from trio_proxsmtp.stages.settings import FilterSpec, FilterType
+from trio_proxsmtp.stages.spool import Spool
+
+__all__ = ["Transaction"]
+
+
+class Transaction:
+    """The current message's spools and the steps that use them; see the module docstring."""
+
+    metrics: Metrics = NULL_METRICS  # filter runs (set by the connection)
+
+    def __init__(
+        self,
+        config: Config,
+        session: Session,
+        client: ClientChannel,
+        upstream: Upstream,
+        log: logging.LoggerAdapter[logging.Logger],
+        on_client_left: trio.CancelScope,
+    ) -> None:
+        self.config = config
+        self.session = session
+        self.client = client
+        self.upstream = upstream
+        self.log = log
+        self.trace = log.isEnabledFor(logging.DEBUG)
+        self._connection_scope = on_client_left
+        self.client_left = False
+        self.spool: Spool | None = None
+        self.output: Spool | None = None  # the filter's rewritten message, if any
+        self.edited: EditedMessage | None = None  # the milters' edits, over one of those
+        self.chunked = 0  # BDAT: message bytes received so far (past the limit too)
+        self.chunk_error: str | None = None  # BDAT: the spool failed; reported at LAST
+        self.chunks_started: float | None = None  # BDAT: when the first chunk began
+
+    def close(self) -> None:
+        """Remove the spool files (idempotent)."""
+        for spool in (self.output, self.spool):
+            if spool is not None:
+                spool.close()
+        self.output = self.spool = None
+        self.edited = None
+        self.chunked, self.chunk_error, self.chunks_started = 0, None, None
+
+    def left(self) -> None:
+        """The client left in the middle of the message: end the connection now."""
+        self.client_left = True
+        self._connection_scope.cancel()
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def _open_spool(self) -> str | None:
+        """A new spool for the message in `self.spool`; the error (logged), or None."""
+        try:
+            # Only a file-mode filter needs the message by name ($EMAIL).
+            named = self.config.filter_type is FilterType.FILE
+            self.spool = Spool.create(self.config.temp_directory, named=named)
+        except OSError as exc:
+            error = f"couldn't open cache file: {exc}"
+            self.log.error("%s", error)
+            return error
+        if not self.spool.in_memory:
+            self.log.debug("created cache file: %s", self.spool.path)
+        return None
+
+    async def receive(self, action: Action) -> list[Action]:
+        """Spool the client's message up to <CRLF>.<CRLF>; always read to the end (B2)."""
+        error = self._open_spool()
+
+        # Past the size limit (MaxMessageSize, the upstream's SIZE) the message is refused
+        # (552) once read to its end: keep reading, stop writing, so a huge message cannot
+        # fill the disk for nothing.
+        limit = self.session.size_limit
+        reader = self.client.reader
+
+        async def spool(body: bytes, done: bool) -> None:
+            nonlocal error
+            if limit is not None and reader.message_size > limit:
+                return
+            if self.spool is not None and error is None:
+                try:
+                    self.spool.write(body)
+                except OSError as exc:
+                    error = f"couldn't write cache file: {exc}"
+                    self.log.error("%s", error)
+
+        started = trio.current_time()
+        async with self.upstream.keepalives():
+            size = await self.client.read_message(action, spool)
+        seconds = trio.current_time() - started
+        if error is None and self.spool is not None:
+            try:
+                self.spool.finish()
+            except OSError as exc:
+                error = f"couldn't write cache file: {exc}"
+                self.log.error("%s", error)
+        if error is not None:
+            return self.session.message_failed(LOCAL_ERROR, error, size=size, seconds=seconds)
+        self.log.debug("received %d message bytes", size)
+        return self.session.message_received(size, seconds=seconds)
+
+    async def receive_chunk(self, action: ReceiveChunk) -> list[Action]:
+        """Spool one BDAT chunk (RFC 3030), byte for byte: BDAT has no stuffing and no
+        terminator.  Past the size limit the chunks are still read, not stored (552 at
+        LAST, as for DATA); a spool error is reported at LAST too."""
+        if self.spool is None and self.chunk_error is None:
+            self.chunk_error = self._open_spool()
+        limit = self.session.size_limit
+
+        async def spool(data: bytes) -> None:
+            self.chunked += len(data)
+            if limit is not None and self.chunked > limit:
+                return
+            if self.spool is not None and self.chunk_error is None:
+                try:
+                    self.spool.write(data)
+                except OSError as exc:
+                    self.chunk_error = f"couldn't write cache file: {exc}"
+                    self.log.error("%s", self.chunk_error)
+
+        if self.chunks_started is None:
+            self.chunks_started = trio.current_time()
+        async with self.upstream.keepalives():
+            await self.client.read_chunk(action, spool)
+        # The message's receive time: from its first chunk to the end of this one.
+        seconds = trio.current_time() - self.chunks_started
+        if not action.last:
+            return self.session.chunk_received(action.size, False, self.chunked, seconds=seconds)
+        if self.chunk_error is None and self.spool is not None:
+            try:
+                self.spool.finish()
+            except OSError as exc:
+                self.chunk_error = f"couldn't write cache file: {exc}"
+                self.log.error("%s", self.chunk_error)
+        if self.chunk_error is not None:
+            return self.session.message_failed(
+                LOCAL_ERROR, self.chunk_error, size=self.chunked, seconds=seconds
+            )
+        self.log.debug("received %d message bytes in BDAT chunks", self.chunked)
+        return self.session.chunk_received(action.size, True, self.chunked, seconds=seconds)
+
+    async def stream(self, action: Action) -> list[Action]:
+        """Skip mode: the client's message goes straight upstream, unfiltered; the
+        upstream's reply to it goes to the session (docs/behaviour.md)."""
+        sender = DataSender()
+        item = Outgoing(b"")
+
+        async def forward(body: bytes, done: bool) -> None:
+            nonlocal item
+            out = sender.feed(body)
+            if done:
+                item = Outgoing(out + sender.finish())
+            elif out:
+                await self.upstream.send(out)
+
+        started = trio.current_time()
+        size = await self.client.read_message(action, forward)
+        self.log.debug("skipped %d data bytes", size)
+        self.session.message_streamed(size, seconds=trio.current_time() - started)
+        started = trio.current_time()
+        reply = await self.upstream.command(item)
+        return self.session.upstream_reply(reply, seconds=trio.current_time() - started)
+
+    # -- the filter ---------------------------------------------------------------------
+
+    async def filter(self) -> list[Action]:
+        assert self.spool is not None and self.config.filter_command
+        envelope = self.session.envelope
+        env = filter_environment(
+            client=self.client.info.client,
+            server=self.upstream.address,
+            sender=envelope.sender,
+            recipients=envelope.recipients,
+            remote=envelope.remote_addr,
+            remote_helo=envelope.remote_helo,
+            temp_directory=self.config.temp_directory,
+        )
+        spec = FilterSpec(
+            command=self.config.filter_command,
+            mode=self.config.filter_type,
+            timeout=self.config.filter_timeout,
+            temp_directory=self.config.temp_directory,
+        )
+        started = trio.current_time()
+        async with self.client.watch(self.left), self.upstream.keepalives():
+            verdict = await run_filter(
+                spec, self.spool, env, log=self.log, size_limit=self.session.size_limit
+            )
+        seconds = trio.current_time() - started
+        self.metrics.filter_ran(seconds)
+        self.log.debug("filter verdict: %s (%s)", verdict.kind.name, verdict.detail)
+        if verdict.kind is VerdictKind.ACCEPT:
+            assert verdict.message is not None
+            if verdict.message is not self.spool:
+                self.output = verdict.message
+            return self.session.filter_done(True, None, Outcome.FILTERED, seconds=seconds)
+        if verdict.kind is VerdictKind.ERROR:
+            self.log.error("filter command failed: %s", verdict.detail)
+            self.metrics.filter_failed("timeout" if verdict.timed_out else "error")
+            outcome = Outcome.FILTER_ERROR
+        else:
+            outcome = Outcome.DROPPED if verdict.kind is VerdictKind.DROP else Outcome.REJECTED
+        assert verdict.reply is not None
+        return self.session.filter_done(
+            False, verdict.reply, outcome, verdict.detail, seconds=seconds
+        )
+
+    # -- the milters --------------------------------------------------------------------
+
+    async def run_milters(self, milters: Milters) -> list[Action]:
+        """End of message for the milters (after FilterCommand: they see what goes out);
+        their edits are kept for the replay and a changed envelope goes to the session."""
+        message = self.output or self.spool
+        assert message is not None
+        session_envelope = self.session.envelope
+        params = session_envelope.recipient_params
+        recipients = tuple(
+            Recipient(bare_address(rcpt), params[i] if i < len(params) else ())
+            for i, rcpt in enumerate(session_envelope.recipients)
+        )
+        sender = session_envelope.sender or ""
+        envelope = Envelope(bare_address(sender), recipients, session_envelope.sender_params)
+        async with self.client.watch(self.left), self.upstream.keepalives():
+            result = await milters.message(message.chunks, envelope)
+        decision = result.decision
+        self.log.debug("milters: %s (%s)", decision.kind.name, decision.milter or "all")
+        changed: ChangedEnvelope | None = None
+        if result.modified:
+            self.edited = result.message
+            if result.envelope != envelope:
+                new = result.envelope
+                changed = ChangedEnvelope(
+                    new.sender, new.sender_args, tuple((r.address, r.args) for r in new.recipients)
+                )
+        reply = reply_from_text(decision.reply) if decision.reply else None
+        return self.session.milters_done(
+            decision.kind, reply, decision.milter, changed, failed=decision.failed
+        )
+
+    # -- the replay ---------------------------------------------------------------------
+
+    async def replay(self, action: SendMessage) -> Reply:
+        """Replay the spool: header inserted, dot-stuffed, CRLF-clean, then the final "."
+        and the upstream's reply to it."""
+        spooled = self.output or self.spool
+        assert spooled is not None
+        message: Spool | EditedMessage = self.edited or spooled
+        if action.bdat:
+            return await self._replay_bdat(message)
+        sender = DataSender()
+        inserter = self._header_inserter()
+        sent = 0
+        pending = b""  # held back one chunk, so the last one goes out with the "."
+        # A socket is peeked at before the final "."; a bare stream is watched meanwhile.
+        watching = self.client.info.socket is None
+        async with self.client.watch(self.left) if watching else contextlib.nullcontext():
+            for chunk in message.chunks():
+                if pending:
+                    await self.upstream.send(pending)
+                    sent += len(pending)
+                pending = sender.feed(inserter.feed(chunk) if inserter is not None else chunk)
+            tail = inserter.finish() if inserter is not None else b""
+            data = pending + sender.feed(tail) + sender.finish()
+            # The final "." commits the message: not if its client has left meanwhile.
+            if self.client.has_left():
+                raise ClientGone("closed the connection before its message was answered")
+        return await self.upstream.command(Outgoing(data, f". ({sent + len(data)} bytes sent)"))
+
+    async def _replay_bdat(self, message: Spool | EditedMessage) -> Reply:
+        """The message as BDAT chunks (RFC 3030): no stuffing; each chunk but the LAST is
+        answered before the next goes; the first refusal ends the message."""
+        sender = BdatSender()
+        inserter = self._header_inserter()
+        sent = 0
+        pending: list[bytes] = []  # frames held back, so the LAST one is checked before
+        watching = self.client.info.socket is None
+        async with self.client.watch(self.left) if watching else contextlib.nullcontext():
+            for chunk in message.chunks():
+                for frame in pending:
+                    reply = await self.upstream.command(Outgoing(frame, frame_trace(frame)))
+                    sent += len(frame)
+                    if not reply.is_positive:
+                        return reply
+                pending = sender.feed(inserter.feed(chunk) if inserter is not None else chunk)
+            tail = inserter.finish() if inserter is not None else b""
+            for frame in [*pending, *sender.feed(tail)]:
+                reply = await self.upstream.command(Outgoing(frame, frame_trace(frame)))
+                sent += len(frame)
+                if not reply.is_positive:
+                    return reply
+            last = sender.finish()
+            # The LAST chunk commits the message: not if its client has left meanwhile.
+            if self.client.has_left():
+                raise ClientGone("closed the connection before its message was answered")
+        return await self.upstream.command(Outgoing(last, frame_trace(last)))
+
+    def _header_inserter(self) -> HeaderInserter | None:
+        if not self.config.header:
+            return None
+        header, warnings = expand_header(
+            self.config.header,
+            client=self.client.info.client,
+            local=self.client.info.local,
+            now=datetime.datetime.now().astimezone(),
+        )
+        for warning in warnings:
+            self.log.warning("%s", warning)
+        return HeaderInserter(header) if header else None
+
+
+def frame_trace(frame: bytes) -> str:
+    """What the protocol trace shows for a BDAT frame: its command line, not the bytes."""
+    return frame[: frame.index(b"\r\n")].decode("ascii")
