@@ -38,7 +38,7 @@ from trio_proxsmtp.protocol.errors import RemoteProtocolError
 from trio_proxsmtp.protocol.lines import LineTooLong
 from trio_proxsmtp.protocol.reader import Line
 from trio_proxsmtp.protocol.replies import Reply, reply_from_text
-from trio_proxsmtp.protocol.session import (
+from trio_proxsmtp.protocol.session.machine import (
     AbortMilters,
     Action,
     AskMilters,

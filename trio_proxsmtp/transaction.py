@@ -24,7 +24,7 @@ from trio_proxsmtp.milter import Milters
 from trio_proxsmtp.protocol.bdat import BdatSender
 from trio_proxsmtp.protocol.data import DataSender
 from trio_proxsmtp.protocol.replies import LOCAL_ERROR, Reply, reply_from_text
-from trio_proxsmtp.protocol.session import (
+from trio_proxsmtp.protocol.session.machine import (
     Action,
     ChangedEnvelope,
     Outcome,

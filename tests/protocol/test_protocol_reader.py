@@ -23,7 +23,7 @@ from trio_proxsmtp.protocol.reader import (
     TlsBoundary,
 )
 from trio_proxsmtp.protocol.replies import Reply
-from trio_proxsmtp.protocol.session import (
+from trio_proxsmtp.protocol.session.machine import (
     Action,
     Close,
     ReceiveMessage,

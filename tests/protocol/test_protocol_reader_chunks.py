@@ -7,8 +7,8 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_proxsmtp.protocol.actions import ReceiveChunk
 from trio_proxsmtp.protocol.reader import Chunk, ClientReader, Line, Mode, NeedData
+from trio_proxsmtp.protocol.session.actions import ReceiveChunk
 
 
 @given(

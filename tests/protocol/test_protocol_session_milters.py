@@ -9,7 +9,7 @@ from trio_proxsmtp.protocol.commands import parse_command
 from trio_proxsmtp.protocol.errors import LocalProtocolError
 from trio_proxsmtp.protocol.milter import VerdictKind
 from trio_proxsmtp.protocol.replies import Reply
-from trio_proxsmtp.protocol.session import (
+from trio_proxsmtp.protocol.session.machine import (
     MILTER_DISCARDED,
     START_MAIL_INPUT,
     AbortMilters,

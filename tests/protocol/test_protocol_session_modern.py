@@ -8,7 +8,7 @@ import pytest
 from trio_proxsmtp.protocol.commands import parse_command
 from trio_proxsmtp.protocol.errors import LocalProtocolError
 from trio_proxsmtp.protocol.replies import Reply
-from trio_proxsmtp.protocol.session import (
+from trio_proxsmtp.protocol.session.machine import (
     Close,
     Purpose,
     ReceiveChunk,

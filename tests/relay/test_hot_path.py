@@ -14,8 +14,8 @@ import trio.testing
 
 from trio_proxsmtp.client_channel import ClientChannel
 from trio_proxsmtp.client_info import ClientInfo
-from trio_proxsmtp.protocol.actions import Summary
-from trio_proxsmtp.protocol.summary import MessageSummary, Status
+from trio_proxsmtp.protocol.message.summary import MessageSummary, Status
+from trio_proxsmtp.protocol.session.actions import Summary
 
 LOG = logging.LoggerAdapter(logging.getLogger("test.hot_path"), {})
 

@@ -22,17 +22,17 @@ import enum
 
 import attrs
 
-from trio_proxsmtp.protocol.actions import (
+from trio_proxsmtp.protocol.bdat import ChunkReader
+from trio_proxsmtp.protocol.data import DataReceiver
+from trio_proxsmtp.protocol.errors import LocalProtocolError
+from trio_proxsmtp.protocol.lines import CLIENT_LINE_LIMIT, LineBuffer, LineTooLong
+from trio_proxsmtp.protocol.session.actions import (
     Action,
     ReceiveChunk,
     ReceiveMessage,
     SkipBytes,
     StartTLS,
 )
-from trio_proxsmtp.protocol.bdat import ChunkReader
-from trio_proxsmtp.protocol.data import DataReceiver
-from trio_proxsmtp.protocol.errors import LocalProtocolError
-from trio_proxsmtp.protocol.lines import CLIENT_LINE_LIMIT, LineBuffer, LineTooLong
 
 __all__ = [
     "Body",

@@ -27,26 +27,6 @@ from typing import Concatenate, ParamSpec, TypeVar, cast
 
 import attrs
 
-from trio_proxsmtp.protocol.actions import (
-    AbortMilters,
-    Action,
-    AskMilters,
-    Close,
-    Log,
-    Outcome,
-    Purpose,
-    ReceiveChunk,
-    ReceiveMessage,
-    RunFilter,
-    RunMilters,
-    SendClient,
-    SendMessage,
-    SendUpstream,
-    SkipBytes,
-    StartTLS,
-    StartUpstreamTLS,
-    Summary,
-)
 from trio_proxsmtp.protocol.bdat import SYNTAX_REPLY as BDAT_SYNTAX
 from trio_proxsmtp.protocol.bdat import BdatSyntaxError, parse_bdat
 from trio_proxsmtp.protocol.commands import (
@@ -66,9 +46,29 @@ from trio_proxsmtp.protocol.ehlo import (
     rewrite_helo_reply,
 )
 from trio_proxsmtp.protocol.errors import LocalProtocolError
+from trio_proxsmtp.protocol.message.summary import Delays, MessageSummary, Status, refusal_status
 from trio_proxsmtp.protocol.milter import VerdictKind
 from trio_proxsmtp.protocol.replies import LOCAL_ERROR, Reply
-from trio_proxsmtp.protocol.summary import Delays, MessageSummary, Status, refusal_status
+from trio_proxsmtp.protocol.session.actions import (
+    AbortMilters,
+    Action,
+    AskMilters,
+    Close,
+    Log,
+    Outcome,
+    Purpose,
+    ReceiveChunk,
+    ReceiveMessage,
+    RunFilter,
+    RunMilters,
+    SendClient,
+    SendMessage,
+    SendUpstream,
+    SkipBytes,
+    StartTLS,
+    StartUpstreamTLS,
+    Summary,
+)
 
 __all__ = [
     "LOCAL_ERROR",

@@ -10,8 +10,8 @@ import enum
 import attrs
 
 from trio_proxsmtp.protocol.commands import Command
+from trio_proxsmtp.protocol.message.summary import MessageSummary, Status
 from trio_proxsmtp.protocol.replies import Reply
-from trio_proxsmtp.protocol.summary import MessageSummary, Status
 
 __all__ = [
     "AbortMilters",
@@ -50,7 +50,7 @@ class Purpose(enum.Enum):
     UPSTREAM_STARTTLS = "upstream-starttls"  # OutTLS may/encrypt: our STARTTLS
 
 
-# What happened to a message: the summary line's status= (protocol/summary.py). The name
+# What happened to a message: the summary line's status= (protocol/message/summary.py). The name
 # Outcome is what the relay passes to the session; it is the same enum.
 Outcome = Status
 
