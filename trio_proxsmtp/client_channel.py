@@ -36,7 +36,7 @@ from trio_proxsmtp.protocol.reader import (
     TlsBoundary,
 )
 from trio_proxsmtp.protocol.replies import Reply
-from trio_proxsmtp.protocol.session.machine import Action
+from trio_proxsmtp.protocol.session.actions import Action
 from trio_proxsmtp.trace import show
 
 __all__ = ["ClientChannel", "ClientGone", "ClientTimeout", "Drained"]
