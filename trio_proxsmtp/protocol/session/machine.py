@@ -28,7 +28,6 @@ import collections
 from trio_proxsmtp.protocol.commands import Command
 from trio_proxsmtp.protocol.ehlo import Extensions
 from trio_proxsmtp.protocol.errors import LocalProtocolError
-from trio_proxsmtp.protocol.replies import Reply
 from trio_proxsmtp.protocol.session import gates
 from trio_proxsmtp.protocol.session.actions import (
     Action,
@@ -36,10 +35,9 @@ from trio_proxsmtp.protocol.session.actions import (
     SendMessage,
     SendUpstream,
 )
-from trio_proxsmtp.protocol.session.answers import command_reply
 from trio_proxsmtp.protocol.session.auth import Auth
 from trio_proxsmtp.protocol.session.chunking import Chunking
-from trio_proxsmtp.protocol.session.delivery import carries_message, received
+from trio_proxsmtp.protocol.session.delivery import carries_message
 from trio_proxsmtp.protocol.session.envelope import AcceptedEnvelope, MessageFacts
 from trio_proxsmtp.protocol.session.events import Event, UpstreamReply
 from trio_proxsmtp.protocol.session.limits import ErrorCount, size_limit
@@ -180,12 +178,6 @@ class Session:
     def dispatch(self, command: Command, *, entry: bool = False) -> list[Action]:
         """A client command through the gates (`entry`: it just came from the client)."""
         return gates.dispatch(self, command, entry=entry)
-
-    def command_reply(self, command: Command, reply: Reply) -> list[Action]:
-        return command_reply(self, command, reply)
-
-    def received(self, size: int, seconds: float) -> list[Action]:
-        return received(self, size, seconds)
 
     def filter_skipped(self) -> bool:
         """Skip: authenticated skips FilterCommand only; the milters still see the message."""

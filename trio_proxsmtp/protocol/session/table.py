@@ -12,7 +12,6 @@ our bug too.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import attrs
 
@@ -74,7 +73,9 @@ def _rows(
         TABLE[(state, key)] = Move(handler, targets)
 
 
-def _dispatching(states: Iterable[State], key: type | Purpose, handler: Any) -> None:
+def _dispatching(
+    states: Iterable[State], key: type | Purpose, handler: Callable[..., list[Action]]
+) -> None:
     for state in states:
         _rows([state], key, handler, _DISPATCHED[state])
 

@@ -21,6 +21,7 @@ from trio_proxsmtp.protocol.session.actions import (
     SendUpstream,
     StartUpstreamTLS,
 )
+from trio_proxsmtp.protocol.session.answers import command_reply
 from trio_proxsmtp.protocol.session.gate import ANY_VERB, Gate
 from trio_proxsmtp.protocol.session.wire import NEED_HELO, UPSTREAM_TLS_UNAVAILABLE
 
@@ -102,7 +103,7 @@ def _no_tls(session: Session, command: Command, ehlo_reply: Reply, why: str) -> 
         ]
     log = Log(logging.INFO, f"plain text to the next server (OutTLS: may): {why}")
     if command.verb is Verb.EHLO:
-        return [log, *session.command_reply(command, ehlo_reply)]
+        return [log, *command_reply(session, command, ehlo_reply)]
     return [log, *session.dispatch(command)]
 
 
