@@ -98,7 +98,9 @@ class Session:
                 what = exchange.purpose if isinstance(exchange, SendUpstream) else type(exchange)
                 move = TABLE.get((self.state, what))
                 if move is None:
-                    raise LocalProtocolError(f"reply to {what} illegal in state {self.state}")
+                    raise LocalProtocolError(
+                        f"a reply to {what} illegal in state {self.state.value}"
+                    )
                 actions = move.handler(self, exchange, event.reply)
             else:
                 move = TABLE.get((self.state, type(event)))
@@ -107,7 +109,7 @@ class Session:
                     raise LocalProtocolError(f"{name} illegal in state {self.state.value}")
                 actions = move.handler(self, event)
             if self.state not in move.targets:
-                raise LocalProtocolError(f"{event!r} moved the session to {self.state}")
+                raise LocalProtocolError(f"{event!r} moved the session to {self.state.value}")
             return self._emit(actions)
         except LocalProtocolError as exc:
             self._error = exc  # once an input was illegal, every later one fails too
