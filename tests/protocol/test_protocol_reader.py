@@ -11,18 +11,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_proxsmtp.protocol.errors import LocalProtocolError
-from trio_proxsmtp.protocol.session import (
+from trio_proxsmtp.protocol.session.actions import (
     Action,
     Close,
     ReceiveMessage,
     SendClient,
     SendMessage,
     SendUpstream,
-    Session,
-    SessionPolicy,
     SkipBytes,
     StartTLS,
 )
+from trio_proxsmtp.protocol.session.events import (
+    ClientCommand,
+    ClientTLSStarted,
+    CommandTooLong,
+    Greeting,
+    MessageReceived,
+    UpstreamReply,
+)
+from trio_proxsmtp.protocol.session.machine import Session
+from trio_proxsmtp.protocol.session.policy import SessionPolicy
 from trio_proxsmtp.protocol.smtp.commands import parse_command
 from trio_proxsmtp.protocol.smtp.reader import (
     Body,
@@ -64,7 +72,7 @@ class Model:
         self.seen: list[tuple[str, bytes]] = []
         self.body = b""
         self.tls = self.closed = False
-        self.perform(self.session.greeting(Reply.single(220, "up")))
+        self.perform(self.session.handle(Greeting(Reply.single(220, "up"))))
 
     def perform(self, actions: list[Action]) -> None:
         for action in actions:
@@ -72,17 +80,17 @@ class Model:
                 self.seen.append(("client", action.reply.to_bytes()))
             elif isinstance(action, SendUpstream):
                 self.seen.append(("upstream", action.line))
-                self.perform(self.session.upstream_reply(upstream_reply(action.line)))
+                self.perform(self.session.handle(UpstreamReply(upstream_reply(action.line))))
             elif isinstance(action, SendMessage):
                 self.seen.append(("message", self.body))
-                self.perform(self.session.upstream_reply(OK))
+                self.perform(self.session.handle(UpstreamReply(OK)))
             elif isinstance(action, ReceiveMessage | SkipBytes):
                 self.body = b""
                 assert self.reader.follow(action) is None
             elif isinstance(action, StartTLS):
                 assert isinstance(self.reader.follow(action), TlsBoundary)
                 self.seen.append(("tls", b""))
-                self.session.tls_started()
+                self.session.handle(ClientTLSStarted())
                 self.tls = True
             elif isinstance(action, Close):
                 self.closed = True
@@ -93,13 +101,13 @@ class Model:
             if isinstance(event, NeedData):
                 return
             if isinstance(event, Line):
-                self.perform(self.session.command(parse_command(event.data)))
+                self.perform(self.session.handle(ClientCommand(parse_command(event.data))))
             elif isinstance(event, LineTooLong):
-                self.perform(self.session.line_too_long())
+                self.perform(self.session.handle(CommandTooLong()))
             elif isinstance(event, Body):
                 self.body += event.data
                 if event.done:
-                    self.perform(self.session.message_received(len(self.body)))
+                    self.perform(self.session.handle(MessageReceived(len(self.body))))
             elif isinstance(event, Skipped):
                 self.seen.append(("skipped", str(event.count).encode()))
             if self.tls and self.reader.buffered_size == 0:

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_proxsmtp.protocol.actions import ReceiveChunk
+from trio_proxsmtp.protocol.session.actions import ReceiveChunk
 from trio_proxsmtp.protocol.smtp.reader import Chunk, ClientReader, Line, Mode, NeedData
 
 

@@ -7,7 +7,37 @@ import logging
 import pytest
 
 from trio_proxsmtp.protocol.errors import LocalProtocolError
-from trio_proxsmtp.protocol.session import (
+from trio_proxsmtp.protocol.message.summary import Status
+from trio_proxsmtp.protocol.session.actions import (
+    Action,
+    Close,
+    Log,
+    Purpose,
+    ReceiveMessage,
+    RunFilter,
+    SendClient,
+    SendMessage,
+    SendUpstream,
+    SkipBytes,
+    StartTLS,
+    Summary,
+)
+from trio_proxsmtp.protocol.session.events import (
+    ClientCommand,
+    ClientTLSStarted,
+    CommandTooLong,
+    ConnectionEnded,
+    FilterDone,
+    Greeting,
+    MessageFailed,
+    MessageReceived,
+    MessageStreamed,
+    UpstreamReply,
+)
+from trio_proxsmtp.protocol.session.machine import Session
+from trio_proxsmtp.protocol.session.policy import SessionPolicy
+from trio_proxsmtp.protocol.session.states import State
+from trio_proxsmtp.protocol.session.wire import (
     INSUFFICIENT_AUTHORIZATION,
     LINE_TOO_LONG,
     MESSAGE_TOO_BIG,
@@ -15,22 +45,6 @@ from trio_proxsmtp.protocol.session import (
     NO_VALID_RECIPIENTS,
     NOT_IMPLEMENTED,
     START_MAIL_INPUT,
-    Action,
-    Close,
-    Log,
-    Outcome,
-    Purpose,
-    ReceiveMessage,
-    RunFilter,
-    SendClient,
-    SendMessage,
-    SendUpstream,
-    Session,
-    SessionPolicy,
-    SkipBytes,
-    StartTLS,
-    State,
-    Summary,
 )
 from trio_proxsmtp.protocol.smtp.commands import parse_command
 from trio_proxsmtp.protocol.smtp.replies import Reply
@@ -56,19 +70,25 @@ class Driver:
         for action in actions:
             if isinstance(action, SendUpstream):
                 self.upstream.append(action.line)
-                self.run(self.session.reply(action, replies.pop(0)), replies)
+                self.run(
+                    self.session.handle(UpstreamReply(replies.pop(0), exchange=action)), replies
+                )
             elif isinstance(action, SendClient):
                 self.client.append(action.reply)
             else:
                 self.other.append(action)
 
     def greet(self) -> None:
-        self.run(self.session.greeting(Reply.single(220, "up.example ESMTP"), relay=RELAY), [])
+        self.run(
+            self.session.handle(Greeting(Reply.single(220, "up.example ESMTP"), relay=RELAY)), []
+        )
 
     def command(self, line: str, *replies: Reply) -> list[Reply]:
         before = len(self.client)
         pending = list(replies)
-        self.run(self.session.command(parse_command(line.encode() + b"\r\n")), pending)
+        self.run(
+            self.session.handle(ClientCommand(parse_command(line.encode() + b"\r\n"))), pending
+        )
         assert pending == [], "not every scripted reply was used"
         return self.client[before:]
 
@@ -110,25 +130,25 @@ def test_greeting_rewritten_and_moves_to_helo() -> None:
 def test_multiline_or_refusing_banner_relayed() -> None:
     s = Session(SessionPolicy(client="c"))
     banner = Reply(220, ("a", "b"))
-    assert s.greeting(banner) == [SendClient(banner)]
+    assert s.handle(Greeting(banner)) == [SendClient(banner)]
     s = Session(SessionPolicy(client="c"))
     refusal = Reply.single(554, "go away")
-    assert s.greeting(refusal) == [SendClient(refusal)]
+    assert s.handle(Greeting(refusal)) == [SendClient(refusal)]
 
 
 def test_command_before_greeting_is_our_bug() -> None:
     s = Session(SessionPolicy(client="c"))
     with pytest.raises(LocalProtocolError):
-        s.command(parse_command(b"HELO c\r\n"))
+        s.handle(ClientCommand(parse_command(b"HELO c\r\n")))
     with pytest.raises(LocalProtocolError):
-        s.line_too_long()
+        s.handle(CommandTooLong())
 
 
 def test_second_greeting_is_our_bug() -> None:
     d = Driver()
     d.greet()
     with pytest.raises(LocalProtocolError):
-        d.session.greeting(Reply.single(220, "again"))
+        d.session.handle(Greeting(Reply.single(220, "again")))
 
 
 def test_ehlo_rewritten_and_extensions_stripped() -> None:
@@ -160,7 +180,7 @@ def test_refused_ehlo_relayed_and_state_kept() -> None:
 
 def test_line_too_long_answered_locally() -> None:
     d = ready()
-    assert d.session.line_too_long() == [SendClient(LINE_TOO_LONG)]
+    assert d.session.handle(CommandTooLong()) == [SendClient(LINE_TOO_LONG)]
 
 
 def test_other_commands_forwarded_verbatim() -> None:
@@ -177,7 +197,7 @@ def test_quit_closes_after_reply() -> None:
     assert any(isinstance(a, Close) for a in d.other)
     assert state_of(d.session) is State.QUIT
     with pytest.raises(LocalProtocolError):
-        d.session.command(parse_command(b"NOOP\r\n"))
+        d.session.handle(ClientCommand(parse_command(b"NOOP\r\n")))
 
 
 # -- local replies ------------------------------------------------------------------------
@@ -186,19 +206,19 @@ def test_quit_closes_after_reply() -> None:
 @pytest.mark.parametrize("line", ["STARTTLS", "BDAT 0 LAST", "bdat x"])
 def test_starttls_and_bdat_refused_locally(line: str) -> None:
     d = ready()
-    actions = d.session.command(parse_command(line.encode() + b"\r\n"))
+    actions = d.session.handle(ClientCommand(parse_command(line.encode() + b"\r\n")))
     assert actions == [SendClient(NOT_IMPLEMENTED)]
 
 
 def test_bdat_chunk_skipped_never_read_as_commands() -> None:
     d = ready()
-    actions = d.session.command(parse_command(b"BDAT 42 LAST\r\n"))
+    actions = d.session.handle(ClientCommand(parse_command(b"BDAT 42 LAST\r\n")))
     assert actions == [SkipBytes(42), SendClient(NOT_IMPLEMENTED)]
 
 
 def test_client_xclient_refused_with_warning() -> None:
     d = ready()
-    actions = d.session.command(parse_command(b"XCLIENT ADDR=6.6.6.6\r\n"))
+    actions = d.session.handle(ClientCommand(parse_command(b"XCLIENT ADDR=6.6.6.6\r\n")))
     assert SendClient(INSUFFICIENT_AUTHORIZATION) in actions
     assert any(isinstance(a, Log) and a.level == logging.WARNING for a in actions)
     assert not any(isinstance(a, SendUpstream) for a in actions)
@@ -345,7 +365,7 @@ def test_235_without_auth_warns_and_does_not_authenticate() -> None:
 def test_data_gives_354_and_receives() -> None:
     d = ready()
     with_envelope(d)
-    actions = d.session.command(parse_command(b"DATA\r\n"))
+    actions = d.session.handle(ClientCommand(parse_command(b"DATA\r\n")))
     assert actions == [SendClient(START_MAIL_INPUT), ReceiveMessage(stream=False)]
     assert state_of(d.session) is State.DATA
     assert b"DATA\r\n" not in d.upstream
@@ -370,25 +390,27 @@ def test_command_in_data_state_is_our_bug() -> None:
     with_envelope(d)
     d.command("DATA")
     with pytest.raises(LocalProtocolError):
-        d.session.command(parse_command(b"NOOP\r\n"))
+        d.session.handle(ClientCommand(parse_command(b"NOOP\r\n")))
 
 
 def test_filtered_message_full_cycle() -> None:
     d = ready()
     with_envelope(d)
     d.command("DATA")
-    assert d.session.message_received(10, seconds=0.5) == [RunFilter()]
+    assert d.session.handle(MessageReceived(10, seconds=0.5)) == [RunFilter()]
     assert state_of(d.session) is State.FILTERING
-    actions = d.session.filter_done(True, None, Outcome.FILTERED, seconds=1.25)
+    actions = d.session.handle(FilterDone(True, None, Status.FILTERED, seconds=1.25))
     assert actions == [SendUpstream(b"DATA\r\n", Purpose.DATA)]
     assert state_of(d.session) is State.REPLAY
-    follow = d.session.reply(actions[0], Reply.single(354, "go"), seconds=0.01)
+    follow = d.session.handle(
+        UpstreamReply(Reply.single(354, "go"), seconds=0.01, exchange=actions[0])
+    )
     assert follow == [SendMessage()]
     final = Reply.single(250, "2.0.0 queued")
-    done = d.session.reply(follow[0], final, seconds=0.24)
+    done = d.session.handle(UpstreamReply(final, seconds=0.24, exchange=follow[0]))
     assert done[0] == SendClient(final)
     [summary] = [a for a in done if isinstance(a, Summary)]
-    assert summary.outcome is Outcome.FILTERED
+    assert summary.outcome is Status.FILTERED
     assert summary.upstream_code == 250
     # The stages' durations come in with the inputs that end them; upstream is our DATA
     # plus the message and its final ".".
@@ -405,12 +427,12 @@ def test_no_filter_goes_straight_to_replay_and_passed() -> None:
     d = ready(SessionPolicy(client="c", filtering=False))
     with_envelope(d)
     d.command("DATA")
-    actions = d.session.message_received(5)
+    actions = d.session.handle(MessageReceived(5))
     assert actions == [SendUpstream(b"DATA\r\n", Purpose.DATA)]
-    follow = d.session.reply(actions[0], Reply.single(354, "go"))
-    done = d.session.reply(follow[0], OK)
+    follow = d.session.handle(UpstreamReply(Reply.single(354, "go"), exchange=actions[0]))
+    done = d.session.handle(UpstreamReply(OK, exchange=follow[0]))
     [summary] = [a for a in done if isinstance(a, Summary)]
-    assert summary.outcome is Outcome.PASSED
+    assert summary.outcome is Status.PASSED
     assert summary.text.startswith("client=c, from=<s@x>, to=<r@x>, status=PASSED, upstream=250")
 
 
@@ -418,10 +440,10 @@ def test_upstream_refuses_data_final_reply_rset_and_logged() -> None:
     d = ready()
     with_envelope(d)
     d.command("DATA")
-    d.session.message_received(10)
-    [data] = d.session.filter_done(True, None, Outcome.FILTERED)
+    d.session.handle(MessageReceived(10))
+    [data] = d.session.handle(FilterDone(True, None, Status.FILTERED))
     refusal = Reply.single(554, "5.5.1 no valid recipients")
-    actions = d.session.reply(data, refusal)
+    actions = d.session.handle(UpstreamReply(refusal, exchange=data))
     assert actions[0] == SendClient(refusal)
     assert SendUpstream(b"RSET\r\n", Purpose.RSET) in actions
     [summary] = [a for a in actions if isinstance(a, Summary)]
@@ -433,9 +455,9 @@ def test_filter_rejects() -> None:
     d = ready()
     with_envelope(d)
     d.command("DATA")
-    d.session.message_received(10)
+    d.session.handle(MessageReceived(10))
     reply = Reply.single(550, "Content Rejected; Virus found")
-    actions = d.session.filter_done(False, reply, Outcome.REJECTED, "Virus found")
+    actions = d.session.handle(FilterDone(False, reply, Status.REJECTED, "Virus found"))
     assert actions[:2] == [SendClient(reply), SendUpstream(b"RSET\r\n", Purpose.RSET)]
     summary = actions[2]
     assert isinstance(summary, Summary)
@@ -452,9 +474,9 @@ def test_filter_drops_silently() -> None:
     d = ready()
     with_envelope(d)
     d.command("DATA")
-    d.session.message_received(10)
+    d.session.handle(MessageReceived(10))
     reply = Reply.single(250, "Dropped")
-    actions = d.session.filter_done(False, reply, Outcome.DROPPED)
+    actions = d.session.handle(FilterDone(False, reply, Status.DROPPED))
     assert actions[:2] == [SendClient(reply), SendUpstream(b"RSET\r\n", Purpose.RSET)]
     assert isinstance(actions[2], Summary) and "status=DROPPED" in actions[2].text
 
@@ -463,9 +485,11 @@ def test_filter_error_summary_has_detail() -> None:
     d = ready()
     with_envelope(d)
     d.command("DATA")
-    d.session.message_received(10)
-    actions = d.session.filter_done(
-        False, Reply.single(451, "Local Error"), Outcome.FILTER_ERROR, "killed by signal 9"
+    d.session.handle(MessageReceived(10))
+    actions = d.session.handle(
+        FilterDone(
+            False, Reply.single(451, "Local Error"), Status.FILTER_ERROR, "killed by signal 9"
+        )
     )
     summary = actions[-1]
     assert isinstance(summary, Summary)
@@ -476,39 +500,39 @@ def test_rejection_without_reply_is_our_bug() -> None:
     d = ready()
     with_envelope(d)
     d.command("DATA")
-    d.session.message_received(10)
+    d.session.handle(MessageReceived(10))
     with pytest.raises(LocalProtocolError):
-        d.session.filter_done(False, None, Outcome.REJECTED)
+        d.session.handle(FilterDone(False, None, Status.REJECTED))
 
 
 def test_filter_done_outside_filtering_is_our_bug() -> None:
     d = ready()
     with pytest.raises(LocalProtocolError):
-        d.session.filter_done(True, None, Outcome.FILTERED)
+        d.session.handle(FilterDone(True, None, Status.FILTERED))
 
 
 def test_message_received_outside_data_is_our_bug() -> None:
     d = ready()
     with pytest.raises(LocalProtocolError):
-        d.session.message_received(1)
+        d.session.handle(MessageReceived(1))
     with pytest.raises(LocalProtocolError):
-        d.session.message_failed(Reply.single(451, "x"), "x")
+        d.session.handle(MessageFailed(Reply.single(451, "x"), "x"))
 
 
 def test_reply_without_pending_action_is_our_bug() -> None:
     d = ready()
     for action in (RunFilter(), SendClient(OK), ReceiveMessage(stream=False), SendMessage()):
         with pytest.raises(LocalProtocolError):
-            d.session.reply(action, OK)
+            d.session.handle(UpstreamReply(OK, exchange=action))
 
 
 def test_size_over_advertised_limit_gets_552() -> None:
     d = ready()  # SIZE 1000
     with_envelope(d)
     d.command("DATA")
-    actions = d.session.message_received(1001)
+    actions = d.session.handle(MessageReceived(1001))
     assert actions[:2] == [SendClient(MESSAGE_TOO_BIG), SendUpstream(b"RSET\r\n", Purpose.RSET)]
-    assert isinstance(actions[2], Summary) and actions[2].outcome is Outcome.TOO_BIG
+    assert isinstance(actions[2], Summary) and actions[2].outcome is Status.TOO_BIG
     assert state_of(d.session) is State.MAIL
 
 
@@ -516,7 +540,7 @@ def test_size_at_limit_accepted() -> None:
     d = ready()
     with_envelope(d)
     d.command("DATA")
-    assert d.session.message_received(1000) == [RunFilter()]
+    assert d.session.handle(MessageReceived(1000)) == [RunFilter()]
 
 
 # -- MaxMessageSize ------------------------------------------------------------------------
@@ -576,7 +600,7 @@ UPSTREAM_TLS = Reply(250, ("up.example", "STARTTLS", "SIZE 1000"))
 def test_starttls_is_ours_advertised_and_answered_without_the_upstream() -> None:
     d = ready(TLS, UPSTREAM_TLS)
     assert d.client[-1] == Reply(250, ("smtp.passthru", "SIZE 1000", "STARTTLS"))
-    actions = d.session.command(parse_command(b"STARTTLS\r\n"))
+    actions = d.session.handle(ClientCommand(parse_command(b"STARTTLS\r\n")))
     assert actions == [SendClient(Reply.single(220, "2.0.0 Ready to start TLS")), StartTLS()]
     assert d.upstream == [b"EHLO c\r\n"]
 
@@ -584,7 +608,7 @@ def test_starttls_is_ours_advertised_and_answered_without_the_upstream() -> None
 def test_after_the_handshake_the_client_starts_over() -> None:
     d = ready(TLS)
     d.command("XFORWARD ADDR=192.0.2.7", OK)
-    d.session.tls_started()
+    d.session.handle(ClientTLSStarted())
     assert (state_of(d.session), d.session.tls, d.session.helo_name) == (State.HELO, True, None)
     assert d.session.envelope.remote_addr is None  # nothing said before TLS is kept
     [reply] = d.command("EHLO c", EHLO_REPLY)
@@ -642,9 +666,9 @@ def test_message_over_max_message_size_gets_552_after_helo_too() -> None:
     d.command("HELO c", Reply.single(250, "up.example"))  # no SIZE said, still enforced
     with_envelope(d)
     d.command("DATA")
-    actions = d.session.message_received(101)
+    actions = d.session.handle(MessageReceived(101))
     assert actions[0] == SendClient(MESSAGE_TOO_BIG)
-    assert isinstance(actions[2], Summary) and actions[2].outcome is Outcome.TOO_BIG
+    assert isinstance(actions[2], Summary) and actions[2].outcome is Status.TOO_BIG
 
 
 def test_spool_failure_gives_reply_and_rset() -> None:
@@ -652,7 +676,7 @@ def test_spool_failure_gives_reply_and_rset() -> None:
     with_envelope(d)
     d.command("DATA")
     reply = Reply.single(451, "Local Error")
-    actions = d.session.message_failed(reply, "disk full")
+    actions = d.session.handle(MessageFailed(reply, "disk full"))
     assert actions[:2] == [SendClient(reply), SendUpstream(b"RSET\r\n", Purpose.RSET)]
     assert isinstance(actions[2], Summary) and "FILTER-ERROR" in actions[2].text
 
@@ -664,13 +688,13 @@ def test_two_transactions_two_summaries_and_envelope_reset() -> None:
         d.command("RCPT TO:<r@x>", OK)
         d.command("DATA")
         assert d.session.envelope.sender == sender
-        d.run(d.session.message_received(3), [])
+        d.run(d.session.handle(MessageReceived(3)), [])
         d.run(
-            d.session.filter_done(True, None, Outcome.FILTERED),
+            d.session.handle(FilterDone(True, None, Status.FILTERED)),
             [Reply.single(354, "go")],
         )
         # SendMessage was collected in `other`: answer it.
-        d.run(d.session.reply(SendMessage(), OK), [])
+        d.run(d.session.handle(UpstreamReply(OK, exchange=SendMessage())), [])
     texts = [s.text for s in d.summaries()]
     assert len(texts) == 2 and "from=<a@x>" in texts[0] and "from=<b@x>" in texts[1]
     assert d.session.messages == 2
@@ -689,7 +713,7 @@ def test_reject_mode_mail_rcpt_data_answered_locally() -> None:
     assert d.command("DATA", OK) == [REJECT]
     assert d.upstream == [b"EHLO c\r\n", b"RSET\r\n"]
     [summary] = d.summaries()
-    assert summary.outcome is Outcome.REJECTED
+    assert summary.outcome is Status.REJECTED
     assert summary.text.startswith("client=127.0.0.1, status=REJECTED")
 
 
@@ -701,13 +725,13 @@ def test_skip_mode_streams_after_auth() -> None:
     d.command("RCPT TO:<r@x>", OK)
     up354 = Reply.single(354, "upstream go ahead")
     before = len(d.client)
-    d.run(d.session.command(parse_command(b"DATA\r\n")), [up354])
+    d.run(d.session.handle(ClientCommand(parse_command(b"DATA\r\n"))), [up354])
     assert d.client[before:] == [up354]
     assert ReceiveMessage(stream=True) in d.other
     assert state_of(d.session) is State.DATA
-    done = d.session.reply(ReceiveMessage(stream=True), OK)
+    done = d.session.handle(UpstreamReply(OK, exchange=ReceiveMessage(stream=True)))
     [summary] = [a for a in done if isinstance(a, Summary)]
-    assert summary.outcome is Outcome.SKIPPED and "status=SKIPPED" in summary.text
+    assert summary.outcome is Status.SKIPPED and "status=SKIPPED" in summary.text
     assert state_of(d.session) is State.MAIL
 
 
@@ -797,13 +821,15 @@ def test_xclient_refused_logged_and_no_ehlo_resent() -> None:
 
 def test_xclient_exchange_completes_before_the_command_is_dispatched() -> None:
     d = ready(SessionPolicy(client="c", xclient=True))
-    actions = d.session.command(parse_command(b"STARTTLS\r\n"))
+    actions = d.session.handle(ClientCommand(parse_command(b"STARTTLS\r\n")))
     # Only the XCLIENT goes out first: the local 502 waits for the exchange to finish.
     [xclient] = actions
     assert isinstance(xclient, SendUpstream) and xclient.purpose is Purpose.XCLIENT
-    follow = d.session.reply(xclient, XCLIENT_OK)
+    follow = d.session.handle(UpstreamReply(XCLIENT_OK, exchange=xclient))
     assert [type(a) for a in follow] == [SendUpstream]
-    assert d.session.reply(follow[0], EHLO_REPLY) == [SendClient(NOT_IMPLEMENTED)]
+    assert d.session.handle(UpstreamReply(EHLO_REPLY, exchange=follow[0])) == [
+        SendClient(NOT_IMPLEMENTED)
+    ]
 
 
 def test_xclient_then_refused_ehlo_still_dispatches() -> None:
@@ -821,25 +847,25 @@ def test_abort_mid_message_gives_its_one_summary(stage: str) -> None:
     with_envelope(d)
     d.command("DATA")
     if stage in ("filtering", "replay"):
-        d.run(d.session.message_received(10), [])
+        d.run(d.session.handle(MessageReceived(10)), [])
     if stage == "replay":
-        d.run(d.session.filter_done(True, None, Outcome.FILTERED), [Reply.single(354, "go")])
+        d.run(d.session.handle(FilterDone(True, None, Status.FILTERED)), [Reply.single(354, "go")])
     assert state_of(d.session).value == stage
-    [summary] = d.session.abort("client disconnected")
+    [summary] = d.session.handle(ConnectionEnded("client disconnected"))
     assert isinstance(summary, Summary)
-    assert summary.outcome is Outcome.FILTER_ERROR
+    assert summary.outcome is Status.FILTER_ERROR
     assert summary.text.startswith(
         "client=192.0.2.1, from=<s@x>, to=<r@x>, status=FILTER-ERROR, "
         "reason=client disconnected, relay=none, "
     )
     assert ("size=10" in summary.text) is (stage != "data")
-    assert d.session.abort("again") == []  # one summary per message
+    assert d.session.handle(ConnectionEnded("again")) == []  # one summary per message
 
 
 def test_abort_between_messages_logs_nothing() -> None:
     d = ready()
     with_envelope(d)
-    assert d.session.abort("client disconnected") == []
+    assert d.session.handle(ConnectionEnded("client disconnected")) == []
 
 
 # -- the queue of pending exchanges and the sticky error ----------------------------------
@@ -847,28 +873,28 @@ def test_abort_between_messages_logs_nothing() -> None:
 
 def test_replies_answer_the_pending_exchanges_in_order() -> None:
     d = ready()
-    (mail,) = d.session.command(parse_command(b"MAIL FROM:<s@x>\r\n"))
+    (mail,) = d.session.handle(ClientCommand(parse_command(b"MAIL FROM:<s@x>\r\n")))
     assert d.session.pending == (mail,)
-    assert d.session.upstream_reply(OK) == [SendClient(OK)]
+    assert d.session.handle(UpstreamReply(OK)) == [SendClient(OK)]
     assert d.session.pending == ()
     with pytest.raises(LocalProtocolError):
-        d.session.upstream_reply(OK)
+        d.session.handle(UpstreamReply(OK))
 
 
 def test_an_illegal_input_breaks_the_session_for_good() -> None:
     d = ready()
     with pytest.raises(LocalProtocolError):
-        d.session.message_received(1)
+        d.session.handle(MessageReceived(1))
     # Legal on its own, but the session can no longer be trusted.
     with pytest.raises(LocalProtocolError, match="already failed"):
-        d.session.command(parse_command(b"NOOP\r\n"))
+        d.session.handle(ClientCommand(parse_command(b"NOOP\r\n")))
 
 
 def test_a_reply_to_another_action_than_the_oldest_pending_is_our_bug() -> None:
     d = ready()
-    d.session.command(parse_command(b"MAIL FROM:<s@x>\r\n"))
+    d.session.handle(ClientCommand(parse_command(b"MAIL FROM:<s@x>\r\n")))
     with pytest.raises(LocalProtocolError):
-        d.session.reply(SendUpstream(b"RSET\r\n", Purpose.RSET), OK)
+        d.session.handle(UpstreamReply(OK, exchange=SendUpstream(b"RSET\r\n", Purpose.RSET)))
 
 
 # -- the summary line -------------------------------------------------------------------
@@ -877,22 +903,22 @@ def test_a_reply_to_another_action_than_the_oldest_pending_is_our_bug() -> None:
 def filtering(d: Driver) -> Driver:
     with_envelope(d)
     d.command("DATA")
-    d.session.message_received(10, seconds=0.25)
+    d.session.handle(MessageReceived(10, seconds=0.25))
     return d
 
 
 @pytest.mark.parametrize(
     ("reply", "status"),
     [
-        (Reply.single(451, "4.7.1 Try again later"), Outcome.DEFERRED),
-        (Reply.single(550, "5.7.1 Spam"), Outcome.REJECTED),
-        (Reply.single(554, "Content Rejected; Virus"), Outcome.REJECTED),
+        (Reply.single(451, "4.7.1 Try again later"), Status.DEFERRED),
+        (Reply.single(550, "5.7.1 Spam"), Status.REJECTED),
+        (Reply.single(554, "Content Rejected; Virus"), Status.REJECTED),
     ],
 )
-def test_filter_refusal_status_follows_the_reply_code(reply: Reply, status: Outcome) -> None:
+def test_filter_refusal_status_follows_the_reply_code(reply: Reply, status: Status) -> None:
     """A 4xx is retried by the client (DEFERRED), a 5xx bounces (REJECTED)."""
     d = filtering(ready())
-    actions = d.session.filter_done(False, reply, Outcome.REJECTED, "exit 1", seconds=0.5)
+    actions = d.session.handle(FilterDone(False, reply, Status.REJECTED, "exit 1", seconds=0.5))
     [summary] = [a for a in actions if isinstance(a, Summary)]
     assert summary.outcome is status
     assert f"status={status.value}, reason={reply.text}, relay=none, size=10" in summary.text
@@ -905,7 +931,7 @@ def test_reject_mode_temporary_filter_reject_is_deferred() -> None:
     d.command("MAIL FROM:<s@x>")
     assert d.command("DATA", OK) == [tempfail]
     [summary] = d.summaries()
-    assert summary.outcome is Outcome.DEFERRED
+    assert summary.outcome is Status.DEFERRED
     assert summary.text == (
         "client=c, status=DEFERRED, reason=451 4.3.0 Closed for maintenance, relay=none, "
         "delay=0.00, delays=0.00/0.00/0.00"
@@ -917,20 +943,22 @@ def test_null_sender_and_raw_addresses_in_brackets() -> None:
     d.command("MAIL FROM:<>", OK)
     d.command("RCPT TO: odd", OK)
     d.command("DATA")
-    [data] = d.session.message_received(3)
-    [message] = d.session.reply(data, Reply.single(354, "go"))
-    d.run(d.session.reply(message, OK), [])
+    [data] = d.session.handle(MessageReceived(3))
+    [message] = d.session.handle(UpstreamReply(Reply.single(354, "go"), exchange=data))
+    d.run(d.session.handle(UpstreamReply(OK, exchange=message)), [])
     [summary] = d.summaries()
     assert summary.text.startswith("client=c, from=<>, to=<odd>, status=PASSED, ")
 
 
 def test_upstream_refusing_our_data_is_logged_with_its_relay_and_time() -> None:
     d = filtering(ready())
-    [data] = d.session.filter_done(True, None, Outcome.FILTERED, seconds=1.0)
-    actions = d.session.reply(data, Reply.single(451, "4.3.0 busy"), seconds=0.5)
+    [data] = d.session.handle(FilterDone(True, None, Status.FILTERED, seconds=1.0))
+    actions = d.session.handle(
+        UpstreamReply(Reply.single(451, "4.3.0 busy"), seconds=0.5, exchange=data)
+    )
     [summary] = [a for a in actions if isinstance(a, Summary)]
     # The status says what the proxy did; upstream= says what the next server answered.
-    assert summary.outcome is Outcome.FILTERED and summary.upstream_code == 451
+    assert summary.outcome is Status.FILTERED and summary.upstream_code == 451
     assert summary.text.endswith(
         f"upstream=451 4.3.0 busy, relay={RELAY}, size=10, delay=1.75, delays=0.25/1.00/0.50"
     )
@@ -942,10 +970,10 @@ def test_skip_mode_summary_has_size_and_delays() -> None:
     d.command("MAIL FROM:<s@x>", OK)
     d.command("RCPT TO:<r@x>", OK)
     d.command("DATA", Reply.single(354, "go"))
-    assert d.session.message_streamed(42, seconds=2.0) == []
-    done = d.session.upstream_reply(OK, seconds=0.5)
+    assert d.session.handle(MessageStreamed(42, seconds=2.0)) == []
+    done = d.session.handle(UpstreamReply(OK, seconds=0.5))
     [summary] = [a for a in done if isinstance(a, Summary)]
-    assert summary.outcome is Outcome.SKIPPED
+    assert summary.outcome is Status.SKIPPED
     assert summary.text.endswith(f"relay={RELAY}, size=42, delay=2.50, delays=2.00/0.00/0.50")
 
 
@@ -954,16 +982,19 @@ def test_message_streamed_without_a_stream_is_our_bug() -> None:
     with_envelope(d)
     d.command("DATA")  # spooled, not streamed
     with pytest.raises(LocalProtocolError):
-        d.session.message_streamed(1)
+        d.session.handle(MessageStreamed(1))
 
 
 def test_each_message_starts_with_fresh_facts() -> None:
     d = filtering(ready())
-    d.run(d.session.filter_done(False, Reply.single(550, "no"), Outcome.REJECTED, seconds=3), [OK])
+    d.run(
+        d.session.handle(FilterDone(False, Reply.single(550, "no"), Status.REJECTED, seconds=3)),
+        [OK],
+    )
     d.command("MAIL FROM:<s@x>", OK)
     d.command("RCPT TO:<r@x>", OK)
     d.command("DATA")
-    [summary] = d.session.abort("client disconnected")
+    [summary] = d.session.handle(ConnectionEnded("client disconnected"))
     assert isinstance(summary, Summary)
     assert "size=" not in summary.text
     assert summary.text.endswith("delay=0.00, delays=0.00/0.00/0.00")

@@ -6,24 +6,31 @@ from __future__ import annotations
 import pytest
 
 from trio_proxsmtp.protocol.errors import LocalProtocolError
+from trio_proxsmtp.protocol.message.summary import Status
 from trio_proxsmtp.protocol.milter import VerdictKind
-from trio_proxsmtp.protocol.session import (
-    MILTER_DISCARDED,
-    START_MAIL_INPUT,
+from trio_proxsmtp.protocol.session.actions import (
     AbortMilters,
     AskMilters,
-    ChangedEnvelope,
-    Outcome,
     Purpose,
     ReceiveMessage,
     RunMilters,
     SendClient,
     SendUpstream,
-    Session,
-    SessionPolicy,
-    State,
     Summary,
 )
+from trio_proxsmtp.protocol.session.envelope import MilterEnvelope
+from trio_proxsmtp.protocol.session.events import (
+    ClientCommand,
+    Greeting,
+    MessageReceived,
+    MiltersDecided,
+    MiltersDone,
+    UpstreamReply,
+)
+from trio_proxsmtp.protocol.session.machine import Session
+from trio_proxsmtp.protocol.session.policy import SessionPolicy
+from trio_proxsmtp.protocol.session.states import State
+from trio_proxsmtp.protocol.session.wire import MILTER_DISCARDED, START_MAIL_INPUT
 from trio_proxsmtp.protocol.smtp.commands import parse_command
 from trio_proxsmtp.protocol.smtp.replies import Reply
 
@@ -38,18 +45,18 @@ def command(line: str) -> object:
 
 def passed(session: Session, line: str) -> list[object]:
     """The command asks the milters, they let it through: what the session does then."""
-    [ask] = session.command(command(line))  # type: ignore[arg-type]
+    [ask] = session.handle(ClientCommand(command(line)))  # type: ignore[arg-type]
     assert isinstance(ask, AskMilters)
-    return list(session.milters_decided(ask, VerdictKind.CONTINUE, None, None))
+    return list(session.handle(MiltersDecided(ask, VerdictKind.CONTINUE, None, None)))
 
 
 def up(session: Session, reply: Reply = OK) -> list[object]:
-    return list(session.upstream_reply(reply))
+    return list(session.handle(UpstreamReply(reply)))
 
 
 def in_transaction() -> Session:
     session = Session(POLICY)
-    session.greeting(Reply.single(220, "up"))
+    session.handle(Greeting(Reply.single(220, "up")))
     assert isinstance(passed(session, "EHLO c")[0], SendUpstream)
     up(session, Reply(250, ("up", "SIZE 1000")))
     passed(session, "MAIL FROM:<s@x> BODY=8BITMIME")
@@ -61,16 +68,16 @@ def in_transaction() -> Session:
 
 def test_without_milters_nothing_asks_them() -> None:
     session = Session(SessionPolicy(client="192.0.2.1"))
-    session.greeting(Reply.single(220, "up"))
-    [action] = session.command(parse_command(b"EHLO c\r\n"))
+    session.handle(Greeting(Reply.single(220, "up")))
+    [action] = session.handle(ClientCommand(parse_command(b"EHLO c\r\n")))
     assert isinstance(action, SendUpstream)
 
 
 def test_a_refusal_answers_the_client_and_nothing_goes_upstream() -> None:
     session = in_transaction()
-    [ask] = session.command(parse_command(b"RCPT TO:<bad@x>\r\n"))
+    [ask] = session.handle(ClientCommand(parse_command(b"RCPT TO:<bad@x>\r\n")))
     assert isinstance(ask, AskMilters)
-    actions = session.milters_decided(ask, VerdictKind.REJECT, REFUSED, "inet:m:1")
+    actions = session.handle(MiltersDecided(ask, VerdictKind.REJECT, REFUSED, "inet:m:1"))
     assert SendClient(REFUSED) in actions
     assert not any(isinstance(a, SendUpstream) for a in actions)
     assert session.envelope.recipients == ["r@x"] and not session.pending
@@ -80,13 +87,13 @@ def test_data_asks_the_milters_after_the_envelope_checks() -> None:
     session = in_transaction()
     actions = passed(session, "DATA")
     assert actions == [SendClient(START_MAIL_INPUT), ReceiveMessage(stream=False)]
-    assert session.message_received(10) == [RunMilters()]
+    assert session.handle(MessageReceived(10)) == [RunMilters()]
     assert session.state is State.MILTERING
 
 
 def test_rset_and_a_refused_mail_abort_the_milters() -> None:
     session = in_transaction()
-    assert session.command(parse_command(b"RSET\r\n"))[0] == AbortMilters()
+    assert session.handle(ClientCommand(parse_command(b"RSET\r\n")))[0] == AbortMilters()
     up(session)
     passed(session, "MAIL FROM:<s@x>")
     assert up(session, REFUSED)[0] == AbortMilters()
@@ -96,32 +103,32 @@ def test_a_milter_answer_is_illegal_outside_its_states() -> None:
     session = in_transaction()
     passed(session, "DATA")
     with pytest.raises(LocalProtocolError):
-        session.milters_done(VerdictKind.CONTINUE, None, None)  # still receiving
+        session.handle(MiltersDone(VerdictKind.CONTINUE, None, None))  # still receiving
 
 
 def test_discard_answers_250_and_resets_the_upstream() -> None:
     session = in_transaction()
     passed(session, "DATA")
-    session.message_received(10)
-    actions = session.milters_done(VerdictKind.DISCARD, None, "inet:m:1")
+    session.handle(MessageReceived(10))
+    actions = session.handle(MiltersDone(VerdictKind.DISCARD, None, "inet:m:1"))
     assert actions[0] == SendClient(MILTER_DISCARDED)
     assert actions[1] == SendUpstream(b"RSET\r\n", Purpose.RSET)
-    assert isinstance(actions[2], Summary) and actions[2].outcome is Outcome.DROPPED
+    assert isinstance(actions[2], Summary) and actions[2].outcome is Status.DROPPED
     assert "milter=inet:m:1" in actions[2].text
 
 
 def test_a_changed_envelope_is_replayed_line_by_line_then_data() -> None:
     session = in_transaction()
     passed(session, "DATA")
-    session.message_received(10)
-    changed = ChangedEnvelope("new@x", ("BODY=8BITMIME",), (("r@x", ()), ("gone@x", ())))
+    session.handle(MessageReceived(10))
+    changed = MilterEnvelope("new@x", ("BODY=8BITMIME",), (("r@x", ()), ("gone@x", ())))
     sent = []
-    actions = session.milters_done(VerdictKind.CONTINUE, None, None, changed)
+    actions = session.handle(MiltersDone(VerdictKind.CONTINUE, None, None, changed))
     for reply in (OK, OK, OK, REFUSED):
         [*_, action] = actions
         assert isinstance(action, SendUpstream) and action.purpose is Purpose.REPLAY_ENVELOPE
         sent.append(action.line)
-        actions = session.upstream_reply(reply)
+        actions = session.handle(UpstreamReply(reply))
     assert sent == [
         b"RSET\r\n",
         b"MAIL FROM:<new@x> BODY=8BITMIME\r\n",
@@ -135,9 +142,9 @@ def test_a_changed_envelope_is_replayed_line_by_line_then_data() -> None:
 def test_a_line_break_in_a_changed_address_fails_the_message() -> None:
     session = in_transaction()
     passed(session, "DATA")
-    session.message_received(10)
-    changed = ChangedEnvelope("a@x>\r\nRCPT TO:<evil@x", (), (("r@x", ()),))
-    actions = session.milters_done(VerdictKind.CONTINUE, None, None, changed)
+    session.handle(MessageReceived(10))
+    changed = MilterEnvelope("a@x>\r\nRCPT TO:<evil@x", (), (("r@x", ()),))
+    actions = session.handle(MiltersDone(VerdictKind.CONTINUE, None, None, changed))
     [answer] = [a for a in actions if isinstance(a, SendClient)]
     assert answer.reply.code == 451
     assert not any(isinstance(a, SendUpstream) and b"evil" in a.line for a in actions)

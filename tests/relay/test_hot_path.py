@@ -12,8 +12,8 @@ import pytest
 import trio
 import trio.testing
 
-from trio_proxsmtp.protocol.actions import Summary
-from trio_proxsmtp.protocol.summary import MessageSummary, Status
+from trio_proxsmtp.protocol.message.summary import MessageSummary, Status
+from trio_proxsmtp.protocol.session.actions import Summary
 from trio_proxsmtp.relay.client_channel import ClientChannel
 from trio_proxsmtp.relay.client_info import ClientInfo
 

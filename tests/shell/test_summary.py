@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_proxsmtp.protocol.summary import Delays, MessageSummary, Status, refusal_status
+from trio_proxsmtp.protocol.message.summary import Delays, MessageSummary, Status, refusal_status
 
 
 def test_a_delivered_message_has_every_field_in_order() -> None:

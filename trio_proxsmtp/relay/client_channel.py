@@ -23,7 +23,7 @@ import trio
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.common.nursery import single_error
 from trio_proxsmtp.common.trace import show
-from trio_proxsmtp.protocol.session import Action
+from trio_proxsmtp.protocol.session.actions import Action
 from trio_proxsmtp.protocol.smtp.lines import LineTooLong
 from trio_proxsmtp.protocol.smtp.reader import (
     Body,

@@ -22,7 +22,6 @@ import socket
 import ssl
 from typing import assert_never
 
-import attrs
 import trio
 
 from trio_proxsmtp.common.log import connection_logger
@@ -31,7 +30,7 @@ from trio_proxsmtp.common.nursery import single_error
 from trio_proxsmtp.common.trace import show_command
 from trio_proxsmtp.config.loader import Config, milter_settings
 from trio_proxsmtp.protocol.errors import RemoteProtocolError
-from trio_proxsmtp.protocol.session import (
+from trio_proxsmtp.protocol.session.actions import (
     AbortMilters,
     Action,
     AskMilters,
@@ -45,13 +44,27 @@ from trio_proxsmtp.protocol.session import (
     SendClient,
     SendMessage,
     SendUpstream,
-    Session,
-    SessionPolicy,
     SkipBytes,
     StartTLS,
     StartUpstreamTLS,
     Summary,
 )
+from trio_proxsmtp.protocol.session.events import (
+    BadCommandLine,
+    ClientCommand,
+    ClientNameKnown,
+    ClientTLSActive,
+    ClientTLSStarted,
+    CommandTooLong,
+    ConnectionEnded,
+    Greeting,
+    MiltersDecided,
+    UpstreamReply,
+    UpstreamTLSActive,
+    UpstreamTLSStarted,
+)
+from trio_proxsmtp.protocol.session.machine import Session
+from trio_proxsmtp.protocol.session.policy import SessionPolicy
 from trio_proxsmtp.protocol.smtp.commands import Verb, check_command_line, parse_command
 from trio_proxsmtp.protocol.smtp.lines import LineTooLong
 from trio_proxsmtp.protocol.smtp.reader import Line
@@ -186,7 +199,7 @@ class Connection:
                 else:
                     self.log.warning("session cut short by shutdown")
                     farewell, ended = SHUTTING_DOWN, "shutdown"
-            self._log_actions(self.session.abort(ended))
+            self._log_actions(self.session.handle(ConnectionEnded(ended)))
             if farewell is not None:
                 await self.client.say_goodbye(farewell)
         except Exception:  # one failing connection never takes the server down
@@ -207,7 +220,7 @@ class Connection:
             # ListenTLS (RFC 8314): the handshake first, under TimeOut, before the banner
             # and before the upstream hears of this client; no STARTTLS is offered.
             await self.client.start_tls(None, self.implicit_tls)
-            self.session.tls = True
+            self.session.handle(ClientTLSActive())
         if self.config.xclient:
             # XCLIENT NAME= needs the client's host name: look it up while connecting.
             name = "[TEMPUNAVAIL]"
@@ -220,10 +233,11 @@ class Connection:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(look_up)
                     await self.upstream.connect()
-            self.session.policy = attrs.evolve(self.session.policy, xclient_name=name)
+            self.session.handle(ClientNameKnown(name))
         else:
             await self.upstream.connect()
-        self.session.upstream_tls = self.upstream.tls  # OutTLS: implicit
+        if self.upstream.tls:  # OutTLS: implicit
+            self.session.handle(UpstreamTLSActive())
         if not self.config.milters:
             await self._relay()
             return
@@ -253,7 +267,7 @@ class Connection:
     async def _relay(self) -> None:
         """The banner, then the client's commands until the session ends."""
         [banner] = await self.upstream.exchange((), replies=1)
-        await self._perform(self.session.greeting(banner, relay=self.upstream.relay))
+        await self._perform(self.session.handle(Greeting(banner, relay=self.upstream.relay)))
         while True:
             try:
                 line = await self.client.next_command()
@@ -263,18 +277,18 @@ class Connection:
                 raise _Closing from None
             if isinstance(line, LineTooLong):
                 self.log.debug("CLIENT < (%d bytes discarded: line too long)", line.length)
-                await self._perform(self.session.line_too_long())
+                await self._perform(self.session.handle(CommandTooLong()))
                 continue
             reason = check_command_line(line)
             if reason is not None:
                 # NUL, bare CR, controls: answered here, never forwarded (issue 16, case 7).
-                await self._perform(self.session.bad_command_line(reason))
+                await self._perform(self.session.handle(BadCommandLine(reason)))
                 continue
             in_auth = self.trace and self.session.in_auth  # (only the trace needs it)
             command = parse_command(line)
             if self.trace:
                 self.log.debug("CLIENT < %s", show_command(line, command, in_auth))
-            actions = self.session.command(command)
+            actions = self.session.handle(ClientCommand(command))
             if self.upstream_pipelining(actions):
                 await self._send_group(actions)
             else:
@@ -312,7 +326,7 @@ class Connection:
             assert isinstance(taken, Line) and taken.data == line
             if self.trace:
                 self.log.debug("CLIENT < %s", show_command(line, command, False))
-            [action] = self.session.command(command)
+            [action] = self.session.handle(ClientCommand(command))
             assert isinstance(action, SendUpstream), action
             group.append(action)
         items = [
@@ -320,7 +334,7 @@ class Connection:
             for a in group
         ]
         for reply in await self.upstream.exchange(items):
-            await self._perform(self.session.upstream_reply(reply))
+            await self._perform(self.session.handle(UpstreamReply(reply)))
 
     async def _perform(self, actions: list[Action]) -> None:
         """Do the session's actions in order; an upstream reply goes back to the session,
@@ -350,7 +364,7 @@ class Connection:
                 else:
                     reply = await self.upstream.command(Outgoing(action.line, trace))
                 seconds = trio.current_time() - started if timed else 0.0
-                after = self.session.upstream_reply(reply, seconds=seconds)
+                after = self.session.handle(UpstreamReply(reply, seconds=seconds))
             elif isinstance(action, Summary | Log):
                 self._log_actions([action])
                 continue
@@ -363,14 +377,14 @@ class Connection:
                 started = trio.current_time()
                 reply = await self.transaction.replay(action)
                 seconds = trio.current_time() - started
-                after = self.session.upstream_reply(reply, seconds=seconds)
+                after = self.session.handle(UpstreamReply(reply, seconds=seconds))
             elif isinstance(action, RunFilter):
                 after = await self.transaction.filter()
             elif isinstance(action, ReceiveChunk):
                 after = await self.transaction.receive_chunk(action)
             elif isinstance(action, StartUpstreamTLS):
                 await self.upstream.start_tls()
-                after = self.session.upstream_tls_started(action.command)
+                after = self.session.handle(UpstreamTLSStarted(action.command))
             elif isinstance(action, AskMilters):
                 after = await self._ask_milters(action)
             elif isinstance(action, AbortMilters):
@@ -386,7 +400,7 @@ class Connection:
             elif isinstance(action, StartTLS):
                 assert self.config.tls_context is not None
                 await self.client.start_tls(action, self.config.tls_context)
-                self.session.tls_started()
+                self.session.handle(ClientTLSStarted())
                 continue
             elif isinstance(action, Close):
                 raise _Closing
@@ -415,7 +429,7 @@ class Connection:
         else:
             decision = await milters.data()
         reply = reply_from_text(decision.reply) if decision.reply else None
-        return self.session.milters_decided(action, decision.kind, reply, decision.milter)
+        return self.session.handle(MiltersDecided(action, decision.kind, reply, decision.milter))
 
     def _log_actions(self, actions: list[Action]) -> None:
         for action in actions:

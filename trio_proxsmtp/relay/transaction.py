@@ -18,14 +18,19 @@ from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.config.loader import Config
 from trio_proxsmtp.protocol.message.edit import EditedMessage, Envelope, Recipient, bare_address
 from trio_proxsmtp.protocol.message.header import HeaderInserter, expand_header
-from trio_proxsmtp.protocol.session import (
-    Action,
-    ChangedEnvelope,
-    Outcome,
-    ReceiveChunk,
-    SendMessage,
-    Session,
+from trio_proxsmtp.protocol.message.summary import Status
+from trio_proxsmtp.protocol.session.actions import Action, ReceiveChunk, SendMessage
+from trio_proxsmtp.protocol.session.envelope import MilterEnvelope
+from trio_proxsmtp.protocol.session.events import (
+    ChunkReceived,
+    FilterDone,
+    MessageFailed,
+    MessageReceived,
+    MessageStreamed,
+    MiltersDone,
+    UpstreamReply,
 )
+from trio_proxsmtp.protocol.session.machine import Session
 from trio_proxsmtp.protocol.smtp.bdat import BdatSender
 from trio_proxsmtp.protocol.smtp.data import DataSender
 from trio_proxsmtp.protocol.smtp.replies import LOCAL_ERROR, Reply, reply_from_text
@@ -130,9 +135,11 @@ class Transaction:
                 error = f"couldn't write cache file: {exc}"
                 self.log.error("%s", error)
         if error is not None:
-            return self.session.message_failed(LOCAL_ERROR, error, size=size, seconds=seconds)
+            return self.session.handle(
+                MessageFailed(LOCAL_ERROR, error, size=size, seconds=seconds)
+            )
         self.log.debug("received %d message bytes", size)
-        return self.session.message_received(size, seconds=seconds)
+        return self.session.handle(MessageReceived(size, seconds=seconds))
 
     async def receive_chunk(self, action: ReceiveChunk) -> list[Action]:
         """Spool one BDAT chunk (RFC 3030), byte for byte: BDAT has no stuffing and no
@@ -160,7 +167,9 @@ class Transaction:
         # The message's receive time: from its first chunk to the end of this one.
         seconds = trio.current_time() - self.chunks_started
         if not action.last:
-            return self.session.chunk_received(action.size, False, self.chunked, seconds=seconds)
+            return self.session.handle(
+                ChunkReceived(action.size, False, self.chunked, seconds=seconds)
+            )
         if self.chunk_error is None and self.spool is not None:
             try:
                 self.spool.finish()
@@ -168,11 +177,11 @@ class Transaction:
                 self.chunk_error = f"couldn't write cache file: {exc}"
                 self.log.error("%s", self.chunk_error)
         if self.chunk_error is not None:
-            return self.session.message_failed(
-                LOCAL_ERROR, self.chunk_error, size=self.chunked, seconds=seconds
+            return self.session.handle(
+                MessageFailed(LOCAL_ERROR, self.chunk_error, size=self.chunked, seconds=seconds)
             )
         self.log.debug("received %d message bytes in BDAT chunks", self.chunked)
-        return self.session.chunk_received(action.size, True, self.chunked, seconds=seconds)
+        return self.session.handle(ChunkReceived(action.size, True, self.chunked, seconds=seconds))
 
     async def stream(self, action: Action) -> list[Action]:
         """Skip mode: the client's message goes straight upstream, unfiltered; the
@@ -191,10 +200,10 @@ class Transaction:
         started = trio.current_time()
         size = await self.client.read_message(action, forward)
         self.log.debug("skipped %d data bytes", size)
-        self.session.message_streamed(size, seconds=trio.current_time() - started)
+        self.session.handle(MessageStreamed(size, seconds=trio.current_time() - started))
         started = trio.current_time()
         reply = await self.upstream.command(item)
-        return self.session.upstream_reply(reply, seconds=trio.current_time() - started)
+        return self.session.handle(UpstreamReply(reply, seconds=trio.current_time() - started))
 
     # -- the filter ---------------------------------------------------------------------
 
@@ -228,16 +237,16 @@ class Transaction:
             assert verdict.message is not None
             if verdict.message is not self.spool:
                 self.output = verdict.message
-            return self.session.filter_done(True, None, Outcome.FILTERED, seconds=seconds)
+            return self.session.handle(FilterDone(True, None, Status.FILTERED, seconds=seconds))
         if verdict.kind is VerdictKind.ERROR:
             self.log.error("filter command failed: %s", verdict.detail)
             self.metrics.filter_failed("timeout" if verdict.timed_out else "error")
-            outcome = Outcome.FILTER_ERROR
+            outcome = Status.FILTER_ERROR
         else:
-            outcome = Outcome.DROPPED if verdict.kind is VerdictKind.DROP else Outcome.REJECTED
+            outcome = Status.DROPPED if verdict.kind is VerdictKind.DROP else Status.REJECTED
         assert verdict.reply is not None
-        return self.session.filter_done(
-            False, verdict.reply, outcome, verdict.detail, seconds=seconds
+        return self.session.handle(
+            FilterDone(False, verdict.reply, outcome, verdict.detail, seconds=seconds)
         )
 
     # -- the milters --------------------------------------------------------------------
@@ -259,17 +268,17 @@ class Transaction:
             result = await milters.message(message.chunks, envelope)
         decision = result.decision
         self.log.debug("milters: %s (%s)", decision.kind.name, decision.milter or "all")
-        changed: ChangedEnvelope | None = None
+        changed: MilterEnvelope | None = None
         if result.modified:
             self.edited = result.message
             if result.envelope != envelope:
                 new = result.envelope
-                changed = ChangedEnvelope(
+                changed = MilterEnvelope(
                     new.sender, new.sender_args, tuple((r.address, r.args) for r in new.recipients)
                 )
         reply = reply_from_text(decision.reply) if decision.reply else None
-        return self.session.milters_done(
-            decision.kind, reply, decision.milter, changed, failed=decision.failed
+        return self.session.handle(
+            MiltersDone(decision.kind, reply, decision.milter, changed, failed=decision.failed)
         )
 
     # -- the replay ---------------------------------------------------------------------

@@ -22,8 +22,14 @@ import enum
 
 import attrs
 
-from trio_proxsmtp.protocol.actions import Action, ReceiveChunk, ReceiveMessage, SkipBytes, StartTLS
 from trio_proxsmtp.protocol.errors import LocalProtocolError
+from trio_proxsmtp.protocol.session.actions import (
+    Action,
+    ReceiveChunk,
+    ReceiveMessage,
+    SkipBytes,
+    StartTLS,
+)
 from trio_proxsmtp.protocol.smtp.bdat import ChunkReader
 from trio_proxsmtp.protocol.smtp.data import DataReceiver
 from trio_proxsmtp.protocol.smtp.lines import CLIENT_LINE_LIMIT, LineBuffer, LineTooLong

@@ -1,6 +1,7 @@
-"""What the session asks the relay to do (its actions), and the enums they carry.
+"""What the session asks the relay to do (its actions), and the enum they carry.
 
-Every action is a frozen value; the relay performs them in order (connection.py).
+Every action is a frozen value; the relay performs them in order (connection.py) and
+reports what came of them as events (protocol/session/events.py).
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ import enum
 
 import attrs
 
+from trio_proxsmtp.protocol.message.summary import MessageSummary, Status
 from trio_proxsmtp.protocol.smtp.commands import Command
 from trio_proxsmtp.protocol.smtp.replies import Reply
-from trio_proxsmtp.protocol.summary import MessageSummary, Status
 
 __all__ = [
     "AbortMilters",
@@ -19,7 +20,6 @@ __all__ = [
     "AskMilters",
     "Close",
     "Log",
-    "Outcome",
     "Purpose",
     "ReceiveChunk",
     "ReceiveMessage",
@@ -50,18 +50,13 @@ class Purpose(enum.Enum):
     UPSTREAM_STARTTLS = "upstream-starttls"  # OutTLS may/encrypt: our STARTTLS
 
 
-# What happened to a message: the summary line's status= (protocol/summary.py). The name
-# Outcome is what the relay passes to the session; it is the same enum.
-Outcome = Status
-
-
 # ---------------------------------------------------------------------------------------
 # Actions: what the relay must do next.
 
 
 @attrs.frozen
 class SendUpstream:
-    """Write `line` upstream, read one complete reply, give it to `Session.reply`.
+    """Write `line` upstream, read one complete reply, give it to the session as an `UpstreamReply`.
 
     `command` is the client command the line carries, or (XCLIENT and the HELO/EHLO re-sent
     after it) the client command that waits for that exchange to finish.
@@ -81,9 +76,9 @@ class SendClient:
 class ReceiveMessage:
     """Read the client's message up to <CRLF>.<CRLF>.
 
-    stream=False: spool it, then call `Session.message_received(size)`.
+    stream=False: spool it, then report `MessageReceived(size)`.
     stream=True (Skip: authenticated): pass it straight upstream with its terminator, read
-    one reply and give it to `Session.reply`.
+    one reply and report it as an `UpstreamReply`.
     """
 
     stream: bool
@@ -91,13 +86,13 @@ class ReceiveMessage:
 
 @attrs.frozen
 class RunFilter:
-    """Run FilterCommand over the spooled message, then call `Session.filter_done`."""
+    """Run FilterCommand over the spooled message, then report `FilterDone`."""
 
 
 @attrs.frozen
 class AskMilters:
     """Ask the milters about a client command (HELO/EHLO, MAIL, RCPT, DATA) before it goes
-    any further, then call `Session.milters_decided(action, kind, reply, milter)`."""
+    any further, then report `MiltersDecided(action, kind, reply, milter)`."""
 
     command: Command
 
@@ -110,13 +105,13 @@ class AbortMilters:
 @attrs.frozen
 class RunMilters:
     """End of message: give the spooled (filtered) message to the milters, apply their
-    edits, then call `Session.milters_done`."""
+    edits, then report `MiltersDone`."""
 
 
 @attrs.frozen
 class SendMessage:
     """Replay the spooled (filtered) message upstream with its header, dot-stuffed, and the
-    final ".", read one reply and give it to `Session.reply`.
+    final ".", read one reply and report it as an `UpstreamReply`.
 
     bdat=True (a message that came by BDAT, to a next server offering CHUNKING): as BDAT
     chunks instead, no DATA before them; the reply given is the LAST chunk's, or the first
@@ -128,7 +123,7 @@ class SendMessage:
 @attrs.frozen
 class ReceiveChunk:
     """Read the `size` bytes of a BDAT chunk into the spool (RFC 3030; Chunking: on), then
-    call `Session.chunk_received`; `last`: the LAST chunk, the message is complete."""
+    report `ChunkReceived`; `last`: the LAST chunk, the message is complete."""
 
     size: int
     last: bool
@@ -178,14 +173,14 @@ class Close:
 
 @attrs.frozen
 class StartTLS:
-    """Discard what the client sent after STARTTLS, do the TLS handshake, then call
-    `Session.tls_started` (RFC 3207: the client starts over with EHLO)."""
+    """Discard what the client sent after STARTTLS, do the TLS handshake, then report
+    `ClientTLSStarted` (RFC 3207: the client starts over with EHLO)."""
 
 
 @attrs.frozen
 class StartUpstreamTLS:
-    """The next server said 220 to our STARTTLS: do the TLS handshake with it, then call
-    `Session.upstream_tls_started(command)` (`command`: the client's HELO/EHLO waiting)."""
+    """The next server said 220 to our STARTTLS: do the TLS handshake with it, then report
+    `UpstreamTLSStarted(command)` (`command`: the client's HELO/EHLO waiting)."""
 
     command: Command
 
