@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from trio_proxsmtp.protocol.errors import LocalProtocolError
-from trio_proxsmtp.protocol.milter import VerdictKind
+from trio_proxsmtp.protocol.milter.messages import MilterVerdictKind
 from trio_proxsmtp.protocol.session import (
     MILTER_DISCARDED,
     START_MAIL_INPUT,
@@ -40,7 +40,7 @@ def passed(session: Session, line: str) -> list[object]:
     """The command asks the milters, they let it through: what the session does then."""
     [ask] = session.command(command(line))  # type: ignore[arg-type]
     assert isinstance(ask, AskMilters)
-    return list(session.milters_decided(ask, VerdictKind.CONTINUE, None, None))
+    return list(session.milters_decided(ask, MilterVerdictKind.CONTINUE, None, None))
 
 
 def up(session: Session, reply: Reply = OK) -> list[object]:
@@ -70,7 +70,7 @@ def test_a_refusal_answers_the_client_and_nothing_goes_upstream() -> None:
     session = in_transaction()
     [ask] = session.command(parse_command(b"RCPT TO:<bad@x>\r\n"))
     assert isinstance(ask, AskMilters)
-    actions = session.milters_decided(ask, VerdictKind.REJECT, REFUSED, "inet:m:1")
+    actions = session.milters_decided(ask, MilterVerdictKind.REJECT, REFUSED, "inet:m:1")
     assert SendClient(REFUSED) in actions
     assert not any(isinstance(a, SendUpstream) for a in actions)
     assert session.envelope.recipients == ["r@x"] and not session.pending
@@ -96,14 +96,14 @@ def test_a_milter_answer_is_illegal_outside_its_states() -> None:
     session = in_transaction()
     passed(session, "DATA")
     with pytest.raises(LocalProtocolError):
-        session.milters_done(VerdictKind.CONTINUE, None, None)  # still receiving
+        session.milters_done(MilterVerdictKind.CONTINUE, None, None)  # still receiving
 
 
 def test_discard_answers_250_and_resets_the_upstream() -> None:
     session = in_transaction()
     passed(session, "DATA")
     session.message_received(10)
-    actions = session.milters_done(VerdictKind.DISCARD, None, "inet:m:1")
+    actions = session.milters_done(MilterVerdictKind.DISCARD, None, "inet:m:1")
     assert actions[0] == SendClient(MILTER_DISCARDED)
     assert actions[1] == SendUpstream(b"RSET\r\n", Purpose.RSET)
     assert isinstance(actions[2], Summary) and actions[2].outcome is Outcome.DROPPED
@@ -116,7 +116,7 @@ def test_a_changed_envelope_is_replayed_line_by_line_then_data() -> None:
     session.message_received(10)
     changed = ChangedEnvelope("new@x", ("BODY=8BITMIME",), (("r@x", ()), ("gone@x", ())))
     sent = []
-    actions = session.milters_done(VerdictKind.CONTINUE, None, None, changed)
+    actions = session.milters_done(MilterVerdictKind.CONTINUE, None, None, changed)
     for reply in (OK, OK, OK, REFUSED):
         [*_, action] = actions
         assert isinstance(action, SendUpstream) and action.purpose is Purpose.REPLAY_ENVELOPE
@@ -137,7 +137,7 @@ def test_a_line_break_in_a_changed_address_fails_the_message() -> None:
     passed(session, "DATA")
     session.message_received(10)
     changed = ChangedEnvelope("a@x>\r\nRCPT TO:<evil@x", (), (("r@x", ()),))
-    actions = session.milters_done(VerdictKind.CONTINUE, None, None, changed)
+    actions = session.milters_done(MilterVerdictKind.CONTINUE, None, None, changed)
     [answer] = [a for a in actions if isinstance(a, SendClient)]
     assert answer.reply.code == 451
     assert not any(isinstance(a, SendUpstream) and b"evil" in a.line for a in actions)

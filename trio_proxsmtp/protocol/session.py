@@ -48,7 +48,7 @@ from trio_proxsmtp.protocol.actions import (
     Summary,
 )
 from trio_proxsmtp.protocol.errors import LocalProtocolError
-from trio_proxsmtp.protocol.milter import VerdictKind
+from trio_proxsmtp.protocol.milter.messages import MilterVerdictKind
 from trio_proxsmtp.protocol.smtp.bdat import SYNTAX_REPLY as BDAT_SYNTAX
 from trio_proxsmtp.protocol.smtp.bdat import BdatSyntaxError, parse_bdat
 from trio_proxsmtp.protocol.smtp.commands import (
@@ -971,11 +971,15 @@ class Session:
 
     @_input
     def milters_decided(
-        self, action: AskMilters, kind: VerdictKind, reply: Reply | None, milter: str | None
+        self, action: AskMilters, kind: MilterVerdictKind, reply: Reply | None, milter: str | None
     ) -> list[Action]:
         """The milters' answer to a client command: it goes on, or `reply` answers it."""
         command = action.command
-        if kind in (VerdictKind.CONTINUE, VerdictKind.ACCEPT, VerdictKind.DISCARD):
+        if kind in (
+            MilterVerdictKind.CONTINUE,
+            MilterVerdictKind.ACCEPT,
+            MilterVerdictKind.DISCARD,
+        ):
             self._milter_passed = command
             return self._dispatch(command)
         if reply is None:
@@ -993,7 +997,7 @@ class Session:
     @_input
     def milters_done(
         self,
-        kind: VerdictKind,
+        kind: MilterVerdictKind,
         reply: Reply | None,
         milter: str | None,
         envelope: ChangedEnvelope | None = None,
@@ -1004,12 +1008,12 @@ class Session:
         the envelope, so the upstream transaction is made again (RSET, MAIL, RCPT...)."""
         if milter is not None:
             self._decided_by = f"milter={milter}"
-        if kind is VerdictKind.DISCARD:
+        if kind is MilterVerdictKind.DISCARD:
             summary = self._summary(Outcome.DROPPED, "discarded by a milter")
             self._end_transaction()
             rset = SendUpstream(b"RSET\r\n", Purpose.RSET)
             return [SendClient(MILTER_DISCARDED), rset, summary]
-        if kind in (VerdictKind.REJECT, VerdictKind.TEMPFAIL):
+        if kind in (MilterVerdictKind.REJECT, MilterVerdictKind.TEMPFAIL):
             if reply is None:
                 raise LocalProtocolError("a refusal by a milter needs a reply")
             outcome = Outcome.FILTER_ERROR if failed else refusal_status(reply.code)

@@ -16,7 +16,12 @@ import trio
 
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.config.loader import Config
-from trio_proxsmtp.protocol.message.edit import EditedMessage, Envelope, Recipient, bare_address
+from trio_proxsmtp.protocol.message.edit import (
+    EditedMessage,
+    MilterEnvelope,
+    Recipient,
+    bare_address,
+)
 from trio_proxsmtp.protocol.message.header import HeaderInserter, expand_header
 from trio_proxsmtp.protocol.session import (
     Action,
@@ -32,7 +37,7 @@ from trio_proxsmtp.protocol.smtp.replies import LOCAL_ERROR, Reply, reply_from_t
 from trio_proxsmtp.relay.client_channel import ClientChannel, ClientGone
 from trio_proxsmtp.relay.upstream import Outgoing, Upstream
 from trio_proxsmtp.stages.filter import VerdictKind, filter_environment, run_filter
-from trio_proxsmtp.stages.milter import Milters
+from trio_proxsmtp.stages.milter.milters import Milters
 from trio_proxsmtp.stages.settings import FilterSpec, FilterType
 from trio_proxsmtp.stages.spool import Spool
 
@@ -254,7 +259,7 @@ class Transaction:
             for i, rcpt in enumerate(session_envelope.recipients)
         )
         sender = session_envelope.sender or ""
-        envelope = Envelope(bare_address(sender), recipients, session_envelope.sender_params)
+        envelope = MilterEnvelope(bare_address(sender), recipients, session_envelope.sender_params)
         async with self.client.watch(self.left), self.upstream.keepalives():
             result = await milters.message(message.chunks, envelope)
         decision = result.decision
