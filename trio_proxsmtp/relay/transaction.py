@@ -36,7 +36,9 @@ from trio_proxsmtp.protocol.smtp.data import DataSender
 from trio_proxsmtp.protocol.smtp.replies import LOCAL_ERROR, Reply, reply_from_text
 from trio_proxsmtp.relay.client_channel import ClientChannel, ClientGone
 from trio_proxsmtp.relay.upstream import Outgoing, Upstream
-from trio_proxsmtp.stages.filter import VerdictKind, filter_environment, run_filter
+from trio_proxsmtp.stages.filter.environment import filter_environment
+from trio_proxsmtp.stages.filter.run import run_filter
+from trio_proxsmtp.stages.filter.verdict import FilterVerdictKind
 from trio_proxsmtp.stages.milter.milters import Milters
 from trio_proxsmtp.stages.settings import FilterSpec, FilterType
 from trio_proxsmtp.stages.spool import Spool
@@ -229,17 +231,19 @@ class Transaction:
         seconds = trio.current_time() - started
         self.metrics.filter_ran(seconds)
         self.log.debug("filter verdict: %s (%s)", verdict.kind.name, verdict.detail)
-        if verdict.kind is VerdictKind.ACCEPT:
+        if verdict.kind is FilterVerdictKind.ACCEPT:
             assert verdict.message is not None
             if verdict.message is not self.spool:
                 self.output = verdict.message
             return self.session.filter_done(True, None, Outcome.FILTERED, seconds=seconds)
-        if verdict.kind is VerdictKind.ERROR:
+        if verdict.kind is FilterVerdictKind.ERROR:
             self.log.error("filter command failed: %s", verdict.detail)
             self.metrics.filter_failed("timeout" if verdict.timed_out else "error")
             outcome = Outcome.FILTER_ERROR
         else:
-            outcome = Outcome.DROPPED if verdict.kind is VerdictKind.DROP else Outcome.REJECTED
+            outcome = (
+                Outcome.DROPPED if verdict.kind is FilterVerdictKind.DROP else Outcome.REJECTED
+            )
         assert verdict.reply is not None
         return self.session.filter_done(
             False, verdict.reply, outcome, verdict.detail, seconds=seconds
