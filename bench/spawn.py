@@ -44,7 +44,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trio_proxsmtp.stages import filter as filter_module
+from trio_proxsmtp.stages.filter import process as filter_process
 
 TRUE = shutil.which("true") or "/bin/true"
 ARGVS = {"direct": [TRUE], "sh -c": ["/bin/sh", "-c", "true"]}
@@ -169,7 +169,7 @@ async def via_filter_spawn(argv: list[str]) -> None:
     """filter.py's launcher, as _Run.start uses it (pipes, own group, reaper bookkeeping)."""
     async with trio.open_nursery() as nursery:
         process = await nursery.start(
-            filter_module._run_and_kill_group, argv, subprocess.PIPE, dict(os.environ), "bench"
+            filter_process.run_and_kill_group, argv, subprocess.PIPE, dict(os.environ), "bench"
         )
         for stream in (process.stdin, process.stdout, process.stderr):
             if stream is not None:

@@ -17,16 +17,14 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-import trio_proxsmtp.stages.filter as filter_module
+import trio_proxsmtp.stages.filter.process as process_module
+import trio_proxsmtp.stages.filter.run as run_module
+import trio_proxsmtp.stages.filter.verdict as verdict_module
 from trio_proxsmtp.daemon.prometheus import MULTIPROC_ENV
 from trio_proxsmtp.protocol.smtp.replies import Reply
-from trio_proxsmtp.stages.filter import (
-    Verdict,
-    VerdictKind,
-    _StderrTail,
-    filter_environment,
-    run_filter,
-)
+from trio_proxsmtp.stages.filter.environment import filter_environment
+from trio_proxsmtp.stages.filter.run import run_filter
+from trio_proxsmtp.stages.filter.verdict import FilterVerdict, FilterVerdictKind, StderrTail
 from trio_proxsmtp.stages.settings import FilterSpec, FilterType, direct_argv
 from trio_proxsmtp.stages.spool import BUFFER_SIZE, Spool
 
@@ -108,7 +106,7 @@ async def run(
     timeout: float = 10.0,
     data: bytes = MESSAGE,
     environment: dict[str, str] | None = None,
-) -> tuple[Verdict, bytes | None]:
+) -> tuple[FilterVerdict, bytes | None]:
     """Run a filter; return the verdict and the delivered bytes; clean up the spools."""
     with make_spool(directory, data) as spool:
         verdict = await run_filter(
@@ -131,7 +129,7 @@ async def run(
 async def test_cat_pass_through_is_byte_exact(spool_dir: Path) -> None:
     with trio.fail_after(10):
         verdict, delivered = await run(spool_dir, "cat")
-    assert verdict.kind is VerdictKind.ACCEPT
+    assert verdict.kind is FilterVerdictKind.ACCEPT
     assert (verdict.reply, verdict.status, verdict.detail) == (None, "FILTERED", "exit 0")
     assert delivered == MESSAGE
 
@@ -156,7 +154,7 @@ async def test_t24_replacement_without_reading_stdin(spool_dir: Path) -> None:
             r"printf 'Subject: replaced\r\n\r\nnew body\r\n'; exit 0",
             data=big * 2000,  # 2 MB: more than a pipe holds, so feeding hits EPIPE
         )
-    assert verdict.kind is VerdictKind.ACCEPT
+    assert verdict.kind is FilterVerdictKind.ACCEPT
     assert delivered == b"Subject: replaced\r\n\r\nnew body\r\n"
 
 
@@ -164,7 +162,7 @@ async def test_t25_empty_output_for_a_message_is_a_local_error(spool_dir: Path) 
     # 1.10 delivered an empty message; it is almost always a broken filter (issue 16, 8).
     with trio.fail_after(10):
         verdict, delivered = await run(spool_dir, "cat >/dev/null; exit 0")
-    assert verdict.kind is VerdictKind.ERROR
+    assert verdict.kind is FilterVerdictKind.ERROR
     assert verdict.reply == Reply.single(451, "Local Error")
     assert verdict.status == "FILTER-ERROR"
     assert verdict.detail == f"exit 0 but no output for a message of {len(MESSAGE)} bytes"
@@ -174,14 +172,14 @@ async def test_t25_empty_output_for_a_message_is_a_local_error(spool_dir: Path) 
 async def test_empty_message_through_cat_stays_empty(spool_dir: Path) -> None:
     with trio.fail_after(10):
         verdict, delivered = await run(spool_dir, "cat", data=b"")
-    assert verdict.kind is VerdictKind.ACCEPT
+    assert verdict.kind is FilterVerdictKind.ACCEPT
     assert delivered == b""
 
 
 async def test_t19_stderr_ignored_on_exit_0(spool_dir: Path) -> None:
     with trio.fail_after(10):
         verdict, delivered = await run(spool_dir, "cat; echo '550 x' >&2; exit 0")
-    assert verdict.kind is VerdictKind.ACCEPT and verdict.reply is None
+    assert verdict.kind is FilterVerdictKind.ACCEPT and verdict.reply is None
     assert delivered == MESSAGE
 
 
@@ -212,7 +210,7 @@ async def test_verdict_table(
 ) -> None:
     with trio.fail_after(10):
         verdict, delivered = await run(spool_dir, command)
-    assert verdict.kind is VerdictKind[kind]
+    assert verdict.kind is FilterVerdictKind[kind]
     assert verdict.reply == Reply.single(*reply)
     assert verdict.status == status
     assert verdict.detail.startswith("exit ")
@@ -235,7 +233,7 @@ async def test_stderr_control_characters_cannot_inject_lines(spool_dir: Path) ->
 async def test_t21_killed_by_signal_is_local_error(spool_dir: Path) -> None:
     with trio.fail_after(10):
         verdict, delivered = await run(spool_dir, "cat >/dev/null; kill -9 $$")
-    assert verdict.kind is VerdictKind.ERROR
+    assert verdict.kind is FilterVerdictKind.ERROR
     assert verdict.reply == Reply.single(451, "Local Error")
     assert (verdict.status, verdict.detail) == ("FILTER-ERROR", "killed by signal 9")
     assert delivered is None
@@ -252,7 +250,7 @@ async def test_timeout_kills_the_whole_group(spool_dir: Path, tmp_path: Path) ->
             spool_dir, f"echo $$ > {pidfile}; sh -c 'sleep 30; cat'", timeout=0.5
         )
         assert trio.current_time() - start < 3
-        assert verdict.kind is VerdictKind.ERROR
+        assert verdict.kind is FilterVerdictKind.ERROR
         assert verdict.reply == Reply.single(451, "Local Error")
         assert (verdict.status, verdict.detail) == ("FILTER-ERROR", "timed out after 0.5s")
         assert delivered is None
@@ -264,7 +262,7 @@ async def test_timeout_is_a_deadline_not_an_inactivity_timer(spool_dir: Path) ->
     command = "i=0; while [ $i -lt 30 ]; do echo . >&2; sleep 0.1; i=$((i+1)); done; cat"
     with trio.fail_after(10):
         verdict, _ = await run(spool_dir, command, timeout=0.5)
-    assert verdict.kind is VerdictKind.ERROR
+    assert verdict.kind is FilterVerdictKind.ERROR
     assert verdict.detail == "timed out after 0.5s"
     assert verdict.timed_out
 
@@ -277,8 +275,8 @@ async def test_sigterm_ignored_gets_sigkill_after_grace(spool_dir: Path, tmp_pat
             spool_dir, f"trap '' TERM; echo $$ > {pidfile}; sleep 30", timeout=0.3
         )
         elapsed = trio.current_time() - start
-        assert verdict.kind is VerdictKind.ERROR
-        assert filter_module.KILL_GRACE <= elapsed < filter_module.KILL_GRACE + 2
+        assert verdict.kind is FilterVerdictKind.ERROR
+        assert process_module.KILL_GRACE <= elapsed < process_module.KILL_GRACE + 2
         await assert_group_gone(int(pidfile.read_text()))
 
 
@@ -288,7 +286,7 @@ async def test_background_grandchild_killed_after_normal_exit(
     pidfile = tmp_path / "pgid"
     with trio.fail_after(5):  # the grandchild holds stdout open: no kill would mean a hang
         verdict, delivered = await run(spool_dir, f"echo $$ > {pidfile}; sleep 30 & cat")
-        assert verdict.kind is VerdictKind.ACCEPT
+        assert verdict.kind is FilterVerdictKind.ACCEPT
         assert delivered == MESSAGE
         await assert_group_gone(int(pidfile.read_text()))
 
@@ -342,13 +340,13 @@ def test_direct_argv_only_for_plain_words() -> None:
 def spawned(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """Record every argv given to the filter launcher."""
     calls: list[list[str]] = []
-    real = filter_module._spawn
+    real = process_module._spawn
 
     def spy(argv: list[str], *args: Any) -> Any:
         calls.append(list(argv))
         return real(argv, *args)
 
-    monkeypatch.setattr(filter_module, "_spawn", spy)
+    monkeypatch.setattr(process_module, "_spawn", spy)
     return calls
 
 
@@ -359,7 +357,7 @@ async def test_plain_command_is_executed_without_sh(
         verdict, delivered = await run(spool_dir, "cat")
     # Found on PATH by us, so the child makes one execve instead of one per PATH entry.
     assert spawned == [[shutil.which("cat")]]
-    assert verdict.kind is VerdictKind.ACCEPT and delivered == MESSAGE
+    assert verdict.kind is FilterVerdictKind.ACCEPT and delivered == MESSAGE
 
 
 async def test_bare_true_is_executed_without_sh_but_true_with_arguments_is_not(
@@ -379,7 +377,7 @@ async def test_missing_command_falls_back_to_sh_exit_127(
     assert spawned[-1] == ["/bin/sh", "-c", "no-such-filter-command-xyz --opt"]
     # A temporary failure with a generic reply, never a 5xx that bounces all mail; sh's
     # message is for the log only (issue 13).
-    assert verdict.kind is VerdictKind.ERROR
+    assert verdict.kind is FilterVerdictKind.ERROR
     assert verdict.reply == Reply.single(451, "Local Error")
     assert verdict.detail.startswith("exit 127: command not found: ")
     assert "no-such-filter-command-xyz" in verdict.detail
@@ -400,7 +398,7 @@ async def test_spool_directory_missing_is_local_error(tmp_path: Path) -> None:
         command = f"cat >/dev/null; head -c {BUFFER_SIZE + 1} /dev/zero"
         spec = FilterSpec(command, FilterType.PIPE, 10, str(tmp_path / "missing"))
         verdict = await run_filter(spec, spool, {})
-    assert verdict.kind is VerdictKind.ERROR
+    assert verdict.kind is FilterVerdictKind.ERROR
     assert verdict.reply == Reply.single(451, "Local Error")
     assert verdict.detail.startswith("couldn't spool filter output: ")
     assert str(errno.ENOENT) in verdict.detail or "No such file" in verdict.detail
@@ -414,16 +412,16 @@ def test_path_lookup_is_reused_for_a_second(monkeypatch: pytest.MonkeyPatch) -> 
         lookups.append(name)
         return f"/found/{name}"
 
-    monkeypatch.setattr(filter_module, "_which_cache", {})
-    monkeypatch.setattr(filter_module.shutil, "which", which)
-    monkeypatch.setattr(filter_module.time, "monotonic", lambda: now[0])
-    assert filter_module._which("cat", "/bin") == "/found/cat"
-    now[0] += filter_module.WHICH_TTL / 2
-    assert filter_module._which("cat", "/bin") == "/found/cat"
-    assert filter_module._which("cat", "/usr/bin") == "/found/cat"  # another PATH: looked up
+    monkeypatch.setattr(run_module, "_which_cache", {})
+    monkeypatch.setattr(run_module.shutil, "which", which)
+    monkeypatch.setattr(run_module.time, "monotonic", lambda: now[0])
+    assert run_module._which("cat", "/bin") == "/found/cat"
+    now[0] += run_module.WHICH_TTL / 2
+    assert run_module._which("cat", "/bin") == "/found/cat"
+    assert run_module._which("cat", "/usr/bin") == "/found/cat"  # another PATH: looked up
     assert lookups == ["cat", "cat"]
-    now[0] += filter_module.WHICH_TTL
-    filter_module._which("cat", "/bin")
+    now[0] += run_module.WHICH_TTL
+    run_module._which("cat", "/bin")
     assert lookups == ["cat", "cat", "cat"]
 
 
@@ -438,10 +436,10 @@ async def test_a_stale_path_lookup_gets_the_same_verdict(spool_dir: Path, tmp_pa
     environment = env(spool_dir, PATH=f"{bin_dir}:/usr/bin:/bin")
     with trio.fail_after(10):
         verdict, delivered = await run(spool_dir, "stale-filter-xyz", environment=environment)
-        assert verdict.kind is VerdictKind.ACCEPT and delivered == MESSAGE
+        assert verdict.kind is FilterVerdictKind.ACCEPT and delivered == MESSAGE
         program.unlink()
         verdict, _ = await run(spool_dir, "stale-filter-xyz", environment=environment)
-    assert verdict.kind is VerdictKind.ERROR
+    assert verdict.kind is FilterVerdictKind.ERROR
     assert verdict.detail.startswith("exit 127: command not found")
 
 
@@ -511,7 +509,7 @@ async def test_pipe_mode_environment_has_no_email(spool_dir: Path) -> None:
     )
     with trio.fail_after(10):
         verdict, delivered = await run(spool_dir, command)
-    assert verdict.kind is VerdictKind.ACCEPT
+    assert verdict.kind is FilterVerdictKind.ACCEPT
     assert delivered == f"192.0.2.7|s@x|a@x\nb@x|{spool_dir}|unset".encode()
 
 
@@ -530,7 +528,7 @@ async def test_t26_file_mode_edits_email_and_replaces_by_mv(
         verdict = await run_filter(
             FilterSpec(command, FilterType.FILE, 10, str(spool_dir)), spool, env(spool_dir)
         )
-        assert verdict.kind is VerdictKind.ACCEPT
+        assert verdict.kind is FilterVerdictKind.ACCEPT
         assert verdict.message is spool
         assert seen.read_text().strip() == spool.path
         expected = b"X-Added: 1\r\n" + MESSAGE
@@ -548,7 +546,7 @@ async def test_file_mode_reject(spool_dir: Path) -> None:
 async def test_file_mode_filter_deleting_the_file_is_local_error(spool_dir: Path) -> None:
     with trio.fail_after(10):
         verdict, _ = await run(spool_dir, 'rm "$EMAIL"', mode=FilterType.FILE)
-    assert verdict.kind is VerdictKind.ERROR
+    assert verdict.kind is FilterVerdictKind.ERROR
 
 
 # --- big messages ------------------------------------------------------------------------
@@ -581,7 +579,7 @@ async def test_20mb_through_cat_is_streamed(spool_dir: Path) -> None:
 
 
 def tail_of(chunks: list[bytes]) -> str:
-    tail = _StderrTail()
+    tail = StderrTail()
     for chunk in chunks:
         tail.feed(chunk)
     return tail.text()
@@ -596,10 +594,10 @@ def test_stderr_long_blank_tail_does_not_hide_the_last_line() -> None:
 
 
 def test_stderr_line_is_bounded() -> None:
-    tail = _StderrTail()
+    tail = StderrTail()
     for _ in range(1000):
         tail.feed(b"x" * 1000)
-    assert len(tail.text()) == filter_module.STDERR_LINE_LIMIT
+    assert len(tail.text()) == verdict_module.STDERR_LINE_LIMIT
 
 
 @given(st.lists(st.sampled_from([b"a", b" ", b"\n", b"\r\n", b"550 ", b"\t"]), max_size=30),

@@ -9,12 +9,12 @@ from hypothesis import strategies as st
 
 from trio_proxsmtp.protocol.message.edit import (
     QUARANTINE_HEADER,
-    Envelope,
+    MilterEnvelope,
     Recipient,
     apply_modifications,
     read_message,
 )
-from trio_proxsmtp.protocol.milter import (
+from trio_proxsmtp.protocol.milter.messages import (
     AddHeader,
     AddRecipient,
     ChangeHeader,
@@ -28,10 +28,10 @@ from trio_proxsmtp.protocol.milter import (
 from trio_proxsmtp.stages.spool import Spool
 
 MESSAGE = b"Received: one\r\nSubject: hello\r\nReceived: two\r\n\tfolded\r\n\r\nbody line\r\n"
-ENVELOPE = Envelope("a@example.com", (Recipient("b@example.org"), Recipient("c@example.org")))
+ENVELOPE = MilterEnvelope("a@example.com", (Recipient("b@example.org"), Recipient("c@example.org")))
 
 
-def edit(mods: list[Modification], message: bytes = MESSAGE) -> tuple[bytes, Envelope]:
+def edit(mods: list[Modification], message: bytes = MESSAGE) -> tuple[bytes, MilterEnvelope]:
     edited, envelope = apply_modifications(read_message(lambda: [message]), ENVELOPE, mods)
     return b"".join(edited.chunks()), envelope
 
@@ -85,7 +85,7 @@ def test_envelope_changes() -> None:
     ]
     out, envelope = edit(mods)
     assert out == MESSAGE
-    assert envelope == Envelope(
+    assert envelope == MilterEnvelope(
         "bounce@example.com",
         (
             Recipient("c@example.org"),

@@ -16,7 +16,9 @@ from trio_proxsmtp.config.loader import parse_config
 from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.connection import Connection
 from trio_proxsmtp.relay.deadlines import Stress
-from trio_proxsmtp.stages.filter import Verdict, filter_environment, run_filter
+from trio_proxsmtp.stages.filter.environment import filter_environment
+from trio_proxsmtp.stages.filter.run import run_filter
+from trio_proxsmtp.stages.filter.verdict import FilterVerdict
 from trio_proxsmtp.stages.settings import FilterSpec, FilterType
 from trio_proxsmtp.stages.spool import Spool
 from trio_proxsmtp.testing import FakeUpstream, RunningProxy, run_proxy
@@ -49,7 +51,7 @@ async def filter_run(
     env: Mapping[str, str] | None = None,
     size_limit: int | None = None,
     timeout: float = 20.0,
-) -> tuple[Verdict, bytes | None]:
+) -> tuple[FilterVerdict, bytes | None]:
     """Run a filter; return the verdict and the delivered bytes. Every file it made is gone."""
     with Spool.create(str(directory)) as spool:
         spool.write(data)

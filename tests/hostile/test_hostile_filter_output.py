@@ -18,7 +18,7 @@ import trio
 from hostile_support import MESSAGE, filter_run, proxied
 
 from trio_proxsmtp.protocol.smtp.replies import Reply
-from trio_proxsmtp.stages.filter import VerdictKind
+from trio_proxsmtp.stages.filter.verdict import FilterVerdictKind
 from trio_proxsmtp.stages.settings import FilterType
 
 LOCAL_ERROR = Reply.single(451, "Local Error")
@@ -40,7 +40,7 @@ async def test_endless_output_is_cut_at_the_limit(spool_dir: Path, tmp_path: Pat
         start = trio.current_time()
         verdict, delivered = await filter_run(spool_dir, command, size_limit=LIMIT, timeout=60)
         assert trio.current_time() - start < 5
-    assert verdict.kind is VerdictKind.ERROR
+    assert verdict.kind is FilterVerdictKind.ERROR
     assert verdict.reply == LOCAL_ERROR
     assert verdict.status == "FILTER-ERROR"
     assert "exceeds the size limit of 100000" in verdict.detail
@@ -65,7 +65,7 @@ async def test_spooling_stops_at_the_cap(spool_dir: Path, monkeypatch: pytest.Mo
         verdict, _ = await filter_run(
             spool_dir, "cat >/dev/null; head -c 50000000 /dev/zero", size_limit=LIMIT
         )
-    assert verdict.kind is VerdictKind.ERROR
+    assert verdict.kind is FilterVerdictKind.ERROR
     assert sum(written) <= LIMIT
 
 
@@ -75,7 +75,7 @@ async def test_output_up_to_the_limit_is_delivered(spool_dir: Path, size: int) -
         verdict, delivered = await filter_run(
             spool_dir, f"cat >/dev/null; head -c {size} /dev/zero", size_limit=LIMIT
         )
-    assert verdict.kind is VerdictKind.ACCEPT
+    assert verdict.kind is FilterVerdictKind.ACCEPT
     assert delivered is not None and len(delivered) == size
 
 
@@ -87,7 +87,7 @@ async def test_file_mode_growth_is_stopped_while_running(spool_dir: Path) -> Non
             spool_dir, command, mode=FilterType.FILE, size_limit=LIMIT, timeout=60
         )
         assert trio.current_time() - start < 5  # the poll saw it, not the timeout
-    assert verdict.kind is VerdictKind.ERROR
+    assert verdict.kind is FilterVerdictKind.ERROR
     assert "exceeds the size limit" in verdict.detail
 
 
@@ -95,7 +95,7 @@ async def test_file_mode_replaced_by_a_bigger_file_is_refused(spool_dir: Path) -
     command = f'head -c {LIMIT + 1} /dev/zero > "$EMAIL.new"; mv "$EMAIL.new" "$EMAIL"'
     with trio.fail_after(10):
         verdict, _ = await filter_run(spool_dir, command, mode=FilterType.FILE, size_limit=LIMIT)
-    assert verdict.kind is VerdictKind.ERROR
+    assert verdict.kind is FilterVerdictKind.ERROR
     assert (
         verdict.detail == f"filter output of {LIMIT + 1}+ bytes exceeds the size limit of {LIMIT}"
     )
@@ -106,7 +106,7 @@ async def test_no_limit_means_no_cap(spool_dir: Path) -> None:
         verdict, delivered = await filter_run(
             spool_dir, f"cat >/dev/null; head -c {LIMIT * 3} /dev/zero"
         )
-    assert verdict.kind is VerdictKind.ACCEPT
+    assert verdict.kind is FilterVerdictKind.ACCEPT
     assert delivered is not None and len(delivered) == LIMIT * 3
 
 
@@ -120,7 +120,7 @@ async def test_empty_output_for_a_message_is_a_filter_error(
     command = "cat >/dev/null; exit 0" if mode is FilterType.PIPE else ': > "$EMAIL"'
     with trio.fail_after(10):
         verdict, delivered = await filter_run(spool_dir, command, mode=mode)
-    assert verdict.kind is VerdictKind.ERROR
+    assert verdict.kind is FilterVerdictKind.ERROR
     assert (verdict.reply, verdict.status) == (LOCAL_ERROR, "FILTER-ERROR")
     assert verdict.detail == f"exit 0 but no output for a message of {len(MESSAGE)} bytes"
     assert delivered is None
@@ -129,7 +129,7 @@ async def test_empty_output_for_a_message_is_a_filter_error(
 async def test_empty_message_through_cat_is_delivered(spool_dir: Path) -> None:
     with trio.fail_after(10):
         verdict, delivered = await filter_run(spool_dir, "cat", data=b"")
-    assert verdict.kind is VerdictKind.ACCEPT
+    assert verdict.kind is FilterVerdictKind.ACCEPT
     assert delivered == b""
 
 

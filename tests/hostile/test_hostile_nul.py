@@ -14,7 +14,7 @@ from hostile_support import MESSAGE, environment, filter_run, proxied
 
 from trio_proxsmtp.protocol.smtp.commands import BAD_CHARACTER
 from trio_proxsmtp.protocol.smtp.replies import Reply
-from trio_proxsmtp.stages.filter import VerdictKind
+from trio_proxsmtp.stages.filter.verdict import FilterVerdictKind
 
 LOCAL_ERROR = Reply.single(451, "Local Error")
 
@@ -35,7 +35,7 @@ async def test_nul_in_the_environment_is_a_local_error(spool_dir: Path, where: s
     )
     with trio.fail_after(10):
         verdict, delivered = await filter_run(spool_dir, "cat", env=env)
-    assert verdict.kind is VerdictKind.ERROR
+    assert verdict.kind is FilterVerdictKind.ERROR
     assert verdict.reply == LOCAL_ERROR
     assert verdict.status == "FILTER-ERROR"
     name = "SENDER" if where == "sender" else "RECIPIENTS"
@@ -47,7 +47,7 @@ async def test_nul_in_the_command_is_a_local_error_not_a_crash(spool_dir: Path) 
     # The safety net: whatever else exec refuses with ValueError becomes a verdict too.
     with trio.fail_after(10):
         verdict, _ = await filter_run(spool_dir, "cat \0x")
-    assert verdict.kind is VerdictKind.ERROR
+    assert verdict.kind is FilterVerdictKind.ERROR
     assert verdict.reply == LOCAL_ERROR
     assert verdict.detail.startswith("couldn't run: ")
 

@@ -13,7 +13,8 @@ import trio
 import trio.testing
 from hostile_support import MESSAGE, environment, filter_run, memory_connection, proxied
 
-from trio_proxsmtp.stages.filter import RECIPIENTS_ENV_LIMIT, VerdictKind
+from trio_proxsmtp.stages.filter.environment import RECIPIENTS_ENV_LIMIT
+from trio_proxsmtp.stages.filter.verdict import FilterVerdictKind
 from trio_proxsmtp.testing import FakeUpstream
 
 BIG = [f"{i:04d}" + "r" * 130 + "@x.org" for i in range(1000)]  # 140 bytes each
@@ -40,7 +41,7 @@ async def test_big_recipient_list_reaches_the_filter_through_a_file(
         verdict, delivered = await filter_run(
             spool_dir, command, env=environment(spool_dir, recipients=BIG)
         )
-    assert verdict.kind is VerdictKind.ACCEPT, verdict
+    assert verdict.kind is FilterVerdictKind.ACCEPT, verdict
     assert delivered == MESSAGE
     assert seen.read_text() == "".join(f"{r}\n" for r in BIG)  # one per line
     assert mode.read_text().strip() == "600"
@@ -57,7 +58,7 @@ async def test_small_recipient_list_stays_in_the_environment(
         verdict, _ = await filter_run(
             spool_dir, command, env=environment(spool_dir, recipients=["a@x", "b@x"])
         )
-    assert verdict.kind is VerdictKind.ACCEPT
+    assert verdict.kind is FilterVerdictKind.ACCEPT
     assert out.read_text() == "a@x\nb@x|unset"
 
 
@@ -77,13 +78,13 @@ async def test_limit_is_on_the_encoded_size(spool_dir: Path, tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("command", "kind"),
     [
-        ("cat >/dev/null; echo '550 no' >&2; exit 1", VerdictKind.REJECT),
-        ("cat >/dev/null; kill -9 $$", VerdictKind.ERROR),
-        ("sleep 30", VerdictKind.ERROR),  # the timeout
+        ("cat >/dev/null; echo '550 no' >&2; exit 1", FilterVerdictKind.REJECT),
+        ("cat >/dev/null; kill -9 $$", FilterVerdictKind.ERROR),
+        ("sleep 30", FilterVerdictKind.ERROR),  # the timeout
     ],
 )
 async def test_recipients_file_removed_on_every_path(
-    spool_dir: Path, command: str, kind: VerdictKind
+    spool_dir: Path, command: str, kind: FilterVerdictKind
 ) -> None:
     with trio.fail_after(20):
         verdict, _ = await filter_run(

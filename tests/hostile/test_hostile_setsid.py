@@ -15,7 +15,7 @@ import trio
 from hostile_support import MESSAGE, filter_run, proxied
 
 from trio_proxsmtp.stages import reaper
-from trio_proxsmtp.stages.filter import VerdictKind
+from trio_proxsmtp.stages.filter.verdict import FilterVerdictKind
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ async def test_setsid_grandchild_is_killed_after_the_run(spool_dir: Path, tmp_pa
     command = f"sh -c 'setsid sleep 1000 & echo $! > {pidfile}'; cat"
     with trio.fail_after(10):
         verdict, delivered = await filter_run(spool_dir, command)
-    assert verdict.kind is VerdictKind.ACCEPT and delivered == MESSAGE
+    assert verdict.kind is FilterVerdictKind.ACCEPT and delivered == MESSAGE
     [pid] = pids(pidfile)
     assert gone(pid)
 
@@ -55,7 +55,7 @@ async def test_detached_daemon_with_its_own_child_is_killed(
     command = f"(setsid sh -c '{daemon}' </dev/null >/dev/null 2>&1 &); sleep 0.2; cat"
     with trio.fail_after(10):
         verdict, _ = await filter_run(spool_dir, command)
-    assert verdict.kind is VerdictKind.ACCEPT
+    assert verdict.kind is FilterVerdictKind.ACCEPT
     found = pids(pidfile)
     assert len(found) == 2
     assert all(gone(pid) for pid in found)
@@ -68,7 +68,7 @@ async def test_escapee_killed_when_the_filter_fails_or_is_cancelled(
     command = f"setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > {pidfile}; sleep 30"
     with trio.fail_after(10):
         verdict, _ = await filter_run(spool_dir, command, timeout=0.5)
-        assert verdict.kind is VerdictKind.ERROR
+        assert verdict.kind is FilterVerdictKind.ERROR
         assert gone(pids(pidfile)[0])
         pidfile.unlink()
         with trio.move_on_after(0.5):
@@ -87,7 +87,7 @@ async def test_a_run_kills_only_its_own_escapees(spool_dir: Path, tmp_path: Path
                 wait = f"while [ ! -e {tmp_path}/go ]; do sleep 0.05; done"
                 command = f"{escape.format(slow)}; {wait}; cat"
                 verdict, _ = await filter_run(spool_dir, command)
-                assert verdict.kind is VerdictKind.ACCEPT
+                assert verdict.kind is FilterVerdictKind.ACCEPT
                 slow_done.set()
 
             nursery.start_soon(slow_run)
@@ -97,7 +97,7 @@ async def test_a_run_kills_only_its_own_escapees(spool_dir: Path, tmp_path: Path
             other_dir = tmp_path / "other"
             other_dir.mkdir()
             verdict, _ = await filter_run(other_dir, escape.format(quick) + "; cat")
-            assert verdict.kind is VerdictKind.ACCEPT
+            assert verdict.kind is FilterVerdictKind.ACCEPT
             assert gone(pids(quick)[0])
             assert not gone(pids(slow)[0])
             (tmp_path / "go").touch()
@@ -127,7 +127,7 @@ async def test_daemon_closing_every_descriptor_is_killed_by_the_background_sweep
         other = await trio.lowlevel.open_process(["sleep", "30"])
         try:
             verdict, _ = await filter_run(spool_dir, DAEMON.format(pidfile) + "; sleep 0.3; cat")
-            assert verdict.kind is VerdictKind.ACCEPT
+            assert verdict.kind is FilterVerdictKind.ACCEPT
             [pid] = pids(pidfile)
             while not gone(pid):
                 await reaper.sweep_adopted()

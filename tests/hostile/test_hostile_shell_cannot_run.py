@@ -15,7 +15,7 @@ import trio
 from hostile_support import MESSAGE, filter_run, proxied
 
 from trio_proxsmtp.protocol.smtp.replies import Reply
-from trio_proxsmtp.stages.filter import VerdictKind
+from trio_proxsmtp.stages.filter.verdict import FilterVerdictKind
 
 LOCAL_ERROR = Reply.single(451, "Local Error")
 
@@ -31,7 +31,7 @@ async def test_missing_program_is_a_temporary_failure(spool_dir: Path, tmp_path:
     missing = tmp_path / "nonexistent-filter"
     with trio.fail_after(10):
         verdict, _ = await filter_run(spool_dir, str(missing))
-    assert verdict.kind is VerdictKind.ERROR
+    assert verdict.kind is FilterVerdictKind.ERROR
     assert (verdict.reply, verdict.status) == (LOCAL_ERROR, "FILTER-ERROR")
     assert verdict.detail.startswith("exit 127: command not found: ")
     assert str(missing) in verdict.detail  # for the log
@@ -45,7 +45,7 @@ async def test_program_not_executable_is_a_temporary_failure(
     script.chmod(0o644)
     with trio.fail_after(10):
         verdict, _ = await filter_run(spool_dir, f"{script} --arg")
-    assert verdict.kind is VerdictKind.ERROR
+    assert verdict.kind is FilterVerdictKind.ERROR
     assert verdict.reply == LOCAL_ERROR
     assert verdict.detail.startswith("exit 126: command not executable")
 
@@ -53,7 +53,7 @@ async def test_program_not_executable_is_a_temporary_failure(
 async def test_other_exit_codes_still_reject(spool_dir: Path) -> None:
     with trio.fail_after(10):
         verdict, _ = await filter_run(spool_dir, "cat >/dev/null; exit 125")
-    assert verdict.kind is VerdictKind.REJECT
+    assert verdict.kind is FilterVerdictKind.REJECT
     assert verdict.reply is not None and verdict.reply.code == 550
 
 

@@ -10,24 +10,24 @@ import trio
 import trio.testing
 
 from trio_proxsmtp.config.loader import parse_milter_address, parse_milter_list
-from trio_proxsmtp.protocol.message.edit import Envelope, Recipient
-from trio_proxsmtp.protocol.milter import (
+from trio_proxsmtp.protocol.message.edit import MilterEnvelope, Recipient
+from trio_proxsmtp.protocol.milter.codec import MtaCommand
+from trio_proxsmtp.protocol.milter.codes import Proto
+from trio_proxsmtp.protocol.milter.messages import (
     AddHeader,
     AddRecipient,
     ChangeSender,
     InsertHeader,
-    MtaCommand,
+    MilterVerdictKind,
     Progress,
-    Proto,
     ReplaceBody,
-    VerdictKind,
 )
-from trio_proxsmtp.stages.milter import (
+from trio_proxsmtp.stages.milter.decisions import (
     FAILURE_REJECT_REPLY,
     FAILURE_TEMPFAIL_REPLY,
     MilterContext,
-    Milters,
 )
+from trio_proxsmtp.stages.milter.milters import Milters
 from trio_proxsmtp.stages.settings import DefaultAction, MilterSettings
 from trio_proxsmtp.testing.fake_milter import (
     ACCEPT,
@@ -41,7 +41,7 @@ from trio_proxsmtp.testing.fake_milter import (
 )
 
 MESSAGE = b"From: a@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
-ENVELOPE = Envelope("a@example.com", (Recipient("b@example.org"),))
+ENVELOPE = MilterEnvelope("a@example.com", (Recipient("b@example.org"),))
 CONTEXT = MilterContext("192.0.2.7", 40123, "client.test", hostname="proxy.test")
 
 
@@ -128,7 +128,7 @@ async def test_mail_reject_and_tempfail_give_default_replies_and_abort() -> None
         await milters.connect(CONTEXT)
         decision = await milters.mail("<a@example.com>")
         assert (decision.kind, decision.reply, decision.milter) == (
-            VerdictKind.TEMPFAIL,
+            MilterVerdictKind.TEMPFAIL,
             "451 4.7.0 later",
             address,
         )
@@ -190,7 +190,7 @@ async def test_discard_at_rcpt_lets_the_command_pass_and_drops_the_message() -> 
     async with fake.serving() as address, Milters(settings(address)) as milters:
         assert await transaction(milters) == ["ok"]
         result = await milters.message(lambda: [MESSAGE], ENVELOPE)
-    assert (result.decision.kind, result.decision.milter) == (VerdictKind.DISCARD, address)
+    assert (result.decision.kind, result.decision.milter) == (MilterVerdictKind.DISCARD, address)
     assert "eom" not in fake.sessions[0].stages()
     assert "abort" in fake.sessions[0].stages()
 
@@ -223,19 +223,19 @@ async def test_unix_socket_milter(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("action", "kind", "reply"),
     [
-        (DefaultAction.TEMPFAIL, VerdictKind.TEMPFAIL, FAILURE_TEMPFAIL_REPLY),
-        (DefaultAction.REJECT, VerdictKind.REJECT, FAILURE_REJECT_REPLY),
-        (DefaultAction.ACCEPT, VerdictKind.CONTINUE, None),
+        (DefaultAction.TEMPFAIL, MilterVerdictKind.TEMPFAIL, FAILURE_TEMPFAIL_REPLY),
+        (DefaultAction.REJECT, MilterVerdictKind.REJECT, FAILURE_REJECT_REPLY),
+        (DefaultAction.ACCEPT, MilterVerdictKind.CONTINUE, None),
     ],
 )
 async def test_unreachable_milter_gives_the_default_action(
-    action: DefaultAction, kind: VerdictKind, reply: str | None, tmp_path: Path
+    action: DefaultAction, kind: MilterVerdictKind, reply: str | None, tmp_path: Path
 ) -> None:
     gone = f"unix:{tmp_path / 'nobody.sock'}"
     async with Milters(settings(gone, default_action=action)) as milters:
         decision = await milters.connect(CONTEXT)
         assert (decision.kind, decision.reply) == (kind, reply)
-        assert decision.failed == (kind is not VerdictKind.CONTINUE)
+        assert decision.failed == (kind is not MilterVerdictKind.CONTINUE)
         later = await milters.rcpt("<b@example.org>")
         assert later.kind is kind  # for the rest of the connection
 
@@ -256,7 +256,7 @@ async def test_a_milter_breaking_protocol_gets_the_default_action(script: object
         await milters.mail("<a@example.com>")
         decision = await milters.rcpt("<b@example.org>")
     assert (decision.kind, decision.failed, decision.milter) == (
-        VerdictKind.TEMPFAIL,
+        MilterVerdictKind.TEMPFAIL,
         True,
         address,
     )
@@ -289,7 +289,7 @@ async def test_a_stalled_milter_times_out(
                 else:
                     decision = (await milters.message(lambda: [MESSAGE], ENVELOPE)).decision
             assert trio.current_time() - start == pytest.approx(getattr(config, timeout))
-            assert (decision.kind, decision.failed) == (VerdictKind.TEMPFAIL, True)
+            assert (decision.kind, decision.failed) == (MilterVerdictKind.TEMPFAIL, True)
 
 
 async def transaction_after_connect(milters: Milters) -> None:
@@ -338,4 +338,4 @@ async def test_progress_restarts_the_content_timeout(
         async with fake.serving() as address, Milters(settings(address, content_timeout=10)) as m:
             await transaction(m)
             result = await m.message(lambda: [MESSAGE], ENVELOPE)
-        assert (result.decision.kind, result.decision.failed) == (VerdictKind.TEMPFAIL, True)
+        assert (result.decision.kind, result.decision.failed) == (MilterVerdictKind.TEMPFAIL, True)

@@ -6,9 +6,10 @@ import dkim
 from milter_support import OpenDKIM
 
 from trio_proxsmtp.config.loader import parse_milter_address
-from trio_proxsmtp.protocol.message.edit import Envelope, Recipient
-from trio_proxsmtp.protocol.milter import VerdictKind
-from trio_proxsmtp.stages.milter import MilterContext, Milters
+from trio_proxsmtp.protocol.message.edit import MilterEnvelope, Recipient
+from trio_proxsmtp.protocol.milter.messages import MilterVerdictKind
+from trio_proxsmtp.stages.milter.decisions import MilterContext
+from trio_proxsmtp.stages.milter.milters import Milters
 from trio_proxsmtp.stages.settings import MilterSettings
 
 MESSAGE = (
@@ -23,7 +24,7 @@ MESSAGE = (
     b"this line is long enough to matter " + b"x" * 200 + b"\r\n"
     b".leading dot, already unstuffed\r\n"
 )
-ENVELOPE = Envelope("alice@example.test", (Recipient("bob@example.org"),))
+ENVELOPE = MilterEnvelope("alice@example.test", (Recipient("bob@example.org"),))
 
 
 def settings(address: str) -> MilterSettings:
@@ -38,7 +39,7 @@ async def run_through(address: str, client_ip: str, message: bytes) -> bytes:
         assert (await milters.rcpt("<bob@example.org>")).proceed
         assert (await milters.data()).proceed
         result = await milters.message(lambda: [message], ENVELOPE)
-    assert result.decision.kind is VerdictKind.CONTINUE, result.decision
+    assert result.decision.kind is MilterVerdictKind.CONTINUE, result.decision
     assert result.envelope == ENVELOPE
     return b"".join(result.message.chunks())
 

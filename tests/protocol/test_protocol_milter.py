@@ -9,54 +9,56 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_proxsmtp.protocol.milter import (
-    ALL_ACTIONS,
-    MAX_PACKET_SIZE,
-    OFFERED_PROTOCOL,
-    Action,
-    AddHeader,
-    AddRecipient,
-    ChangeHeader,
-    ChangeSender,
-    Command,
-    DeleteRecipient,
-    InsertHeader,
-    MacroStage,
-    MilterProtocolError,
-    MilterSession,
-    Negotiate,
+from trio_proxsmtp.protocol.milter.codec import (
     PacketDecoder,
-    Progress,
-    Proto,
-    Quarantine,
-    ReplaceBody,
-    Stage,
-    Verdict,
-    VerdictKind,
     decode_command,
     decode_response,
     encode_connect,
     encode_macros,
     encode_response,
     packet,
-    split_body,
 )
+from trio_proxsmtp.protocol.milter.codes import (
+    ALL_ACTIONS,
+    MAX_PACKET_SIZE,
+    OFFERED_PROTOCOL,
+    MacroStage,
+    MilterActions,
+    MilterCommand,
+    MilterProtocolError,
+    Proto,
+)
+from trio_proxsmtp.protocol.milter.messages import (
+    AddHeader,
+    AddRecipient,
+    ChangeHeader,
+    ChangeSender,
+    DeleteRecipient,
+    InsertHeader,
+    MilterVerdict,
+    MilterVerdictKind,
+    Negotiate,
+    Progress,
+    Quarantine,
+    ReplaceBody,
+)
+from trio_proxsmtp.protocol.milter.session import MilterSession, Stage, split_body
 
 text = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=40)
 names = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20)
 index = st.integers(0, 2**32 - 1)
 
 
-def reply_verdict(code: str, rest: str) -> Verdict:
-    kind = VerdictKind.REJECT if code[0] == "5" else VerdictKind.TEMPFAIL
-    return Verdict(kind, f"{code} {rest}")
+def reply_verdict(code: str, rest: str) -> MilterVerdict:
+    kind = MilterVerdictKind.REJECT if code[0] == "5" else MilterVerdictKind.TEMPFAIL
+    return MilterVerdict(kind, f"{code} {rest}")
 
 
 answers = st.one_of(
-    st.sampled_from([Verdict(k) for k in VerdictKind]),
+    st.sampled_from([MilterVerdict(k) for k in MilterVerdictKind]),
     st.builds(
-        lambda c, t: Verdict(
-            VerdictKind.REJECT if c[0] == "5" else VerdictKind.TEMPFAIL, f"{c} {t}"
+        lambda c, t: MilterVerdict(
+            MilterVerdictKind.REJECT if c[0] == "5" else MilterVerdictKind.TEMPFAIL, f"{c} {t}"
         ),
         st.sampled_from(["451", "550", "554"]),
         text,
@@ -73,7 +75,7 @@ answers = st.one_of(
     st.builds(
         Negotiate,
         st.integers(2, 6),
-        st.builds(Action, st.integers(0, 0x1FF)),
+        st.builds(MilterActions, st.integers(0, 0x1FF)),
         st.builds(Proto, st.integers(0, 0x3FFFFF)),
         st.dictionaries(st.sampled_from(list(MacroStage)), st.lists(names, min_size=1).map(tuple)),
     ),
@@ -148,7 +150,7 @@ def test_commands_decode_as_sent() -> None:
     (code, payload), = PacketDecoder().feed(connect)  # fmt: skip
     command = decode_command(code, payload)
     assert (command.args, command.port, command.family) == (("client.test", "192.0.2.1"), 2525, "4")
-    macros = encode_macros(Command.MAIL, [("{mail_addr}", "a@b"), ("i", "Q1")])
+    macros = encode_macros(MilterCommand.MAIL, [("{mail_addr}", "a@b"), ("i", "Q1")])
     (code, payload), = PacketDecoder().feed(macros)  # fmt: skip
     command = decode_command(code, payload)
     assert command.macro_for == b"M"
@@ -163,7 +165,7 @@ def test_body_is_cut_in_chunks_of_at_most_65535(chunks: list[bytes]) -> None:
 
 
 def negotiated(
-    actions: Action = ALL_ACTIONS,
+    actions: MilterActions = ALL_ACTIONS,
     protocol: Proto | None = None,
     macros: dict[MacroStage, tuple[str, ...]] | None = None,
 ) -> MilterSession:
@@ -180,9 +182,9 @@ def test_stage_waits_for_the_verdict_in_any_split() -> None:
     out = session.stage(Stage.HELO, "client.test")
     assert out == packet(b"H", b"client.test\0")
     assert session.awaiting is Stage.HELO
-    reply = encode_response(Verdict(VerdictKind.REJECT, "550 5.7.1 go away"))
+    reply = encode_response(MilterVerdict(MilterVerdictKind.REJECT, "550 5.7.1 go away"))
     got = [a for byte in reply for a in session.receive(bytes([byte]))]
-    assert got == [Verdict(VerdictKind.REJECT, "550 5.7.1 go away")]
+    assert got == [MilterVerdict(MilterVerdictKind.REJECT, "550 5.7.1 go away")]
     assert session.awaiting is None
 
 
@@ -199,20 +201,22 @@ def test_no_flags_skip_the_stage_and_nr_flags_skip_the_answer() -> None:
 def test_macros_go_before_their_stage_filtered_by_what_the_milter_asked() -> None:
     session = negotiated(macros={MacroStage.MAIL: ("{mail_addr}",)})
     out = session.stage(Stage.MAIL, "<a@b>", macros={"{mail_addr}": "a@b", "i": "Q"})
-    assert out == encode_macros(Command.MAIL, [("{mail_addr}", "a@b")]) + packet(b"M", b"<a@b>\0")
-    session.receive(encode_response(Verdict(VerdictKind.CONTINUE)))
+    assert out == encode_macros(MilterCommand.MAIL, [("{mail_addr}", "a@b")]) + packet(
+        b"M", b"<a@b>\0"
+    )
+    session.receive(encode_response(MilterVerdict(MilterVerdictKind.CONTINUE)))
     out = session.stage(Stage.RCPT, "<c@d>", macros={"{rcpt_addr}": "c@d"})
-    assert out.startswith(encode_macros(Command.RCPT, [("{rcpt_addr}", "c@d")]))
+    assert out.startswith(encode_macros(MilterCommand.RCPT, [("{rcpt_addr}", "c@d")]))
 
 
 @pytest.mark.parametrize(
     "answer",
     [
         Negotiate(6, ALL_ACTIONS, Proto.RCPT_REJ),  # not offered
-        Negotiate(6, Action(0x200), Proto(0)),  # unknown action
+        Negotiate(6, MilterActions(0x200), Proto(0)),  # unknown action
         Negotiate(7, ALL_ACTIONS, Proto(0)),  # version from the future
         Negotiate(1, ALL_ACTIONS, Proto(0)),
-        Verdict(VerdictKind.CONTINUE),  # not a negotiation
+        MilterVerdict(MilterVerdictKind.CONTINUE),  # not a negotiation
     ],
 )
 def test_bad_negotiation_is_a_protocol_error(answer: object) -> None:
@@ -223,11 +227,11 @@ def test_bad_negotiation_is_a_protocol_error(answer: object) -> None:
 
 
 def test_modifications_only_at_end_of_message_and_only_when_negotiated() -> None:
-    session = negotiated(actions=Action.ADDHDRS)
+    session = negotiated(actions=MilterActions.ADDHDRS)
     session.stage(Stage.MAIL, "<a@b>")
     with pytest.raises(MilterProtocolError, match="before end of message"):
         session.receive(encode_response(AddHeader("X", "y")))
-    session = negotiated(actions=Action.ADDHDRS)
+    session = negotiated(actions=MilterActions.ADDHDRS)
     session.stage(Stage.EOM)
     assert session.receive(encode_response(AddHeader("X", "y"))) == [AddHeader("X", "y")]
     with pytest.raises(MilterProtocolError, match="not negotiated"):
@@ -238,20 +242,20 @@ def test_skip_needs_negotiation_and_a_body_stage() -> None:
     session = negotiated()
     session.stage(Stage.BODY, data=b"x")
     with pytest.raises(MilterProtocolError):
-        session.receive(encode_response(Verdict(VerdictKind.SKIP)))
+        session.receive(encode_response(MilterVerdict(MilterVerdictKind.SKIP)))
     session = negotiated(protocol=Proto.SKIP)
     session.stage(Stage.BODY, data=b"x")
-    session.receive(encode_response(Verdict(VerdictKind.SKIP)))
+    session.receive(encode_response(MilterVerdict(MilterVerdictKind.SKIP)))
     assert not session.wants(Stage.BODY)
 
 
 def test_unasked_answers_are_protocol_errors() -> None:
     session = negotiated()
     with pytest.raises(MilterProtocolError):
-        session.receive(encode_response(Verdict(VerdictKind.CONTINUE)))
+        session.receive(encode_response(MilterVerdict(MilterVerdictKind.CONTINUE)))
     session = negotiated()
     session.stage(Stage.HELO, "x")
-    two = encode_response(Verdict(VerdictKind.CONTINUE)) * 2
+    two = encode_response(MilterVerdict(MilterVerdictKind.CONTINUE)) * 2
     with pytest.raises(MilterProtocolError):
         session.receive(two)
 

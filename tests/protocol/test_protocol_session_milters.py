@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from trio_proxsmtp.protocol.errors import LocalProtocolError
+from trio_proxsmtp.protocol.message.edit import MilterEnvelope, Recipient
 from trio_proxsmtp.protocol.message.summary import Status
-from trio_proxsmtp.protocol.milter import VerdictKind
+from trio_proxsmtp.protocol.milter.messages import MilterVerdictKind
 from trio_proxsmtp.protocol.session.actions import (
     AbortMilters,
     AskMilters,
@@ -18,7 +19,6 @@ from trio_proxsmtp.protocol.session.actions import (
     SendUpstream,
     Summary,
 )
-from trio_proxsmtp.protocol.session.envelope import MilterEnvelope
 from trio_proxsmtp.protocol.session.events import (
     ClientCommand,
     Greeting,
@@ -47,7 +47,7 @@ def passed(session: Session, line: str) -> list[object]:
     """The command asks the milters, they let it through: what the session does then."""
     [ask] = session.handle(ClientCommand(command(line)))  # type: ignore[arg-type]
     assert isinstance(ask, AskMilters)
-    return list(session.handle(MiltersDecided(ask, VerdictKind.CONTINUE, None, None)))
+    return list(session.handle(MiltersDecided(ask, MilterVerdictKind.CONTINUE, None, None)))
 
 
 def up(session: Session, reply: Reply = OK) -> list[object]:
@@ -77,7 +77,7 @@ def test_a_refusal_answers_the_client_and_nothing_goes_upstream() -> None:
     session = in_transaction()
     [ask] = session.handle(ClientCommand(parse_command(b"RCPT TO:<bad@x>\r\n")))
     assert isinstance(ask, AskMilters)
-    actions = session.handle(MiltersDecided(ask, VerdictKind.REJECT, REFUSED, "inet:m:1"))
+    actions = session.handle(MiltersDecided(ask, MilterVerdictKind.REJECT, REFUSED, "inet:m:1"))
     assert SendClient(REFUSED) in actions
     assert not any(isinstance(a, SendUpstream) for a in actions)
     assert session.envelope.recipients == ["r@x"] and not session.pending
@@ -103,14 +103,14 @@ def test_a_milter_answer_is_illegal_outside_its_states() -> None:
     session = in_transaction()
     passed(session, "DATA")
     with pytest.raises(LocalProtocolError):
-        session.handle(MiltersDone(VerdictKind.CONTINUE, None, None))  # still receiving
+        session.handle(MiltersDone(MilterVerdictKind.CONTINUE, None, None))  # still receiving
 
 
 def test_discard_answers_250_and_resets_the_upstream() -> None:
     session = in_transaction()
     passed(session, "DATA")
     session.handle(MessageReceived(10))
-    actions = session.handle(MiltersDone(VerdictKind.DISCARD, None, "inet:m:1"))
+    actions = session.handle(MiltersDone(MilterVerdictKind.DISCARD, None, "inet:m:1"))
     assert actions[0] == SendClient(MILTER_DISCARDED)
     assert actions[1] == SendUpstream(b"RSET\r\n", Purpose.RSET)
     assert isinstance(actions[2], Summary) and actions[2].outcome is Status.DROPPED
@@ -121,9 +121,9 @@ def test_a_changed_envelope_is_replayed_line_by_line_then_data() -> None:
     session = in_transaction()
     passed(session, "DATA")
     session.handle(MessageReceived(10))
-    changed = MilterEnvelope("new@x", ("BODY=8BITMIME",), (("r@x", ()), ("gone@x", ())))
+    changed = MilterEnvelope("new@x", (Recipient("r@x"), Recipient("gone@x")), ("BODY=8BITMIME",))
     sent = []
-    actions = session.handle(MiltersDone(VerdictKind.CONTINUE, None, None, changed))
+    actions = session.handle(MiltersDone(MilterVerdictKind.CONTINUE, None, None, changed))
     for reply in (OK, OK, OK, REFUSED):
         [*_, action] = actions
         assert isinstance(action, SendUpstream) and action.purpose is Purpose.REPLAY_ENVELOPE
@@ -143,8 +143,8 @@ def test_a_line_break_in_a_changed_address_fails_the_message() -> None:
     session = in_transaction()
     passed(session, "DATA")
     session.handle(MessageReceived(10))
-    changed = MilterEnvelope("a@x>\r\nRCPT TO:<evil@x", (), (("r@x", ()),))
-    actions = session.handle(MiltersDone(VerdictKind.CONTINUE, None, None, changed))
+    changed = MilterEnvelope("a@x>\r\nRCPT TO:<evil@x", (Recipient("r@x"),))
+    actions = session.handle(MiltersDone(MilterVerdictKind.CONTINUE, None, None, changed))
     [answer] = [a for a in actions if isinstance(a, SendClient)]
     assert answer.reply.code == 451
     assert not any(isinstance(a, SendUpstream) and b"evil" in a.line for a in actions)

@@ -11,7 +11,7 @@ import pytest
 
 import trio_proxsmtp
 from trio_proxsmtp.protocol.errors import LocalProtocolError
-from trio_proxsmtp.protocol.milter import VerdictKind
+from trio_proxsmtp.protocol.milter.messages import MilterVerdictKind
 from trio_proxsmtp.protocol.session import events, gates, table
 from trio_proxsmtp.protocol.session.actions import (
     Action,
@@ -39,7 +39,7 @@ def ready(policy: SessionPolicy | None = None) -> Session:
     s.handle(events.Greeting(Reply.single(220, "up.example ESMTP")))
     [action] = s.handle(events.ClientCommand(parse_command(b"EHLO c\r\n")))
     if isinstance(action, AskMilters):
-        s.handle(events.MiltersDecided(action, VerdictKind.CONTINUE, None, None))
+        s.handle(events.MiltersDecided(action, MilterVerdictKind.CONTINUE, None, None))
     s.handle(events.UpstreamReply(PIPELINING_EHLO))
     return s
 

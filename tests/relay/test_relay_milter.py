@@ -14,7 +14,7 @@ import trio.testing
 from memory_relay import MemoryProxy, memory_proxied
 
 from trio_proxsmtp.common.log import LOGGER_NAME
-from trio_proxsmtp.protocol.milter import (
+from trio_proxsmtp.protocol.milter.messages import (
     AddHeader,
     AddRecipient,
     ChangeHeader,

@@ -75,7 +75,8 @@ from trio_proxsmtp.relay.deadlines import ClientDeadlines, Stress
 from trio_proxsmtp.relay.settings import OutTLSMode
 from trio_proxsmtp.relay.transaction import Transaction
 from trio_proxsmtp.relay.upstream import Opener, Outgoing, Upstream, UpstreamFailure
-from trio_proxsmtp.stages.milter import MilterContext, Milters
+from trio_proxsmtp.stages.milter.decisions import MilterContext
+from trio_proxsmtp.stages.milter.milters import Milters
 from trio_proxsmtp.stages.settings import FilterType
 
 __all__ = ["Connection"]

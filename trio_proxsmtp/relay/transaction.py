@@ -16,11 +16,15 @@ import trio
 
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.config.loader import Config
-from trio_proxsmtp.protocol.message.edit import EditedMessage, Envelope, Recipient, bare_address
+from trio_proxsmtp.protocol.message.edit import (
+    EditedMessage,
+    MilterEnvelope,
+    Recipient,
+    bare_address,
+)
 from trio_proxsmtp.protocol.message.header import HeaderInserter, expand_header
 from trio_proxsmtp.protocol.message.summary import Status
 from trio_proxsmtp.protocol.session.actions import Action, ReceiveChunk, SendMessage
-from trio_proxsmtp.protocol.session.envelope import MilterEnvelope
 from trio_proxsmtp.protocol.session.events import (
     ChunkReceived,
     FilterDone,
@@ -36,8 +40,10 @@ from trio_proxsmtp.protocol.smtp.data import DataSender
 from trio_proxsmtp.protocol.smtp.replies import LOCAL_ERROR, Reply, reply_from_text
 from trio_proxsmtp.relay.client_channel import ClientChannel, ClientGone
 from trio_proxsmtp.relay.upstream import Outgoing, Upstream
-from trio_proxsmtp.stages.filter import VerdictKind, filter_environment, run_filter
-from trio_proxsmtp.stages.milter import Milters
+from trio_proxsmtp.stages.filter.environment import filter_environment
+from trio_proxsmtp.stages.filter.run import run_filter
+from trio_proxsmtp.stages.filter.verdict import FilterVerdictKind
+from trio_proxsmtp.stages.milter.milters import Milters
 from trio_proxsmtp.stages.settings import FilterSpec, FilterType
 from trio_proxsmtp.stages.spool import Spool
 
@@ -233,17 +239,17 @@ class Transaction:
         seconds = trio.current_time() - started
         self.metrics.filter_ran(seconds)
         self.log.debug("filter verdict: %s (%s)", verdict.kind.name, verdict.detail)
-        if verdict.kind is VerdictKind.ACCEPT:
+        if verdict.kind is FilterVerdictKind.ACCEPT:
             assert verdict.message is not None
             if verdict.message is not self.spool:
                 self.output = verdict.message
             return self.session.handle(FilterDone(True, None, Status.FILTERED, seconds=seconds))
-        if verdict.kind is VerdictKind.ERROR:
+        if verdict.kind is FilterVerdictKind.ERROR:
             self.log.error("filter command failed: %s", verdict.detail)
             self.metrics.filter_failed("timeout" if verdict.timed_out else "error")
             outcome = Status.FILTER_ERROR
         else:
-            outcome = Status.DROPPED if verdict.kind is VerdictKind.DROP else Status.REJECTED
+            outcome = Status.DROPPED if verdict.kind is FilterVerdictKind.DROP else Status.REJECTED
         assert verdict.reply is not None
         return self.session.handle(
             FilterDone(False, verdict.reply, outcome, verdict.detail, seconds=seconds)
@@ -263,7 +269,7 @@ class Transaction:
             for i, rcpt in enumerate(session_envelope.recipients)
         )
         sender = session_envelope.sender or ""
-        envelope = Envelope(bare_address(sender), recipients, session_envelope.sender_params)
+        envelope = MilterEnvelope(bare_address(sender), recipients, session_envelope.sender_params)
         async with self.client.watch(self.left), self.upstream.keepalives():
             result = await milters.message(message.chunks, envelope)
         decision = result.decision
@@ -272,10 +278,7 @@ class Transaction:
         if result.modified:
             self.edited = result.message
             if result.envelope != envelope:
-                new = result.envelope
-                changed = MilterEnvelope(
-                    new.sender, new.sender_args, tuple((r.address, r.args) for r in new.recipients)
-                )
+                changed = result.envelope
         reply = reply_from_text(decision.reply) if decision.reply else None
         return self.session.handle(
             MiltersDone(decision.kind, reply, decision.milter, changed, failed=decision.failed)

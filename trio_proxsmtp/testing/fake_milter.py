@@ -10,7 +10,7 @@
         ...  # point Milters: at it
     assert milter.sessions[0].stages() == ["connect", "helo", "mail", "rcpt", ...]
 
-A stage's script entry is an answer (a `Verdict`), a list of answers (modifications or
+A stage's script entry is an answer (a `MilterVerdict`), a list of answers (modifications or
 PROGRESS or a `Pause`, then the verdict), raw ``bytes`` to send as they are, `HANGUP` (close the
 connection), `STALL` (answer nothing more on that connection), ``None`` (continue), or a
 function of the received `MtaCommand` returning one of those. Stages without an entry
@@ -29,25 +29,28 @@ from typing import TypeAlias
 import attrs
 import trio
 
-from trio_proxsmtp.protocol.milter import (
-    ALL_ACTIONS,
-    NO_REPLY,
-    STAGE_COMMAND,
-    VERSION,
-    Action,
-    Command,
-    MacroStage,
-    MilterAnswer,
-    MilterProtocolError,
+from trio_proxsmtp.protocol.milter.codec import (
     MtaCommand,
-    Negotiate,
     PacketDecoder,
-    Proto,
-    Verdict,
-    VerdictKind,
     decode_command,
     encode_response,
 )
+from trio_proxsmtp.protocol.milter.codes import (
+    ALL_ACTIONS,
+    VERSION,
+    MacroStage,
+    MilterActions,
+    MilterCommand,
+    MilterProtocolError,
+    Proto,
+)
+from trio_proxsmtp.protocol.milter.messages import (
+    MilterAnswer,
+    MilterVerdict,
+    MilterVerdictKind,
+    Negotiate,
+)
+from trio_proxsmtp.protocol.milter.session import NO_REPLY, STAGE_COMMAND
 
 __all__ = [
     "ACCEPT",
@@ -71,11 +74,11 @@ class _Special(enum.Enum):
 
 HANGUP = _Special.HANGUP
 STALL = _Special.STALL
-CONTINUE = Verdict(VerdictKind.CONTINUE)
-ACCEPT = Verdict(VerdictKind.ACCEPT)
-REJECT = Verdict(VerdictKind.REJECT)
-TEMPFAIL = Verdict(VerdictKind.TEMPFAIL)
-DISCARD = Verdict(VerdictKind.DISCARD)
+CONTINUE = MilterVerdict(MilterVerdictKind.CONTINUE)
+ACCEPT = MilterVerdict(MilterVerdictKind.ACCEPT)
+REJECT = MilterVerdict(MilterVerdictKind.REJECT)
+TEMPFAIL = MilterVerdict(MilterVerdictKind.TEMPFAIL)
+DISCARD = MilterVerdict(MilterVerdictKind.DISCARD)
 
 
 @attrs.frozen
@@ -85,16 +88,16 @@ class Pause:
     seconds: float
 
 
-def reject(reply: str) -> Verdict:
+def reject(reply: str) -> MilterVerdict:
     """SMFIR_REPLYCODE: a custom 4xx/5xx reply (e.g. ``"550 5.7.1 spam"``)."""
-    kind = VerdictKind.TEMPFAIL if reply.startswith("4") else VerdictKind.REJECT
-    return Verdict(kind, reply)
+    kind = MilterVerdictKind.TEMPFAIL if reply.startswith("4") else MilterVerdictKind.REJECT
+    return MilterVerdict(kind, reply)
 
 
 Answer: TypeAlias = MilterAnswer | Sequence[MilterAnswer | Pause] | bytes | _Special | None
 Script: TypeAlias = Mapping[str, Answer | Callable[[MtaCommand], Answer]]
 
-# Stage names are the values of protocol.milter.Stage: the tables are the client's own.
+# Stage names are the values of protocol.milter.session.Stage: the tables are the client's own.
 _STAGE_NAMES = {command: stage.value for stage, command in STAGE_COMMAND.items()}
 _NO_REPLY = {stage.value: flag for stage, flag in NO_REPLY.items()}
 
@@ -111,7 +114,7 @@ class FakeMilterSession:
 
     def stages(self) -> list[str]:
         """The stage names received, in order (``abort``/``quit`` included, macros not)."""
-        names = {**_STAGE_NAMES, Command.ABORT: "abort", Command.QUIT: "quit"}
+        names = {**_STAGE_NAMES, MilterCommand.ABORT: "abort", MilterCommand.QUIT: "quit"}
         return [names[c.command] for c in self.commands if c.command in names]
 
     def of(self, stage: str) -> list[MtaCommand]:
@@ -133,7 +136,7 @@ class FakeMilter:
         self,
         script: Script | None = None,
         *,
-        actions: Action = ALL_ACTIONS,
+        actions: MilterActions = ALL_ACTIONS,
         protocol: Proto | None = None,
         macro_lists: Mapping[MacroStage, Sequence[str]] | None = None,
         version: int = VERSION,
@@ -199,16 +202,16 @@ class FakeMilter:
         self, stream: trio.abc.Stream, session: FakeMilterSession, command: MtaCommand
     ) -> bool:
         """Answer one command; False to close the connection."""
-        if session.stalled and command.command is not Command.QUIT:
+        if session.stalled and command.command is not MilterCommand.QUIT:
             return True
-        if command.command is Command.MACRO:
+        if command.command is MilterCommand.MACRO:
             session.macros.update(command.macros)
             return True
-        if command.command is Command.QUIT:
+        if command.command is MilterCommand.QUIT:
             return False
-        if command.command in (Command.ABORT, Command.QUIT_NC):
+        if command.command in (MilterCommand.ABORT, MilterCommand.QUIT_NC):
             return True
-        if command.command is Command.OPTNEG:
+        if command.command is MilterCommand.OPTNEG:
             session.negotiated = command.negotiate
             answer: Answer = self.negotiation
             if answer is None:

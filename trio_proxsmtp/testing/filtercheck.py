@@ -25,7 +25,9 @@ import attrs
 
 from trio_proxsmtp.config.loader import Config, ConfigError, check_filter_program, load_config
 from trio_proxsmtp.protocol.smtp.replies import reply_from_text
-from trio_proxsmtp.stages.filter import VerdictKind, filter_environment, run_filter
+from trio_proxsmtp.stages.filter.environment import filter_environment
+from trio_proxsmtp.stages.filter.run import run_filter
+from trio_proxsmtp.stages.filter.verdict import FilterVerdictKind
 from trio_proxsmtp.stages.settings import FilterSpec, FilterType
 from trio_proxsmtp.stages.spool import Spool
 
@@ -84,7 +86,7 @@ async def check_filter(
         spool.finish()
         verdict = await run_filter(spec, spool, env)
         delivered: bytes | None = None
-        if verdict.kind is VerdictKind.ACCEPT:
+        if verdict.kind is FilterVerdictKind.ACCEPT:
             assert verdict.message is not None
             try:
                 delivered = b"".join(verdict.message.chunks())
@@ -92,10 +94,10 @@ async def check_filter(
                 if verdict.message is not spool:
                     verdict.message.close()
     outcome = {
-        VerdictKind.ACCEPT: Outcome.DELIVER,
-        VerdictKind.REJECT: Outcome.REJECT,
-        VerdictKind.DROP: Outcome.DROP,
-        VerdictKind.ERROR: Outcome.ERROR,
+        FilterVerdictKind.ACCEPT: Outcome.DELIVER,
+        FilterVerdictKind.REJECT: Outcome.REJECT,
+        FilterVerdictKind.DROP: Outcome.DROP,
+        FilterVerdictKind.ERROR: Outcome.ERROR,
     }[verdict.kind]
     reply = verdict.reply.text if verdict.reply is not None else None
     return FilterResult(outcome, reply, verdict.detail, message, delivered)

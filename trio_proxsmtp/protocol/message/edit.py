@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import attrs
 
-from trio_proxsmtp.protocol.milter import (
+from trio_proxsmtp.protocol.milter.messages import (
     AddHeader,
     AddRecipient,
     ChangeHeader,
@@ -41,9 +41,9 @@ from trio_proxsmtp.protocol.milter import (
 __all__ = [
     "QUARANTINE_HEADER",
     "EditedMessage",
-    "Envelope",
     "HeaderField",
     "MessageEditError",
+    "MilterEnvelope",
     "Recipient",
     "apply_modifications",
     "bare_address",
@@ -94,8 +94,8 @@ class Recipient:
 
 
 @attrs.frozen
-class Envelope:
-    """The SMTP envelope a message travels with; milters may change it."""
+class MilterEnvelope:
+    """The SMTP envelope a message travels with, as the milters see and change it."""
 
     sender: str  # without angle brackets; "" is the null sender
     recipients: tuple[Recipient, ...]
@@ -223,8 +223,8 @@ def _change_header(
 
 
 def apply_modifications(
-    message: EditedMessage, envelope: Envelope, modifications: Sequence[Modification]
-) -> tuple[EditedMessage, Envelope]:
+    message: EditedMessage, envelope: MilterEnvelope, modifications: Sequence[Modification]
+) -> tuple[EditedMessage, MilterEnvelope]:
     """One milter's end-of-message modifications, in the order it sent them."""
     headers = list(message.headers)
     body: list[bytes] | None = None
@@ -267,7 +267,7 @@ def apply_modifications(
         separator=separator,
         quarantine=quarantine,
     )
-    return edited, Envelope(sender, tuple(recipients), sender_args)
+    return edited, MilterEnvelope(sender, tuple(recipients), sender_args)
 
 
 def _normalise_body(pieces: list[bytes]) -> list[bytes]:

@@ -1,6 +1,7 @@
-"""The session's envelopes and message facts: what the next server accepted
-(`AcceptedEnvelope`), the envelope as the milters left it (`MilterEnvelope`), and what the
-summary line says of the current message beyond its envelope (`MessageFacts`)."""
+"""The session's envelope and message facts: what the next server accepted
+(`AcceptedEnvelope`; the milters' changed one is protocol/message/edit.py's
+`MilterEnvelope`), and what the summary line says of the current message beyond its
+envelope (`MessageFacts`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import attrs
 from trio_proxsmtp.protocol.message.summary import Delays
 from trio_proxsmtp.protocol.smtp.commands import Command
 
-__all__ = ["AcceptedEnvelope", "MessageFacts", "MilterEnvelope", "mailbox"]
+__all__ = ["AcceptedEnvelope", "MessageFacts", "mailbox"]
 
 
 @attrs.define
@@ -22,15 +23,6 @@ class AcceptedEnvelope:
     remote_helo: str | None = None  # from an accepted XFORWARD HELO=
     sender_params: tuple[str, ...] = ()  # MAIL's ESMTP parameters (kept for the milters)
     recipient_params: list[tuple[str, ...]] = attrs.field(factory=list)  # each RCPT's
-
-
-@attrs.frozen
-class MilterEnvelope:
-    """The envelope as the milters left it: the upstream transaction is made again with it."""
-
-    sender: str  # without angle brackets; "" is the null sender
-    sender_params: tuple[str, ...]
-    recipients: tuple[tuple[str, tuple[str, ...]], ...]  # (address, ESMTP parameters)
 
 
 @attrs.define

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import attrs
 
+from trio_proxsmtp.protocol.message.edit import MilterEnvelope
 from trio_proxsmtp.protocol.message.summary import Status
-from trio_proxsmtp.protocol.milter import VerdictKind
+from trio_proxsmtp.protocol.milter.messages import MilterVerdictKind
 from trio_proxsmtp.protocol.session.actions import Action, AskMilters
-from trio_proxsmtp.protocol.session.envelope import MilterEnvelope
 from trio_proxsmtp.protocol.smtp.commands import Command
 from trio_proxsmtp.protocol.smtp.replies import Reply
 
@@ -141,7 +141,7 @@ class MiltersDecided:
     """The milters' answer to a client command: it goes on, or `reply` answers it."""
 
     action: AskMilters
-    kind: VerdictKind
+    kind: MilterVerdictKind
     reply: Reply | None
     milter: str | None
 
@@ -151,7 +151,7 @@ class MiltersDone:
     """The milters' verdict on the message. CONTINUE with `envelope`: the milters changed
     the envelope, so the upstream transaction is made again (RSET, MAIL, RCPT...)."""
 
-    kind: VerdictKind
+    kind: MilterVerdictKind
     reply: Reply | None
     milter: str | None
     envelope: MilterEnvelope | None = None

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from trio_proxsmtp.protocol.errors import LocalProtocolError
 from trio_proxsmtp.protocol.message.summary import Status, refusal_status
-from trio_proxsmtp.protocol.milter import VerdictKind
+from trio_proxsmtp.protocol.milter.messages import MilterVerdictKind
 from trio_proxsmtp.protocol.session.actions import (
     AbortMilters,
     Action,
@@ -64,7 +64,7 @@ def milters_decided(session: SessionState, event: MiltersDecided) -> list[Action
     """The milters' answer to a client command: it goes on, or their reply answers it."""
     command = event.action.command
     kind, reply = event.kind, event.reply
-    if kind in (VerdictKind.CONTINUE, VerdictKind.ACCEPT, VerdictKind.DISCARD):
+    if kind in (MilterVerdictKind.CONTINUE, MilterVerdictKind.ACCEPT, MilterVerdictKind.DISCARD):
         session.milter_passed = command
         return session.dispatch(command)
     if reply is None:
@@ -86,11 +86,11 @@ def milters_done(session: SessionState, event: MiltersDone) -> list[Action]:
     kind, reply = event.kind, event.reply
     if event.milter is not None:
         session.decided_by = f"milter={event.milter}"
-    if kind is VerdictKind.DISCARD:
+    if kind is MilterVerdictKind.DISCARD:
         line = summary(session, Status.DROPPED, "discarded by a milter")
         end_transaction(session)
         return [SendClient(MILTER_DISCARDED), RSET, line]
-    if kind in (VerdictKind.REJECT, VerdictKind.TEMPFAIL):
+    if kind in (MilterVerdictKind.REJECT, MilterVerdictKind.TEMPFAIL):
         if reply is None:
             raise LocalProtocolError("a refusal by a milter needs a reply")
         status = Status.FILTER_ERROR if event.failed else refusal_status(reply.code)

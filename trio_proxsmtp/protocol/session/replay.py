@@ -7,9 +7,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from trio_proxsmtp.protocol.message.edit import MilterEnvelope
 from trio_proxsmtp.protocol.session.actions import Action, Log, Purpose, SendUpstream
 from trio_proxsmtp.protocol.session.delivery import filter_status, finish, replay
-from trio_proxsmtp.protocol.session.envelope import MilterEnvelope
 from trio_proxsmtp.protocol.smtp.commands import parse_command
 from trio_proxsmtp.protocol.smtp.replies import LOCAL_ERROR, Reply
 
@@ -52,6 +52,6 @@ def envelope_lines(envelope: MilterEnvelope) -> list[bytes]:
             raise ValueError(f"milter envelope address with a line break: {text!r}")
         return (text + "\r\n").encode("utf-8", "surrogateescape")
 
-    lines = [line("MAIL FROM", envelope.sender, envelope.sender_params)]
-    lines.extend(line("RCPT TO", address, params) for address, params in envelope.recipients)
+    lines = [line("MAIL FROM", envelope.sender, envelope.sender_args)]
+    lines.extend(line("RCPT TO", rcpt.address, rcpt.args) for rcpt in envelope.recipients)
     return lines

@@ -19,235 +19,35 @@ the milter sockets at once.
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import logging
-import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
 
-import attrs
 import trio
 
 from trio_proxsmtp.protocol.message.edit import (
-    EditedMessage,
-    Envelope,
+    MilterEnvelope,
     apply_modifications,
     read_message,
 )
-from trio_proxsmtp.protocol.milter import (
-    MilterProtocolError,
-    MilterSession,
-    Modification,
-    Negotiate,
-    Progress,
-    Stage,
-    Verdict,
-    VerdictKind,
-    mail_args,
-    split_body,
+from trio_proxsmtp.protocol.milter.messages import MilterVerdict, MilterVerdictKind
+from trio_proxsmtp.protocol.milter.session import Stage, mail_args
+from trio_proxsmtp.stages.milter.client import MilterClient, MilterFailure
+from trio_proxsmtp.stages.milter.decisions import (
+    CONTINUE,
+    FAILURE_REJECT_REPLY,
+    FAILURE_TEMPFAIL_REPLY,
+    REJECT_REPLY,
+    TEMPFAIL_REPLY,
+    EndOfMessage,
+    MilterContext,
+    MilterDecision,
 )
+from trio_proxsmtp.stages.settings import DefaultAction, MilterSettings
 
-__all__ = [
-    "EndOfMessage",
-    "MilterContext",
-    "MilterDecision",
-    "Milters",
-]
-
-if TYPE_CHECKING:
-    pass
-
-from trio_proxsmtp.stages.settings import DefaultAction, MilterAddress, MilterSettings
+__all__ = ["Milters"]
 
 log = logging.getLogger("trio_proxsmtp.milter")
-
-REJECT_REPLY = "550 5.7.1 Command rejected"
-TEMPFAIL_REPLY = "451 4.7.1 Service unavailable - try again later"
-FAILURE_TEMPFAIL_REPLY = "451 4.3.5 Server configuration problem - try again later"
-FAILURE_REJECT_REPLY = "554 5.7.1 Service unavailable - mail filter failed"
-_READ_SIZE = 65536
-_IO_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-_UNSENT_LIMIT = 65536
-_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
-
-
-@attrs.frozen
-class MilterContext:
-    """What the milters are told about the connection (macros and SMFIC_CONNECT)."""
-
-    client_address: str  # IP literal, or "" when unknown
-    client_port: int = 0
-    client_name: str = "unknown"  # verified reverse DNS name, else "unknown"
-    hostname: str = "localhost"  # macro j: our host name
-    daemon_name: str = "trio-proxsmtpd"
-    daemon_address: str = ""
-    daemon_port: int = 0
-    unix: bool = False  # the client came over a unix socket
-
-    def family(self) -> str:
-        if self.unix:
-            return "L"
-        try:
-            return "6" if ipaddress.ip_address(self.client_address).version == 6 else "4"
-        except ValueError:
-            return "U"
-
-
-@attrs.frozen
-class MilterDecision:
-    """The answer for one SMTP stage. ``reply`` is set for REJECT and TEMPFAIL.
-
-    ``kind`` is CONTINUE, REJECT, TEMPFAIL or DISCARD (ACCEPT is handled here: that milter
-    is skipped for the rest of the message or connection). ``milter`` names who decided
-    (its ``Milters:`` entry), ``failed`` says it was MilterDefaultAction after a failure.
-    """
-
-    kind: VerdictKind
-    reply: str | None = None
-    milter: str | None = None
-    failed: bool = False
-
-    @property
-    def proceed(self) -> bool:
-        return self.kind is VerdictKind.CONTINUE
-
-
-CONTINUE = MilterDecision(VerdictKind.CONTINUE)
-
-
-@attrs.frozen
-class EndOfMessage:
-    """The result of ``Milters.message``: the decision and what to send upstream."""
-
-    decision: MilterDecision
-    message: EditedMessage
-    envelope: Envelope
-    modified: bool  # a milter changed the message or the envelope
-
-
-class MilterFailure(Exception):
-    """A milter was unreachable, timed out or broke the protocol."""
-
-
-class _Milter:
-    """One milter for one connection: its socket, its session state, what it accepted."""
-
-    def __init__(self, address: MilterAddress, settings: MilterSettings) -> None:
-        self.address = address
-        self.settings = settings
-        self.session = MilterSession()
-        self.stream: trio.abc.Stream | None = None
-        self.failed = False
-        self.done_for_connection = False  # it accepted the connection
-        self.done_for_message = False  # it accepted the message (until the next one)
-        self.in_message = False  # got MAIL and no EOM or ABORT since
-        # Commands the milter does not answer (SMFIP_NR_*, ABORT) wait here and go out with
-        # the next one it answers: one write, not one per header or stage.
-        self.unsent = bytearray()
-
-    @property
-    def name(self) -> str:
-        return self.address.text
-
-    @property
-    def active(self) -> bool:
-        return not (self.failed or self.done_for_connection or self.done_for_message)
-
-    async def open(self) -> None:
-        with trio.move_on_after(self.settings.connect_timeout) as scope:
-            try:
-                if self.address.path is not None:
-                    self.stream = await trio.open_unix_socket(self.address.path)
-                else:
-                    assert self.address.host is not None
-                    self.stream = await trio.open_tcp_stream(self.address.host, self.address.port)
-            except OSError as exc:
-                raise MilterFailure(f"cannot connect: {exc}") from None
-        if scope.cancelled_caught:
-            raise MilterFailure("connect timed out")
-        await self._exchange(self.session.negotiate(), self.settings.command_timeout)
-
-    async def stage(
-        self, stage: Stage, *args: str, timeout: float, **kwargs: object
-    ) -> tuple[Verdict | None, list[Modification]]:
-        out = self.session.stage(stage, *args, **kwargs)  # type: ignore[arg-type]
-        if not out:
-            return None, []
-        if self.session.awaiting is None:
-            await self.send_later(out, timeout)
-            return None, []
-        return await self._exchange(out, timeout)
-
-    async def send_later(self, data: bytes, timeout: float) -> None:
-        """Queue bytes that get no answer; written at once past _UNSENT_LIMIT."""
-        self.unsent += data
-        if len(self.unsent) >= _UNSENT_LIMIT:
-            await self._send(b"", timeout)
-
-    async def _send(self, data: bytes, timeout: float) -> None:
-        assert self.stream is not None
-        if self.unsent:
-            data, self.unsent = bytes(self.unsent + data), bytearray()
-        with trio.move_on_after(timeout) as scope:
-            try:
-                await self.stream.send_all(data)
-            except _IO_ERRORS as exc:
-                raise MilterFailure(f"send failed: {exc}") from None
-        if scope.cancelled_caught:
-            raise MilterFailure("timed out sending")
-
-    async def _exchange(
-        self, data: bytes, timeout: float
-    ) -> tuple[Verdict | None, list[Modification]]:
-        """Send a command and read until its final answer (a verdict or the negotiation)."""
-        assert self.stream is not None
-        await self._send(data, timeout)
-        modifications: list[Modification] = []
-        quick_ack = self.session.awaiting is Stage.EOM  # answers of several packets
-        while True:
-            if quick_ack:
-                self._quick_ack()
-            with trio.move_on_after(timeout) as scope:
-                try:
-                    chunk = await self.stream.receive_some(_READ_SIZE)
-                except _IO_ERRORS as exc:
-                    raise MilterFailure(f"receive failed: {exc}") from None
-            if scope.cancelled_caught:
-                raise MilterFailure("timed out waiting for an answer")
-            if not chunk:
-                raise MilterFailure("the milter closed the connection")
-            try:
-                answers = self.session.receive(bytes(chunk))
-            except MilterProtocolError as exc:
-                raise MilterFailure(f"protocol error: {exc}") from None
-            for answer in answers:
-                if isinstance(answer, Progress):
-                    continue  # the next read gets a fresh deadline
-                if isinstance(answer, Negotiate):
-                    return None, []
-                if isinstance(answer, Verdict):
-                    return answer, modifications
-                modifications.append(answer)
-
-    def _quick_ack(self) -> None:
-        """Acknowledge the milter's packets at once: libmilter writes each modification and
-        the verdict separately without TCP_NODELAY, so a delayed ACK of ours would hold its
-        verdict back by Nagle's algorithm (40 ms per message with OpenDKIM's signature)."""
-        if _QUICKACK is not None and isinstance(self.stream, trio.SocketStream):
-            with contextlib.suppress(OSError):
-                self.stream.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-
-    async def close(self, *, polite: bool) -> None:
-        stream, self.stream = self.stream, None
-        if stream is None:
-            return
-        if polite and not self.failed:
-            with trio.move_on_after(self.settings.command_timeout):
-                with contextlib.suppress(*_IO_ERRORS):
-                    await stream.send_all(bytes(self.unsent) + self.session.quit())
-        await trio.aclose_forcefully(stream)
 
 
 class Milters:
@@ -255,7 +55,7 @@ class Milters:
 
     def __init__(self, settings: MilterSettings) -> None:
         self.settings = settings
-        self._milters = [_Milter(address, settings) for address in settings.milters]
+        self._milters = [MilterClient(address, settings) for address in settings.milters]
         self._sticky: MilterDecision | None = None  # connection-level reject/tempfail/failure
         self._discard: MilterDecision | None = None  # the message will be discarded
         self._session_discard: MilterDecision | None = None  # ... and every later one
@@ -278,7 +78,7 @@ class Milters:
 
     # --- failures and verdicts -----------------------------------------------------------
 
-    async def _fail(self, milter: _Milter, reason: str) -> MilterDecision | None:
+    async def _fail(self, milter: MilterClient, reason: str) -> MilterDecision | None:
         milter.failed = True
         log.warning("milter %s: %s", milter.name, reason)
         await milter.close(polite=False)
@@ -287,32 +87,32 @@ class Milters:
             return None
         if action is DefaultAction.TEMPFAIL:
             decision = MilterDecision(
-                VerdictKind.TEMPFAIL, FAILURE_TEMPFAIL_REPLY, milter.name, failed=True
+                MilterVerdictKind.TEMPFAIL, FAILURE_TEMPFAIL_REPLY, milter.name, failed=True
             )
         else:
             decision = MilterDecision(
-                VerdictKind.REJECT, FAILURE_REJECT_REPLY, milter.name, failed=True
+                MilterVerdictKind.REJECT, FAILURE_REJECT_REPLY, milter.name, failed=True
             )
         self._sticky = decision
         return decision
 
     def _decide(
-        self, milter: _Milter, verdict: Verdict | None, *, connection: bool
+        self, milter: MilterClient, verdict: MilterVerdict | None, *, connection: bool
     ) -> MilterDecision | None:
         """None: go on to the next milter."""
-        if verdict is None or verdict.kind is VerdictKind.CONTINUE:
+        if verdict is None or verdict.kind is MilterVerdictKind.CONTINUE:
             return None
-        if verdict.kind is VerdictKind.ACCEPT:
+        if verdict.kind is MilterVerdictKind.ACCEPT:
             if connection:
                 milter.done_for_connection = True
             else:
                 milter.done_for_message = True
             return None
-        if verdict.kind is VerdictKind.DISCARD:
-            return MilterDecision(VerdictKind.DISCARD, None, milter.name)
-        if verdict.kind is VerdictKind.SKIP:  # pragma: no cover - only after BODY
+        if verdict.kind is MilterVerdictKind.DISCARD:
+            return MilterDecision(MilterVerdictKind.DISCARD, None, milter.name)
+        if verdict.kind is MilterVerdictKind.SKIP:  # pragma: no cover - only after BODY
             return None
-        default = REJECT_REPLY if verdict.kind is VerdictKind.REJECT else TEMPFAIL_REPLY
+        default = REJECT_REPLY if verdict.kind is MilterVerdictKind.REJECT else TEMPFAIL_REPLY
         decision = MilterDecision(verdict.kind, verdict.reply or default, milter.name)
         if connection:
             self._sticky = decision
@@ -351,7 +151,7 @@ class Milters:
             decision = self._decide(milter, verdict, connection=connection)
             if decision is None:
                 continue
-            if decision.kind is VerdictKind.DISCARD:
+            if decision.kind is MilterVerdictKind.DISCARD:
                 # Postfix: the command succeeds, the message is dropped at its end.
                 if connection:
                     self._session_discard = decision
@@ -421,7 +221,7 @@ class Milters:
             macros["{auth_type}"] = auth_type
         self._macros["i"] = queue_id
         decision = await self._run_stage(Stage.MAIL, *mail_args(sender, params), macros=macros)
-        if decision.kind in (VerdictKind.REJECT, VerdictKind.TEMPFAIL):
+        if decision.kind in (MilterVerdictKind.REJECT, MilterVerdictKind.TEMPFAIL):
             await self.abort()
         return decision
 
@@ -433,12 +233,12 @@ class Milters:
     async def data(self) -> MilterDecision:
         """At DATA, before it is forwarded upstream."""
         decision = await self._run_stage(Stage.DATA, macros={"i": self._macros.get("i", "")})
-        if decision.kind in (VerdictKind.REJECT, VerdictKind.TEMPFAIL):
+        if decision.kind in (MilterVerdictKind.REJECT, MilterVerdictKind.TEMPFAIL):
             await self.abort()
         return decision
 
     async def message(
-        self, source: Callable[[], Iterable[bytes]], envelope: Envelope
+        self, source: Callable[[], Iterable[bytes]], envelope: MilterEnvelope
     ) -> EndOfMessage:
         """The spooled message (``source()`` yields it, CRLF, unstuffed), after DATA's end.
 
@@ -458,7 +258,7 @@ class Milters:
             if not milter.active:
                 continue
             try:
-                verdict, mods = await self._send_message(milter, edited)
+                verdict, mods = await milter.send_message(edited, self._macros.get("i", ""))
             except MilterFailure as exc:
                 failure = await self._fail(milter, f"message: {exc}")
                 if failure is not None:
@@ -481,33 +281,9 @@ class Milters:
                 break
         await self.abort()  # milters that stopped early; resets the message state of all
         if result.proceed and not envelope.recipients:
-            result = MilterDecision(VerdictKind.DISCARD)  # milters removed every recipient
+            result = MilterDecision(MilterVerdictKind.DISCARD)  # milters removed every recipient
         modified = modified or envelope != original_envelope
         return EndOfMessage(result, edited, envelope, modified)
-
-    async def _send_message(
-        self, milter: _Milter, message: EditedMessage
-    ) -> tuple[Verdict | None, list[Modification]]:
-        timeout = self.settings.content_timeout
-        milter.in_message = True
-        queue_id = {"i": self._macros.get("i", "")}
-        for field in message.headers:
-            verdict, _ = await milter.stage(Stage.HEADER, field.name, field.value, timeout=timeout)
-            if verdict is not None and verdict.kind is not VerdictKind.CONTINUE:
-                return verdict, []
-        verdict, _ = await milter.stage(Stage.EOH, timeout=timeout, macros=queue_id)
-        if verdict is not None and verdict.kind is not VerdictKind.CONTINUE:
-            return verdict, []
-        for piece in split_body(message.body_chunks()):
-            if not milter.session.wants(Stage.BODY):
-                break
-            verdict, _ = await milter.stage(Stage.BODY, data=piece, timeout=timeout)
-            if verdict is not None and verdict.kind not in (VerdictKind.CONTINUE, VerdictKind.SKIP):
-                return verdict, []
-        verdict, mods = await milter.stage(Stage.EOM, timeout=timeout, macros=queue_id)
-        milter.in_message = False
-        milter.session.skipping_body = False
-        return verdict, mods
 
     async def abort(self) -> None:
         """The transaction ended without a message (RSET, rejected MAIL, client left)."""
