@@ -17,7 +17,7 @@ import trio
 
 from trio_proxsmtp import __version__
 from trio_proxsmtp.config.loader import Config
-from trio_proxsmtp.daemon import cli, server, signals
+from trio_proxsmtp.daemon import cli, listeners, signals
 
 
 def write_conf(tmp_path: Path, extra: str = "") -> str:
@@ -160,7 +160,7 @@ class FakeServer:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
     fake = FakeServer()
-    monkeypatch.setattr(server, "bind_listeners", fake.bind_listeners, raising=False)
+    monkeypatch.setattr(listeners, "bind_listeners", fake.bind_listeners, raising=False)
     monkeypatch.setattr(signals, "serve", fake.serve, raising=False)
     yield fake
     for sock in fake.sockets:

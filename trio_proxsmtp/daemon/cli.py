@@ -27,13 +27,14 @@ import trio
 from trio_proxsmtp import __version__
 from trio_proxsmtp.common.log import LOGGER_NAME, LoggingUnavailable, logs_to_stderr, setup_logging
 from trio_proxsmtp.config.loader import Config, ConfigError, load_config, load_config_with_warnings
-from trio_proxsmtp.daemon import notify, server, signals
+from trio_proxsmtp.daemon import listeners, notify, signals
 from trio_proxsmtp.daemon.privileges import PrivilegeError, UserInfo, lookup_user, switch_user
 from trio_proxsmtp.daemon.prometheus import (
     MultiprocessDirectory,
     PrometheusMetrics,
     bind_metrics_listener,
 )
+from trio_proxsmtp.daemon.reload import applicable_reload
 from trio_proxsmtp.daemon.workers import Supervisor
 from trio_proxsmtp.relay.settings import TransparentMode
 from trio_proxsmtp.stages import reaper
@@ -256,7 +257,7 @@ def _start_blocked(
 ) -> int:
     try:
         try:
-            sockets: list[socket.socket] = server.bind_listeners(config)
+            sockets: list[socket.socket] = listeners.bind_listeners(config)
         except OSError as exc:
             raise _StartupError(
                 f"couldn't bind to address: {config.listen}: {_strerror(exc)}"
@@ -370,7 +371,7 @@ def _supervise(
     before the first fork and removed at exit (metrics.py); worker 0 serves /metrics."""
     count = config.workers
     current = config
-    unix_paths = server.unix_socket_files(sockets)
+    unix_paths = listeners.unix_socket_files(sockets)
     directory = MultiprocessDirectory() if metrics_sockets else None
 
     def work(index: int) -> int:
@@ -393,7 +394,7 @@ def _supervise(
         except Exception:
             notify.ready(notify.NOT_RELOADED)
             return
-        applied = server.applicable_reload(current, new, count)[0]
+        applied = applicable_reload(current, new, count)[0]
         current = applied or current
         notify.ready(
             f"{count} workers; reloaded {config_path}"
@@ -411,7 +412,7 @@ def _supervise(
             on_worker_exit=directory.worker_died if directory is not None else None,
         ).run()
     finally:
-        server.remove_unix_socket_files(unix_paths)
+        listeners.remove_unix_socket_files(unix_paths)
         if directory is not None:
             directory.close()
 
