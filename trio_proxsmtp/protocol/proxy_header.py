@@ -62,10 +62,8 @@ _SSL_CLIENT_SSL = 0x01  # PP2_CLIENT_SSL in the SSL TLV's client field
 
 
 class ProxyHeaderError(RemoteProtocolError):
-    """The bytes are not a valid PROXY header (v1 or v2); `reason` says why.
-
-    The balancer (or whoever connected) broke the protocol; the connection closes without
-    a reply (`reply` None): it has not said who the client is, so nobody is told."""
+    """The bytes are not a valid PROXY header (v1 or v2); `reason` says why.  The peer
+    broke the protocol; the connection closes without a reply (`reply` None)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
