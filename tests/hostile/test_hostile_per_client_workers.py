@@ -21,7 +21,7 @@ import trio
 from hostile_support import MESSAGE
 from ops_support import free_port, proxy_process, write_config
 
-from trio_proxsmtp.daemon.server import worker_client_share
+from trio_proxsmtp.daemon.admission import worker_client_share
 from trio_proxsmtp.testing import FakeClient, FakeUpstream, open_client
 
 WORKERS = 2

@@ -31,7 +31,7 @@ from trio_proxsmtp.daemon.prometheus import (
     handle_metrics_request,
     serve_metrics,
 )
-from trio_proxsmtp.daemon.server import applicable_reload
+from trio_proxsmtp.daemon.reload import applicable_reload
 from trio_proxsmtp.testing import END_OF_DATA, FakeClient, FakeUpstream, open_client, run_proxy
 from trio_proxsmtp.testing.certs import TestCertificates
 from trio_proxsmtp.testing.upstream import Session as UpstreamSession

@@ -23,16 +23,13 @@ import pytest
 import trio
 from ops_support import background, free_port, proxy_process, wait_for, write_config
 
-from trio_proxsmtp.common.log import ID_PATTERN
+from trio_proxsmtp.common.log import ID_PATTERN, process_connection_ids
 from trio_proxsmtp.config.loader import Config, parse_config
-from trio_proxsmtp.daemon.server import (
-    BUSY_REPLY,
-    HANDOFF_DELAY,
-    Server,
-    applicable_reload,
-    process_connection_ids,
-    worker_share,
-)
+from trio_proxsmtp.daemon.admission import worker_share
+from trio_proxsmtp.daemon.handoff import HANDOFF_DELAY
+from trio_proxsmtp.daemon.refusals import BUSY_REPLY
+from trio_proxsmtp.daemon.reload import applicable_reload
+from trio_proxsmtp.daemon.server import Server
 from trio_proxsmtp.daemon.workers import describe_exit
 from trio_proxsmtp.testing import FakeClient, FakeUpstream, open_client
 

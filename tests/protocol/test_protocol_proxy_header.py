@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trio_proxsmtp.protocol.errors import LocalError, RemoteProtocolError
 from trio_proxsmtp.protocol.proxy_header import (
     MAX_V2_LENGTH,
     NEED_MORE,
@@ -335,3 +336,13 @@ def test_v2_oversized_is_refused(header: ProxyHeader, extra: int) -> None:
     padding = ((0x04, bytes(MAX_V2_LENGTH)),)  # a NOOP TLV that pushes it over the limit
     with pytest.raises(ProxyHeaderError, match="over the limit"):
         parse_proxy_header(encode_v2(header, padding)[: 16 + extra])
+
+
+def test_an_invalid_header_is_the_peers_protocol_error() -> None:
+    with pytest.raises(ProxyHeaderError) as info:
+        parse_proxy_header(b"GET / HTTP/1.0\r\n")
+    error = info.value
+    assert isinstance(error, RemoteProtocolError) and not isinstance(error, LocalError)
+    assert not isinstance(error, ValueError)
+    assert error.reason == str(error) == "the connection did not start with a PROXY header"
+    assert error.reply is None

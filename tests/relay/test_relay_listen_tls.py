@@ -11,7 +11,7 @@ import trio.testing
 from memory_relay import CLIENT
 
 from trio_proxsmtp.config.loader import parse_config
-from trio_proxsmtp.daemon.server import applicable_reload
+from trio_proxsmtp.daemon.reload import applicable_reload
 from trio_proxsmtp.relay.connection import Connection
 from trio_proxsmtp.testing import FakeUpstream, run_proxy
 from trio_proxsmtp.testing.certs import TestCertificates

@@ -18,8 +18,9 @@ import trio.testing
 from trio_proxsmtp.common.address import Address, AddressKind
 from trio_proxsmtp.common.log import LOGGER_NAME
 from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.daemon.listeners import bind_listeners
 from trio_proxsmtp.daemon.prometheus import PrometheusMetrics
-from trio_proxsmtp.daemon.server import Server, bind_listeners
+from trio_proxsmtp.daemon.server import Server
 from trio_proxsmtp.protocol.proxy_header import (
     ProxyCommand,
     ProxyFamily,

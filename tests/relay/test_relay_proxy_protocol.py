@@ -14,9 +14,11 @@ from trio_proxsmtp.daemon.proxy_protocol import (
     InvalidProxyHeader,
     PrefixedStream,
     ProxyHeaderTimeout,
+    ProxyProtocolError,
     UntrustedProxySource,
     read_proxy_header,
 )
+from trio_proxsmtp.protocol.errors import LocalError, ProxyError, RemoteError
 from trio_proxsmtp.protocol.proxy_header import (
     ProxyCommand,
     ProxyFamily,
@@ -159,3 +161,18 @@ async def test_prefixed_stream_gives_the_bytes_read_with_the_header_first() -> N
     assert await left.receive_some() == b"back"
     await stream.aclose()
     assert await left.receive_some() == b""
+
+
+def test_refusals_are_the_peers_fault_with_their_labels() -> None:
+    labels = {
+        UntrustedProxySource: "proxy-untrusted",
+        InvalidProxyHeader: "proxy-invalid",
+        ProxyHeaderTimeout: "proxy-timeout",
+    }
+    for kind, reason in labels.items():
+        error = kind("no PROXY header from 192.0.2.1 in time")
+        assert isinstance(error, ProxyProtocolError) and isinstance(error, RemoteError)
+        assert isinstance(error, ProxyError) and not isinstance(error, LocalError)
+        assert error.reason == reason
+        assert error.reply is None  # closed without a word
+        assert str(error) == "no PROXY header from 192.0.2.1 in time"  # the log line

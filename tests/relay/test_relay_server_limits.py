@@ -15,7 +15,8 @@ import trio.testing
 
 from trio_proxsmtp.common.address import Address, AddressKind
 from trio_proxsmtp.config.loader import parse_config
-from trio_proxsmtp.daemon.server import FDS_PER_CONNECTION, Server, bind_listeners, raise_fd_limit
+from trio_proxsmtp.daemon.listeners import FDS_PER_CONNECTION, bind_listeners, raise_fd_limit
+from trio_proxsmtp.daemon.server import Server
 
 
 class _FlakyListener:

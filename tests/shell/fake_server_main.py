@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from trio_proxsmtp.config.loader import Config
-from trio_proxsmtp.daemon import cli, server
+from trio_proxsmtp.daemon import cli, listeners
 from trio_proxsmtp.daemon import signals as signal_task
 
 
@@ -51,6 +51,6 @@ async def serve(
         s.close()
 
 
-setattr(server, "bind_listeners", bind_listeners)  # noqa: B010
+setattr(listeners, "bind_listeners", bind_listeners)  # noqa: B010
 setattr(signal_task, "serve", serve)  # noqa: B010
 sys.exit(cli.main(sys.argv[1:]))

@@ -17,7 +17,7 @@ import trio
 
 from trio_proxsmtp import __version__
 from trio_proxsmtp.config.loader import Config
-from trio_proxsmtp.daemon import cli, server, signals
+from trio_proxsmtp.daemon import cli, listeners, signals, startup
 
 
 def write_conf(tmp_path: Path, extra: str = "") -> str:
@@ -160,7 +160,7 @@ class FakeServer:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
     fake = FakeServer()
-    monkeypatch.setattr(server, "bind_listeners", fake.bind_listeners, raising=False)
+    monkeypatch.setattr(listeners, "bind_listeners", fake.bind_listeners, raising=False)
     monkeypatch.setattr(signals, "serve", fake.serve, raising=False)
     yield fake
     for sock in fake.sockets:
@@ -226,11 +226,11 @@ def test_pid_file_failure_is_an_error(
 def test_pid_file_of_another_process_is_left_alone(tmp_path: Path) -> None:
     pid_file = tmp_path / "p.pid"
     pid_file.write_text("1\n")
-    cli.remove_pid_file(str(pid_file))
+    startup.remove_pid_file(str(pid_file))
     assert pid_file.read_text() == "1\n"
-    cli.write_pid_file(str(pid_file))
+    startup.write_pid_file(str(pid_file))
     assert pid_file.read_text() == f"{os.getpid()}\n"
-    cli.remove_pid_file(str(pid_file))
+    startup.remove_pid_file(str(pid_file))
     assert not pid_file.exists()
 
 

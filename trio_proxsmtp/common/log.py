@@ -184,3 +184,17 @@ def connection_ids(*, now: float | None = None, pid: int | None = None) -> Itera
     while True:
         counter += 1
         yield f"{prefix}{counter:04X}"
+
+
+_ids: tuple[int, Iterator[str]] | None = None  # (pid, this process's connection ids)
+
+
+def process_connection_ids() -> Iterator[str]:
+    """This process's connection ids, made on first use and shared by every server in it
+    (in-process servers in tests never repeat an id either); a forked worker (another
+    pid) starts its own, with its own pid in them."""
+    global _ids
+    pid = os.getpid()
+    if _ids is None or _ids[0] != pid:
+        _ids = (pid, connection_ids(pid=pid))
+    return _ids[1]

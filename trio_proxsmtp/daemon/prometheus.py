@@ -70,8 +70,9 @@ from prometheus_client import (
     values,
 )
 
-from trio_proxsmtp.common.address import Address, resolve_tcp
+from trio_proxsmtp.common.address import Address
 from trio_proxsmtp.common.metrics import Metrics, reply_class
+from trio_proxsmtp.daemon.listeners import bind_tcp
 
 __all__ = [
     "MULTIPROC_ENV",
@@ -271,21 +272,7 @@ class PrometheusMetrics(Metrics):
 def bind_metrics_listener(address: Address, backlog: int = 16) -> list[socket.socket]:
     """Bind MetricsListen (every address the name resolves to), as the command line does for
     Listen: before detaching and before User, so that errors reach the shell."""
-    sockets: list[socket.socket] = []
-    try:
-        for family, sockaddr in resolve_tcp(address):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(sockaddr)
-            sock.listen(backlog)
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
+    return bind_tcp(address, backlog=backlog)
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}

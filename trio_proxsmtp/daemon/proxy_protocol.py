@@ -4,7 +4,8 @@ The header says who the real client is; it is believed only from `ProxyProtocolF
 (trusted networks, loopback by default), because anyone who may send one can claim any
 address.  A connection from elsewhere is refused before a byte is read; one whose header
 is missing, invalid or late (`deadline`) is refused too.  Each refusal is a
-`ProxyProtocolError` subclass whose text is the log line.
+`ProxyProtocolError` subclass (a `RemoteError`: the peer's fault) whose text is the log
+line; proxy_accept.py logs it and closes the connection.
 
 The bytes the client sent after the header (an early talker's EHLO) are returned with the
 header: they are the first bytes of the SMTP stream.
@@ -20,6 +21,7 @@ from collections.abc import Iterable
 import trio
 
 from trio_proxsmtp.common.networks import IPNetwork, is_trusted
+from trio_proxsmtp.protocol.errors import RemoteError
 from trio_proxsmtp.protocol.proxy_header import (
     NEED_MORE,
     ParsedProxyHeader,
@@ -44,10 +46,12 @@ DEFAULT_HEADER_TIMEOUT = 5.0
 _RECEIVE_SIZE = 4096
 
 
-class ProxyProtocolError(Exception):
+class ProxyProtocolError(RemoteError):
     """The connection is to be closed: its PROXY header is missing, wrong, late or untrusted.
 
-    `reason` is the label for metrics.connection_refused; str() is the log line.
+    The peer's fault (a balancer, or whoever connected in its place): logged, no traceback;
+    the connection closes without a reply (`reply` None).  `reason` is the label for
+    metrics.connection_refused; str() is the log line.
     """
 
     reason = "proxy"

@@ -4,9 +4,10 @@ A load balancer in front of the proxy opens each connection with one header sayi
 real client is; after it the stream is plain SMTP.  `ProxyHeaderParser.feed` takes bytes as
 they arrive and returns `NEED_MORE` or a `ParsedProxyHeader` (the header and the bytes after
 it, which belong to the SMTP layer); anything that is not a valid header raises
-`ProxyHeaderError`.  Input is bounded: a v1 line is at most 107 bytes and a v2 header at most
-16 + `max_v2_length` bytes, so garbage is refused after at most that many bytes, and as soon
-as the first bytes cannot start a header.
+`ProxyHeaderError`, a `RemoteProtocolError` (the balancer broke the protocol).  Input is
+bounded: a v1 line is at most 107 bytes and a v2 header at most 16 + `max_v2_length` bytes,
+so garbage is refused after at most that many bytes, and as soon as the first bytes cannot
+start a header.
 
 Version 1 is the text line ``PROXY TCP4|TCP6 SRC DST SPORT DPORT\\r\\n`` or
 ``PROXY UNKNOWN ...\\r\\n``.  Version 2 is the 12-byte signature, version/command,
@@ -26,6 +27,8 @@ import ipaddress
 import struct
 
 import attrs
+
+from trio_proxsmtp.protocol.errors import RemoteProtocolError
 
 __all__ = [
     "MAX_V2_LENGTH",
@@ -58,8 +61,9 @@ _V2_ADDRESS_LENGTH = {1: 12, 2: 36, 3: 2 * _UNIX_PATH_LENGTH}
 _SSL_CLIENT_SSL = 0x01  # PP2_CLIENT_SSL in the SSL TLV's client field
 
 
-class ProxyHeaderError(ValueError):
-    """The bytes are not a valid PROXY header (v1 or v2); `reason` says why."""
+class ProxyHeaderError(RemoteProtocolError):
+    """The bytes are not a valid PROXY header (v1 or v2); `reason` says why.  The peer
+    broke the protocol; the connection closes without a reply (`reply` None)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

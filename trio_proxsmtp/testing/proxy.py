@@ -112,7 +112,8 @@ async def run_proxy(
     removed afterwards (a Config object that sets "/tmp/" explicitly counts as default).
     """
     # Imported here so that the fakes stay importable without the whole server.
-    from trio_proxsmtp.daemon.server import bind_listeners, is_tls_listener, serve
+    from trio_proxsmtp.daemon.listeners import bind_listeners, is_tls_listener
+    from trio_proxsmtp.daemon.server import serve
 
     temp_directory = tempfile.mkdtemp(prefix="trio-proxsmtp-test-")
     try:

@@ -1,0 +1,136 @@
+"""Serving, once start-up is done: one process that serves, or the supervisor of Workers.
+
+With `Workers: N` > 1 "serve" means: fork N workers that serve the bound sockets, and stay
+as their supervisor (workers.py); the pid file holds the supervisor's pid and is removed by
+it. With N = 1 the process serves itself, as proxsmtpd does.  Each serving process runs
+`signals.serve` under `trio.run`, adopts its filters' orphans (reaper.py) and reloads the
+config file on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+from collections.abc import Callable
+
+import trio
+
+from trio_proxsmtp.common.log import LOGGER_NAME
+from trio_proxsmtp.config.loader import Config, load_config, load_config_with_warnings
+from trio_proxsmtp.daemon import notify, signals
+from trio_proxsmtp.daemon.listeners import remove_unix_socket_files, unix_socket_files
+from trio_proxsmtp.daemon.prometheus import MultiprocessDirectory, PrometheusMetrics
+from trio_proxsmtp.daemon.reload import applicable_reload
+from trio_proxsmtp.daemon.workers import Supervisor
+from trio_proxsmtp.stages import reaper
+
+__all__ = ["serve", "supervise"]
+
+log = logging.getLogger(LOGGER_NAME)
+
+
+def serve(
+    config: Config,
+    sockets: list[socket.socket],
+    config_path: str,
+    worker: tuple[int, int] | None = None,
+    *,
+    metrics_sockets: list[socket.socket] | None = None,
+    metrics_dir: str | None = None,
+) -> int:
+    """Serve until stopped; `worker` is (index, count) in a worker process.
+
+    With `metrics_sockets` (MetricsListen) metrics are counted, and served by worker 0;
+    `metrics_dir` is the supervisor's multi-process directory (Workers: N)."""
+    # Every process that runs filters adopts their orphans (reaper.py): after detaching,
+    # and in each worker; never inside server.serve(), so in-process tests stay ordinary.
+    # (Undone on return: main() may run in-process, as in tests.)
+    subreaper = reaper.enable_subreaper()  # logs a warning where the kernel cannot
+    reload: Callable[[], Config] = functools.partial(_reload, config_path)
+    run = functools.partial(signals.serve, reload=reload)
+    if metrics_sockets:
+        run = functools.partial(run, metrics=PrometheusMetrics(metrics_dir))
+        if worker is None or worker[0] == 0:
+            run = functools.partial(run, metrics_sockets=metrics_sockets)
+        else:
+            for sock in metrics_sockets:
+                sock.close()  # worker 0 serves them; the supervisor keeps its own copies
+    if worker is not None:
+        run = functools.partial(run, worker=worker[0], workers=worker[1])
+    try:
+        trio.run(run, config, sockets)
+    except KeyboardInterrupt:
+        pass
+    except Exception:
+        log.exception("fatal error")
+        return 1
+    finally:
+        if subreaper:
+            reaper.disable_subreaper()
+    return 0
+
+
+def supervise(
+    config: Config,
+    sockets: list[socket.socket],
+    config_path: str,
+    metrics_sockets: list[socket.socket],
+) -> int:
+    """Run config.workers workers on `sockets` until SIGTERM/SIGINT; we supervise them.
+
+    With MetricsListen the workers count into a multi-process metrics directory made here
+    before the first fork and removed at exit (metrics.py); worker 0 serves /metrics."""
+    count = config.workers
+    current = config
+    unix_paths = unix_socket_files(sockets)
+    directory = MultiprocessDirectory() if metrics_sockets else None
+
+    def work(index: int) -> int:
+        notify.forget()  # the supervisor speaks for the service
+        return serve(
+            current,
+            sockets,
+            config_path,
+            (index, count),
+            metrics_sockets=metrics_sockets,
+            metrics_dir=directory.path if directory is not None else None,
+        )
+
+    def on_hup() -> None:
+        # Only for workers started from now on; each running worker reloads (and logs) itself.
+        nonlocal current
+        notify.reloading()
+        try:
+            new = load_config(config_path)
+        except Exception:
+            notify.ready(notify.NOT_RELOADED)
+            return
+        applied = applicable_reload(current, new, count)[0]
+        current = applied or current
+        notify.ready(
+            f"{count} workers; reloaded {config_path}"
+            if applied is not None
+            else notify.NOT_RELOADED
+        )
+
+    try:
+        notify.ready(f"{count} workers listening on {config.listen}")
+        return Supervisor(
+            count,
+            work,
+            sockets=sockets,
+            on_hup=on_hup,
+            on_worker_exit=directory.worker_died if directory is not None else None,
+        ).run()
+    finally:
+        remove_unix_socket_files(unix_paths)
+        if directory is not None:
+            directory.close()
+
+
+def _reload(path: str) -> Config:
+    config, warnings = load_config_with_warnings(path)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return config
