@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_proxsmtp.config.loader import parse_milter_address, parse_milter_list
+from trio_proxsmtp.config.options import parse_milter_address, parse_milter_list
 from trio_proxsmtp.protocol.message.edit import Envelope, Recipient
 from trio_proxsmtp.protocol.milter import (
     AddHeader,

@@ -24,7 +24,8 @@ import trio
 from ops_support import background, free_port, proxy_process, wait_for, write_config
 
 from trio_proxsmtp.common.log import ID_PATTERN
-from trio_proxsmtp.config.loader import Config, parse_config
+from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.daemon.server import (
     BUSY_REPLY,
     HANDOFF_DELAY,

@@ -13,7 +13,8 @@ import attrs
 import trio
 import trio.testing
 
-from trio_proxsmtp.config.loader import Config, parse_config
+from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.connection import Connection
 from trio_proxsmtp.testing import FakeUpstream

@@ -26,7 +26,8 @@ import trio
 
 from trio_proxsmtp import __version__
 from trio_proxsmtp.common.log import LOGGER_NAME, LoggingUnavailable, logs_to_stderr, setup_logging
-from trio_proxsmtp.config.loader import Config, ConfigError, load_config, load_config_with_warnings
+from trio_proxsmtp.config.loader import load_config, load_config_with_warnings
+from trio_proxsmtp.config.model import Config, ConfigError
 from trio_proxsmtp.daemon import notify, server, signals
 from trio_proxsmtp.daemon.privileges import PrivilegeError, UserInfo, lookup_user, switch_user
 from trio_proxsmtp.daemon.prometheus import (

@@ -69,7 +69,7 @@ import trio
 from trio_proxsmtp.common.address import Address, AddressKind, format_host, resolve_tcp
 from trio_proxsmtp.common.log import LOGGER_NAME, connection_ids, connection_logger
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
-from trio_proxsmtp.config.loader import STRESS_FRACTION, Config
+from trio_proxsmtp.config.model import STRESS_FRACTION, Config
 from trio_proxsmtp.daemon import notify
 from trio_proxsmtp.daemon.prometheus import serve_metrics
 from trio_proxsmtp.daemon.proxy_protocol import (

@@ -29,7 +29,8 @@ from trio_proxsmtp.common.log import connection_logger
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.common.nursery import single_error
 from trio_proxsmtp.common.trace import show_command
-from trio_proxsmtp.config.loader import Config, milter_settings
+from trio_proxsmtp.config.model import Config
+from trio_proxsmtp.config.settings import milter_settings
 from trio_proxsmtp.protocol.errors import RemoteProtocolError
 from trio_proxsmtp.protocol.session import (
     AbortMilters,

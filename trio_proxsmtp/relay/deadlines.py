@@ -27,7 +27,7 @@ import math
 import attrs
 import trio
 
-from trio_proxsmtp.config.loader import Config
+from trio_proxsmtp.config.model import Config
 
 __all__ = ["ClientDeadlines", "Stress"]
 

@@ -15,7 +15,7 @@ import logging
 import trio
 
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
-from trio_proxsmtp.config.loader import Config
+from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.protocol.message.edit import EditedMessage, Envelope, Recipient, bare_address
 from trio_proxsmtp.protocol.message.header import HeaderInserter, expand_header
 from trio_proxsmtp.protocol.session import (

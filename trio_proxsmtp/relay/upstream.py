@@ -28,7 +28,7 @@ from trio_proxsmtp.common.address import AddressKind, format_host
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.common.nursery import single_error
 from trio_proxsmtp.common.trace import show
-from trio_proxsmtp.config.loader import Config
+from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.protocol.smtp.replies import Reply
 from trio_proxsmtp.protocol.smtp.reply_parser import ReplyParser
 from trio_proxsmtp.relay.client_info import ClientInfo, NoOriginalDestination
