@@ -192,15 +192,8 @@ def test_modules_are_found_by_walking_the_package() -> None:
         assert any(layer_of(m) == layer for m in modules if m.count(".") >= 2), layer
 
 
-# Being narrowed to the relay's own settings (issue 20); this set only shrinks.
-_TEMPORARY = {
-    f"{PACKAGE}.relay.{m} (relay) imports {PACKAGE}.config.model (config): upward"
-    for m in ("connection", "deadlines", "transaction", "upstream")
-} | {f"{PACKAGE}.relay.connection (relay) imports {PACKAGE}.config.settings (config): upward"}
-
-
 def test_no_import_goes_against_the_layers() -> None:
-    assert set(check_layers(package_graph())) <= _TEMPORARY
+    assert check_layers(package_graph()) == []
 
 
 def test_protocol_is_sans_io() -> None:

@@ -70,6 +70,7 @@ from trio_proxsmtp.common.address import Address, AddressKind, format_host, reso
 from trio_proxsmtp.common.log import LOGGER_NAME, connection_ids, connection_logger
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.config.model import STRESS_FRACTION, Config
+from trio_proxsmtp.config.settings import relay_settings
 from trio_proxsmtp.daemon import notify
 from trio_proxsmtp.daemon.prometheus import serve_metrics
 from trio_proxsmtp.daemon.proxy_protocol import (
@@ -471,7 +472,7 @@ class Server:
         MaxConnectionsPerClient (`counted`: its address, None when not counted) and in
         the stress level; `_run_connection(connection, counted)` uncounts it."""
         connection = Connection(
-            config,
+            relay_settings(config),
             stream,
             info,
             conn_id,

@@ -4,11 +4,12 @@ A `Connection` is one task under one cancel scope.  It owns the `Session` and th
 each the only owner of what it holds: the `ClientChannel` (client stream and buffer), the
 `Upstream` (upstream stream and replies) and the `Transaction` (the current message's
 spools).  It works on any `trio.abc.Stream`; who the client is comes in a `ClientInfo`
-built at accept.  Every wait on a peer or a process runs under a deadline named after its
-phase (TimeOut, FilterTimeout, the connect).  When the client leaves, the connection's
-scope is cancelled: the upstream is closed without the message's final ".", the filter's
-process group is killed and the spools are removed, so a message whose client left before
-its final "." went upstream is never delivered.
+built at accept, what the configuration decides in its `RelaySettings`.  Every wait on a
+peer or a process runs under a deadline named after its phase (TimeOut, FilterTimeout,
+the connect).  When the client leaves, the connection's scope is cancelled: the upstream
+is closed without the message's final ".", the filter's process group is killed and the
+spools are removed, so a message whose client left before its final "." went upstream is
+never delivered.
 
 Rules kept here (docs/behaviour.md): the whole message is read up to its terminator
 before any reply (B2); a 250 to the client's final "." is the upstream's own reply to ours;
@@ -29,8 +30,6 @@ from trio_proxsmtp.common.log import connection_logger
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.common.nursery import single_error
 from trio_proxsmtp.common.trace import show_command
-from trio_proxsmtp.config.model import Config
-from trio_proxsmtp.config.settings import milter_settings
 from trio_proxsmtp.protocol.errors import RemoteProtocolError
 from trio_proxsmtp.protocol.session import (
     AbortMilters,
@@ -47,7 +46,6 @@ from trio_proxsmtp.protocol.session import (
     SendMessage,
     SendUpstream,
     Session,
-    SessionPolicy,
     SkipBytes,
     StartTLS,
     StartUpstreamTLS,
@@ -60,11 +58,10 @@ from trio_proxsmtp.protocol.smtp.replies import Reply, reply_from_text
 from trio_proxsmtp.relay.client_channel import ClientChannel, ClientGone, ClientTimeout, Drained
 from trio_proxsmtp.relay.client_info import ClientInfo, client_host_name
 from trio_proxsmtp.relay.deadlines import ClientDeadlines, Stress
-from trio_proxsmtp.relay.settings import OutTLSMode
+from trio_proxsmtp.relay.settings import RelaySettings
 from trio_proxsmtp.relay.transaction import Transaction
 from trio_proxsmtp.relay.upstream import Opener, Outgoing, Upstream, UpstreamFailure
 from trio_proxsmtp.stages.milter import MilterContext, Milters
-from trio_proxsmtp.stages.settings import FilterType
 
 __all__ = ["Connection"]
 
@@ -83,43 +80,12 @@ class _Closing(Exception):
     """The session ends normally (QUIT answered, or drained)."""
 
 
-def session_policy(config: Config, info: ClientInfo) -> SessionPolicy:
-    """What the configuration decides for a session with this client."""
-    reject = (
-        reply_from_text(config.filter_reject) if config.filter_type is FilterType.REJECT else None
-    )
-    return SessionPolicy(
-        client=info.client,
-        client_is_ipv6=info.is_ipv6,
-        filtering=bool(config.filter_command) and reject is None,
-        reject=reject,
-        skip_authenticated=config.skip_authenticated,
-        xclient=config.xclient,
-        max_message_size=config.max_message_size or None,
-        pipelining=config.pipelining,
-        starttls=config.tls_context is not None,
-        milters=bool(config.milters),
-        filter_name=filter_name(config.filter_command or ""),
-        upstream_starttls=config.out_tls in (OutTLSMode.MAY, OutTLSMode.ENCRYPT),
-        upstream_tls_required=config.out_tls is OutTLSMode.ENCRYPT,
-        chunking=config.chunking,
-        max_recipients=config.max_recipients,
-        hard_error_limit=config.hard_error_limit,
-    )
-
-
-def filter_name(command: str) -> str:
-    """FilterCommand's program, as the summary names it (filter=...)."""
-    words = command.split()
-    return words[0].rsplit("/", 1)[-1].replace(",", "") if words else "filter"
-
-
 class Connection:
     """Relays one client connection; `run` returns when it is over, never raises."""
 
     def __init__(
         self,
-        config: Config,
+        settings: RelaySettings,
         stream: trio.abc.Stream,
         info: ClientInfo,
         conn_id: int | str,
@@ -130,20 +96,20 @@ class Connection:
         stress: Stress | None = None,
     ) -> None:
         """`implicit_tls`: the client speaks TLS from the first byte (ListenTLS)."""
-        self.config = config
+        self.settings = settings
         self.implicit_tls = implicit_tls
         self.info = info
         self.log = connection_logger(conn_id)
         self.conn_id = conn_id
         self.milters: Milters | None = None  # while the connection runs, if configured
         self.trace = self.log.isEnabledFor(logging.DEBUG)
-        self.session = Session(session_policy(config, info))
+        self.session = Session(settings.policy_for(info.client, info.is_ipv6))
         self._scope = trio.CancelScope()
-        deadlines = ClientDeadlines.from_config(config, stress)
-        self.client = ClientChannel(stream, info, config.timeout, self.log, deadlines)
-        self.upstream = Upstream(config, info, self.log, open_upstream)
+        deadlines = ClientDeadlines.from_settings(settings.deadlines, stress)
+        self.client = ClientChannel(stream, info, settings.timeout, self.log, deadlines)
+        self.upstream = Upstream(settings.upstream, info, self.log, open_upstream)
         self.transaction = Transaction(
-            config, self.session, self.client, self.upstream, self.log, self._scope
+            settings.transaction, self.session, self.client, self.upstream, self.log, self._scope
         )
         self.draining = False
         self.metrics = self.client.metrics = self.upstream.metrics = metrics
@@ -209,7 +175,7 @@ class Connection:
             # and before the upstream hears of this client; no STARTTLS is offered.
             await self.client.start_tls(None, self.implicit_tls)
             self.session.tls = True
-        if self.config.xclient:
+        if self.settings.policy.xclient:
             # XCLIENT NAME= needs the client's host name: look it up while connecting.
             name = "[TEMPUNAVAIL]"
 
@@ -225,12 +191,12 @@ class Connection:
         else:
             await self.upstream.connect()
         self.session.upstream_tls = self.upstream.tls  # OutTLS: implicit
-        if not self.config.milters:
+        if self.settings.milters is None:
             await self._relay()
             return
         # One milter session per connection, in the connection's scope: a client that
         # leaves cancels it (sockets closed at once); QUIT closes it politely.
-        async with Milters(milter_settings(self.config)) as milters:
+        async with Milters(self.settings.milters) as milters:
             self.milters = milters
             try:
                 await milters.connect(self._milter_context())  # a refusal answers each stage
@@ -385,8 +351,8 @@ class Connection:
                 await self.client.skip(action)
                 continue
             elif isinstance(action, StartTLS):
-                assert self.config.tls_context is not None
-                await self.client.start_tls(action, self.config.tls_context)
+                assert self.settings.tls_context is not None
+                await self.client.start_tls(action, self.settings.tls_context)
                 self.session.tls_started()
                 continue
             elif isinstance(action, Close):
