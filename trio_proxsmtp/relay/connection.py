@@ -14,6 +14,9 @@ never delivered.
 Rules kept here (docs/behaviour.md): the whole message is read up to its terminator
 before any reply (B2); a 250 to the client's final "." is the upstream's own reply to ours;
 the upstream's failures reach the client as 421 with the real error in the log (B13).
+
+Every error that ends a connection is a `ProxyError` carrying its farewell reply
+(endings.py): `run` logs it, tells the client, and closes.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from trio_proxsmtp.common.log import connection_logger
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.common.nursery import single_error
 from trio_proxsmtp.common.trace import show_command
-from trio_proxsmtp.protocol.errors import RemoteProtocolError
+from trio_proxsmtp.protocol.errors import LocalProtocolError, ProxyError
 from trio_proxsmtp.protocol.session import (
     AbortMilters,
     Action,
@@ -55,29 +58,18 @@ from trio_proxsmtp.protocol.smtp.commands import Verb, check_command_line, parse
 from trio_proxsmtp.protocol.smtp.lines import LineTooLong
 from trio_proxsmtp.protocol.smtp.reader import Line
 from trio_proxsmtp.protocol.smtp.replies import Reply, reply_from_text
-from trio_proxsmtp.relay.client_channel import ClientChannel, ClientGone, ClientTimeout, Drained
+from trio_proxsmtp.relay.client_channel import ClientChannel, Drained
 from trio_proxsmtp.relay.client_info import ClientInfo, client_host_name
 from trio_proxsmtp.relay.deadlines import ClientDeadlines, Stress
+from trio_proxsmtp.relay.endings import INTERNAL_ERROR, SHUTTING_DOWN, Closing, Ending
 from trio_proxsmtp.relay.settings import RelaySettings
 from trio_proxsmtp.relay.transaction import Transaction
-from trio_proxsmtp.relay.upstream import Opener, Outgoing, Upstream, UpstreamFailure
+from trio_proxsmtp.relay.upstream import Opener, Outgoing, Upstream
 from trio_proxsmtp.stages.milter import MilterContext, Milters
 
 __all__ = ["Connection"]
 
-# Our own replies (docs/behaviour.md).
-CLIENT_TIMEOUT = Reply.single(421, "4.4.2 smtp.passthru Error: timeout exceeded")
-SHUTTING_DOWN = Reply.single(421, "4.3.2 Service shutting down")
-INTERNAL_ERROR = Reply.single(421, "4.3.0 Local Error")
 CLOSE_TIMEOUT = 5.0  # seconds a closing stream may take (no wait without a deadline)
-
-
-def upstream_unavailable(reason: str, status: str = "4.4.1") -> Reply:
-    return Reply.single(421, f"{status} smtp.passthru Error: upstream {reason}")
-
-
-class _Closing(Exception):
-    """The session ends normally (QUIT answered, or drained)."""
 
 
 class Connection:
@@ -132,21 +124,10 @@ class Connection:
             with self._scope:
                 try:
                     await self._run()
-                except _Closing:
-                    pass
-                except ClientGone as exc:
-                    self.log.info("client disconnected: %s", exc)
-                    ended = "client disconnected"
-                except ClientTimeout as exc:
-                    self.log.error("network operation timed out: %s", exc)
-                    farewell, ended = CLIENT_TIMEOUT, "client timed out"
-                except UpstreamFailure as exc:
-                    self.log.error("%s", exc)
-                    farewell = upstream_unavailable(exc.reason, exc.status)
-                    ended = f"upstream {exc.reason}"
-                except RemoteProtocolError as exc:
-                    self.log.error("protocol error: %s", exc)
-                    farewell, ended = exc.reply, "upstream protocol error"
+                except ProxyError as exc:
+                    if isinstance(exc, LocalProtocolError):
+                        raise  # our bug: the internal error below
+                    farewell, ended = exc.reply, self._log_ending(exc)
             if self._scope.cancelled_caught:
                 if self.transaction.client_left:
                     ended = "client disconnected"
@@ -195,13 +176,13 @@ class Connection:
             await self._relay()
             return
         # One milter session per connection, in the connection's scope: a client that
-        # leaves cancels it (sockets closed at once); QUIT closes it politely.
+        # leaves cancels it (sockets closed at once); QUIT (or a drain) closes it politely.
         async with Milters(self.settings.milters) as milters:
             self.milters = milters
             try:
                 await milters.connect(self._milter_context())  # a refusal answers each stage
                 await self._relay()
-            except _Closing:
+            except (Closing, Drained):
                 await milters.close(polite=True)
                 raise
             finally:
@@ -222,12 +203,7 @@ class Connection:
         [banner] = await self.upstream.exchange((), replies=1)
         await self._perform(self.session.greeting(banner, relay=self.upstream.relay))
         while True:
-            try:
-                line = await self.client.next_command()
-            except Drained:
-                self.log.info("shutting down: closing an idle session")
-                await self.client.send(SHUTTING_DOWN)
-                raise _Closing from None
+            line = await self.client.next_command()  # Drained: shutdown came first
             if isinstance(line, LineTooLong):
                 self.log.debug("CLIENT < (%d bytes discarded: line too long)", line.length)
                 await self._perform(self.session.line_too_long())
@@ -356,10 +332,20 @@ class Connection:
                 self.session.tls_started()
                 continue
             elif isinstance(action, Close):
-                raise _Closing
+                raise Closing
             else:
                 assert_never(action)
             todo.extend(reversed(after))
+
+    def _log_ending(self, exc: ProxyError) -> str:
+        """Log the error that ends the connection; the reason a message cut short gets."""
+        if isinstance(exc, Ending):
+            if exc.level is not None:
+                self.log.log(exc.level, exc.log_format, exc)
+            return exc.ended
+        # The sans-IO core's: an upstream reply that cannot be read (reply_parser.py).
+        self.log.error("protocol error: %s", exc)
+        return "upstream protocol error"
 
     async def _ask_milters(self, action: AskMilters) -> list[Action]:
         """A client command's milter stage (HELO/EHLO, MAIL, RCPT, DATA), then its fate."""

@@ -28,9 +28,11 @@ from trio_proxsmtp.common.address import AddressKind, format_host
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.common.nursery import single_error
 from trio_proxsmtp.common.trace import show
+from trio_proxsmtp.protocol.errors import RemoteError
 from trio_proxsmtp.protocol.smtp.replies import Reply
 from trio_proxsmtp.protocol.smtp.reply_parser import ReplyParser
 from trio_proxsmtp.relay.client_info import ClientInfo, NoOriginalDestination
+from trio_proxsmtp.relay.endings import Ending, upstream_unavailable
 from trio_proxsmtp.relay.fast_io import FastPath
 from trio_proxsmtp.relay.settings import OutTLSMode, TransparentMode, UpstreamSettings
 
@@ -40,13 +42,15 @@ RECEIVE_SIZE = 64 * 1024
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 
 
-class UpstreamFailure(Exception):
-    """The upstream could not be reached, went away, timed out or broke the protocol."""
+class UpstreamFailure(Ending, RemoteError):
+    """The upstream could not be reached, went away, timed out or broke the protocol; the
+    client is told 421 with `reason` (the real error is the message, for the log)."""
 
     def __init__(self, message: str, reason: str, status: str = "4.4.1") -> None:
-        super().__init__(message)
+        super().__init__(message, upstream_unavailable(reason, status))
         self.reason = reason  # the short form the client sees in its 421
         self.status = status  # the enhanced status code of that 421 (4.7.0 for TLS)
+        self.ended = f"upstream {reason}"
 
 
 def _disconnected(exc: Exception) -> UpstreamFailure:
