@@ -3,20 +3,20 @@
 A `Connection` is one task under one cancel scope.  It owns the `Session` and three parts,
 each the only owner of what it holds: the `ClientChannel` (client stream and buffer), the
 `Upstream` (upstream stream and replies) and the `Transaction` (the current message's
-spools).  It works on any `trio.abc.Stream`; who the client is comes in a `ClientInfo`
-built at accept, what the configuration decides in its `RelaySettings`.  Every wait on a
-peer or a process runs under a deadline named after its phase (TimeOut, FilterTimeout,
-the connect).  When the client leaves, the connection's scope is cancelled: the upstream
-is closed without the message's final ".", the filter's process group is killed and the
-spools are removed, so a message whose client left before its final "." went upstream is
-never delivered.
+spools); the `Performer` (perform.py) does the session's actions with them.  It works on
+any `trio.abc.Stream`; who the client is comes in a `ClientInfo` built at accept, what the
+configuration decides in its `RelaySettings`.  Every wait on a peer or a process runs under
+a deadline named after its phase (TimeOut, FilterTimeout, the connect).  When the client
+leaves, the connection's scope is cancelled: the upstream is closed without the message's
+final ".", the filter's process group is killed and the spools are removed, so a message
+whose client left before its final "." went upstream is never delivered.
+
+Every error that ends a connection is a `ProxyError` carrying its farewell reply
+(endings.py): `run` logs it, tells the client, and closes.
 
 Rules kept here (docs/behaviour.md): the whole message is read up to its terminator
 before any reply (B2); a 250 to the client's final "." is the upstream's own reply to ours;
 the upstream's failures reach the client as 421 with the real error in the log (B13).
-
-Every error that ends a connection is a `ProxyError` carrying its farewell reply
-(endings.py): `run` logs it, tells the client, and closes.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from typing import assert_never
 
 import attrs
 import trio
@@ -34,37 +33,18 @@ from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.common.nursery import single_error
 from trio_proxsmtp.common.trace import show_command
 from trio_proxsmtp.protocol.errors import LocalProtocolError, ProxyError
-from trio_proxsmtp.protocol.session import (
-    AbortMilters,
-    Action,
-    AskMilters,
-    Close,
-    Log,
-    Purpose,
-    ReceiveChunk,
-    ReceiveMessage,
-    RunFilter,
-    RunMilters,
-    SendClient,
-    SendMessage,
-    SendUpstream,
-    Session,
-    SkipBytes,
-    StartTLS,
-    StartUpstreamTLS,
-    Summary,
-)
-from trio_proxsmtp.protocol.smtp.commands import Verb, check_command_line, parse_command
+from trio_proxsmtp.protocol.session import Session
+from trio_proxsmtp.protocol.smtp.commands import check_command_line, parse_command
 from trio_proxsmtp.protocol.smtp.lines import LineTooLong
-from trio_proxsmtp.protocol.smtp.reader import Line
-from trio_proxsmtp.protocol.smtp.replies import Reply, reply_from_text
+from trio_proxsmtp.protocol.smtp.replies import Reply
 from trio_proxsmtp.relay.client_channel import ClientChannel, Drained
 from trio_proxsmtp.relay.client_info import ClientInfo, client_host_name
 from trio_proxsmtp.relay.deadlines import ClientDeadlines, Stress
 from trio_proxsmtp.relay.endings import INTERNAL_ERROR, SHUTTING_DOWN, Closing, Ending
+from trio_proxsmtp.relay.perform import Performer
 from trio_proxsmtp.relay.settings import RelaySettings
 from trio_proxsmtp.relay.transaction import Transaction
-from trio_proxsmtp.relay.upstream import Opener, Outgoing, Upstream
+from trio_proxsmtp.relay.upstream import Opener, Upstream
 from trio_proxsmtp.stages.milter import MilterContext, Milters
 
 __all__ = ["Connection"]
@@ -93,7 +73,6 @@ class Connection:
         self.info = info
         self.log = connection_logger(conn_id)
         self.conn_id = conn_id
-        self.milters: Milters | None = None  # while the connection runs, if configured
         self.trace = self.log.isEnabledFor(logging.DEBUG)
         self.session = Session(settings.policy_for(info.client, info.is_ipv6))
         self._scope = trio.CancelScope()
@@ -103,9 +82,20 @@ class Connection:
         self.transaction = Transaction(
             settings.transaction, self.session, self.client, self.upstream, self.log, self._scope
         )
+        self.performer = Performer(
+            self.session,
+            self.client,
+            self.upstream,
+            self.transaction,
+            info,
+            conn_id,
+            self.log,
+            settings.tls_context,
+        )
+        self._perform = self.performer.perform
         self.draining = False
         self.metrics = self.client.metrics = self.upstream.metrics = metrics
-        self.transaction.metrics = metrics
+        self.transaction.metrics = self.performer.metrics = metrics
 
     def drain(self) -> None:
         """Shutdown: an idle session ends now with 421; a busy one when its message is done."""
@@ -134,7 +124,7 @@ class Connection:
                 else:
                     self.log.warning("session cut short by shutdown")
                     farewell, ended = SHUTTING_DOWN, "shutdown"
-            self._log_actions(self.session.abort(ended))
+            self.performer.log_actions(self.session.abort(ended))
             if farewell is not None:
                 await self.client.say_goodbye(farewell)
         except Exception:  # one failing connection never takes the server down
@@ -178,7 +168,7 @@ class Connection:
         # One milter session per connection, in the connection's scope: a client that
         # leaves cancels it (sockets closed at once); QUIT (or a drain) closes it politely.
         async with Milters(self.settings.milters) as milters:
-            self.milters = milters
+            self.performer.milters = milters
             try:
                 await milters.connect(self._milter_context())  # a refusal answers each stage
                 await self._relay()
@@ -186,7 +176,7 @@ class Connection:
                 await milters.close(polite=True)
                 raise
             finally:
-                self.milters = None
+                self.performer.milters = None
 
     def _milter_context(self) -> MilterContext:
         unix = not self.info.client
@@ -218,124 +208,10 @@ class Connection:
             if self.trace:
                 self.log.debug("CLIENT < %s", show_command(line, command, in_auth))
             actions = self.session.command(command)
-            if self.upstream_pipelining(actions):
-                await self._send_group(actions)
+            if self.performer.upstream_pipelining(actions):
+                await self.performer.send_group(actions)
             else:
                 await self._perform(actions)
-
-    # -- PIPELINING towards the upstream (RFC 2920) --------------------------------------
-
-    def upstream_pipelining(self, actions: list[Action]) -> bool:
-        """Whether `actions` (the session's answer to one command) start a group: a MAIL
-        or RCPT forwarded as is, with another MAIL/RCPT already buffered behind it, to a
-        next server that offers PIPELINING.  A lone command still waits for its reply."""
-        if len(actions) != 1 or not isinstance(actions[0], SendUpstream):
-            return False
-        action = actions[0]
-        if action.purpose is not Purpose.COMMAND or action.command is None:
-            return False
-        line = self.client.reader.peek_line()
-        if line is None:
-            return False  # nothing buffered behind it (a lock-step client): no group
-        return self.session.pipelinable(action.command) and self.session.pipelinable(
-            parse_command(line)
-        )
-
-    async def _send_group(self, first: list[Action]) -> None:
-        """The client's buffered MAIL/RCPT commands go upstream in one write; the replies
-        are read and relayed in order, each to its own command (B1).  DATA never joins:
-        the session answers it once every reply of the group is in, so a group whose
-        recipients all failed gets 554, never 354 (docs/behaviour.md §11)."""
-        group = [action for action in first if isinstance(action, SendUpstream)]
-        while True:
-            line = self.client.reader.peek_line()
-            if line is None or not self.session.pipelinable(command := parse_command(line)):
-                break
-            taken = self.client.reader.next_event()
-            assert isinstance(taken, Line) and taken.data == line
-            if self.trace:
-                self.log.debug("CLIENT < %s", show_command(line, command, False))
-            [action] = self.session.command(command)
-            assert isinstance(action, SendUpstream), action
-            group.append(action)
-        items = [
-            Outgoing(a.line, show_command(a.line, a.command, False) if self.trace else None)
-            for a in group
-        ]
-        for reply in await self.upstream.exchange(items):
-            await self._perform(self.session.upstream_reply(reply))
-
-    async def _perform(self, actions: list[Action]) -> None:
-        """Do the session's actions in order; an upstream reply goes back to the session,
-        whose next actions are done before the rest of this list.  (A loop over a work
-        list, not a recursion: several actions a message, each a coroutine less.)"""
-        todo = actions[::-1]  # popped from the end: next action last
-        while todo:
-            action = todo.pop()
-            if isinstance(action, SendClient):
-                if not self.session.in_message:
-                    # The message's fate is decided: its spools go before the client hears it.
-                    self.transaction.close()
-                await self.client.send(action.reply)
-                continue
-            if isinstance(action, SendUpstream):
-                secret = action.purpose is Purpose.AUTH_CONTINUATION
-                trace = show_command(action.line, action.command, secret) if self.trace else None
-                # A bare stream cannot be peeked at: watch it while a message is on its way.
-                watching = self.info.socket is None and self.session.in_message
-                # Only our DATA's time counts (the message's upstream delay): no clock
-                # reads for the other commands.
-                timed = action.purpose is Purpose.DATA
-                started = trio.current_time() if timed else 0.0
-                if watching:
-                    async with self.client.watch(self.transaction.left):
-                        reply = await self.upstream.command(Outgoing(action.line, trace))
-                else:
-                    reply = await self.upstream.command(Outgoing(action.line, trace))
-                seconds = trio.current_time() - started if timed else 0.0
-                after = self.session.upstream_reply(reply, seconds=seconds)
-            elif isinstance(action, Summary | Log):
-                self._log_actions([action])
-                continue
-            elif isinstance(action, ReceiveMessage):
-                if action.stream:
-                    after = await self.transaction.stream(action)
-                else:
-                    after = await self.transaction.receive(action)
-            elif isinstance(action, SendMessage):
-                started = trio.current_time()
-                reply = await self.transaction.replay(action)
-                seconds = trio.current_time() - started
-                after = self.session.upstream_reply(reply, seconds=seconds)
-            elif isinstance(action, RunFilter):
-                after = await self.transaction.filter()
-            elif isinstance(action, ReceiveChunk):
-                after = await self.transaction.receive_chunk(action)
-            elif isinstance(action, StartUpstreamTLS):
-                await self.upstream.start_tls()
-                after = self.session.upstream_tls_started(action.command)
-            elif isinstance(action, AskMilters):
-                after = await self._ask_milters(action)
-            elif isinstance(action, AbortMilters):
-                if self.milters is not None:
-                    await self.milters.abort()
-                continue
-            elif isinstance(action, RunMilters):
-                assert self.milters is not None
-                after = await self.transaction.run_milters(self.milters)
-            elif isinstance(action, SkipBytes):
-                await self.client.skip(action)
-                continue
-            elif isinstance(action, StartTLS):
-                assert self.settings.tls_context is not None
-                await self.client.start_tls(action, self.settings.tls_context)
-                self.session.tls_started()
-                continue
-            elif isinstance(action, Close):
-                raise Closing
-            else:
-                assert_never(action)
-            todo.extend(reversed(after))
 
     def _log_ending(self, exc: ProxyError) -> str:
         """Log the error that ends the connection; the reason a message cut short gets."""
@@ -346,36 +222,3 @@ class Connection:
         # The sans-IO core's: an upstream reply that cannot be read (reply_parser.py).
         self.log.error("protocol error: %s", exc)
         return "upstream protocol error"
-
-    async def _ask_milters(self, action: AskMilters) -> list[Action]:
-        """A client command's milter stage (HELO/EHLO, MAIL, RCPT, DATA), then its fate."""
-        milters = self.milters
-        assert milters is not None
-        command = action.command
-        verb = command.verb
-        if verb in (Verb.HELO, Verb.EHLO):
-            name = command.argument.split(None, 1)[0] if command.argument else ""
-            version, cipher = self.client.tls_details()
-            decision = await milters.helo(name, tls_version=version, cipher=cipher)
-        elif verb is Verb.MAIL:
-            # The milters' "i" macro: unique per message of this process (id + number).
-            conn_id = self.conn_id if isinstance(self.conn_id, str) else f"{self.conn_id:06X}"
-            queue_id = f"{conn_id}{self.session.messages + 1:04X}"
-            sender = command.address or "<>"
-            decision = await milters.mail(sender, command.params, queue_id=queue_id)
-        elif verb is Verb.RCPT:
-            decision = await milters.rcpt(command.address or command.argument, command.params)
-        else:
-            decision = await milters.data()
-        reply = reply_from_text(decision.reply) if decision.reply else None
-        return self.session.milters_decided(action, decision.kind, reply, decision.milter)
-
-    def _log_actions(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, Summary):
-                self.log.info("%s", action)  # formatted only if printed (Summary.__str__)
-                self.metrics.message_done(
-                    action.outcome.value, action.upstream_code, action.message.size
-                )
-            elif isinstance(action, Log):
-                self.log.log(action.level, "%s", action.message)

@@ -3,7 +3,7 @@
 `Upstream` is the only owner of the upstream stream and its reply parser.  Everything that
 goes upstream and expects replies goes through `exchange` (or `command`, a group of one):
 it writes a group of outgoing items in one write, then reads one complete reply per item,
-in order; PIPELINING towards the upstream is a group of several (connection.py).
+in order; PIPELINING towards the upstream is a group of several (relay/perform.py).
 STARTTLS towards the upstream (OutTLS: may, encrypt) and implicit TLS (OutTLS: implicit)
 are `start_tls`: the stream is swapped for a `trio.SSLStream` over it, between exchanges.
 Keepalives (NOOP) are exchanges too.  Every wait runs under TimeOut, and a whole reply (the
