@@ -1,15 +1,13 @@
 """The upstream side of a connection: connecting, and every exchange with the next server.
 
-`Upstream` is the only owner of the upstream stream and its reply parser.  Everything that
-goes upstream and expects replies goes through `exchange` (or `command`, a group of one):
-it writes a group of outgoing items in one write, then reads one complete reply per item,
-in order; PIPELINING towards the upstream is a group of several (relay/perform.py).
-STARTTLS towards the upstream (OutTLS: may, encrypt) and implicit TLS (OutTLS: implicit)
-are `start_tls`: the stream is swapped for a `trio.SSLStream` over it, between exchanges.
-Keepalives (NOOP) are exchanges too.  Every wait runs under TimeOut, and a whole reply (the
-banner included) under ReplyTimeOut, so a dribbling upstream cannot hold a session; every
-failure is an `UpstreamFailure`, which the client sees as 421 with the real error in the
-log (B13).  What it reads of the configuration is its `UpstreamSettings`.
+`Upstream` owns the upstream stream and its reply parser.  What goes upstream and expects
+replies goes through `exchange` (or `command`, a group of one): a group of items in one
+write, then one complete reply per item, in order (PIPELINING: relay/perform.py).  TLS,
+after STARTTLS (OutTLS: may, encrypt) or from the first byte (implicit), is `start_tls`,
+between exchanges.  Keepalives (NOOP) are exchanges too.  Every wait runs under TimeOut, a
+whole reply (the banner too) under ReplyTimeOut; every failure is an `UpstreamFailure`,
+which the client sees as 421 with the real error in the log (B13).  It reads its
+`UpstreamSettings`, never the configuration.
 """
 
 from __future__ import annotations
