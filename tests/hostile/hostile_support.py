@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.config.settings import relay_settings
 from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.connection import Connection
 from trio_proxsmtp.relay.deadlines import Stress
@@ -106,7 +107,12 @@ async def memory_connection(
 
             info = ClientInfo(client=client, local="127.0.0.1")
             connection = Connection(
-                parsed, theirs, info, 0x100000, open_upstream=open_upstream, stress=stress
+                relay_settings(parsed),
+                theirs,
+                info,
+                0x100000,
+                open_upstream=open_upstream,
+                stress=stress,
             )
             nursery.start_soon(connection.run)
             try:

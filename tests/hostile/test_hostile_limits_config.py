@@ -10,7 +10,8 @@ import ipaddress
 
 import pytest
 
-from trio_proxsmtp.config.loader import ConfigError, parse_config, parse_config_with_warnings
+from trio_proxsmtp.config.loader import parse_config, parse_config_with_warnings
+from trio_proxsmtp.config.model import ConfigError
 
 BASE = "OutAddress: 127.0.0.1:2525\n"
 

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_proxsmtp.config.loader import parse_milter_address, parse_milter_list
+from trio_proxsmtp.config.options import parse_milter_address, parse_milter_list
 from trio_proxsmtp.protocol.message.edit import MilterEnvelope, Recipient
 from trio_proxsmtp.protocol.milter.codec import MtaCommand
 from trio_proxsmtp.protocol.milter.codes import Proto

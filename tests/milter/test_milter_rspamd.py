@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trio_proxsmtp.config.loader import parse_milter_address
+from trio_proxsmtp.config.options import parse_milter_address
 from trio_proxsmtp.protocol.message.edit import MilterEnvelope, Recipient
 from trio_proxsmtp.protocol.milter.messages import MilterVerdictKind
 from trio_proxsmtp.stages.milter.decisions import MilterContext

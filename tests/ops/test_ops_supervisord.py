@@ -17,7 +17,7 @@ import pytest
 import trio
 from ops_support import ENV, ROOT, background, free_port, group_alive, wait_for, write_config
 
-from trio_proxsmtp.config.loader import Config
+from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.testing import FakeUpstream, open_client
 
 CONTRIB = ROOT / "contrib"

@@ -24,7 +24,8 @@ import trio
 from ops_support import background, free_port, proxy_process, wait_for, write_config
 
 from trio_proxsmtp.common.log import ID_PATTERN, process_connection_ids
-from trio_proxsmtp.config.loader import Config, parse_config
+from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.daemon.admission import worker_share
 from trio_proxsmtp.daemon.handoff import HANDOFF_DELAY
 from trio_proxsmtp.daemon.refusals import BUSY_REPLY

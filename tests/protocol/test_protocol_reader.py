@@ -32,11 +32,11 @@ from trio_proxsmtp.protocol.session.events import (
 from trio_proxsmtp.protocol.session.machine import Session
 from trio_proxsmtp.protocol.session.policy import SessionPolicy
 from trio_proxsmtp.protocol.smtp.commands import parse_command
+from trio_proxsmtp.protocol.smtp.lines import LineTooLong
 from trio_proxsmtp.protocol.smtp.reader import (
     Body,
     ClientReader,
     Line,
-    LineTooLong,
     Mode,
     NeedData,
     Skipped,

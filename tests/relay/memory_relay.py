@@ -13,7 +13,9 @@ import attrs
 import trio
 import trio.testing
 
-from trio_proxsmtp.config.loader import Config, parse_config
+from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.config.model import Config
+from trio_proxsmtp.config.settings import relay_settings
 from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.connection import Connection
 from trio_proxsmtp.testing import FakeUpstream
@@ -44,7 +46,7 @@ class MemoryProxy:
             return proxy_end, "upstream.memory"
 
         connection = Connection(
-            self.config,
+            relay_settings(self.config),
             theirs,
             CLIENT,
             0x100000 + len(self.connections),

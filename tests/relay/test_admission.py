@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from trio_proxsmtp.config.loader import STRESS_FRACTION, parse_config
+from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.config.model import STRESS_FRACTION
 from trio_proxsmtp.daemon.admission import (
     Admission,
     Limits,
@@ -81,3 +82,18 @@ def test_stress_switches_on_at_its_fraction_and_off_below(max_connections: int) 
 def test_no_stress_without_stress_timeout() -> None:
     limits = Limits(4, stress_timeout=0)
     assert stress_change(4, limits, stressed=False) is None
+
+
+def test_the_server_derives_limits_and_relay_settings_once_per_config() -> None:
+    """Made at start-up and after a reload, not for every accepted client; a reload's
+    config is what the next client gets."""
+    from trio_proxsmtp.daemon.server import Server
+
+    first = parse_config("OutAddress: 127.0.0.1:2525\nMaxConnections: 6\nTimeOut: 30\n")
+    server = Server(first, workers=2)
+    limits, settings = server._for_config()
+    assert server._for_config()[1] is settings and server.limits is limits
+    assert limits.max_connections == 3 and settings.upstream.timeout == 30
+    server.config = parse_config("OutAddress: 127.0.0.1:2525\nMaxConnections: 8\nTimeOut: 9\n")
+    limits, settings = server._for_config()
+    assert limits.max_connections == 4 and settings.upstream.timeout == 9

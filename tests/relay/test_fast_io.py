@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.config.settings import upstream_settings
 from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.fast_io import FAIR_EVERY, FastPath
 from trio_proxsmtp.relay.upstream import Outgoing, Upstream
@@ -153,7 +154,8 @@ async def test_an_upstream_reply_is_read_after_a_yield_and_without_a_wait(
         return ours, "127.0.0.1:25"
 
     log = logging.LoggerAdapter(logging.getLogger("test"), {})
-    upstream = Upstream(parse_config("OutAddress: 127.0.0.1:25\n"), CLIENT, log, opener=opener)
+    settings = upstream_settings(parse_config("OutAddress: 127.0.0.1:25\n"))
+    upstream = Upstream(settings, CLIENT, log, opener=opener)
     await upstream.connect()
     events: list[str] = []
     real_checkpoint, real_read, real_write = trio.lowlevel.checkpoint, os.read, os.write

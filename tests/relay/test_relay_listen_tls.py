@@ -11,6 +11,7 @@ import trio.testing
 from memory_relay import CLIENT
 
 from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.config.settings import relay_settings
 from trio_proxsmtp.daemon.reload import applicable_reload
 from trio_proxsmtp.relay.connection import Connection
 from trio_proxsmtp.testing import FakeUpstream, run_proxy
@@ -83,7 +84,7 @@ async def test_implicit_tls_handshake_has_a_deadline_before_the_upstream(
         raise OSError("never")
 
     connection = Connection(
-        config,
+        relay_settings(config),
         theirs,
         CLIENT,
         0x100000,

@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from trio_proxsmtp.config.loader import Config
+from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.daemon import cli, listeners
 from trio_proxsmtp.daemon import signals as signal_task
 

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from trio_proxsmtp import __version__
-from trio_proxsmtp.config.loader import Config
+from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.daemon import cli, listeners, signals, startup
 
 

@@ -10,15 +10,14 @@ from pathlib import Path
 import pytest
 
 from trio_proxsmtp.common.address import AddressKind, parse_address
-from trio_proxsmtp.config import loader as config_module
+from trio_proxsmtp.config import options
 from trio_proxsmtp.config.loader import (
-    Config,
-    ConfigError,
     load_config,
     load_config_with_warnings,
     parse_config,
     parse_config_with_warnings,
 )
+from trio_proxsmtp.config.model import Config, ConfigError
 from trio_proxsmtp.relay.settings import TransparentMode
 from trio_proxsmtp.stages.settings import FilterType
 
@@ -363,7 +362,7 @@ def test_example_config_parses_and_documents_every_option() -> None:
     assert config.temp_directory == "/tmp"
     assert warnings == []
     text = EXAMPLE.read_text()
-    for canonical, _field, _parser in config_module._OPTIONS.values():
+    for canonical, _field, _parser in options.OPTIONS.values():
         assert re.search(rf"^#?{canonical}:", text, re.MULTILINE), canonical
 
 

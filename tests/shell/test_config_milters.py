@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from trio_proxsmtp.config.loader import ConfigError, milter_settings, parse_config
+from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.config.model import ConfigError
+from trio_proxsmtp.config.settings import milter_settings
 from trio_proxsmtp.daemon import cli
 from trio_proxsmtp.stages.settings import DefaultAction, MilterAddress, MilterSettings
 

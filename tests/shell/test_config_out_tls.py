@@ -12,8 +12,9 @@ import trio.testing
 
 from trio_proxsmtp.common.address import parse_address
 from trio_proxsmtp.common.tls import TLSError, server_context, sni_name, upstream_context
-from trio_proxsmtp.config import loader as config_module
-from trio_proxsmtp.config.loader import ConfigError, parse_config, parse_config_with_warnings
+from trio_proxsmtp.config import checks, options
+from trio_proxsmtp.config.loader import parse_config, parse_config_with_warnings
+from trio_proxsmtp.config.model import ConfigError
 from trio_proxsmtp.daemon import cli
 from trio_proxsmtp.relay.settings import OutTLSMode
 from trio_proxsmtp.testing.certs import TestCertificates
@@ -24,9 +25,9 @@ BASE = "OutAddress: mail.example:25\n"
 @pytest.fixture(autouse=True)
 def _resolvable(monkeypatch: pytest.MonkeyPatch) -> None:
     """mail.example need not resolve here: only the config's own checks are under test."""
-    real = config_module.resolve_tcp
+    real = options.resolve_tcp
     monkeypatch.setattr(
-        config_module,
+        options,
         "resolve_tcp",
         lambda address: [] if address.host == "mail.example" else real(address),
     )
@@ -159,7 +160,7 @@ def test_listen_tls_may_not_be_the_listen_address(tls_files: tuple[Path, Path]) 
 def test_verification_without_any_ca_is_an_error(
     mode: str, monkeypatch: pytest.MonkeyPatch, test_certificates: TestCertificates
 ) -> None:
-    monkeypatch.setattr(config_module, "system_ca_available", lambda: False)
+    monkeypatch.setattr(checks, "system_ca_available", lambda: False)
     e = error(f"{BASE}OutTLS: {mode}\n")
     assert (e.line, e.option) == (2, "OutTLS")
     assert "set OutTLSCAFile" in e.message

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from trio_proxsmtp.config.loader import MAX_WORKERS, Config, ConfigError, auto_workers, parse_config
+from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.config.model import MAX_WORKERS, Config, ConfigError, auto_workers
 from trio_proxsmtp.daemon import cli
 
 BASE = "OutAddress: 127.0.0.1:2525\n"

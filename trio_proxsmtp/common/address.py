@@ -15,6 +15,8 @@ from typing import Any
 
 import attrs
 
+# Linux's socket option for transparent mode (TransparentProxy; Python names it from 3.13).
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 # sun_path is 108 bytes including the terminating NUL.
 _SUN_PATH_MAX = 108
 _HOST_NAME_MAX = 255

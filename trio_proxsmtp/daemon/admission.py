@@ -26,7 +26,7 @@ import enum
 
 import attrs
 
-from trio_proxsmtp.config.loader import STRESS_FRACTION, Config
+from trio_proxsmtp.config.model import STRESS_FRACTION, Config
 
 __all__ = [
     "Admission",

@@ -15,7 +15,8 @@ import sys
 
 from trio_proxsmtp import __version__
 from trio_proxsmtp.common.log import LOGGER_NAME, LoggingUnavailable, setup_logging
-from trio_proxsmtp.config.loader import ConfigError, load_config_with_warnings
+from trio_proxsmtp.config.loader import load_config_with_warnings
+from trio_proxsmtp.config.model import ConfigError
 from trio_proxsmtp.daemon import startup
 from trio_proxsmtp.daemon.privileges import PrivilegeError, lookup_user
 from trio_proxsmtp.daemon.startup import PROG, print_error

@@ -25,11 +25,16 @@ import weakref
 
 import trio
 
-from trio_proxsmtp.common.address import Address, AddressKind, format_host, resolve_tcp
+from trio_proxsmtp.common.address import (
+    IP_TRANSPARENT,
+    Address,
+    AddressKind,
+    format_host,
+    resolve_tcp,
+)
 from trio_proxsmtp.common.log import LOGGER_NAME
-from trio_proxsmtp.config.loader import Config
+from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.relay.settings import TransparentMode
-from trio_proxsmtp.relay.upstream import IP_TRANSPARENT
 
 __all__ = [
     "BACKLOG",

@@ -23,7 +23,7 @@ import trio
 
 from trio_proxsmtp.common.log import connection_logger
 from trio_proxsmtp.common.metrics import Metrics
-from trio_proxsmtp.config.loader import Config
+from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.daemon.proxy_protocol import (
     DEFAULT_HEADER_TIMEOUT,
     PrefixedStream,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import attrs
 
-from trio_proxsmtp.config.loader import Config
+from trio_proxsmtp.config.model import Config
 
 __all__ = ["applicable_reload"]
 

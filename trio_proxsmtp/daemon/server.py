@@ -5,12 +5,10 @@ stopping it stops everything.  The sockets come bound (listeners.py); who is adm
 decided by admission.py; a connection behind a balancer reads its PROXY header first
 (proxy_accept.py).
 
-The server knows no signals: the command line's signal task (signals.py) calls `stop` and
-`reload`, and a server started in a test (testing.run_proxy) leaves the process's signal
-handlers alone.
-
-The accept loop survives running out of resources (EMFILE, ENFILE, ENOMEM, ENOBUFS): it
-logs, waits 100 ms and accepts again; any other accept error ends the server.
+The server knows no signals: signals.py calls `stop` and `reload` (a server in a test
+leaves the signal handlers alone).  The accept loop survives running out of resources
+(EMFILE, ENFILE, ENOMEM, ENOBUFS): it logs, waits 100 ms and accepts again; any other
+accept error ends the server.
 
 `stop` (SIGTERM/SIGINT, fixing B14): stop accepting at once; idle sessions get
 `421 4.3.2 Service shutting down`; sessions in the middle of a message get ShutdownTimeout
@@ -31,10 +29,8 @@ across restarts, worker processes and the servers of one process.
 
 Metrics (common/metrics.py): the server counts connections accepted, refused and active,
 and hands its `Metrics` to every `Connection`; with metrics sockets it also serves
-/metrics (prometheus.py).
-
-Hostile clients (docs/behaviour.md, "Limits"): MaxConnectionsPerClient and the stress
-level are admission.py's decisions; the server logs them and sends the refusals.
+/metrics (prometheus.py).  Hostile clients (docs/behaviour.md, "Limits"): the per-client
+limit and the stress level are admission.py's decisions; the server sends the refusals.
 """
 
 from __future__ import annotations
@@ -51,7 +47,8 @@ import trio
 
 from trio_proxsmtp.common.log import LOGGER_NAME, process_connection_ids
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
-from trio_proxsmtp.config.loader import Config
+from trio_proxsmtp.config.model import Config
+from trio_proxsmtp.config.settings import relay_settings
 from trio_proxsmtp.daemon import listeners, notify
 from trio_proxsmtp.daemon.admission import (
     Admission,
@@ -68,6 +65,7 @@ from trio_proxsmtp.daemon.reload import applicable_reload
 from trio_proxsmtp.relay.client_info import ClientInfo, from_socket_stream
 from trio_proxsmtp.relay.connection import Connection
 from trio_proxsmtp.relay.deadlines import Stress
+from trio_proxsmtp.relay.settings import RelaySettings
 
 __all__ = ["Server", "serve"]
 
@@ -97,10 +95,20 @@ class Server:
     admission: Admission = attrs.field(factory=Admission)
     stress: Stress = attrs.field(factory=Stress)
 
+    _derived: tuple[Config, Limits, RelaySettings] | None = attrs.field(default=None, init=False)
+
+    def _for_config(self) -> tuple[Limits, RelaySettings]:
+        """This worker's limits and the relay's settings, once per config, not per client."""
+        if self._derived is None or self._derived[0] is not self.config:
+            config = self.config
+            limits = Limits.of(config, self.worker, self.workers)
+            self._derived = (config, limits, relay_settings(config))
+        return self._derived[1], self._derived[2]
+
     @property
     def limits(self) -> Limits:
         """This worker's share of the current config's limits."""
-        return Limits.of(self.config, self.worker, self.workers)
+        return self._for_config()[0]
 
     @property
     def max_connections(self) -> int:
@@ -280,7 +288,7 @@ class Server:
         MaxConnectionsPerClient (`counted`: its address, None when not counted) and in
         the stress level; `_run_connection(connection, counted)` uncounts it."""
         connection = Connection(
-            config,
+            self._for_config()[1] if config is self.config else relay_settings(config),
             stream,
             info,
             conn_id,

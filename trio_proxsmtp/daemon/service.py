@@ -17,7 +17,8 @@ from collections.abc import Callable
 import trio
 
 from trio_proxsmtp.common.log import LOGGER_NAME
-from trio_proxsmtp.config.loader import Config, load_config, load_config_with_warnings
+from trio_proxsmtp.config.loader import load_config, load_config_with_warnings
+from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.daemon import notify, signals
 from trio_proxsmtp.daemon.listeners import remove_unix_socket_files, unix_socket_files
 from trio_proxsmtp.daemon.prometheus import MultiprocessDirectory, PrometheusMetrics

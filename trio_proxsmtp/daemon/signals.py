@@ -18,7 +18,7 @@ import trio
 
 from trio_proxsmtp.common.log import LOGGER_NAME
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
-from trio_proxsmtp.config.loader import Config
+from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.daemon import notify
 from trio_proxsmtp.daemon.server import Server
 from trio_proxsmtp.stages import reaper

@@ -16,7 +16,7 @@ import socket
 import sys
 
 from trio_proxsmtp.common.log import LOGGER_NAME, logs_to_stderr
-from trio_proxsmtp.config.loader import Config
+from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.daemon import listeners, notify, service, signals
 from trio_proxsmtp.daemon.privileges import PrivilegeError, UserInfo, switch_user
 from trio_proxsmtp.daemon.prometheus import bind_metrics_listener

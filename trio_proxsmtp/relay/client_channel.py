@@ -23,6 +23,7 @@ import trio
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.common.nursery import single_error
 from trio_proxsmtp.common.trace import show
+from trio_proxsmtp.protocol.errors import ProxyError, RemoteError
 from trio_proxsmtp.protocol.session.actions import Action
 from trio_proxsmtp.protocol.smtp.lines import LineTooLong
 from trio_proxsmtp.protocol.smtp.reader import (
@@ -37,6 +38,7 @@ from trio_proxsmtp.protocol.smtp.reader import (
 from trio_proxsmtp.protocol.smtp.replies import Reply
 from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.deadlines import ClientDeadlines
+from trio_proxsmtp.relay.endings import CLIENT_TIMEOUT, SHUTTING_DOWN, Ending
 from trio_proxsmtp.relay.fast_io import FastPath
 
 __all__ = ["ClientChannel", "ClientGone", "ClientTimeout", "Drained"]
@@ -46,8 +48,12 @@ RECEIVE_SIZE = 64 * 1024
 MAX_PENDING_INPUT = 64 * 1024
 
 
-class ClientGone(Exception):
-    """The client closed or reset the connection."""
+class ClientGone(Ending, RemoteError):
+    """The client closed or reset the connection: there is nobody left to tell."""
+
+    level = logging.INFO
+    log_format = "client disconnected: %s"
+    ended = "client disconnected"
 
 
 def _gone(exc: Exception) -> ClientGone:
@@ -55,13 +61,26 @@ def _gone(exc: Exception) -> ClientGone:
     return ClientGone(str(exc) or "connection reset")
 
 
-class ClientTimeout(Exception):
+class ClientTimeout(Ending, RemoteError):
     """The client said nothing for TimeOut seconds, or a record's deadline passed; the
-    message says which."""
+    message says which.  The client is told so (421 4.4.2)."""
+
+    log_format = "network operation timed out: %s"
+    ended = "client timed out"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, CLIENT_TIMEOUT)
 
 
-class Drained(Exception):
-    """Shutdown reached a session waiting for its next command."""
+class Drained(Ending, ProxyError):
+    """Shutdown reached a session waiting for its next command: it ends with 421 4.3.2.
+    Nobody's fault (a `ProxyError`, neither remote nor local)."""
+
+    level = logging.INFO
+    log_format = "shutting down: %s"
+
+    def __init__(self) -> None:
+        super().__init__("closing an idle session", SHUTTING_DOWN)
 
 
 class ClientChannel:
@@ -104,7 +123,7 @@ class ClientChannel:
         ready: float | None = None  # when a read was first needed (a buffered line: never)
         while True:
             if self._draining and self.reader.buffered_size == 0:
-                raise Drained
+                raise Drained()
             event = self.reader.next_event()
             if isinstance(event, Line):
                 return event.data
@@ -130,7 +149,7 @@ class ClientChannel:
                 finally:
                     self._idle_scope = None
                 if idle.cancelled_caught:
-                    raise Drained
+                    raise Drained()
             if not data:
                 raise ClientGone("closed the connection")
             self.reader.feed(data)

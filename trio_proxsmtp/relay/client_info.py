@@ -19,7 +19,9 @@ import attrs
 import trio
 
 from trio_proxsmtp.common.address import format_host
+from trio_proxsmtp.protocol.errors import LocalError
 from trio_proxsmtp.protocol.proxy_header import ProxyCommand, ProxyHeader
+from trio_proxsmtp.relay.endings import Ending, upstream_unavailable
 
 __all__ = [
     "NAME_LOOKUP_TIMEOUT",
@@ -58,8 +60,15 @@ class ProxyResult:
         return self.header.command is ProxyCommand.LOCAL
 
 
-class NoOriginalDestination(Exception):
-    """The kernel could not tell where the client meant to connect."""
+class NoOriginalDestination(Ending, LocalError):
+    """The kernel could not tell where the client meant to connect (TransparentProxy):
+    no upstream for this client, which is told 421 4.4.1.  (The upstream raises it as an
+    `UpstreamFailure` saying what it was for.)"""
+
+    ended = "upstream unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, upstream_unavailable("unavailable"))
 
 
 @attrs.define

@@ -3,12 +3,16 @@
 A `Connection` is one task under one cancel scope.  It owns the `Session` and three parts,
 each the only owner of what it holds: the `ClientChannel` (client stream and buffer), the
 `Upstream` (upstream stream and replies) and the `Transaction` (the current message's
-spools).  It works on any `trio.abc.Stream`; who the client is comes in a `ClientInfo`
-built at accept.  Every wait on a peer or a process runs under a deadline named after its
-phase (TimeOut, FilterTimeout, the connect).  When the client leaves, the connection's
-scope is cancelled: the upstream is closed without the message's final ".", the filter's
-process group is killed and the spools are removed, so a message whose client left before
-its final "." went upstream is never delivered.
+spools); the `Performer` (perform.py) does the session's actions with them.  It works on
+any `trio.abc.Stream`; who the client is comes in a `ClientInfo` built at accept, what the
+configuration decides in its `RelaySettings`.  Every wait on a peer or a process runs under
+a deadline named after its phase (TimeOut, FilterTimeout, the connect).  When the client
+leaves, the connection's scope is cancelled: the upstream is closed without the message's
+final ".", the filter's process group is killed and the spools are removed, so a message
+whose client left before its final "." went upstream is never delivered.
+
+Every error that ends a connection is a `ProxyError` carrying its farewell reply
+(endings.py): `run` logs it, tells the client, and closes.
 
 Rules kept here (docs/behaviour.md): the whole message is read up to its terminator
 before any reply (B2); a 250 to the client's final "." is the upstream's own reply to ours;
@@ -20,7 +24,6 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from typing import assert_never
 
 import trio
 
@@ -28,103 +31,35 @@ from trio_proxsmtp.common.log import connection_logger
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.common.nursery import single_error
 from trio_proxsmtp.common.trace import show_command
-from trio_proxsmtp.config.loader import Config, milter_settings
-from trio_proxsmtp.protocol.errors import RemoteProtocolError
-from trio_proxsmtp.protocol.session.actions import (
-    AbortMilters,
-    Action,
-    AskMilters,
-    Close,
-    Log,
-    Purpose,
-    ReceiveChunk,
-    ReceiveMessage,
-    RunFilter,
-    RunMilters,
-    SendClient,
-    SendMessage,
-    SendUpstream,
-    SkipBytes,
-    StartTLS,
-    StartUpstreamTLS,
-    Summary,
-)
+from trio_proxsmtp.protocol.errors import LocalProtocolError, ProxyError
 from trio_proxsmtp.protocol.session.events import (
     BadCommandLine,
     ClientCommand,
     ClientNameKnown,
     ClientTLSActive,
-    ClientTLSStarted,
     CommandTooLong,
     ConnectionEnded,
     Greeting,
-    MiltersDecided,
-    UpstreamReply,
     UpstreamTLSActive,
-    UpstreamTLSStarted,
 )
 from trio_proxsmtp.protocol.session.machine import Session
-from trio_proxsmtp.protocol.session.policy import SessionPolicy
-from trio_proxsmtp.protocol.smtp.commands import Verb, check_command_line, parse_command
+from trio_proxsmtp.protocol.smtp.commands import check_command_line, parse_command
 from trio_proxsmtp.protocol.smtp.lines import LineTooLong
-from trio_proxsmtp.protocol.smtp.reader import Line
-from trio_proxsmtp.protocol.smtp.replies import Reply, reply_from_text
-from trio_proxsmtp.relay.client_channel import ClientChannel, ClientGone, ClientTimeout, Drained
+from trio_proxsmtp.protocol.smtp.replies import Reply
+from trio_proxsmtp.relay.client_channel import ClientChannel, Drained
 from trio_proxsmtp.relay.client_info import ClientInfo, client_host_name
 from trio_proxsmtp.relay.deadlines import ClientDeadlines, Stress
-from trio_proxsmtp.relay.settings import OutTLSMode
+from trio_proxsmtp.relay.endings import INTERNAL_ERROR, SHUTTING_DOWN, Closing, Ending
+from trio_proxsmtp.relay.perform import Performer
+from trio_proxsmtp.relay.settings import RelaySettings
 from trio_proxsmtp.relay.transaction import Transaction
-from trio_proxsmtp.relay.upstream import Opener, Outgoing, Upstream, UpstreamFailure
+from trio_proxsmtp.relay.upstream import Opener, Upstream
 from trio_proxsmtp.stages.milter.decisions import MilterContext
 from trio_proxsmtp.stages.milter.milters import Milters
-from trio_proxsmtp.stages.settings import FilterType
 
 __all__ = ["Connection"]
 
-# Our own replies (docs/behaviour.md).
-CLIENT_TIMEOUT = Reply.single(421, "4.4.2 smtp.passthru Error: timeout exceeded")
-SHUTTING_DOWN = Reply.single(421, "4.3.2 Service shutting down")
-INTERNAL_ERROR = Reply.single(421, "4.3.0 Local Error")
 CLOSE_TIMEOUT = 5.0  # seconds a closing stream may take (no wait without a deadline)
-
-
-def upstream_unavailable(reason: str, status: str = "4.4.1") -> Reply:
-    return Reply.single(421, f"{status} smtp.passthru Error: upstream {reason}")
-
-
-class _Closing(Exception):
-    """The session ends normally (QUIT answered, or drained)."""
-
-
-def session_policy(config: Config, info: ClientInfo) -> SessionPolicy:
-    """What the configuration decides for a session with this client."""
-    reject = (
-        reply_from_text(config.filter_reject) if config.filter_type is FilterType.REJECT else None
-    )
-    return SessionPolicy(
-        client=info.client,
-        client_is_ipv6=info.is_ipv6,
-        filtering=bool(config.filter_command) and reject is None,
-        reject=reject,
-        skip_authenticated=config.skip_authenticated,
-        xclient=config.xclient,
-        max_message_size=config.max_message_size or None,
-        pipelining=config.pipelining,
-        starttls=config.tls_context is not None,
-        milters=bool(config.milters),
-        filter_name=filter_name(config.filter_command or ""),
-        upstream_starttls=config.out_tls in (OutTLSMode.MAY, OutTLSMode.ENCRYPT),
-        upstream_tls_required=config.out_tls is OutTLSMode.ENCRYPT,
-        chunking=config.chunking,
-        max_recipients=config.max_recipients,
-        hard_error_limit=config.hard_error_limit,
-    )
-
-
-def filter_name(command: str) -> str:
-    """FilterCommand's program, as the summary names it (filter=...)."""
-    words = command.split()
-    return words[0].rsplit("/", 1)[-1].replace(",", "") if words else "filter"
 
 
 class Connection:
@@ -132,7 +67,7 @@ class Connection:
 
     def __init__(
         self,
-        config: Config,
+        settings: RelaySettings,
         stream: trio.abc.Stream,
         info: ClientInfo,
         conn_id: int | str,
@@ -143,24 +78,34 @@ class Connection:
         stress: Stress | None = None,
     ) -> None:
         """`implicit_tls`: the client speaks TLS from the first byte (ListenTLS)."""
-        self.config = config
+        self.settings = settings
         self.implicit_tls = implicit_tls
         self.info = info
         self.log = connection_logger(conn_id)
         self.conn_id = conn_id
-        self.milters: Milters | None = None  # while the connection runs, if configured
         self.trace = self.log.isEnabledFor(logging.DEBUG)
-        self.session = Session(session_policy(config, info))
+        self.session = Session(settings.policy_for(info.client, info.is_ipv6))
         self._scope = trio.CancelScope()
-        deadlines = ClientDeadlines.from_config(config, stress)
-        self.client = ClientChannel(stream, info, config.timeout, self.log, deadlines)
-        self.upstream = Upstream(config, info, self.log, open_upstream)
+        deadlines = ClientDeadlines.from_settings(settings.deadlines, stress)
+        self.client = ClientChannel(stream, info, settings.timeout, self.log, deadlines)
+        self.upstream = Upstream(settings.upstream, info, self.log, open_upstream)
         self.transaction = Transaction(
-            config, self.session, self.client, self.upstream, self.log, self._scope
+            settings.transaction, self.session, self.client, self.upstream, self.log, self._scope
         )
+        self.performer = Performer(
+            self.session,
+            self.client,
+            self.upstream,
+            self.transaction,
+            info,
+            conn_id,
+            self.log,
+            settings.tls_context,
+        )
+        self._perform = self.performer.perform
         self.draining = False
         self.metrics = self.client.metrics = self.upstream.metrics = metrics
-        self.transaction.metrics = metrics
+        self.transaction.metrics = self.performer.metrics = metrics
 
     def drain(self) -> None:
         """Shutdown: an idle session ends now with 421; a busy one when its message is done."""
@@ -179,28 +124,17 @@ class Connection:
             with self._scope:
                 try:
                     await self._run()
-                except _Closing:
-                    pass
-                except ClientGone as exc:
-                    self.log.info("client disconnected: %s", exc)
-                    ended = "client disconnected"
-                except ClientTimeout as exc:
-                    self.log.error("network operation timed out: %s", exc)
-                    farewell, ended = CLIENT_TIMEOUT, "client timed out"
-                except UpstreamFailure as exc:
-                    self.log.error("%s", exc)
-                    farewell = upstream_unavailable(exc.reason, exc.status)
-                    ended = f"upstream {exc.reason}"
-                except RemoteProtocolError as exc:
-                    self.log.error("protocol error: %s", exc)
-                    farewell, ended = exc.reply, "upstream protocol error"
+                except ProxyError as exc:
+                    if isinstance(exc, LocalProtocolError):
+                        raise  # our bug: the internal error below
+                    farewell, ended = exc.reply, self._log_ending(exc)
             if self._scope.cancelled_caught:
                 if self.transaction.client_left:
                     ended = "client disconnected"
                 else:
                     self.log.warning("session cut short by shutdown")
                     farewell, ended = SHUTTING_DOWN, "shutdown"
-            self._log_actions(self.session.handle(ConnectionEnded(ended)))
+            self.performer.log_actions(self.session.handle(ConnectionEnded(ended)))
             if farewell is not None:
                 await self.client.say_goodbye(farewell)
         except Exception:  # one failing connection never takes the server down
@@ -222,7 +156,7 @@ class Connection:
             # and before the upstream hears of this client; no STARTTLS is offered.
             await self.client.start_tls(None, self.implicit_tls)
             self.session.handle(ClientTLSActive())
-        if self.config.xclient:
+        if self.settings.policy.xclient:
             # XCLIENT NAME= needs the client's host name: look it up while connecting.
             name = "[TEMPUNAVAIL]"
 
@@ -239,21 +173,21 @@ class Connection:
             await self.upstream.connect()
         if self.upstream.tls:  # OutTLS: implicit
             self.session.handle(UpstreamTLSActive())
-        if not self.config.milters:
+        if self.settings.milters is None:
             await self._relay()
             return
         # One milter session per connection, in the connection's scope: a client that
-        # leaves cancels it (sockets closed at once); QUIT closes it politely.
-        async with Milters(milter_settings(self.config)) as milters:
-            self.milters = milters
+        # leaves cancels it (sockets closed at once); QUIT (or a drain) closes it politely.
+        async with Milters(self.settings.milters) as milters:
+            self.performer.milters = milters
             try:
                 await milters.connect(self._milter_context())  # a refusal answers each stage
                 await self._relay()
-            except _Closing:
+            except (Closing, Drained):
                 await milters.close(polite=True)
                 raise
             finally:
-                self.milters = None
+                self.performer.milters = None
 
     def _milter_context(self) -> MilterContext:
         unix = not self.info.client
@@ -270,12 +204,7 @@ class Connection:
         [banner] = await self.upstream.exchange((), replies=1)
         await self._perform(self.session.handle(Greeting(banner, relay=self.upstream.relay)))
         while True:
-            try:
-                line = await self.client.next_command()
-            except Drained:
-                self.log.info("shutting down: closing an idle session")
-                await self.client.send(SHUTTING_DOWN)
-                raise _Closing from None
+            line = await self.client.next_command()  # Drained: shutdown came first
             if isinstance(line, LineTooLong):
                 self.log.debug("CLIENT < (%d bytes discarded: line too long)", line.length)
                 await self._perform(self.session.handle(CommandTooLong()))
@@ -290,154 +219,17 @@ class Connection:
             if self.trace:
                 self.log.debug("CLIENT < %s", show_command(line, command, in_auth))
             actions = self.session.handle(ClientCommand(command))
-            if self.upstream_pipelining(actions):
-                await self._send_group(actions)
+            if self.performer.upstream_pipelining(actions):
+                await self.performer.send_group(actions)
             else:
                 await self._perform(actions)
 
-    # -- PIPELINING towards the upstream (RFC 2920) --------------------------------------
-
-    def upstream_pipelining(self, actions: list[Action]) -> bool:
-        """Whether `actions` (the session's answer to one command) start a group: a MAIL
-        or RCPT forwarded as is, with another MAIL/RCPT already buffered behind it, to a
-        next server that offers PIPELINING.  A lone command still waits for its reply."""
-        if len(actions) != 1 or not isinstance(actions[0], SendUpstream):
-            return False
-        action = actions[0]
-        if action.purpose is not Purpose.COMMAND or action.command is None:
-            return False
-        line = self.client.reader.peek_line()
-        if line is None:
-            return False  # nothing buffered behind it (a lock-step client): no group
-        return self.session.pipelinable(action.command) and self.session.pipelinable(
-            parse_command(line)
-        )
-
-    async def _send_group(self, first: list[Action]) -> None:
-        """The client's buffered MAIL/RCPT commands go upstream in one write; the replies
-        are read and relayed in order, each to its own command (B1).  DATA never joins:
-        the session answers it once every reply of the group is in, so a group whose
-        recipients all failed gets 554, never 354 (docs/behaviour.md §11)."""
-        group = [action for action in first if isinstance(action, SendUpstream)]
-        while True:
-            line = self.client.reader.peek_line()
-            if line is None or not self.session.pipelinable(command := parse_command(line)):
-                break
-            taken = self.client.reader.next_event()
-            assert isinstance(taken, Line) and taken.data == line
-            if self.trace:
-                self.log.debug("CLIENT < %s", show_command(line, command, False))
-            [action] = self.session.handle(ClientCommand(command))
-            assert isinstance(action, SendUpstream), action
-            group.append(action)
-        items = [
-            Outgoing(a.line, show_command(a.line, a.command, False) if self.trace else None)
-            for a in group
-        ]
-        for reply in await self.upstream.exchange(items):
-            await self._perform(self.session.handle(UpstreamReply(reply)))
-
-    async def _perform(self, actions: list[Action]) -> None:
-        """Do the session's actions in order; an upstream reply goes back to the session,
-        whose next actions are done before the rest of this list.  (A loop over a work
-        list, not a recursion: several actions a message, each a coroutine less.)"""
-        todo = actions[::-1]  # popped from the end: next action last
-        while todo:
-            action = todo.pop()
-            if isinstance(action, SendClient):
-                if not self.session.in_message:
-                    # The message's fate is decided: its spools go before the client hears it.
-                    self.transaction.close()
-                await self.client.send(action.reply)
-                continue
-            if isinstance(action, SendUpstream):
-                secret = action.purpose is Purpose.AUTH_CONTINUATION
-                trace = show_command(action.line, action.command, secret) if self.trace else None
-                # A bare stream cannot be peeked at: watch it while a message is on its way.
-                watching = self.info.socket is None and self.session.in_message
-                # Only our DATA's time counts (the message's upstream delay): no clock
-                # reads for the other commands.
-                timed = action.purpose is Purpose.DATA
-                started = trio.current_time() if timed else 0.0
-                if watching:
-                    async with self.client.watch(self.transaction.left):
-                        reply = await self.upstream.command(Outgoing(action.line, trace))
-                else:
-                    reply = await self.upstream.command(Outgoing(action.line, trace))
-                seconds = trio.current_time() - started if timed else 0.0
-                after = self.session.handle(UpstreamReply(reply, seconds=seconds))
-            elif isinstance(action, Summary | Log):
-                self._log_actions([action])
-                continue
-            elif isinstance(action, ReceiveMessage):
-                if action.stream:
-                    after = await self.transaction.stream(action)
-                else:
-                    after = await self.transaction.receive(action)
-            elif isinstance(action, SendMessage):
-                started = trio.current_time()
-                reply = await self.transaction.replay(action)
-                seconds = trio.current_time() - started
-                after = self.session.handle(UpstreamReply(reply, seconds=seconds))
-            elif isinstance(action, RunFilter):
-                after = await self.transaction.filter()
-            elif isinstance(action, ReceiveChunk):
-                after = await self.transaction.receive_chunk(action)
-            elif isinstance(action, StartUpstreamTLS):
-                await self.upstream.start_tls()
-                after = self.session.handle(UpstreamTLSStarted(action.command))
-            elif isinstance(action, AskMilters):
-                after = await self._ask_milters(action)
-            elif isinstance(action, AbortMilters):
-                if self.milters is not None:
-                    await self.milters.abort()
-                continue
-            elif isinstance(action, RunMilters):
-                assert self.milters is not None
-                after = await self.transaction.run_milters(self.milters)
-            elif isinstance(action, SkipBytes):
-                await self.client.skip(action)
-                continue
-            elif isinstance(action, StartTLS):
-                assert self.config.tls_context is not None
-                await self.client.start_tls(action, self.config.tls_context)
-                self.session.handle(ClientTLSStarted())
-                continue
-            elif isinstance(action, Close):
-                raise _Closing
-            else:
-                assert_never(action)
-            todo.extend(reversed(after))
-
-    async def _ask_milters(self, action: AskMilters) -> list[Action]:
-        """A client command's milter stage (HELO/EHLO, MAIL, RCPT, DATA), then its fate."""
-        milters = self.milters
-        assert milters is not None
-        command = action.command
-        verb = command.verb
-        if verb in (Verb.HELO, Verb.EHLO):
-            name = command.argument.split(None, 1)[0] if command.argument else ""
-            version, cipher = self.client.tls_details()
-            decision = await milters.helo(name, tls_version=version, cipher=cipher)
-        elif verb is Verb.MAIL:
-            # The milters' "i" macro: unique per message of this process (id + number).
-            conn_id = self.conn_id if isinstance(self.conn_id, str) else f"{self.conn_id:06X}"
-            queue_id = f"{conn_id}{self.session.messages + 1:04X}"
-            sender = command.address or "<>"
-            decision = await milters.mail(sender, command.params, queue_id=queue_id)
-        elif verb is Verb.RCPT:
-            decision = await milters.rcpt(command.address or command.argument, command.params)
-        else:
-            decision = await milters.data()
-        reply = reply_from_text(decision.reply) if decision.reply else None
-        return self.session.handle(MiltersDecided(action, decision.kind, reply, decision.milter))
-
-    def _log_actions(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, Summary):
-                self.log.info("%s", action)  # formatted only if printed (Summary.__str__)
-                self.metrics.message_done(
-                    action.outcome.value, action.upstream_code, action.message.size
-                )
-            elif isinstance(action, Log):
-                self.log.log(action.level, "%s", action.message)
+    def _log_ending(self, exc: ProxyError) -> str:
+        """Log the error that ends the connection; the reason a message cut short gets."""
+        if isinstance(exc, Ending):
+            if exc.level is not None:
+                self.log.log(exc.level, exc.log_format, exc)
+            return exc.ended
+        # The sans-IO core's: an upstream reply that cannot be read (reply_parser.py).
+        self.log.error("protocol error: %s", exc)
+        return "upstream protocol error"

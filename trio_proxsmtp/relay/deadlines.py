@@ -27,7 +27,7 @@ import math
 import attrs
 import trio
 
-from trio_proxsmtp.config.loader import Config
+from trio_proxsmtp.relay.settings import DeadlineSettings
 
 __all__ = ["ClientDeadlines", "Stress"]
 
@@ -64,14 +64,17 @@ class ClientDeadlines:
     stress: Stress = attrs.field(factory=Stress)
 
     @classmethod
-    def from_config(cls, config: Config, stress: Stress | None = None) -> ClientDeadlines:
-        session = config.session_timeout
+    def from_settings(
+        cls, settings: DeadlineSettings, stress: Stress | None = None
+    ) -> ClientDeadlines:
+        """A connection's deadlines, its session starting now."""
+        session = settings.session_timeout
         return cls(
-            timeout=config.timeout,
-            command_timeout=config.command_timeout,
-            min_data_rate=config.min_data_rate,
+            timeout=settings.timeout,
+            command_timeout=settings.command_timeout,
+            min_data_rate=settings.min_data_rate,
             session_deadline=trio.current_time() + session if session > 0 else math.inf,
-            stress_timeout=config.stress_timeout,
+            stress_timeout=settings.stress_timeout,
             stress=stress if stress is not None else Stress(),
         )
 

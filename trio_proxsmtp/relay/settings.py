@@ -1,11 +1,33 @@
 """The relay's settings types: what the configuration decides for a connection, built by
-`config/` (which may import this module, never the relay's I/O)."""
+`config/settings.py` (which may import this module, never the relay's I/O).  No Trio here:
+`-t` loads only the configuration.
+
+One frozen value per part of a connection, each taking only what it reads:
+`UpstreamSettings` (`Upstream`), `TransactionSettings` (`Transaction`), `DeadlineSettings`
+(the numbers `ClientDeadlines` is made of, with the clock, per connection), and the
+`RelaySettings` bundle a `Connection` takes, whose `policy` is the session's policy without
+the client (the relay completes it with the client's address, `RelaySettings.policy_for`).
+"""
 
 from __future__ import annotations
 
 import enum
+import ssl
 
-__all__ = ["OutTLSMode", "TransparentMode"]
+import attrs
+
+from trio_proxsmtp.common.address import Address
+from trio_proxsmtp.protocol.session.policy import SessionPolicy
+from trio_proxsmtp.stages.settings import FilterSpec, FilterType, MilterSettings
+
+__all__ = [
+    "DeadlineSettings",
+    "OutTLSMode",
+    "RelaySettings",
+    "TransactionSettings",
+    "TransparentMode",
+    "UpstreamSettings",
+]
 
 
 class OutTLSMode(enum.Enum):
@@ -26,3 +48,63 @@ class TransparentMode(enum.Enum):
     OFF = "off"
     CLIENT = "client"
     FULL = "full"
+
+
+@attrs.frozen
+class UpstreamSettings:
+    """How to reach the next server and how long to wait for it (`Upstream`)."""
+
+    address: Address | None  # OutAddress (None: TransparentProxy finds it per client)
+    timeout: float = 180.0  # TimeOut: every connect, read and write
+    reply_timeout: float = 180.0  # ReplyTimeOut: a whole reply, the banner included
+    keep_alives: float = 0.0  # KeepAlives: NOOP after this many quiet seconds; 0: off
+    tls: OutTLSMode = OutTLSMode.OFF  # OutTLS
+    # Built by the config loader when OutTLS is not off (common/tls.py).
+    tls_context: ssl.SSLContext | None = attrs.field(default=None, eq=False, repr=False)
+    # The name checked in the certificate: OutTLSServerName, else OutAddress's host (None:
+    # the address reached, per connection).
+    tls_hostname: str | None = None
+    transparent: TransparentMode = TransparentMode.OFF  # TransparentProxy
+
+
+@attrs.frozen
+class TransactionSettings:
+    """What one message's spool, filter and replay need (`Transaction`)."""
+
+    temp_directory: str = "/tmp/"  # TempDirectory
+    filter: FilterSpec | None = None  # FilterCommand and its options; None: no filter
+    filter_type: FilterType = FilterType.PIPE  # FilterType (FILE: the spool has a name)
+    header: str | None = None  # Header: the template, None when unset
+
+
+@attrs.frozen
+class DeadlineSettings:
+    """The client-side limits (relay/deadlines.py); the relay adds the clock."""
+
+    timeout: float = 180.0  # TimeOut
+    command_timeout: float = 180.0  # CommandTimeOut
+    min_data_rate: int = 500  # MinDataRate, bytes/s; 0: off
+    session_timeout: float = 3600.0  # SessionTimeOut; 0: none
+    stress_timeout: float = 10.0  # StressTimeOut; 0: off
+
+
+@attrs.frozen
+class RelaySettings:
+    """Everything a `Connection` takes from the configuration."""
+
+    policy: SessionPolicy  # the session's policy, `client` left empty (see `policy_for`)
+    upstream: UpstreamSettings
+    transaction: TransactionSettings
+    deadlines: DeadlineSettings
+    # STARTTLS towards clients: the server context (TLSCertificate/TLSKey), None: not offered.
+    tls_context: ssl.SSLContext | None = attrs.field(default=None, eq=False, repr=False)
+    milters: MilterSettings | None = None  # None: no Milters configured
+
+    @property
+    def timeout(self) -> float:
+        """TimeOut: the client channel's reads and writes."""
+        return self.deadlines.timeout
+
+    def policy_for(self, client: str, is_ipv6: bool) -> SessionPolicy:
+        """The session's policy for this client."""
+        return attrs.evolve(self.policy, client=client, client_is_ipv6=is_ipv6)

@@ -3,7 +3,8 @@
 `Transaction` owns the spool files of the current message and removes them on every path
 (`close`, called before the client hears the message's fate and when the connection ends).
 It uses the client channel to read the message and the upstream to send it, but never
-decides what happens next: each step returns the session's next actions.
+decides what happens next: each step returns the session's next actions.  What it reads
+of the configuration is its `TransactionSettings`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import logging
 import trio
 
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
-from trio_proxsmtp.config.loader import Config
 from trio_proxsmtp.protocol.message.edit import (
     EditedMessage,
     MilterEnvelope,
@@ -39,12 +39,13 @@ from trio_proxsmtp.protocol.smtp.bdat import BdatSender
 from trio_proxsmtp.protocol.smtp.data import DataSender
 from trio_proxsmtp.protocol.smtp.replies import LOCAL_ERROR, Reply, reply_from_text
 from trio_proxsmtp.relay.client_channel import ClientChannel, ClientGone
+from trio_proxsmtp.relay.settings import TransactionSettings
 from trio_proxsmtp.relay.upstream import Outgoing, Upstream
 from trio_proxsmtp.stages.filter.environment import filter_environment
 from trio_proxsmtp.stages.filter.run import run_filter
 from trio_proxsmtp.stages.filter.verdict import FilterVerdictKind
 from trio_proxsmtp.stages.milter.milters import Milters
-from trio_proxsmtp.stages.settings import FilterSpec, FilterType
+from trio_proxsmtp.stages.settings import FilterType
 from trio_proxsmtp.stages.spool import Spool
 
 __all__ = ["Transaction"]
@@ -57,14 +58,14 @@ class Transaction:
 
     def __init__(
         self,
-        config: Config,
+        settings: TransactionSettings,
         session: Session,
         client: ClientChannel,
         upstream: Upstream,
         log: logging.LoggerAdapter[logging.Logger],
         on_client_left: trio.CancelScope,
     ) -> None:
-        self.config = config
+        self.settings = settings
         self.session = session
         self.client = client
         self.upstream = upstream
@@ -99,8 +100,8 @@ class Transaction:
         """A new spool for the message in `self.spool`; the error (logged), or None."""
         try:
             # Only a file-mode filter needs the message by name ($EMAIL).
-            named = self.config.filter_type is FilterType.FILE
-            self.spool = Spool.create(self.config.temp_directory, named=named)
+            named = self.settings.filter_type is FilterType.FILE
+            self.spool = Spool.create(self.settings.temp_directory, named=named)
         except OSError as exc:
             error = f"couldn't open cache file: {exc}"
             self.log.error("%s", error)
@@ -214,7 +215,8 @@ class Transaction:
     # -- the filter ---------------------------------------------------------------------
 
     async def filter(self) -> list[Action]:
-        assert self.spool is not None and self.config.filter_command
+        spec = self.settings.filter
+        assert self.spool is not None and spec is not None
         envelope = self.session.envelope
         env = filter_environment(
             client=self.client.info.client,
@@ -223,13 +225,7 @@ class Transaction:
             recipients=envelope.recipients,
             remote=envelope.remote_addr,
             remote_helo=envelope.remote_helo,
-            temp_directory=self.config.temp_directory,
-        )
-        spec = FilterSpec(
-            command=self.config.filter_command,
-            mode=self.config.filter_type,
-            timeout=self.config.filter_timeout,
-            temp_directory=self.config.temp_directory,
+            temp_directory=spec.temp_directory,
         )
         started = trio.current_time()
         async with self.client.watch(self.left), self.upstream.keepalives():
@@ -342,10 +338,10 @@ class Transaction:
         return await self.upstream.command(Outgoing(last, frame_trace(last)))
 
     def _header_inserter(self) -> HeaderInserter | None:
-        if not self.config.header:
+        if not self.settings.header:
             return None
         header, warnings = expand_header(
-            self.config.header,
+            self.settings.header,
             client=self.client.info.client,
             local=self.client.info.local,
             now=datetime.datetime.now().astimezone(),

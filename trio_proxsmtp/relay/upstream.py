@@ -1,16 +1,13 @@
 """The upstream side of a connection: connecting, and every exchange with the next server.
 
-`Upstream` is the only owner of the upstream stream and its reply parser.  Everything that
-goes upstream and expects replies goes through `exchange`: it writes a group of outgoing
-items in one write, then reads one complete reply per item, in order.  Today the session
-sends one command at a time (a group of one); PIPELINING towards the upstream is a group of
-several, with nothing else to change.  STARTTLS towards the upstream belongs in
-`start_tls`: the stream is swapped for a `trio.SSLStream` over it, between exchanges.
-Keepalives (NOOP) are exchanges too.  Every wait runs under TimeOut, and a whole reply (the
-banner included) under ReplyTimeOut, so a dribbling upstream cannot hold a session; every
-failure is an
-`UpstreamFailure`, which the client sees as 421 with the real error in the log (B13).
-"""
+`Upstream` owns the upstream stream and its reply parser.  What goes upstream and expects
+replies goes through `exchange` (or `command`, a group of one): a group of items in one
+write, then one complete reply per item, in order (PIPELINING: relay/perform.py).  TLS,
+after STARTTLS (OutTLS: may, encrypt) or from the first byte (implicit), is `start_tls`,
+between exchanges.  Keepalives (NOOP) are exchanges too.  Every wait runs under TimeOut, a
+whole reply (the banner too) under ReplyTimeOut; every failure is an `UpstreamFailure`,
+which the client sees as 421 with the real error in the log (B13).  It reads its
+`UpstreamSettings`, never the configuration."""
 
 from __future__ import annotations
 
@@ -24,30 +21,32 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from trio_proxsmtp.common.address import AddressKind, format_host
+from trio_proxsmtp.common.address import IP_TRANSPARENT, AddressKind, format_host
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.common.nursery import single_error
 from trio_proxsmtp.common.trace import show
-from trio_proxsmtp.config.loader import Config
+from trio_proxsmtp.protocol.errors import RemoteError
 from trio_proxsmtp.protocol.smtp.replies import Reply
 from trio_proxsmtp.protocol.smtp.reply_parser import ReplyParser
 from trio_proxsmtp.relay.client_info import ClientInfo, NoOriginalDestination
+from trio_proxsmtp.relay.endings import Ending, upstream_unavailable
 from trio_proxsmtp.relay.fast_io import FastPath
-from trio_proxsmtp.relay.settings import OutTLSMode, TransparentMode
+from trio_proxsmtp.relay.settings import OutTLSMode, TransparentMode, UpstreamSettings
 
-__all__ = ["IP_TRANSPARENT", "Outgoing", "Upstream", "UpstreamFailure"]
+__all__ = ["Outgoing", "Upstream", "UpstreamFailure"]
 
 RECEIVE_SIZE = 64 * 1024
-IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 
 
-class UpstreamFailure(Exception):
-    """The upstream could not be reached, went away, timed out or broke the protocol."""
+class UpstreamFailure(Ending, RemoteError):
+    """The upstream could not be reached, went away, timed out or broke the protocol; the
+    client is told 421 with `reason` (the real error is the message, for the log)."""
 
     def __init__(self, message: str, reason: str, status: str = "4.4.1") -> None:
-        super().__init__(message)
+        super().__init__(message, upstream_unavailable(reason, status))
         self.reason = reason  # the short form the client sees in its 421
         self.status = status  # the enhanced status code of that 421 (4.7.0 for TLS)
+        self.ended = f"upstream {reason}"
 
 
 def _disconnected(exc: Exception) -> UpstreamFailure:
@@ -76,12 +75,12 @@ class Upstream:
 
     def __init__(
         self,
-        config: Config,
+        settings: UpstreamSettings,
         info: ClientInfo,
         log: logging.LoggerAdapter[logging.Logger],
         opener: Opener | None = None,
     ) -> None:
-        self.config = config
+        self.settings = settings
         self._opener = opener or self._open
         self.info = info
         self.log = log
@@ -94,7 +93,7 @@ class Upstream:
         self.tls = False  # the upstream stream is TLS (OutTLS: implicit, or after STARTTLS)
         self._fast = FastPath()  # try the socket call before waiting (fast_io.py)
         # `activity` is kept up to date only for KeepAlives (a clock read per I/O saved).
-        self._keepalives = config.keep_alives > 0
+        self._keepalives = settings.keep_alives > 0
 
     # -- the one place where commands go up and replies come back -----------------------
 
@@ -140,7 +139,7 @@ class Upstream:
                 self.activity = trio.current_time()
             self.metrics.bytes_sent("upstream", sent)
             return
-        with trio.move_on_after(self.config.timeout) as scope:
+        with trio.move_on_after(self.settings.timeout) as scope:
             try:
                 await self.stream.send_all(data[sent:] if sent else data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -166,12 +165,12 @@ class Upstream:
         dribbled, within ReplyTimeOut, and every read within TimeOut (one scope per read)."""
         assert self.stream is not None
         now = trio.current_time()
-        deadline = now + self.config.reply_timeout
+        deadline = now + self.settings.reply_timeout
         # The first read follows what was just sent: the answer is not there yet, but
         # usually is once the other tasks have had their turn (FastPath.receive, `later`).
         later = True
         while True:
-            idle = now + self.config.timeout
+            idle = now + self.settings.timeout
             fast: bytes | None = None
             try:
                 if deadline > now:
@@ -216,7 +215,7 @@ class Upstream:
         (shielded) so that no half-read reply is left behind; it is bounded by ReplyTimeOut.
         When the phase ends by an error or a cancellation (client gone, shutdown) the
         connection is over: the shield is dropped and the exchange ends at once."""
-        interval = self.config.keep_alives
+        interval = self.settings.keep_alives
         shield = trio.CancelScope(shield=True)
 
         async def noop_loop() -> None:
@@ -242,7 +241,7 @@ class Upstream:
     # -- connecting ---------------------------------------------------------------------
 
     async def connect(self) -> None:
-        with trio.move_on_after(self.config.timeout) as scope:
+        with trio.move_on_after(self.settings.timeout) as scope:
             try:
                 self.stream, self.address = await self._opener()
             except OSError as exc:
@@ -258,7 +257,7 @@ class Upstream:
         self.relay = relay_name(self.stream, self.address)
         self.log.debug("SERVER connected to: %s", self.relay)
         self.activity = trio.current_time()
-        if self.config.out_tls is OutTLSMode.IMPLICIT:
+        if self.settings.tls is OutTLSMode.IMPLICIT:
             await self.start_tls()  # RFC 8314: before the banner
 
     # -- TLS ----------------------------------------------------------------------------
@@ -267,10 +266,10 @@ class Upstream:
         """The name checked in the next server's certificate (and sent as SNI when it is
         a name): OutTLSServerName, else the OutAddress host, else the address we reached
         (the client's own or original destination; None for a Unix socket)."""
-        name = self.config.upstream_tls_hostname
+        name = self.settings.tls_hostname
         if name is not None:
             return name
-        address = self.config.out_address
+        address = self.settings.address
         if address is not None and address.kind is AddressKind.UNIX:
             return None
         return self.address or None
@@ -281,7 +280,7 @@ class Upstream:
         failure is an `UpstreamFailure` whose log line says why (certificate verification,
         timeout, a closed connection), and the client gets 421 4.7.0."""
         assert self.stream is not None
-        context = self.config.out_tls_context
+        context = self.settings.tls_context
         assert context is not None, "OutTLS is on, so the config loader built its context"
         name = self.server_hostname()
         if self.replies.buffered_size:
@@ -290,7 +289,7 @@ class Upstream:
                 "SERVER: sent data after its reply to STARTTLS", "TLS failure", "4.7.0"
             )
         stream = trio.SSLStream(self.stream, context, server_hostname=name, https_compatible=True)
-        with trio.move_on_after(self.config.timeout) as scope:
+        with trio.move_on_after(self.settings.timeout) as scope:
             try:
                 await stream.do_handshake()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -327,11 +326,11 @@ class Upstream:
         if self.info.original_destination is not None:
             host, port = self.info.original_destination
             return f"{host}:{port}"
-        return str(self.config.out_address)
+        return str(self.settings.address)
 
     async def _open(self) -> tuple[trio.abc.Stream, str]:
-        config = self.config
-        if config.transparent_proxy is not TransparentMode.OFF:
+        settings = self.settings
+        if settings.transparent is not TransparentMode.OFF:
             try:
                 host, port = self.info.lookup_original_destination()
             except NoOriginalDestination as exc:
@@ -341,10 +340,10 @@ class Upstream:
                 ) from exc
             if host == self.info.client:
                 raise UpstreamFailure("loop detected in transparent proxying", "unavailable")
-            if config.transparent_proxy is TransparentMode.FULL:
+            if settings.transparent is TransparentMode.FULL:
                 return await self._open_transparent(host, port), host
             return await trio.open_tcp_stream(host, port), host
-        address = config.out_address
+        address = settings.address
         assert address is not None
         if address.kind is AddressKind.UNIX:
             assert address.path is not None

@@ -23,7 +23,9 @@ from typing import Any
 
 import attrs
 
-from trio_proxsmtp.config.loader import Config, ConfigError, check_filter_program, load_config
+from trio_proxsmtp.config.checks import check_filter_program
+from trio_proxsmtp.config.loader import load_config
+from trio_proxsmtp.config.model import Config, ConfigError
 from trio_proxsmtp.protocol.smtp.replies import reply_from_text
 from trio_proxsmtp.stages.filter.environment import filter_environment
 from trio_proxsmtp.stages.filter.run import run_filter

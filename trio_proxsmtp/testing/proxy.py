@@ -31,7 +31,8 @@ import attrs
 
 from trio_proxsmtp.common.address import Address, AddressKind, parse_address
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
-from trio_proxsmtp.config.loader import DEFAULT_OUT_PORT, Config, parse_config
+from trio_proxsmtp.config.loader import parse_config
+from trio_proxsmtp.config.model import DEFAULT_OUT_PORT, Config
 from trio_proxsmtp.testing.client import DEFAULT_TIMEOUT, FakeClient, open_client
 from trio_proxsmtp.testing.upstream import FakeUpstream, background_nursery
 

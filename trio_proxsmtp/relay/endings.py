@@ -1,0 +1,50 @@
+"""How a connection ends: the relay's own farewell replies and what each ending error
+tells the log.
+
+The errors that end a connection are members of the one root (protocol/errors.py) and carry
+the farewell they imply in `reply`; `Ending` adds what the connection logs for them and the
+reason a message cut short gets in its summary line.  `Connection.run` has one
+`except ProxyError` that logs, sends `reply` (None: not a word) and closes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+from trio_proxsmtp.protocol.errors import ProxyError
+from trio_proxsmtp.protocol.smtp.replies import Reply
+
+__all__ = [
+    "CLIENT_TIMEOUT",
+    "INTERNAL_ERROR",
+    "SHUTTING_DOWN",
+    "Closing",
+    "Ending",
+    "upstream_unavailable",
+]
+
+# Our own replies (docs/behaviour.md).
+CLIENT_TIMEOUT = Reply.single(421, "4.4.2 smtp.passthru Error: timeout exceeded")
+SHUTTING_DOWN = Reply.single(421, "4.3.2 Service shutting down")
+INTERNAL_ERROR = Reply.single(421, "4.3.0 Local Error")
+
+
+def upstream_unavailable(reason: str, status: str = "4.4.1") -> Reply:
+    return Reply.single(421, f"{status} smtp.passthru Error: upstream {reason}")
+
+
+class Ending:
+    """Mixed into an error that ends the connection: its log line (`log_format` % the
+    error, at `level`; None: no line) and `ended`, the summary's reason when a message was
+    under way."""
+
+    level: ClassVar[int | None] = logging.ERROR
+    log_format: ClassVar[str] = "%s"
+    ended: str = "connection closed"
+
+
+class Closing(Ending, ProxyError):
+    """The session ends normally (QUIT answered): nobody's fault, nothing more to say."""
+
+    level = None
