@@ -32,14 +32,19 @@ CATEGORIES: list[tuple[str, Callable[[str], bool]]] = [
     ("trio run loop, cancel scopes, deadlines (trio/_core)", lambda f: "trio/_core" in f),
     ("trio, other (streams, timeouts)", lambda f: "/trio/" in f or f.startswith("trio/")),
     ("contextlib (@contextmanager enter/exit)", lambda f: "contextlib" in f),
-    ("logging", lambda f: "logging/" in f or "trio_proxsmtp/log.py" in f),
+    ("logging", lambda f: "logging/" in f or "trio_proxsmtp/common/log.py" in f),
     ("protocol: parsing lines, commands, replies", lambda f: "trio_proxsmtp/protocol/" in f),
-    ("spool", lambda f: "trio_proxsmtp/spool.py" in f),
+    ("spool", lambda f: "trio_proxsmtp/stages/spool.py" in f),
     ("relay and server (session I/O glue)", lambda f: "trio_proxsmtp/" in f),
     ("other", lambda f: True),
 ]
 # Frames on every stack: left out of the cumulative list.
-BORING = ("<frozen runpy>", "trio_proxsmtp/__main__.py", "trio_proxsmtp/cli.py", "bench/splice.py")
+BORING = (
+    "<frozen runpy>",
+    "trio_proxsmtp/__main__.py",
+    "trio_proxsmtp/daemon/cli.py",
+    "bench/splice.py",
+)
 
 
 def frame_name(frame: str) -> tuple[str, str]:

@@ -11,7 +11,7 @@ __all__ = ["single_error"]
 @contextmanager
 def single_error() -> Iterator[None]:
     """Let one error out of a nursery as itself, not wrapped in an ExceptionGroup, so the
-    connection's `except ClientGone` / `except UpstreamFailure` see it."""
+    connection loop's `except ProxyError` sees it (protocol/errors.py)."""
     try:
         yield
     except BaseExceptionGroup as group:

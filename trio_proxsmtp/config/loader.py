@@ -11,8 +11,8 @@ file, the line and the option. Warnings that should not stop the daemon are retu
 
 Extensions: `ShutdownTimeout` and `Workers` (1..64 processes sharing the listener; it may
 not exceed MaxConnections, which is shared out between the workers); `ProxyProtocol` and
-`ProxyProtocolFrom` (a load balancer's PROXY header, proxy_protocol.py);
-`MetricsListen` (Prometheus metrics over HTTP, metrics.py); TLS towards clients
+`ProxyProtocolFrom` (a load balancer's PROXY header, daemon/proxy_protocol.py);
+`MetricsListen` (Prometheus metrics over HTTP, daemon/prometheus.py); TLS towards clients
 (`TLSCertificate`/`TLSKey`, `ListenTLS`) and towards the next server (`OutTLS*`), whose
 contexts are built once per load (checks.py) so that `-t` and SIGHUP catch unusable files;
 `Chunking`; and the milter options `Milters` (comma-separated ``inet:host:port`` /

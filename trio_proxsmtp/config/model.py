@@ -72,7 +72,7 @@ class Config:
     user: str | None = None
     xclient: bool = False
     shutdown_timeout: float = 30.0  # extension: graceful drain on SIGTERM
-    # Extension: worker processes sharing the listener (cli.py, workers.py); the default is
+    # Extension: worker processes sharing the listener (daemon/workers.py); the default is
     # `Workers: auto`, resolved once per load from this config's MaxConnections.
     workers: int = attrs.field(
         default=attrs.Factory(lambda self: auto_workers(self.max_connections), takes_self=True)
@@ -80,7 +80,7 @@ class Config:
     max_message_size: int = 0  # extension: bytes, 0 = only the upstream's SIZE limits it
     pipelining: bool = False  # extension: advertise PIPELINING (RFC 2920) to clients
     tls_certificate: str | None = None  # extension: offer STARTTLS with this PEM certificate
-    tls_key: str | None = None  # extension: ... and this key (tls.py)
+    tls_key: str | None = None  # extension: ... and this key (common/tls.py)
     proxy_protocol: bool = False  # extension: every connection starts with a PROXY header
     proxy_protocol_from: tuple[IPNetwork, ...] = DEFAULT_TRUSTED_NETWORKS  # ... only from these
     metrics_listen: Address | None = None  # extension: serve /metrics here (TCP), None = off
@@ -94,9 +94,9 @@ class Config:
     out_tls_server_name: str | None = None  # None: the OutAddress host
     out_tls_certificate: str | None = None  # a client certificate for the next server...
     out_tls_key: str | None = None  # ... and its key
-    # Built from the OutTLS* options by the parser when OutTLS is not off (tls.py).
+    # Built from the OutTLS* options by the parser when OutTLS is not off (common/tls.py).
     out_tls_context: ssl.SSLContext | None = attrs.field(default=None, eq=False, repr=False)
-    # extension: milters (milter.py), applied in this order, and what a failing one means
+    # extension: milters (stages/milter/), applied in this order, and what a failing one means
     milters: tuple[MilterAddress, ...] = ()
     milter_default_action: DefaultAction = DefaultAction.TEMPFAIL
     milter_connect_timeout: float = 30.0

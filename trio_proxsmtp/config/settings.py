@@ -96,7 +96,7 @@ def transaction_settings(config: Config) -> TransactionSettings:
 
 
 def filter_spec(config: Config) -> FilterSpec | None:
-    """The FilterCommand to run on each message (stages/filter.py), None without one."""
+    """The FilterCommand to run on each message (stages/filter/), None without one."""
     if not config.filter_command:
         return None
     return FilterSpec(

@@ -81,7 +81,7 @@ def supervise(
     """Run config.workers workers on `sockets` until SIGTERM/SIGINT; we supervise them.
 
     With MetricsListen the workers count into a multi-process metrics directory made here
-    before the first fork and removed at exit (metrics.py); worker 0 serves /metrics."""
+    before the first fork and removed at exit (prometheus.py); worker 0 serves /metrics."""
     count = config.workers
     current = config
     unix_paths = unix_socket_files(sockets)

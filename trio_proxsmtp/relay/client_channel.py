@@ -3,7 +3,7 @@
 `ClientChannel` is the only owner of the client stream (swapped for a TLS stream after
 STARTTLS) and of the `ClientReader` buffer.  It reads the next command line, a DATA body or
 a refused BDAT chunk as the session's actions choose (the framing itself is sans-IO, in
-`protocol/reader.py`), sends our replies, and while nobody reads the client (filter, replay)
+`protocol/smtp/reader.py`), sends our replies, and while nobody reads the client (filter, replay)
 watches for it leaving.  Every read and write runs under TimeOut; a whole command line
 under CommandTimeOut (SessionTimeOut while waiting for one), a message under MinDataRate,
 all shortened under stress (deadlines.py).

@@ -1,6 +1,6 @@
 """What the session asks the relay to do (its actions), and the enum they carry.
 
-Every action is a frozen value; the relay performs them in order (connection.py) and
+Every action is a frozen value; the relay performs them in order (relay/perform.py) and
 reports what came of them as events (protocol/session/events.py).
 """
 

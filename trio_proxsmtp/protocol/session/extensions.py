@@ -1,6 +1,6 @@
 """The EHLO keywords the proxy itself adds or changes, one `EhloExtension` each (after
 wsproto's extensions: each offers and accepts itself): what it says in the EHLO reply to
-the client, and the gate its command meets.  protocol/ehlo.py keeps the parsing and the
+the client, and the gate its command meets.  protocol/smtp/ehlo.py keeps the parsing and the
 rewrite primitives; what the proxy strips is there too (STRIPPED_EXTENSIONS)."""
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def filter_environment(
     """The daemon's environment plus the variables of docs/behaviour.md §6.1 (EMAIL is
     added by run_filter).
 
-    Without the metrics directory of `Workers` (metrics.py): a filter written with
+    Without the metrics directory of `Workers` (daemon/prometheus.py): a filter written with
     prometheus-client would otherwise add its own numbers to the proxy's.
     """
     env = dict(os.environ if base is None else base)

@@ -26,7 +26,7 @@ Changes from proxsmtpd 1.10, on purpose:
   0600 file named by ``RECIPIENTS_FILE`` instead; RECIPIENTS is then unset.
 * Nothing in the environment can crash the run: a value exec refuses (a NUL byte) is a
   local error.
-* Descendants that leave the process group are killed too (reaper.py).
+* Descendants that leave the process group are killed too (stages/reaper.py).
 * The filter is started in the Trio thread (`subprocess.Popen`'s vfork path: no
   preexec_fn, no uid/gid change), not in a worker thread as `trio.run_process` does: the
   thread hand-off cost more CPU than the spawn itself (bench/spawn.py).
