@@ -38,6 +38,10 @@ __all__ = [
 class Purpose(enum.Enum):
     """Why a line went upstream: decides what its reply does."""
 
+    # Members are singletons compared by identity: hash them so too, in C (Enum's own
+    # __hash__ is Python code, and these are dict keys on every input; bench/PROFILE.md).
+    __hash__ = object.__hash__
+
     COMMAND = "command"  # a client command: the reply is relayed (rewritten where needed)
     AUTH_CONTINUATION = "auth"  # a client line inside an AUTH exchange
     XCLIENT = "xclient"  # our XCLIENT: reply swallowed

@@ -8,6 +8,10 @@ __all__ = ["COMMAND_STATES", "MESSAGE_STATES", "State"]
 
 
 class State(enum.Enum):
+    # Members are singletons compared by identity: hash them so too, in C (Enum's own
+    # __hash__ is Python code, and these are dict keys on every input; bench/PROFILE.md).
+    __hash__ = object.__hash__
+
     GREETING = "greeting"  # waiting for the upstream's banner
     HELO = "helo"  # banner relayed; no HELO/EHLO accepted yet
     MAIL = "mail"  # ready for a transaction

@@ -35,6 +35,10 @@ _WS_CHAR = re.compile(r"[ \t]")
 
 
 class Verb(enum.Enum):
+    # Members are singletons compared by identity: hash them so too, in C (Enum's own
+    # __hash__ is Python code, and these are dict keys on every input; bench/PROFILE.md).
+    __hash__ = object.__hash__
+
     HELO = "HELO"
     EHLO = "EHLO"
     MAIL = "MAIL"
