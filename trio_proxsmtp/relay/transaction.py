@@ -294,8 +294,9 @@ class Transaction:
         inserter = self._header_inserter()
         sent = 0
         pending = b""  # held back one chunk, so the last one goes out with the "."
-        # A socket is peeked at before the final "."; a bare stream is watched meanwhile.
-        watching = self.client.info.socket is None
+        # A plain socket is peeked at before the final "."; another stream (no socket,
+        # TLS) is watched meanwhile.
+        watching = not self.client.peekable
         async with self.client.watch(self.left) if watching else contextlib.nullcontext():
             for chunk in message.chunks():
                 if pending:
@@ -316,7 +317,7 @@ class Transaction:
         inserter = self._header_inserter()
         sent = 0
         pending: list[bytes] = []  # frames held back, so the LAST one is checked before
-        watching = self.client.info.socket is None
+        watching = not self.client.peekable
         async with self.client.watch(self.left) if watching else contextlib.nullcontext():
             for chunk in message.chunks():
                 for frame in pending:
