@@ -914,6 +914,29 @@ def test_abort_mid_message_gives_its_one_summary(stage: str) -> None:
     assert d.session.handle(ConnectionEnded("again")) == []  # one summary per message
 
 
+@pytest.mark.parametrize(
+    ("stage", "delays"),
+    [
+        ("data", "delay=3.00, delays=3.00/0.00/0.00"),
+        ("filtering", "delay=3.00, delays=0.50/2.50/0.00"),
+        ("replay", "delay=3.00, delays=0.50/1.00/1.50"),
+    ],
+)
+def test_a_message_cut_short_gets_the_time_it_ran_in_its_stage(stage: str, delays: str) -> None:
+    # Issue 21 case 9: the stage under way gets what the finished ones do not account for.
+    d = ready()
+    with_envelope(d)
+    d.command("DATA")
+    if stage in ("filtering", "replay"):
+        d.run(d.session.handle(MessageReceived(10, seconds=0.5)), [])
+    if stage == "replay":
+        done = FilterDone(True, None, Status.FILTERED, seconds=1.0)
+        d.run(d.session.handle(done), [Reply.single(354, "go")])
+    [summary] = d.session.handle(ConnectionEnded("client disconnected", seconds=3.0))
+    assert isinstance(summary, Summary)
+    assert summary.text.endswith(delays)
+
+
 def test_abort_between_messages_logs_nothing() -> None:
     d = ready()
     with_envelope(d)
