@@ -73,9 +73,15 @@ async def filter_run(
 
 
 @asynccontextmanager
-async def proxied(config: str) -> AsyncIterator[tuple[FakeUpstream, RunningProxy]]:
-    """A FakeUpstream and the proxy in front of it; no spool file left at the end."""
-    async with FakeUpstream() as upstream, run_proxy(config, upstream=upstream) as proxy:
+async def proxied(
+    config: str, up: FakeUpstream | None = None
+) -> AsyncIterator[tuple[FakeUpstream, RunningProxy]]:
+    """A FakeUpstream (`up`, or a default one) and the proxy in front of it; no spool file
+    left at the end."""
+    async with (
+        FakeUpstream() if up is None else up as upstream,
+        run_proxy(config, upstream=upstream) as proxy,
+    ):
         yield upstream, proxy
         assert proxy.leftovers() == []
 

@@ -45,6 +45,7 @@ from trio_proxsmtp.protocol.session.wire import (
     NO_VALID_RECIPIENTS,
     NOT_IMPLEMENTED,
     START_MAIL_INPUT,
+    XCLIENT_REFUSED,
 )
 from trio_proxsmtp.protocol.smtp.commands import parse_command
 from trio_proxsmtp.protocol.smtp.replies import Reply
@@ -777,7 +778,8 @@ def test_xclient_ipv6_prefix_and_name_xtext() -> None:
     )
     d = ready(policy)
     d.command("NOOP", XCLIENT_OK, EHLO_REPLY, OK)
-    assert d.upstream[1] == b"XCLIENT ADDR=IPv6:2001:db8::1 NAME=h+3Dx HELO=c\r\n"
+    # "h=x" is no host name: the next server would refuse it (issue 21, §4.5).
+    assert d.upstream[1] == b"XCLIENT ADDR=IPv6:2001:db8::1 NAME=[UNAVAILABLE] HELO=c\r\n"
 
 
 def test_xclient_unix_client_unavailable() -> None:
@@ -812,11 +814,61 @@ def test_xclient_off_sends_nothing() -> None:
     assert not any(line.startswith(b"XCLIENT") for line in d.upstream)
 
 
-def test_xclient_refused_logged_and_no_ehlo_resent() -> None:
+def test_xclient_advertised_and_refused_fails_closed() -> None:
+    # Issue 21: going on would relay the client's mail as the proxy's own (§4.5).
     d = ready(SessionPolicy(client="c", xclient=True))
-    d.command("NOOP", Reply.single(550, "denied"), OK)
+    actions = d.session.handle(ClientCommand(parse_command(b"NOOP\r\n")))
+    [xclient] = actions
+    assert isinstance(xclient, SendUpstream) and xclient.purpose is Purpose.XCLIENT
+    after = d.session.handle(UpstreamReply(Reply.single(550, "denied"), exchange=xclient))
+    assert after[1:] == [SendClient(XCLIENT_REFUSED), Close()]
+    assert isinstance(after[0], Log) and "refused XCLIENT: 550 denied" in after[0].message
+    assert d.session.pending == ()  # the NOOP never went upstream
+
+
+def test_xclient_assumed_after_helo_and_refused_is_logged_and_no_helo_resent() -> None:
+    d = Driver(SessionPolicy(client="c", xclient=True))
+    d.greet()
+    d.command("HELO c", Reply.single(250, "up"))
+    d.command("NOOP", Reply.single(502, "unknown"), OK)
     assert d.upstream[-1] == b"NOOP\r\n" and len(d.upstream) == 3
     assert any("didn't accept XCLIENT" in log.message for log in d.logs())
+
+
+@pytest.mark.parametrize(
+    ("name", "sent"),
+    [
+        ("mx1.example.org", b"NAME=mx1.example.org"),
+        ("[TEMPUNAVAIL]", b"NAME=[TEMPUNAVAIL]"),
+        ("a" * 64 + ".example", b"NAME=[UNAVAILABLE]"),  # a label over 63
+        ("x." * 130 + "org", b"NAME=[UNAVAILABLE]"),  # over 255
+        ("1.2.3.4", b"NAME=[UNAVAILABLE]"),  # all digits
+        ("-x.example", b"NAME=[UNAVAILABLE]"),
+    ],
+)
+def test_xclient_name_only_when_the_next_server_can_take_it(name: str, sent: bytes) -> None:
+    d = ready(SessionPolicy(client="127.0.0.1", xclient=True, xclient_name=name))
+    d.command("NOOP", XCLIENT_OK, EHLO_REPLY, OK)
+    assert d.upstream[1] == b"XCLIENT ADDR=127.0.0.1 " + sent + b" HELO=c\r\n"
+
+
+@pytest.mark.parametrize(
+    ("helo", "sent"),
+    [
+        ("h" * 255, b"HELO=" + b"h" * 255),
+        ("h" * 256, b"HELO=[UNAVAILABLE]"),
+        ("a+b", b"HELO=a+2Bb"),
+        ("\u00e9" * 100, b"HELO=[UNAVAILABLE]"),  # 200 bytes, but 600 encoded: past 512
+    ],
+)
+def test_xclient_helo_within_255_bytes_and_the_line_within_512(helo: str, sent: bytes) -> None:
+    name = ".".join(["n" * 49] * 3)  # a long NAME= (149 bytes) beside it
+    d = Driver(SessionPolicy(client="127.0.0.1", xclient=True, xclient_name=name))
+    d.greet()
+    d.command(f"EHLO {helo}", EHLO_REPLY)
+    d.command("NOOP", XCLIENT_OK, EHLO_REPLY, OK)
+    line = d.upstream[1]
+    assert line.endswith(b" " + sent + b"\r\n") and len(line) <= 512
 
 
 def test_xclient_exchange_completes_before_the_command_is_dispatched() -> None:
@@ -860,6 +912,29 @@ def test_abort_mid_message_gives_its_one_summary(stage: str) -> None:
     )
     assert ("size=10" in summary.text) is (stage != "data")
     assert d.session.handle(ConnectionEnded("again")) == []  # one summary per message
+
+
+@pytest.mark.parametrize(
+    ("stage", "delays"),
+    [
+        ("data", "delay=3.00, delays=3.00/0.00/0.00"),
+        ("filtering", "delay=3.00, delays=0.50/2.50/0.00"),
+        ("replay", "delay=3.00, delays=0.50/1.00/1.50"),
+    ],
+)
+def test_a_message_cut_short_gets_the_time_it_ran_in_its_stage(stage: str, delays: str) -> None:
+    # Issue 21 case 9: the stage under way gets what the finished ones do not account for.
+    d = ready()
+    with_envelope(d)
+    d.command("DATA")
+    if stage in ("filtering", "replay"):
+        d.run(d.session.handle(MessageReceived(10, seconds=0.5)), [])
+    if stage == "replay":
+        done = FilterDone(True, None, Status.FILTERED, seconds=1.0)
+        d.run(d.session.handle(done), [Reply.single(354, "go")])
+    [summary] = d.session.handle(ConnectionEnded("client disconnected", seconds=3.0))
+    assert isinstance(summary, Summary)
+    assert summary.text.endswith(delays)
 
 
 def test_abort_between_messages_logs_nothing() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -38,6 +37,7 @@ from trio_proxsmtp.protocol.smtp.reader import (
 from trio_proxsmtp.protocol.smtp.replies import Reply
 from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.deadlines import ClientDeadlines
+from trio_proxsmtp.relay.departure import SocketPeek
 from trio_proxsmtp.relay.endings import CLIENT_TIMEOUT, SHUTTING_DOWN, Ending
 from trio_proxsmtp.relay.fast_io import FastPath
 
@@ -107,7 +107,10 @@ class ClientChannel:
         self._draining = False
         self._idle_scope: trio.CancelScope | None = None
         self._fast = FastPath()  # try the socket call before waiting (fast_io.py)
-        self._peek: socket.socket | None = None  # for has_left, on the accepted socket
+        self._peek: SocketPeek | None = None  # for has_left, on the accepted socket
+        # The client's departure can be seen on its socket (`has_left`) rather than by a
+        # watcher: a plain socket stream (not TLS, whose records hide the end of stream).
+        self.peekable = info.socket is not None and isinstance(stream, trio.SocketStream)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -309,6 +312,7 @@ class ClientChannel:
         if scope.cancelled_caught:
             raise ClientGone("TLS handshake timed out")
         self.stream = stream
+        self.peekable = False
         self.metrics.tls_started("client")
         self.log.info("TLS established: %s, %s", stream.version(), stream.cipher()[0])
 
@@ -323,34 +327,28 @@ class ClientChannel:
     # -- the client leaving -------------------------------------------------------------
 
     def has_left(self) -> bool:
-        """Whether the client has left (end of file or a reset, no command pipelined).
-        A peek at the socket when there is one: cheaper than a watcher for every message."""
-        if self.reader.buffered_size:
-            return False  # it said something more first: it finished speaking, not left
+        """Whether the client has left: its end of stream came before its message was
+        answered, whatever it pipelined before (QUIT included: docs/behaviour.md §5).
+        A peek at a plain socket (departure.py); a stream that is not is watched."""
         if self.eof:
             return True
-        sock = self.info.socket
-        if sock is None:
-            return False
+        if not self.peekable:
+            return False  # watched instead (`watch`)
         if self._peek is None:
-            # Built once per connection (a socket object per message cost a getsockname
-            # system call each time) and detached, never closed, in `aclose`.
-            self._peek = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.fileno())
-        try:
-            return self._peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
+            assert self.info.socket is not None
+            self._peek = SocketPeek(self.info.socket)
+        left = self._peek.left(self.reader, self.metrics, keep=MAX_PENDING_INPUT, size=RECEIVE_SIZE)
+        self.eof = left
+        return left
 
     @asynccontextmanager
     async def watch(self, on_left: Callable[[], None]) -> AsyncIterator[None]:
         """While the client is not being read (filter, replay): notice it leaving at once.
 
         Bytes it pipelines meanwhile are kept (bounded) for the next command.  End of file
-        with no complete command buffered means the client left: `on_left` is called (it
-        cancels the connection, so the message is not delivered).  A client that pipelined
-        QUIT (or anything) after its "." and then closed has finished speaking, not left.
+        means the client left, whatever it pipelined before (QUIT included: it never saw
+        the reply, and will send the message again): `on_left` is called (it cancels the
+        connection, so the message is not delivered; docs/behaviour.md §5).
         """
 
         async def watch() -> None:
@@ -365,9 +363,10 @@ class ClientChannel:
                     self.reader.feed(bytes(data))
                     continue
                 self.eof = True
-                if self.reader.buffered_size == 0:
-                    self.log.info("client disconnected before its message was answered")
-                    on_left()
+                pending = self.reader.buffered_size
+                after = f" (after pipelining {pending} bytes)" if pending else ""
+                self.log.info("client disconnected before its message was answered%s", after)
+                on_left()
                 return
             await trio.sleep_forever()
 
@@ -382,7 +381,7 @@ class ClientChannel:
 
     async def aclose(self) -> None:
         if self._peek is not None:
-            self._peek.detach()  # the descriptor is the stream's to close
+            self._peek.detach()
             self._peek = None
         # (TLS: https_compatible, so no close_notify to wait on; the socket closes.)
         await self.stream.aclose()

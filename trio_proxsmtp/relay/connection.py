@@ -134,7 +134,10 @@ class Connection:
                 else:
                     self.log.warning("session cut short by shutdown")
                     farewell, ended = SHUTTING_DOWN, "shutdown"
-            self.performer.log_actions(self.session.handle(ConnectionEnded(ended)))
+            # A message cut short reports the time it ran (docs/behaviour.md §9.2).
+            seconds = self.transaction.elapsed() if self.session.in_message else 0.0
+            ended_event = ConnectionEnded(ended, seconds=seconds)
+            self.performer.log_actions(self.session.handle(ended_event))
             if farewell is not None:
                 await self.client.say_goodbye(farewell)
         except Exception:  # one failing connection never takes the server down

@@ -144,8 +144,9 @@ class Performer:
             if isinstance(action, SendUpstream):
                 secret = action.purpose is Purpose.AUTH_CONTINUATION
                 trace = show_command(action.line, action.command, secret) if self.trace else None
-                # A bare stream cannot be peeked at: watch it while a message is on its way.
-                watching = self.info.socket is None and self.session.in_message
+                # A stream that cannot be peeked at (no socket, TLS) is watched while a
+                # message is on its way.
+                watching = not self.client.peekable and self.session.in_message
                 # Only our DATA's time counts (the message's upstream delay): no clock
                 # reads for the other commands.
                 timed = action.purpose is Purpose.DATA

@@ -79,6 +79,10 @@ class Transaction:
         self.chunked = 0  # BDAT: message bytes received so far (past the limit too)
         self.chunk_error: str | None = None  # BDAT: the spool failed; reported at LAST
         self.chunks_started: float | None = None  # BDAT: when the first chunk began
+        # When the message under way began (its reading, or its first chunk): the time a
+        # message cut short had run (docs/behaviour.md §9.2).
+        self.message_started: float | None = None
+        self.left_at: float | None = None  # when the watcher saw the client leave
 
     def close(self) -> None:
         """Remove the spool files (idempotent)."""
@@ -88,10 +92,20 @@ class Transaction:
         self.output = self.spool = None
         self.edited = None
         self.chunked, self.chunk_error, self.chunks_started = 0, None, None
+        self.message_started = None
+
+    def elapsed(self) -> float:
+        """For a message cut short: the seconds it ran, from its start to its client
+        leaving (or now), 0.0 when none was under way."""
+        started = self.message_started
+        if started is None:
+            return 0.0
+        return (self.left_at if self.left_at is not None else trio.current_time()) - started
 
     def left(self) -> None:
         """The client left in the middle of the message: end the connection now."""
         self.client_left = True
+        self.left_at = trio.current_time()  # (before the filter's kill: not its time)
         self._connection_scope.cancel()
 
     # -- receiving ----------------------------------------------------------------------
@@ -131,7 +145,7 @@ class Transaction:
                     error = f"couldn't write cache file: {exc}"
                     self.log.error("%s", error)
 
-        started = trio.current_time()
+        started = self.message_started = trio.current_time()
         async with self.upstream.keepalives():
             size = await self.client.read_message(action, spool)
         seconds = trio.current_time() - started
@@ -168,7 +182,7 @@ class Transaction:
                     self.log.error("%s", self.chunk_error)
 
         if self.chunks_started is None:
-            self.chunks_started = trio.current_time()
+            self.chunks_started = self.message_started = trio.current_time()
         async with self.upstream.keepalives():
             await self.client.read_chunk(action, spool)
         # The message's receive time: from its first chunk to the end of this one.
@@ -204,7 +218,7 @@ class Transaction:
             elif out:
                 await self.upstream.send(out)
 
-        started = trio.current_time()
+        started = self.message_started = trio.current_time()
         size = await self.client.read_message(action, forward)
         self.log.debug("skipped %d data bytes", size)
         self.session.handle(MessageStreamed(size, seconds=trio.current_time() - started))
@@ -294,8 +308,9 @@ class Transaction:
         inserter = self._header_inserter()
         sent = 0
         pending = b""  # held back one chunk, so the last one goes out with the "."
-        # A socket is peeked at before the final "."; a bare stream is watched meanwhile.
-        watching = self.client.info.socket is None
+        # A plain socket is peeked at before the final "."; another stream (no socket,
+        # TLS) is watched meanwhile.
+        watching = not self.client.peekable
         async with self.client.watch(self.left) if watching else contextlib.nullcontext():
             for chunk in message.chunks():
                 if pending:
@@ -316,7 +331,7 @@ class Transaction:
         inserter = self._header_inserter()
         sent = 0
         pending: list[bytes] = []  # frames held back, so the LAST one is checked before
-        watching = self.client.info.socket is None
+        watching = not self.client.peekable
         async with self.client.watch(self.left) if watching else contextlib.nullcontext():
             for chunk in message.chunks():
                 for frame in pending:

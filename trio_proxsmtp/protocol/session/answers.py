@@ -83,8 +83,8 @@ def command_reply(session: SessionState, command: Command, reply: Reply) -> list
         session.helo_name = command.argument.split(None, 1)[0] if command.argument else ""
         if verb is Verb.EHLO:
             session.extensions = parse_extensions(reply)
-            xclient = session.xclient
-            xclient.supported = xclient.supported or session.extensions.has("XCLIENT")
+            if session.extensions.has("XCLIENT"):
+                session.xclient.supported = session.xclient.advertised = True
             reply = rewrite_ehlo_reply(reply)
             for extension in EXTENSIONS:
                 reply = extension.advertise(session, reply)

@@ -200,9 +200,27 @@ def connection_ended(session: SessionState, event: ConnectionEnded) -> list[Acti
     session.exchanges.clear()
     if not session.in_message:
         return []
+    _cut_short(session, event.seconds)
     line = summary(session, Status.FILTER_ERROR, event.reason)
     end_transaction(session)
     return [line]
+
+
+def _cut_short(session: SessionState, seconds: float) -> None:
+    """The time a message cut short ran beyond its finished stages goes to the stage it
+    was in: reading it (a streamed one whose reply was awaited: upstream), the filter or
+    the milters, or the replay (docs/behaviour.md §9.2)."""
+    facts = session.facts
+    rest = seconds - (facts.receive + facts.filter + facts.upstream)
+    if rest <= 0:
+        return
+    state = session.state
+    if state is State.CHUNKS or (state is State.DATA and facts.size is None):
+        facts.receive += rest
+    elif state in (State.FILTERING, State.MILTERING):
+        facts.filter += rest
+    else:  # REPLAY, or a streamed message (DATA, its size known) awaiting its reply
+        facts.upstream += rest
 
 
 def carries_message(action: Action) -> bool:

@@ -191,9 +191,15 @@ class ClientNameKnown:
 @attrs.frozen
 class ConnectionEnded:
     """The connection ends (in the middle of a message, perhaps): nothing more was
-    delivered, and a message on its way still gets its one summary line."""
+    delivered, and a message on its way still gets its one summary line.
+
+    `seconds`: how long that message had been under way (from the start of its reading,
+    or of its first chunk); the stage it was cut short in gets what its finished stages
+    do not account for (docs/behaviour.md §9.2).
+    """
 
     reason: str
+    seconds: float = 0.0
 
 
 Event = (

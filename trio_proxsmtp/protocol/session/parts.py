@@ -60,12 +60,14 @@ class Auth:
 
 
 class Xclient:
-    """The XCLIENT machine: not offered, offered (`supported`), sent (`sent`)."""
+    """The XCLIENT machine: not offered, offered (`supported`: advertised in an EHLO
+    reply, `advertised`, or assumed after HELO), sent (`sent`)."""
 
-    __slots__ = ("sent", "supported")
+    __slots__ = ("advertised", "sent", "supported")
 
     def __init__(self) -> None:
         self.supported = False
+        self.advertised = False  # a refusal of an advertised XCLIENT fails closed
         self.sent = False
 
     def armed(self, wanted: bool, helo_line: bytes | None) -> bool:

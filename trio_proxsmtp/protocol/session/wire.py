@@ -22,6 +22,8 @@ MILTER_DISCARDED = Reply.single(250, "2.0.0 Ok")
 UPSTREAM_TLS_UNAVAILABLE = Reply.single(
     421, "4.7.0 smtp.passthru Error: TLS to the next server unavailable"
 )
+# XClient: on, and the next server refused the XCLIENT it advertised (docs/behaviour.md §4.5).
+XCLIENT_REFUSED = Reply.single(421, "4.7.0 smtp.passthru Error: the next server refused XCLIENT")
 NEED_HELO = Reply.single(503, "5.5.1 Error: send HELO/EHLO first")
 AUTH_NEEDS_ENCRYPTION = Reply.single(
     538, "5.7.11 Encryption required for requested authentication mechanism"
