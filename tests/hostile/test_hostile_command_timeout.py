@@ -106,3 +106,20 @@ async def test_a_client_that_sends_its_lines_in_time_is_not_affected(
             assert (await client.command("NOOP")).code == 250
         assert (await client.command("EHLO c.example")).code == 250
         assert trio.current_time() - start >= 15
+
+
+async def test_a_silent_client_is_still_logged_idle(
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With CommandTimeOut at TimeOut, a client that says nothing ends by TimeOut and is
+    logged "client idle", as before; the clock runs (100 times real time), so the proxy's
+    "ready" comes a moment before the read's start, as on a real machine."""
+    mock_clock.rate = 100
+    async with FakeUpstream() as up, memory_connection("TimeOut: 4", up) as (client, _):
+        await client.greeting()
+        start = trio.current_time()
+        held = await closed_after(client, start)
+    assert 4 <= held < 5
+    assert client.received.endswith(TIMEOUT_REPLY)
+    assert "network operation timed out: client idle" in caplog.text
+    assert "CommandTimeOut exceeded" not in caplog.text
