@@ -567,9 +567,12 @@ async def test_spool_outgrowing_memory_in_a_missing_temp_directory_is_451(
     tmp_path: Path,
 ) -> None:
     """A small message never touches TempDirectory; a big one needs it, and fails cleanly."""
-    config = f"TempDirectory: {tmp_path / 'missing'}"
+    missing = tmp_path / "missing"
+    missing.mkdir()  # a start without it is refused: it vanishes once the proxy runs
+    config = f"TempDirectory: {missing}"
     with trio.fail_after(10):
         async with proxied(config) as (up, proxy), proxy.connect() as client:
+            missing.rmdir()
             small = b"Subject: small\r\n\r\nbody\r\n"
             assert (await client.send_message("s@x", ["r@x"], small))[-1].code == 250
             big = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * (BUFFER_SIZE // 1000 + 1)

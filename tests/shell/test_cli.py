@@ -86,7 +86,10 @@ def test_check_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_check_prints_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_conf(tmp_path, f"TempDirectory: {tmp_path}/missing\n")
+    # World-writable without the sticky bit: a warning (a missing one is an error now).
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open").chmod(0o777)
+    path = write_conf(tmp_path, f"TempDirectory: {tmp_path}/open\n")
     assert cli.main(["-t", "-f", path]) == 0
     out, err = capsys.readouterr()
     assert out == f"config OK: {path}\n"

@@ -90,7 +90,7 @@ def test_config_class_defaults_match_parsed_defaults() -> None:
         ("PidFile: /run/p.pid", "pid_file", "/run/p.pid"),
         ("PidFile:", "pid_file", ""),
         ("Skip: Authenticated", "skip_authenticated", True),
-        ("TempDirectory: /var/spool/proxsmtp", "temp_directory", "/var/spool/proxsmtp"),
+        ("TempDirectory: /var/tmp", "temp_directory", "/var/tmp"),  # it must exist
         ("TimeOut: 1", "timeout", 1.0),
         ("TransparentProxy: off", "transparent_proxy", TransparentMode.OFF),
         ("TransparentProxy: No", "transparent_proxy", TransparentMode.OFF),
@@ -351,8 +351,11 @@ def test_temp_directory_warnings(tmp_path: Path) -> None:
     assert warnings_for(private) == []
     assert warnings_for(sticky) == []
     assert [w for w in warnings_for(open_dir) if "world-writable" in w]
-    assert [w for w in warnings_for(tmp_path / "missing") if "not usable" in w]
-    assert [w for w in warnings_for(a_file) if "not a directory" in w]
+    # Errors now, not warnings (issue 21; tests/hostile/test_hostile_temp_directory.py).
+    with pytest.raises(ConfigError, match="No such file or directory"):
+        warnings_for(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="not a directory"):
+        warnings_for(a_file)
 
 
 def test_example_config_parses_and_documents_every_option() -> None:

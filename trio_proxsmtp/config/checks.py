@@ -1,13 +1,15 @@
 """The checks a configuration passes after its options are parsed, and the TLS contexts
 built from it once per load (so that `-t` and SIGHUP catch unusable files): the filter's
-program, TempDirectory, TLS towards clients (TLSCertificate/TLSKey, ListenTLS) and towards
-the next server (OutTLS*).  An error is a `ConfigError` naming the file, the line and the
-option; a warning is returned, never printed here.
+program, TempDirectory (as the user the daemon serves as), TLS towards clients
+(TLSCertificate/TLSKey, ListenTLS) and towards the next server (OutTLS*).  An error is a
+`ConfigError` naming the file, the line and the option; a warning is returned, never
+printed here.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import ssl
 import stat
@@ -21,25 +23,124 @@ from trio_proxsmtp.stages.settings import FilterType, direct_argv
 __all__ = [
     "check_filter_program",
     "check_listen_tls",
+    "check_temp_directory",
     "out_tls_context",
     "server_tls_context",
-    "temp_directory_warnings",
 ]
 
 
-def temp_directory_warnings(directory: str) -> list[str]:
+def check_temp_directory(config: Config, line: int | None = None) -> list[str]:
+    """Check that the daemon can create its spool files in TempDirectory.
+
+    A TempDirectory that is missing, not a directory, on a read-only file system or not
+    writable by the user the daemon serves as would get every message that needs the spool
+    `451 Local Error`, so it stops the daemon at start, at -t and on a reload
+    (docs/behaviour.md §2), as a missing filter program does.  That user is `User` when this
+    process is root (asked in a child with that user's credentials: `_access_as`), else this
+    process's own.  A `User` this process cannot become (-t run by another user) is not
+    checked, and that is a warning.  Raises ConfigError naming the file, the line and the
+    reason; returns the warnings.
+    """
+    directory = config.temp_directory
+
+    def refuse(reason: str) -> ConfigError:
+        return ConfigError(config.path, line, "TempDirectory", f"{directory}: {reason}")
+
+    euid = os.geteuid()
+    user = _lookup_user(config.user) if config.user is not None else None
+    # The daemon serves as this process unless root switches it to User (privileges.py).
+    other = user if user is not None and user.pw_uid != euid else None
+    unchecked = (
+        None
+        if other is None or euid == 0
+        else f"TempDirectory {directory!r}: not checked whether user {other.pw_name} may "
+        "write to it (this process cannot take that user's credentials: -t as root checks it)"
+    )
     try:
         st = os.stat(directory)
     except OSError as exc:
-        return [f"TempDirectory {directory!r} is not usable: {exc.strerror}"]
+        if unchecked is not None and isinstance(exc, PermissionError):
+            return [unchecked]  # a parent closed to us, maybe not to User
+        raise refuse(exc.strerror or str(exc)) from None
     if not stat.S_ISDIR(st.st_mode):
-        return [f"TempDirectory {directory!r} is not a directory"]
+        raise refuse("not a directory")
+    warnings: list[str] = []
     if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
-        return [
+        warnings.append(
             f"TempDirectory {directory!r} is world-writable without the sticky bit: "
             "use a directory private to the proxy's user"
-        ]
-    return []
+        )
+    if _read_only(directory):
+        raise refuse("read-only file system")
+    if config.user is not None and user is None:
+        return warnings  # an unknown User: the command line stops on it (daemon/cli.py)
+    if unchecked is not None:
+        return [*warnings, unchecked]
+    if other is None:
+        name = _user_name(euid)
+        writable = os.access(
+            directory, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids
+        )
+    else:
+        name = other.pw_name
+        answer = _access_as(directory, other.pw_uid, other.pw_gid)
+        if answer is None:
+            return [
+                *warnings,
+                f"TempDirectory {directory!r}: not checked whether user {name} "
+                "may write to it (the check as that user failed)",
+            ]
+        writable = answer
+    if not writable:
+        raise refuse(f"not writable by user {name}")
+    return warnings
+
+
+def _read_only(directory: str) -> bool:
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False  # os.access below says whether it is usable
+
+
+def _lookup_user(user: str) -> pwd.struct_passwd | None:
+    """`User` as daemon/privileges.py `lookup_user` reads it (a name or a numeric uid); None
+    when there is no such user."""
+    try:
+        return pwd.getpwuid(int(user)) if user.isascii() and user.isdigit() else pwd.getpwnam(user)
+    except (KeyError, OverflowError):
+        return None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _access_as(directory: str, uid: int, gid: int) -> bool | None:
+    """`os.access(directory, W_OK | X_OK)` with the credentials daemon/privileges.py
+    `switch_user` gives the daemon (uid, gid, no supplementary groups), asked in a child so
+    that this process stays root; the kernel decides, so the mode bits, ACLs and every
+    parent directory's search permission count.  None when the child could not take them.
+    """
+    pid = os.fork()
+    if pid == 0:  # the child: these calls, then _exit (no clean-up of the parent's state)
+        code = 2
+        try:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            code = 0 if os.access(directory, os.W_OK | os.X_OK) else 1
+        finally:
+            os._exit(code)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:  # reaped behind our back (SIGCHLD ignored)
+        return None
+    code = os.waitstatus_to_exitcode(status)
+    return code == 0 if code in (0, 1) else None
 
 
 def check_filter_program(config: Config, line: int | None = None) -> list[str]:

@@ -5,7 +5,8 @@ Syntax and options follow proxsmtpd 1.10 (docs/behaviour.md §2): `Name: value` 
 duplicate wins. Where the reference is wrong we choose (and `proxsmtpd.conf.example` says so):
 an empty `FilterCommand:` means no filter (B22), `MaxConnections` accepts 1..10239 (B23),
 an empty `FilterReject:` means the default, a missing config file is an error rather than a
-warning, and an unresolvable host name is an error. Every error is a ConfigError naming the
+warning, and an unresolvable host name is an error, as is a TempDirectory the daemon cannot
+create files in (checks.py; docs/behaviour.md §2). Every error is a ConfigError naming the
 file, the line and the option. Warnings that should not stop the daemon are returned by the
 `*_with_warnings` functions, never printed here.
 
@@ -39,9 +40,9 @@ import attrs
 from trio_proxsmtp.config.checks import (
     check_filter_program,
     check_listen_tls,
+    check_temp_directory,
     out_tls_context,
     server_tls_context,
-    temp_directory_warnings,
 )
 from trio_proxsmtp.config.model import Config, ConfigError
 from trio_proxsmtp.config.options import AUTO, OPTIONS, Invalid
@@ -105,7 +106,7 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
         warnings.append("the OutAddress option will be ignored when TransparentProxy is enabled")
     if "proxy_protocol_from" in lines and not config.proxy_protocol:
         warnings.append("ProxyProtocolFrom is ignored while ProxyProtocol is off")
-    warnings.extend(temp_directory_warnings(config.temp_directory))
+    warnings.extend(check_temp_directory(config, lines.get("temp_directory")))
     warnings.extend(check_filter_program(config, lines.get("filter_command")))
     per_client = config.max_connections_per_client
     if per_client and per_client >= config.max_connections:

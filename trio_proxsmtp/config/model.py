@@ -4,7 +4,7 @@ and defaults the options share, and `ConfigError` (FILE:LINE: OPTION: MESSAGE).
 `Config.pid_file` is None when the file does not set PidFile, and "" when it sets it empty
 (which disables the pid file even if -p was given, as in the reference).  `Workers: auto`,
 the default, is resolved when a `Config` is made (`auto_workers`), so `Config.workers` is
-always a count.
+always a count; an unset CommandTimeOut is resolved the same way, to the config's TimeOut.
 """
 
 from __future__ import annotations
@@ -107,7 +107,12 @@ class Config:
     max_connections_per_client: int | None = None  # None: half of MaxConnections; 0: none
     connection_limit_exceptions: tuple[IPNetwork, ...] = DEFAULT_CONNECTION_LIMIT_EXCEPTIONS
     hard_error_limit: int = 20  # error replies before the client is disconnected; 0: none
-    command_timeout: float = 180.0  # a whole client command line, from ready to its LF
+    # A whole client command line, from ready to its LF.  By default TimeOut, so that this
+    # record's deadline is never looser than a read's; an explicit value wins
+    # (docs/behaviour.md §8.1).
+    command_timeout: float = attrs.field(
+        default=attrs.Factory(lambda self: self.timeout, takes_self=True)
+    )
     reply_timeout: float = 180.0  # a whole upstream reply (banner included)
     min_data_rate: int = 500  # bytes/s a client must keep up in DATA/BDAT; 0: off
     session_timeout: float = 3600.0  # a whole session; 0: none

@@ -139,6 +139,11 @@ class ClientChannel:
             if ready is None:
                 ready = trio.current_time()
             deadline, name = self.deadlines.command_deadline(ready)
+            silent = first and not self.reader.buffered_size
+            if silent and deadline >= ready + self.deadlines.idle():
+                # CommandTimeOut no tighter than TimeOut (its default, docs/behaviour.md
+                # §8.1): TimeOut ends this silence a moment later, logged "client idle".
+                deadline = math.inf
             # The answer to our reply is nearly always there after one trip through the
             # run queue: read it without the drain scope, which only a wait needs.
             data = await self._receive_at_once(answer=True) if first and deadline > ready else None
