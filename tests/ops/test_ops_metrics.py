@@ -21,15 +21,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_proxsmtp.common.address import Address, AddressKind
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics, reply_class
 from trio_proxsmtp.config.loader import parse_config
-from trio_proxsmtp.daemon.prometheus import (
-    MAX_SCRAPES,
-    MULTIPROC_ENV,
+from trio_proxsmtp.daemon.metrics_http import (
+    MAX_CONNECTIONS,
     REQUEST_TIMEOUT,
+    handle_metrics_request,
+    serve_metrics,
+)
+from trio_proxsmtp.daemon.prometheus import (
+    MULTIPROC_ENV,
     MultiprocessDirectory,
     PrometheusMetrics,
     bind_metrics_listener,
-    handle_metrics_request,
-    serve_metrics,
 )
 from trio_proxsmtp.daemon.reload import applicable_reload
 from trio_proxsmtp.testing import END_OF_DATA, FakeClient, FakeUpstream, open_client, run_proxy
@@ -297,23 +299,32 @@ async def test_dead_workers_keep_their_counts_and_leave_the_active_gauge(tmp_pat
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("proxsmtpd-metrics.")] == []
 
 
-async def test_scrapes_at_once_are_bounded() -> None:
+async def test_connections_at_once_are_bounded_and_a_scrape_takes_the_oldest_place() -> None:
+    # (issue 21: the connection past the bound used to be closed unanswered; now it takes
+    # the place of the oldest one still sending its request.)
     sockets = bind_metrics_listener(Address(AddressKind.TCP, "127.0.0.1", 0, None, "x"))
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             ((_, port),) = await nursery.start(
                 serve_metrics, sockets, PrometheusMetrics().exposition
             )
-            silent = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(MAX_SCRAPES)]
-            # Accepted in order, each handler takes its slot before the next is accepted.
-            extra = await trio.open_tcp_stream("127.0.0.1", port)
-            await extra.send_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-            assert await extra.receive_some() == b""  # closed unanswered
-            await extra.aclose()
-            for stream in silent:
-                await stream.aclose()
+            silent = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(MAX_CONNECTIONS)]
+            await trio.sleep(0.2)  # all of them accepted, each holding its place
             response = await http(port, b"GET /metrics HTTP/1.0\r\n\r\n")
             assert response.startswith(b"HTTP/1.0 200 OK")
+            closed: list[trio.SocketStream] = []
+
+            async def closed_soon(stream: trio.SocketStream) -> None:
+                with trio.move_on_after(1):
+                    if await stream.receive_some() == b"":
+                        closed.append(stream)
+
+            async with trio.open_nursery() as watch:
+                for stream in silent:
+                    watch.start_soon(closed_soon, stream)
+            assert len(closed) == 1  # one silent connection made room for the scrape
+            for stream in silent:
+                await stream.aclose()
             nursery.cancel_scope.cancel()
 
 

@@ -41,24 +41,19 @@ workers; while worker 0 is being restarted a scrape waits in the socket's backlo
 supervisor stays without threads or Trio: it forks replacement workers, and forking a
 process that runs an HTTP server thread could copy a lock held by that thread.
 
-The HTTP side is a small HTTP/1.0 responder over Trio: one request per connection, GET or
-HEAD of /metrics, a deadline on the whole exchange, bounded request size.  The body is
-built synchronously in the event loop: it takes about a millisecond even with many
-workers' files, every few seconds at most.
+The HTTP side, a small HTTP/1.0 responder over Trio with its deadlines and its bound on
+connections, is metrics_http.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
-import trio
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -79,8 +74,6 @@ __all__ = [
     "MultiprocessDirectory",
     "PrometheusMetrics",
     "bind_metrics_listener",
-    "handle_metrics_request",
-    "serve_metrics",
     "use_multiprocess_dir",
 ]
 
@@ -90,9 +83,6 @@ SIZE_BUCKETS = tuple(float(2**n) for n in range(10, 27, 2))  # 1 KiB .. 64 MiB
 FILTER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 ROUND_TRIP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 _Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
-REQUEST_TIMEOUT = 10.0  # seconds for a whole scrape: request in, response out
-MAX_REQUEST = 8192  # bytes of request line and headers
-MAX_SCRAPES = 8  # scrapes served at once; more connections are closed at once
 
 
 def use_multiprocess_dir(directory: str) -> None:
@@ -266,92 +256,10 @@ class PrometheusMetrics(Metrics):
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-# --- the HTTP listener ------------------------------------------------------------------------
+# --- the HTTP listener (served by metrics_http.py) ------------------------------------------
 
 
 def bind_metrics_listener(address: Address, backlog: int = 16) -> list[socket.socket]:
     """Bind MetricsListen (every address the name resolves to), as the command line does for
     Listen: before detaching and before User, so that errors reach the shell."""
     return bind_tcp(address, backlog=backlog)
-
-
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
-
-
-def _response(status: int, body: bytes, content_type: str, head_only: bool) -> bytes:
-    head = (
-        f"HTTP/1.0 {status} {_REASONS[status]}\r\n"
-        f"Content-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
-    ).encode("ascii")
-    return head if head_only else head + body
-
-
-def _answer(request: bytes, exposition: Callable[[], tuple[bytes, str]]) -> bytes:
-    text_plain = "text/plain; charset=utf-8"
-    line = request.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
-    parts = line.split(b" ")
-    if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
-        return _response(400, b"bad request\n", text_plain, False)
-    method, target = parts[0], parts[1]
-    if method not in (b"GET", b"HEAD"):
-        return _response(405, b"only GET and HEAD\n", text_plain, False)
-    head_only = method == b"HEAD"
-    if target.split(b"?", 1)[0] != b"/metrics":
-        return _response(404, b"see /metrics\n", text_plain, head_only)
-    body, content_type = exposition()
-    return _response(200, body, content_type, head_only)
-
-
-async def handle_metrics_request(
-    stream: trio.abc.Stream,
-    exposition: Callable[[], tuple[bytes, str]],
-    timeout: float = REQUEST_TIMEOUT,
-) -> None:
-    """Answer one HTTP request on `stream` and close it; a slow or oversized one is dropped."""
-    async with stream:
-        with trio.move_on_after(timeout):
-            request = b""
-            while b"\r\n\r\n" not in request and b"\n\n" not in request:
-                if len(request) > MAX_REQUEST:
-                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                        await stream.send_all(
-                            _response(400, b"request too large\n", "text/plain", False)
-                        )
-                    return
-                try:
-                    data = await stream.receive_some(4096)
-                except trio.BrokenResourceError:
-                    return
-                if not data:
-                    return
-                request += data
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await stream.send_all(_answer(request, exposition))
-
-
-async def serve_metrics(
-    sockets: list[socket.socket],
-    exposition: Callable[[], tuple[bytes, str]],
-    *,
-    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve /metrics on the bound `sockets` until cancelled; started() gets their names."""
-    listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
-    scrapes = trio.Semaphore(MAX_SCRAPES)
-
-    async def handler(stream: trio.SocketStream) -> None:
-        try:
-            scrapes.acquire_nowait()
-        except trio.WouldBlock:
-            await stream.aclose()  # a flood of connections must not cost us descriptors
-            return
-        try:
-            await handle_metrics_request(stream, exposition)
-        finally:
-            scrapes.release()
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, handler, listeners)
-        task_status.started([listener.socket.getsockname()[:2] for listener in listeners])

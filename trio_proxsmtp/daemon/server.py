@@ -29,7 +29,7 @@ across restarts, worker processes and the servers of one process.
 
 Metrics (common/metrics.py): the server counts connections accepted, refused and active,
 and hands its `Metrics` to every `Connection`; with metrics sockets it also serves
-/metrics (prometheus.py).  Hostile clients (docs/behaviour.md, "Limits"): the per-client
+/metrics (metrics_http.py).  Hostile clients (docs/behaviour.md, "Limits"): the per-client
 limit and the stress level are admission.py's decisions; the server sends the refusals.
 """
 
@@ -58,7 +58,7 @@ from trio_proxsmtp.daemon.admission import (
     stress_change,
 )
 from trio_proxsmtp.daemon.handoff import leave_to_other_workers
-from trio_proxsmtp.daemon.prometheus import serve_metrics
+from trio_proxsmtp.daemon.metrics_http import serve_metrics
 from trio_proxsmtp.daemon.proxy_accept import AwaitingHeader, read_client
 from trio_proxsmtp.daemon.refusals import refuse_busy, refuse_client
 from trio_proxsmtp.daemon.reload import applicable_reload

@@ -4,6 +4,10 @@ Only the command line installs these (through `serve`); a server started in-proc
 test (testing.run_proxy) never touches the process's signal handlers.  The receiver stays
 open through the drain: a second SIGTERM/SIGINT must end the grace period, not kill the
 process with filters and spools left behind (B14).
+
+A worker of `Workers: N` also takes the supervisor's END_GRACE_SIGNAL (workers.py): the
+supervisor's second stop signal, sent as another signal so that it cannot merge with the
+first.  It means a stop and a second one, in whichever order the two arrive.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.daemon import notify
 from trio_proxsmtp.daemon.server import Server
+from trio_proxsmtp.daemon.workers import END_GRACE_SIGNAL
 from trio_proxsmtp.stages import reaper
 
 __all__ = ["HANDLED_SIGNALS", "handle_signals", "serve"]
@@ -40,6 +45,12 @@ async def handle_signals(server: Server, received: AsyncIterator[int]) -> None:
                 notify.reloading()
                 reloaded = await server.reload()
                 notify.ready(f"reloaded {server.config.path}" if reloaded else notify.NOT_RELOADED)
+            continue
+        if signum == END_GRACE_SIGNAL:
+            log.info("the supervisor received a second stop signal: ending the grace period")
+            if not server.draining:
+                server.stop()  # before the first one, which may come after this
+            server.stop()
             continue
         if server.draining:
             log.info("received %s again: ending the grace period", signal.Signals(signum).name)
@@ -64,14 +75,22 @@ async def serve(
     if not 0 <= worker < workers:
         raise ValueError(f"worker {worker} is not in 0..{workers - 1}")
     server = Server(config, reload, worker, workers, metrics)
-    with trio.open_signal_receiver(*HANDLED_SIGNALS) as received:
-        # The command line blocks these from before bind until now, so that a signal sent
-        # during start-up waits for this receiver instead of killing a half-started process
-        # (pid file left behind). Filters inherit the unblocked mask.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(handle_signals, server, received)
-            if reaper.subreaper_enabled():
-                nursery.start_soon(reaper.sweep_forever)
-            await server.serve(sockets, metrics_sockets=metrics_sockets, task_status=task_status)
-            nursery.cancel_scope.cancel()
+    handled = HANDLED_SIGNALS + ((END_GRACE_SIGNAL,) if workers > 1 else ())
+    with trio.open_signal_receiver(*handled) as received:
+        # The command line blocks these from before bind until now (the supervisor blocks
+        # END_GRACE_SIGNAL before it forks), so that a signal sent during start-up waits for
+        # this receiver instead of killing a half-started process (pid file left behind).
+        # Filters inherit the unblocked mask.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(handle_signals, server, received)
+                if reaper.subreaper_enabled():
+                    nursery.start_soon(reaper.sweep_forever)
+                await server.serve(
+                    sockets, metrics_sockets=metrics_sockets, task_status=task_status
+                )
+                nursery.cancel_scope.cancel()
+        finally:
+            if workers > 1:  # one coming late must not kill the worker on its way out
+                signal.pthread_sigmask(signal.SIG_BLOCK, {END_GRACE_SIGNAL})

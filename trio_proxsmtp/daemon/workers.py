@@ -7,8 +7,13 @@ original process stays as the supervisor.  It runs no Trio: the command line has
 SIGTERM/SIGINT/SIGHUP since before bind, so it simply waits for them (and SIGCHLD) with
 `sigtimedwait`, which leaves no window where a signal could be lost or run a handler.
 
-- SIGTERM/SIGINT go to every worker (each drains as a single process would; a second one
-  ends the grace period); the supervisor returns once all workers have exited.
+- SIGTERM/SIGINT go to every worker (each drains as a single process would); the
+  supervisor returns once all workers have exited.  A second one ends the grace period: the
+  supervisor sends every worker END_GRACE_SIGNAL instead, never the same signal twice, as
+  two SIGTERMs sent a millisecond apart reach a worker as one whenever the second comes
+  before the worker took the first (signals of one kind do not queue).  A worker takes
+  END_GRACE_SIGNAL as a stop followed by a second one, so whichever of the two it sees
+  first, its grace period ends (docs/behaviour.md, section 11).
 - SIGHUP goes to every worker (each reloads the file itself) and to `on_hup`, so that a
   replacement worker starts from the reloaded config.
 - A worker that exits while we are not stopping is logged as an error and started again,
@@ -34,12 +39,22 @@ from collections.abc import Callable, Iterable
 from trio_proxsmtp.common.log import LOGGER_NAME
 from trio_proxsmtp.daemon import notify
 
-__all__ = ["STOP_SIGNALS", "Supervisor", "describe_exit", "set_parent_death_signal"]
+__all__ = [
+    "END_GRACE_SIGNAL",
+    "STOP_SIGNALS",
+    "Supervisor",
+    "describe_exit",
+    "set_parent_death_signal",
+]
 
 log = logging.getLogger(LOGGER_NAME)
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+# The supervisor's "a second stop signal came": to its workers only (see above).
+END_GRACE_SIGNAL = signal.SIGUSR2
 _WAITED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD})
+# Workers inherit it blocked, until their signal receiver takes it (signals.serve).
+_BLOCKED = _WAITED | {END_GRACE_SIGNAL}
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _MAX_WAIT = 5.0  # seconds; the loop also polls for exited workers at least this often
 
@@ -96,7 +111,7 @@ class Supervisor:
         self.stopping = False
 
     def run(self) -> int:
-        signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
         log.info("starting %d workers (supervisor pid %d)", self.count, os.getpid())
         for slot in range(self.count):
             self._start(slot)
@@ -124,9 +139,10 @@ class Supervisor:
                 self._due.clear()
                 for sock in self._sockets:
                     sock.close()
+                self._forward(signum)
             else:
-                log.info("received %s again: passing it on", name)
-            self._forward(signum)
+                self._forward(END_GRACE_SIGNAL)
+                log.info("received %s again: ending the workers' grace period", name)
         elif signum == signal.SIGHUP:
             if self._on_hup is not None and not self.stopping:
                 self._on_hup()

@@ -1,0 +1,203 @@
+"""/metrics over HTTP: the small HTTP/1.0 responder of MetricsListen (prometheus.py counts).
+
+One request per connection, GET or HEAD of /metrics, request line and headers of at most
+MAX_REQUEST bytes, the answer built by prometheus-client and the connection closed.  The
+rules against idle and dribbling scrapers (docs/behaviour.md, section 11.6):
+
+- A request must be read whole within REQUEST_TIMEOUT of the connection's start: the
+  deadline is on the whole request, so a byte a second does not extend it.  The answer
+  then has ANSWER_TIMEOUT to be written.
+- At most MAX_CONNECTIONS connections are held at once, so the listener never takes the
+  descriptors that mail needs (they fit in the spare of listeners.raise_fd_limit).  A
+  connection past that takes the place of the oldest one still sending its request, which
+  is closed: idle or slow connections cannot keep a real scrape out (a scraper sends its
+  request as soon as it connects, so it is the newest).  Only when every held connection
+  is being answered is the newcomer closed unanswered.
+
+The body is built synchronously in the event loop: about a millisecond even with many
+workers' files.  Nothing a scraper does, nor a failure to build the body (a `500`, logged),
+ends the serving task: it shares worker 0's event loop with mail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+
+import trio
+
+from trio_proxsmtp.common.log import LOGGER_NAME
+
+__all__ = [
+    "ANSWER_TIMEOUT",
+    "MAX_CONNECTIONS",
+    "MAX_REQUEST",
+    "REQUEST_TIMEOUT",
+    "MetricsResponder",
+    "handle_metrics_request",
+    "serve_metrics",
+]
+
+log = logging.getLogger(LOGGER_NAME)
+
+Exposition = Callable[[], tuple[bytes, str]]
+
+REQUEST_TIMEOUT = 3.0  # seconds from the connection's start to the end of its headers
+ANSWER_TIMEOUT = 10.0  # seconds to write the answer
+MAX_REQUEST = 8192  # bytes of request line and headers
+MAX_CONNECTIONS = 32  # connections held at once; a newcomer closes the oldest still reading
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+}
+_TEXT = "text/plain; charset=utf-8"
+
+
+def _response(status: int, body: bytes, content_type: str, head_only: bool) -> bytes:
+    head = (
+        f"HTTP/1.0 {status} {_REASONS[status]}\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("ascii")
+    return head if head_only else head + body
+
+
+def _complete(request: bytes) -> bool:
+    return b"\r\n\r\n" in request or b"\n\n" in request
+
+
+def _answer(request: bytes, exposition: Exposition) -> bytes:
+    if not _complete(request):  # _read_request stopped at MAX_REQUEST
+        return _response(400, b"request too large\n", "text/plain", False)
+    line = request.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
+    parts = line.split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+        return _response(400, b"bad request\n", _TEXT, False)
+    method, target = parts[0], parts[1]
+    if method not in (b"GET", b"HEAD"):
+        return _response(405, b"only GET and HEAD\n", _TEXT, False)
+    head_only = method == b"HEAD"
+    if target.split(b"?", 1)[0] != b"/metrics":
+        return _response(404, b"see /metrics\n", _TEXT, head_only)
+    try:
+        body, content_type = exposition()
+    except Exception:
+        log.exception("metrics: couldn't build the exposition")
+        return _response(500, b"metrics unavailable\n", _TEXT, head_only)
+    return _response(200, body, content_type, head_only)
+
+
+async def _read_request(stream: trio.abc.Stream, timeout: float) -> bytes | None:
+    """The request line and headers read within `timeout` (or what came before they passed
+    MAX_REQUEST); None when the client left or was too slow."""
+    request = b""
+    with trio.move_on_after(timeout):
+        while not _complete(request):
+            if len(request) > MAX_REQUEST:
+                return request
+            try:
+                data = await stream.receive_some(4096)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return None
+            if not data:
+                return None
+            request += data
+        return request
+    return None
+
+
+async def _send_answer(
+    stream: trio.abc.Stream, request: bytes, exposition: Exposition, timeout: float
+) -> None:
+    with (
+        trio.move_on_after(timeout),
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+    ):
+        await stream.send_all(_answer(request, exposition))
+
+
+async def handle_metrics_request(
+    stream: trio.abc.Stream,
+    exposition: Exposition,
+    timeout: float = REQUEST_TIMEOUT,
+    answer_timeout: float = ANSWER_TIMEOUT,
+) -> None:
+    """Answer one HTTP request on `stream` and close it; a slow or oversized one is dropped."""
+    async with stream:
+        request = await _read_request(stream, timeout)
+        if request is not None:
+            await _send_answer(stream, request, exposition, answer_timeout)
+
+
+class MetricsResponder:
+    """The connections of one MetricsListen: at most `limit` held, the oldest one still
+    reading its request closed to make room for a newcomer (see the module's docstring)."""
+
+    def __init__(
+        self,
+        exposition: Exposition,
+        *,
+        limit: int = MAX_CONNECTIONS,
+        request_timeout: float = REQUEST_TIMEOUT,
+        answer_timeout: float = ANSWER_TIMEOUT,
+    ) -> None:
+        self._exposition = exposition
+        self._limit = limit
+        self._request_timeout = request_timeout
+        self._answer_timeout = answer_timeout
+        self._reading: dict[trio.CancelScope, None] = {}  # oldest first
+        self._answering = 0
+        self.evicted = 0  # connections closed to make room for a newer one
+        self.refused = 0  # newcomers closed because every held one was being answered
+
+    @property
+    def held(self) -> int:
+        """Connections being read or answered (an evicted one is already closing)."""
+        return len(self._reading) + self._answering
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection and close it."""
+        async with stream:
+            if self.held >= self._limit:
+                if not self._reading:
+                    self.refused += 1
+                    return
+                oldest = next(iter(self._reading))
+                del self._reading[oldest]
+                oldest.cancel()
+                self.evicted += 1
+            request = None
+            with trio.CancelScope() as room:
+                self._reading[room] = None
+                try:
+                    request = await _read_request(stream, self._request_timeout)
+                finally:
+                    self._reading.pop(room, None)
+            if request is None:
+                return
+            self._answering += 1
+            try:
+                await _send_answer(stream, request, self._exposition, self._answer_timeout)
+            finally:
+                self._answering -= 1
+
+
+async def serve_metrics(
+    sockets: list[socket.socket],
+    exposition: Exposition,
+    *,
+    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve /metrics on the bound `sockets` until cancelled; started() gets their names."""
+    listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+    responder = MetricsResponder(exposition)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, responder.handle, listeners)
+        task_status.started([listener.socket.getsockname()[:2] for listener in listeners])
