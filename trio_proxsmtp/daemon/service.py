@@ -4,7 +4,8 @@ With `Workers: N` > 1 "serve" means: fork N workers that serve the bound sockets
 as their supervisor (workers.py); the pid file holds the supervisor's pid and is removed by
 it. With N = 1 the process serves itself, as proxsmtpd does.  Each serving process runs
 `signals.serve` under `trio.run`, adopts its filters' orphans (reaper.py) and reloads the
-config file on SIGHUP.
+config file on SIGHUP.  With MetricsListen, log lines dropped because the log could not
+keep up are counted (common/log_handlers.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 import trio
 
 from trio_proxsmtp.common.log import LOGGER_NAME
+from trio_proxsmtp.common.log_handlers import set_drop_counter
 from trio_proxsmtp.config.loader import load_config, load_config_with_warnings
 from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.daemon import notify, signals
@@ -51,7 +53,9 @@ def serve(
     reload: Callable[[], Config] = functools.partial(_reload, config_path)
     run = functools.partial(signals.serve, reload=reload)
     if metrics_sockets:
-        run = functools.partial(run, metrics=PrometheusMetrics(metrics_dir))
+        metrics = PrometheusMetrics(metrics_dir)
+        set_drop_counter(metrics.log_lines_dropped)
+        run = functools.partial(run, metrics=metrics)
         if worker is None or worker[0] == 0:
             run = functools.partial(run, metrics_sockets=metrics_sockets)
         else:
@@ -67,6 +71,7 @@ def serve(
         log.exception("fatal error")
         return 1
     finally:
+        set_drop_counter(None)
         if subreaper:
             reaper.disable_subreaper()
     return 0
