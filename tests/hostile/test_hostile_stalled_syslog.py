@@ -62,16 +62,29 @@ def receive_all(sock: socket.socket) -> list[bytes]:
     return records
 
 
+@pytest.fixture(autouse=True)
+def logging_as_it_was() -> Iterator[None]:
+    """Leave the package's logger as the test found it: its level (later tests read INFO
+    records with caplog), and no handler of ours on the test's sockets or pipes."""
+    logger = logging.getLogger(LOGGER_NAME)
+    level, before = logger.level, list(logger.handlers)
+    try:
+        yield
+    finally:
+        set_drop_counter(None)
+        for handler in list(logger.handlers):
+            if handler not in before:
+                logger.removeHandler(handler)
+                handler.close()
+        logger.setLevel(level)
+
+
 @pytest.fixture
 def drops() -> Iterator[list[int]]:
     """The drop counter's calls (as the metrics get them)."""
     counted: list[int] = []
     set_drop_counter(counted.append)
-    try:
-        yield counted
-    finally:
-        set_drop_counter(None)
-        setup_logging(1)  # leave no handler on the test's sockets or pipes
+    yield counted
 
 
 # -- the handlers ------------------------------------------------------------------------
@@ -136,7 +149,6 @@ def test_a_full_stderr_pipe_drops_counts_and_says_so_when_it_recovers(
         assert texts == [f"dropped {100 - kept} log lines: stderr was full", "after"]
     finally:
         monkeypatch.undo()
-        setup_logging(1)
         for close in (stream.close, lambda: os.close(read)):
             with contextlib.suppress(OSError):
                 close()
@@ -146,15 +158,11 @@ def test_dropped_lines_are_counted_in_the_metrics(tmp_path: Path) -> None:
     metrics = PrometheusMetrics()
     set_drop_counter(metrics.log_lines_dropped)
     path = str(tmp_path / "log")
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog:
-            syslog.bind(path)
-            setup_logging(None, syslog_address=path)
-            bounded(lambda: [log.warning("line %d", n) for n in range(40)], syslog.close)
-            dropped = 40 - len(receive_all(syslog))
-    finally:
-        set_drop_counter(None)
-        setup_logging(1)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog:
+        syslog.bind(path)
+        setup_logging(None, syslog_address=path)
+        bounded(lambda: [log.warning("line %d", n) for n in range(40)], syslog.close)
+        dropped = 40 - len(receive_all(syslog))
     body = metrics.exposition()[0].decode()
     assert f"proxsmtpd_log_lines_dropped_total {float(dropped)}" in body.splitlines()
     assert dropped > 0
