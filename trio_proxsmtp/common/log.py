@@ -17,18 +17,23 @@ variable PROXSMTPD_SYSLOG_SOCKET): without one ``setup_logging`` raises
 LoggingUnavailable and the daemon refuses to start (its stderr is /dev/null once detached,
 so "logging to stderr" would lose every line). Run with ``-d LEVEL`` under a supervisor to
 log to stderr instead.
+
+Neither destination ever blocks the process (log_handlers.py, docs/behaviour.md §9.4): a
+record that the syslog socket or stderr cannot take at once is dropped and counted, and the
+log says so when it takes records again.
 """
 
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import socket
 import sys
 import time
 from collections.abc import Iterator, MutableMapping
 from typing import Any
+
+from trio_proxsmtp.common.log_handlers import StderrHandler, SyslogHandler, stderr_outlet
 
 LOGGER_NAME = "trio_proxsmtp"
 SYSLOG_IDENT = "proxsmtpd"
@@ -89,7 +94,12 @@ class _TimestampFormatter(logging.Formatter):
 
 
 def _stderr_handler() -> logging.Handler:
-    handler = logging.StreamHandler(sys.stderr)
+    outlet = stderr_outlet(sys.stderr)
+    handler: logging.Handler
+    if outlet is None:  # no descriptor (a test's captured stderr): written as it is
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        handler = StderrHandler(outlet, getattr(sys.stderr, "encoding", None))
     handler.setFormatter(_TimestampFormatter())
     return handler
 
@@ -97,7 +107,7 @@ def _stderr_handler() -> logging.Handler:
 def _syslog_unavailable(path: str) -> str | None:
     """Why nobody listens on the syslog socket, or None if someone does.
 
-    SysLogHandler swallows the connect error and retries on every record, so we ask first.
+    The handler retries the connection after a failed send, quietly, so we ask first.
     """
     reason = "unknown error"
     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
@@ -133,9 +143,7 @@ def setup_logging(debug_level: int | None, *, syslog_address: str | None = None)
             f"{SYSLOG_SOCKET_ENV} to its socket, or run in the foreground with -d LEVEL "
             "to log to stderr"
         )
-    syslog = logging.handlers.SysLogHandler(
-        syslog_address, facility=logging.handlers.SysLogHandler.LOG_MAIL
-    )
+    syslog = SyslogHandler(syslog_address)
     # The pid is the process's at the time of the record: the daemon and each worker
     # are forked after this call.
     syslog.setFormatter(logging.Formatter(f"{SYSLOG_IDENT}[%(process)d]: %(message)s"))

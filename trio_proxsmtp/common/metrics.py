@@ -57,6 +57,10 @@ class Metrics:
     def tls_started(self, side: str) -> None:
         """A TLS handshake with "client" or "upstream" completed."""
 
+    def log_lines_dropped(self, count: int) -> None:
+        """`count` log lines were dropped: the syslog socket or stderr was full (the log
+        handlers call it, through common/log_handlers.py `set_drop_counter`)."""
+
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
         """connection_opened ... connection_closed around a block."""

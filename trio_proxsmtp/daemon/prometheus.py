@@ -24,6 +24,8 @@ Metric names (all start with ``proxsmtpd_``):
     bytes_received_total{peer}               bytes read from "client" / "upstream"
     bytes_sent_total{peer}                   bytes written to "client" / "upstream"
     tls_sessions_total{side}                 TLS handshakes done with "client" / "upstream"
+    log_lines_dropped_total                  log lines dropped: the syslog socket or stderr
+                                             was full (docs/behaviour.md §9.4)
 
 Several workers (`Workers: N`): every worker records into files of prometheus-client's
 multi-process mode, in a directory that the supervisor makes before it forks the workers
@@ -203,6 +205,11 @@ class PrometheusMetrics(Metrics):
         self._tls = Counter(
             name("tls_sessions"), "TLS handshakes completed, by side", ["side"], registry=registry
         )
+        self._log_dropped = Counter(
+            name("log_lines_dropped"),
+            "Log lines dropped because the syslog socket or stderr was full",
+            registry=registry,
+        )
         # Label lookups cost more than the increments: keep the children.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
@@ -247,6 +254,9 @@ class PrometheusMetrics(Metrics):
 
     def tls_started(self, side: str) -> None:
         self._child(self._tls, side).inc()
+
+    def log_lines_dropped(self, count: int) -> None:
+        self._log_dropped.inc(count)
 
     def exposition(self) -> tuple[bytes, str]:
         if self._registry is not None:

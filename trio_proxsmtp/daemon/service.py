@@ -4,7 +4,10 @@ With `Workers: N` > 1 "serve" means: fork N workers that serve the bound sockets
 as their supervisor (workers.py); the pid file holds the supervisor's pid and is removed by
 it. With N = 1 the process serves itself, as proxsmtpd does.  Each serving process runs
 `signals.serve` under `trio.run`, adopts its filters' orphans (reaper.py) and reloads the
-config file on SIGHUP.
+config file on SIGHUP.  With MetricsListen, log lines dropped because the log could not
+keep up are counted (common/log_handlers.py).  The supervisor cleans up after a worker
+that died: its filters are killed (workers.py) and its named files in TempDirectory
+removed (spool.py `sweep_files`), docs/behaviour.md §11.7.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Callable
 import trio
 
 from trio_proxsmtp.common.log import LOGGER_NAME
+from trio_proxsmtp.common.log_handlers import set_drop_counter
 from trio_proxsmtp.config.loader import load_config, load_config_with_warnings
 from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.daemon import notify, signals
@@ -24,7 +28,7 @@ from trio_proxsmtp.daemon.listeners import remove_unix_socket_files, unix_socket
 from trio_proxsmtp.daemon.prometheus import MultiprocessDirectory, PrometheusMetrics
 from trio_proxsmtp.daemon.reload import applicable_reload
 from trio_proxsmtp.daemon.workers import Supervisor
-from trio_proxsmtp.stages import reaper
+from trio_proxsmtp.stages import reaper, spool
 
 __all__ = ["serve", "supervise"]
 
@@ -51,7 +55,9 @@ def serve(
     reload: Callable[[], Config] = functools.partial(_reload, config_path)
     run = functools.partial(signals.serve, reload=reload)
     if metrics_sockets:
-        run = functools.partial(run, metrics=PrometheusMetrics(metrics_dir))
+        metrics = PrometheusMetrics(metrics_dir)
+        set_drop_counter(metrics.log_lines_dropped)
+        run = functools.partial(run, metrics=metrics)
         if worker is None or worker[0] == 0:
             run = functools.partial(run, metrics_sockets=metrics_sockets)
         else:
@@ -67,6 +73,7 @@ def serve(
         log.exception("fatal error")
         return 1
     finally:
+        set_drop_counter(None)
         if subreaper:
             reaper.disable_subreaper()
     return 0
@@ -86,6 +93,8 @@ def supervise(
     current = config
     unix_paths = unix_socket_files(sockets)
     directory = MultiprocessDirectory() if metrics_sockets else None
+    # Every TempDirectory a worker may have used: a reload may change it.
+    temp_directories = {config.temp_directory}
 
     def work(index: int) -> int:
         notify.forget()  # the supervisor speaks for the service
@@ -109,11 +118,21 @@ def supervise(
             return
         applied = applicable_reload(current, new, count)[0]
         current = applied or current
+        temp_directories.add(current.temp_directory)
         notify.ready(
             f"{count} workers; reloaded {config_path}"
             if applied is not None
             else notify.NOT_RELOADED
         )
+
+    def on_worker_exit(pid: int) -> None:
+        # Called before the worker's zombie is reaped, so no other process has its pid,
+        # which names its files; its filters are dead by now (workers.py).
+        for temp in sorted(temp_directories):
+            for path in spool.sweep_files(temp, pid):
+                log.warning("removed %s, left behind by worker pid %d", path, pid)
+        if directory is not None:
+            directory.worker_died(pid)
 
     try:
         notify.ready(f"{count} workers listening on {config.listen}")
@@ -122,7 +141,7 @@ def supervise(
             work,
             sockets=sockets,
             on_hup=on_hup,
-            on_worker_exit=directory.worker_died if directory is not None else None,
+            on_worker_exit=on_worker_exit,
         ).run()
     finally:
         remove_unix_socket_files(unix_paths)

@@ -20,8 +20,13 @@ SIGTERM/SIGINT/SIGHUP since before bind, so it simply waits for them (and SIGCHL
   at most once per `restart_interval` per slot, so a crash loop cannot spin.
 - A worker gets SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), so a SIGKILLed
   supervisor leaves no worker behind.
-- `on_worker_exit(pid)` is called for every worker reaped (metrics.MultiprocessDirectory
-  drops the dead worker's share of the live gauges there).
+- The supervisor is a child subreaper: when a worker dies, its filters and what it had
+  adopted are re-parented to us, and are killed and reaped before the worker is
+  (reaper.kill_adopted; docs/behaviour.md §11.7).
+- `on_worker_exit(pid)` is called for every worker that exited, after its filters are
+  killed and before its zombie is reaped, so that no other process has its pid meanwhile
+  (service.py removes its spool files, metrics.MultiprocessDirectory drops its share of
+  the live gauges).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from collections.abc import Callable, Iterable
 
 from trio_proxsmtp.common.log import LOGGER_NAME
 from trio_proxsmtp.daemon import notify
+from trio_proxsmtp.stages import reaper
 
 __all__ = [
     "END_GRACE_SIGNAL",
@@ -113,6 +119,7 @@ class Supervisor:
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
         log.info("starting %d workers (supervisor pid %d)", self.count, os.getpid())
+        reaper.enable_subreaper()  # a dead worker's filters come to us (_reap)
         for slot in range(self.count):
             self._start(slot)
         while self.pids or (self._due and not self.stopping):
@@ -156,16 +163,25 @@ class Supervisor:
     def _reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                # WNOWAIT: clean up while the zombie still holds the pid (it names the
+                # worker's files), then reap it.
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
-            if pid == 0:
+            if info is None or info.si_pid == 0:
                 return
+            pid = info.si_pid
+            # A dead worker's filters, or an adopted orphan's children, are ours now.
+            reaper.kill_adopted(self.pids)
+            if pid in self.pids and self._on_worker_exit is not None:
+                self._on_worker_exit(pid)
+            try:
+                _, status = os.waitpid(pid, 0)
+            except ChildProcessError:  # an orphan, reaped by kill_adopted
+                continue
             slot = self.pids.pop(pid, None)
             if slot is None:
                 continue
-            if self._on_worker_exit is not None:
-                self._on_worker_exit(pid)
             what = describe_exit(status)
             if self.stopping:
                 log.debug("worker %d of %d (pid %d) %s", slot + 1, self.count, pid, what)

@@ -28,7 +28,11 @@ What remains without cgroups (documented in the README):
 * a process handed to another service (``systemd-run``, ``at``, ``ssh``) is not ours;
 * if the proxy itself is killed with SIGKILL, its adopted orphans go to init.
 
-Without `enable_subreaper` (not Linux, or a test) `sweep` does nothing.
+With Workers the supervisor is a subreaper too: a worker that dies leaves its filters (and
+what it had adopted) to the supervisor, which kills all of them (`kill_adopted`: every
+child of the supervisor is a worker or such an orphan), docs/behaviour.md §11.7.
+
+Without `enable_subreaper` (not Linux, or a test) `sweep` and `kill_adopted` do nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Container
 
 import attrs
 import trio
@@ -359,3 +364,35 @@ async def sweep_forever(interval: float = 5.0) -> None:
     while True:
         await trio.sleep(interval)
         await sweep_adopted()
+
+
+def kill_adopted(keep: Container[int], deadline: float = SWEEP_DEADLINE) -> list[int]:
+    """Kill and reap every child of ours but `keep` (the supervisor's workers).
+
+    Synchronous (the supervisor runs no Trio) and bounded by `deadline` seconds: each pass
+    SIGKILLs the children not in `keep` and reaps the dead; a killed filter's own children
+    come to us when it dies, so the passes go on until one finds nothing. Returns the pids
+    killed.
+    """
+    if not _enabled:
+        return []
+    me, end, killed = os.getpid(), time.monotonic() + deadline, set[int]()
+    while True:
+        found = False
+        for pid, proc in _scan().items():
+            if proc.ppid != me or pid in keep:
+                continue
+            found = True
+            if proc.state == "Z":
+                _reap(pid)
+            elif pid not in killed:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                log.warning("killed pid %d left behind by a dead worker", pid)
+                killed.add(pid)
+        if not found:
+            return sorted(killed)
+        if time.monotonic() > end:
+            log.warning("processes left by a dead worker still running after the sweep")
+            return sorted(killed)
+        time.sleep(_POLL)

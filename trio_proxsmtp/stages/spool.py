@@ -10,6 +10,11 @@ itself. The buffers are large (256 KiB) so a message costs few system calls.
 
 The file is read back by *name*, not through the write handle, because a file-mode filter may
 have edited it in place or replaced it with ``mv`` (docs/behaviour.md §6.2).
+
+Every named file a process makes in TempDirectory carries the process's pid
+(``proxsmtpd.PID_XXXXXXXX``, `named_prefix`), so that the supervisor of Workers can remove
+the files of a worker that died (`sweep_files`, docs/behaviour.md §11.7): a client's
+message that was never delivered must not stay on the disk for good.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import errno
 import io
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from types import TracebackType
@@ -31,7 +37,7 @@ _O_TMPFILE: int = getattr(os, "O_TMPFILE", 0)
 
 
 class Spool:
-    """One temp file ``<directory>/proxsmtpd.XXXXXX`` (mode 0600, close-on-exec).
+    """One temp file ``<directory>/proxsmtpd.PID_XXXXXXXX`` (mode 0600, close-on-exec).
 
     It is written and read back through the one descriptor ``mkstemp`` opened (``pread``,
     no second open), until ``lend()`` hands it to a file-mode filter: from then on it is
@@ -203,6 +209,51 @@ class Spool:
         self.close()
 
 
+SPOOL_KIND = "proxsmtpd."
+RECIPIENTS_KIND = "proxsmtpd-rcpt."  # the filter's RECIPIENTS_FILE (stages/filter/environment.py)
+_KINDS = (SPOOL_KIND, RECIPIENTS_KIND)
+
+
+def named_prefix(kind: str = SPOOL_KIND, pid: int | None = None) -> str:
+    """``proxsmtpd.PID_``: the start of the names of this process's (or `pid`'s) files.
+
+    The pid ends at the ``_``, so pid 12's prefix is not the start of pid 123's names, and
+    the name stays word characters after ``proxsmtpd.``, as before.
+    """
+    return f"{kind}{os.getpid() if pid is None else pid}_"
+
+
 def _named_file(directory: str) -> tuple[int, str]:
-    """``proxsmtpd.XXXXXX``: mkstemp opens it O_RDWR|O_EXCL, mode 0600, not inheritable."""
-    return tempfile.mkstemp(prefix="proxsmtpd.", dir=directory)
+    """``proxsmtpd.PID_XXXXXXXX``: mkstemp opens it O_RDWR|O_EXCL, mode 0600, not inheritable."""
+    return tempfile.mkstemp(prefix=named_prefix(), dir=directory)
+
+
+def sweep_files(directory: str, pid: int) -> list[str]:
+    """Remove the named files that process `pid` (a dead worker) left in `directory`.
+
+    Only regular files of ours (our uid) are removed, never followed through a link; the
+    caller makes sure no live process has `pid` (the supervisor calls it before it reaps
+    the worker's zombie).  Returns the paths removed; never raises.
+    """
+    prefixes = tuple(named_prefix(kind, pid) for kind in _KINDS)
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError as exc:
+        log.warning("couldn't look for spool files left in %s: %s", directory, exc)
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(prefixes):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                continue
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("couldn't remove spool file %s: %s", entry.path, exc)
+            continue
+        removed.append(entry.path)
+    return removed

@@ -8,6 +8,8 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 
+from trio_proxsmtp.stages.spool import RECIPIENTS_KIND, named_prefix
+
 __all__ = [
     "RECIPIENTS_ENV_LIMIT",
     "filter_environment",
@@ -66,7 +68,7 @@ def move_recipients_to_file(env: dict[str, str], directory: str) -> str | None:
     data = recipients.encode("utf-8", "surrogateescape")
     if len(data) <= RECIPIENTS_ENV_LIMIT:
         return None
-    fd, path = tempfile.mkstemp(prefix="proxsmtpd-rcpt.", dir=directory)
+    fd, path = tempfile.mkstemp(prefix=named_prefix(RECIPIENTS_KIND), dir=directory)
     try:
         with open(fd, "wb", closefd=True) as f:
             f.write(data + b"\n")
