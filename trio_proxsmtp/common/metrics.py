@@ -45,6 +45,10 @@ class Metrics:
     def filter_failed(self, reason: str) -> None:
         """The filter failed: "error" (crashed, killed) or "timeout" (FilterTimeout)."""
 
+    def left_after_commit(self) -> None:
+        """The client left after its message's final "." went to the next server, before
+        it heard the reply: the duplicate window (docs/behaviour.md §8.1)."""
+
     def upstream_round_trip(self, seconds: float) -> None:
         """The next server took this long to answer one command."""
 

@@ -23,6 +23,7 @@ from trio_proxsmtp.stages.settings import FilterType, direct_argv
 __all__ = [
     "check_filter_program",
     "check_listen_tls",
+    "check_message_timeout",
     "check_temp_directory",
     "out_tls_context",
     "server_tls_context",
@@ -141,6 +142,33 @@ def _access_as(directory: str, uid: int, gid: int) -> bool | None:
         return None
     code = os.waitstatus_to_exitcode(status)
     return code == 0 if code in (0, 1) else None
+
+
+def check_message_timeout(config: Config) -> list[str]:
+    """Warn when the waits after the client's final "." can add up past MessageTimeOut:
+    FilterTimeout (with a FilterCommand that runs), each milter's MilterContentTimeout
+    and ReplyTimeOut.  MessageTimeOut still holds (451 4.4.2 when it passes), so such a
+    stage may be cut before its own timeout (docs/behaviour.md §8.1).  Without a filter
+    or milters only the next server's replies follow the final "." (no warning)."""
+    parts: list[str] = []
+    total = 0.0
+    if config.filter_command and config.filter_type is not FilterType.REJECT:
+        parts.append(f"FilterTimeout {config.filter_timeout:g}")
+        total += config.filter_timeout
+    if config.milters:
+        count = len(config.milters)
+        each = f" x {count}" if count > 1 else ""
+        parts.append(f"MilterContentTimeout {config.milter_content_timeout:g}{each}")
+        total += config.milter_content_timeout * count
+    if not parts or total + config.reply_timeout <= config.message_timeout:
+        return []
+    parts.append(f"ReplyTimeOut {config.reply_timeout:g}")
+    total += config.reply_timeout
+    return [
+        f"{' + '.join(parts)} = {total:g} s exceeds MessageTimeOut {config.message_timeout:g}: "
+        "a message slower than MessageTimeOut gets 451 before those timeouts pass; keep "
+        "MessageTimeOut below the client's own (Postfix's smtpd_proxy_timeout, 100 s)"
+    ]
 
 
 def check_filter_program(config: Config, line: int | None = None) -> list[str]:

@@ -40,6 +40,7 @@ import attrs
 from trio_proxsmtp.config.checks import (
     check_filter_program,
     check_listen_tls,
+    check_message_timeout,
     check_temp_directory,
     out_tls_context,
     server_tls_context,
@@ -108,6 +109,7 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
         warnings.append("ProxyProtocolFrom is ignored while ProxyProtocol is off")
     warnings.extend(check_temp_directory(config, lines.get("temp_directory")))
     warnings.extend(check_filter_program(config, lines.get("filter_command")))
+    warnings.extend(check_message_timeout(config))
     per_client = config.max_connections_per_client
     if per_client and per_client >= config.max_connections:
         warnings.append(

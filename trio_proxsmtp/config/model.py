@@ -117,6 +117,10 @@ class Config:
     min_data_rate: int = 500  # bytes/s a client must keep up in DATA/BDAT; 0: off
     session_timeout: float = 3600.0  # a whole session; 0: none
     stress_timeout: float = 10.0  # client waits under stress (see STRESS_FRACTION); 0: off
+    # From the client's final dot to its reply (filter, milters, replay): below Postfix's
+    # smtpd_proxy_timeout of 100 s, so the proxy answers 451 before Postfix gives up
+    # (docs/behaviour.md §8.1).
+    message_timeout: float = 90.0
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
 
     @property

@@ -284,5 +284,6 @@ OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("MinDataRate", "min_data_rate", lambda v: _integer(v, 0)),
         ("SessionTimeOut", "session_timeout", _seconds_or_zero),
         ("StressTimeOut", "stress_timeout", _seconds_or_zero),
+        ("MessageTimeOut", "message_timeout", _seconds_positive),
     ]
 }

@@ -92,6 +92,7 @@ def transaction_settings(config: Config) -> TransactionSettings:
         filter=filter_spec(config),
         filter_type=config.filter_type,
         header=config.header,
+        message_timeout=config.message_timeout,
     )
 
 

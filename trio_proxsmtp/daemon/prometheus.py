@@ -19,6 +19,9 @@ Metric names (all start with ``proxsmtpd_``):
     message_size_bytes                       histogram of message sizes as received
     filter_duration_seconds                  histogram of filter run times
     filter_failures_total{reason}            "error" (crash, signal) or "timeout"
+    left_after_commit_total                  clients that left after their message's final
+                                             "." went to the next server, before its reply
+                                             (a duplicate may come: docs/behaviour.md §8.1)
     upstream_round_trip_seconds              histogram: a command to the next server and
                                              its reply
     bytes_received_total{peer}               bytes read from "client" / "upstream"
@@ -190,6 +193,11 @@ class PrometheusMetrics(Metrics):
             ["reason"],
             registry=registry,
         )
+        self._left_after_commit = Counter(
+            name("left_after_commit"),
+            "Clients that left after their message went to the next server, before its reply",
+            registry=registry,
+        )
         self._round_trip = Histogram(
             name("upstream_round_trip_seconds"),
             "Time from a command to the next server until its reply",
@@ -242,6 +250,9 @@ class PrometheusMetrics(Metrics):
 
     def filter_failed(self, reason: str) -> None:
         self._child(self._filter_failures, reason).inc()
+
+    def left_after_commit(self) -> None:
+        self._left_after_commit.inc()
 
     def upstream_round_trip(self, seconds: float) -> None:
         self._round_trip.observe(seconds)

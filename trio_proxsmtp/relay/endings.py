@@ -18,9 +18,11 @@ from trio_proxsmtp.protocol.smtp.replies import Reply
 __all__ = [
     "CLIENT_TIMEOUT",
     "INTERNAL_ERROR",
+    "MESSAGE_TIMEOUT",
     "SHUTTING_DOWN",
     "Closing",
     "Ending",
+    "MessageTimedOut",
     "upstream_unavailable",
 ]
 
@@ -28,6 +30,8 @@ __all__ = [
 CLIENT_TIMEOUT = Reply.single(421, "4.4.2 smtp.passthru Error: timeout exceeded")
 SHUTTING_DOWN = Reply.single(421, "4.3.2 Service shutting down")
 INTERNAL_ERROR = Reply.single(421, "4.3.0 Local Error")
+# MessageTimeOut passed before the replay's final "." went out (docs/behaviour.md §8.1).
+MESSAGE_TIMEOUT = Reply.single(451, "4.4.2 smtp.passthru Error: message timeout exceeded")
 
 
 def upstream_unavailable(reason: str, status: str = "4.4.1") -> Reply:
@@ -48,3 +52,17 @@ class Closing(Ending, ProxyError):
     """The session ends normally (QUIT answered): nobody's fault, nothing more to say."""
 
     level = None
+
+
+class MessageTimedOut(Ending, ProxyError):
+    """MessageTimeOut passed between the client's final "." and the replay's: the stage
+    under way (filter, milters, the next server's DATA or the replay) is cancelled, the
+    client's final "." gets 451 4.4.2 and the connection closes, so nothing is delivered
+    (docs/behaviour.md §8.1).  The slow stage may be ours or a peer's: neither branch."""
+
+    level = logging.WARNING
+    log_format = "MessageTimeOut exceeded: %s"
+    ended = "message timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, MESSAGE_TIMEOUT)

@@ -152,7 +152,12 @@ class Performer:
                 timed = action.purpose is Purpose.DATA
                 started = trio.current_time() if timed else 0.0
                 if watching:
-                    async with self.client.watch(self.transaction.left):
+                    # (Our DATA, a replayed envelope: under MessageTimeOut.)
+                    with self.transaction.deadline.stage("the next server's reply"):
+                        async with self.client.watch(self.transaction.left):
+                            reply = await self.upstream.command(Outgoing(action.line, trace))
+                elif self.session.in_message:
+                    with self.transaction.deadline.stage("the next server's reply"):
                         reply = await self.upstream.command(Outgoing(action.line, trace))
                 else:
                     reply = await self.upstream.command(Outgoing(action.line, trace))
@@ -168,11 +173,15 @@ class Performer:
                     after = await self.transaction.receive(action)
             elif isinstance(action, SendMessage):
                 started = trio.current_time()
-                reply = await self.transaction.replay(action)
+                with self.transaction.deadline.stage("the replay"):
+                    reply = await self.transaction.replay(action)
                 seconds = trio.current_time() - started
                 after = self.session.handle(UpstreamReply(reply, seconds=seconds))
             elif isinstance(action, RunFilter):
-                after = await self.transaction.filter()
+                # Each stage from the client's final "." to its reply runs under
+                # MessageTimeOut (relay/message_deadline.py, docs/behaviour.md §8.1).
+                with self.transaction.deadline.stage("the filter"):
+                    after = await self.transaction.filter()
             elif isinstance(action, ReceiveChunk):
                 after = await self.transaction.receive_chunk(action)
             elif isinstance(action, StartUpstreamTLS):
@@ -186,7 +195,8 @@ class Performer:
                 continue
             elif isinstance(action, RunMilters):
                 assert self.milters is not None
-                after = await self.transaction.run_milters(self.milters)
+                with self.transaction.deadline.stage("the milters"):
+                    after = await self.transaction.run_milters(self.milters)
             elif isinstance(action, SkipBytes):
                 await self.client.skip(action)
                 continue

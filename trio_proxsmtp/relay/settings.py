@@ -75,6 +75,7 @@ class TransactionSettings:
     filter: FilterSpec | None = None  # FilterCommand and its options; None: no filter
     filter_type: FilterType = FilterType.PIPE  # FilterType (FILE: the spool has a name)
     header: str | None = None  # Header: the template, None when unset
+    message_timeout: float = 90.0  # MessageTimeOut: from the client's final dot to its reply
 
 
 @attrs.frozen

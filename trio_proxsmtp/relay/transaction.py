@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import math
 
 import trio
 
@@ -39,6 +40,7 @@ from trio_proxsmtp.protocol.smtp.bdat import BdatSender
 from trio_proxsmtp.protocol.smtp.data import DataSender
 from trio_proxsmtp.protocol.smtp.replies import LOCAL_ERROR, Reply, reply_from_text
 from trio_proxsmtp.relay.client_channel import ClientChannel, ClientGone
+from trio_proxsmtp.relay.message_deadline import MessageDeadline
 from trio_proxsmtp.relay.settings import TransactionSettings
 from trio_proxsmtp.relay.upstream import Outgoing, Upstream
 from trio_proxsmtp.stages.filter.environment import filter_environment
@@ -83,6 +85,7 @@ class Transaction:
         # message cut short had run (docs/behaviour.md §9.2).
         self.message_started: float | None = None
         self.left_at: float | None = None  # when the watcher saw the client leave
+        self.deadline = MessageDeadline(settings.message_timeout)  # MessageTimeOut
 
     def close(self) -> None:
         """Remove the spool files (idempotent)."""
@@ -93,6 +96,7 @@ class Transaction:
         self.edited = None
         self.chunked, self.chunk_error, self.chunks_started = 0, None, None
         self.message_started = None
+        self.deadline.at = math.inf
 
     def elapsed(self) -> float:
         """For a message cut short: the seconds it ran, from its start to its client
@@ -148,7 +152,9 @@ class Transaction:
         started = self.message_started = trio.current_time()
         async with self.upstream.keepalives():
             size = await self.client.read_message(action, spool)
-        seconds = trio.current_time() - started
+        now = trio.current_time()
+        seconds = now - started
+        self.deadline.start(now)
         if error is None and self.spool is not None:
             try:
                 self.spool.finish()
@@ -186,11 +192,13 @@ class Transaction:
         async with self.upstream.keepalives():
             await self.client.read_chunk(action, spool)
         # The message's receive time: from its first chunk to the end of this one.
-        seconds = trio.current_time() - self.chunks_started
+        now = trio.current_time()
+        seconds = now - self.chunks_started
         if not action.last:
             return self.session.handle(
                 ChunkReceived(action.size, False, self.chunked, seconds=seconds)
             )
+        self.deadline.start(now)
         if self.chunk_error is None and self.spool is not None:
             try:
                 self.spool.finish()
@@ -322,7 +330,7 @@ class Transaction:
             # The final "." commits the message: not if its client has left meanwhile.
             if self.client.has_left():
                 raise ClientGone("closed the connection before its message was answered")
-        return await self.upstream.command(Outgoing(data, f". ({sent + len(data)} bytes sent)"))
+        return await self._commit(Outgoing(data, f". ({sent + len(data)} bytes sent)"))
 
     async def _replay_bdat(self, message: Spool | EditedMessage) -> Reply:
         """The message as BDAT chunks (RFC 3030): no stuffing; each chunk but the LAST is
@@ -350,7 +358,28 @@ class Transaction:
             # The LAST chunk commits the message: not if its client has left meanwhile.
             if self.client.has_left():
                 raise ClientGone("closed the connection before its message was answered")
-        return await self.upstream.command(Outgoing(last, frame_trace(last)))
+        return await self._commit(Outgoing(last, frame_trace(last)))
+
+    async def _commit(self, item: Outgoing) -> Reply:
+        """The replay's last exchange: its "." (or LAST chunk) commits the message, so
+        MessageTimeOut no longer applies (relay/message_deadline.py).  A client that
+        leaves before the reply is the duplicate window: logged and counted, the reply
+        still relayed (docs/behaviour.md §8.1)."""
+        self.deadline.lift()
+        if self.client.peekable:
+            reply = await self.upstream.command(item)
+            if self.client.has_left():  # (one peek a message)
+                self._left_after_commit()
+            return reply
+        async with self.client.watch(self._left_after_commit):
+            return await self.upstream.command(item)
+
+    def _left_after_commit(self) -> None:
+        self.log.warning(
+            "client disconnected after its message went to the next server: "
+            "it may send it again (a duplicate)"
+        )
+        self.metrics.left_after_commit()
 
     def _header_inserter(self) -> HeaderInserter | None:
         if not self.settings.header:
