@@ -198,8 +198,13 @@ def write_conf(tmp_path: Path, extra: str) -> str:
             "ReplyTimeOut: 60\nMessageTimeOut: 80",
             "MilterContentTimeout 20 x 2 + ReplyTimeOut 60 = 100 s exceeds MessageTimeOut 80",
         ),
-        # The defaults with a filter: 30 + 180 past 90.
-        ("FilterCommand: cat", "FilterTimeout 30 + ReplyTimeOut 180 = 210 s exceeds"),
+        # A MessageTimeOut set in the file meets every stage's limit, defaults included.
+        (
+            "FilterCommand: cat\nMessageTimeOut: 60",
+            "FilterTimeout 30 + ReplyTimeOut 180 = 210 s exceeds MessageTimeOut 60",
+        ),
+        # A limit set in the file that MessageTimeOut (default) would cut.
+        ("FilterCommand: cat\nFilterTimeout: 120", "FilterTimeout 120 = 120 s exceeds"),
     ],
 )
 def test_check_warns_when_the_chain_exceeds_message_timeout(
@@ -219,6 +224,9 @@ def test_check_warns_when_the_chain_exceeds_message_timeout(
     [
         "FilterCommand: cat\nFilterTimeout: 30\nReplyTimeOut: 60\nMessageTimeOut: 90",  # 90
         "FilterCommand: cat\nMessageTimeOut: 250",
+        # The defaults alone (30 + 180 past 90): MessageTimeOut is their bound, no nag.
+        "FilterCommand: cat",
+        "FilterCommand: cat\nFilterTimeout: 5",
         # No filter, no milters: only the next server's replies follow the final ".".
         "MessageTimeOut: 10",
     ],

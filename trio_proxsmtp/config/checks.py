@@ -13,6 +13,7 @@ import pwd
 import shutil
 import ssl
 import stat
+from collections.abc import Collection
 
 from trio_proxsmtp.common.address import AddressKind
 from trio_proxsmtp.common.tls import TLSError, server_context, system_ca_available, upstream_context
@@ -144,30 +145,37 @@ def _access_as(directory: str, uid: int, gid: int) -> bool | None:
     return code == 0 if code in (0, 1) else None
 
 
-def check_message_timeout(config: Config) -> list[str]:
+def check_message_timeout(config: Config, lines: Collection[str] = ()) -> list[str]:
     """Warn when the waits after the client's final "." can add up past MessageTimeOut:
-    FilterTimeout (with a FilterCommand that runs), each milter's MilterContentTimeout
-    and ReplyTimeOut.  MessageTimeOut still holds (451 4.4.2 when it passes), so such a
-    stage may be cut before its own timeout (docs/behaviour.md §8.1).  Without a filter
-    or milters only the next server's replies follow the final "." (no warning)."""
-    parts: list[str] = []
-    total = 0.0
+    FilterTimeout (with a FilterCommand that runs), MilterContentTimeout for each milter
+    and ReplyTimeOut.  MessageTimeOut still holds (451 4.4.2), so such a stage may be cut
+    before its own limit (docs/behaviour.md §8.1).  `lines`: the fields the file sets.
+    The chain the file configures is checked: the stages' limits it sets, or all of them
+    when it sets MessageTimeOut; the defaults alone never warn (MessageTimeOut bounds
+    them), and without a filter or milters only the next server's replies follow."""
+    stages: list[tuple[str, str, float]] = []  # (field, how it is shown, seconds)
     if config.filter_command and config.filter_type is not FilterType.REJECT:
-        parts.append(f"FilterTimeout {config.filter_timeout:g}")
-        total += config.filter_timeout
+        stages.append(
+            ("filter_timeout", f"FilterTimeout {config.filter_timeout:g}", config.filter_timeout)
+        )
     if config.milters:
         count = len(config.milters)
         each = f" x {count}" if count > 1 else ""
-        parts.append(f"MilterContentTimeout {config.milter_content_timeout:g}{each}")
-        total += config.milter_content_timeout * count
-    if not parts or total + config.reply_timeout <= config.message_timeout:
+        shown = f"MilterContentTimeout {config.milter_content_timeout:g}{each}"
+        stages.append(("milter_content_timeout", shown, config.milter_content_timeout * count))
+    if not stages:
         return []
-    parts.append(f"ReplyTimeOut {config.reply_timeout:g}")
-    total += config.reply_timeout
+    stages.append(("reply_timeout", f"ReplyTimeOut {config.reply_timeout:g}", config.reply_timeout))
+    every = "message_timeout" in lines
+    chain = [(shown, seconds) for field, shown, seconds in stages if every or field in lines]
+    total = sum(seconds for _, seconds in chain)
+    if not chain or total <= config.message_timeout:
+        return []
     return [
-        f"{' + '.join(parts)} = {total:g} s exceeds MessageTimeOut {config.message_timeout:g}: "
-        "a message slower than MessageTimeOut gets 451 before those timeouts pass; keep "
-        "MessageTimeOut below the client's own (Postfix's smtpd_proxy_timeout, 100 s)"
+        f"{' + '.join(shown for shown, _ in chain)} = {total:g} s exceeds MessageTimeOut "
+        f"{config.message_timeout:g}: a message slower than MessageTimeOut gets 451 before "
+        "those timeouts pass; keep MessageTimeOut below the client's own (Postfix's "
+        "smtpd_proxy_timeout, 100 s)"
     ]
 
 

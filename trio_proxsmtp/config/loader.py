@@ -109,7 +109,7 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
         warnings.append("ProxyProtocolFrom is ignored while ProxyProtocol is off")
     warnings.extend(check_temp_directory(config, lines.get("temp_directory")))
     warnings.extend(check_filter_program(config, lines.get("filter_command")))
-    warnings.extend(check_message_timeout(config))
+    warnings.extend(check_message_timeout(config, lines))
     per_client = config.max_connections_per_client
     if per_client and per_client >= config.max_connections:
         warnings.append(
