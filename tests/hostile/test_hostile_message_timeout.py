@@ -253,3 +253,33 @@ def test_the_default_is_below_postfix_smtpd_proxy_timeout() -> None:
 
     assert Config().message_timeout == 90.0 < 100.0
     assert not math.isinf(Config().message_timeout)
+
+
+# -- BDAT: the LAST chunk is the final "." ---------------------------------------------------
+
+
+async def test_bdat_past_message_timeout_gets_451_and_nothing_is_delivered(
+    clock: trio.testing.MockClock,
+) -> None:
+    up = FakeUpstream()
+    config = "Chunking: on\nFilterCommand: sleep 500; cat\nFilterTimeout: 600\nMessageTimeOut: 40"
+    with trio.fail_after(1000):
+        async with memory_connection(config, up) as (client, _):
+            started = trio.current_time()
+            replies = await client.send_message_bdat("s@x", ["r@x"], MESSAGE, helo="c")
+            assert replies[-1].to_bytes() == f"{TIMED_OUT}\r\n".encode()
+            assert trio.current_time() - started == pytest.approx(40.0, abs=0.5)
+            await client.read_eof()
+    assert up.transactions == []
+
+
+async def test_bdat_once_the_last_chunk_went_the_reply_is_awaited(
+    clock: trio.testing.MockClock,
+) -> None:
+    # The next server takes 50 s to answer the LAST chunk: its 250 is the client's.
+    up = FakeUpstream(delays={END_OF_DATA: 50.0})
+    with trio.fail_after(1000):
+        async with memory_connection("Chunking: on\nMessageTimeOut: 40", up) as (client, _):
+            replies = await client.send_message_bdat("s@x", ["r@x"], MESSAGE, helo="c")
+            assert replies[-1].code == 250
+    assert len(up.transactions) == 1

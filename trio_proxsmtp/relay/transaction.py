@@ -52,6 +52,8 @@ from trio_proxsmtp.stages.spool import Spool
 
 __all__ = ["Transaction"]
 
+LEFT_AFTER_COMMIT = "client disconnected after its message went to the next server"
+
 
 class Transaction:
     """The current message's spools and the steps that use them; see the module docstring."""
@@ -361,10 +363,8 @@ class Transaction:
         return await self._commit(Outgoing(last, frame_trace(last)))
 
     async def _commit(self, item: Outgoing) -> Reply:
-        """The replay's last exchange: its "." (or LAST chunk) commits the message, so
-        MessageTimeOut no longer applies (relay/message_deadline.py).  A client that
-        leaves before the reply is the duplicate window: logged and counted, the reply
-        still relayed (docs/behaviour.md §8.1)."""
+        """The replay's last exchange, which commits the message: MessageTimeOut is lifted;
+        a client leaving before the reply is the duplicate window (behaviour.md §8.1)."""
         self.deadline.lift()
         if self.client.peekable:
             reply = await self.upstream.command(item)
@@ -375,10 +375,7 @@ class Transaction:
             return await self.upstream.command(item)
 
     def _left_after_commit(self) -> None:
-        self.log.warning(
-            "client disconnected after its message went to the next server: "
-            "it may send it again (a duplicate)"
-        )
+        self.log.warning("%s: it may send it again (a duplicate)", LEFT_AFTER_COMMIT)
         self.metrics.left_after_commit()
 
     def _header_inserter(self) -> HeaderInserter | None:
