@@ -26,6 +26,7 @@ from trio_proxsmtp.daemon import cli
 from trio_proxsmtp.daemon.prometheus import PrometheusMetrics
 from trio_proxsmtp.protocol.session.states import State
 from trio_proxsmtp.testing import END_OF_DATA, FakeUpstream, run_proxy
+from trio_proxsmtp.testing.fake_milter import STALL, FakeMilter
 
 TIMED_OUT = "451 4.4.2 smtp.passthru Error: message timeout exceeded"
 DUPLICATE = "client disconnected after its message went to the next server"
@@ -78,6 +79,25 @@ async def test_past_message_timeout_the_client_gets_451_and_nothing_is_delivered
     assert any(f"MessageTimeOut exceeded: {stage} not done 40 s" in m for m in messages)
     [summary] = [m for m in messages if "status=" in m]
     assert "reason=message timeout" in summary
+
+
+async def test_a_stalled_milter_within_its_own_timeout_is_cut_at_message_timeout(
+    clock: trio.testing.MockClock,
+) -> None:
+    milter = FakeMilter({"eom": STALL})  # MilterContentTimeout 600: MessageTimeOut comes first
+    up = FakeUpstream()
+    with trio.fail_after(1000):
+        async with milter.serving() as address:
+            config = f"Milters: {address}\nMilterContentTimeout: 600\nMessageTimeOut: 40"
+            async with memory_connection(config, up) as (client, _):
+                assert (await client.start_message("s@x", ["r@x"], helo="c"))[-1].code == 354
+                await client.send(MESSAGE + b".\r\n")
+                sent = trio.current_time()
+                reply = await client.read_reply()
+                assert reply.to_bytes() == f"{TIMED_OUT}\r\n".encode()
+                assert trio.current_time() - sent == pytest.approx(40.0, abs=0.5)
+                await client.read_eof()
+    assert up.transactions == []
 
 
 async def test_once_the_final_dot_went_the_reply_is_awaited_and_relayed(
