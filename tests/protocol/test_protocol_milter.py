@@ -20,6 +20,7 @@ from trio_proxsmtp.protocol.milter.codec import (
 )
 from trio_proxsmtp.protocol.milter.codes import (
     ALL_ACTIONS,
+    MAX_ANSWERS,
     MAX_PACKET_SIZE,
     OFFERED_PROTOCOL,
     MacroStage,
@@ -54,14 +55,25 @@ def reply_verdict(code: str, rest: str) -> MilterVerdict:
     return MilterVerdict(kind, f"{code} {rest}")
 
 
+# A reply line's text: no control character (issue 21: a CR or LF in it is the milter's
+# protocol error), after an enhanced status code of the reply code's class.
+reply_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=40)
+
+
+def well_formed_reply(code: str, lines: list[str]) -> MilterVerdict:
+    """libmilter's smfi_setmlreply form: "NNN-x.y.z text" lines joined by CRLF, "NNN " last."""
+    kind = MilterVerdictKind.REJECT if code[0] == "5" else MilterVerdictKind.TEMPFAIL
+    marks = ["-"] * (len(lines) - 1) + [" "]
+    joined = "\r\n".join(f"{code}{m}{code[0]}.7.1 {t}" for m, t in zip(marks, lines, strict=True))
+    return MilterVerdict(kind, joined)
+
+
 answers = st.one_of(
     st.sampled_from([MilterVerdict(k) for k in MilterVerdictKind]),
     st.builds(
-        lambda c, t: MilterVerdict(
-            MilterVerdictKind.REJECT if c[0] == "5" else MilterVerdictKind.TEMPFAIL, f"{c} {t}"
-        ),
+        well_formed_reply,
         st.sampled_from(["451", "550", "554"]),
-        text,
+        st.lists(reply_text, min_size=1, max_size=4),
     ),
     st.builds(AddHeader, names, text),
     st.builds(InsertHeader, index, names, text),
@@ -143,6 +155,66 @@ def test_zero_length_packet_is_refused() -> None:
 def test_malformed_answers_are_protocol_errors(code: bytes, payload: bytes) -> None:
     with pytest.raises(MilterProtocolError):
         decode_response(code, payload)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "550 5.7.1 no\n250 2.0.0 Ok",  # a bare LF
+        "550 5.7.1 no\r250 2.0.0 Ok",  # a bare CR
+        "550 5.7.1 no\r\n",  # a CRLF after the last line
+        "550-5.7.1 no\r\nthanks",  # a line without the code
+        "550-5.7.1 no\r\n\r\n550 5.7.1 thanks",  # an empty line
+        "550-5.7.1 one\r\n550-5.7.1 two",  # the last line continues
+        "550-5.7.1 more to come",  # a continuation with nothing after it
+        "550 5.7.1 one\r\n550 5.7.1 two",  # a line before the last ends the reply
+        "550-5.7.1 one\r\n450 4.7.1 two",  # codes differ between lines
+        "550-5.7.1 one\r\n551 5.7.1 two",
+        "550 4.7.1 try again later",  # an enhanced code of another class
+        "451 5.7.1 never",
+        "550-5.7.1 one\r\n550 2.0.0 two",
+        "550 5.7.1 \x1b[2Jno",  # a control character
+        "550 5.7.1 no\x7f",
+        "\uff15\uff15\uff10 fullwidth digits",
+    ],
+)
+def test_malformed_replies_are_protocol_errors(reply: str) -> None:
+    """Issue 21 item 13 (docs/behaviour.md §6.5); all but the last were taken before."""
+    with pytest.raises(MilterProtocolError, match="milter reply"):
+        decode_response(b"y", reply.encode() + b"\0")
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind"),
+    [
+        ("550", MilterVerdictKind.REJECT),
+        ("451 4.7.1 later", MilterVerdictKind.TEMPFAIL),
+        ("550 5.7.1\ttabbed", MilterVerdictKind.REJECT),
+        ("554 no enhanced code", MilterVerdictKind.REJECT),
+        ("550-5.7.1 one\r\n550-5.7.1 two\r\n550 5.7.1 three", MilterVerdictKind.REJECT),
+        ("421-4.7.0 one\r\n421 4.7.0 two", MilterVerdictKind.TEMPFAIL),
+    ],
+)
+def test_well_formed_replies_decode(reply: str, kind: MilterVerdictKind) -> None:
+    assert decode_response(b"y", reply.encode() + b"\0") == MilterVerdict(kind, reply)
+
+
+@pytest.mark.parametrize(
+    "answer", [Progress(), AddHeader("X-Flood", "1"), ReplaceBody(b"x" * 10)], ids=type
+)
+def test_answers_before_a_verdict_are_bounded(answer: object) -> None:
+    """At most MAX_ANSWERS packets before the verdict, counted per stage."""
+    session = negotiated(actions=ALL_ACTIONS)
+    verdict = MilterVerdict(MilterVerdictKind.CONTINUE)
+    for _ in range(2):  # the count starts again with each stage
+        session.stage(Stage.EOM)
+        got = session.receive(encode_response(answer) * MAX_ANSWERS)  # type: ignore[arg-type]
+        assert len(got) == MAX_ANSWERS
+        assert session.receive(encode_response(verdict)) == [verdict]
+    session.stage(Stage.EOM)
+    session.receive(encode_response(answer) * MAX_ANSWERS)  # type: ignore[arg-type]
+    with pytest.raises(MilterProtocolError, match=f"more than {MAX_ANSWERS} packets"):
+        session.receive(encode_response(answer))  # type: ignore[arg-type]
 
 
 def test_commands_decode_as_sent() -> None:

@@ -10,11 +10,12 @@
         ...  # point Milters: at it
     assert milter.sessions[0].stages() == ["connect", "helo", "mail", "rcpt", ...]
 
-A stage's script entry is an answer (a `MilterVerdict`), a list of answers (modifications or
-PROGRESS or a `Pause`, then the verdict), raw ``bytes`` to send as they are, `HANGUP` (close the
-connection), `STALL` (answer nothing more on that connection), ``None`` (continue), or a
-function of the received `MtaCommand` returning one of those. Stages without an entry
-continue. Every command received is recorded, per connection, in `FakeMilterSession`.
+A stage's script entry is an answer (a `MilterVerdict`), a list of answers (modifications,
+PROGRESS, a `Pause` or raw ``bytes``, then the verdict), raw ``bytes`` to send as they are,
+`HANGUP` (close the connection), `STALL` (answer nothing more on that connection), ``None``
+(continue), or a function of the received `MtaCommand` returning one of those. Stages
+without an entry continue. Every command received is recorded, per connection, in
+`FakeMilterSession`.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def reject(reply: str) -> MilterVerdict:
     return MilterVerdict(kind, reply)
 
 
-Answer: TypeAlias = MilterAnswer | Sequence[MilterAnswer | Pause] | bytes | _Special | None
+Answer: TypeAlias = MilterAnswer | Sequence[MilterAnswer | Pause | bytes] | bytes | _Special | None
 Script: TypeAlias = Mapping[str, Answer | Callable[[MtaCommand], Answer]]
 
 # Stage names are the values of protocol.milter.session.Stage: the tables are the client's own.
@@ -238,7 +239,7 @@ class FakeMilter:
             return True
         if answer is None:
             answer = CONTINUE
-        answers: list[MilterAnswer | Pause] = []
+        answers: list[MilterAnswer | Pause | bytes] = []
         if isinstance(answer, list | tuple):
             answers.extend(answer)
         else:
@@ -246,6 +247,8 @@ class FakeMilter:
         for item in answers:
             if isinstance(item, Pause):
                 await trio.sleep(item.seconds)
+            elif isinstance(item, bytes):
+                await stream.send_all(item)  # a hostile milter's own bytes
             else:
                 await stream.send_all(encode_response(item))
         return True

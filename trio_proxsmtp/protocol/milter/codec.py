@@ -16,6 +16,7 @@ which response is legal when) is the part we needed anyway.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterable, Mapping
 
@@ -183,10 +184,7 @@ def decode_response(code: bytes, payload: bytes) -> MilterAnswer:
     match response:
         case Response.REPLYCODE:
             (text,) = _split_cstrings(payload, 1)
-            if len(text) < 3 or not text[:3].isdigit() or text[0] not in "45":
-                raise MilterProtocolError(f"milter reply is not a 4xx/5xx reply: {text!r}")
-            if len(text) > 3 and text[3] not in " -":
-                raise MilterProtocolError(f"milter reply is malformed: {text!r}")
+            _check_reply(text)
             kind = MilterVerdictKind.TEMPFAIL if text[0] == "4" else MilterVerdictKind.REJECT
             return MilterVerdict(kind, text)
         case Response.OPTNEG:
@@ -227,6 +225,39 @@ def decode_response(code: bytes, payload: bytes) -> MilterAnswer:
         case Response.PROGRESS:
             return Progress()
     raise MilterProtocolError(f"milter response {code!r} is not supported")
+
+
+# An RFC 3463 enhanced status code at the start of a reply line's text.
+_ENHANCED = re.compile(r"([245])\.[0-9]{1,3}\.[0-9]{1,3}(?: |$)")
+# Control characters a reply line may not hold (TAB may): CR and LF above all, which would
+# let a milter write reply lines of its own to the client.
+_REPLY_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _check_reply(text: str) -> None:
+    """SMFIR_REPLYCODE's text is one reply line, or lines joined by CRLF as libmilter's
+    smfi_setmlreply sends them ("550-5.7.1 a\r\n550 5.7.1 b", nothing after the last):
+    every line with the same 4xx/5xx code, "-" after it on every line but the last, a space
+    (or nothing) on the last, no other CR, LF or control character, and an enhanced status
+    code, where a line has one, of the reply code's class. Anything else is the milter's
+    protocol error (docs/behaviour.md §6.5)."""
+    lines = text.split("\r\n")
+    code = lines[0][:3]
+    if len(code) < 3 or not (code.isascii() and code.isdigit()) or code[0] not in "45":
+        raise MilterProtocolError(f"milter reply is not a 4xx/5xx reply: {text!r}")
+    for number, line in enumerate(lines, 1):
+        if _REPLY_CONTROL.search(line):
+            raise MilterProtocolError(f"milter reply has a control character: {text!r}")
+        if line[:3] != code:
+            raise MilterProtocolError(f"milter reply line {number} has another code: {text!r}")
+        mark = line[3:4]
+        if mark not in (("", " ") if number == len(lines) else ("-",)):
+            raise MilterProtocolError(f"milter reply has a broken continuation: {text!r}")
+        enhanced = _ENHANCED.match(line, 4)
+        if enhanced is not None and enhanced.group(1) != code[0]:
+            raise MilterProtocolError(
+                f"milter reply's enhanced status code is not of its class: {text!r}"
+            )
 
 
 def _decode_optneg(payload: bytes, *, answer: bool) -> Negotiate:

@@ -15,6 +15,7 @@ from trio_proxsmtp.protocol.errors import RemoteProtocolError
 __all__ = [
     "ALL_ACTIONS",
     "BODY_CHUNK_SIZE",
+    "MAX_ANSWERS",
     "MAX_PACKET_SIZE",
     "OFFERED_PROTOCOL",
     "VERSION",
@@ -30,6 +31,12 @@ VERSION = 6
 BODY_CHUNK_SIZE = 65535  # what libmilter calls MILTER_CHUNK_SIZE
 # Refused above this: a 1 MiB body chunk (SMFIP_MDS_1M) plus room for its header fields.
 MAX_PACKET_SIZE = 1024 * 1024 + 1024
+# Packets a milter may send before its verdict on one stage (PROGRESS and end-of-message
+# modifications together), docs/behaviour.md §6.5. A real milter sends a few: OpenDKIM one
+# header, rspamd a handful, PROGRESS every few seconds of work; a body replaced in
+# libmilter's 65535-byte pieces takes one per piece, so this allows a new body of some
+# 600 MiB. A milter past it is broken or hostile, and each packet costs us a decode.
+MAX_ANSWERS = 10_000
 
 
 class MilterProtocolError(RemoteProtocolError):

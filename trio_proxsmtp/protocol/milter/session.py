@@ -21,6 +21,7 @@ from trio_proxsmtp.protocol.milter.codec import (
 from trio_proxsmtp.protocol.milter.codes import (
     ALL_ACTIONS,
     BODY_CHUNK_SIZE,
+    MAX_ANSWERS,
     OFFERED_PROTOCOL,
     VERSION,
     MacroStage,
@@ -145,6 +146,7 @@ class MilterSession:
         self._packets: list[tuple[bytes, bytes]] = []
         self.negotiated = False
         self.skipping_body = False
+        self._answers_before_verdict = 0  # PROGRESS and modifications since the command
 
     def negotiate(self) -> bytes:
         self._negotiating = True
@@ -197,6 +199,7 @@ class MilterSession:
             out += encode_command(STAGE_COMMAND[stage], *args, data=data)
         if self._answers(stage):
             self.awaiting = stage
+            self._answers_before_verdict = 0
         return out
 
     def abort(self) -> bytes:
@@ -232,6 +235,12 @@ class MilterSession:
         stage = self.awaiting
         if stage is None:
             raise MilterProtocolError(f"unexpected {answer!r}")
+        if not isinstance(answer, MilterVerdict | Negotiate):
+            self._answers_before_verdict += 1
+            if self._answers_before_verdict > MAX_ANSWERS:
+                raise MilterProtocolError(
+                    f"more than {MAX_ANSWERS} packets before the verdict at {stage.value}"
+                )
         if isinstance(answer, Progress):
             return answer
         if isinstance(answer, Negotiate):

@@ -29,6 +29,10 @@ __all__ = ["MilterClient", "MilterFailure"]
 _READ_SIZE = 65536
 _IO_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 _UNSENT_LIMIT = 65536
+# PROGRESS restarts a stage's timeout, but the stage ends this many timeouts after its
+# command whatever the milter says (docs/behaviour.md §6.5): with the default
+# MilterContentTimeout of 300 s, 50 minutes for one message.
+_PROGRESS_LIMIT = 10
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
@@ -106,20 +110,32 @@ class MilterClient:
     async def _exchange(
         self, data: bytes, timeout: float
     ) -> tuple[MilterVerdict | None, list[Modification]]:
-        """Send a command and read until its final answer (a verdict or the negotiation)."""
+        """Send a command and read until its final answer (a verdict or the negotiation).
+
+        The answer is due ``timeout`` seconds after the command went out, however the milter
+        spreads its packets; only PROGRESS moves that deadline, to ``timeout`` from the
+        PROGRESS, and never past _PROGRESS_LIMIT timeouts from the command (docs/behaviour.md
+        §6.5)."""
         assert self.stream is not None
         await self._send(data, timeout)
         modifications: list[Modification] = []
         quick_ack = self.session.awaiting is Stage.EOM  # answers of several packets
+        start = trio.current_time()
+        deadline, limit = start + timeout, start + _PROGRESS_LIMIT * timeout
         while True:
             if quick_ack:
                 self._quick_ack()
-            with trio.move_on_after(timeout) as scope:
+            with trio.move_on_at(deadline) as scope:
                 try:
                     chunk = await self.stream.receive_some(_READ_SIZE)
                 except _IO_ERRORS as exc:
                     raise MilterFailure(f"receive failed: {exc}") from None
             if scope.cancelled_caught:
+                if deadline >= limit:
+                    raise MilterFailure(
+                        "timed out waiting for an answer"
+                        f" (PROGRESS extends a stage to {_PROGRESS_LIMIT} timeouts at most)"
+                    )
                 raise MilterFailure("timed out waiting for an answer")
             if not chunk:
                 raise MilterFailure("the milter closed the connection")
@@ -129,7 +145,8 @@ class MilterClient:
                 raise MilterFailure(f"protocol error: {exc}") from None
             for answer in answers:
                 if isinstance(answer, Progress):
-                    continue  # the next read gets a fresh deadline
+                    deadline = min(trio.current_time() + timeout, limit)
+                    continue
                 if isinstance(answer, Negotiate):
                     return None, []
                 if isinstance(answer, MilterVerdict):

@@ -10,11 +10,11 @@ seeing the message as edited by those before it, and returns the edited message 
 
 Every wait has a deadline (MilterConnectTimeout for the connection, MilterCommandTimeout for
 negotiation and each command, MilterContentTimeout for headers, body and end of message; a
-milter's PROGRESS restarts it). A milter that cannot be reached, times out or breaks the
-protocol is closed and MilterDefaultAction applies from then on, for the rest of the
-connection: ``tempfail``/``reject`` answer every later stage with 451/554, ``accept`` goes on
-without that milter. Nothing runs in the background: cancellation (the client left) closes
-the milter sockets at once.
+milter's PROGRESS restarts it, up to 10 timeouts, docs/behaviour.md §6.5). A milter that
+cannot be reached, times out or breaks the protocol is closed and MilterDefaultAction
+applies from then on, for the rest of the connection: ``tempfail``/``reject`` answer every
+later stage with 451/554, ``accept`` goes on without that milter. Nothing runs in the
+background: cancellation (the client left) closes the milter sockets at once.
 """
 
 from __future__ import annotations
