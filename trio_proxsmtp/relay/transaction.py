@@ -37,7 +37,7 @@ from trio_proxsmtp.protocol.session.events import (
 )
 from trio_proxsmtp.protocol.session.machine import Session
 from trio_proxsmtp.protocol.smtp.bdat import BdatSender
-from trio_proxsmtp.protocol.smtp.data import DataSender
+from trio_proxsmtp.protocol.smtp.data import DataSender, LineEnds
 from trio_proxsmtp.protocol.smtp.replies import LOCAL_ERROR, Reply, reply_from_text
 from trio_proxsmtp.relay.client_channel import ClientChannel, ClientGone
 from trio_proxsmtp.relay.message_deadline import MessageDeadline
@@ -335,9 +335,12 @@ class Transaction:
         return await self._commit(Outgoing(data, f". ({sent + len(data)} bytes sent)"))
 
     async def _replay_bdat(self, message: Spool | EditedMessage) -> Reply:
-        """The message as BDAT chunks (RFC 3030): no stuffing; each chunk but the LAST is
-        answered before the next goes; the first refusal ends the message."""
+        """The message as BDAT chunks (RFC 3030): no stuffing, but no bare CR or LF either
+        (docs/behaviour.md §5.1: the spool holds the client's or the filter's bytes as
+        they came); each chunk but the LAST is answered before the next goes; the first
+        refusal ends the message."""
         sender = BdatSender()
+        lines = LineEnds()
         inserter = self._header_inserter()
         sent = 0
         pending: list[bytes] = []  # frames held back, so the LAST one is checked before
@@ -349,9 +352,11 @@ class Transaction:
                     sent += len(frame)
                     if not reply.is_positive:
                         return reply
-                pending = sender.feed(inserter.feed(chunk) if inserter is not None else chunk)
+                pending = sender.feed(
+                    lines.feed(inserter.feed(chunk) if inserter is not None else chunk)
+                )
             tail = inserter.finish() if inserter is not None else b""
-            for frame in [*pending, *sender.feed(tail)]:
+            for frame in [*pending, *sender.feed(lines.feed(tail) + lines.finish())]:
                 reply = await self.upstream.command(Outgoing(frame, frame_trace(frame)))
                 sent += len(frame)
                 if not reply.is_positive:

@@ -68,10 +68,19 @@ class HeaderField:
 
     @classmethod
     def make(cls, name: str, value: str) -> HeaderField:
-        """A field from a milter's name and value (value without the leading space)."""
+        """A field from a milter's name and value (value without the leading space).
+
+        Every line break of the value (CRLF, bare CR or bare LF) is a fold: CRLF, and a
+        space before a continuation that has no leading white space; empty lines are
+        dropped, so a value can neither end the header section nor start a field of its
+        own (docs/behaviour.md §5.1)."""
         if not name or any(c in name for c in ": \t\r\n") or not name.isascii():
             raise MessageEditError(f"invalid header name {name!r}")
-        text = value.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
+        text = value
+        if "\r" in value or "\n" in value:
+            first, *rest = value.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+            folds = [line if line[:1] in (" ", "\t") else " " + line for line in rest]
+            text = "\r\n".join([first, *(line for line in folds if line.strip())])
         raw = f"{name}: {text}\r\n".encode("utf-8", "surrogateescape")
         return cls(name, raw)
 

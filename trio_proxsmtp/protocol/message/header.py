@@ -6,8 +6,9 @@ Pure: no I/O. Differences from proxsmtpd 1.10, on purpose:
   wrote the offset minutes as seconds, B9).
 * A message with no blank line gets the header appended after its last line (1.10 silently
   dropped the header).
-* The header is CRLF-clean: a ``\\n`` in the template not preceded by ``\\r`` becomes CRLF, and
-  trailing line breaks are removed so the header can never end the header block early.
+* The header is CRLF-clean: a ``\\n`` or ``\\r`` in the template that is not part of a CRLF
+  becomes CRLF (docs/behaviour.md §5.1), and trailing line breaks are removed so the header
+  can never end the header block early.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ def expand_header(
 
 
 def _crlf_clean(data: bytes) -> bytes:
-    """Turn every LF not preceded by CR into CRLF."""
-    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    """Turn every bare CR and bare LF into CRLF."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
 class HeaderInserter:

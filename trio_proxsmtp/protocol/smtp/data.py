@@ -9,14 +9,18 @@ no byte sequence a client or filter sends can end the upstream's DATA early (smu
 
 Only a literal CRLF "." CRLF ends DATA: a bare-LF ".\\n" does not, as in proxsmtpd 1.10.
 Line-ending normalisation means the message is not byte-exact for bare CR/LF; every other
-byte (NUL, 8-bit) passes unchanged.
+byte (NUL, 8-bit) passes unchanged.  `DataSender` also gives a transparency dot to a line
+whose first byte other than NUL is a dot, so that a next server that drops NULs never sees
+a lone "." (docs/behaviour.md §5.1); a conforming one removes that dot as any other.
 """
 
 from __future__ import annotations
 
+import re
+
 from trio_proxsmtp.protocol.errors import LocalProtocolError
 
-__all__ = ["DataReceiver", "DataSender", "stuff", "unstuff"]
+__all__ = ["DataReceiver", "DataSender", "LineEnds", "stuff", "unstuff"]
 
 _CRLF = b"\r\n"
 _TERMINATOR = b"\r\n.\r\n"
@@ -27,6 +31,11 @@ _HELD_SUFFIXES = (b"\r\n.\r", b"\r\n.", b"\r\n", b"\r")
 # Dot lines are found one by one with bytes.find (typical mail has few); past this many in
 # one chunk (one per 512 bytes, or 32), bytes.replace over the chunk is cheaper than a loop.
 _MIN_SPLICES = 32
+# A line whose first byte other than NUL is a dot (its NULs in group 1): it gets a
+# transparency dot before its NULs.  NULs at the end of a fed chunk that start a line are
+# held back (up to _MAX_HELD_NULS, then a dot after them is doubled in place instead).
+_NUL_DOT_LINE = re.compile(rb"\r\n(\x00+\.)")
+_MAX_HELD_NULS = 1024
 _BYTES_PER_SPLICE = 512
 
 
@@ -154,6 +163,8 @@ class DataSender:
     def __init__(self) -> None:
         self._at_line_start = True
         self._held_cr = False
+        self._held_nuls = 0  # NULs that start a line, held until the next byte decides
+        self._after_nuls = False  # past the hold: the wire ends with a line start and NULs
         self._finished = False
 
     def feed(self, data: bytes) -> bytes:
@@ -162,12 +173,27 @@ class DataSender:
             raise LocalProtocolError("DataSender fed after finish()")
         if self._held_cr:
             data = b"\r" + data
+        elif self._held_nuls:
+            data = b"\x00" * self._held_nuls + data
+            self._held_nuls = 0
         self._held_cr = data.endswith(b"\r")
         if self._held_cr:
             data = data[:-1]
+        elif data.endswith(b"\x00"):
+            self._hold_nuls(data)
+            if self._held_nuls:
+                data = data[: -self._held_nuls]
         if not data:
             return b""
         return self._encode(data)
+
+    def _hold_nuls(self, data: bytes) -> None:
+        """Hold the NULs that end `data` if they start a line: a dot may follow."""
+        text = data.rstrip(b"\x00")
+        nuls = len(data) - len(text)
+        at_line_start = text.endswith((b"\n", b"\r")) if text else self._at_line_start
+        if at_line_start and nuls <= _MAX_HELD_NULS:
+            self._held_nuls = nuls
 
     def finish(self) -> bytes:
         """The end of the message: a CRLF if it did not end with one, then ".\\r\\n"."""
@@ -178,6 +204,9 @@ class DataSender:
         if self._held_cr:
             self._held_cr = False
             out = self._encode(b"\r\n")  # a final bare CR is a line end
+        elif self._held_nuls:
+            out = self._encode(b"\x00" * self._held_nuls)  # no dot came: a line of NULs
+            self._held_nuls = 0
         if not self._at_line_start:
             out += _CRLF
         return out + b".\r\n"
@@ -185,6 +214,14 @@ class DataSender:
     def _encode(self, data: bytes) -> bytes:
         """Normalise `data` (no trailing CR) and double every dot that starts a line."""
         wire = _normalise_line_ends(data)
+        at_line_start = self._at_line_start
+        wire = self._stuffed_dots(wire)
+        if self._after_nuls or b"\x00" in wire:
+            wire = self._stuffed_nul_dots(wire, at_line_start)
+        return wire
+
+    def _stuffed_dots(self, wire: bytes) -> bytes:
+        """`wire` with every dot that starts a line doubled."""
         pieces = []
         max_pieces = _max_splices(len(wire))
         pos = 0
@@ -205,6 +242,49 @@ class DataSender:
             return wire
         pieces.append(wire[pos:])
         return b"".join(pieces)
+
+    def _stuffed_nul_dots(self, wire: bytes, at_line_start: bool) -> bytes:
+        """A transparency dot for each line of `wire` whose first byte other than NUL is a
+        dot (docs/behaviour.md §5.1): a next server that drops NULs would take ``\\0.``
+        for the end of data.  (`wire` is already dot-stuffed: such a line's dot was not.)"""
+        rest = wire.lstrip(b"\x00")
+        if rest.startswith(b"."):
+            if self._after_nuls:  # its NULs went out already: double its dot instead
+                nuls = len(wire) - len(rest)
+                wire = wire[:nuls] + b"." + wire[nuls:]
+            elif at_line_start and len(rest) < len(wire):
+                wire = b"." + wire
+        if b"\r\n\x00" in wire:
+            wire = _NUL_DOT_LINE.sub(rb"\r\n.\1", wire)
+        # More NULs than the hold takes, at a line start: the next dot is doubled in place.
+        text = wire.rstrip(b"\x00")
+        if len(text) == len(wire):
+            self._after_nuls = False
+        elif text:
+            self._after_nuls = text.endswith(b"\n")
+        else:  # NULs only: still at the start of the line if it was
+            self._after_nuls = self._after_nuls or at_line_start
+        return wire
+
+
+class LineEnds:
+    """Message bytes -> the same bytes with every bare CR or LF made CRLF, chunk by chunk
+    (a trailing CR is held for its LF): for the BDAT replay, which has no stuffing but
+    must not carry a bare line end either (docs/behaviour.md §5.1)."""
+
+    def __init__(self) -> None:
+        self._held_cr = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self._held_cr:
+            data = b"\r" + data
+        self._held_cr = data.endswith(b"\r")
+        return _normalise_line_ends(data[:-1] if self._held_cr else data)
+
+    def finish(self) -> bytes:
+        """What is left at the end: a final bare CR, as a line end."""
+        held, self._held_cr = self._held_cr, False
+        return _CRLF if held else b""
 
 
 def stuff(message: bytes) -> bytes:
