@@ -1,10 +1,9 @@
 """One message's life in the relay: the spool, the filter run, the replay upstream.
 
 `Transaction` owns the spool files of the current message and removes them on every path
-(`close`, called before the client hears the message's fate and when the connection ends).
-It uses the client channel to read the message and the upstream to send it, but never
-decides what happens next: each step returns the session's next actions.  What it reads
-of the configuration is its `TransactionSettings`.
+(`close`, before the client hears the message's fate and when the connection ends).  It
+reads the message through the client channel and sends it through the upstream, but each
+step returns the session's next actions: it never decides.  It reads `TransactionSettings`.
 """
 
 from __future__ import annotations
@@ -318,8 +317,7 @@ class Transaction:
         inserter = self._header_inserter()
         sent = 0
         pending = b""  # held back one chunk, so the last one goes out with the "."
-        # A plain socket is peeked at before the final "."; another stream (no socket,
-        # TLS) is watched meanwhile.
+        # A plain socket is peeked at before the final "."; another stream is watched.
         watching = not self.client.peekable
         async with self.client.watch(self.left) if watching else contextlib.nullcontext():
             for chunk in message.chunks():
