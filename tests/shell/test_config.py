@@ -409,3 +409,28 @@ def test_shell_filter_command_is_a_warning_not_checked() -> None:
 def test_reject_filter_type_needs_no_program() -> None:
     config = parse_config("OutAddress: 2525\nFilterType: reject\nFilterCommand: /nonexistent\n")
     assert config.filter_command == "/nonexistent"
+
+
+@pytest.mark.parametrize(
+    ("line", "fixed"),
+    [
+        ("Listen 127.0.0.1:10025", "Listen: 127.0.0.1:10025"),
+        ("outaddress\t[::1]:2525", "OutAddress: [::1]:2525"),
+    ],
+)
+def test_an_option_without_its_colon_says_the_fix(line: str, fixed: str) -> None:
+    """`Listen 127.0.0.1:10025` splits at the address's ':' into the name "Listen
+    127.0.0.1": still an unknown option, but the error says what was meant (issue 24)."""
+    with pytest.raises(ConfigError) as caught:
+        parse(line + "\n")
+    assert caught.value.line == 2  # after BASE
+    assert (
+        caught.value.message
+        == f"unknown option (a ':' missing after {fixed.split(':')[0]}? {fixed})"
+    )
+
+
+def test_an_unknown_name_with_a_space_gets_no_guess() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse("Nonsense 1:2\n")
+    assert caught.value.message == "unknown option"

@@ -57,6 +57,17 @@ __all__ = [
 ]
 
 
+def _unknown(name: str, line: str) -> str:
+    """ "unknown option", with the likely fix when the name is an option and a value with a
+    ':' of its own (`Listen 127.0.0.1:10025`: the option's ':' is missing)."""
+    words = name.split(None, 1)
+    if len(words) == 2 and words[0].lower() in OPTIONS:
+        option = OPTIONS[words[0].lower()][0]
+        fixed = f"{option}: {line[len(words[0]) :].strip()}"
+        return f"unknown option (a ':' missing after {option}? {fixed})"
+    return "unknown option"
+
+
 def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Config, list[str]]:
     """Parse and validate config text; the warnings are for the log, not errors."""
     values: dict[str, Any] = {}
@@ -72,7 +83,7 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
         try:
             canonical, field, parser = OPTIONS[name.lower()]
         except KeyError:
-            raise ConfigError(path, number, name, "unknown option") from None
+            raise ConfigError(path, number, name, _unknown(name, line)) from None
         try:
             values[field] = parser(value)
             lines[field] = number
