@@ -1,4 +1,4 @@
-"""Make the manual pages man/trio-proxsmtpd.8 and man/proxsmtpd.conf.5 from README.md.
+"""Make the manual pages man/trio-proxsmtpd.8 and man/trio-proxsmtpd.conf.5 from README.md.
 
 The pages are the README's sections, converted from its small Markdown subset to roff, so
 the two cannot say different things: tests/packaging checks that the committed pages are
@@ -34,12 +34,12 @@ PAGES = {
         ],
         "description": True,
         "sections": ["Command line", "Postfix", "Running it as a service"],
-        "see_also": "\\fBproxsmtpd.conf\\fR(5), \\fBpostconf\\fR(5), \\fBmaster\\fR(5)",
+        "see_also": "\\fBtrio\\-proxsmtpd.conf\\fR(5), \\fBpostconf\\fR(5), \\fBmaster\\fR(5)",
     },
-    "proxsmtpd.conf.5": {
-        "title": ("PROXSMTPD.CONF", "5", "File Formats Manual"),
-        "name": "proxsmtpd.conf \\- configuration file of trio\\-proxsmtpd",
-        "synopsis": ["\\fI/etc/proxsmtpd.conf\\fR"],
+    "trio-proxsmtpd.conf.5": {
+        "title": ("TRIO-PROXSMTPD.CONF", "5", "File Formats Manual"),
+        "name": "trio\\-proxsmtpd.conf \\- configuration file of trio\\-proxsmtpd",
+        "synopsis": ["\\fI/etc/trio\\-proxsmtpd.conf\\fR"],
         "description": False,
         "sections": ["Configuration", "Filters"],
         "see_also": "\\fBtrio\\-proxsmtpd\\fR(8)",

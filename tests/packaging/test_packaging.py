@@ -61,7 +61,7 @@ def test_the_wheel_ships_what_admins_and_type_checkers_need(wheel: Path) -> None
     }
     assert expected <= names
     data = {name.split(".data/", 1)[1] for name in names if ".data/" in name}
-    assert {"data/share/man/man8/trio-proxsmtpd.8", "data/share/man/man5/proxsmtpd.conf.5"} <= (
+    assert {"data/share/man/man8/trio-proxsmtpd.8", "data/share/man/man5/trio-proxsmtpd.conf.5"} <= (
         data
     )
     [license_file] = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
@@ -89,7 +89,7 @@ def test_the_example_command_works_from_the_wheel(wheel: Path, tmp_path: Path) -
 
     assert example() == (ROOT / "proxsmtpd.conf.example").read_bytes()
     names = example("--list").decode().split()
-    assert "contrib/postfix/after-queue.main.cf" in names and "man/proxsmtpd.conf.5" in names
+    assert "contrib/postfix/after-queue.main.cf" in names and "man/trio-proxsmtpd.conf.5" in names
     unit = example("contrib/trio-proxsmtpd.service")
     assert unit == (ROOT / "contrib" / "trio-proxsmtpd.service").read_bytes()
     # the file came from the unpacked wheel, not from this checkout
@@ -127,7 +127,7 @@ def test_man_pages_match_the_readme() -> None:
 def test_man_pages_render_without_warnings() -> None:
     if shutil.which("groff") is None:
         pytest.skip("groff is not installed")
-    for page in ("trio-proxsmtpd.8", "proxsmtpd.conf.5"):
+    for page in ("trio-proxsmtpd.8", "trio-proxsmtpd.conf.5"):
         result = subprocess.run(
             ["groff", "-man", "-Tutf8", "-ww", str(ROOT / "man" / page)],
             capture_output=True,
