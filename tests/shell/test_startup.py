@@ -163,6 +163,7 @@ def test_bind_failure_exits_1_and_leaves_no_process(
     assert result.returncode == 1
     assert "couldn't bind to address" in result.stderr
     assert "Address already in use" in result.stderr
+    assert result.stderr.count(f"127.0.0.1:{port}") == 1, result.stderr  # named once
     assert "Traceback" not in result.stderr
     assert not pid_file.exists()
     assert processes_using(path) == []
