@@ -163,3 +163,18 @@ def test_readme_points_to_postfix_first() -> None:
     between = readme[second_command:pointer]
     assert "\n#" not in between and "\n    " not in between.rstrip()
     assert "\n## Postfix\n" in readme
+
+
+def test_example_config_and_readme_agree_on_a_full_worker() -> None:
+    """Both say what daemon/handoff.py does: a full worker leaves new clients to the others,
+    and "busy" comes only when every worker is full."""
+
+    def flat(text: str) -> str:
+        return " ".join(line.lstrip("# ") for line in text.splitlines())
+
+    example = flat((ROOT / "proxsmtpd.conf.example").read_text())
+    readme = flat((ROOT / "README.md").read_text())
+    for text in (example, readme):
+        assert "holding its share leaves new clients to the others" in text
+        assert "only when all are full" in text
+    assert "still has room" not in example
