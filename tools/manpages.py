@@ -33,7 +33,15 @@ PAGES = {
             "\\fBpython \\-m trio_proxsmtp\\fR ...",
         ],
         "description": True,
-        "sections": ["Command line", "Postfix", "Running it as a service"],
+        "sections": [
+            "Command line",
+            "Postfix",
+            "Running it as a service",
+            "Using milters",
+            "Running several instances",
+            "Metrics",
+            "Testing your own filter",
+        ],
         "see_also": "\\fBtrio\\-proxsmtpd.conf\\fR(5), \\fBpostconf\\fR(5), \\fBmaster\\fR(5)",
     },
     "trio-proxsmtpd.conf.5": {
@@ -75,10 +83,11 @@ def inline(text: str) -> str:
         part = escape(part)
         part = re.sub(r"\*\*([^*]+)\*\*", r"\\fB\1\\fR", part)
         out.append(part)
-    line = "".join(out)
-    if line.startswith((".", "'")):
-        line = "\\&" + line
-    return line
+    text = "".join(out)
+    # a line of the result starting with "." or "'" would be a roff request
+    return "\n".join(
+        "\\&" + line if line.startswith((".", "'")) else line for line in text.split("\n")
+    )
 
 
 def code_line(line: str) -> str:
@@ -146,7 +155,8 @@ def convert(markdown: str) -> list[str]:
             while i < len(lines) and lines[i].strip() and not _block_start(lines[i]):
                 para.append(lines[i].strip())
                 i += 1
-            out += [".PP", *[inline(p) for p in para]]
+            # converted as one text, so that `code` broken across two lines stays code
+            out += [".PP", *inline("\n".join(para)).split("\n")]
     return out
 
 
