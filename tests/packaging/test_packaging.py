@@ -216,3 +216,10 @@ def test_example_config_and_readme_agree_on_a_full_worker() -> None:
         assert "holding its share leaves new clients to the others" in text
         assert "only when all are full" in text
     assert "still has room" not in example
+
+
+def test_the_debian_version_is_the_package_version() -> None:
+    import trio_proxsmtp
+
+    first = (ROOT / "debian" / "changelog").read_text().splitlines()[0]
+    assert first.startswith(f"trio-proxsmtp ({trio_proxsmtp.__version__}) ")
