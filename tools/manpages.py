@@ -1,4 +1,4 @@
-"""Make the manual pages man/trio-proxsmtpd.8 and man/proxsmtpd.conf.5 from README.md.
+"""Make the manual pages man/trio-proxsmtpd.8 and man/trio-proxsmtpd.conf.5 from README.md.
 
 The pages are the README's sections, converted from its small Markdown subset to roff, so
 the two cannot say different things: tests/packaging checks that the committed pages are
@@ -33,13 +33,21 @@ PAGES = {
             "\\fBpython \\-m trio_proxsmtp\\fR ...",
         ],
         "description": True,
-        "sections": ["Command line", "Postfix", "Running it as a service"],
-        "see_also": "\\fBproxsmtpd.conf\\fR(5), \\fBpostconf\\fR(5), \\fBmaster\\fR(5)",
+        "sections": [
+            "Command line",
+            "Postfix",
+            "Running it as a service",
+            "Using milters",
+            "Running several instances",
+            "Metrics",
+            "Testing your own filter",
+        ],
+        "see_also": "\\fBtrio\\-proxsmtpd.conf\\fR(5), \\fBpostconf\\fR(5), \\fBmaster\\fR(5)",
     },
-    "proxsmtpd.conf.5": {
-        "title": ("PROXSMTPD.CONF", "5", "File Formats Manual"),
-        "name": "proxsmtpd.conf \\- configuration file of trio\\-proxsmtpd",
-        "synopsis": ["\\fI/etc/proxsmtpd.conf\\fR"],
+    "trio-proxsmtpd.conf.5": {
+        "title": ("TRIO-PROXSMTPD.CONF", "5", "File Formats Manual"),
+        "name": "trio\\-proxsmtpd.conf \\- configuration file of trio\\-proxsmtpd",
+        "synopsis": ["\\fI/etc/trio\\-proxsmtpd.conf\\fR"],
         "description": False,
         "sections": ["Configuration", "Filters"],
         "see_also": "\\fBtrio\\-proxsmtpd\\fR(8)",
@@ -75,10 +83,11 @@ def inline(text: str) -> str:
         part = escape(part)
         part = re.sub(r"\*\*([^*]+)\*\*", r"\\fB\1\\fR", part)
         out.append(part)
-    line = "".join(out)
-    if line.startswith((".", "'")):
-        line = "\\&" + line
-    return line
+    text = "".join(out)
+    # a line of the result starting with "." or "'" would be a roff request
+    return "\n".join(
+        "\\&" + line if line.startswith((".", "'")) else line for line in text.split("\n")
+    )
 
 
 def code_line(line: str) -> str:
@@ -146,7 +155,8 @@ def convert(markdown: str) -> list[str]:
             while i < len(lines) and lines[i].strip() and not _block_start(lines[i]):
                 para.append(lines[i].strip())
                 i += 1
-            out += [".PP", *[inline(p) for p in para]]
+            # converted as one text, so that `code` broken across two lines stays code
+            out += [".PP", *inline("\n".join(para)).split("\n")]
     return out
 
 

@@ -57,7 +57,7 @@ def supervisord_conf(tmp_path: Path, proxy_conf: Path) -> Path:
     program["command"] = program["command"].replace(
         VENV_SCRIPT, f"{sys.executable} -m trio_proxsmtp", 1
     )
-    program["command"] = program["command"].replace("/etc/proxsmtpd.conf", str(proxy_conf))
+    program["command"] = program["command"].replace("/etc/trio-proxsmtpd.conf", str(proxy_conf))
     program["stdout_logfile"] = str(tmp_path / "proxy.log")
     program["directory"] = str(ROOT)
     program["environment"] = f'PYTHONPATH="{ROOT}"'
@@ -163,13 +163,13 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     [stop] = [line for line in text.splitlines() if line.startswith("TimeoutStopSec=")]
     assert int(stop.partition("=")[2]) > Config().shutdown_timeout
     assert " -d 3 " in next(line for line in text.splitlines() if line.startswith("ExecStart="))
-    assert "Documentation=man:trio-proxsmtpd(8) man:proxsmtpd.conf(5)" in text.splitlines()
+    assert "Documentation=man:trio-proxsmtpd(8) man:trio-proxsmtpd.conf(5)" in text.splitlines()
     assert text.count(VENV_SCRIPT) == 2  # ExecStartPre and ExecStart
     # The unit names the installed script; verify a copy that names one that exists here.
     copy = tmp_path / "trio-proxsmtpd.service"
     copy.write_text(text.replace(VENV_SCRIPT, sys.executable))
     # Documentation=man:... is checked with man(1): our pages, laid out as a venv has them.
-    for page, section in (("trio-proxsmtpd.8", "man8"), ("proxsmtpd.conf.5", "man5")):
+    for page, section in (("trio-proxsmtpd.8", "man8"), ("trio-proxsmtpd.conf.5", "man5")):
         (tmp_path / "man" / section).mkdir(parents=True)
         shutil.copy(ROOT / "man" / page, tmp_path / "man" / section / page)
     result = subprocess.run(

@@ -18,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_INSTALL = (
-    "python3 -m venv /opt/trio-proxsmtpd && /opt/trio-proxsmtpd/bin/pip install trio_proxsmtp"
+    "python3 -m venv /opt/trio-proxsmtpd\n"
+    "    /opt/trio-proxsmtpd/bin/pip install -r requirements.txt .\n"
 )
 VENV_SCRIPT = "/opt/trio-proxsmtpd/bin/trio-proxsmtpd"
 
@@ -61,9 +62,10 @@ def test_the_wheel_ships_what_admins_and_type_checkers_need(wheel: Path) -> None
     }
     assert expected <= names
     data = {name.split(".data/", 1)[1] for name in names if ".data/" in name}
-    assert {"data/share/man/man8/trio-proxsmtpd.8", "data/share/man/man5/proxsmtpd.conf.5"} <= (
-        data
-    )
+    assert {
+        "data/share/man/man8/trio-proxsmtpd.8",
+        "data/share/man/man5/trio-proxsmtpd.conf.5",
+    } <= (data)
     [license_file] = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
     [metadata] = [n for n in names if n.endswith(".dist-info/METADATA")]
     zf = zipfile.ZipFile(wheel)
@@ -89,7 +91,7 @@ def test_the_example_command_works_from_the_wheel(wheel: Path, tmp_path: Path) -
 
     assert example() == (ROOT / "proxsmtpd.conf.example").read_bytes()
     names = example("--list").decode().split()
-    assert "contrib/postfix/after-queue.main.cf" in names and "man/proxsmtpd.conf.5" in names
+    assert "contrib/postfix/after-queue.main.cf" in names and "man/trio-proxsmtpd.conf.5" in names
     unit = example("contrib/trio-proxsmtpd.service")
     assert unit == (ROOT / "contrib" / "trio-proxsmtpd.service").read_bytes()
     # the file came from the unpacked wheel, not from this checkout
@@ -127,7 +129,7 @@ def test_man_pages_match_the_readme() -> None:
 def test_man_pages_render_without_warnings() -> None:
     if shutil.which("groff") is None:
         pytest.skip("groff is not installed")
-    for page in ("trio-proxsmtpd.8", "proxsmtpd.conf.5"):
+    for page in ("trio-proxsmtpd.8", "trio-proxsmtpd.conf.5"):
         result = subprocess.run(
             ["groff", "-man", "-Tutf8", "-ww", str(ROOT / "man" / page)],
             capture_output=True,
@@ -139,6 +141,16 @@ def test_man_pages_render_without_warnings() -> None:
         text = re.sub(".\b", "", result.stdout)  # no overstrike bold
         assert ("COMMAND LINE" if page.endswith(".8") else "CONFIGURATION") in text
         assert "SEE ALSO" in text
+        assert "`" not in text  # no Markdown code left over, even broken across lines
+        if page.endswith(".8"):
+            for heading in ("USING MILTERS", "RUNNING SEVERAL INSTANCES", "METRICS"):
+                assert f"\n{heading}\n" in text
+            assert "\nTESTING YOUR OWN FILTER\n" in text
+        else:
+            # the example config an install has: the package's copy, or printed by any
+            flat = " ".join(re.sub("\u2010\n *", "", text).split())
+            assert "/usr/share/doc/trio-proxsmtp/examples/proxsmtpd.conf.example" in flat
+            assert "python -m trio_proxsmtp.example" in flat
 
 
 def test_service_files_run_the_venv_install_of_the_readme() -> None:
@@ -146,12 +158,38 @@ def test_service_files_run_the_venv_install_of_the_readme() -> None:
     assert VENV_INSTALL in readme
     for name in ("trio-proxsmtpd.service", "supervisord.conf"):
         text = (ROOT / "contrib" / name).read_text()
-        assert VENV_INSTALL in text, name
-        assert f"{VENV_SCRIPT} -d 3 -f /etc/proxsmtpd.conf" in text, name
+        assert all(line.strip() in text for line in VENV_INSTALL.splitlines()), name
+        assert f"{VENV_SCRIPT} -d 3 -f /etc/trio-proxsmtpd.conf" in text, name
+    # The index has no project of that name: nothing may tell an admin to install it so.
+    for text in (readme, *(p.read_text() for p in (ROOT / "contrib").glob("*.*"))):
+        assert "pip install trio_proxsmtp" not in text
+
+
+def _unit(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if not line.startswith("#")]
+
+
+def test_the_two_units_differ_only_in_the_program_path() -> None:
+    venv = _unit(ROOT / "contrib" / "trio-proxsmtpd.service")
+    deb = _unit(ROOT / "debian" / "trio-proxsmtp.trio-proxsmtpd.service")
+    assert [line.replace(VENV_SCRIPT, "/usr/sbin/trio-proxsmtpd") for line in venv] == deb
+    assert "Documentation=man:trio-proxsmtpd(8) man:trio-proxsmtpd.conf(5)" in deb
+    # the user the unit runs as is the one the package and the README create
+    assert "User=_trio-proxsmtp" in deb and "Group=_trio-proxsmtp" in deb
+    postinst = (ROOT / "debian" / "trio-proxsmtp.postinst").read_text()
     assert (
-        "Documentation=man:trio-proxsmtpd(8) man:proxsmtpd.conf(5)"
-        in (ROOT / "contrib" / "trio-proxsmtpd.service").read_text().splitlines()
+        "adduser --system --group --quiet --no-create-home --home /nonexistent _trio-proxsmtp"
+        in postinst
     )
+    readme = (ROOT / "README.md").read_text()
+    assert "--shell /usr/sbin/nologin _trio-proxsmtp\n" in readme
+    # the pages it names are those we make, the package installs and the README installs
+    pages = sorted(p.name for p in (ROOT / "man").iterdir())
+    assert pages == ["trio-proxsmtpd.8", "trio-proxsmtpd.conf.5"]
+    manpages = (ROOT / "debian" / "trio-proxsmtp.manpages").read_text().split()
+    assert manpages == [f"man/{page}" for page in pages]
+    for page in pages:
+        assert f"install -D -m 644 man/{page} /usr/local/share/man/man{page[-1]}/{page}\n" in readme
 
 
 def test_readme_points_to_postfix_first() -> None:
@@ -163,3 +201,25 @@ def test_readme_points_to_postfix_first() -> None:
     between = readme[second_command:pointer]
     assert "\n#" not in between and "\n    " not in between.rstrip()
     assert "\n## Postfix\n" in readme
+
+
+def test_example_config_and_readme_agree_on_a_full_worker() -> None:
+    """Both say what daemon/handoff.py does: a full worker leaves new clients to the others,
+    and "busy" comes only when every worker is full."""
+
+    def flat(text: str) -> str:
+        return " ".join(line.lstrip("# ") for line in text.splitlines())
+
+    example = flat((ROOT / "proxsmtpd.conf.example").read_text())
+    readme = flat((ROOT / "README.md").read_text())
+    for text in (example, readme):
+        assert "holding its share leaves new clients to the others" in text
+        assert "only when all are full" in text
+    assert "still has room" not in example
+
+
+def test_the_debian_version_is_the_package_version() -> None:
+    import trio_proxsmtp
+
+    first = (ROOT / "debian" / "changelog").read_text().splitlines()[0]
+    assert first.startswith(f"trio-proxsmtp ({trio_proxsmtp.__version__}) ")

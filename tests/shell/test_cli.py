@@ -120,12 +120,12 @@ def test_missing_filter_program_stops_check_and_start(
     )
 
 
-def test_unknown_user(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_conf(tmp_path, "User: no-such-user-here\n")
+def test_unknown_user_names_its_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_conf(tmp_path, "User: nobody\n# User: root\nuser : no-such-user-here\n")
     assert cli.main(["-t", "-f", path]) == 2
     assert cli.main(["-d", "0", "-f", path]) == 1
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"proxsmtpd: {path}: User: couldn't look up user: no-such-user-here"] * 2
+    assert err == [f"proxsmtpd: {path}:5: User: couldn't look up user: no-such-user-here"] * 2
 
 
 class FakeServer:

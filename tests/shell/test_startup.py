@@ -163,6 +163,7 @@ def test_bind_failure_exits_1_and_leaves_no_process(
     assert result.returncode == 1
     assert "couldn't bind to address" in result.stderr
     assert "Address already in use" in result.stderr
+    assert result.stderr.count(f"127.0.0.1:{port}") == 1, result.stderr  # named once
     assert "Traceback" not in result.stderr
     assert not pid_file.exists()
     assert processes_using(path) == []
@@ -348,3 +349,27 @@ def test_real_server_exits_0_on_sigterm(
             proc.wait()
     assert proc.returncode == 0, err
     assert not pid_file.exists()
+
+
+def test_a_busy_listen_tls_is_the_address_named() -> None:
+    """bind_listeners names the listener that failed (in OSError.filename, which start-up
+    prints once), not Listen's address when ListenTLS is the busy one."""
+    import attrs
+
+    from trio_proxsmtp.common.address import parse_address
+    from trio_proxsmtp.config.model import Config
+    from trio_proxsmtp.daemon.listeners import bind_listeners
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        config = attrs.evolve(
+            Config(),
+            listen=parse_address(f"127.0.0.1:{free_port()}", 25),
+            listen_tls=parse_address(f"127.0.0.1:{port}", 465),
+        )
+        with pytest.raises(OSError) as caught:
+            bind_listeners(config)
+    assert caught.value.filename == f"127.0.0.1:{port}"
+    assert caught.value.strerror == os.strerror(caught.value.errno)

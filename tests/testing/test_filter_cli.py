@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,43 @@ def test_as_a_command(eml: Path) -> None:
         0,
         "verdict: deliver (exit 0)\nmessage unchanged\n",
     )
+
+
+def test_the_readme_example_runs_without_a_warning(
+    eml: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    readme = (REPO / "README.md").read_text()
+    [line] = [x for x in readme.splitlines() if "testing filter --command" in x]
+    argv = shlex.split(line.strip())
+    argv = argv[argv.index("filter") + 1 :]
+    assert argv[-1] == "message.eml"
+    status, out, err = check(capsys, *argv[:-1], str(eml))
+    assert (status, err) == (0, "")
+    assert "+Subject: [x] hi" in out.splitlines()
+
+
+def test_the_header_option_is_added_as_the_proxy_adds_it(
+    eml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "p.conf"
+    conf.write_text(
+        f"OutAddress: 2525\nTempDirectory: {tmp_path}\nFilterCommand: cat\n"
+        "Header: X-Checked: by %l for %i\n"
+    )
+    status, out, err = check(capsys, "-f", str(conf), "--client", "192.0.2.9", str(eml))
+    assert (status, err) == (0, "")
+    assert out.splitlines()[-5:] == [
+        " Subject: hi",
+        " From: a@b",
+        "+X-Checked: by 127.0.0.1 for 192.0.2.9",
+        " ",
+        " body",
+    ]
+    # --header overrides the config's; a Received: header goes first; a bad symbol warns
+    argv = ["--header", "Received: from %i by %l%q", "--local", "198.51.100.2", str(eml)]
+    status, out, err = check(capsys, "-f", str(conf), *argv)
+    assert status == 0 and err == "filter: warning: Header: invalid header symbol: %q\n"
+    assert out.splitlines()[4:6] == ["+Received: from 127.0.0.1 by 198.51.100.2", " Subject: hi"]
+    # an empty --header means none
+    status, out, _ = check(capsys, "--header", "", "--command", "cat", str(eml))
+    assert out == "verdict: deliver (exit 0)\nmessage unchanged\n"

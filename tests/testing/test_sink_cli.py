@@ -93,3 +93,20 @@ def test_bad_listen_value_is_a_usage_error() -> None:
         check=False,
     )
     assert result.returncode == 2 and b"invalid listen address" in result.stderr
+
+
+async def test_each_message_gets_its_own_queue_id_even_unrecorded() -> None:
+    """The sink keeps nothing (record=False), yet each 250 names another message."""
+    from trio_proxsmtp.testing import FakeUpstream, open_client
+
+    with trio.fail_after(10):
+        async with FakeUpstream(record=False) as up:
+            ids = []
+            for _ in range(2):
+                async with open_client("127.0.0.1", up.port) as client:
+                    await client.greeting()
+                    for _ in range(2):
+                        replies = await client.send_message("s@x", ["r@x"], MESSAGE)
+                        ids.append(replies[-1].lines[-1])
+    assert up.transactions == [] and up.accepted == 4
+    assert ids == [f"2.0.0 Ok: queued as {n}" for n in (1, 2, 3, 4)]

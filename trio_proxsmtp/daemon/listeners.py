@@ -107,14 +107,15 @@ def bind_tcp(
 
 
 def _bind(config: Config, address: Address) -> list[socket.socket]:
-    """Listen or ListenTLS; an OSError names the address."""
+    """Listen or ListenTLS; an OSError's `filename` names the address (its `strerror` is
+    the system's alone, so that a message naming the address names it once)."""
     try:
         if address.kind is AddressKind.UNIX:
             return [_bind_unix(address)]
         transparent = config.transparent_proxy is TransparentMode.FULL
         return bind_tcp(address, transparent=transparent)
     except OSError as exc:
-        raise OSError(exc.errno, f"{address}: {exc.strerror or exc}") from exc
+        raise OSError(exc.errno, exc.strerror or str(exc), str(address)) from exc
 
 
 def _bind_unix(address: Address) -> socket.socket:

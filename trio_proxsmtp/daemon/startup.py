@@ -143,9 +143,8 @@ def _start_blocked(
         try:
             sockets: list[socket.socket] = listeners.bind_listeners(config)
         except OSError as exc:
-            raise _StartupError(
-                f"couldn't bind to address: {config.listen}: {_strerror(exc)}"
-            ) from None
+            where = exc.filename or config.listen  # Listen or ListenTLS
+            raise _StartupError(f"couldn't bind to address: {where}: {_strerror(exc)}") from None
         # MetricsListen is bound like Listen: before detaching and switching User.
         if config.metrics_listen is not None:
             try:

@@ -7,12 +7,15 @@ verdict and a unified diff of the message the next server would get.
 
 The message file is read as the proxy would receive it after DATA: bare LF line endings
 become CRLF (an .eml saved on Unix has LF; SMTP carries CRLF), and a last line without an
-ending gets one. The Header option is not applied (it is added after the filter).
+ending gets one. The Header option (from the config, or ``--header``) is added to a
+delivered message as the proxy adds it after the filter, ``%i`` being ``--client`` and
+``%l`` ``--local``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import difflib
 import enum
 import re
@@ -26,6 +29,7 @@ import attrs
 from trio_proxsmtp.config.checks import check_filter_program
 from trio_proxsmtp.config.loader import load_config
 from trio_proxsmtp.config.model import Config, ConfigError
+from trio_proxsmtp.protocol.message.header import HeaderInserter, expand_header
 from trio_proxsmtp.protocol.smtp.replies import reply_from_text
 from trio_proxsmtp.stages.filter.environment import filter_environment
 from trio_proxsmtp.stages.filter.run import run_filter
@@ -51,7 +55,8 @@ class FilterResult:
     reply: str | None  # REJECT, DROP, ERROR: what the client would be told
     detail: str  # "exit 1", "killed by signal 9", "timed out after 30s", ...
     original: bytes
-    delivered: bytes | None  # DELIVER: what the next server would get (before Header)
+    delivered: bytes | None  # DELIVER: what the next server would get (Header included)
+    warnings: tuple[str, ...] = ()  # about the Header template
 
 
 def smtp_message(data: bytes) -> bytes:
@@ -72,8 +77,11 @@ async def check_filter(
     server: str = "127.0.0.1",
     remote: str | None = None,
     remote_helo: str | None = None,
+    header: str | None = None,
+    local: str = "127.0.0.1",
 ) -> FilterResult:
-    """Run ``spec`` over ``message`` (already CRLF, see smtp_message) as the proxy does."""
+    """Run ``spec`` over ``message`` (already CRLF, see smtp_message) as the proxy does,
+    then add ``header`` (a Header template) to a message it delivers."""
     env = filter_environment(
         client=client,
         server=server,
@@ -102,7 +110,23 @@ async def check_filter(
         FilterVerdictKind.ERROR: Outcome.ERROR,
     }[verdict.kind]
     reply = verdict.reply.text if verdict.reply is not None else None
-    return FilterResult(outcome, reply, verdict.detail, message, delivered)
+    warnings: list[str] = []
+    if delivered is not None and header:
+        delivered, warnings = add_header(delivered, header, client=client, local=local)
+    return FilterResult(outcome, reply, verdict.detail, message, delivered, tuple(warnings))
+
+
+def add_header(
+    message: bytes, template: str, *, client: str, local: str
+) -> tuple[bytes, list[str]]:
+    """The message with the Header option's header where the proxy puts it (docs/behaviour.md
+    §7.2), and the template's warnings."""
+    now = datetime.datetime.now().astimezone()
+    line, warnings = expand_header(template, client=client, local=local, now=now)
+    if not line:
+        return message, warnings
+    inserter = HeaderInserter(line)
+    return inserter.feed(message) + inserter.finish(), warnings
 
 
 def render(result: FilterResult) -> str:
@@ -148,6 +172,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default="127.0.0.1", help="$SERVER (default 127.0.0.1)")
     parser.add_argument("--remote", help="$REMOTE (an XFORWARD ADDR)")
     parser.add_argument("--remote-helo", help="$REMOTE_HELO (an XFORWARD HELO)")
+    parser.add_argument("--header", help="the Header option (overrides the config's)")
+    parser.add_argument(
+        "--local", default="127.0.0.1", help="the proxy's address the client reached (%%l)"
+    )
 
 
 class UsageError(Exception):
@@ -170,12 +198,15 @@ def _filter_config(args: argparse.Namespace) -> Config:
         changes["filter_timeout"] = args.timeout
     if args.temp_dir is not None:
         changes["temp_directory"] = args.temp_dir
+    if args.header is not None:
+        changes["header"] = args.header or None
     config = attrs.evolve(config, **changes)
     if config.filter_type is not FilterType.REJECT and not config.filter_command:
         raise UsageError("no FilterCommand: give --command or -f CONFIG")
-    try:  # what -t and the daemon's start would say about it
-        for warning in check_filter_program(config):
-            print(f"filter: warning: {warning}", file=sys.stderr)
+    try:  # what -t and the daemon's start would refuse
+        # Its only warning, a command with shell syntax whose program could not be checked,
+        # is left out: the command is run right after, and its verdict says the rest.
+        check_filter_program(config)
     except ConfigError as exc:
         raise UsageError(exc.message) from None
     return config
@@ -208,6 +239,8 @@ async def run(args: argparse.Namespace) -> tuple[int, str]:
             server=args.server,
             remote=args.remote,
             remote_helo=args.remote_helo,
+            header=config.header,
+            local=args.local,
         )
 
     if args.temp_dir is None and args.config is None:
@@ -215,4 +248,6 @@ async def run(args: argparse.Namespace) -> tuple[int, str]:
             result = await check(temp)
     else:
         result = await check(config.temp_directory)
+    for warning in result.warnings:
+        print(f"filter: warning: Header: {warning}", file=sys.stderr)
     return result.outcome.value, render(result)

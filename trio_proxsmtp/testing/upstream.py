@@ -362,6 +362,9 @@ class FakeUpstream:
         self.commands: list[bytes] = []
         """Every command line (without its line ending) from all connections, in order."""
         self.transactions: list[Transaction] = []
+        self.accepted = 0
+        """Messages answered 250 so far, kept in `transactions` or not (`record`): the
+        default reply's "queued as N" is the next number, unique to each message."""
         self.sessions: list[Session] = []
         self.port = port
         """The TCP port (the real one once serving, when 0 was asked for)."""
@@ -792,7 +795,7 @@ class _Connection:
         data, too_big = await self._read_data()
         if ClosePoint.AFTER_DOT in up.close_at:
             raise _Closed
-        default = f"250 2.0.0 Ok: queued as {len(up.transactions) + 1}"
+        default = f"250 2.0.0 Ok: queued as {up.accepted + 1}"
         if too_big:
             default = "552 5.3.4 Message size exceeds fixed limit"
         transaction = Transaction(
@@ -848,7 +851,7 @@ class _Connection:
             return
         if ClosePoint.AFTER_DOT in up.close_at:
             raise _Closed
-        default = self.bdat_error or f"250 2.0.0 Ok: queued as {len(up.transactions) + 1}"
+        default = self.bdat_error or f"250 2.0.0 Ok: queued as {up.accepted + 1}"
         if self.bdat_error is None and transfer.too_big:
             default = "552 5.3.4 Message size exceeds fixed limit"
         message = bytes(self.data)
@@ -871,6 +874,7 @@ class _Connection:
         await self._send(result, answers=command)
 
     def _record(self, transaction: Transaction) -> None:
+        self.up.accepted += 1
         if self.up.record:
             self.session.transactions.append(transaction)
             self.up.transactions.append(transaction)
