@@ -80,6 +80,8 @@ class ClientInfo:
     original_destination: tuple[str, int] | None = None
     # The accepted socket, when there is one: SO_ORIGINAL_DST and the departed-client peek.
     socket: trio.socket.SocketType | None = attrs.field(default=None, repr=False, eq=False)
+    # The client's port (a TCP peer's, or the PROXY header's); None for a unix peer.
+    client_port: int | None = None
 
     def lookup_original_destination(self) -> tuple[str, int]:
         """Where the client connected before NAT redirected it to us (TransparentProxy)."""
@@ -114,6 +116,7 @@ def from_socket_stream(stream: trio.SocketStream) -> ClientInfo:
         local=format_host(_address(sock.getsockname)),
         is_ipv6=sock.family == socket.AF_INET6,
         socket=sock,
+        client_port=_port(sock.getpeername),
     )
 
 
@@ -139,6 +142,7 @@ def from_proxy_header(
         is_ipv6=":" in client.client_address,
         original_destination=destination if transparent else None,
         socket=socket_info.socket,
+        client_port=client.client_port,
     )
 
 
@@ -147,6 +151,13 @@ def _address(get: Callable[[], object]) -> object:
         return get()
     except OSError:
         return ""
+
+
+def _port(get: Callable[[], object]) -> int | None:
+    address = _address(get)
+    if isinstance(address, tuple) and len(address) >= 2 and isinstance(address[1], int):
+        return address[1]
+    return None
 
 
 NAME_LOOKUP_TIMEOUT = 5.0

@@ -39,10 +39,10 @@ from trio_proxsmtp.protocol.smtp.bdat import BdatSender
 from trio_proxsmtp.protocol.smtp.data import DataSender, LineEnds
 from trio_proxsmtp.protocol.smtp.replies import LOCAL_ERROR, Reply, reply_from_text
 from trio_proxsmtp.relay.client_channel import ClientChannel, ClientGone
+from trio_proxsmtp.relay.filter_environment import message_environment
 from trio_proxsmtp.relay.message_deadline import MessageDeadline
 from trio_proxsmtp.relay.settings import TransactionSettings
 from trio_proxsmtp.relay.upstream import Outgoing, Upstream
-from trio_proxsmtp.stages.filter.environment import filter_environment
 from trio_proxsmtp.stages.filter.run import run_filter
 from trio_proxsmtp.stages.filter.verdict import FilterVerdictKind
 from trio_proxsmtp.stages.milter.milters import Milters
@@ -240,15 +240,8 @@ class Transaction:
     async def filter(self) -> list[Action]:
         spec = self.settings.filter
         assert self.spool is not None and spec is not None
-        envelope = self.session.envelope
-        env = filter_environment(
-            client=self.client.info.client,
-            server=self.upstream.address,
-            sender=envelope.sender,
-            recipients=envelope.recipients,
-            remote=envelope.remote_addr,
-            remote_helo=envelope.remote_helo,
-            temp_directory=spec.temp_directory,
+        env = message_environment(
+            self.session, self.client, self.upstream.address, spec.temp_directory, self.log
         )
         started = trio.current_time()
         async with self.client.watch(self.left), self.upstream.keepalives():

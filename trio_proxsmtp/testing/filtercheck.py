@@ -72,6 +72,12 @@ async def check_filter(
     server: str = "127.0.0.1",
     remote: str | None = None,
     remote_helo: str | None = None,
+    helo: str | None = None,
+    proto: str | None = None,
+    client_port: int | None = None,
+    tls: str = "",
+    message_id: str | None = None,
+    destination: str | None = None,
 ) -> FilterResult:
     """Run ``spec`` over ``message`` (already CRLF, see smtp_message) as the proxy does."""
     env = filter_environment(
@@ -82,6 +88,12 @@ async def check_filter(
         remote=remote,
         remote_helo=remote_helo,
         temp_directory=spec.temp_directory,
+        helo=helo,
+        proto=proto,
+        client_port=client_port,
+        tls=tls,
+        message_id=message_id,
+        destination=destination,
     )
     with Spool.create(spec.temp_directory, named=spec.mode is FilterType.FILE) as spool:
         spool.write(message)
@@ -148,6 +160,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default="127.0.0.1", help="$SERVER (default 127.0.0.1)")
     parser.add_argument("--remote", help="$REMOTE (an XFORWARD ADDR)")
     parser.add_argument("--remote-helo", help="$REMOTE_HELO (an XFORWARD HELO)")
+    parser.add_argument("--helo", help="$HELO (the client's HELO/EHLO name)")
+    parser.add_argument(
+        "--proto", choices=["SMTP", "ESMTP"], help="$PROTO (with --helo: default ESMTP)"
+    )
+    parser.add_argument("--client-port", type=int, help="$CLIENT_PORT")
+    parser.add_argument(
+        "--tls", default="", help='$TLS, e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384" (default empty)'
+    )
+    parser.add_argument("--id", help="$ID (the message id of the summary line)")
+    parser.add_argument("--destination", help="$DESTINATION (TransparentProxy's host:port)")
 
 
 class UsageError(Exception):
@@ -208,6 +230,12 @@ async def run(args: argparse.Namespace) -> tuple[int, str]:
             server=args.server,
             remote=args.remote,
             remote_helo=args.remote_helo,
+            helo=args.helo,
+            proto=args.proto or ("ESMTP" if args.helo is not None else None),
+            client_port=args.client_port,
+            tls=args.tls,
+            message_id=args.id,
+            destination=args.destination,
         )
 
     if args.temp_dir is None and args.config is None:

@@ -60,6 +60,14 @@ class SessionState:
         """A message is on its way (received, filtered or replayed) and not yet answered."""
         return self.state in MESSAGE_STATES
 
+    @property
+    def protocol_name(self) -> str | None:
+        """How the client greeted: "ESMTP" (EHLO), "SMTP" (HELO), None before either."""
+        line = self.helo_line
+        if line is None:
+            return None
+        return "ESMTP" if line[:4].upper() == b"EHLO" else "SMTP"
+
     def dispatch(self, command: Command, *, entry: bool = False) -> list[Action]:
         """A client command through the gates; `Session` (machine.py) implements it."""
         raise NotImplementedError
