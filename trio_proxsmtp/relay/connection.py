@@ -55,6 +55,7 @@ from trio_proxsmtp.relay.settings import RelaySettings
 from trio_proxsmtp.relay.transaction import Transaction
 from trio_proxsmtp.relay.upstream import Opener, Upstream
 from trio_proxsmtp.stages.milter.decisions import MilterContext
+from trio_proxsmtp.stages.milter.macros import client_name_macro
 from trio_proxsmtp.stages.milter.milters import Milters
 
 __all__ = ["Connection"]
@@ -159,8 +160,9 @@ class Connection:
             # and before the upstream hears of this client; no STARTTLS is offered.
             await self.client.start_tls(None, self.implicit_tls)
             self.session.handle(ClientTLSActive())
-        if self.settings.policy.xclient:
-            # XCLIENT NAME= needs the client's host name: look it up while connecting.
+        if self._wants_client_name():
+            # XCLIENT NAME= and the milters' {client_name} need the client's host name:
+            # look it up while connecting.
             name = "[TEMPUNAVAIL]"
 
             async def look_up() -> None:
@@ -192,11 +194,19 @@ class Connection:
             finally:
                 self.performer.milters = None
 
+    def _wants_client_name(self) -> bool:
+        """XCLIENT always; the milters for a client on a socket (a stream without one, in
+        process, has no peer to look up: {client_name} is "unknown")."""
+        if self.settings.policy.xclient:
+            return True
+        return self.settings.milters is not None and self.info.socket is not None
+
     def _milter_context(self) -> MilterContext:
         unix = not self.info.client
         return MilterContext(
             client_address=self.info.client,
-            client_name="localhost" if unix else "unknown",
+            client_port=self.info.client_port or 0,
+            client_name=client_name_macro(self.session.policy.xclient_name, unix=unix),
             hostname=socket.gethostname(),
             daemon_address=self.info.local,
             unix=unix,

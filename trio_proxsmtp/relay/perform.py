@@ -52,6 +52,7 @@ from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.endings import Closing
 from trio_proxsmtp.relay.transaction import Transaction
 from trio_proxsmtp.relay.upstream import Outgoing, Upstream
+from trio_proxsmtp.stages.milter.macros import tls_macros
 from trio_proxsmtp.stages.milter.milters import Milters
 
 __all__ = ["Performer"]
@@ -219,8 +220,7 @@ class Performer:
         verb = command.verb
         if verb in (Verb.HELO, Verb.EHLO):
             name = command.argument.split(None, 1)[0] if command.argument else ""
-            version, cipher = self.client.tls_details()
-            decision = await milters.helo(name, tls_version=version, cipher=cipher)
+            decision = await milters.helo(name, tls=tls_macros(self.client.stream))
         elif verb is Verb.MAIL:
             # The milters' "i" macro: unique per message of this process (id + number).
             conn_id = self.conn_id if isinstance(self.conn_id, str) else f"{self.conn_id:06X}"
