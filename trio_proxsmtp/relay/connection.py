@@ -57,6 +57,7 @@ from trio_proxsmtp.relay.upstream import Opener, Upstream
 from trio_proxsmtp.stages.milter.decisions import MilterContext
 from trio_proxsmtp.stages.milter.macros import client_name_macro
 from trio_proxsmtp.stages.milter.milters import Milters
+from trio_proxsmtp.stages.policy import PolicyClient
 
 __all__ = ["Connection"]
 
@@ -104,6 +105,8 @@ class Connection:
             settings.tls_context,
         )
         self._perform = self.performer.perform
+        if settings.policy_service is not None:
+            self.performer.policy = PolicyClient(settings.policy_service)
         self.draining = False
         self.metrics = self.client.metrics = self.upstream.metrics = metrics
         self.transaction.metrics = self.performer.metrics = metrics
@@ -150,6 +153,8 @@ class Connection:
             # aclose still closes the socket.
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 await self.upstream.aclose()
+            if self.performer.policy is not None:
+                await self.performer.policy.aclose()  # (forcefully: never waits)
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 await self.client.aclose()
             self.log.debug("connection closed")
@@ -195,11 +200,12 @@ class Connection:
                 self.performer.milters = None
 
     def _wants_client_name(self) -> bool:
-        """XCLIENT always; the milters for a client on a socket (a stream without one, in
-        process, has no peer to look up: {client_name} is "unknown")."""
+        """XCLIENT always; the milters and PolicyService for a client on a socket (a
+        stream without one, in process, has no peer to look up: the name is "unknown")."""
         if self.settings.policy.xclient:
             return True
-        return self.settings.milters is not None and self.info.socket is not None
+        asking = self.settings.milters is not None or self.settings.policy_service is not None
+        return asking and self.info.socket is not None
 
     def _milter_context(self) -> MilterContext:
         unix = not self.info.client

@@ -23,6 +23,7 @@ from trio_proxsmtp.protocol.message.edit import (
     bare_address,
 )
 from trio_proxsmtp.protocol.message.header import HeaderInserter, expand_header
+from trio_proxsmtp.protocol.message.prepend import Prepender, with_prepended
 from trio_proxsmtp.protocol.message.summary import Status
 from trio_proxsmtp.protocol.session.actions import Action, ReceiveChunk, SendMessage
 from trio_proxsmtp.protocol.session.events import (
@@ -35,6 +36,7 @@ from trio_proxsmtp.protocol.session.events import (
     UpstreamReply,
 )
 from trio_proxsmtp.protocol.session.machine import Session
+from trio_proxsmtp.protocol.session.policy_service import prepended_headers
 from trio_proxsmtp.protocol.smtp.bdat import BdatSender
 from trio_proxsmtp.protocol.smtp.data import DataSender, LineEnds
 from trio_proxsmtp.protocol.smtp.replies import LOCAL_ERROR, Reply, reply_from_text
@@ -374,7 +376,11 @@ class Transaction:
         self.log.warning("%s: it may send it again (a duplicate)", LEFT_AFTER_COMMIT)
         self.metrics.left_after_commit()
 
-    def _header_inserter(self) -> HeaderInserter | None:
+    def _header_inserter(self) -> HeaderInserter | Prepender | None:
+        """The Header option's inserter, PolicyService's PREPEND headers on top of it."""
+        return with_prepended(prepended_headers(self.session), self._header_option())
+
+    def _header_option(self) -> HeaderInserter | None:
         if not self.settings.header:
             return None
         header, warnings = expand_header(

@@ -15,6 +15,7 @@ from trio_proxsmtp.protocol.session.parts import (
     Chunking,
     EnvelopeReplay,
     ErrorCount,
+    PolicyService,
     UpstreamTLS,
     Xclient,
 )
@@ -47,6 +48,7 @@ class SessionState:
         self.chunking = Chunking()
         self.replay = EnvelopeReplay()  # the milters' changed envelope
         self.limits = ErrorCount(policy.hard_error_limit)
+        self.policy_service = PolicyService()  # PolicyService: asked at RCPT
         # Exchanges sent upstream, oldest first: each upstream reply answers the head.
         self.exchanges: collections.deque[Action] = collections.deque()
         self._error: LocalProtocolError | None = None  # sticky: set once, refuses all
