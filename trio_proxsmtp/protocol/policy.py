@@ -33,7 +33,7 @@ __all__ = [
 # An answer is one short action line (postgrey's is some 120 bytes); a server that sends
 # more than this is broken, and its bytes are not kept.
 MAX_ANSWER = 8192
-_MAX_TEXT = 400  # a refusal's text, so that the reply line stays within 512 bytes
+_MAX_LINE = 512 - len("554 \r\n")  # a refusal's text: the reply line within 512 bytes
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
 _DSN = re.compile(r"([245])\.\d{1,3}\.\d{1,3}")
@@ -210,6 +210,7 @@ def _refusal(code: int, dsn: str, text: str, recipient: str) -> Reply:
     if match and match.group(1) == str(code)[0] and text[match.end() : match.end() + 1] in "  ":
         dsn, text = match.group(0), text[match.end() :].strip()
     text = _CONTROLS.sub("?", text) or ("Access denied" if code >= 500 else "Try again later")
-    cut = text.encode("utf-8", "surrogateescape")[:_MAX_TEXT].decode("utf-8", "ignore")
-    safe = _CONTROLS.sub("?", recipient)[:200]
-    return Reply.single(code, f"{dsn} <{safe}>: Recipient address rejected: {cut}")
+    line = f"{dsn} <{_CONTROLS.sub('?', recipient)}>: Recipient address rejected: {text}"
+    # The wire line ("NNN " + line + CRLF) within 512 bytes, no character cut in two.
+    raw = line.encode("utf-8", "surrogateescape")[:_MAX_LINE]
+    return Reply.single(code, raw.decode("utf-8", "ignore"))

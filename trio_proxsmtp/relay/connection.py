@@ -154,7 +154,8 @@ class Connection:
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 await self.upstream.aclose()
             if self.performer.policy is not None:
-                await self.performer.policy.aclose()  # (forcefully: never waits)
+                with trio.CancelScope(shield=True):  # (forcefully: never waits)
+                    await self.performer.policy.aclose()
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 await self.client.aclose()
             self.log.debug("connection closed")
