@@ -25,8 +25,8 @@ def test_off_by_default() -> None:
     [
         ("inet:127.0.0.1:10023", MilterAddress("inet:127.0.0.1:10023", "127.0.0.1", 10023)),
         ("inet:[::1]:10023", MilterAddress("inet:[::1]:10023", "::1", 10023)),
-        ("INET:policy.example:9998", MilterAddress("INET:policy.example:9998", "policy.example", 9998)),
-        ("unix:/run/postgrey.sock", MilterAddress("unix:/run/postgrey.sock", path="/run/postgrey.sock")),
+        ("INET:pol.example:9998", MilterAddress("INET:pol.example:9998", "pol.example", 9998)),
+        ("unix:/run/pg.sock", MilterAddress("unix:/run/pg.sock", path="/run/pg.sock")),
     ],
 )  # fmt: skip
 def test_addresses(value: str, address: MilterAddress) -> None:
