@@ -174,12 +174,18 @@ async def test_a_server_that_closed_an_idle_connection_is_asked_again_on_a_new_o
     ("default", "expected"), [("tempfail", 451), ("dunno", 250)], ids=["tempfail", "dunno"]
 )
 @pytest.mark.parametrize(
-    "answer",
-    [STALL, HANGUP, b"garbage\n\n", b"action=DUNNO\n" + b"x" * 9000],
+    ("answer", "reason"),
+    [
+        (STALL, "no answer within 7s"),
+        (HANGUP, "connection closed before the answer"),
+        (b"garbage\n\n", "protocol error: not name=value"),
+        (b"action=DUNNO\n" + b"x" * 9000, "protocol error: answer longer than 8192 bytes"),
+    ],
     ids=["stall", "hangup", "garbage", "too-long"],
 )
 async def test_a_failing_service_gets_the_default_action(
     answer: PolicyAnswer,
+    reason: str,
     default: str,
     expected: int,
     autojump_clock: trio.testing.MockClock,
@@ -201,7 +207,8 @@ async def test_a_failing_service_gets_the_default_action(
         assert not up.transactions
     else:
         assert replies[-1].code == 250 and up.transactions[0].rcpt_to == ["r@x"]
-    assert any("PolicyDefaultAction" in r.getMessage() for r in caplog.records)
+    [logged] = [r.getMessage() for r in caplog.records if "PolicyDefaultAction" in r.getMessage()]
+    assert reason in logged and f"PolicyDefaultAction {default}" in logged
 
 
 async def test_an_unreachable_service_gets_the_default_action(
