@@ -109,8 +109,11 @@ def test_prepend() -> None:
         PolicyVerdictKind.PREPEND,
         "X-Greylist: delayed 60 seconds",
     )
-    bad = judge("PREPEND not a header", "r@x")
-    assert bad.kind is PolicyVerdictKind.RELAY and bad.note is not None
+    for bad_header in ("not a header", "X-A: nul\x00inside", "X-A: cr\rinside", ": no name"):
+        bad = judge(f"PREPEND {bad_header}", "r@x")
+        assert bad.kind is PolicyVerdictKind.RELAY and bad.note is not None
+    assert judge("PREPEND X-A:\tvalue", "r@x").header == "X-A:\tvalue"
+    assert judge("WARN a\rb", "r@x").note == "WARN a?b"
 
 
 def test_prepended_headers_go_under_a_received_header_option() -> None:

@@ -37,7 +37,7 @@ _MAX_LINE = 512 - len("554 \r\n")  # a refusal's text: the reply line within 512
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
 _DSN = re.compile(r"([245])\.\d{1,3}\.\d{1,3}")
-_HEADER = re.compile(r"[!-9;-~]+:[ \t]*[^\r\n]*")
+_HEADER = re.compile(r"[!-9;-~]+:[^\x00-\x08\x0a-\x1f\x7f]*")  # one line, TAB allowed
 
 
 class PolicyProtocolError(RemoteProtocolError):
@@ -196,7 +196,7 @@ def judge(action: str, recipient: str) -> PolicyVerdict:
             )
         return PolicyVerdict(PolicyVerdictKind.PREPEND, header=text)
     if upper == "WARN":
-        return PolicyVerdict(PolicyVerdictKind.RELAY, note=f"WARN {text}")
+        return PolicyVerdict(PolicyVerdictKind.RELAY, note=f"WARN {_CONTROLS.sub('?', text)}")
     why = _NOT_HERE.get(upper, "unknown action")
     return PolicyVerdict(
         PolicyVerdictKind.RELAY, note=f"{_CONTROLS.sub('?', action)[:200]}: DUNNO ({why})"
@@ -207,7 +207,11 @@ def _refusal(code: int, dsn: str, text: str, recipient: str) -> Reply:
     """Postfix's wording; a text starting with an enhanced status code of the reply's class
     keeps it (postgrey: ``DEFER_IF_PERMIT Greylisted, see ...``)."""
     match = _DSN.match(text)
-    if match and match.group(1) == str(code)[0] and text[match.end() : match.end() + 1] in "  ":
+    if (
+        match
+        and match.group(1) == str(code)[0]
+        and text[match.end() : match.end() + 1] in ("", " ")
+    ):
         dsn, text = match.group(0), text[match.end() :].strip()
     text = _CONTROLS.sub("?", text) or ("Access denied" if code >= 500 else "Try again later")
     line = f"{dsn} <{_CONTROLS.sub('?', recipient)}>: Recipient address rejected: {text}"
