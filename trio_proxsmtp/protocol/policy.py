@@ -177,10 +177,10 @@ def judge(action: str, recipient: str) -> PolicyVerdict:
     brackets). Refusals read as Postfix's: ``450 4.7.1 <r@x>: Recipient address rejected:
     TEXT``, with the action's own enhanced status code when it starts with one."""
     action = action.strip()
-    word, _, text = action.partition(" ")
+    word, text = [*action.split(None, 1), "", ""][:2]
     text = text.strip()
     upper = word.upper()
-    if upper in ("DUNNO", "OK", ""):
+    if upper in ("DUNNO", "OK"):
         return RELAY
     if upper in _REFUSALS:
         code, dsn = _REFUSALS[upper]
