@@ -100,6 +100,10 @@ def test_what_the_proxy_cannot_do_relays_with_a_note(action: str) -> None:
 
 def test_codes_that_are_not_refusals_relay() -> None:
     assert judge("250 fine", "r@x").kind is PolicyVerdictKind.RELAY
+    empty = judge("", "r@x")
+    assert empty.kind is PolicyVerdictKind.RELAY and empty.note is not None
+    tab = judge("REJECT\tno way", "r@x").reply
+    assert tab is not None and tab.text.endswith("rejected: no way")
     assert judge("WARN look", "r@x").note == "WARN look"
 
 
