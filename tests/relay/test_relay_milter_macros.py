@@ -48,6 +48,7 @@ async def test_connection_macros_and_the_message_id_at_end_of_message() -> None:
     assert connect["{client_port}"] == str(port)  # the real one, not 0
     assert connect["{client_name}"] == expected_name
     assert connect["{daemon_addr}"] == connect["{if_addr}"] == "127.0.0.1"
+    assert connect["{daemon_port}"] == str(proxy.port)
     assert connect["{daemon_name}"] and connect["j"] == socket.gethostname()
     assert session.of("connect")[0].port == port
     assert session.of("connect")[0].args[0] == expected_name

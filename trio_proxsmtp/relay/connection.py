@@ -213,6 +213,7 @@ class Connection:
         return MilterContext(
             client_address=self.info.client,
             client_port=self.info.client_port or 0,
+            daemon_port=self.info.local_port or 0,
             client_name=client_name_macro(self.session.policy.xclient_name, unix=unix),
             hostname=socket.gethostname(),
             daemon_address=self.info.local,
