@@ -71,7 +71,7 @@ class PolicyDefaultAction(enum.Enum):
 
 @attrs.frozen
 class PolicySettings:
-    """PolicyService (docs/behaviour.md §11.9): where, what a failure means, and the
+    """PolicyService (docs/behaviour.md §11.23): where, what a failure means, and the
     deadline of each wait on it (connect, request, answer)."""
 
     address: MilterAddress  # inet:host:port or unix:/path, as a milter's
