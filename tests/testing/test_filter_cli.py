@@ -191,3 +191,16 @@ def test_the_header_option_is_added_as_the_proxy_adds_it(
     # an empty --header means none
     status, out, _ = check(capsys, "--header", "", "--command", "cat", str(eml))
     assert out == "verdict: deliver (exit 0)\nmessage unchanged\n"
+
+
+def test_the_variables_of_issue_23(eml: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    names = ("HELO", "PROTO", "CLIENT_PORT", "TLS", "ID", "DESTINATION")
+    fields = " ".join(f'"${{{name}-unset}}"' for name in names)
+    command = f"printf '%s|%s|%s|%s|%s|%s' {fields} >&2; exit 1"
+    argv = ["--command", command, "--helo", "c.example", "--client-port", "40000"]
+    argv += ["--tls", "TLSv1.3 TLS_AES_128_GCM_SHA256", "--id", "ABC", "--destination", "h:25"]
+    status, out, _ = check(capsys, *argv, str(eml))
+    assert status == 1
+    assert "c.example|ESMTP|40000|TLSv1.3 TLS_AES_128_GCM_SHA256|ABC|h:25" in out
+    status, out, _ = check(capsys, "--command", command, str(eml))
+    assert "unset|unset|unset||unset|unset" in out  # TLS: empty, as without TLS

@@ -18,7 +18,12 @@ import attrs
 from trio_proxsmtp.common.address import Address, AddressKind, parse_address
 from trio_proxsmtp.common.networks import DEFAULT_TRUSTED_NETWORKS, IPNetwork
 from trio_proxsmtp.relay.settings import OutTLSMode, TransparentMode
-from trio_proxsmtp.stages.settings import DefaultAction, FilterType, MilterAddress
+from trio_proxsmtp.stages.settings import (
+    DefaultAction,
+    FilterType,
+    MilterAddress,
+    PolicyDefaultAction,
+)
 
 __all__ = [
     "DEFAULT_CONNECTION_LIMIT_EXCEPTIONS",
@@ -121,6 +126,10 @@ class Config:
     # smtpd_proxy_timeout of 100 s, so the proxy answers 451 before Postfix gives up
     # (docs/behaviour.md §8.1).
     message_timeout: float = 90.0
+    # Policy services (issue 23; stages/policy.py): Postfix's policy delegation at RCPT.
+    policy_service: MilterAddress | None = None
+    policy_default_action: PolicyDefaultAction = PolicyDefaultAction.TEMPFAIL
+    policy_timeout: float = 100.0  # Postfix's smtpd_policy_service_timeout
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
 
     @property

@@ -21,8 +21,14 @@ from trio_proxsmtp.config.model import (
     MAX_CONNECTIONS_LIMIT,
     MAX_WORKERS,
 )
+from trio_proxsmtp.config.options_policy import parse_policy_service
 from trio_proxsmtp.relay.settings import OutTLSMode, TransparentMode
-from trio_proxsmtp.stages.settings import DefaultAction, FilterType, MilterAddress
+from trio_proxsmtp.stages.settings import (
+    DefaultAction,
+    FilterType,
+    MilterAddress,
+    PolicyDefaultAction,
+)
 
 __all__ = ["AUTO", "OPTIONS", "Invalid", "parse_milter_address", "parse_milter_list"]
 
@@ -195,6 +201,13 @@ def _milters(value: str) -> tuple[MilterAddress, ...]:
         raise Invalid(str(exc)) from None
 
 
+def _policy_service(value: str) -> MilterAddress | None:
+    try:
+        return parse_policy_service(value)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+
+
 def _non_empty(value: str) -> str:
     if not value:
         raise Invalid("must not be empty")
@@ -285,5 +298,9 @@ OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("SessionTimeOut", "session_timeout", _seconds_or_zero),
         ("StressTimeOut", "stress_timeout", _seconds_or_zero),
         ("MessageTimeOut", "message_timeout", _seconds_positive),
+        # Policy services (issue 23): config/options_policy.py
+        ("PolicyService", "policy_service", _policy_service),
+        ("PolicyDefaultAction", "policy_default_action", _choice(PolicyDefaultAction)),
+        ("PolicyTimeout", "policy_timeout", _seconds_positive),
     ]
 }

@@ -16,13 +16,14 @@ from trio_proxsmtp.relay.settings import (
     TransactionSettings,
     UpstreamSettings,
 )
-from trio_proxsmtp.stages.settings import FilterSpec, FilterType, MilterSettings
+from trio_proxsmtp.stages.settings import FilterSpec, FilterType, MilterSettings, PolicySettings
 
 __all__ = [
     "deadline_settings",
     "filter_name",
     "filter_spec",
     "milter_settings",
+    "policy_settings",
     "relay_settings",
     "session_policy",
     "transaction_settings",
@@ -39,6 +40,7 @@ def relay_settings(config: Config) -> RelaySettings:
         deadlines=deadline_settings(config),
         tls_context=config.tls_context,
         milters=milter_settings(config) if config.milters else None,
+        policy_service=policy_settings(config),
     )
 
 
@@ -64,6 +66,7 @@ def session_policy(config: Config) -> SessionPolicy:
         chunking=config.chunking,
         max_recipients=config.max_recipients,
         hard_error_limit=config.hard_error_limit,
+        policy_service=config.policy_service is not None,
     )
 
 
@@ -127,4 +130,15 @@ def milter_settings(config: Config) -> MilterSettings:
         connect_timeout=config.milter_connect_timeout,
         command_timeout=config.milter_command_timeout,
         content_timeout=config.milter_content_timeout,
+    )
+
+
+def policy_settings(config: Config) -> PolicySettings | None:
+    """PolicyService's settings (stages/settings.py), None without one (issue 23)."""
+    if config.policy_service is None:
+        return None
+    return PolicySettings(
+        address=config.policy_service,
+        default_action=config.policy_default_action,
+        timeout=config.policy_timeout,
     )

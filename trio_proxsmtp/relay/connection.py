@@ -55,7 +55,9 @@ from trio_proxsmtp.relay.settings import RelaySettings
 from trio_proxsmtp.relay.transaction import Transaction
 from trio_proxsmtp.relay.upstream import Opener, Upstream
 from trio_proxsmtp.stages.milter.decisions import MilterContext
+from trio_proxsmtp.stages.milter.macros import client_name_macro
 from trio_proxsmtp.stages.milter.milters import Milters
+from trio_proxsmtp.stages.policy import PolicyClient
 
 __all__ = ["Connection"]
 
@@ -103,6 +105,8 @@ class Connection:
             settings.tls_context,
         )
         self._perform = self.performer.perform
+        if settings.policy_service is not None:
+            self.performer.policy = PolicyClient(settings.policy_service)
         self.draining = False
         self.metrics = self.client.metrics = self.upstream.metrics = metrics
         self.transaction.metrics = self.performer.metrics = metrics
@@ -149,6 +153,9 @@ class Connection:
             # aclose still closes the socket.
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 await self.upstream.aclose()
+            if self.performer.policy is not None:
+                with trio.CancelScope(shield=True):  # (forcefully: never waits)
+                    await self.performer.policy.aclose()
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 await self.client.aclose()
             self.log.debug("connection closed")
@@ -159,8 +166,9 @@ class Connection:
             # and before the upstream hears of this client; no STARTTLS is offered.
             await self.client.start_tls(None, self.implicit_tls)
             self.session.handle(ClientTLSActive())
-        if self.settings.policy.xclient:
-            # XCLIENT NAME= needs the client's host name: look it up while connecting.
+        if self._wants_client_name():
+            # XCLIENT NAME= and the milters' {client_name} need the client's host name:
+            # look it up while connecting.
             name = "[TEMPUNAVAIL]"
 
             async def look_up() -> None:
@@ -192,11 +200,21 @@ class Connection:
             finally:
                 self.performer.milters = None
 
+    def _wants_client_name(self) -> bool:
+        """XCLIENT always; the milters and PolicyService for a client on a socket (a
+        stream without one, in process, has no peer to look up: the name is "unknown")."""
+        if self.settings.policy.xclient:
+            return True
+        asking = self.settings.milters is not None or self.settings.policy_service is not None
+        return asking and self.info.socket is not None
+
     def _milter_context(self) -> MilterContext:
         unix = not self.info.client
         return MilterContext(
             client_address=self.info.client,
-            client_name="localhost" if unix else "unknown",
+            client_port=self.info.client_port or 0,
+            daemon_port=self.info.local_port or 0,
+            client_name=client_name_macro(self.session.policy.xclient_name, unix=unix),
             hostname=socket.gethostname(),
             daemon_address=self.info.local,
             unix=unix,

@@ -21,6 +21,7 @@ from trio_proxsmtp.protocol.session.actions import (
     AbortMilters,
     Action,
     AskMilters,
+    AskPolicy,
     Close,
     Log,
     Purpose,
@@ -40,6 +41,7 @@ from trio_proxsmtp.protocol.session.events import (
     ClientCommand,
     ClientTLSStarted,
     MiltersDecided,
+    PolicyDecided,
     UpstreamReply,
     UpstreamTLSStarted,
 )
@@ -50,9 +52,12 @@ from trio_proxsmtp.protocol.smtp.replies import reply_from_text
 from trio_proxsmtp.relay.client_channel import ClientChannel
 from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.endings import Closing
+from trio_proxsmtp.relay.policy_request import policy_request, rcpt_address
 from trio_proxsmtp.relay.transaction import Transaction
 from trio_proxsmtp.relay.upstream import Outgoing, Upstream
+from trio_proxsmtp.stages.milter.macros import tls_macros
 from trio_proxsmtp.stages.milter.milters import Milters
+from trio_proxsmtp.stages.policy import PolicyClient
 
 __all__ = ["Performer"]
 
@@ -83,6 +88,7 @@ class Performer:
         self.trace = log.isEnabledFor(logging.DEBUG)
         self.tls_context = tls_context  # STARTTLS towards the client
         self.milters: Milters | None = None  # while the connection runs, if configured
+        self.policy: PolicyClient | None = None  # PolicyService, if configured
 
     # -- PIPELINING towards the upstream (RFC 2920) --------------------------------------
 
@@ -189,6 +195,8 @@ class Performer:
                 after = self.session.handle(UpstreamTLSStarted(action.command))
             elif isinstance(action, AskMilters):
                 after = await self._ask_milters(action)
+            elif isinstance(action, AskPolicy):
+                after = await self._ask_policy(action)
             elif isinstance(action, AbortMilters):
                 if self.milters is not None:
                     await self.milters.abort()
@@ -219,20 +227,29 @@ class Performer:
         verb = command.verb
         if verb in (Verb.HELO, Verb.EHLO):
             name = command.argument.split(None, 1)[0] if command.argument else ""
-            version, cipher = self.client.tls_details()
-            decision = await milters.helo(name, tls_version=version, cipher=cipher)
+            decision = await milters.helo(name, tls=tls_macros(self.client.stream))
         elif verb is Verb.MAIL:
-            # The milters' "i" macro: unique per message of this process (id + number).
-            conn_id = self.conn_id if isinstance(self.conn_id, str) else f"{self.conn_id:06X}"
-            queue_id = f"{conn_id}{self.session.messages + 1:04X}"
             sender = command.address or "<>"
-            decision = await milters.mail(sender, command.params, queue_id=queue_id)
+            decision = await milters.mail(sender, command.params, queue_id=self._queue_id())
         elif verb is Verb.RCPT:
             decision = await milters.rcpt(command.address or command.argument, command.params)
         else:
             decision = await milters.data()
         reply = reply_from_text(decision.reply) if decision.reply else None
         return self.session.handle(MiltersDecided(action, decision.kind, reply, decision.milter))
+
+    def _queue_id(self) -> str:
+        """The milters' "i" macro and PolicyService's queue_id: unique per message of this
+        process (connection id + the message's number on the connection)."""
+        conn_id = self.conn_id if isinstance(self.conn_id, str) else f"{self.conn_id:06X}"
+        return f"{conn_id}{self.session.messages + 1:04X}"
+
+    async def _ask_policy(self, action: AskPolicy) -> list[Action]:
+        """A client's RCPT asked of PolicyService (docs/behaviour.md §11.23), then its fate."""
+        assert self.policy is not None
+        request = policy_request(self.session, self.client, action.command, self._queue_id())
+        verdict = await self.policy.ask(request.attributes(), rcpt_address(action.command))
+        return self.session.handle(PolicyDecided(action, verdict))
 
     def log_actions(self, actions: list[Action]) -> None:
         for action in actions:

@@ -18,7 +18,7 @@ import attrs
 
 from trio_proxsmtp.common.address import Address
 from trio_proxsmtp.protocol.session.policy import SessionPolicy
-from trio_proxsmtp.stages.settings import FilterSpec, FilterType, MilterSettings
+from trio_proxsmtp.stages.settings import FilterSpec, FilterType, MilterSettings, PolicySettings
 
 __all__ = [
     "DeadlineSettings",
@@ -100,6 +100,7 @@ class RelaySettings:
     # STARTTLS towards clients: the server context (TLSCertificate/TLSKey), None: not offered.
     tls_context: ssl.SSLContext | None = attrs.field(default=None, eq=False, repr=False)
     milters: MilterSettings | None = None  # None: no Milters configured
+    policy_service: PolicySettings | None = None  # None: no PolicyService (issue 23)
 
     @property
     def timeout(self) -> float:

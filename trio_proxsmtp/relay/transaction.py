@@ -23,6 +23,7 @@ from trio_proxsmtp.protocol.message.edit import (
     bare_address,
 )
 from trio_proxsmtp.protocol.message.header import HeaderInserter, expand_header
+from trio_proxsmtp.protocol.message.prepend import Prepender, with_prepended
 from trio_proxsmtp.protocol.message.summary import Status
 from trio_proxsmtp.protocol.session.actions import Action, ReceiveChunk, SendMessage
 from trio_proxsmtp.protocol.session.events import (
@@ -35,14 +36,15 @@ from trio_proxsmtp.protocol.session.events import (
     UpstreamReply,
 )
 from trio_proxsmtp.protocol.session.machine import Session
+from trio_proxsmtp.protocol.session.policy_service import prepended_headers
 from trio_proxsmtp.protocol.smtp.bdat import BdatSender
 from trio_proxsmtp.protocol.smtp.data import DataSender, LineEnds
 from trio_proxsmtp.protocol.smtp.replies import LOCAL_ERROR, Reply, reply_from_text
 from trio_proxsmtp.relay.client_channel import ClientChannel, ClientGone
+from trio_proxsmtp.relay.filter_environment import message_environment
 from trio_proxsmtp.relay.message_deadline import MessageDeadline
 from trio_proxsmtp.relay.settings import TransactionSettings
 from trio_proxsmtp.relay.upstream import Outgoing, Upstream
-from trio_proxsmtp.stages.filter.environment import filter_environment
 from trio_proxsmtp.stages.filter.run import run_filter
 from trio_proxsmtp.stages.filter.verdict import FilterVerdictKind
 from trio_proxsmtp.stages.milter.milters import Milters
@@ -240,15 +242,8 @@ class Transaction:
     async def filter(self) -> list[Action]:
         spec = self.settings.filter
         assert self.spool is not None and spec is not None
-        envelope = self.session.envelope
-        env = filter_environment(
-            client=self.client.info.client,
-            server=self.upstream.address,
-            sender=envelope.sender,
-            recipients=envelope.recipients,
-            remote=envelope.remote_addr,
-            remote_helo=envelope.remote_helo,
-            temp_directory=spec.temp_directory,
+        env = message_environment(
+            self.session, self.client, self.upstream.address, spec.temp_directory, self.log
         )
         started = trio.current_time()
         async with self.client.watch(self.left), self.upstream.keepalives():
@@ -381,7 +376,11 @@ class Transaction:
         self.log.warning("%s: it may send it again (a duplicate)", LEFT_AFTER_COMMIT)
         self.metrics.left_after_commit()
 
-    def _header_inserter(self) -> HeaderInserter | None:
+    def _header_inserter(self) -> HeaderInserter | Prepender | None:
+        """The Header option's inserter, PolicyService's PREPEND headers on top of it."""
+        return with_prepended(prepended_headers(self.session), self._header_option())
+
+    def _header_option(self) -> HeaderInserter | None:
         if not self.settings.header:
             return None
         header, warnings = expand_header(

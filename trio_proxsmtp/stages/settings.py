@@ -14,6 +14,8 @@ __all__ = [
     "FilterType",
     "MilterAddress",
     "MilterSettings",
+    "PolicyDefaultAction",
+    "PolicySettings",
     "direct_argv",
 ]
 
@@ -57,6 +59,24 @@ class MilterSettings:
     connect_timeout: float = 30.0
     command_timeout: float = 30.0
     content_timeout: float = 300.0
+
+
+class PolicyDefaultAction(enum.Enum):
+    """PolicyDefaultAction: what a policy service that fails (unreachable, timeout, an
+    answer that cannot be read) means for the RCPT."""
+
+    TEMPFAIL = "tempfail"
+    DUNNO = "dunno"
+
+
+@attrs.frozen
+class PolicySettings:
+    """PolicyService (docs/behaviour.md §11.23): where, what a failure means, and the
+    deadline of each wait on it (connect, request, answer)."""
+
+    address: MilterAddress  # inet:host:port or unix:/path, as a milter's
+    default_action: PolicyDefaultAction = PolicyDefaultAction.TEMPFAIL
+    timeout: float = 100.0
 
 
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")

@@ -118,6 +118,17 @@ class FakeMilterSession:
         names = {**_STAGE_NAMES, MilterCommand.ABORT: "abort", MilterCommand.QUIT: "quit"}
         return [names[c.command] for c in self.commands if c.command in names]
 
+    def macros_at(self, stage: str) -> dict[str, str]:
+        """The macros sent for one stage (``"eom"``, ...), merged over its commands."""
+        merged: dict[str, str] = {}
+        for c in self.commands:
+            if (
+                c.command is MilterCommand.MACRO
+                and _STAGE_NAMES.get(MilterCommand(c.macro_for)) == stage
+            ):
+                merged.update(c.macros)
+        return merged
+
     def of(self, stage: str) -> list[MtaCommand]:
         return [c for c in self.commands if _STAGE_NAMES.get(c.command) == stage]
 

@@ -79,6 +79,12 @@ async def check_filter(
     remote_helo: str | None = None,
     header: str | None = None,
     local: str = "127.0.0.1",
+    helo: str | None = None,
+    proto: str | None = None,
+    client_port: int | None = None,
+    tls: str = "",
+    message_id: str | None = None,
+    destination: str | None = None,
 ) -> FilterResult:
     """Run ``spec`` over ``message`` (already CRLF, see smtp_message) as the proxy does,
     then add ``header`` (a Header template) to a message it delivers."""
@@ -90,6 +96,12 @@ async def check_filter(
         remote=remote,
         remote_helo=remote_helo,
         temp_directory=spec.temp_directory,
+        helo=helo,
+        proto=proto,
+        client_port=client_port,
+        tls=tls,
+        message_id=message_id,
+        destination=destination,
     )
     with Spool.create(spec.temp_directory, named=spec.mode is FilterType.FILE) as spool:
         spool.write(message)
@@ -177,6 +189,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--local", default="127.0.0.1", help="the proxy's address the client reached (%%l)"
     )
 
+    parser.add_argument("--helo", help="$HELO (the client's HELO/EHLO name)")
+    parser.add_argument(
+        "--proto", choices=["SMTP", "ESMTP"], help="$PROTO (with --helo: default ESMTP)"
+    )
+    parser.add_argument("--client-port", type=int, help="$CLIENT_PORT")
+    parser.add_argument(
+        "--tls", default="", help='$TLS, e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384" (default empty)'
+    )
+    parser.add_argument("--id", help="$ID (the message id of the summary line)")
+    parser.add_argument("--destination", help="$DESTINATION (TransparentProxy's host:port)")
+
 
 class UsageError(Exception):
     """Bad arguments or config: one line, exit status 2."""
@@ -241,6 +264,12 @@ async def run(args: argparse.Namespace) -> tuple[int, str]:
             remote_helo=args.remote_helo,
             header=config.header,
             local=args.local,
+            helo=args.helo,
+            proto=args.proto or ("ESMTP" if args.helo is not None else None),
+            client_port=args.client_port,
+            tls=args.tls,
+            message_id=args.id,
+            destination=args.destination,
         )
 
     if args.temp_dir is None and args.config is None:

@@ -18,6 +18,7 @@ __all__ = [
     "AbortMilters",
     "Action",
     "AskMilters",
+    "AskPolicy",
     "Close",
     "Log",
     "Purpose",
@@ -97,6 +98,14 @@ class RunFilter:
 class AskMilters:
     """Ask the milters about a client command (HELO/EHLO, MAIL, RCPT, DATA) before it goes
     any further, then report `MiltersDecided(action, kind, reply, milter)`."""
+
+    command: Command
+
+
+@attrs.frozen
+class AskPolicy:
+    """Ask PolicyService about a client's RCPT before it goes any further, then report
+    `PolicyDecided(action, verdict)` (protocol/session/policy_service.py)."""
 
     command: Command
 
@@ -197,6 +206,7 @@ Action = (
     | StartUpstreamTLS
     | RunFilter
     | AskMilters
+    | AskPolicy
     | AbortMilters
     | RunMilters
     | SendMessage

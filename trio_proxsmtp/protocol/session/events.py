@@ -13,7 +13,8 @@ import attrs
 from trio_proxsmtp.protocol.message.edit import MilterEnvelope
 from trio_proxsmtp.protocol.message.summary import Status
 from trio_proxsmtp.protocol.milter.messages import MilterVerdictKind
-from trio_proxsmtp.protocol.session.actions import Action, AskMilters
+from trio_proxsmtp.protocol.policy import PolicyVerdict
+from trio_proxsmtp.protocol.session.actions import Action, AskMilters, AskPolicy
 from trio_proxsmtp.protocol.smtp.commands import Command
 from trio_proxsmtp.protocol.smtp.replies import Reply
 
@@ -34,6 +35,7 @@ __all__ = [
     "MessageStreamed",
     "MiltersDecided",
     "MiltersDone",
+    "PolicyDecided",
     "UpstreamReply",
     "UpstreamTLSActive",
     "UpstreamTLSStarted",
@@ -147,6 +149,15 @@ class MiltersDecided:
 
 
 @attrs.frozen
+class PolicyDecided:
+    """PolicyService's answer to a client's RCPT (its failure already turned into
+    PolicyDefaultAction's verdict by the relay)."""
+
+    action: AskPolicy
+    verdict: PolicyVerdict
+
+
+@attrs.frozen
 class MiltersDone:
     """The milters' verdict on the message. CONTINUE with `envelope`: the milters changed
     the envelope, so the upstream transaction is made again (RSET, MAIL, RCPT...)."""
@@ -215,6 +226,7 @@ Event = (
     | FilterDone
     | MiltersDecided
     | MiltersDone
+    | PolicyDecided
     | ClientTLSStarted
     | ClientTLSActive
     | UpstreamTLSStarted

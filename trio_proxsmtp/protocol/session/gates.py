@@ -28,6 +28,7 @@ from trio_proxsmtp.protocol.session.envelope import AcceptedEnvelope, MessageFac
 from trio_proxsmtp.protocol.session.gate import Gate
 from trio_proxsmtp.protocol.session.limits import MAX_RECIPIENTS
 from trio_proxsmtp.protocol.session.milters import ASK_MILTERS, RSET_MILTERS, asks
+from trio_proxsmtp.protocol.session.policy_service import ASK_POLICY
 from trio_proxsmtp.protocol.session.states import State
 from trio_proxsmtp.protocol.session.upstream_tls import ENCRYPT_FIRST, UPGRADE
 from trio_proxsmtp.protocol.session.wire import NEED_MAIL, NO_VALID_RECIPIENTS, START_MAIL_INPUT
@@ -116,6 +117,7 @@ GATES: tuple[Gate, ...] = (
     MAX_RECIPIENTS,
     _own(extensions.SIZE),
     DATA,
+    ASK_POLICY,  # before the milters, as Postfix's restrictions come before its milters
     ASK_MILTERS,
     RSET_MILTERS,
     ENCRYPT_FIRST,

@@ -16,10 +16,20 @@ from trio_proxsmtp.protocol.session.actions import (
     SendClient,
     SendUpstream,
 )
+from trio_proxsmtp.protocol.session.envelope import AcceptedEnvelope
 from trio_proxsmtp.protocol.session.wire import TOO_MANY_ERRORS, TOO_MANY_RECIPIENTS
+from trio_proxsmtp.protocol.smtp.commands import Command
 from trio_proxsmtp.protocol.smtp.replies import Reply
 
-__all__ = ["Auth", "Chunking", "EnvelopeReplay", "ErrorCount", "UpstreamTLS", "Xclient"]
+__all__ = [
+    "Auth",
+    "Chunking",
+    "EnvelopeReplay",
+    "ErrorCount",
+    "PolicyService",
+    "UpstreamTLS",
+    "Xclient",
+]
 
 
 class Auth:
@@ -147,3 +157,26 @@ class ErrorCount:
                 note = Log(logging.WARNING, f"{self.errors} errors: disconnecting the client")
                 return [*actions, note, SendClient(TOO_MANY_ERRORS), Close()]
         return actions
+
+
+class PolicyService:
+    """The PolicyService machine (policy_service.py): the RCPT it let through (dispatched
+    once more, without asking), and the headers its PREPEND answers gave the transaction
+    under way, kept with the envelope they belong to (a new MAIL, RSET or the end of the
+    message makes a new envelope, and the headers go with the old one)."""
+
+    __slots__ = ("envelope", "headers", "passed")
+
+    def __init__(self) -> None:
+        self.passed: Command | None = None  # the RCPT let through
+        self.envelope: AcceptedEnvelope | None = None  # the envelope the headers are for
+        self.headers: list[str] = []
+
+    def prepend(self, envelope: AcceptedEnvelope, header: str) -> None:
+        if self.envelope is not envelope:
+            self.envelope, self.headers = envelope, []
+        self.headers.append(header)
+
+    def headers_for(self, envelope: AcceptedEnvelope) -> tuple[str, ...]:
+        """The PREPEND headers of this envelope's message, in the order they came."""
+        return tuple(self.headers) if self.envelope is envelope else ()

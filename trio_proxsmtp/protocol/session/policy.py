@@ -31,3 +31,4 @@ class SessionPolicy:
     chunking: bool = False  # Chunking: on: advertise CHUNKING and take BDAT
     max_recipients: int = 0  # MaxRecipients: accepted recipients per transaction; 0: none
     hard_error_limit: int = 0  # HardErrorLimit: error replies before 421 and close; 0: none
+    policy_service: bool = False  # PolicyService is set: ask it at each RCPT

@@ -15,6 +15,7 @@ from trio_proxsmtp.protocol.session.parts import (
     Chunking,
     EnvelopeReplay,
     ErrorCount,
+    PolicyService,
     UpstreamTLS,
     Xclient,
 )
@@ -47,6 +48,7 @@ class SessionState:
         self.chunking = Chunking()
         self.replay = EnvelopeReplay()  # the milters' changed envelope
         self.limits = ErrorCount(policy.hard_error_limit)
+        self.policy_service = PolicyService()  # PolicyService: asked at RCPT
         # Exchanges sent upstream, oldest first: each upstream reply answers the head.
         self.exchanges: collections.deque[Action] = collections.deque()
         self._error: LocalProtocolError | None = None  # sticky: set once, refuses all
@@ -59,6 +61,14 @@ class SessionState:
     def in_message(self) -> bool:
         """A message is on its way (received, filtered or replayed) and not yet answered."""
         return self.state in MESSAGE_STATES
+
+    @property
+    def protocol_name(self) -> str | None:
+        """How the client greeted: "ESMTP" (EHLO), "SMTP" (HELO), None before either."""
+        line = self.helo_line
+        if line is None:
+            return None
+        return "ESMTP" if line[:4].upper() == b"EHLO" else "SMTP"
 
     def dispatch(self, command: Command, *, entry: bool = False) -> list[Action]:
         """A client command through the gates; `Session` (machine.py) implements it."""

@@ -22,6 +22,7 @@ from trio_proxsmtp.protocol.session import (
     events,
     inputs,
     milters,
+    policy_service,
     replay,
     upstream_tls,
     xclient,
@@ -90,6 +91,7 @@ _rows(_COMMANDS_CHUNKS, events.CommandTooLong, inputs.too_long)
 _rows(_COMMANDS_CHUNKS, events.BadCommandLine, inputs.bad_line)
 _rows(COMMAND_STATES, events.ClientTLSStarted, inputs.tls_started, [State.HELO], stay=False)
 _dispatching(COMMAND_STATES, events.MiltersDecided, milters.milters_decided)
+_dispatching(COMMAND_STATES, events.PolicyDecided, policy_service.policy_decided)
 _dispatching(COMMAND_STATES, events.UpstreamTLSStarted, upstream_tls.tls_started)
 _rows([State.DATA], events.MessageReceived, delivery.message_received, _RECEIVED, stay=False)
 _rows(

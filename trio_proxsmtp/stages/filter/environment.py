@@ -4,6 +4,7 @@ a file when exec could not hold it, and the check that exec will take the enviro
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -13,7 +14,10 @@ from trio_proxsmtp.stages.spool import RECIPIENTS_KIND, named_prefix
 __all__ = [
     "RECIPIENTS_ENV_LIMIT",
     "filter_environment",
+    "host_port",
+    "message_id",
     "move_recipients_to_file",
+    "tls_description",
     "unexecutable",
 ]
 
@@ -33,6 +37,12 @@ def filter_environment(
     remote_helo: str | None,
     temp_directory: str,
     base: Mapping[str, str] | None = None,
+    helo: str | None = None,
+    proto: str | None = None,
+    client_port: int | None = None,
+    tls: str | None = None,
+    message_id: str | None = None,
+    destination: str | None = None,
 ) -> dict[str, str]:
     """The daemon's environment plus the variables of docs/behaviour.md §6.1 (EMAIL is
     added by run_filter).
@@ -53,7 +63,41 @@ def filter_environment(
         env["REMOTE"] = remote
     if remote_helo is not None:
         env["REMOTE_HELO"] = remote_helo
+    # Issue 23: what else the proxy knows of the client and the message.
+    if helo is not None:
+        env["HELO"] = helo
+    if proto is not None:
+        env["PROTO"] = proto
+    if client_port is not None:
+        env["CLIENT_PORT"] = str(client_port)
+    if tls is not None:
+        env["TLS"] = tls
+    if message_id is not None:
+        env["ID"] = message_id
+    if destination is not None:
+        env["DESTINATION"] = destination
     return env
+
+
+def tls_description(version: str | None, cipher: str | None) -> str:
+    """TLS's value: the client side's protocol and cipher ("TLSv1.3 TLS_AES_256_GCM_SHA384"),
+    "" in plain text."""
+    return " ".join(part for part in (version, cipher) if part)
+
+
+def host_port(address: tuple[str, int] | None) -> str | None:
+    """DESTINATION's value: host:port, an IPv6 host in brackets; None when unknown."""
+    if address is None:
+        return None
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def message_id(log: logging.LoggerAdapter[logging.Logger]) -> str:
+    """ID's value: the id the connection's log lines, and so the message's summary line,
+    start with (the adapter's own prefix, without its ": ")."""
+    prefix, _ = log.process("", {})
+    return str(prefix).removesuffix(": ")
 
 
 def move_recipients_to_file(env: dict[str, str], directory: str) -> str | None:

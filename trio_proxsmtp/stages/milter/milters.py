@@ -169,7 +169,7 @@ class Milters:
             "j": context.hostname,
             "{daemon_name}": context.daemon_name,
             "{daemon_addr}": context.daemon_address,
-            "{daemon_port}": str(context.daemon_port),
+            "{if_addr}": context.daemon_address,
             "{client_addr}": context.client_address,
             "{client_port}": str(context.client_port),
             "{client_name}": context.client_name,
@@ -177,6 +177,8 @@ class Milters:
             "_": f"{context.client_name} [{context.client_address}]",
             "v": "trio-proxsmtpd",
         }
+        if context.daemon_port:
+            self._macros["{daemon_port}"] = str(context.daemon_port)
         for milter in self._milters:
             try:
                 await milter.open()
@@ -191,10 +193,16 @@ class Milters:
         )
 
     async def helo(
-        self, name: str, *, tls_version: str | None = None, cipher: str | None = None
+        self,
+        name: str,
+        *,
+        tls_version: str | None = None,
+        cipher: str | None = None,
+        tls: Mapping[str, str] | None = None,
     ) -> MilterDecision:
-        """After the client's HELO/EHLO, before it is answered."""
-        macros = {}
+        """After the client's HELO/EHLO, before it is answered; `tls`: the client side's
+        TLS macros (stages/milter/macros.py `tls_macros`)."""
+        macros = dict(tls or {})
         if tls_version:
             macros["{tls_version}"] = tls_version
         if cipher:
