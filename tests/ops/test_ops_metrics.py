@@ -396,7 +396,7 @@ async def test_scraped_counts_of_a_known_mix(tmp_path: Path, workers: int) -> No
             )
             log = tmp_path / "proxy.log"
             with proxy_process(config, log, env={"TMPDIR": str(temp)}) as proxy:
-                await proxy.wait_log("listening on", count=workers)
+                await proxy.wait_log(" serving " if workers > 1 else "listening on", count=workers)
                 busy = 0
                 async with AsyncExitStack() as stack:
                     # One session on each worker (each worker's share is one session).

@@ -16,6 +16,7 @@ import ssl
 import attrs
 
 from trio_proxsmtp.common.address import Address, AddressKind, parse_address
+from trio_proxsmtp.common.log_format import LogFormat
 from trio_proxsmtp.common.networks import DEFAULT_TRUSTED_NETWORKS, IPNetwork
 from trio_proxsmtp.relay.settings import OutTLSMode, TransparentMode
 from trio_proxsmtp.stages.settings import DefaultAction, FilterType, MilterAddress
@@ -121,6 +122,8 @@ class Config:
     # smtpd_proxy_timeout of 100 s, so the proxy answers 451 before Postfix gives up
     # (docs/behaviour.md §8.1).
     message_timeout: float = 90.0
+    # Logs, health and metrics (issue 24): how each log record reads (common/log_format.py).
+    log_format: LogFormat = LogFormat.TEXT
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
 
     @property

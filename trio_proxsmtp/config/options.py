@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from trio_proxsmtp.common.address import Address, AddressKind, parse_address, resolve_tcp
+from trio_proxsmtp.common.log_format import LogFormat
 from trio_proxsmtp.common.networks import IPNetwork, parse_networks
 from trio_proxsmtp.config.model import (
     DEFAULT_FILTER_REJECT,
@@ -285,5 +286,6 @@ OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("SessionTimeOut", "session_timeout", _seconds_or_zero),
         ("StressTimeOut", "stress_timeout", _seconds_or_zero),
         ("MessageTimeOut", "message_timeout", _seconds_positive),
+        ("LogFormat", "log_format", _choice(LogFormat)),  # issue 24: text, json, logfmt
     ]
 }

@@ -49,7 +49,7 @@ from trio_proxsmtp.common.log import LOGGER_NAME, process_connection_ids
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.config.settings import relay_settings
-from trio_proxsmtp.daemon import listeners, notify
+from trio_proxsmtp.daemon import announce, listeners, notify
 from trio_proxsmtp.daemon.admission import (
     Admission,
     Limits,
@@ -135,8 +135,8 @@ class Server:
                 nursery.cancel_scope.cancel()
             return
         listeners.raise_fd_limit(self.max_connections)
-        if not self.config.filter_command:
-            log.warning("no filter command specified. passing messages through")
+        if self.workers == 1:  # (with Workers the supervisor says it: announce.py)
+            announce.filtering_note(self.config)
         # With several workers the supervisor removes the socket file once all are gone.
         unix_paths = listeners.unix_socket_files(sockets) if self.workers == 1 else {}
         try:
@@ -158,7 +158,10 @@ class Server:
                         listeners.listener_name(listener) + (" (TLS)" if implicit_tls else "")
                         for listener, implicit_tls in zip(socket_listeners, tls, strict=True)
                     ]
-                    log.info("listening on %s", ", ".join(names))
+                    if self.workers == 1:
+                        announce.listening(names)
+                    else:
+                        announce.worker_serving(self.worker, self.workers, names)
                     notify.ready(f"listening on {', '.join(names)}")
                     task_status.started(names)
             # Accepting has stopped (stop()): refuse new clients at once, drain. The

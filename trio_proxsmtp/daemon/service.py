@@ -23,8 +23,13 @@ from trio_proxsmtp.common.log import LOGGER_NAME
 from trio_proxsmtp.common.log_handlers import set_drop_counter
 from trio_proxsmtp.config.loader import load_config, load_config_with_warnings
 from trio_proxsmtp.config.model import Config
-from trio_proxsmtp.daemon import notify, signals
-from trio_proxsmtp.daemon.listeners import remove_unix_socket_files, unix_socket_files
+from trio_proxsmtp.daemon import announce, notify, signals
+from trio_proxsmtp.daemon.listeners import (
+    is_tls_listener,
+    remove_unix_socket_files,
+    socket_name,
+    unix_socket_files,
+)
 from trio_proxsmtp.daemon.prometheus import MultiprocessDirectory, PrometheusMetrics
 from trio_proxsmtp.daemon.reload import applicable_reload
 from trio_proxsmtp.daemon.workers import Supervisor
@@ -135,6 +140,12 @@ def supervise(
             directory.worker_died(pid)
 
     try:
+        announce.filtering_note(config)
+        names = [
+            socket_name(sock.getsockname()) + (" (TLS)" if is_tls_listener(sock) else "")
+            for sock in sockets
+        ]
+        announce.listening(names, count)
         notify.ready(f"{count} workers listening on {config.listen}")
         return Supervisor(
             count,
