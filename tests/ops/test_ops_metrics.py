@@ -374,7 +374,7 @@ def _messages(found: Samples) -> dict[tuple[str, str], float]:
     return {
         (dict(labels)["status"], dict(labels)["upstream"]): value
         for (name, labels), value in found.items()
-        if name == "proxsmtpd_messages_total"
+        if name == "proxsmtpd_messages_total" and value  # (every one exists, at zero)
     }
 
 
