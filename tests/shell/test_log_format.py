@@ -8,6 +8,8 @@ import logging
 import os
 import re
 import shlex
+import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -119,7 +121,7 @@ def test_a_multi_line_message_or_a_traceback_stays_one_line() -> None:
             1,
             "a\nb\r\tc",
             None,
-            __import__("sys").exc_info(),
+            sys.exc_info(),
         )
     for fmt in (LogFormat.JSON, LogFormat.LOGFMT):
         line = StructuredFormatter(fmt).format(rec)
