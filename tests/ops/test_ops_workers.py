@@ -327,7 +327,10 @@ async def test_by_default_one_worker_per_available_core(tmp_path: Path, cores: i
             with contextlib.ExitStack() as stack:
                 with cpu_affinity(available[:cores]):
                     proxy = stack.enter_context(proxy_process(config, tmp_path / "proxy.log"))
-                await proxy.wait_log(" serving ", count=cores)
+                if cores == 1:
+                    await proxy.started()
+                else:
+                    await proxy.wait_log(" serving ", count=cores)
                 async with open_client("127.0.0.1", port) as client:
                     assert (await client.send_message("a@x", ["b@x"], MESSAGE))[-1].code == 250
                 assert len(proxy.pids()) == (1 if cores == 1 else 1 + cores)
