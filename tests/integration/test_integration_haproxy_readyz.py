@@ -91,9 +91,31 @@ async def test_a_draining_instance_leaves_the_rotation_before_it_refuses_mail(
                     else (two, one)
                 )
                 name = "proxsmtpd1" if holder is one else "proxsmtpd2"
-                holder.process.send_signal(signal.SIGTERM)
-                while f"proxsmtpd/{name} is DOWN" not in haproxy_log.read_text(errors="replace"):
-                    await trio.sleep(0.05)
+                # Mail keeps coming through the balancer while the instance drains: no
+                # client sees a refusal (connections sent before the check are retried on
+                # the other instance).
+                codes: list[int] = []
+                down = trio.Event()
+
+                async def keep_sending() -> None:
+                    while not down.is_set():
+                        codes.append(await send_through(front))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(keep_sending)
+                    await trio.sleep(0.3)
+                    holder.process.send_signal(signal.SIGTERM)
+                    while f"proxsmtpd/{name} is DOWN" not in haproxy_log.read_text():
+                        await trio.sleep(0.05)
+                    down.set()
+                assert codes and set(codes) == {250}
+                # Taken out by its /readyz (503: draining), not by a failed connection.
+                went_down = next(
+                    line
+                    for line in haproxy_log.read_text().splitlines()
+                    if f"proxsmtpd/{name} is DOWN" in line
+                )
+                assert "Layer7 wrong status" in went_down and "503" in went_down, went_down
                 # Out of rotation, still running (draining): new mail goes to the other.
                 assert holder.process.poll() is None
                 assert "shut down\n" not in holder.log()
@@ -109,4 +131,4 @@ async def test_a_draining_instance_leaves_the_rotation_before_it_refuses_mail(
             with trio.fail_after(20):
                 await holder.process.wait()
             assert holder.process.returncode == 0
-    assert len(up.transactions) == 13
+    assert len(up.transactions) == 13 + len(codes)
