@@ -31,7 +31,7 @@ import enum
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = [
@@ -63,9 +63,13 @@ def set_worker(index: int | None) -> None:
     _worker = index
 
 
-def structured(event: str, fields: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
-    """The ``extra`` of a record that is an event with fields (a summary, a disconnect)."""
-    return {"event": event, "fields": list(fields)}
+Fields = Sequence[tuple[str, Any]]
+
+
+def structured(event: str, fields: Fields | Callable[[], Fields] = ()) -> dict[str, Any]:
+    """The ``extra`` of a record that is an event with fields (a summary, a disconnect);
+    `fields` may be a function, called only when the record is formatted."""
+    return {"event": event, "fields": fields}
 
 
 def iso_time(record: logging.LogRecord) -> str:
@@ -133,7 +137,10 @@ class StructuredFormatter(logging.Formatter):
             ("event", getattr(record, "event", "log")),
             ("msg", message),
         ]
-        extra = [(k, v) for k, v in getattr(record, "fields", ()) if k not in BASE_KEYS]
+        fields = getattr(record, "fields", ())
+        if callable(fields):
+            fields = fields()
+        extra = [(k, v) for k, v in fields if k not in BASE_KEYS]
         return base + extra
 
     def format(self, record: logging.LogRecord) -> str:

@@ -159,7 +159,7 @@ class Connection:
             gone = Disconnect(
                 self.info.client, self.counts, trio.current_time() - started, self.info.peer
             )
-            self.log.info("%s", gone, extra=structured("disconnect", gone.fields()))
+            self.log.info("%s", gone, extra=structured("disconnect", gone.fields))
             self.log.debug("connection closed")
 
     async def _run(self) -> None:

@@ -238,8 +238,9 @@ class Performer:
     def log_actions(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Summary):
-                # Formatted only if printed (Summary.__str__); the fields for json/logfmt.
-                self.log.info("%s", action, extra=structured("summary", action.message.fields()))
+                # Formatted only if printed (Summary.__str__, and the fields for json and
+                # logfmt: a method, called by the formatter).
+                self.log.info("%s", action, extra=structured("summary", action.message.fields))
                 self.metrics.message_done(
                     action.outcome.value, action.upstream_code, action.message.size
                 )
