@@ -8,11 +8,14 @@ import logging
 import os
 import re
 import shlex
+import socket
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from trio_proxsmtp.common.log import connection_logger, setup_logging
 from trio_proxsmtp.common.log_format import (
     BASE_KEYS,
     LogFormat,
@@ -179,3 +182,21 @@ def test_the_default_is_text_and_a_wrong_value_is_refused(tmp_path: object) -> N
         f.write("OutAddress: 127.0.0.1:10026\nLogFormat: yaml\n")
     with pytest.raises(ConfigError, match="LogFormat: invalid value 'yaml'"):
         load_config(path)
+
+
+def test_syslog_gets_the_record_after_its_tag(tmp_path: Path) -> None:
+    path = tmp_path / "log.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog:
+        syslog.bind(str(path))
+        syslog.settimeout(5)
+        setup_logging(None, syslog_address=str(path), log_format=LogFormat.LOGFMT)
+        try:
+            connection_logger(CONN_ID).info("accepted connection from: %s", "192.0.2.7")
+            data = syslog.recv(4096).decode()
+        finally:
+            setup_logging(3)
+    assert data.startswith(f"<22>proxsmtpd[{os.getpid()}]: time=")  # mail.info
+    assert data.endswith("\0")
+    record = dict(logfmt(data.split(": ", 1)[1].rstrip("\0")))
+    assert record["id"] == CONN_ID and record["msg"] == "accepted connection from: 192.0.2.7"
+    assert record["level"] == "info" and record["event"] == "log"

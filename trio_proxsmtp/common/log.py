@@ -18,6 +18,10 @@ LoggingUnavailable and the daemon refuses to start (its stderr is /dev/null once
 so "logging to stderr" would lose every line). Run with ``-d LEVEL`` under a supervisor to
 log to stderr instead.
 
+``LogFormat`` (log_format.py) chooses how a record reads: the text above, or one json or
+logfmt record a line with the same keys everywhere (after the ``proxsmtpd[PID]: `` tag in
+syslog); a connection's logger gives each record its id apart, as ``conn_id``.
+
 Neither destination ever blocks the process (log_handlers.py, docs/behaviour.md §9.4): a
 record that the syslog socket or stderr cannot take at once is dropped and counted, and the
 log says so when it takes records again.
