@@ -24,8 +24,9 @@ from trio_proxsmtp.common.log_format import (
     set_worker,
     structured,
 )
-from trio_proxsmtp.config.loader import load_config
+from trio_proxsmtp.config.loader import load_config, parse_config
 from trio_proxsmtp.config.model import ConfigError
+from trio_proxsmtp.daemon.reload import applicable_reload
 from trio_proxsmtp.protocol.message.disconnect import Disconnect
 from trio_proxsmtp.protocol.message.summary import Delays, MessageSummary, Status
 
@@ -200,3 +201,11 @@ def test_syslog_gets_the_record_after_its_tag(tmp_path: Path) -> None:
     record = dict(logfmt(data.split(": ", 1)[1].rstrip("\0")))
     assert record["id"] == CONN_ID and record["msg"] == "accepted connection from: 192.0.2.7"
     assert record["level"] == "info" and record["event"] == "log"
+
+
+def test_a_changed_log_format_waits_for_a_restart() -> None:
+    running = parse_config("OutAddress: 127.0.0.1:2525\n")
+    new = parse_config("OutAddress: 127.0.0.1:2525\nLogFormat: json\n")
+    applied, problems = applicable_reload(running, new, running.workers)
+    assert applied is not None and applied.log_format is LogFormat.TEXT
+    assert problems == ["LogFormat changed from text to json: a restart is needed to apply it"]
