@@ -65,7 +65,7 @@ async def test_a_killed_worker_leaves_no_spool_file_and_no_filter(tmp_path: Path
                     f"FilterCommand: /bin/sh {tmp_path / 'filter.sh'} {tmp_path}\n",
                 )
                 with proxy_process(config, tmp_path / "proxy.log") as proxy:
-                    await proxy.wait_log("listening on", count=2)
+                    await proxy.wait_log(" serving ", count=2)
                     async with open_client("127.0.0.1", port) as client:
                         replies = await client.start_message("a@x", ["b@x"])
                         assert replies[-1].code == 354
@@ -89,7 +89,7 @@ async def test_a_killed_worker_leaves_no_spool_file_and_no_filter(tmp_path: Path
 
                     # Replaced as before, and the replacement works.
                     await proxy.wait_log(f"(pid {worker}) was killed by signal SIGKILL")
-                    await proxy.wait_log("listening on", count=3)
+                    await proxy.wait_log(" serving ", count=3)
                     assert len(proxy.pids()) == 3
                     for _ in range(4):
                         async with open_client("127.0.0.1", port) as client:

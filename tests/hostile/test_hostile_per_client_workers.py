@@ -82,7 +82,7 @@ async def test_one_address_holds_at_most_its_bound_across_workers(
                 f"MaxConnectionsPerClient: {limit}\nConnectionLimitExceptions: none\n",
             )
             with proxy_process(config, tmp_path / "proxy.log") as proxy:
-                await proxy.wait_log("listening on", count=WORKERS)
+                await proxy.wait_log(" serving ", count=WORKERS)
                 workers = proxy.pids()[1:]
                 assert len(workers) == WORKERS
                 async with AsyncExitStack() as stack:

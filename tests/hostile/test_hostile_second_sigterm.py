@@ -84,7 +84,7 @@ async def test_a_second_sigterm_ends_the_grace_period_when_workers_see_both_late
                 f"ShutdownTimeout: {SHUTDOWN_TIMEOUT}\n",
             )
             with proxy_process(config, tmp_path / "proxy.log") as proxy:
-                await proxy.wait_log("listening on", count=2)
+                await proxy.wait_log(" serving ", count=2)
                 _, *workers = proxy.pids()
                 assert len(workers) == 2, proxy.log()
                 with killed_at_the_end(workers):

@@ -229,7 +229,7 @@ async def test_fifty_sessions_from_loopback_with_the_default_config(
                 f"TempDirectory: {tmp_path}\nWorkers: {workers}\n",
             )
             with proxy_process(config, tmp_path / "proxy.log") as proxy:
-                await proxy.wait_log("listening on", count=workers)
+                await proxy.wait_log(" serving " if workers > 1 else "listening on", count=workers)
                 codes: list[int] = []
                 gate = trio.Event()
 

@@ -161,12 +161,15 @@ async def test_the_real_client_reaches_upstream_and_filter_through_haproxy(
     # Both instances delivered, each summary names the real client.
     assert len(one_summaries) == len(two_summaries) == 3
     for line in one_summaries + two_summaries:
-        assert line.startswith(f"client={CLIENT_ADDRESS}, from=<a@x>, to=<b@x>, status=FILTERED")
+        assert line.startswith(
+            f"client={CLIENT_ADDRESS}, via=127.0.0.1, from=<a@x>, to=<b@x>, status=FILTERED"
+        )
     # Health checks: ordinary sessions, no summary, nothing but arrival and departure.
     assert checks
     for lines in checks:
         assert not [line for line in lines if "client=" in line]
-        assert set(lines[1:]) <= {"client disconnected: closed the connection"}, lines
+        ends = [line for line in lines[1:] if not line.startswith("disconnect from 127.0.0.1 ")]
+        assert set(ends) <= {"client disconnected: closed the connection"}, lines
 
 
 async def send_until(

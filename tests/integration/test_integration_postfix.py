@@ -8,6 +8,7 @@ queue -> a file, for the before-queue (smtpd_proxy_filter) and the after-queue
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import socket
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import trio
 from integration_support import require
 from postfix_support import PostfixSetup, free_port, postfix_starter, running_postfix
 
+from trio_proxsmtp.common.log import LOGGER_NAME
 from trio_proxsmtp.testing import run_proxy
 
 pytestmark = pytest.mark.integration
@@ -48,10 +50,11 @@ def snippet(name: str, *, public: int, proxy: int, reinject: int) -> list[str]:
     return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
-async def swaks(port: int, to: str) -> str:
+async def swaks(port: int, to: str, *, source: str | None = None) -> str:
     result = await trio.run_process(
         [
             require("swaks"),
+            *(("--local-interface", source) if source else ()),
             *("--server", f"127.0.0.1:{port}", "--helo", "client.test"),
             *("--from", "s@example.org", "--to", to),
             *("--header", "Subject: through postfix", "--body", "hello postfix"),
@@ -111,6 +114,33 @@ async def test_before_queue(
         await trio.sleep(1)
         assert len(postfix.delivered()) == 1
         assert proxy.leftovers() == []
+
+
+async def test_before_queue_summary_names_the_client_postfix_forwarded(
+    postfix_starter: Callable[..., PostfixSetup],
+    filter_script: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Postfix tells the proxy the real client with XFORWARD: the summary says it, with
+    Postfix's own address as via= (docs/behaviour.md §9.2); the disconnect line follows."""
+    require("swaks")
+    caplog.set_level(logging.INFO, LOGGER_NAME)
+    public, reinject = free_port(), free_port()
+    async with run_proxy(
+        f"FilterCommand: {filter_script}\n", upstream=f"127.0.0.1:{reinject}"
+    ) as proxy:
+        lines = snippet(
+            "before-queue.master.cf", public=public, proxy=proxy.port, reinject=reinject
+        )
+        postfix = await start(postfix_starter, master_cf=lines, listens=[public, reinject])
+        out = await swaks(public, "r@example.org", source="127.0.0.2")
+        assert "250 2.0.0 Ok: queued" in out, out + postfix.log()
+        (mail,) = await delivered(postfix, 1)
+        assert "X-Remote: 127.0.0.2" in mail
+    messages = [r.getMessage() for r in caplog.records]
+    [summary] = [m for m in messages if "client=" in m]
+    assert ": client=127.0.0.2, via=127.0.0.1, from=<s@example.org>, " in summary
+    assert any(": disconnect from 127.0.0.1 " in m and " quit=1 " in m for m in messages)
 
 
 async def test_after_queue(

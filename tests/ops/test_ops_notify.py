@@ -123,7 +123,7 @@ async def test_with_workers_only_the_supervisor_notifies(tmp_path: Path) -> None
                 pid, fields = await notes.expect("READY")
                 assert pid == proxy.proc.pid
                 assert fields["STATUS"] == "2 workers listening on 127.0.0.1:" + str(port)
-                await proxy.wait_log("listening on", count=2)  # both workers serve
+                await proxy.wait_log(" serving ", count=2)  # both workers serve
                 await deliver(port)
                 assert b"X-Notify: unset\r\n" in up.transactions[-1].message
 

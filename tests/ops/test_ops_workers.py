@@ -103,7 +103,7 @@ async def test_two_workers_share_the_load_and_stop_cleanly(tmp_path: Path) -> No
             config, port = setup(tmp_path, up, "Workers: 2\nMaxConnections: 2\n")
             pidfile = tmp_path / "proxsmtpd.pid"
             with proxy_process(config, tmp_path / "proxy.log", "-p", str(pidfile)) as proxy:
-                await proxy.wait_log("listening on", count=2)
+                await proxy.wait_log(" serving ", count=2)
                 supervisor = proxy.proc.pid
                 assert pidfile.read_text() == f"{supervisor}\n"
                 pids = [pid for _k, pid in workers_started(proxy.log())]
@@ -154,7 +154,7 @@ async def test_a_full_worker_leaves_new_clients_to_one_with_room(tmp_path: Path)
         async with FakeUpstream() as up:
             config, port = setup(tmp_path, up, "Workers: 2\nMaxConnections: 2\n")
             with proxy_process(config, tmp_path / "proxy.log") as proxy:
-                await proxy.wait_log("listening on", count=2)
+                await proxy.wait_log(" serving ", count=2)
                 async with open_client("127.0.0.1", port) as held:
                     assert (await held.greeting()).code == 220
                     for n in range(8):
@@ -179,7 +179,7 @@ async def test_clients_waiting_while_every_worker_is_full_are_refused_together(
         async with FakeUpstream() as up:
             config, port = setup(tmp_path, up, "Workers: 2\nMaxConnections: 2\n")
             with proxy_process(config, tmp_path / "proxy.log") as proxy:
-                await proxy.wait_log("listening on", count=2)
+                await proxy.wait_log(" serving ", count=2)
                 async with AsyncExitStack() as stack:
                     await one_session_per_worker(stack, port, 2)
                     waiting = 8
@@ -208,7 +208,7 @@ async def test_sighup_reaches_both_workers(tmp_path: Path) -> None:
             base = "Workers: 2\nMaxConnections: 2\n"
             config, port = setup(tmp_path, up, base + "Header: X-Gen: one\n")
             with proxy_process(config, tmp_path / "proxy.log") as proxy:
-                await proxy.wait_log("listening on", count=2)
+                await proxy.wait_log(" serving ", count=2)
 
                 async def deliver_on_both() -> list[bytes]:
                     """The added header of one message through each worker."""
@@ -238,12 +238,12 @@ async def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
         async with FakeUpstream() as up:
             config, port = setup(tmp_path, up, "Workers: 2\nMaxConnections: 2\n")
             with proxy_process(config, tmp_path / "proxy.log") as proxy:
-                await proxy.wait_log("listening on", count=2)
+                await proxy.wait_log(" serving ", count=2)
                 first = dict(workers_started(proxy.log()))
                 victim = first[1]
                 kill_quietly(victim, signal.SIGKILL)
                 await proxy.wait_log(f"(pid {victim}) was killed by signal SIGKILL")
-                await proxy.wait_log("listening on", count=3)
+                await proxy.wait_log(" serving ", count=3)
                 replacement = workers_started(proxy.log())[-1]
                 assert replacement[0] == 1 and replacement[1] not in first.values()
                 assert alive(replacement[1]) and alive(first[2])
@@ -263,7 +263,7 @@ async def test_workers_leave_when_the_supervisor_is_killed(tmp_path: Path) -> No
         async with FakeUpstream() as up:
             config, port = setup(tmp_path, up, "Workers: 2\n")
             with proxy_process(config, tmp_path / "proxy.log") as proxy:
-                await proxy.wait_log("listening on", count=2)
+                await proxy.wait_log(" serving ", count=2)
                 pids = [pid for _k, pid in workers_started(proxy.log())]
                 try:
                     async with open_client("127.0.0.1", port) as idle:
@@ -327,7 +327,10 @@ async def test_by_default_one_worker_per_available_core(tmp_path: Path, cores: i
             with contextlib.ExitStack() as stack:
                 with cpu_affinity(available[:cores]):
                     proxy = stack.enter_context(proxy_process(config, tmp_path / "proxy.log"))
-                await proxy.wait_log("listening on", count=cores)
+                if cores == 1:
+                    await proxy.started()
+                else:
+                    await proxy.wait_log(" serving ", count=cores)
                 async with open_client("127.0.0.1", port) as client:
                     assert (await client.send_message("a@x", ["b@x"], MESSAGE))[-1].code == 250
                 assert len(proxy.pids()) == (1 if cores == 1 else 1 + cores)
@@ -350,7 +353,7 @@ async def test_the_supervisor_removes_the_unix_socket_file(tmp_path: Path) -> No
                 f"Listen: {path}\nOutAddress: {up.address}\nWorkers: 2\n",
             )
             with proxy_process(config, tmp_path / "proxy.log") as proxy:
-                await proxy.wait_log("listening on", count=2)
+                await proxy.wait_log(" serving ", count=2)
                 async with open_client(path) as client:
                     assert (await client.send_message("a@x", ["b@x"], MESSAGE))[-1].code == 250
                 proxy.signal(signal.SIGTERM)

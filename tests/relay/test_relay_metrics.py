@@ -44,11 +44,12 @@ def samples(exposition: bytes) -> Samples:
 
 
 def messages(found: Samples) -> dict[tuple[str, str], float]:
-    """messages_total by (status, upstream class)."""
+    """messages_total by (status, upstream class), the series above zero (every one exists
+    from the start, at zero)."""
     return {
         (dict(labels)["status"], dict(labels)["upstream"]): value
         for (name, labels), value in found.items()
-        if name == "proxsmtpd_messages_total"
+        if name == "proxsmtpd_messages_total" and value
     }
 
 
@@ -169,7 +170,37 @@ async def test_a_filter_timeout_is_counted_as_one(tmp_path: Path) -> None:
             await client.quit()
     found = samples(metrics.exposition()[0])
     assert found[("proxsmtpd_filter_failures_total", (("reason", "timeout"),))] == 1
-    assert ("proxsmtpd_filter_failures_total", (("reason", "error"),)) not in found
+    assert found[("proxsmtpd_filter_failures_total", (("reason", "error"),))] == 0
     assert found[("proxsmtpd_filter_duration_seconds_count", ())] == 1
     assert found[("proxsmtpd_filter_duration_seconds_sum", ())] == pytest.approx(1, abs=0.9)
     assert messages(found) == {("FILTER-ERROR", "none"): 1}
+
+
+# Every labelled series a proxy can produce, at zero before its first event (issue 24).
+LABELLED_AT_START = [
+    (
+        "proxsmtpd_connections_refused_total",
+        "reason",
+        ["busy", "proxy-untrusted", "proxy-invalid", "proxy-timeout"],
+    ),
+    ("proxsmtpd_filter_failures_total", "reason", ["error", "timeout"]),
+    ("proxsmtpd_tls_sessions_total", "side", ["client", "upstream"]),
+    ("proxsmtpd_bytes_received_total", "peer", ["client", "upstream"]),
+    ("proxsmtpd_bytes_sent_total", "peer", ["client", "upstream"]),
+]
+
+
+def test_every_labelled_series_exists_at_zero_from_the_start() -> None:
+    found = samples(PrometheusMetrics().exposition()[0])
+    for name, label, values in LABELLED_AT_START:
+        for value in values:
+            assert found[(name, ((label, value),))] == 0, (name, value)
+    statuses = ["PASSED", "FILTERED", "SKIPPED", "REJECTED", "DEFERRED", "DROPPED"]
+    statuses += ["FILTER-ERROR", "TOO-BIG"]
+    every = {(s, u): 0.0 for s in statuses for u in ("2xx", "4xx", "5xx", "none")}
+    found_messages = {
+        (dict(labels)["status"], dict(labels)["upstream"]): value
+        for (name, labels), value in found.items()
+        if name == "proxsmtpd_messages_total"
+    }
+    assert found_messages == every

@@ -104,10 +104,13 @@ async def test_the_header_client_is_the_client_everywhere(
     assert f"X-Client: {address}\r\n".encode() in message
     assert f"X-Seen: {address} on {header.destination_address}\r\n".encode() in message
     [summary] = summaries(caplog)
-    assert summary.startswith(f"client={address}, from=<a@x>, to=<b@x>, status=FILTERED, ")
+    # The balancer's address (127.0.0.1) is the one that connected: via= (docs/behaviour.md
+    # §9.2), and elsewhere only in relay= (the upstream's, also local).
+    assert summary.startswith(
+        f"client={address}, via=127.0.0.1, from=<a@x>, to=<b@x>, status=FILTERED, "
+    )
     assert any(f"accepted connection from: {address}" in r.getMessage() for r in caplog.records)
-    # The balancer's address (127.0.0.1) is nowhere but in relay= (the upstream's, also local).
-    assert not any("127.0.0.1" in s.split(", relay=")[0] for s in summaries(caplog))
+    assert "127.0.0.1" not in summary.split(", relay=")[0].replace("via=127.0.0.1, ", "")
 
 
 async def test_a_local_health_check_is_served_without_summary_or_error(
@@ -122,7 +125,7 @@ async def test_a_local_health_check_is_served_without_summary_or_error(
             await up.wait_until(lambda: up.connections == 1 and up.active_connections == 0)
     assert summaries(caplog) == []
     # (The start-up warning about no FilterCommand is not the session's.)
-    session = [r for r in caplog.records if r.funcName not in ("serve", "_serve")]
+    session = [r for r in caplog.records if r.funcName not in ("serve", "filtering_note")]
     assert not [r for r in session if r.levelno >= logging.WARNING]
     # LOCAL names no client: the socket's own address is used.
     assert any("accepted connection from: 127.0.0.1" in r.getMessage() for r in caplog.records)

@@ -18,6 +18,10 @@ LoggingUnavailable and the daemon refuses to start (its stderr is /dev/null once
 so "logging to stderr" would lose every line). Run with ``-d LEVEL`` under a supervisor to
 log to stderr instead.
 
+``LogFormat`` (log_format.py) chooses how a record reads: the text above, or one json or
+logfmt record a line with the same keys everywhere (after the ``proxsmtpd[PID]: `` tag in
+syslog); a connection's logger gives each record its id apart, as ``conn_id``.
+
 Neither destination ever blocks the process (log_handlers.py, docs/behaviour.md §9.4): a
 record that the syslog socket or stderr cannot take at once is dropped and counted, and the
 log says so when it takes records again.
@@ -33,10 +37,15 @@ import time
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
+from trio_proxsmtp.common.log_format import (
+    SYSLOG_IDENT,  # noqa: F401 (the ident, named here as before)
+    LogFormat,
+    StructuredFormatter,
+    TextFormatter,
+)
 from trio_proxsmtp.common.log_handlers import StderrHandler, SyslogHandler, stderr_outlet
 
 LOGGER_NAME = "trio_proxsmtp"
-SYSLOG_IDENT = "proxsmtpd"
 SYSLOG_ADDRESS = "/dev/log"
 # Where the admin says the syslog socket is, when it is not /dev/log (containers, chroots).
 SYSLOG_SOCKET_ENV = "PROXSMTPD_SYSLOG_SOCKET"
@@ -81,26 +90,29 @@ def _install(handler: logging.Handler, level: int) -> None:
     logger.setLevel(level)
 
 
-class _TimestampFormatter(logging.Formatter):
+class _TimestampFormatter(TextFormatter):
     """``2026-11-29T16:55:30.123+00:00 proxsmtpd[PID]: message``: local time with offset."""
 
     def __init__(self) -> None:
-        super().__init__(f"%(asctime)s {SYSLOG_IDENT}[%(process)d]: %(message)s")
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        local = time.localtime(record.created)
-        stamp, offset = time.strftime("%Y-%m-%dT%H:%M:%S", local), time.strftime("%z", local)
-        return f"{stamp}.{int(record.msecs):03d}{offset[:3]}:{offset[3:]}"
+        super().__init__(timestamp=True)
 
 
-def _stderr_handler() -> logging.Handler:
+def _formatter(log_format: LogFormat, *, stderr: bool) -> logging.Formatter:
+    """The text format as before (stderr with timestamps), or json/logfmt lines (the
+    syslog ones after the ``proxsmtpd[PID]: `` tag)."""
+    if log_format is LogFormat.TEXT:
+        return _TimestampFormatter() if stderr else TextFormatter(timestamp=False)
+    return StructuredFormatter(log_format, ident=not stderr)
+
+
+def _stderr_handler(log_format: LogFormat = LogFormat.TEXT) -> logging.Handler:
     outlet = stderr_outlet(sys.stderr)
     handler: logging.Handler
     if outlet is None:  # no descriptor (a test's captured stderr): written as it is
         handler = logging.StreamHandler(sys.stderr)
     else:
         handler = StderrHandler(outlet, getattr(sys.stderr, "encoding", None))
-    handler.setFormatter(_TimestampFormatter())
+    handler.setFormatter(_formatter(log_format, stderr=True))
     return handler
 
 
@@ -121,7 +133,12 @@ def _syslog_unavailable(path: str) -> str | None:
     return reason
 
 
-def setup_logging(debug_level: int | None, *, syslog_address: str | None = None) -> None:
+def setup_logging(
+    debug_level: int | None,
+    *,
+    syslog_address: str | None = None,
+    log_format: LogFormat = LogFormat.TEXT,
+) -> None:
     """None: daemon mode, syslog facility mail; 0..4: stderr, with timestamps.
 
     Raises LoggingUnavailable in daemon mode when nothing listens on the syslog socket.
@@ -131,7 +148,7 @@ def setup_logging(debug_level: int | None, *, syslog_address: str | None = None)
     if debug_level is not None:
         if debug_level not in _DEBUG_LEVELS:
             raise ValueError(f"debug level must be 0..4, not {debug_level}")
-        _install(_stderr_handler(), _DEBUG_LEVELS[debug_level])
+        _install(_stderr_handler(log_format), _DEBUG_LEVELS[debug_level])
         _logs_to_stderr = True
         return
     if syslog_address is None:
@@ -146,7 +163,7 @@ def setup_logging(debug_level: int | None, *, syslog_address: str | None = None)
     syslog = SyslogHandler(syslog_address)
     # The pid is the process's at the time of the record: the daemon and each worker
     # are forked after this call.
-    syslog.setFormatter(logging.Formatter(f"{SYSLOG_IDENT}[%(process)d]: %(message)s"))
+    syslog.setFormatter(_formatter(log_format, stderr=False))
     _install(syslog, logging.INFO)
     _logs_to_stderr = False
 
@@ -166,6 +183,8 @@ class ConnectionLogger(logging.LoggerAdapter[logging.Logger]):
         assert self.extra is not None
         conn_id = self.extra["conn_id"]
         text = conn_id if isinstance(conn_id, str) else f"{conn_id:06X}"
+        # The id in the text (the text format, greps) and apart (the id key of json/logfmt).
+        kwargs["extra"] = {**kwargs.get("extra", {}), "conn_id": text}
         return f"{text}: {msg}", kwargs
 
 

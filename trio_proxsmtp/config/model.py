@@ -16,6 +16,7 @@ import ssl
 import attrs
 
 from trio_proxsmtp.common.address import Address, AddressKind, parse_address
+from trio_proxsmtp.common.log_format import LogFormat
 from trio_proxsmtp.common.networks import DEFAULT_TRUSTED_NETWORKS, IPNetwork
 from trio_proxsmtp.relay.settings import OutTLSMode, TransparentMode
 from trio_proxsmtp.stages.settings import (
@@ -130,6 +131,9 @@ class Config:
     policy_service: MilterAddress | None = None
     policy_default_action: PolicyDefaultAction = PolicyDefaultAction.TEMPFAIL
     policy_timeout: float = 100.0  # Postfix's smtpd_policy_service_timeout
+
+    # Logs, health and metrics (issue 24): how each log record reads (common/log_format.py).
+    log_format: LogFormat = LogFormat.TEXT
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
 
     @property

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from trio_proxsmtp.common.address import Address, AddressKind, parse_address, resolve_tcp
+from trio_proxsmtp.common.log_format import LogFormat
 from trio_proxsmtp.common.networks import IPNetwork, parse_networks
 from trio_proxsmtp.config.model import (
     DEFAULT_FILTER_REJECT,
@@ -302,5 +303,6 @@ OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("PolicyService", "policy_service", _policy_service),
         ("PolicyDefaultAction", "policy_default_action", _choice(PolicyDefaultAction)),
         ("PolicyTimeout", "policy_timeout", _seconds_positive),
+        ("LogFormat", "log_format", _choice(LogFormat)),  # issue 24: text, json, logfmt
     ]
 }

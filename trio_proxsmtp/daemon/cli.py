@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         pid_file = os.path.abspath(pid_file)
 
     try:
-        setup_logging(debug_level)
+        setup_logging(debug_level, log_format=config.log_format)
     except LoggingUnavailable as exc:
         print_error(str(exc))
         return 1

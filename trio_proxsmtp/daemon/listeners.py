@@ -46,6 +46,7 @@ __all__ = [
     "raise_fd_limit",
     "remove_unix_socket_files",
     "shut_down_listener",
+    "socket_name",
     "unix_socket_files",
 ]
 
@@ -194,7 +195,11 @@ def shut_down_listener(sock: trio.socket.SocketType) -> None:
 
 def listener_name(listener: trio.SocketListener) -> str:
     """The listener's address for the log: host:port, [v6]:port or the socket path."""
-    sockname = listener.socket.getsockname()
+    return socket_name(listener.socket.getsockname())
+
+
+def socket_name(sockname: object) -> str:
+    """A bound socket's getsockname() as listener_name shows it."""
     if isinstance(sockname, tuple) and len(sockname) >= 2:
         host = format_host(sockname)
         return f"[{host}]:{sockname[1]}" if ":" in host else f"{host}:{sockname[1]}"

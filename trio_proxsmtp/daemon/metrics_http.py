@@ -1,6 +1,10 @@
 """/metrics over HTTP: the small HTTP/1.0 responder of MetricsListen (prometheus.py counts).
 
-One request per connection, GET or HEAD of /metrics, request line and headers of at most
+Besides /metrics the process serving it answers ``/healthz`` (200 while it serves) and
+``/readyz`` (200 when it may take mail, 503 with a short JSON reason when not: readiness.py),
+for balancers, Kubernetes and container runtimes (docs/behaviour.md §11.13).
+
+One request per connection, GET or HEAD of a path, request line and headers of at most
 MAX_REQUEST bytes, the answer built by prometheus-client and the connection closed.  The
 rules against idle and dribbling scrapers (docs/behaviour.md, section 11.6):
 
@@ -29,6 +33,9 @@ from collections.abc import Callable
 import trio
 
 from trio_proxsmtp.common.log import LOGGER_NAME
+from trio_proxsmtp.common.log_format import structured
+from trio_proxsmtp.daemon.listeners import socket_name
+from trio_proxsmtp.daemon.readiness import Readiness
 
 __all__ = [
     "ANSWER_TIMEOUT",
@@ -55,8 +62,10 @@ _REASONS = {
     404: "Not Found",
     405: "Method Not Allowed",
     500: "Internal Server Error",
+    503: "Service Unavailable",
 }
 _TEXT = "text/plain; charset=utf-8"
+_JSON = "application/json"
 
 
 def _response(status: int, body: bytes, content_type: str, head_only: bool) -> bytes:
@@ -73,7 +82,8 @@ def _complete(request: bytes) -> bool:
     return b"\r\n\r\n" in request or b"\n\n" in request
 
 
-def _answer(request: bytes, exposition: Exposition) -> bytes:
+def _parse(request: bytes) -> tuple[bytes, bool] | bytes:
+    """(the path, HEAD?) of a GET or HEAD, else the error response."""
     if not _complete(request):  # _read_request stopped at MAX_REQUEST
         return _response(400, b"request too large\n", "text/plain", False)
     line = request.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
@@ -83,15 +93,44 @@ def _answer(request: bytes, exposition: Exposition) -> bytes:
     method, target = parts[0], parts[1]
     if method not in (b"GET", b"HEAD"):
         return _response(405, b"only GET and HEAD\n", _TEXT, False)
-    head_only = method == b"HEAD"
-    if target.split(b"?", 1)[0] != b"/metrics":
-        return _response(404, b"see /metrics\n", _TEXT, head_only)
+    return target.split(b"?", 1)[0], method == b"HEAD"
+
+
+def _metrics(exposition: Exposition, head_only: bool) -> bytes:
     try:
         body, content_type = exposition()
     except Exception:
         log.exception("metrics: couldn't build the exposition")
         return _response(500, b"metrics unavailable\n", _TEXT, head_only)
     return _response(200, body, content_type, head_only)
+
+
+def _answer(request: bytes, exposition: Exposition) -> bytes:
+    """The response to a request for /metrics (or an error); /healthz and /readyz are
+    `_answer_all`'s."""
+    parsed = _parse(request)
+    if isinstance(parsed, bytes):
+        return parsed
+    path, head_only = parsed
+    if path != b"/metrics":
+        return _response(404, b"see /metrics\n", _TEXT, head_only)
+    return _metrics(exposition, head_only)
+
+
+async def _answer_all(request: bytes, exposition: Exposition, health: Readiness | None) -> bytes:
+    """/metrics, and with `health` /healthz (the process serves: 200) and /readyz."""
+    parsed = _parse(request)
+    if health is None or isinstance(parsed, bytes):
+        return _answer(request, exposition)
+    path, head_only = parsed
+    if path == b"/healthz":
+        return _response(200, b'{"status":"ok"}\n', _JSON, head_only)
+    if path == b"/readyz":
+        ready, body = await health.check()
+        return _response(200 if ready else 503, body, _JSON, head_only)
+    if path != b"/metrics":
+        return _response(404, b"see /metrics, /healthz, /readyz\n", _TEXT, head_only)
+    return _metrics(exposition, head_only)
 
 
 async def _read_request(stream: trio.abc.Stream, timeout: float) -> bytes | None:
@@ -114,13 +153,17 @@ async def _read_request(stream: trio.abc.Stream, timeout: float) -> bytes | None
 
 
 async def _send_answer(
-    stream: trio.abc.Stream, request: bytes, exposition: Exposition, timeout: float
+    stream: trio.abc.Stream,
+    request: bytes,
+    exposition: Exposition,
+    timeout: float,
+    health: Readiness | None = None,
 ) -> None:
     with (
         trio.move_on_after(timeout),
         contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
     ):
-        await stream.send_all(_answer(request, exposition))
+        await stream.send_all(await _answer_all(request, exposition, health))
 
 
 async def handle_metrics_request(
@@ -147,8 +190,10 @@ class MetricsResponder:
         limit: int = MAX_CONNECTIONS,
         request_timeout: float = REQUEST_TIMEOUT,
         answer_timeout: float = ANSWER_TIMEOUT,
+        health: Readiness | None = None,
     ) -> None:
         self._exposition = exposition
+        self._health = health
         self._limit = limit
         self._request_timeout = request_timeout
         self._answer_timeout = answer_timeout
@@ -184,7 +229,9 @@ class MetricsResponder:
                 return
             self._answering += 1
             try:
-                await _send_answer(stream, request, self._exposition, self._answer_timeout)
+                await _send_answer(
+                    stream, request, self._exposition, self._answer_timeout, self._health
+                )
             finally:
                 self._answering -= 1
 
@@ -193,11 +240,17 @@ async def serve_metrics(
     sockets: list[socket.socket],
     exposition: Exposition,
     *,
+    health: Readiness | None = None,
     task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve /metrics on the bound `sockets` until cancelled; started() gets their names."""
+    """Serve /metrics (and with `health` /healthz, /readyz) on the bound `sockets` until
+    cancelled; started() gets their names.  Says once where, in the log."""
     listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
-    responder = MetricsResponder(exposition)
+    responder = MetricsResponder(exposition, health=health)
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, responder.handle, listeners)
-        task_status.started([listener.socket.getsockname()[:2] for listener in listeners])
+        names = [listener.socket.getsockname()[:2] for listener in listeners]
+        urls = ", ".join(f"http://{socket_name(name)}/metrics" for name in names)
+        paths = " (and /healthz, /readyz)" if health is not None else ""
+        log.info("metrics on %s%s", urls, paths, extra=structured("metrics", [("url", urls)]))
+        task_status.started(names)

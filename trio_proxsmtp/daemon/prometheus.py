@@ -12,8 +12,8 @@ Metric names (all start with ``proxsmtpd_``):
                                              "proxy-invalid", "proxy-timeout" (PROXY header)
     connections_active                       sessions open now
     messages_total{status,upstream}          one per message: status is the summary line's
-                                             (FILTERED, PASSED, SKIPPED, REJECTED, DROPPED,
-                                             FILTER-ERROR, TOO-BIG, any other the relay adds);
+                                             (FILTERED, PASSED, SKIPPED, REJECTED, DEFERRED,
+                                             DROPPED, FILTER-ERROR, TOO-BIG);
                                              upstream is the next server's final reply class
                                              "2xx"/"4xx"/"5xx", or "none" without one
     message_size_bytes                       histogram of message sizes as received
@@ -29,6 +29,10 @@ Metric names (all start with ``proxsmtpd_``):
     tls_sessions_total{side}                 TLS handshakes done with "client" / "upstream"
     log_lines_dropped_total                  log lines dropped: the syslog socket or stderr
                                              was full (docs/behaviour.md §9.4)
+
+Every labelled series exists from start-up at zero for the label values known then (every
+status with every reply class, the refusal and failure reasons, both peers and sides), so
+that an alert on a rate sees 0 rather than "no data" (docs/behaviour.md §11.14).
 
 Several workers (`Workers: N`): every worker records into files of prometheus-client's
 multi-process mode, in a directory that the supervisor makes before it forks the workers
@@ -73,6 +77,7 @@ from prometheus_client import (
 from trio_proxsmtp.common.address import Address
 from trio_proxsmtp.common.metrics import Metrics, reply_class
 from trio_proxsmtp.daemon.listeners import bind_tcp
+from trio_proxsmtp.protocol.message.summary import Status
 
 __all__ = [
     "MULTIPROC_ENV",
@@ -88,6 +93,11 @@ SIZE_BUCKETS = tuple(float(2**n) for n in range(10, 27, 2))  # 1 KiB .. 64 MiB
 FILTER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 ROUND_TRIP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 _Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
+# The label values known at start-up (`_zeros`).
+REFUSAL_REASONS = ("busy", "proxy-untrusted", "proxy-invalid", "proxy-timeout")
+UPSTREAM_CLASSES = ("2xx", "4xx", "5xx", "none")
+FILTER_FAILURES = ("error", "timeout")
+PEERS = ("client", "upstream")  # bytes_*_total{peer}, tls_sessions_total{side}
 
 
 def use_multiprocess_dir(directory: str) -> None:
@@ -220,6 +230,22 @@ class PrometheusMetrics(Metrics):
         )
         # Label lookups cost more than the increments: keep the children.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._zeros()
+
+    def _zeros(self) -> None:
+        """Every labelled series the proxy can produce, at zero from the start (with the
+        label values known now), so that an alert on it sees 0, not "no data"."""
+        for reason in REFUSAL_REASONS:
+            self._child(self._refused, reason)
+        for status in Status:
+            for upstream in UPSTREAM_CLASSES:
+                self._child(self._messages, status.value, upstream)
+        for reason in FILTER_FAILURES:
+            self._child(self._filter_failures, reason)
+        for peer in PEERS:
+            self._child(self._received, peer)
+            self._child(self._sent, peer)
+            self._child(self._tls, peer)
 
     def _child(self, metric: _Metric, *labels: str) -> _Metric:
         key = (id(metric), labels)

@@ -1,7 +1,7 @@
 """What of a reloaded config (SIGHUP) a running server can apply, with no I/O.
 
 Running sessions finish on the config they started with; new connections get the new one.
-Listen, ListenTLS, Workers and MetricsListen need a restart: a change is logged and the
+Listen, ListenTLS, Workers, MetricsListen and LogFormat need a restart: a change is logged and the
 running value kept.  A config that cannot run at all (ListenTLS without its certificate,
 fewer MaxConnections than workers) is not applied.  Used by every worker (Server.reload)
 and by the supervisor (for the workers it starts from then on).
@@ -48,6 +48,12 @@ def applicable_reload(
             f"{new.metrics_listen or 'unset'}: a restart is needed to apply it"
         )
         new = attrs.evolve(new, metrics_listen=running.metrics_listen)
+    if new.log_format is not running.log_format:
+        problems.append(
+            f"LogFormat changed from {running.log_format.value} to {new.log_format.value}: "
+            "a restart is needed to apply it"
+        )
+        new = attrs.evolve(new, log_format=running.log_format)
     if new.max_connections < workers:
         problems.append(
             f"MaxConnections {new.max_connections} is less than the {workers} workers running"

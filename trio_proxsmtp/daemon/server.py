@@ -6,9 +6,7 @@ decided by admission.py; a connection behind a balancer reads its PROXY header f
 (proxy_accept.py).
 
 The server knows no signals: signals.py calls `stop` and `reload` (a server in a test
-leaves the signal handlers alone).  The accept loop survives running out of resources
-(EMFILE, ENFILE, ENOMEM, ENOBUFS): it logs, waits 100 ms and accepts again; any other
-accept error ends the server.
+leaves the signal handlers alone).  The accept loop is accepting.py's.
 
 `stop` (SIGTERM/SIGINT, fixing B14): stop accepting at once; idle sessions get
 `421 4.3.2 Service shutting down`; sessions in the middle of a message get ShutdownTimeout
@@ -29,13 +27,14 @@ across restarts, worker processes and the servers of one process.
 
 Metrics (common/metrics.py): the server counts connections accepted, refused and active,
 and hands its `Metrics` to every `Connection`; with metrics sockets it also serves
-/metrics (metrics_http.py).  Hostile clients (docs/behaviour.md, "Limits"): the per-client
-limit and the stress level are admission.py's decisions; the server sends the refusals.
+/metrics, /healthz and /readyz (metrics_http.py, readiness.py: not ready once draining).
+Hostile clients (docs/behaviour.md, "Limits"): the per-client limit and the stress level
+are admission.py's decisions; the server sends the refusals.
 """
 
 from __future__ import annotations
 
-import errno
+import functools
 import logging
 import socket
 import ssl
@@ -49,7 +48,8 @@ from trio_proxsmtp.common.log import LOGGER_NAME, process_connection_ids
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.config.settings import relay_settings
-from trio_proxsmtp.daemon import listeners, notify
+from trio_proxsmtp.daemon import announce, listeners, notify
+from trio_proxsmtp.daemon.accepting import accept_loop
 from trio_proxsmtp.daemon.admission import (
     Admission,
     Limits,
@@ -60,6 +60,7 @@ from trio_proxsmtp.daemon.admission import (
 from trio_proxsmtp.daemon.handoff import leave_to_other_workers
 from trio_proxsmtp.daemon.metrics_http import serve_metrics
 from trio_proxsmtp.daemon.proxy_accept import AwaitingHeader, read_client
+from trio_proxsmtp.daemon.readiness import Readiness
 from trio_proxsmtp.daemon.refusals import refuse_busy, refuse_client
 from trio_proxsmtp.daemon.reload import applicable_reload
 from trio_proxsmtp.relay.client_info import ClientInfo, from_socket_stream
@@ -70,10 +71,6 @@ from trio_proxsmtp.relay.settings import RelaySettings
 __all__ = ["Server", "serve"]
 
 log = logging.getLogger(LOGGER_NAME)
-
-# Accept errors that mean "out of resources": wait and retry instead of dying.
-_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-_RESOURCE_RETRY = 0.1  # seconds
 
 
 @attrs.define
@@ -130,13 +127,19 @@ class Server:
         """Serve until stopped and drained; /metrics on `metrics_sockets` meanwhile."""
         if metrics_sockets:
             async with trio.open_nursery() as nursery:
-                await nursery.start(serve_metrics, metrics_sockets, self.metrics.exposition)
+                # /readyz: this process's drain, the next server, the milters (readiness.py).
+                health = Readiness(lambda: self.config, lambda: self.draining)
+                await nursery.start(
+                    functools.partial(serve_metrics, health=health),
+                    metrics_sockets,
+                    self.metrics.exposition,
+                )
                 await self.serve(sockets, task_status=task_status)
                 nursery.cancel_scope.cancel()
             return
         listeners.raise_fd_limit(self.max_connections)
-        if not self.config.filter_command:
-            log.warning("no filter command specified. passing messages through")
+        if self.workers == 1:  # (with Workers the supervisor says it: announce.py)
+            announce.filtering_note(self.config)
         # With several workers the supervisor removes the socket file once all are gone.
         unix_paths = listeners.unix_socket_files(sockets) if self.workers == 1 else {}
         try:
@@ -158,7 +161,10 @@ class Server:
                         listeners.listener_name(listener) + (" (TLS)" if implicit_tls else "")
                         for listener, implicit_tls in zip(socket_listeners, tls, strict=True)
                     ]
-                    log.info("listening on %s", ", ".join(names))
+                    if self.workers == 1:
+                        announce.listening(names)
+                    else:
+                        announce.worker_serving(self.worker, self.workers, names)
                     notify.ready(f"listening on {', '.join(names)}")
                     task_status.started(names)
             # Accepting has stopped (stop()): refuse new clients at once, drain. The
@@ -225,25 +231,12 @@ class Server:
     async def _accept_loop(
         self, listener: trio.SocketListener, connections: trio.Nursery, implicit_tls: bool = False
     ) -> None:
-        overflowing = False
-        while True:
-            if self.workers > 1:
-                overflowing = await self._leave_to_other_workers(listener, overflowing)
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno in _RESOURCE_ERRNOS:
-                    log.error("accept failed: %s; retrying in 100 ms", exc)
-                    await trio.sleep(_RESOURCE_RETRY)
-                    continue
-                if exc.errno == errno.EINVAL:
-                    # Another worker is shutting down and shut the shared listener down
-                    # (no longer listening): our own SIGTERM is on its way; until then
-                    # the sessions we have go on.
-                    log.debug("listener %s shut down by another worker", listener.socket)
-                    await trio.sleep_forever()
-                raise
-            self._dispatch(stream, connections, implicit_tls)
+        """accepting.py's loop, each client dispatched into `connections`."""
+        await accept_loop(
+            listener,
+            lambda stream: self._dispatch(stream, connections, implicit_tls),
+            self._leave_to_other_workers if self.workers > 1 else None,
+        )
 
     def _dispatch(
         self, stream: trio.SocketStream, connections: trio.Nursery, implicit_tls: bool

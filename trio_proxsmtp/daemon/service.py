@@ -20,11 +20,17 @@ from collections.abc import Callable
 import trio
 
 from trio_proxsmtp.common.log import LOGGER_NAME
+from trio_proxsmtp.common.log_format import set_worker
 from trio_proxsmtp.common.log_handlers import set_drop_counter
 from trio_proxsmtp.config.loader import load_config, load_config_with_warnings
 from trio_proxsmtp.config.model import Config
-from trio_proxsmtp.daemon import notify, signals
-from trio_proxsmtp.daemon.listeners import remove_unix_socket_files, unix_socket_files
+from trio_proxsmtp.daemon import announce, notify, signals
+from trio_proxsmtp.daemon.listeners import (
+    is_tls_listener,
+    remove_unix_socket_files,
+    socket_name,
+    unix_socket_files,
+)
 from trio_proxsmtp.daemon.prometheus import MultiprocessDirectory, PrometheusMetrics
 from trio_proxsmtp.daemon.reload import applicable_reload
 from trio_proxsmtp.daemon.workers import Supervisor
@@ -51,6 +57,7 @@ def serve(
     # Every process that runs filters adopts their orphans (reaper.py): after detaching,
     # and in each worker; never inside server.serve(), so in-process tests stay ordinary.
     # (Undone on return: main() may run in-process, as in tests.)
+    set_worker(0 if worker is None else worker[0])  # the worker= of json/logfmt lines
     subreaper = reaper.enable_subreaper()  # logs a warning where the kernel cannot
     reload: Callable[[], Config] = functools.partial(_reload, config_path)
     run = functools.partial(signals.serve, reload=reload)
@@ -74,6 +81,7 @@ def serve(
         return 1
     finally:
         set_drop_counter(None)
+        set_worker(None)
         if subreaper:
             reaper.disable_subreaper()
     return 0
@@ -135,6 +143,12 @@ def supervise(
             directory.worker_died(pid)
 
     try:
+        announce.filtering_note(config)
+        names = [
+            socket_name(sock.getsockname()) + (" (TLS)" if is_tls_listener(sock) else "")
+            for sock in sockets
+        ]
+        announce.listening(names, count)
         notify.ready(f"{count} workers listening on {config.listen}")
         return Supervisor(
             count,

@@ -78,6 +78,8 @@ class ClientInfo:
     is_ipv6: bool = False
     # Set by the transparent-proxy lookup (or a PROXY header) before the upstream connects.
     original_destination: tuple[str, int] | None = None
+    # The address that connected, when a PROXY header named another client (the balancer).
+    peer: str | None = None
     # The accepted socket, when there is one: SO_ORIGINAL_DST and the departed-client peek.
     socket: trio.socket.SocketType | None = attrs.field(default=None, repr=False, eq=False)
     # Client identity (issue 23): the client's port and the port it connected to (the
@@ -146,6 +148,7 @@ def from_proxy_header(
         local=client.destination_address or socket_info.local,
         is_ipv6=":" in client.client_address,
         original_destination=destination if transparent else None,
+        peer=socket_info.client,
         socket=socket_info.socket,
         client_port=client.client_port,
         local_port=client.destination_port

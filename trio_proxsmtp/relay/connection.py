@@ -28,10 +28,12 @@ import ssl
 import trio
 
 from trio_proxsmtp.common.log import connection_logger
+from trio_proxsmtp.common.log_format import structured
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.common.nursery import single_error
 from trio_proxsmtp.common.trace import show_command
 from trio_proxsmtp.protocol.errors import LocalProtocolError, ProxyError
+from trio_proxsmtp.protocol.message.disconnect import Disconnect
 from trio_proxsmtp.protocol.session.events import (
     BadCommandLine,
     ClientCommand,
@@ -43,7 +45,7 @@ from trio_proxsmtp.protocol.session.events import (
     UpstreamTLSActive,
 )
 from trio_proxsmtp.protocol.session.machine import Session
-from trio_proxsmtp.protocol.smtp.commands import check_command_line, parse_command
+from trio_proxsmtp.protocol.smtp.commands import Verb, check_command_line, parse_command
 from trio_proxsmtp.protocol.smtp.lines import LineTooLong
 from trio_proxsmtp.protocol.smtp.replies import Reply
 from trio_proxsmtp.relay.client_channel import ClientChannel, Drained
@@ -86,7 +88,7 @@ class Connection:
         self.log = connection_logger(conn_id)
         self.conn_id = conn_id
         self.trace = self.log.isEnabledFor(logging.DEBUG)
-        self.session = Session(settings.policy_for(info.client, info.is_ipv6))
+        self.session = Session(settings.policy_for(info.client, info.is_ipv6, info.peer))
         self._scope = trio.CancelScope()
         deadlines = ClientDeadlines.from_settings(settings.deadlines, stress)
         self.client = ClientChannel(stream, info, settings.timeout, self.log, deadlines)
@@ -108,6 +110,7 @@ class Connection:
         if settings.policy_service is not None:
             self.performer.policy = PolicyClient(settings.policy_service)
         self.draining = False
+        self.counts: dict[str, int] = {}  # the client's commands by verb, for `disconnect`
         self.metrics = self.client.metrics = self.upstream.metrics = metrics
         self.transaction.metrics = self.performer.metrics = metrics
 
@@ -122,6 +125,7 @@ class Connection:
 
     async def run(self) -> None:
         self.log.info("accepted connection from: %s", self.info.client or "(unix)")
+        started = trio.current_time()
         farewell: Reply | None = None
         ended = "connection closed"  # why, if it ends in the middle of a message
         try:
@@ -158,6 +162,11 @@ class Connection:
                     await self.performer.policy.aclose()
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 await self.client.aclose()
+            # One closing line per connection (docs/behaviour.md §9.6).
+            gone = Disconnect(
+                self.info.client, self.counts, trio.current_time() - started, self.info.peer
+            )
+            self.log.info("%s", gone, extra=structured("disconnect", gone.fields))
             self.log.debug("connection closed")
 
     async def _run(self) -> None:
@@ -189,7 +198,7 @@ class Connection:
             return
         # One milter session per connection, in the connection's scope: a client that
         # leaves cancels it (sockets closed at once); QUIT (or a drain) closes it politely.
-        async with Milters(self.settings.milters) as milters:
+        async with Milters(self.settings.milters, self.log) as milters:
             self.performer.milters = milters
             try:
                 await milters.connect(self._milter_context())  # a refusal answers each stage
@@ -235,8 +244,11 @@ class Connection:
                 # NUL, bare CR, controls: answered here, never forwarded (issue 16, case 7).
                 await self._perform(self.session.handle(BadCommandLine(reason)))
                 continue
-            in_auth = self.trace and self.session.in_auth  # (only the trace needs it)
+            in_auth = self.session.in_auth
             command = parse_command(line)
+            if not in_auth:  # (an AUTH exchange's lines are no commands)
+                verb = "unknown" if command.verb is Verb.OTHER else command.verb.value.lower()
+                self.counts[verb] = self.counts.get(verb, 0) + 1
             if self.trace:
                 self.log.debug("CLIENT < %s", show_command(line, command, in_auth))
             actions = self.session.handle(ClientCommand(command))

@@ -15,6 +15,7 @@ from typing import assert_never
 
 import trio
 
+from trio_proxsmtp.common.log_format import structured
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.common.trace import show_command
 from trio_proxsmtp.protocol.session.actions import (
@@ -254,7 +255,9 @@ class Performer:
     def log_actions(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Summary):
-                self.log.info("%s", action)  # formatted only if printed (Summary.__str__)
+                # Formatted only if printed (Summary.__str__, and the fields for json and
+                # logfmt: a method, called by the formatter).
+                self.log.info("%s", action, extra=structured("summary", action.message.fields))
                 self.metrics.message_done(
                     action.outcome.value, action.upstream_code, action.message.size
                 )

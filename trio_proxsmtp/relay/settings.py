@@ -107,6 +107,7 @@ class RelaySettings:
         """TimeOut: the client channel's reads and writes."""
         return self.deadlines.timeout
 
-    def policy_for(self, client: str, is_ipv6: bool) -> SessionPolicy:
-        """The session's policy for this client."""
-        return attrs.evolve(self.policy, client=client, client_is_ipv6=is_ipv6)
+    def policy_for(self, client: str, is_ipv6: bool, peer: str | None = None) -> SessionPolicy:
+        """The session's policy for this client (`peer`: the connecting address when a
+        PROXY header named another client)."""
+        return attrs.evolve(self.policy, client=client, client_is_ipv6=is_ipv6, peer=peer)

@@ -17,6 +17,10 @@ the reply to its final dot, and ``delays=receive/filter/upstream`` splits it as 
 ``delays=a/b/c/d`` does: reading the message from the client, running the filter, and
 sending it to the next server until its reply.
 
+``client=`` is the client as the connection was told it: a PROXY header's client, or the
+address the client's own XFORWARD ADDR= gave (Postfix in before-queue mode); then ``via=``
+follows with the address that connected to us (the balancer, the Postfix in front).
+
 With milters configured, a refused or dropped message also says who decided, right after
 ``status=``: ``milter=<its Milters: entry>`` or ``filter=<FilterCommand's program>``.
 
@@ -94,26 +98,46 @@ class MessageSummary:
     size: int | None = None
     delays: Delays | None = None
     decided_by: str | None = None  # milters configured: "milter=ADDRESS" or "filter=PROGRAM"
+    # The address that connected, when `client` is another one (a PROXY header's client,
+    # the client XFORWARD named): shown as via= after client=.
+    via: str | None = None
 
-    def line(self) -> str:
-        parts = [f"client={self.client}"]
+    def fields(self) -> list[tuple[str, Field]]:
+        """The line's fields as (key, value) pairs in their order; ``to`` repeats, one per
+        recipient; ``size`` is an int and ``delay`` a float (seconds). The structured log
+        formats (LogFormat: json, logfmt) emit these keys (docs/behaviour.md §9.5)."""
+        parts: list[tuple[str, Field]] = [("client", self.client)]
+        if self.via is not None and self.via != self.client:
+            parts.append(("via", self.via))
         if self.sender is not None:
-            parts.append(f"from={_address(self.sender)}")
-        parts.extend(f"to={_address(rcpt)}" for rcpt in self.recipients)
-        parts.append(f"status={self.status.value}")
+            parts.append(("from", _address(self.sender)))
+        parts.extend(("to", _address(rcpt)) for rcpt in self.recipients)
+        parts.append(("status", self.status.value))
         if self.decided_by:
-            parts.append(self.decided_by)
+            key, _, value = self.decided_by.partition("=")
+            parts.append((key, value))
         if self.reason:
-            parts.append(f"reason={_one_line(self.reason)}")
+            parts.append(("reason", _one_line(self.reason)))
         if self.upstream is not None:
-            parts.append(f"upstream={_one_line(self.upstream)}")
-        parts.append(f"relay={self.relay or 'none'}")
+            parts.append(("upstream", _one_line(self.upstream)))
+        parts.append(("relay", self.relay or "none"))
         if self.size is not None:
-            parts.append(f"size={self.size}")
+            parts.append(("size", self.size))
         if self.delays is not None:
             d = self.delays
-            parts.append(f"delay={_seconds(d.total)}")
+            parts.append(("delay", round(max(d.total, 0.0), 2)))
             parts.append(
-                f"delays={_seconds(d.receive)}/{_seconds(d.filter)}/{_seconds(d.upstream)}"
+                ("delays", f"{_seconds(d.receive)}/{_seconds(d.filter)}/{_seconds(d.upstream)}")
             )
-        return ", ".join(parts)
+        return parts
+
+    def line(self) -> str:
+        return ", ".join(f"{key}={render(value)}" for key, value in self.fields())
+
+
+Field = str | int | float  # a value of a log line's field
+
+
+def render(value: Field) -> str:
+    """A field's value as the text lines show it (seconds with two decimals)."""
+    return f"{value:.2f}" if isinstance(value, float) else str(value)

@@ -178,8 +178,15 @@ def summary(
 ) -> Summary:
     """The message's one summary line; relay= only once the upstream answered it."""
     envelope = session.envelope
+    policy = session.policy
+    # The client as we were told it (docs/behaviour.md §9.2): XFORWARD ADDR= from the
+    # client (Postfix before-queue), else the PROXY header's; via= the connecting address.
+    client, via = policy.client, policy.peer
+    if envelope.remote_addr and envelope.remote_addr != policy.client:
+        client, via = envelope.remote_addr, policy.peer or policy.client
     message = MessageSummary(
-        client=session.policy.client,
+        client=client,
+        via=via,
         status=status,
         sender=envelope.sender,
         recipients=tuple(envelope.recipients),

@@ -16,6 +16,9 @@ class SessionPolicy:
 
     client: str  # the client's address as CLIENT shows it ("" for an unnamed unix peer)
     client_is_ipv6: bool = False
+    # The address that connected, when a PROXY header named another client (the summary's
+    # via=); None when `client` is the connecting address.
+    peer: str | None = None
     filtering: bool = True  # a FilterCommand is set
     reject: Reply | None = None  # FilterType: reject -> the FilterReject reply
     skip_authenticated: bool = False

@@ -53,8 +53,12 @@ log = logging.getLogger("trio_proxsmtp.milter")
 class Milters:
     """All configured milters for one SMTP connection (see the module docstring)."""
 
-    def __init__(self, settings: MilterSettings) -> None:
+    def __init__(
+        self, settings: MilterSettings, logger: logging.LoggerAdapter[logging.Logger] | None = None
+    ) -> None:
+        """`logger`: the connection's (its lines carry the connection id)."""
         self.settings = settings
+        self._log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger or log
         self._milters = [MilterClient(address, settings) for address in settings.milters]
         self._sticky: MilterDecision | None = None  # connection-level reject/tempfail/failure
         self._discard: MilterDecision | None = None  # the message will be discarded
@@ -80,7 +84,7 @@ class Milters:
 
     async def _fail(self, milter: MilterClient, reason: str) -> MilterDecision | None:
         milter.failed = True
-        log.warning("milter %s: %s", milter.name, reason)
+        self._log.warning("milter %s: %s", milter.name, reason)
         await milter.close(polite=False)
         action = self.settings.default_action
         if action is DefaultAction.ACCEPT:
