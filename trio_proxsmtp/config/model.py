@@ -17,7 +17,7 @@ import attrs
 
 from trio_proxsmtp.common.address import Address, AddressKind, parse_address
 from trio_proxsmtp.common.networks import DEFAULT_TRUSTED_NETWORKS, IPNetwork
-from trio_proxsmtp.relay.settings import OutTLSMode, TransparentMode
+from trio_proxsmtp.relay.settings import OutProxyProtocol, OutTLSMode, TransparentMode
 from trio_proxsmtp.stages.settings import DefaultAction, FilterType, MilterAddress
 
 __all__ = [
@@ -121,6 +121,10 @@ class Config:
     # smtpd_proxy_timeout of 100 s, so the proxy answers 451 before Postfix gives up
     # (docs/behaviour.md §8.1).
     message_timeout: float = 90.0
+    # Client identity (issue 23): XFORWARD towards the next server, a PROXY header before
+    # each next-hop connection (docs/behaviour.md §11.20, §11.21).
+    xforward: bool = False
+    out_proxy_protocol: OutProxyProtocol = OutProxyProtocol.OFF
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
 
     @property

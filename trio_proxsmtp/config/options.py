@@ -21,7 +21,7 @@ from trio_proxsmtp.config.model import (
     MAX_CONNECTIONS_LIMIT,
     MAX_WORKERS,
 )
-from trio_proxsmtp.relay.settings import OutTLSMode, TransparentMode
+from trio_proxsmtp.relay.settings import OutProxyProtocol, OutTLSMode, TransparentMode
 from trio_proxsmtp.stages.settings import DefaultAction, FilterType, MilterAddress
 
 __all__ = ["AUTO", "OPTIONS", "Invalid", "parse_milter_address", "parse_milter_list"]
@@ -285,5 +285,8 @@ OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("SessionTimeOut", "session_timeout", _seconds_or_zero),
         ("StressTimeOut", "stress_timeout", _seconds_or_zero),
         ("MessageTimeOut", "message_timeout", _seconds_positive),
+        # Client identity (issue 23)
+        ("XForward", "xforward", _boolean),
+        ("OutProxyProtocol", "out_proxy_protocol", _choice(OutProxyProtocol)),
     ]
 }

@@ -39,6 +39,7 @@ def relay_settings(config: Config) -> RelaySettings:
         deadlines=deadline_settings(config),
         tls_context=config.tls_context,
         milters=milter_settings(config) if config.milters else None,
+        local_networks=config.connection_limit_exceptions,
     )
 
 
@@ -64,6 +65,9 @@ def session_policy(config: Config) -> SessionPolicy:
         chunking=config.chunking,
         max_recipients=config.max_recipients,
         hard_error_limit=config.hard_error_limit,
+        xforward=config.xforward,
+        verified_tls_hop=config.out_tls in (OutTLSMode.ENCRYPT, OutTLSMode.IMPLICIT)
+        and config.upstream_tls_verify,
     )
 
 
@@ -83,6 +87,7 @@ def upstream_settings(config: Config) -> UpstreamSettings:
         tls_context=config.out_tls_context,
         tls_hostname=config.upstream_tls_hostname,
         transparent=config.transparent_proxy,
+        proxy_protocol=config.out_proxy_protocol,
     )
 
 

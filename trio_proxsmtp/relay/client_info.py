@@ -80,6 +80,10 @@ class ClientInfo:
     original_destination: tuple[str, int] | None = None
     # The accepted socket, when there is one: SO_ORIGINAL_DST and the departed-client peek.
     socket: trio.socket.SocketType | None = attrs.field(default=None, repr=False, eq=False)
+    # Client identity (issue 23): the client's port and the port it connected to (the
+    # PROXY header's when there is one); None when not known (a unix peer, a test stream).
+    client_port: int | None = None
+    local_port: int | None = None
 
     def lookup_original_destination(self) -> tuple[str, int]:
         """Where the client connected before NAT redirected it to us (TransparentProxy)."""
@@ -109,11 +113,15 @@ class ClientInfo:
 def from_socket_stream(stream: trio.SocketStream) -> ClientInfo:
     """The identity of a client accepted on a socket."""
     sock = stream.socket
+    peer = _address(sock.getpeername)
+    local = _address(sock.getsockname)
     return ClientInfo(
-        client=format_host(_address(sock.getpeername)),
-        local=format_host(_address(sock.getsockname)),
+        client=format_host(peer),
+        local=format_host(local),
         is_ipv6=sock.family == socket.AF_INET6,
         socket=sock,
+        client_port=_port(peer),
+        local_port=_port(local),
     )
 
 
@@ -139,6 +147,10 @@ def from_proxy_header(
         is_ipv6=":" in client.client_address,
         original_destination=destination if transparent else None,
         socket=socket_info.socket,
+        client_port=client.client_port,
+        local_port=client.destination_port
+        if client.destination_address is not None
+        else socket_info.local_port,
     )
 
 
@@ -147,6 +159,13 @@ def _address(get: Callable[[], object]) -> object:
         return get()
     except OSError:
         return ""
+
+
+def _port(address: object) -> int | None:
+    """The port of a socket address tuple; None for a unix path."""
+    if isinstance(address, tuple) and len(address) >= 2 and isinstance(address[1], int):
+        return address[1]
+    return None
 
 
 NAME_LOOKUP_TIMEOUT = 5.0

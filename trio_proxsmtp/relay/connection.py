@@ -84,7 +84,14 @@ class Connection:
         self.log = connection_logger(conn_id)
         self.conn_id = conn_id
         self.trace = self.log.isEnabledFor(logging.DEBUG)
-        self.session = Session(settings.policy_for(info.client, info.is_ipv6))
+        policy = settings.policy_for(
+            info.client,
+            info.is_ipv6,
+            port=info.client_port,
+            destination=info.local if info.local_port is not None else None,
+            destination_port=info.local_port,
+        )
+        self.session = Session(policy)
         self._scope = trio.CancelScope()
         deadlines = ClientDeadlines.from_settings(settings.deadlines, stress)
         self.client = ClientChannel(stream, info, settings.timeout, self.log, deadlines)
@@ -159,8 +166,8 @@ class Connection:
             # and before the upstream hears of this client; no STARTTLS is offered.
             await self.client.start_tls(None, self.implicit_tls)
             self.session.handle(ClientTLSActive())
-        if self.settings.policy.xclient:
-            # XCLIENT NAME= needs the client's host name: look it up while connecting.
+        if self.settings.policy.xclient or self.settings.policy.xforward:
+            # XCLIENT/XFORWARD NAME= need the client's host name: look it up meanwhile.
             name = "[TEMPUNAVAIL]"
 
             async def look_up() -> None:
