@@ -4,7 +4,7 @@ after HELO, docs/behaviour.md §4.5); Postfix answers with a new greeting, so th
 HELO/EHLO is said again (B20).  The client's own XCLIENT is refused (a gate too).
 
 Every attribute the next server names after its XCLIENT keyword and the proxy knows goes
-(docs/behaviour.md §11.20): ADDR, PORT, NAME, PROTO, DESTADDR, DESTPORT, HELO; xtext-encoded,
+(docs/behaviour.md §4.5): ADDR, PORT, NAME, PROTO, DESTADDR, DESTPORT, HELO; xtext-encoded,
 each within Postfix's limits, each line within 512 bytes: several XCLIENT commands when one
 would be longer (each answered by a greeting).  A value the next server must refuse (a NAME=
 that is not a host name, a NAME=/HELO= over 255 bytes once decoded, one that cannot fit a
