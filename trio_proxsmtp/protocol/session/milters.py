@@ -24,9 +24,9 @@ from trio_proxsmtp.protocol.session.delivery import RSET, abandon, end_transacti
 from trio_proxsmtp.protocol.session.envelope import AcceptedEnvelope
 from trio_proxsmtp.protocol.session.gate import Gate
 from trio_proxsmtp.protocol.session.replay import envelope_lines
-from trio_proxsmtp.protocol.session.xforward import xforward_lines
 from trio_proxsmtp.protocol.session.states import State
 from trio_proxsmtp.protocol.session.wire import MILTER_DISCARDED
+from trio_proxsmtp.protocol.session.xforward import xforward_lines
 from trio_proxsmtp.protocol.smtp.commands import Command, Verb
 from trio_proxsmtp.protocol.smtp.replies import LOCAL_ERROR
 
