@@ -198,3 +198,26 @@ async def test_out_proxy_protocol_tells_postfix_the_clients_address(
         return False
 
     assert await trio.to_thread.run_sync(logged), setup.log()[before:]
+
+
+@pytest.mark.parametrize("kind", ["xclient", "xforward"])
+@pytest.mark.parametrize("helo", ["\u00e9" * 42, "\u00e9" * 43, "x" * 255, "y" * 300])
+async def test_postfix_takes_every_value_the_proxy_sends(
+    postfix: tuple[PostfixSetup, dict[str, int]], kind: str, helo: str
+) -> None:
+    # Postfix refuses a value over 255 bytes as sent, xtext-encoded ("501 5.5.4 Error:
+    # attribute value too long"): 42 x "é" is 252 bytes encoded, 43 are 258 and go as
+    # [UNAVAILABLE]; the refusal would end the connection (XCLIENT) or the MAIL (XFORWARD).
+    _, ports = postfix
+    config = "XClient: on" if kind == "xclient" else "XForward: on"
+    with tempfile.TemporaryDirectory(prefix="trio-proxsmtp-identity-") as temp:
+        async with (
+            run_proxy(
+                f"TempDirectory: {temp}\n{config}", upstream=f"127.0.0.1:{ports[kind]}"
+            ) as proxy,
+            proxy.connect() as client,
+        ):
+            replies = await client.send_message(
+                "s@example.org", ["r@example.net"], MESSAGE, helo=helo
+            )
+            assert [r.code for r in replies] == [250, 250, 354, 250], replies

@@ -90,19 +90,49 @@ def test_xclient_proto_is_smtp_after_helo_and_ipv6_destination_prefixed() -> Non
     assert sent["DESTADDR"] == "IPv6:2001:db8::25" and sent["PROTO"] == "ESMTP"
 
 
-def test_xclient_over_512_bytes_goes_as_several_commands_each_greeted() -> None:
-    # A 164-byte HELO name of 8-bit bytes (484 xtext-encoded) fits a line of its own only,
-    # so the XCLIENT is split in two (a 250-byte one, 750 encoded, would fit none: pack).
-    d = Driver(attrs.evolve(POLICY, xclient=True))
+LONG_NAME = ".".join(["n" * 60] * 4)  # 243 bytes: a host name Postfix takes
+LONG_HELO = "h" * 250
+
+
+def long_identity() -> Driver:
+    d = Driver(attrs.evolve(POLICY, xclient=True, xclient_name=LONG_NAME))
     d.greet()
-    d.command("EHLO " + "\u00e9" * 80 + "a" * 4, EHLO_FULL)  # 164 bytes
+    d.command(f"EHLO {LONG_HELO}", EHLO_FULL)
+    return d
+
+
+def test_xclient_over_512_bytes_goes_as_several_commands_each_greeted() -> None:
+    # NAME= and HELO= near their 255 bytes do not fit one line with the rest: two XCLIENT
+    # commands, each answered by a greeting, then the EHLO once.
+    d = long_identity()
     d.command("NOOP", GREETED, GREETED, EHLO_FULL, OK)
     lines = [u for u in d.upstream if u.startswith(b"XCLIENT")]
     assert len(lines) == 2
     assert all(len(line) <= LINE_MAX for line in lines)
     merged = {**attributes(lines[0]), **attributes(lines[1])}
-    assert merged["HELO"] == "\u00e9" * 80 + "a" * 4
+    assert (merged["NAME"], merged["HELO"]) == (LONG_NAME, LONG_HELO)
     assert merged["ADDR"] == "203.0.113.9" and merged["DESTPORT"] == "25"
+    assert d.upstream[-3:] == [lines[1], f"EHLO {LONG_HELO}\r\n".encode(), b"NOOP\r\n"]
+
+
+@pytest.mark.parametrize(
+    ("helo", "sent"),
+    [
+        ("\u00e9" * 42, "+C3+A9" * 42),  # 252 bytes encoded
+        ("\u00e9" * 43, UNAVAILABLE),  # 258 bytes encoded, though 86 decoded
+        ("x" * 255, "x" * 255),
+        ("x" * 256, UNAVAILABLE),
+    ],
+)
+def test_a_value_is_within_255_bytes_as_sent_encoded(helo: str, sent: str) -> None:
+    # Postfix 3.7 refuses "501 5.5.4 Error: attribute value too long" past 255 encoded bytes.
+    d = Driver(attrs.evolve(POLICY, xclient=True, xforward=True))
+    d.greet()
+    d.command(f"EHLO {helo}", EHLO_FULL)
+    d.command("MAIL FROM:<s@x>", GREETED, EHLO_FULL, OK, OK)
+    ours = [u for u in d.upstream if u.startswith((b"XCLIENT", b"XFORWARD"))]
+    assert len(ours) == 2
+    assert {line.split(b" HELO=")[1].split()[0].decode() for line in ours} == {sent}
 
 
 @pytest.mark.parametrize("size", [1, 200, 509, 600, 3000])
@@ -116,10 +146,8 @@ def test_pack_never_makes_a_line_over_512_bytes(size: int) -> None:
 
 
 def test_a_second_xclient_refused_fails_closed() -> None:
-    d = Driver(attrs.evolve(POLICY, xclient=True))
-    d.greet()
-    d.command("EHLO " + "\u00e9" * 80 + "a" * 4, EHLO_FULL)
-    replies = d.command("NOOP", GREETED, Reply.single(501, "5.5.4 Bad HELO syntax"))
+    d = long_identity()
+    replies = d.command("NOOP", GREETED, Reply.single(501, "5.5.4 Error: attribute value too long"))
     assert replies[0].code == 421
     assert sum(u.startswith(b"XCLIENT") for u in d.upstream) == 2
 

@@ -7,8 +7,8 @@ Every attribute the next server names after its XCLIENT keyword and the proxy kn
 (docs/behaviour.md §4.5): ADDR, PORT, NAME, PROTO, DESTADDR, DESTPORT, HELO; xtext-encoded,
 each within Postfix's limits, each line within 512 bytes: several XCLIENT commands when one
 would be longer (each answered by a greeting).  A value the next server must refuse (a NAME=
-that is not a host name, a NAME=/HELO= over 255 bytes once decoded, one that cannot fit a
-line) is sent as [UNAVAILABLE].  A refusal of an XCLIENT the next server advertised fails
+that is not a host name, any value over 255 bytes as sent, xtext-encoded, one that cannot
+fit a line) is sent as [UNAVAILABLE].  A refusal of an XCLIENT the next server advertised fails
 closed: 421 to the client, and the connection ends (docs/behaviour.md §4.5), so no message
 goes as the proxy's own."""
 
@@ -53,7 +53,9 @@ __all__ = [
 ]
 
 UNAVAILABLE = "[UNAVAILABLE]"
-# Postfix refuses a NAME= or HELO= longer than this, once xtext-decoded (VALID_HOSTNAME_LEN).
+# Postfix refuses any XCLIENT/XFORWARD value longer than this as sent, xtext-encoded
+# ("501 5.5.4 Error: attribute value too long", seen from Postfix 3.7): an 8-bit HELO name
+# triples when encoded, so its limit is 85 such bytes, not 255.
 VALUE_MAX = 255
 # A command line with its CRLF (RFC 5321 §4.5.3.1.4): what every next server takes.
 LINE_MAX = 512
@@ -86,10 +88,10 @@ def host_name(name: str) -> str | None:
 
 
 def helo_value(helo: str) -> str | None:
-    """HELO= as sent: the client's HELO/EHLO name xtext-encoded, or None when too long."""
-    if len(helo.encode("utf-8", "surrogateescape")) > VALUE_MAX:
-        return None
-    return xtext_encode(helo)
+    """HELO= as sent: the client's HELO/EHLO name xtext-encoded, or None when that is over
+    VALUE_MAX (Postfix checks the encoded value; decoded it is then within 255 too)."""
+    encoded = xtext_encode(helo)
+    return None if len(encoded) > VALUE_MAX else encoded
 
 
 def address_value(address: str | None, ipv6: bool) -> str:
