@@ -26,9 +26,12 @@ XCLIENT_REFUSED = b"421 4.7.0 smtp.passthru Error: the next server refused XCLIE
 
 def postfix_xclient(line: bytes, session: Session) -> str | None:
     """XCLIENT as Postfix's smtpd checks it: the line within 512 bytes (RFC 5321), each
-    HELO= (and NAME=) at most 255 bytes once xtext-decoded; else a 5xx refusal."""
+    value at most 255 bytes as sent (xtext-encoded: Postfix 3.7's "attribute value too
+    long"), HELO= (and NAME=) at most 255 bytes once xtext-decoded; else a 5xx refusal."""
     if len(line) + 2 > 512:
         return "500 5.5.2 Error: line too long"
+    if any(len(attribute.partition(b"=")[2]) > 255 for attribute in line.split()[1:]):
+        return "501 5.5.4 Error: attribute value too long"
     for attribute in line.split()[1:]:
         name, _, value = attribute.partition(b"=")
         decoded = xtext_decode(value.decode("utf-8", "surrogateescape"))

@@ -311,9 +311,10 @@ async def test_b20_xclient_then_ehlo_again(tmp_path: Path) -> None:
     theirs, ours = await both(tmp_path, "XClient: on", (EHLO, MAIL, QUIT))
     assert theirs.replies == ours.replies
     assert b"XCLIENT ADDR=127.0.0.1\r\nMAIL FROM:<s@x>\r\n" in theirs.upstream[0]
-    # Ours: NAME= (the forward-confirmed host name) and HELO= too, then EHLO again.
+    # Ours: NAME= (the forward-confirmed host name), PROTO= and HELO= too (what the fake
+    # lists), then EHLO again.
     assert re.search(
-        rb"XCLIENT ADDR=127\.0\.0\.1 NAME=\S+ HELO=client\.example\r\n"
+        rb"XCLIENT ADDR=127\.0\.0\.1 NAME=\S+ PROTO=ESMTP HELO=client\.example\r\n"
         rb"EHLO client\.example\r\nMAIL FROM:<s@x>\r\n",
         ours.upstream[0],
     )

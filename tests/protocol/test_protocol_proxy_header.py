@@ -24,10 +24,9 @@ from trio_proxsmtp.protocol.proxy_header import (
     ProxyHeaderParser,
     ProxyTransport,
     TLVType,
-    encode_v1,
-    encode_v2,
     parse_proxy_header,
 )
+from trio_proxsmtp.protocol.proxy_header_build import encode_v1, encode_v2
 
 SMTP = b"EHLO client.example\r\n"
 

@@ -148,3 +148,37 @@ def test_a_line_break_in_a_changed_address_fails_the_message() -> None:
     [answer] = [a for a in actions if isinstance(a, SendClient)]
     assert answer.reply.code == 451
     assert not any(isinstance(a, SendUpstream) and b"evil" in a.line for a in actions)
+
+
+def test_a_changed_envelope_says_xforward_again_after_its_rset() -> None:
+    # XForward: on (issue 23): the replay's RSET makes Postfix forget the attributes.
+    session = Session(
+        SessionPolicy(client="192.0.2.1", filtering=False, milters=True, xforward=True)
+    )
+    session.handle(Greeting(Reply.single(220, "up")))
+    passed(session, "EHLO c")
+    up(session, Reply(250, ("up", "XFORWARD ADDR HELO")))
+    [xforward] = passed(session, "MAIL FROM:<s@x>")
+    assert isinstance(xforward, SendUpstream) and xforward.purpose is Purpose.XFORWARD
+    [mail] = up(session)
+    assert isinstance(mail, SendUpstream) and mail.line == b"MAIL FROM:<s@x>\r\n"
+    up(session)
+    passed(session, "RCPT TO:<r@x>")
+    up(session)
+    passed(session, "DATA")
+    session.handle(MessageReceived(10))
+    changed = MilterEnvelope("new@x", (Recipient("r@x"),))
+    sent = []
+    actions = session.handle(MiltersDone(MilterVerdictKind.CONTINUE, None, None, changed))
+    for _ in range(4):
+        [*_, action] = actions
+        assert isinstance(action, SendUpstream) and action.purpose is Purpose.REPLAY_ENVELOPE
+        sent.append(action.line)
+        actions = session.handle(UpstreamReply(OK))
+    assert sent == [
+        b"RSET\r\n",
+        b"XFORWARD ADDR=192.0.2.1 HELO=c\r\n",
+        b"MAIL FROM:<new@x>\r\n",
+        b"RCPT TO:<r@x>\r\n",
+    ]
+    assert actions[-1] == SendUpstream(b"DATA\r\n", Purpose.DATA)

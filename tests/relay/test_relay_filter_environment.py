@@ -16,8 +16,8 @@ from trio_proxsmtp.protocol.proxy_header import (
     ProxyFamily,
     ProxyHeader,
     ProxyTransport,
-    encode_v2,
 )
+from trio_proxsmtp.protocol.proxy_header_build import encode_v2
 from trio_proxsmtp.stages.filter.environment import (
     filter_environment,
     host_port,

@@ -26,9 +26,8 @@ from trio_proxsmtp.protocol.proxy_header import (
     ProxyFamily,
     ProxyHeader,
     ProxyTransport,
-    encode_v1,
-    encode_v2,
 )
+from trio_proxsmtp.protocol.proxy_header_build import encode_v1, encode_v2
 from trio_proxsmtp.relay.client_info import (
     ClientInfo,
     ProxiedClient,
@@ -247,6 +246,7 @@ def test_client_info_from_a_header() -> None:
     )
     info = from_proxy_header(result, socket_info)
     assert (info.client, info.local, info.is_ipv6) == ("2001:db8::7", "2001:db8::25", True)
+    assert (info.client_port, info.local_port) == (40123, 25)  # XCLIENT, XFORWARD (issue 23)
     assert info.original_destination is None  # only asked for by TransparentProxy
     transparent = from_proxy_header(result, socket_info, transparent=True)
     assert transparent.original_destination == ("2001:db8::25", 25)

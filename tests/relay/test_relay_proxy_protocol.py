@@ -24,9 +24,8 @@ from trio_proxsmtp.protocol.proxy_header import (
     ProxyFamily,
     ProxyHeader,
     ProxyTransport,
-    encode_v1,
-    encode_v2,
 )
+from trio_proxsmtp.protocol.proxy_header_build import encode_v1, encode_v2
 from trio_proxsmtp.relay.client_info import ProxiedClient
 
 CLIENT = ProxyHeader(

@@ -193,7 +193,8 @@ async def test_t09_xclient_then_ehlo_resent() -> None:
             assert reply.code == 250 and reply.lines == ("2.1.0 Ok",)
             assert up.commands == [
                 b"EHLO c",
-                b"XCLIENT ADDR=127.0.0.1 NAME=" + LOCALHOST_NAME + b" HELO=c",
+                # Every attribute the fake advertises (NAME ADDR PROTO HELO) and we know.
+                b"XCLIENT ADDR=127.0.0.1 NAME=" + LOCALHOST_NAME + b" PROTO=ESMTP HELO=c",
                 b"EHLO c",
                 b"MAIL FROM:<s@x>",
             ]

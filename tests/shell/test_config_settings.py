@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from trio_proxsmtp.config.loader import parse_config
 from trio_proxsmtp.config.settings import filter_name, relay_settings
-from trio_proxsmtp.relay.settings import OutTLSMode, TransparentMode
+from trio_proxsmtp.relay.settings import OutProxyProtocol, OutTLSMode, TransparentMode
 from trio_proxsmtp.stages.settings import FilterSpec, FilterType
 
 BASE = "OutAddress: 127.0.0.1:2525\n"
@@ -55,3 +55,27 @@ def test_the_policy_is_completed_with_the_client() -> None:
     assert (policy.client, policy.client_is_ipv6) == ("2001:db8::1", True)
     assert policy.xclient and policy.pipelining
     assert settings.policy.client == ""  # the template is left as it was
+
+
+def test_client_identity_options() -> None:
+    # Issue 23: XForward, OutProxyProtocol, and what REQUIRETLS and SOURCE= are decided by.
+    settings = relay_settings(parse_config(BASE))
+    assert not settings.policy.xforward and not settings.policy.verified_tls_hop
+    assert settings.upstream.proxy_protocol is OutProxyProtocol.OFF
+    config = parse_config(
+        BASE + "XForward: on\nOutProxyProtocol: v2\nConnectionLimitExceptions: 192.0.2.0/24\n"
+        "OutTLS: encrypt\n"
+    )
+    settings = relay_settings(config)
+    assert settings.policy.xforward and settings.policy.verified_tls_hop
+    assert settings.upstream.proxy_protocol is OutProxyProtocol.V2
+    local = settings.policy_for("192.0.2.9", False, port=4000, destination="198.51.100.1")
+    assert local.client_local and local.client_port == 4000
+    assert local.destination == "198.51.100.1" and local.destination_port is None
+    assert not settings.policy_for("127.0.0.1", False).client_local  # not in the exceptions
+    assert settings.policy_for("", False).client_local  # a unix peer is local
+    for unverified in ("OutTLS: may\n", "OutTLS: encrypt\nOutTLSVerify: off\n"):
+        assert not relay_settings(parse_config(BASE + unverified)).policy.verified_tls_hop
+    assert relay_settings(
+        parse_config(BASE + "OutProxyProtocol: V1\n")
+    ).upstream.proxy_protocol is (OutProxyProtocol.V1)

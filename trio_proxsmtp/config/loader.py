@@ -21,7 +21,8 @@ contexts are built once per load (checks.py) so that `-t` and SIGHUP catch unusa
 `MilterConnectTimeout` / `MilterCommandTimeout` / `MilterContentTimeout` (seconds); and the
 limits that bound what a hostile client can hold (MaxRecipients, MaxConnectionsPerClient with
 ConnectionLimitExceptions, HardErrorLimit, CommandTimeOut, ReplyTimeOut, MinDataRate,
-SessionTimeOut, StressTimeOut).
+SessionTimeOut, StressTimeOut); and what the next hop learns of the client: `XForward`
+(XFORWARD before each MAIL) and `OutProxyProtocol` (off, v1 or v2: a PROXY header first).
 `Workers: auto`, the default, is resolved at load to one worker per core this process may
 run on (capped by MAX_WORKERS and MaxConnections), so `Config.workers` is always a count.
 

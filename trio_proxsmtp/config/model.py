@@ -18,7 +18,7 @@ import attrs
 from trio_proxsmtp.common.address import Address, AddressKind, parse_address
 from trio_proxsmtp.common.log_format import LogFormat
 from trio_proxsmtp.common.networks import DEFAULT_TRUSTED_NETWORKS, IPNetwork
-from trio_proxsmtp.relay.settings import OutTLSMode, TransparentMode
+from trio_proxsmtp.relay.settings import OutProxyProtocol, OutTLSMode, TransparentMode
 from trio_proxsmtp.stages.settings import (
     DefaultAction,
     FilterType,
@@ -134,6 +134,11 @@ class Config:
 
     # Logs, health and metrics (issue 24): how each log record reads (common/log_format.py).
     log_format: LogFormat = LogFormat.TEXT
+
+    # Client identity (issue 23): XFORWARD towards the next server, a PROXY header before
+    # each next-hop connection (docs/behaviour.md §11.20, §11.21).
+    xforward: bool = False
+    out_proxy_protocol: OutProxyProtocol = OutProxyProtocol.OFF
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
 
     @property

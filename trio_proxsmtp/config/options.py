@@ -23,7 +23,7 @@ from trio_proxsmtp.config.model import (
     MAX_WORKERS,
 )
 from trio_proxsmtp.config.options_policy import parse_policy_service
-from trio_proxsmtp.relay.settings import OutTLSMode, TransparentMode
+from trio_proxsmtp.relay.settings import OutProxyProtocol, OutTLSMode, TransparentMode
 from trio_proxsmtp.stages.settings import (
     DefaultAction,
     FilterType,
@@ -304,5 +304,8 @@ OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("PolicyDefaultAction", "policy_default_action", _choice(PolicyDefaultAction)),
         ("PolicyTimeout", "policy_timeout", _seconds_positive),
         ("LogFormat", "log_format", _choice(LogFormat)),  # issue 24: text, json, logfmt
+        # Client identity (issue 23)
+        ("XForward", "xforward", _boolean),
+        ("OutProxyProtocol", "out_proxy_protocol", _choice(OutProxyProtocol)),
     ]
 }

@@ -41,6 +41,7 @@ def relay_settings(config: Config) -> RelaySettings:
         tls_context=config.tls_context,
         milters=milter_settings(config) if config.milters else None,
         policy_service=policy_settings(config),
+        local_networks=config.connection_limit_exceptions,
     )
 
 
@@ -67,6 +68,9 @@ def session_policy(config: Config) -> SessionPolicy:
         max_recipients=config.max_recipients,
         hard_error_limit=config.hard_error_limit,
         policy_service=config.policy_service is not None,
+        xforward=config.xforward,
+        verified_tls_hop=config.out_tls in (OutTLSMode.ENCRYPT, OutTLSMode.IMPLICIT)
+        and config.upstream_tls_verify,
     )
 
 
@@ -86,6 +90,7 @@ def upstream_settings(config: Config) -> UpstreamSettings:
         tls_context=config.out_tls_context,
         tls_hostname=config.upstream_tls_hostname,
         transparent=config.transparent_proxy,
+        proxy_protocol=config.out_proxy_protocol,
     )
 
 

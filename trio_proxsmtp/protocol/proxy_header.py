@@ -1,4 +1,5 @@
-"""HAProxy's PROXY protocol, versions 1 and 2, as a sans-IO parser (and an encoder for tests).
+"""HAProxy's PROXY protocol, versions 1 and 2, as a sans-IO parser (the encoder, for
+OutProxyProtocol and the tests, is proxy_header_build.py: one module pair, one format).
 
 A load balancer in front of the proxy opens each connection with one header saying who the
 real client is; after it the stream is plain SMTP.  `ProxyHeaderParser.feed` takes bytes as
@@ -33,6 +34,7 @@ from trio_proxsmtp.protocol.errors import RemoteProtocolError
 __all__ = [
     "MAX_V2_LENGTH",
     "NEED_MORE",
+    "UNIX_PATH_LENGTH",
     "V1_MAX_LENGTH",
     "V2_SIGNATURE",
     "NeedMore",
@@ -44,8 +46,6 @@ __all__ = [
     "ProxyHeaderParser",
     "ProxyTransport",
     "TLVType",
-    "encode_v1",
-    "encode_v2",
     "parse_proxy_header",
 ]
 
@@ -56,8 +56,8 @@ V2_FIXED_LENGTH = 16  # signature, version/command, family/transport, length
 # The v2 length field allows 65535 bytes; real balancers send well under 1 KiB (addresses,
 # ALPN, SNI, a unique id, TLS details).  Anything longer is refused rather than buffered.
 MAX_V2_LENGTH = 2048
-_UNIX_PATH_LENGTH = 108
-_V2_ADDRESS_LENGTH = {1: 12, 2: 36, 3: 2 * _UNIX_PATH_LENGTH}
+UNIX_PATH_LENGTH = 108
+_V2_ADDRESS_LENGTH = {1: 12, 2: 36, 3: 2 * UNIX_PATH_LENGTH}
 _SSL_CLIENT_SSL = 0x01  # PP2_CLIENT_SSL in the SSL TLV's client field
 
 
@@ -101,9 +101,7 @@ class TLVType(enum.IntEnum):
 
 
 _FAMILIES = {0: ProxyFamily.UNSPEC, 1: ProxyFamily.INET, 2: ProxyFamily.INET6, 3: ProxyFamily.UNIX}
-_FAMILY_CODES = {family: code for code, family in _FAMILIES.items()}
 _TRANSPORTS = {0: ProxyTransport.UNSPEC, 1: ProxyTransport.STREAM, 2: ProxyTransport.DGRAM}
-_TRANSPORT_CODES = {transport: code for code, transport in _TRANSPORTS.items()}
 _KNOWN_TLVS = frozenset(int(t) for t in TLVType)
 
 
@@ -323,9 +321,9 @@ def _v2_addresses(
         )
     if family is ProxyFamily.UNIX:
         return (
-            _unix_path(block[:_UNIX_PATH_LENGTH]),
+            _unix_path(block[:UNIX_PATH_LENGTH]),
             None,
-            _unix_path(block[_UNIX_PATH_LENGTH:]),
+            _unix_path(block[UNIX_PATH_LENGTH:]),
             None,
         )
     return None, None, None, None  # AF_UNSPEC: use the real endpoints
@@ -349,52 +347,3 @@ def _v2_tlvs(data: bytes) -> tuple[tuple[int, bytes], ...]:
             kept.append((kind, data[offset : offset + length]))
         offset += length
     return tuple(kept)
-
-
-# --- encoding (what a balancer sends: used by tests and the test peers) --------------------
-
-
-def encode_v1(header: ProxyHeader) -> bytes:
-    """The v1 line for a header with an INET/INET6 client, else ``PROXY UNKNOWN``."""
-    if header.family is ProxyFamily.INET:
-        protocol = "TCP4"
-    elif header.family is ProxyFamily.INET6:
-        protocol = "TCP6"
-    else:
-        return b"PROXY UNKNOWN\r\n"
-    return (
-        f"PROXY {protocol} {header.source_address} {header.destination_address} "
-        f"{header.source_port} {header.destination_port}\r\n"
-    ).encode("ascii")
-
-
-def encode_v2(header: ProxyHeader, extra_tlvs: tuple[tuple[int, bytes], ...] = ()) -> bytes:
-    """The v2 header; `extra_tlvs` are appended after the header's own (any type)."""
-    command_code = 1 if header.command is ProxyCommand.PROXY else 0
-    family = header.family
-    block = b""
-    if header.command is ProxyCommand.PROXY:
-        if family is ProxyFamily.INET or family is ProxyFamily.INET6:
-            ip_type = ipaddress.IPv4Address if family is ProxyFamily.INET else ipaddress.IPv6Address
-            block = (
-                ip_type(header.source_address).packed
-                + ip_type(header.destination_address).packed
-                + struct.pack("!HH", header.source_port or 0, header.destination_port or 0)
-            )
-        elif family is ProxyFamily.UNIX:
-            block = b"".join(
-                (path or "").encode("utf-8", "surrogateescape").ljust(_UNIX_PATH_LENGTH, b"\x00")
-                for path in (header.source_address, header.destination_address)
-            )
-    tlvs = b"".join(
-        struct.pack("!BH", kind, len(value)) + value for kind, value in header.tlvs + extra_tlvs
-    )
-    body = block + tlvs
-    return (
-        V2_SIGNATURE
-        + bytes(
-            [0x20 | command_code, _FAMILY_CODES[family] << 4 | _TRANSPORT_CODES[header.transport]]
-        )
-        + struct.pack("!H", len(body))
-        + body
-    )

@@ -88,7 +88,15 @@ class Connection:
         self.log = connection_logger(conn_id)
         self.conn_id = conn_id
         self.trace = self.log.isEnabledFor(logging.DEBUG)
-        self.session = Session(settings.policy_for(info.client, info.is_ipv6, info.peer))
+        policy = settings.policy_for(
+            info.client,
+            info.is_ipv6,
+            peer=info.peer,
+            port=info.client_port,
+            destination=info.local if info.local_port is not None else None,
+            destination_port=info.local_port,
+        )
+        self.session = Session(policy)
         self._scope = trio.CancelScope()
         deadlines = ClientDeadlines.from_settings(settings.deadlines, stress)
         self.client = ClientChannel(stream, info, settings.timeout, self.log, deadlines)
@@ -176,8 +184,8 @@ class Connection:
             await self.client.start_tls(None, self.implicit_tls)
             self.session.handle(ClientTLSActive())
         if self._wants_client_name():
-            # XCLIENT NAME= and the milters' {client_name} need the client's host name:
-            # look it up while connecting.
+            # XCLIENT/XFORWARD NAME= and the milters' {client_name} need the client's host
+            # name: look it up while connecting.
             name = "[TEMPUNAVAIL]"
 
             async def look_up() -> None:
@@ -210,9 +218,10 @@ class Connection:
                 self.performer.milters = None
 
     def _wants_client_name(self) -> bool:
-        """XCLIENT always; the milters and PolicyService for a client on a socket (a
-        stream without one, in process, has no peer to look up: the name is "unknown")."""
-        if self.settings.policy.xclient:
+        """XCLIENT and XFORWARD always; the milters and PolicyService for a client on a
+        socket (a stream without one, in process, has no peer to look up: the name is
+        "unknown")."""
+        if self.settings.policy.xclient or self.settings.policy.xforward:
             return True
         asking = self.settings.milters is not None or self.settings.policy_service is not None
         return asking and self.info.socket is not None

@@ -17,11 +17,13 @@ import ssl
 import attrs
 
 from trio_proxsmtp.common.address import Address
+from trio_proxsmtp.common.networks import DEFAULT_TRUSTED_NETWORKS, IPNetwork, is_trusted
 from trio_proxsmtp.protocol.session.policy import SessionPolicy
 from trio_proxsmtp.stages.settings import FilterSpec, FilterType, MilterSettings, PolicySettings
 
 __all__ = [
     "DeadlineSettings",
+    "OutProxyProtocol",
     "OutTLSMode",
     "RelaySettings",
     "TransactionSettings",
@@ -42,6 +44,15 @@ class OutTLSMode(enum.Enum):
     MAY = "may"
     ENCRYPT = "encrypt"
     IMPLICIT = "implicit"
+
+
+class OutProxyProtocol(enum.Enum):
+    """`OutProxyProtocol`: a PROXY header (v1 text, v2 binary) before each next-hop
+    connection's first byte, saying who the client is (docs/behaviour.md §11.21)."""
+
+    OFF = "off"
+    V1 = "v1"
+    V2 = "v2"
 
 
 class TransparentMode(enum.Enum):
@@ -65,6 +76,7 @@ class UpstreamSettings:
     # the address reached, per connection).
     tls_hostname: str | None = None
     transparent: TransparentMode = TransparentMode.OFF  # TransparentProxy
+    proxy_protocol: OutProxyProtocol = OutProxyProtocol.OFF  # OutProxyProtocol (issue 23)
 
 
 @attrs.frozen
@@ -101,13 +113,34 @@ class RelaySettings:
     tls_context: ssl.SSLContext | None = attrs.field(default=None, eq=False, repr=False)
     milters: MilterSettings | None = None  # None: no Milters configured
     policy_service: PolicySettings | None = None  # None: no PolicyService (issue 23)
+    # ConnectionLimitExceptions: XFORWARD says SOURCE=LOCAL for these clients (issue 23).
+    local_networks: tuple[IPNetwork, ...] = DEFAULT_TRUSTED_NETWORKS
 
     @property
     def timeout(self) -> float:
         """TimeOut: the client channel's reads and writes."""
         return self.deadlines.timeout
 
-    def policy_for(self, client: str, is_ipv6: bool, peer: str | None = None) -> SessionPolicy:
-        """The session's policy for this client (`peer`: the connecting address when a
-        PROXY header named another client)."""
-        return attrs.evolve(self.policy, client=client, client_is_ipv6=is_ipv6, peer=peer)
+    def policy_for(
+        self,
+        client: str,
+        is_ipv6: bool,
+        *,
+        peer: str | None = None,
+        port: int | None = None,
+        destination: str | None = None,
+        destination_port: int | None = None,
+    ) -> SessionPolicy:
+        """The session's policy for this client: its address, its port and where it
+        connected to (XCLIENT, XFORWARD); `peer`: the connecting address when a PROXY
+        header named another client."""
+        return attrs.evolve(
+            self.policy,
+            client=client,
+            client_is_ipv6=is_ipv6,
+            peer=peer,
+            client_port=port,
+            destination=destination,
+            destination_port=destination_port,
+            client_local=is_trusted(client, self.local_networks),
+        )

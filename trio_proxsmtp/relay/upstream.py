@@ -1,4 +1,5 @@
-"""The upstream side of a connection: connecting, and every exchange with the next server.
+"""The upstream side of a connection: every exchange with the next server (reaching it,
+the PROXY header and the TLS handshake are relay/upstream_connect.py).
 
 `Upstream` owns the upstream stream and its reply parser.  What goes upstream and expects
 replies goes through `exchange` (or `command`, a group of one): a group of items in one
@@ -12,41 +13,37 @@ which the client sees as 421 with the real error in the log (B13).  It reads its
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import attrs
 import trio
 
-from trio_proxsmtp.common.address import IP_TRANSPARENT, AddressKind, format_host
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.common.nursery import single_error
 from trio_proxsmtp.common.trace import show
-from trio_proxsmtp.protocol.errors import RemoteError
 from trio_proxsmtp.protocol.smtp.replies import Reply
 from trio_proxsmtp.protocol.smtp.reply_parser import ReplyParser
-from trio_proxsmtp.relay.client_info import ClientInfo, NoOriginalDestination
-from trio_proxsmtp.relay.endings import Ending, upstream_unavailable
+from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.fast_io import FastPath
-from trio_proxsmtp.relay.settings import OutTLSMode, TransparentMode, UpstreamSettings
+from trio_proxsmtp.relay.settings import OutTLSMode, UpstreamSettings
+from trio_proxsmtp.relay.upstream_connect import (
+    Opener,
+    UpstreamFailure,
+    connect_upstream,
+    open_upstream,
+    proxy_header,
+    relay_name,
+    server_hostname,
+    tls_handshake,
+)
 
-__all__ = ["Outgoing", "Upstream", "UpstreamFailure"]
+__all__ = ["Opener", "Outgoing", "Upstream", "UpstreamFailure"]
 
 RECEIVE_SIZE = 64 * 1024
-
-
-class UpstreamFailure(Ending, RemoteError):
-    """The upstream could not be reached, went away, timed out or broke the protocol; the
-    client is told 421 with `reason` (the real error is the message, for the log)."""
-
-    def __init__(self, message: str, reason: str, status: str = "4.4.1") -> None:
-        super().__init__(message, upstream_unavailable(reason, status))
-        self.reason = reason  # the short form the client sees in its 421
-        self.status = status  # the enhanced status code of that 421 (4.7.0 for TLS)
-        self.ended = f"upstream {reason}"
 
 
 def _disconnected(exc: Exception) -> UpstreamFailure:
@@ -64,9 +61,6 @@ class Outgoing:
 
 NOOP = Outgoing(b"NOOP\r\n", "NOOP")
 
-# Opens the upstream stream and names it (SERVER for the filter): tests pass a memory stream.
-Opener = Callable[[], Awaitable[tuple[trio.abc.Stream, str]]]
-
 
 class Upstream:
     """Owns the upstream stream; see the module docstring."""
@@ -81,7 +75,7 @@ class Upstream:
         opener: Opener | None = None,
     ) -> None:
         self.settings = settings
-        self._opener = opener or self._open
+        self._opener = opener or functools.partial(open_upstream, settings, info, log)
         self.info = info
         self.log = log
         self.trace = log.isEnabledFor(logging.DEBUG)
@@ -238,83 +232,44 @@ class Upstream:
                     raise
                 nursery.cancel_scope.cancel()
 
-    # -- connecting ---------------------------------------------------------------------
+    # -- connecting (relay/upstream_connect.py) ---------------------------------------
 
     async def connect(self) -> None:
-        with trio.move_on_after(self.settings.timeout) as scope:
-            try:
-                self.stream, self.address = await self._opener()
-            except OSError as exc:
-                raise UpstreamFailure(
-                    f"SERVER: couldn't connect to: {self._name()}: {os_error(exc)}",
-                    "unavailable",
-                ) from exc
-        if scope.cancelled_caught:
-            raise UpstreamFailure(
-                f"SERVER: couldn't connect to: {self._name()}: timed out", "unavailable"
-            )
-        assert self.stream is not None
+        """Open the stream under TimeOut (OutProxyProtocol: the PROXY header first), and for
+        OutTLS: implicit the handshake, before the banner."""
+        self.stream, self.address = await connect_upstream(self._opener, self.settings, self.info)
         self.relay = relay_name(self.stream, self.address)
         self.log.debug("SERVER connected to: %s", self.relay)
+        header = proxy_header(self.settings, self.info)
+        if header is not None:
+            self.log.debug("SERVER > PROXY header (%d bytes)", len(header))
+            await self.send(header)
         self.activity = trio.current_time()
         if self.settings.tls is OutTLSMode.IMPLICIT:
             await self.start_tls()  # RFC 8314: before the banner
 
-    # -- TLS ----------------------------------------------------------------------------
-
     def server_hostname(self) -> str | None:
-        """The name checked in the next server's certificate (and sent as SNI when it is
-        a name): OutTLSServerName, else the OutAddress host, else the address we reached
-        (the client's own or original destination; None for a Unix socket)."""
-        name = self.settings.tls_hostname
-        if name is not None:
-            return name
-        address = self.settings.address
-        if address is not None and address.kind is AddressKind.UNIX:
-            return None
-        return self.address or None
+        """The name checked in the next server's certificate (upstream_connect.py)."""
+        return server_hostname(self.settings, self.address)
 
     async def start_tls(self) -> None:
         """The TLS handshake with the next server over the current stream (implicit TLS, or
-        after its 220 to our STARTTLS), under TimeOut.  Never falls back to plain text: a
-        failure is an `UpstreamFailure` whose log line says why (certificate verification,
-        timeout, a closed connection), and the client gets 421 4.7.0."""
+        after its 220 to our STARTTLS), under TimeOut; never falls back to plain text."""
         assert self.stream is not None
-        context = self.settings.tls_context
-        assert context is not None, "OutTLS is on, so the config loader built its context"
-        name = self.server_hostname()
         if self.replies.buffered_size:
             # Bytes after the 220 and before the handshake: an injection attempt.
             raise UpstreamFailure(
                 "SERVER: sent data after its reply to STARTTLS", "TLS failure", "4.7.0"
             )
-        stream = trio.SSLStream(self.stream, context, server_hostname=name, https_compatible=True)
-        with trio.move_on_after(self.settings.timeout) as scope:
-            try:
-                await stream.do_handshake()
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                cause = exc.__cause__
-                if isinstance(cause, ssl.SSLCertVerificationError):
-                    why = f"certificate verification failed: {cause.verify_message}"
-                elif cause is not None:
-                    why = str(cause) or type(cause).__name__
-                else:
-                    why = "connection closed"
-                raise UpstreamFailure(
-                    f"SERVER: TLS handshake failed with {name or self.address}: {why}",
-                    "TLS handshake failed",
-                    "4.7.0",
-                ) from exc
-        if scope.cancelled_caught:
-            raise UpstreamFailure(
-                "network operation timed out: upstream TLS handshake",
-                "TLS handshake timed out",
-                "4.7.0",
-            )
+        stream = await tls_handshake(
+            self.stream, self.settings, self.server_hostname(), self.address
+        )
         self.stream = stream
         self.tls = True
         self.activity = trio.current_time()
         self.metrics.tls_started("upstream")
+        context = self.settings.tls_context
+        assert context is not None
         self.log.info(
             "SERVER TLS established: %s, %s (%s)",
             stream.version(),
@@ -322,79 +277,6 @@ class Upstream:
             "verified" if context.verify_mode == ssl.CERT_REQUIRED else "not verified",
         )
 
-    def _name(self) -> str:
-        if self.info.original_destination is not None:
-            host, port = self.info.original_destination
-            return f"{host}:{port}"
-        return str(self.settings.address)
-
-    async def _open(self) -> tuple[trio.abc.Stream, str]:
-        settings = self.settings
-        if settings.transparent is not TransparentMode.OFF:
-            try:
-                host, port = self.info.lookup_original_destination()
-            except NoOriginalDestination as exc:
-                raise UpstreamFailure(
-                    f"couldn't get source address for transparent proxying: {exc}",
-                    "unavailable",
-                ) from exc
-            if host == self.info.client:
-                raise UpstreamFailure("loop detected in transparent proxying", "unavailable")
-            if settings.transparent is TransparentMode.FULL:
-                return await self._open_transparent(host, port), host
-            return await trio.open_tcp_stream(host, port), host
-        address = settings.address
-        assert address is not None
-        if address.kind is AddressKind.UNIX:
-            assert address.path is not None
-            return await trio.open_unix_socket(address.path), address.path
-        # Port only: the loopback feature, the client's own address (docs/behaviour.md).
-        target = self.info.client if address.is_port_only else address.host
-        assert target is not None
-        stream = await trio.open_tcp_stream(target, address.port)
-        return stream, format_host(stream.socket.getpeername())
-
-    async def _open_transparent(self, host: str, port: int) -> trio.SocketStream:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = trio.socket.socket(family, socket.SOCK_STREAM)
-        try:
-            try:
-                sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-                await sock.bind((self.info.client, 0))
-            except OSError as exc:
-                self.log.debug("couldn't bind to the client's address: %s", exc)
-            await sock.connect((host, port))
-        except BaseException:
-            sock.close()
-            raise
-        return trio.SocketStream(sock)
-
     async def aclose(self) -> None:
         if self.stream is not None:
             await self.stream.aclose()
-
-
-def relay_name(stream: trio.abc.Stream, fallback: str) -> str:
-    """``host:port`` (``[v6]:port``) of a TCP peer, as the summary's relay=; `fallback`
-    (the socket path, or what a test's opener said) for anything else."""
-    if isinstance(stream, trio.SocketStream):
-        with contextlib.suppress(OSError):
-            peer = stream.socket.getpeername()
-            if isinstance(peer, tuple) and len(peer) >= 2:
-                host = format_host(peer)
-                return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
-    return fallback
-
-
-def os_error(exc: OSError) -> str:
-    """The real reason of a failed connect (B13): trio.open_tcp_stream raises a summary
-    ("all attempts to connect ... failed") caused by the attempts' own errors."""
-    reasons: list[str] = []
-    cause = exc.__cause__
-    causes = cause.exceptions if isinstance(cause, BaseExceptionGroup) else [cause]
-    for error in causes:
-        if isinstance(error, OSError) and error.strerror and error.strerror not in reasons:
-            reasons.append(error.strerror)
-    if reasons:
-        return "; ".join(reasons)
-    return exc.strerror or str(exc)

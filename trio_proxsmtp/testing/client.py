@@ -359,7 +359,7 @@ async def open_client(
     certificate as ``tls`` says against ``server_hostname`` (default: ``host``).
 
     ``proxy_header`` is sent first, as a load balancer would (``ProxyProtocol: on``): the
-    bytes of ``protocol.proxy_header.encode_v1`` / ``encode_v2``, or any bytes to test a
+    bytes of ``protocol.proxy_header_build.encode_v1`` / ``encode_v2``, or any bytes to test a
     broken one. It is not part of :attr:`FakeClient.sent`.
     """
     with trio.fail_after(timeout):

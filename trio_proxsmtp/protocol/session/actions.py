@@ -53,6 +53,7 @@ class Purpose(enum.Enum):
     REPLAY_ENVELOPE = "replay-envelope"  # RSET/MAIL/RCPT of an envelope a milter changed
     UPSTREAM_EHLO = "upstream-ehlo"  # OutTLS may/encrypt: our EHLO before STARTTLS
     UPSTREAM_STARTTLS = "upstream-starttls"  # OutTLS may/encrypt: our STARTTLS
+    XFORWARD = "xforward"  # our XFORWARD before a client's MAIL (XForward: on): swallowed
 
 
 # ---------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from trio_proxsmtp.protocol.session.actions import (
 from trio_proxsmtp.protocol.session.envelope import AcceptedEnvelope, mailbox
 from trio_proxsmtp.protocol.session.extensions import EXTENSIONS
 from trio_proxsmtp.protocol.session.states import State
+from trio_proxsmtp.protocol.session.xclient import ASSUMED_ATTRIBUTES, offered_attributes
 from trio_proxsmtp.protocol.smtp.commands import Command, Verb, xforward_value
 from trio_proxsmtp.protocol.smtp.ehlo import (
     parse_extensions,
@@ -85,11 +86,15 @@ def command_reply(session: SessionState, command: Command, reply: Reply) -> list
             session.extensions = parse_extensions(reply)
             if session.extensions.has("XCLIENT"):
                 session.xclient.supported = session.xclient.advertised = True
+                session.xclient.attributes = offered_attributes(reply, "XCLIENT")
+            session.xforward.attributes = offered_attributes(reply, "XFORWARD")
             reply = rewrite_ehlo_reply(reply)
             for extension in EXTENSIONS:
                 reply = extension.advertise(session, reply)
         else:
             session.xclient.supported = True  # assumed for HELO (docs/behaviour.md §4.5)
+            session.xclient.attributes = ASSUMED_ATTRIBUTES
+            session.xforward.attributes = frozenset()
             reply = rewrite_helo_reply(reply)
     elif verb is Verb.MAIL:
         fresh = AcceptedEnvelope(remote_addr=envelope.remote_addr, remote_helo=envelope.remote_helo)

@@ -26,13 +26,29 @@ from trio_proxsmtp.protocol.session.wire import (
     TLS_NO_PARAMETERS,
 )
 from trio_proxsmtp.protocol.smtp.commands import Command, Verb
-from trio_proxsmtp.protocol.smtp.ehlo import advertise
+from trio_proxsmtp.protocol.smtp.ehlo import advertise, rewrite_ehlo_reply
 from trio_proxsmtp.protocol.smtp.replies import Reply
 
 if TYPE_CHECKING:
     from trio_proxsmtp.protocol.session.state import SessionState
 
-__all__ = ["AUTH", "CHUNKING", "EXTENSIONS", "NOT_OFFERED", "PIPELINING", "SIZE", "STARTTLS"]
+# RFC 8689 §5: a MAIL FROM with REQUIRETLS where the proxy cannot honour it.
+REQUIRETLS_UNAVAILABLE = Reply.single(
+    530, "5.7.30 REQUIRETLS needs TLS from the client and a verified TLS next hop"
+)
+
+__all__ = [
+    "AUTH",
+    "CHUNKING",
+    "EXTENSIONS",
+    "NOT_OFFERED",
+    "PIPELINING",
+    "REQUIRETLS",
+    "REQUIRETLS_UNAVAILABLE",
+    "SIZE",
+    "STARTTLS",
+    "XFORWARD",
+]
 
 
 @attrs.frozen
@@ -43,8 +59,12 @@ class EhloExtension:
     keyword: str
     offer: Callable[[SessionState], str | None]
     gate: Gate | None = None
+    # Whether the next server's own line for the keyword is taken out first (before `offer`).
+    withdraw: Callable[[SessionState], bool] | None = None
 
     def advertise(self, session: SessionState, reply: Reply) -> Reply:
+        if self.withdraw is not None and self.withdraw(session):
+            reply = rewrite_ehlo_reply(reply, frozenset({self.keyword}))
         line = self.offer(session)
         return reply if line is None else advertise(reply, line)
 
@@ -173,5 +193,55 @@ def _not_implemented(session: SessionState, command: Command) -> list[Action]:
 
 NOT_OFFERED = Gate("not offered", frozenset({Verb.STARTTLS, Verb.BDAT}), _always, _not_implemented)
 
+# -- REQUIRETLS (RFC 8689): only where both hops are TLS, the next one verified ----------
+
+
+def _requiretls_possible(session: SessionState) -> bool:
+    """The client side is TLS, and the next hop is TLS with a verified certificate (OutTLS
+    encrypt/implicit, OutTLSVerify on) and offers REQUIRETLS itself."""
+    return (
+        session.tls
+        and session.policy.verified_tls_hop
+        and session.outtls.active
+        and session.extensions.has("REQUIRETLS")
+    )
+
+
+def _offer_requiretls(session: SessionState) -> str | None:
+    return "REQUIRETLS" if _requiretls_possible(session) else None
+
+
+def _asks_requiretls(session: SessionState, command: Command) -> bool:
+    asked = any(p.partition("=")[0].upper() == "REQUIRETLS" for p in command.params)
+    return asked and not _requiretls_possible(session)
+
+
+def _requiretls_refused(session: SessionState, command: Command) -> list[Action]:
+    return [
+        Log(logging.INFO, "refused MAIL with REQUIRETLS: not offered on this path"),
+        SendClient(REQUIRETLS_UNAVAILABLE),
+    ]
+
+
+def _always_withdrawn(session: SessionState) -> bool:
+    return True
+
+
+REQUIRETLS = EhloExtension(
+    "REQUIRETLS",
+    _offer_requiretls,
+    Gate("requiretls", frozenset({Verb.MAIL}), _asks_requiretls, _requiretls_refused),
+    withdraw=_always_withdrawn,
+)
+
+# -- XFORWARD: not offered to the client under XForward: on (the proxy sends its own) --
+
+
+def _xforward_ours(session: SessionState) -> bool:
+    return session.policy.xforward
+
+
+XFORWARD = EhloExtension("XFORWARD", _never, withdraw=_xforward_ours)
+
 # The order the client's EHLO reply says them in.
-EXTENSIONS = (SIZE, STARTTLS, CHUNKING, PIPELINING, AUTH)
+EXTENSIONS = (SIZE, STARTTLS, CHUNKING, PIPELINING, AUTH, REQUIRETLS, XFORWARD)

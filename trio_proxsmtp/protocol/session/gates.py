@@ -33,6 +33,7 @@ from trio_proxsmtp.protocol.session.states import State
 from trio_proxsmtp.protocol.session.upstream_tls import ENCRYPT_FIRST, UPGRADE
 from trio_proxsmtp.protocol.session.wire import NEED_MAIL, NO_VALID_RECIPIENTS, START_MAIL_INPUT
 from trio_proxsmtp.protocol.session.xclient import CLIENT_XCLIENT, SEND_XCLIENT
+from trio_proxsmtp.protocol.session.xforward import CLIENT_XFORWARD, SEND_XFORWARD
 from trio_proxsmtp.protocol.smtp.commands import Command, Verb
 
 if TYPE_CHECKING:
@@ -113,14 +114,17 @@ GATES: tuple[Gate, ...] = (
     _own(extensions.STARTTLS),
     extensions.NOT_OFFERED,
     CLIENT_XCLIENT,
+    CLIENT_XFORWARD,
     REJECT,
     MAX_RECIPIENTS,
     _own(extensions.SIZE),
+    _own(extensions.REQUIRETLS),
     DATA,
     ASK_POLICY,  # before the milters, as Postfix's restrictions come before its milters
     ASK_MILTERS,
     RSET_MILTERS,
     ENCRYPT_FIRST,
+    SEND_XFORWARD,  # last: only a MAIL that goes upstream is announced
 )
 # A command that waited (for XCLIENT, the milters, TLS) meets all but the entry gates.
 DISPATCH_GATES = tuple(gate for gate in GATES if not gate.entry)

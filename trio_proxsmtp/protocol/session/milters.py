@@ -26,6 +26,7 @@ from trio_proxsmtp.protocol.session.gate import Gate
 from trio_proxsmtp.protocol.session.replay import envelope_lines
 from trio_proxsmtp.protocol.session.states import State
 from trio_proxsmtp.protocol.session.wire import MILTER_DISCARDED
+from trio_proxsmtp.protocol.session.xforward import xforward_lines
 from trio_proxsmtp.protocol.smtp.commands import Command, Verb
 from trio_proxsmtp.protocol.smtp.replies import LOCAL_ERROR
 
@@ -107,6 +108,10 @@ def milters_done(session: SessionState, event: MiltersDone) -> list[Action]:
     envelope.sender = event.envelope.sender or "<>"
     envelope.recipients = []  # those the upstream accepts, as they come
     envelope.recipient_params = []
+    if session.xforward.armed(session.policy.xforward, None):
+        # The RSET makes the next server forget our XFORWARD: said again before MAIL.
+        xforward, _notes = xforward_lines(session)  # (noted when first sent for this MAIL)
+        lines = [*xforward, *lines]
     session.replay.start(lines)
     return [SendUpstream(b"RSET\r\n", Purpose.REPLAY_ENVELOPE)]
 

@@ -1,7 +1,8 @@
 """The state of the small machines the session is made of, apart from their handlers (so
 that `state.py` can hold them without importing the handlers): AUTH, XCLIENT, TLS to the
-next server, BDAT, the milters' envelope replay, HardErrorLimit.  Their moves are in the
-module of each: auth.py, xclient.py, upstream_tls.py, chunking.py, replay.py, limits.py."""
+next server, BDAT, the milters' envelope replay, HardErrorLimit, XFORWARD.  Their moves
+are in the module of each: auth.py, xclient.py, upstream_tls.py, chunking.py, replay.py,
+limits.py, xforward.py."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ __all__ = [
     "PolicyService",
     "UpstreamTLS",
     "Xclient",
+    "Xforward",
 ]
 
 
@@ -73,16 +75,38 @@ class Xclient:
     """The XCLIENT machine: not offered, offered (`supported`: advertised in an EHLO
     reply, `advertised`, or assumed after HELO), sent (`sent`)."""
 
-    __slots__ = ("advertised", "sent", "supported")
+    __slots__ = ("advertised", "attributes", "lines", "sent", "supported")
 
     def __init__(self) -> None:
         self.supported = False
         self.advertised = False  # a refusal of an advertised XCLIENT fails closed
         self.sent = False
+        # The attributes the next server names after its XCLIENT keyword (assumed after
+        # HELO: ADDR, NAME, HELO), and our XCLIENT lines still to send (several when one
+        # would pass 512 bytes).
+        self.attributes: frozenset[str] = frozenset()
+        self.lines: collections.deque[bytes] = collections.deque()
 
     def armed(self, wanted: bool, helo_line: bytes | None) -> bool:
         """XClient: on (`wanted`), offered, not yet sent, and a HELO/EHLO to send it for."""
         return wanted and self.supported and not self.sent and helo_line is not None
+
+
+class Xforward:
+    """The XFORWARD machine (XForward: on): not offered, offered (`attributes`: what the
+    next server names after its XFORWARD keyword), sent for a MAIL (`sent_for`; the lines
+    still to send in `lines`)."""
+
+    __slots__ = ("attributes", "lines", "sent_for")
+
+    def __init__(self) -> None:
+        self.attributes: frozenset[str] = frozenset()
+        self.lines: collections.deque[bytes] = collections.deque()
+        self.sent_for: object = None  # the MAIL command our XFORWARD went before
+
+    def armed(self, wanted: bool, command: object) -> bool:
+        """XForward: on (`wanted`), offered, and not yet sent for this command."""
+        return wanted and bool(self.attributes) and self.sent_for is not command
 
 
 class UpstreamTLS:

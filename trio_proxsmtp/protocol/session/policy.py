@@ -35,3 +35,11 @@ class SessionPolicy:
     max_recipients: int = 0  # MaxRecipients: accepted recipients per transaction; 0: none
     hard_error_limit: int = 0  # HardErrorLimit: error replies before 421 and close; 0: none
     policy_service: bool = False  # PolicyService is set: ask it at each RCPT
+
+    # Client identity (issue 23, docs/behaviour.md §11.20): what XCLIENT and XFORWARD say.
+    client_port: int | None = None  # the client's port (XCLIENT/XFORWARD PORT=)
+    destination: str | None = None  # the address the client connected to (DESTADDR=)
+    destination_port: int | None = None  # ... and its port (DESTPORT=)
+    xforward: bool = False  # XForward: on: the proxy sends XFORWARD, refuses the client's
+    client_local: bool = False  # loopback or ConnectionLimitExceptions: XFORWARD SOURCE=LOCAL
+    verified_tls_hop: bool = False  # OutTLS encrypt/implicit, OutTLSVerify on: REQUIRETLS

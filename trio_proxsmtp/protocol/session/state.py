@@ -18,6 +18,7 @@ from trio_proxsmtp.protocol.session.parts import (
     PolicyService,
     UpstreamTLS,
     Xclient,
+    Xforward,
 )
 from trio_proxsmtp.protocol.session.policy import SessionPolicy
 from trio_proxsmtp.protocol.session.states import MESSAGE_STATES, State
@@ -49,6 +50,8 @@ class SessionState:
         self.replay = EnvelopeReplay()  # the milters' changed envelope
         self.limits = ErrorCount(policy.hard_error_limit)
         self.policy_service = PolicyService()  # PolicyService: asked at RCPT
+
+        self.xforward = Xforward()  # XForward: on (issue 23)
         # Exchanges sent upstream, oldest first: each upstream reply answers the head.
         self.exchanges: collections.deque[Action] = collections.deque()
         self._error: LocalProtocolError | None = None  # sticky: set once, refuses all

@@ -26,6 +26,7 @@ from trio_proxsmtp.protocol.session import (
     replay,
     upstream_tls,
     xclient,
+    xforward,
 )
 from trio_proxsmtp.protocol.session.actions import Action, Purpose, ReceiveMessage, SendMessage
 from trio_proxsmtp.protocol.session.states import COMMAND_STATES, State
@@ -124,6 +125,7 @@ _rows(COMMAND_STATES, Purpose.COMMAND, answers.line_reply, COMMAND_STATES | {Sta
 _rows(COMMAND_STATES, Purpose.AUTH_CONTINUATION, answers.auth_reply)
 _dispatching(COMMAND_STATES, Purpose.XCLIENT, xclient.xclient_reply)
 _dispatching(COMMAND_STATES, Purpose.XCLIENT_HELO, xclient.xclient_helo_reply)
+_dispatching(COMMAND_STATES, Purpose.XFORWARD, xforward.xforward_reply)
 _rows(_ANY, Purpose.RSET, answers.rset_reply)
 _rows([State.REPLAY], Purpose.DATA, delivery.data_reply, [State.MAIL])
 _rows(COMMAND_STATES, Purpose.SKIP_DATA, delivery.skip_data_reply, [State.DATA])

@@ -3,11 +3,14 @@ the client's first command after its HELO/EHLO, when the next server offers it (
 after HELO, docs/behaviour.md §4.5); Postfix answers with a new greeting, so the client's
 HELO/EHLO is said again (B20).  The client's own XCLIENT is refused (a gate too).
 
-The line never carries a value the next server must refuse: a NAME= that is not a host
-name, or a NAME=/HELO= over 255 bytes once xtext-decoded (Postfix: "501 5.5.4 Bad HELO
-syntax"), is sent as [UNAVAILABLE], and so is what would take the line past 512 bytes.
-A refusal of an XCLIENT the next server advertised fails closed: 421 to the client, and
-the connection ends (docs/behaviour.md §4.5), so no message goes as the proxy's own."""
+Every attribute the next server names after its XCLIENT keyword and the proxy knows goes
+(docs/behaviour.md §4.5): ADDR, PORT, NAME, PROTO, DESTADDR, DESTPORT, HELO; xtext-encoded,
+each within Postfix's limits, each line within 512 bytes: several XCLIENT commands when one
+would be longer (each answered by a greeting).  A value the next server must refuse (a NAME=
+that is not a host name, any value over 255 bytes as sent, xtext-encoded, one that cannot
+fit a line) is sent as [UNAVAILABLE].  A refusal of an XCLIENT the next server advertised fails
+closed: 421 to the client, and the connection ends (docs/behaviour.md §4.5), so no message
+goes as the proxy's own."""
 
 from __future__ import annotations
 
@@ -32,20 +35,32 @@ if TYPE_CHECKING:
     from trio_proxsmtp.protocol.session.state import SessionState
 
 __all__ = [
+    "ASSUMED_ATTRIBUTES",
     "CLIENT_XCLIENT",
     "LINE_MAX",
     "SEND_XCLIENT",
+    "UNAVAILABLE",
     "VALUE_MAX",
+    "address_value",
+    "helo_value",
+    "host_name",
+    "offered_attributes",
+    "pack",
+    "port_value",
     "xclient_helo_reply",
-    "xclient_line",
+    "xclient_lines",
     "xclient_reply",
 ]
 
 UNAVAILABLE = "[UNAVAILABLE]"
-# Postfix refuses a NAME= or HELO= longer than this, once xtext-decoded (VALID_HOSTNAME_LEN).
+# Postfix refuses any XCLIENT/XFORWARD value longer than this as sent, xtext-encoded
+# ("501 5.5.4 Error: attribute value too long", seen from Postfix 3.7): an 8-bit HELO name
+# triples when encoded, so its limit is 85 such bytes, not 255.
 VALUE_MAX = 255
 # A command line with its CRLF (RFC 5321 §4.5.3.1.4): what every next server takes.
 LINE_MAX = 512
+# What a next server that was greeted with HELO (no EHLO keywords) is assumed to take.
+ASSUMED_ATTRIBUTES = frozenset({"ADDR", "NAME", "HELO"})
 # A host name as Postfix's valid_hostname takes it for NAME=: labels of letters, digits,
 # "_" and inner "-", at most 63 each, not all digits; or Postfix's own bracketed words.
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
@@ -53,7 +68,17 @@ _HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _UNKNOWN_NAMES = frozenset({UNAVAILABLE, "[TEMPUNAVAIL]"})
 
 
-def _name(name: str) -> str | None:
+def offered_attributes(reply: Reply, keyword: str) -> frozenset[str]:
+    """The attribute names an EHLO reply lists after `keyword` ("XCLIENT ADDR NAME ..."),
+    upper-cased; empty when the keyword is not there."""
+    for text in reply.lines[1:]:
+        words = text.upper().split()
+        if words and words[0] == keyword:
+            return frozenset(words[1:])
+    return frozenset()
+
+
+def host_name(name: str) -> str | None:
     """NAME= as sent: the client's host name if the next server can take it, else None."""
     if name in _UNKNOWN_NAMES:
         return name
@@ -62,49 +87,75 @@ def _name(name: str) -> str | None:
     return None if name.replace(".", "").isdigit() else name
 
 
-def _helo(helo: str) -> str | None:
-    """HELO= as sent: the client's HELO/EHLO name xtext-encoded, or None when too long."""
-    if len(helo.encode("utf-8", "surrogateescape")) > VALUE_MAX:
-        return None
-    return xtext_encode(helo)
+def helo_value(helo: str) -> str | None:
+    """HELO= as sent: the client's HELO/EHLO name xtext-encoded, or None when that is over
+    VALUE_MAX (Postfix checks the encoded value; decoded it is then within 255 too)."""
+    encoded = xtext_encode(helo)
+    return None if len(encoded) > VALUE_MAX else encoded
 
 
-def xclient_line(session: SessionState) -> tuple[bytes, list[Action]]:
-    """Our XCLIENT line, at most LINE_MAX bytes, and a note for each value it could not
-    carry (sent as [UNAVAILABLE]: docs/behaviour.md §4.5)."""
+def address_value(address: str | None, ipv6: bool) -> str:
+    """ADDR=/DESTADDR= as Postfix takes them: IPv6 addresses with the "IPv6:" prefix."""
+    if not address:
+        return UNAVAILABLE
+    return xtext_encode(("IPv6:" + address) if ipv6 else address)
+
+
+def port_value(port: int | None) -> str:
+    return str(port) if port is not None and 0 <= port <= 65535 else UNAVAILABLE
+
+
+def pack(verb: str, pieces: list[tuple[str, str]], notes: list[Action]) -> list[bytes]:
+    """`VERB NAME=VALUE ...` lines, each within LINE_MAX with its CRLF, in the pieces'
+    order; a piece that fits no line alone goes as NAME=[UNAVAILABLE] (noted)."""
+    room = LINE_MAX - len(verb) - 2  # the verb and the CRLF
+    lines: list[str] = []
+    current = verb
+    for name, value in pieces:
+        piece = f" {name}={value}"
+        if len(piece) > room:
+            notes.append(Log(logging.INFO, f"{verb} {name}= sent as {UNAVAILABLE}: line too long"))
+            piece = f" {name}={UNAVAILABLE}"
+        if len(current) + len(piece) > LINE_MAX - 2:
+            lines.append(current)
+            current = verb
+        current += piece
+    if current != verb or not lines:
+        lines.append(current)
+    return [f"{line}\r\n".encode("ascii") for line in lines]
+
+
+def xclient_lines(session: SessionState) -> tuple[list[bytes], list[Action]]:
+    """Our XCLIENT lines (usually one), each at most LINE_MAX bytes, and a note for each
+    value they could not carry (sent as [UNAVAILABLE]: docs/behaviour.md §4.5)."""
     policy = session.policy
-    addr = policy.client
-    if policy.client_is_ipv6 and addr:
-        addr = "IPv6:" + addr
-    head = f"XCLIENT ADDR={xtext_encode(addr) if addr else UNAVAILABLE}"
+    offered = session.xclient.attributes
     notes: list[Action] = []
-    name: str | None = None
-    helo: str | None = None
-    if policy.xclient_name:
-        name = _name(policy.xclient_name)
+    pieces: list[tuple[str, str]] = []
+    if "ADDR" in offered:
+        pieces.append(("ADDR", address_value(policy.client, policy.client_is_ipv6)))
+    if "NAME" in offered and policy.xclient_name:
+        name = host_name(policy.xclient_name)
         if name is None:
             notes.append(Log(logging.INFO, f"XCLIENT NAME= sent as {UNAVAILABLE}: bad name"))
             name = UNAVAILABLE
-    if session.helo_name:
-        helo = _helo(session.helo_name)
+        pieces.append(("NAME", name))
+    if "PORT" in offered:
+        pieces.append(("PORT", port_value(policy.client_port)))
+    if "PROTO" in offered and session.helo_line is not None:
+        pieces.append(("PROTO", "ESMTP" if session.helo_line[:4].upper() == b"EHLO" else "SMTP"))
+    if "DESTADDR" in offered and policy.destination is not None:
+        ipv6 = ":" in policy.destination
+        pieces.append(("DESTADDR", address_value(policy.destination, ipv6)))
+    if "DESTPORT" in offered and policy.destination is not None:
+        pieces.append(("DESTPORT", port_value(policy.destination_port)))
+    if "HELO" in offered and session.helo_name:
+        helo = helo_value(session.helo_name)
         if helo is None:
             notes.append(Log(logging.INFO, f"XCLIENT HELO= sent as {UNAVAILABLE}: too long"))
             helo = UNAVAILABLE
-
-    def line() -> str:
-        named = "" if name is None else f" NAME={name}"
-        return f"{head}{named}{'' if helo is None else f' HELO={helo}'}\r\n"
-
-    # Past LINE_MAX (an 8-bit HELO name triples when encoded): HELO= goes first, then NAME=.
-    text = line()
-    if len(text) > LINE_MAX and helo not in (None, UNAVAILABLE):
-        notes.append(Log(logging.INFO, f"XCLIENT HELO= sent as {UNAVAILABLE}: line too long"))
-        helo = UNAVAILABLE
-        text = line()
-    if len(text) > LINE_MAX and name is not None:  # (a NAME= fits beside HELO=[UNAVAILABLE])
-        name = UNAVAILABLE
-        text = line()
-    return text.encode("ascii"), notes
+        pieces.append(("HELO", helo))
+    return pack("XCLIENT", pieces, notes), notes
 
 
 def _due(session: SessionState, command: Command) -> bool:
@@ -115,13 +166,17 @@ def _send(session: SessionState, command: Command) -> list[Action]:
     # The command is dispatched only once the XCLIENT exchange is over, so that nothing it
     # changes (the state, the envelope) is seen by the swallowed replies.
     session.xclient.sent = True
-    line, notes = xclient_line(session)
-    return [*notes, SendUpstream(line, Purpose.XCLIENT, command)]
+    lines, notes = xclient_lines(session)
+    first, *rest = lines
+    session.xclient.lines.extend(rest)
+    return [*notes, SendUpstream(first, Purpose.XCLIENT, command)]
 
 
 def xclient_reply(session: SessionState, action: SendUpstream, reply: Reply) -> list[Action]:
     """Our XCLIENT's reply (swallowed): the HELO/EHLO again, or the waiting command."""
     assert action.command is not None
+    if not reply.is_positive:
+        session.xclient.lines.clear()
     if not reply.is_positive and session.xclient.advertised:
         # Fail closed (docs/behaviour.md §4.5): going on would send the client's mail as
         # the proxy's own, under the next server's policy for the proxy's address.
@@ -134,6 +189,9 @@ def xclient_reply(session: SessionState, action: SendUpstream, reply: Reply) -> 
         # Only assumed after HELO, never advertised: as 1.10, a warning, and on.
         warning = Log(logging.WARNING, f"server didn't accept XCLIENT: {reply.text}")
         return [warning, *session.dispatch(action.command)]
+    if session.xclient.lines:  # the next of several XCLIENT lines (each greeted)
+        line = session.xclient.lines.popleft()
+        return [SendUpstream(line, Purpose.XCLIENT, action.command)]
     assert session.helo_line is not None  # XCLIENT is only armed after HELO/EHLO
     # Postfix answers XCLIENT with a new greeting: say HELO/EHLO again (B20).
     return [SendUpstream(session.helo_line, Purpose.XCLIENT_HELO, action.command)]
