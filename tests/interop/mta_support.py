@@ -1,0 +1,381 @@
+"""Exim and OpenSMTPD for the interoperability tests, run from temporary configs.
+
+Both binaries come from ``tests/interop/.mtas/`` (made by ``tests/interop/unpack-mtas``, which
+.ci/run calls): they conflict with the installed Postfix as Debian packages, so they are
+unpacked, never installed. Each instance lives in a fresh directory under /tmp (mode 0755:
+the MTAs drop to their own users, who must reach it; pytest's tmp_path parents are 0700),
+listens on free loopback ports, is stopped by pid and its directory removed afterwards.
+
+Exim (4.96, ``exim4 -C CONF``, as root) plays both roles in one daemon:
+
+- next server of the proxy: it accepts mail for any domain but ``proxy.test`` on its plain
+  port (STARTTLS offered) and on its TLS-on-connect port, and stores each message as a file
+  in ``mail/``; recipient local part ``refuse-rcpt`` is refused at RCPT (550), a message
+  with a recipient ``refuse-dot`` at the final dot (550, the DATA ACL);
+- client of the proxy: ``inject()`` hands it a message for ``@proxy.test`` with
+  ``-odf`` (delivery in the foreground), which its smtp transport sends to the proxy's port
+  (the macro PROXY_PORT); what it did is in ``mainlog()`` and its queue (``queue()``).
+
+OpenSMTPD (6.8) keeps its queue in a compiled-in directory, /var/spool/smtpd (no option or
+``-D`` moves it), and its control socket in /var/run/smtpd.sock: one instance at a time.
+The spool is created by smtpd itself with the owners it needs when missing; the fixture
+refuses to start when it already exists (someone else's OpenSMTPD) and removes it after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from trio_proxsmtp.testing.certs import TestCertificates
+
+MTAS = Path(__file__).resolve().parent / ".mtas"
+DEADLINE = 20.0
+OPENSMTPD_SPOOL = Path("/var/spool/smtpd")
+OPENSMTPD_SOCKET = Path("/var/run/smtpd.sock")
+
+
+def require_mta(binary: str, *users: str) -> Path:
+    """The unpacked binary (``exim4``, ``smtpd``); skip (a failure in CI) when absent."""
+    path = MTAS / "usr" / "sbin" / binary
+    if not path.exists():
+        pytest.skip(f"{path} is missing: run tests/interop/unpack-mtas (as root)")
+    if os.geteuid() != 0:
+        pytest.skip(f"{binary} must be started as root")
+    for user in users:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            pytest.skip(f"no user {user}: run tests/interop/unpack-mtas")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_accepting(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            raise AssertionError(f"{process.args!r} did not listen on {port}:\n{text}")
+        time.sleep(0.05)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after a deadline, to the process group it leads."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(DEADLINE)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def private_copy(certs: TestCertificates, directory: Path, user: str) -> tuple[Path, Path, Path]:
+    """(CA, certificate, key) copied where ``user`` can read them."""
+    directory.mkdir()
+    owner = pwd.getpwnam(user)
+    copies = []
+    for source in (certs.ca, certs.certificate, certs.key):
+        target = directory / source.name
+        shutil.copy(source, target)
+        os.chown(target, owner.pw_uid, owner.pw_gid)
+        target.chmod(0o600 if source == certs.key else 0o644)
+        copies.append(target)
+    return copies[0], copies[1], copies[2]
+
+
+def rsa_certificate(certs: TestCertificates, directory: Path) -> tuple[Path, Path]:
+    """An RSA server certificate for localhost/127.0.0.1 signed by the test CA: OpenSMTPD
+    6.8 fails every handshake with the CA's ECDSA keys under OpenSSL 3 ("EVP lib")."""
+    openssl = shutil.which("openssl")
+    assert openssl is not None
+    cert, key, csr, ext = (directory / f"rsa{s}" for s in (".pem", ".key", ".csr", ".ext"))
+    ext.write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+    )
+    for argv in (
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost"]
+        + ["-keyout", str(key), "-out", str(csr)],
+        ["x509", "-req", "-in", str(csr), "-CA", str(certs.ca)]
+        + ["-CAkey", str(certs.ca.with_name("ca.key")), "-CAcreateserial", "-days", "2"]
+        + ["-extfile", str(ext), "-out", str(cert)],
+    ):
+        subprocess.run([openssl, *argv], capture_output=True, check=True, timeout=DEADLINE)
+    key.chmod(0o600)
+    return cert, key
+
+
+EXIM_CONF = """\
+PROXY_PORT = 25
+PROXY_TLS = try
+exim_path = {binary}
+exim_user = Debian-exim
+exim_group = Debian-exim
+keep_environment =
+spool_directory = {root}/spool
+log_file_path = {root}/log/%slog
+primary_hostname = exim.test
+qualify_domain = exim.test
+local_interfaces = 127.0.0.1
+tls_on_connect_ports = {tls_port}
+tls_certificate = {certificate}
+tls_privatekey = {key}
+tls_advertise_hosts = *
+chunking_advertise_hosts = *
+pipelining_advertise_hosts = *
+smtputf8_advertise_hosts = *
+accept_8bitmime = true
+message_size_limit = 10M
+host_lookup =
+log_selector = +pipelining +received_recipients
+rfc1413_hosts =
+acl_smtp_rcpt = check_rcpt
+acl_smtp_data = check_data
+received_header_text = Received: by exim.test ($received_protocol) id $message_exim_id
+freeze_tell =
+ignore_bounce_errors_after = 0s
+timeout_frozen_after = 1d
+
+begin acl
+check_rcpt:
+  deny local_parts = refuse-rcpt
+       message = refused at RCPT by exim
+  accept
+check_data:
+  deny condition = ${{if match{{$recipients}}{{refuse-dot}}}}
+       message = refused at the final dot by exim
+  accept
+
+begin routers
+to_proxy:
+  driver = manualroute
+  domains = proxy.test
+  condition = ${{if eq{{$received_protocol}}{{local}}}}
+  route_list = * 127.0.0.1
+  self = send
+  transport = proxy_smtp
+store:
+  driver = accept
+  transport = store
+
+begin transports
+proxy_smtp:
+  driver = smtp
+  port = PROXY_PORT
+  hosts_avoid_tls = ${{if eq{{PROXY_TLS}}{{no}}{{*}}{{}}}}
+  hosts_require_tls = ${{if eq{{PROXY_TLS}}{{yes}}{{*}}{{}}}}
+  tls_verify_certificates = {ca}
+  tls_verify_cert_hostnames =
+  hosts_try_chunking = *
+  allow_localhost
+store:
+  driver = appendfile
+  directory = {root}/mail
+  user = Debian-exim
+  return_path_add = false
+  envelope_to_add = true
+  delivery_date_add = false
+
+begin retry
+* * F,1d,1m
+
+begin rewrite
+"""
+
+
+class Exim:
+    """One Exim daemon (see the module docstring)."""
+
+    def __init__(self, binary: Path, root: Path, port: int, tls_port: int) -> None:
+        self.binary = binary
+        self.root = root
+        self.port = port
+        self.tls_port = tls_port
+        self.config = root / "exim.conf"
+        self.mail = root / "mail"
+
+    def argv(self, *args: str, proxy_port: int = 25, proxy_tls: str = "try") -> list[str]:
+        return [
+            str(self.binary),
+            "-C",
+            str(self.config),
+            f"-DPROXY_PORT={proxy_port}",
+            f"-DPROXY_TLS={proxy_tls}",
+            *args,
+        ]
+
+    def mainlog(self) -> str:
+        path = self.root / "log" / "mainlog"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def delivered(self) -> list[bytes]:
+        """The stored messages (as Exim wrote them), oldest first."""
+        files = sorted(self.mail.glob("*"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+        return [p.read_bytes() for p in files if p.is_file()]
+
+    def queue(self) -> list[str]:
+        """The ids of the messages on the queue."""
+        result = subprocess.run(
+            self.argv("-bp"), capture_output=True, text=True, timeout=DEADLINE, check=True
+        )
+        # " 0m   197 1xaZJa-0001Hk-0o <sender>" per message, its recipients below.
+        return re.findall(r"^\s*\S+\s+\S+\s+(\S+-\S+-\S+) <", result.stdout, re.MULTILINE)
+
+
+@contextlib.contextmanager
+def running_exim(certs: TestCertificates) -> Iterator[Exim]:
+    binary = require_mta("exim4", "Debian-exim")
+    root = Path(tempfile.mkdtemp(prefix="interop-exim."))
+    root.chmod(0o755)
+    exim_user = pwd.getpwnam("Debian-exim")
+    try:
+        for name in ("spool", "log", "mail"):
+            (root / name).mkdir()
+            os.chown(root / name, exim_user.pw_uid, exim_user.pw_gid)
+        ca, certificate, key = private_copy(certs, root / "tls", "Debian-exim")
+        exim = Exim(binary, root, free_port(), free_port())
+        exim.config.write_text(
+            EXIM_CONF.format(
+                binary=binary,
+                root=root,
+                tls_port=exim.tls_port,
+                certificate=certificate,
+                key=key,
+                ca=ca,
+            )
+        )
+        ports = f"{exim.port}:{exim.tls_port}"
+        process = subprocess.Popen(
+            exim.argv("-bdf", "-oX", ports, "-oP", str(root / "exim.pid")),
+            stdout=subprocess.DEVNULL,
+            stderr=(root / "stderr").open("wb"),
+            start_new_session=True,
+        )
+        try:
+            wait_accepting(exim.port, process, root / "stderr")
+            wait_accepting(exim.tls_port, process, root / "stderr")
+            yield exim
+        finally:
+            stop(process)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+OPENSMTPD_CONF = """\
+pki localhost cert "{certificate}"
+pki localhost key "{key}"
+ca localhost cert "{ca}"
+smtp max-message-size 10M
+smtp sub-addr-delim "+"
+table refused {{ "refuse-rcpt@next.test" }}
+listen on 127.0.0.1 port {port} hostname opensmtpd.test tls pki localhost tag IN
+listen on 127.0.0.1 port {submission_port} hostname opensmtpd.test tag OUT
+action "onward" relay host smtp://127.0.0.1:{sink_port}
+action "via_proxy" relay host {proxy_url} tls {proxy_tls}
+match from any for rcpt-to <refused> reject
+match tag IN from any for any action "onward"
+match tag OUT from any for any action "via_proxy"
+"""
+
+
+class OpenSMTPD:
+    """One smtpd: ``port`` receives (next server role, relays to ``sink_port``),
+    ``submission_port`` takes mail that it relays through the proxy (client role)."""
+
+    def __init__(self, binary: Path, root: Path, port: int, submission_port: int) -> None:
+        self.binary = binary
+        self.root = root
+        self.port = port
+        self.submission_port = submission_port
+        self.log = root / "smtpd.log"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def smtpctl(self, *args: str) -> str:
+        ctl = self.binary.parent / "smtpctl"
+        result = subprocess.run(
+            [str(ctl), *args], capture_output=True, text=True, timeout=DEADLINE, check=False
+        )
+        return result.stdout + result.stderr
+
+
+@contextlib.contextmanager
+def running_opensmtpd(
+    certs: TestCertificates,
+    *,
+    sink_port: int,
+    proxy_url: str = "smtp://127.0.0.1:9",
+    proxy_tls: str = "no-verify",
+    extra: Sequence[str] = (),
+) -> Iterator[OpenSMTPD]:
+    binary = require_mta("smtpd", "opensmtpd", "opensmtpq")
+    if OPENSMTPD_SPOOL.exists() or OPENSMTPD_SOCKET.exists():
+        raise AssertionError(
+            f"{OPENSMTPD_SPOOL} or {OPENSMTPD_SOCKET} exists: another OpenSMTPD is running "
+            "(its queue and control socket are compiled in; only one may run)"
+        )
+    root = Path(tempfile.mkdtemp(prefix="interop-opensmtpd."))
+    root.chmod(0o755)
+    try:
+        ca, _, _ = private_copy(certs, root / "tls", "root")
+        certificate, key = rsa_certificate(certs, root / "tls")
+        smtpd = OpenSMTPD(binary, root, free_port(), free_port())
+        config = root / "smtpd.conf"
+        text = OPENSMTPD_CONF.format(
+            certificate=certificate,
+            key=key,
+            ca=ca,
+            port=smtpd.port,
+            submission_port=smtpd.submission_port,
+            sink_port=sink_port,
+            proxy_url=proxy_url,
+            proxy_tls=proxy_tls,
+        )
+        config.write_text(text + "".join(f"{line}\n" for line in extra))
+        config.chmod(0o600)
+        process = subprocess.Popen(
+            [str(binary), "-d", "-f", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=smtpd.log.open("wb"),
+            start_new_session=True,
+        )
+        try:
+            wait_accepting(smtpd.port, process, smtpd.log)
+            wait_accepting(smtpd.submission_port, process, smtpd.log)
+            yield smtpd
+        finally:
+            stop(process)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(OPENSMTPD_SPOOL, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            OPENSMTPD_SOCKET.unlink()
