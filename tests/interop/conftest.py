@@ -1,7 +1,7 @@
 """The interoperability suite: real mail software on either side of the proxy.
 
 Each test is marked ``@pytest.mark.interop(pair, feature)``; at the end of the run the
-matrix (pair × feature → passed / FAILED / skipped, plus the features a program does not
+matrix (pair, feature → passed / FAILED / skipped, plus the features a program does not
 speak, with the reason) is printed. The unpacked Exim and OpenSMTPD come from
 ``tests/interop/unpack-mtas`` (see mta_support.py).
 """
@@ -17,9 +17,9 @@ import pytest
 # postfix_support (a real Postfix from a temporary config) lives beside the integration tests.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
 
-from mta_support import Exim, running_exim  # noqa: E402
+from mta_support import Exim, running_exim
 
-from trio_proxsmtp.testing.certs import TestCertificates  # noqa: E402
+from trio_proxsmtp.testing.certs import TestCertificates
 
 # What a program does not speak, so the matrix shows why a cell is empty.
 NOT_SPOKEN: dict[tuple[str, str], str] = {

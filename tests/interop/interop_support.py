@@ -47,6 +47,6 @@ def proxy_config(directory: Path, certs: TestCertificates, *extra: str) -> str:
 
 def message(subject: str, *headers: str, body: str = "Hello from the interop suite.\n") -> bytes:
     """A small CRLF message."""
-    lines = [f"From: a@exim.test", "To: b@next.test", f"Subject: {subject}", *headers, ""]
+    lines = ["From: a@exim.test", "To: b@next.test", f"Subject: {subject}", *headers, ""]
     text = "\r\n".join(lines) + "\r\n" + body.replace("\n", "\r\n")
     return text.encode()

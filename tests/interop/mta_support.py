@@ -114,6 +114,7 @@ def rsa_certificate(certs: TestCertificates, directory: Path) -> tuple[Path, Pat
     6.8 fails every handshake with the CA's ECDSA keys under OpenSSL 3 ("EVP lib")."""
     openssl = shutil.which("openssl")
     assert openssl is not None
+    ca_key = certs.ca.with_name("ca.key")
     cert, key, csr, ext = (directory / f"rsa{s}" for s in (".pem", ".key", ".csr", ".ext"))
     ext.write_text(
         "basicConstraints=critical,CA:FALSE\n"
@@ -121,13 +122,10 @@ def rsa_certificate(certs: TestCertificates, directory: Path) -> tuple[Path, Pat
         "extendedKeyUsage=serverAuth\n"
         "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
     )
-    for argv in (
-        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost"]
-        + ["-keyout", str(key), "-out", str(csr)],
-        ["x509", "-req", "-in", str(csr), "-CA", str(certs.ca)]
-        + ["-CAkey", str(certs.ca.with_name("ca.key")), "-CAcreateserial", "-days", "2"]
-        + ["-extfile", str(ext), "-out", str(cert)],
-    ):
+    request = ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost"]
+    sign = ["x509", "-req", "-in", str(csr), "-CA", str(certs.ca), "-CAkey", str(ca_key)]
+    sign += ["-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert)]
+    for argv in ([*request, "-keyout", str(key), "-out", str(csr)], sign):
         subprocess.run([openssl, *argv], capture_output=True, check=True, timeout=DEADLINE)
     key.chmod(0o600)
     return cert, key

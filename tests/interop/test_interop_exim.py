@@ -55,16 +55,18 @@ async def test_exim_next_server_plain_8bit_utf8(
     body = "Grüße, 8-bit body: déjà vu.\n"
     msg = message(subject(request), body=body)
     config = proxy_config(tmp_path, test_certificates, "OutTLS: off")
-    async with run_proxy(config, upstream=f"127.0.0.1:{exim.port}") as proxy:
-        async with open_client(proxy.host, proxy.port) as client:
-            replies = await client.send_message(
-                "sénder@exim.test",
-                ["rcpt@next.test", "ünïcode@next.test"],
-                msg,
-                mail_parameters=["SMTPUTF8", "BODY=8BITMIME"],
-            )
-            assert [r.code for r in replies] == [250, 250, 250, 354, 250], replies
-            await client.quit()
+    async with (
+        run_proxy(config, upstream=f"127.0.0.1:{exim.port}") as proxy,
+        open_client(proxy.host, proxy.port) as client,
+    ):
+        replies = await client.send_message(
+            "sénder@exim.test",
+            ["rcpt@next.test", "ünïcode@next.test"],
+            msg,
+            mail_parameters=["SMTPUTF8", "BODY=8BITMIME"],
+        )
+        assert [r.code for r in replies] == [250, 250, 250, 354, 250], replies
+        await client.quit()
     stored = await stored_with(exim, subject(request).encode())
     assert f"\n{HEADER}\n".encode() in stored
     assert body.encode() in stored  # 8-bit bytes as sent
@@ -79,10 +81,12 @@ async def test_exim_next_server_starttls(
     config = proxy_config(
         tmp_path, test_certificates, "OutTLS: encrypt", f"OutTLSCAFile: {test_certificates.ca}"
     )
-    async with run_proxy(config, upstream=f"127.0.0.1:{exim.port}") as proxy:
-        async with open_client(proxy.host, proxy.port) as client:
-            replies = await client.send_message("tls@exim.test", ["r@next.test"], message("x"))
-            assert replies[-1].code == 250, replies
+    async with (
+        run_proxy(config, upstream=f"127.0.0.1:{exim.port}") as proxy,
+        open_client(proxy.host, proxy.port) as client,
+    ):
+        replies = await client.send_message("tls@exim.test", ["r@next.test"], message("x"))
+        assert replies[-1].code == 250, replies
     await wait_log(exim, r"<= tls@exim\.test .*P=esmtps .*X=TLS1\.3")
 
 
@@ -93,10 +97,12 @@ async def test_exim_next_server_tls_on_connect(
     config = proxy_config(
         tmp_path, test_certificates, "OutTLS: implicit", f"OutTLSCAFile: {test_certificates.ca}"
     )
-    async with run_proxy(config, upstream=f"127.0.0.1:{exim.tls_port}") as proxy:
-        async with open_client(proxy.host, proxy.port) as client:
-            replies = await client.send_message("smtps@exim.test", ["r@next.test"], message("x"))
-            assert replies[-1].code == 250, replies
+    async with (
+        run_proxy(config, upstream=f"127.0.0.1:{exim.tls_port}") as proxy,
+        open_client(proxy.host, proxy.port) as client,
+    ):
+        replies = await client.send_message("smtps@exim.test", ["r@next.test"], message("x"))
+        assert replies[-1].code == 250, replies
     await wait_log(exim, r"<= smtps@exim\.test .*P=esmtps .*X=TLS1\.3")
 
 
@@ -106,12 +112,14 @@ async def test_exim_next_server_bdat(
 ) -> None:
     msg = message(subject(request), body="chunk one\nchunk two\n.leading dot\n")
     config = proxy_config(tmp_path, test_certificates)
-    async with run_proxy(config, upstream=f"127.0.0.1:{exim.port}") as proxy:
-        async with open_client(proxy.host, proxy.port) as client:
-            replies = await client.send_message_bdat(
-                "bdat@exim.test", ["r@next.test"], msg, chunk_size=40
-            )
-            assert [r.code for r in replies][-1] == 250, replies
+    async with (
+        run_proxy(config, upstream=f"127.0.0.1:{exim.port}") as proxy,
+        open_client(proxy.host, proxy.port) as client,
+    ):
+        replies = await client.send_message_bdat(
+            "bdat@exim.test", ["r@next.test"], msg, chunk_size=40
+        )
+        assert [r.code for r in replies][-1] == 250, replies
     stored = await stored_with(exim, subject(request).encode())
     assert b"\n.leading dot\n" in stored  # no stuffing left over
     # Exim logs K on the <= line of a message it received by BDAT (CHUNKING).
@@ -123,12 +131,14 @@ async def test_exim_next_server_pipelining(
     exim: Exim, tmp_path: Path, test_certificates: TestCertificates
 ) -> None:
     config = proxy_config(tmp_path, test_certificates)
-    async with run_proxy(config, upstream=f"127.0.0.1:{exim.port}") as proxy:
-        async with open_client(proxy.host, proxy.port) as client:
-            replies = await client.send_message(
-                "pipe@exim.test", ["r1@next.test", "r2@next.test"], message("p"), pipelined=True
-            )
-            assert [r.code for r in replies] == [250, 250, 250, 354, 250], replies
+    async with (
+        run_proxy(config, upstream=f"127.0.0.1:{exim.port}") as proxy,
+        open_client(proxy.host, proxy.port) as client,
+    ):
+        replies = await client.send_message(
+            "pipe@exim.test", ["r1@next.test", "r2@next.test"], message("p"), pipelined=True
+        )
+        assert [r.code for r in replies] == [250, 250, 250, 354, 250], replies
     # Exim's log_selector +pipelining: L on the <= line when the client pipelined.
     await wait_log(exim, r"<= pipe@exim\.test .* L\. ")  # "L.-": offered, not used
 
@@ -139,19 +149,21 @@ async def test_exim_next_server_refusals(
     exim: Exim, tmp_path: Path, test_certificates: TestCertificates
 ) -> None:
     config = proxy_config(tmp_path, test_certificates)
-    async with run_proxy(config, upstream=f"127.0.0.1:{exim.port}") as proxy:
-        async with open_client(proxy.host, proxy.port) as client:
-            replies = await client.send_message(
-                "refused@exim.test", ["refuse-rcpt@next.test", "ok@next.test"], message("r")
-            )
-            assert replies[1].code == 550 and "refused at RCPT by exim" in replies[1].lines[-1]
-            assert replies[-1].code == 250  # the other recipient still gets it
-            replies = await client.send_message(
-                "refused@exim.test", ["refuse-dot@next.test"], message("d")
-            )
-            assert replies[-1].code == 550, replies
-            assert replies[-1].lines[-1] == "refused at the final dot by exim"
-            assert (await client.command("NOOP")).code == 250  # the session goes on
+    async with (
+        run_proxy(config, upstream=f"127.0.0.1:{exim.port}") as proxy,
+        open_client(proxy.host, proxy.port) as client,
+    ):
+        replies = await client.send_message(
+            "refused@exim.test", ["refuse-rcpt@next.test", "ok@next.test"], message("r")
+        )
+        assert replies[1].code == 550 and "refused at RCPT by exim" in replies[1].lines[-1]
+        assert replies[-1].code == 250  # the other recipient still gets it
+        replies = await client.send_message(
+            "refused@exim.test", ["refuse-dot@next.test"], message("d")
+        )
+        assert replies[-1].code == 550, replies
+        assert replies[-1].lines[-1] == "refused at the final dot by exim"
+        assert (await client.command("NOOP")).code == 250  # the session goes on
     await wait_log(exim, r"F=<refused@exim\.test> rejected after DATA")
 
 
