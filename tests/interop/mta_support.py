@@ -290,17 +290,21 @@ def running_exim(certs: TestCertificates) -> Iterator[Exim]:
 OPENSMTPD_CONF = """\
 pki localhost cert "{certificate}"
 pki localhost key "{key}"
-ca localhost cert "{ca}"
 smtp max-message-size 10M
-smtp sub-addr-delim "+"
-table refused {{ "refuse-rcpt@next.test" }}
-listen on 127.0.0.1 port {port} hostname opensmtpd.test tls pki localhost tag IN
+table refused {{ "refuse-rcpt@next.test", "refuse-rcpt@proxy.test" }}
+table dotrefused {{ "refuse-dot@opensmtpd.test" }}
+filter "refuse_rcpt" phase rcpt-to match rcpt-to <refused> \\
+    reject "550 refused at RCPT by opensmtpd"
+filter "refuse_dot" phase commit match mail-from <dotrefused> \\
+    reject "550 refused at the final dot by opensmtpd"
+filter "refusals" chain {{ "refuse_rcpt", "refuse_dot" }}
+listen on 127.0.0.1 port {port} hostname opensmtpd.test tag IN filter "refusals"
 listen on 127.0.0.1 port {submission_port} hostname opensmtpd.test tag OUT
-action "onward" relay host smtp://127.0.0.1:{sink_port}
-action "via_proxy" relay host {proxy_url} tls {proxy_tls}
-match from any for rcpt-to <refused> reject
+action "onward" relay host smtp+notls://127.0.0.1:{sink_port}
+action "via_proxy" relay host {proxy_url}{proxy_tls}
+match tag OUT from any for domain "proxy.test" action "via_proxy"
 match tag IN from any for any action "onward"
-match tag OUT from any for any action "via_proxy"
+match from local for any action "onward"
 """
 
 
@@ -331,8 +335,9 @@ def running_opensmtpd(
     certs: TestCertificates,
     *,
     sink_port: int,
-    proxy_url: str = "smtp://127.0.0.1:9",
-    proxy_tls: str = "no-verify",
+    proxy_url: str = "smtp+notls://127.0.0.1:9",
+    proxy_tls: str = "",
+    port: int | None = None,
     extra: Sequence[str] = (),
 ) -> Iterator[OpenSMTPD]:
     binary = require_mta("smtpd", "opensmtpd", "opensmtpq")
@@ -346,7 +351,7 @@ def running_opensmtpd(
     try:
         ca, _, _ = private_copy(certs, root / "tls", "root")
         certificate, key = rsa_certificate(certs, root / "tls")
-        smtpd = OpenSMTPD(binary, root, free_port(), free_port())
+        smtpd = OpenSMTPD(binary, root, port or free_port(), free_port())
         config = root / "smtpd.conf"
         text = OPENSMTPD_CONF.format(
             certificate=certificate,
