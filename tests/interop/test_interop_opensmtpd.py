@@ -98,9 +98,10 @@ async def test_opensmtpd_next_server(tmp_path: Path, test_certificates: TestCert
 @pytest.mark.interop(FROM_SMTPD, "filter rejection → bounce")
 @pytest.mark.interop(FROM_SMTPD, "filter temp failure → queued")
 async def test_opensmtpd_client_plain_bounce_and_queue(
-    tmp_path: Path, test_certificates: TestCertificates
+    tmp_path: Path, test_certificates: TestCertificates, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = proxy_config(tmp_path, test_certificates)
+    caplog.set_level(logging.DEBUG, logger=LOGGER_NAME)
+    config = proxy_config(tmp_path, test_certificates)  # PIPELINING and CHUNKING offered
     async with FakeUpstream() as up, run_proxy(config, upstream=up) as proxy:
         url = f"smtp+notls://127.0.0.1:{proxy.port}"
         with running_opensmtpd(test_certificates, sink_port=up.port, proxy_url=url) as smtpd:
@@ -125,6 +126,10 @@ async def test_opensmtpd_client_plain_bounce_and_queue(
             queue = smtpd.smtpctl("show", "queue")
             assert "later@proxy.test" in queue, queue
     assert not any(b"X-Interop: tempfail" in t.message for t in up.transactions)
+    # What the matrix says OpenSMTPD does not speak: it sent DATA, never BDAT, and one
+    # command at a time (the proxy passed on no MAIL+RCPT group).
+    assert "CLIENT < DATA" in caplog.text and "CLIENT < BDAT" not in caplog.text
+    assert all(len(group) == 1 for s in up.sessions for group in s.reply_groups)
 
 
 @pytest.mark.interop(FROM_SMTPD, "STARTTLS")
