@@ -54,7 +54,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    cells = [value for name, value in report.user_properties if name == "interop"]
+    cells = [(str(v[0]), str(v[1])) for n, v in report.user_properties if n == "interop"]  # type: ignore[index]
     if not cells:
         return
     if report.when == "call" or not report.passed:
