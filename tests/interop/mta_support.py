@@ -14,7 +14,9 @@ Exim (4.96, ``exim4 -C CONF``, as root) plays both roles in one daemon:
   with a recipient ``refuse-dot`` at the final dot (550, the DATA ACL);
 - client of the proxy: ``inject()`` hands it a message for ``@proxy.test`` with
   ``-odf`` (delivery in the foreground), which its smtp transport sends to the proxy's port
-  (the macro PROXY_PORT); what it did is in ``mainlog()`` and its queue (``queue()``).
+  (the macro PROXY_PORT); mail for ``@proxy.test`` that comes in by SMTP on ``relay_port``
+  goes to the port last given to ``relay_through()``; what it did is in ``mainlog()`` and
+  its queue (``queue()``).
 
 OpenSMTPD (6.8) keeps its queue in a compiled-in directory, /var/spool/smtpd (no option or
 ``-D`` moves it), and its control socket in /var/run/smtpd.sock: one instance at a time.
@@ -176,7 +178,8 @@ begin routers
 to_proxy:
   driver = manualroute
   domains = proxy.test
-  condition = ${{if eq{{$received_protocol}}{{local}}}}
+  condition = ${{if or{{{{eq{{$received_protocol}}{{local}}}}\\
+    {{eq{{$received_port}}{{{relay_port}}}}}}}}}
   route_list = * 127.0.0.1
   self = send
   transport = proxy_smtp
@@ -187,7 +190,7 @@ store:
 begin transports
 proxy_smtp:
   driver = smtp
-  port = PROXY_PORT
+  port = ${{if eq{{PROXY_PORT}}{{25}}{{${{readfile{{{root}/proxy_port}}{{}}}}}}{{PROXY_PORT}}}}
   hosts_avoid_tls = ${{if eq{{PROXY_TLS}}{{no}}{{*}}{{}}}}
   hosts_require_tls = ${{if eq{{PROXY_TLS}}{{yes}}{{*}}{{}}}}
   tls_verify_certificates = {ca}
@@ -212,11 +215,12 @@ begin rewrite
 class Exim:
     """One Exim daemon (see the module docstring)."""
 
-    def __init__(self, binary: Path, root: Path, port: int, tls_port: int) -> None:
+    def __init__(self, binary: Path, root: Path, port: int, tls_port: int, relay_port: int) -> None:
         self.binary = binary
         self.root = root
         self.port = port
         self.tls_port = tls_port
+        self.relay_port = relay_port
         self.config = root / "exim.conf"
         self.mail = root / "mail"
 
@@ -229,6 +233,12 @@ class Exim:
             f"-DPROXY_TLS={proxy_tls}",
             *args,
         ]
+
+    def relay_through(self, proxy_port: int) -> None:
+        """Mail that comes in on ``relay_port`` for @proxy.test goes to this proxy port."""
+        path = self.root / "proxy_port"
+        path.write_text(str(proxy_port))
+        path.chmod(0o644)
 
     def mainlog(self) -> str:
         path = self.root / "log" / "mainlog"
@@ -259,18 +269,19 @@ def running_exim(certs: TestCertificates) -> Iterator[Exim]:
             (root / name).mkdir()
             os.chown(root / name, exim_user.pw_uid, exim_user.pw_gid)
         ca, certificate, key = private_copy(certs, root / "tls", "Debian-exim")
-        exim = Exim(binary, root, free_port(), free_port())
+        exim = Exim(binary, root, free_port(), free_port(), free_port())
         exim.config.write_text(
             EXIM_CONF.format(
                 binary=binary,
                 root=root,
                 tls_port=exim.tls_port,
+                relay_port=exim.relay_port,
                 certificate=certificate,
                 key=key,
                 ca=ca,
             )
         )
-        ports = f"{exim.port}:{exim.tls_port}"
+        ports = f"{exim.port}:{exim.tls_port}:{exim.relay_port}"
         process = subprocess.Popen(
             exim.argv("-bdf", "-oX", ports, "-oP", str(root / "exim.pid")),
             stdout=subprocess.DEVNULL,

@@ -13,7 +13,7 @@ import trio
 from interop_support import HEADER, message, proxy_config
 from mta_support import Exim
 
-from trio_proxsmtp.testing import FakeUpstream, open_client, run_proxy
+from trio_proxsmtp.testing import DEFAULT_EHLO_KEYWORDS, FakeUpstream, open_client, run_proxy
 from trio_proxsmtp.testing.certs import TestCertificates
 
 pytestmark = pytest.mark.integration
@@ -225,6 +225,37 @@ async def test_exim_client_pipelined_quit_and_half_close_is_taken_as_departure(
     )
     assert up.transactions == []
     assert message_id(exim, rcpt) in exim.queue()  # kept for a retry that fails the same way
+
+
+@pytest.mark.interop(FROM_EXIM, "8-bit body")
+@pytest.mark.interop(FROM_EXIM, "SMTPUTF8")
+async def test_exim_client_relays_8bit_and_utf8(
+    exim: Exim, tmp_path: Path, test_certificates: TestCertificates, request: pytest.FixtureRequest
+) -> None:
+    """Mail that reached Exim with SMTPUTF8 and BODY=8BITMIME (on its relay port) goes on
+    to the proxy with SMTPUTF8 and its 8-bit body intact, and on to the next server.
+    (Exim 4.96 does not repeat BODY=8BITMIME here, over BDAT; the proxy passes on what
+    it gets.)"""
+    body = "8-bit relayed: Grüße\n"
+    config = proxy_config(tmp_path, test_certificates, "Pipelining: off")
+    # The proxy passes the next server's SMTPUTF8 on; without it, Exim would downconvert
+    # the addresses to A-labels (its utf8_downconvert default).
+    up = FakeUpstream(ehlo_keywords=[*DEFAULT_EHLO_KEYWORDS, "SMTPUTF8"])
+    async with up, run_proxy(config, upstream=up) as proxy:
+        exim.relay_through(proxy.port)
+        async with open_client("127.0.0.1", exim.relay_port) as client:
+            replies = await client.send_message(
+                "sénder@exim.test",
+                ["ünï@proxy.test"],
+                message(subject(request), body=body),
+                mail_parameters=["SMTPUTF8", "BODY=8BITMIME"],
+            )
+            assert replies[-1].code == 250, replies
+        await wait_log(exim, r"=> .*ünï@proxy\.test.* C=\"250 ")
+    [sent] = up.transactions
+    assert sent.mail_from == "sénder@exim.test" and sent.rcpt_to == ["ünï@proxy.test"]
+    assert "SMTPUTF8" in sent.mail_parameters, sent
+    assert body.replace("\n", "\r\n").encode() in sent.message
 
 
 @pytest.mark.interop(FROM_EXIM, "STARTTLS")
