@@ -182,7 +182,7 @@ to_proxy:
     {{eq{{$received_port}}{{{relay_port}}}}}}}}}
   route_list = * 127.0.0.1
   self = send
-  transport = proxy_smtp
+  transport = ${{if eq{{PROXY_TLS}}{{implicit}}{{proxy_smtps}}{{proxy_smtp}}}}
 store:
   driver = accept
   transport = store
@@ -196,6 +196,14 @@ proxy_smtp:
   tls_verify_certificates = {ca}
   tls_verify_cert_hostnames =
   hosts_try_chunking = *
+  allow_localhost
+proxy_smtps:
+  driver = smtp
+  protocol = smtps
+  port = PROXY_PORT
+  tls_verify_certificates = {ca}
+  tls_verify_cert_hostnames =
+  hosts_require_tls = *
   allow_localhost
 store:
   driver = appendfile
@@ -225,6 +233,7 @@ class Exim:
         self.mail = root / "mail"
 
     def argv(self, *args: str, proxy_port: int = 25, proxy_tls: str = "try") -> list[str]:
+        """exim4 with this config; proxy_tls: try, yes (STARTTLS required), no, implicit."""
         return [
             str(self.binary),
             "-C",

@@ -269,6 +269,18 @@ async def test_exim_client_starttls_verified(
     assert len(up.transactions) == 1
 
 
+@pytest.mark.interop(FROM_EXIM, "implicit TLS")
+async def test_exim_client_tls_on_connect(
+    exim: Exim, tmp_path: Path, test_certificates: TestCertificates
+) -> None:
+    config = proxy_config(tmp_path, test_certificates, "ListenTLS: 127.0.0.1:10465")
+    async with FakeUpstream() as up, run_proxy(config, upstream=up) as proxy:
+        assert proxy.tls_port is not None
+        await inject(exim, proxy.tls_port, message("smtps"), "smtps@proxy.test", tls="implicit")
+    await wait_log(exim, r"=> smtps@proxy\.test .*T=proxy_smtps .*X=TLS1\.3\S* CV=yes")
+    assert len(up.transactions) == 1
+
+
 @pytest.mark.interop(FROM_EXIM, "filter rejection → bounce")
 async def test_exim_client_bounces_a_filter_rejection(
     exim: Exim, tmp_path: Path, test_certificates: TestCertificates
