@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import trio
 from interop_support import HEADER, message, proxy_config
-from mta_support import OpenSMTPD, free_port, running_opensmtpd
+from mta_support import free_port
+from opensmtpd_support import OpenSMTPD, running_opensmtpd
 
 from trio_proxsmtp.common.log import LOGGER_NAME
 from trio_proxsmtp.testing import FakeUpstream, Transaction, open_client, run_proxy
