@@ -187,7 +187,8 @@ store:
   delivery_date_add = false
 
 begin retry
-* * F,1d,1m
+# Short: a later test whose proxy gets a port reused from a deferred one must not wait.
+* * F,1d,1s
 
 begin rewrite
 """
