@@ -32,7 +32,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ROOT,
         source,
         ignore=shutil.ignore_patterns(
-            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"
+            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".mtas"
         ),
     )
     result = subprocess.run(
