@@ -189,7 +189,7 @@ def check_filter_program(config: Config, line: int | None = None) -> list[str]:
     the line and the reason; returns the warnings.
     """
     command = config.filter_command
-    if command is None or config.filter_type is FilterType.REJECT:
+    if command is None or config.filter_type in (FilterType.REJECT, FilterType.SMTP):
         return []
     argv = direct_argv(command)
     if argv is None:

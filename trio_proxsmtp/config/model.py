@@ -18,7 +18,13 @@ import attrs
 from trio_proxsmtp.common.address import Address, AddressKind, parse_address
 from trio_proxsmtp.common.networks import DEFAULT_TRUSTED_NETWORKS, IPNetwork
 from trio_proxsmtp.relay.settings import OutTLSMode, TransparentMode
-from trio_proxsmtp.stages.settings import DefaultAction, FilterType, MilterAddress
+from trio_proxsmtp.stages.settings import (
+    DefaultAction,
+    FilterType,
+    MilterAddress,
+    ScannerAddress,
+    ScannerDefaultAction,
+)
 
 __all__ = [
     "DEFAULT_CONNECTION_LIMIT_EXCEPTIONS",
@@ -121,6 +127,14 @@ class Config:
     # smtpd_proxy_timeout of 100 s, so the proxy answers 451 before Postfix gives up
     # (docs/behaviour.md §8.1).
     message_timeout: float = 90.0
+    # The native scanners (docs/behaviour.md §11.8).
+    scanners: tuple[ScannerAddress, ...] = ()
+    spamd_reject_score: float | None = None
+    spamd_user: str | None = None
+    spamd_max_size: int = 512000
+    scanner_default_action: ScannerDefaultAction = ScannerDefaultAction.TEMPFAIL
+    scanner_connect_timeout: float = 10.0
+    scanner_timeout: float = 120.0
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
 
     @property

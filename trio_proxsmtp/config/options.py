@@ -21,8 +21,19 @@ from trio_proxsmtp.config.model import (
     MAX_CONNECTIONS_LIMIT,
     MAX_WORKERS,
 )
+from trio_proxsmtp.config.options_scanners import (
+    parse_scanner_list,
+    parse_spamd_reject_score,
+    parse_spamd_user,
+)
 from trio_proxsmtp.relay.settings import OutTLSMode, TransparentMode
-from trio_proxsmtp.stages.settings import DefaultAction, FilterType, MilterAddress
+from trio_proxsmtp.stages.settings import (
+    DefaultAction,
+    FilterType,
+    MilterAddress,
+    ScannerAddress,
+    ScannerDefaultAction,
+)
 
 __all__ = ["AUTO", "OPTIONS", "Invalid", "parse_milter_address", "parse_milter_list"]
 
@@ -195,6 +206,22 @@ def _milters(value: str) -> tuple[MilterAddress, ...]:
         raise Invalid(str(exc)) from None
 
 
+def _invalid_on_error(parser: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A parser that raises ValueError, made to raise `Invalid` with its reason."""
+
+    def parse(value: str) -> Any:
+        try:
+            return parser(value)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+
+    return parse
+
+
+def _scanners(value: str) -> tuple[ScannerAddress, ...]:
+    return parse_scanner_list(value, parse_milter_address)
+
+
 def _non_empty(value: str) -> str:
     if not value:
         raise Invalid("must not be empty")
@@ -285,5 +312,13 @@ OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("SessionTimeOut", "session_timeout", _seconds_or_zero),
         ("StressTimeOut", "stress_timeout", _seconds_or_zero),
         ("MessageTimeOut", "message_timeout", _seconds_positive),
+        # The native scanners (docs/behaviour.md §11.8).
+        ("Scanners", "scanners", _invalid_on_error(_scanners)),
+        ("SpamdRejectScore", "spamd_reject_score", _invalid_on_error(parse_spamd_reject_score)),
+        ("SpamdUser", "spamd_user", _invalid_on_error(parse_spamd_user)),
+        ("SpamdMaxSize", "spamd_max_size", lambda v: _integer(v, 1)),
+        ("ScannerDefaultAction", "scanner_default_action", _choice(ScannerDefaultAction)),
+        ("ScannerConnectTimeout", "scanner_connect_timeout", _seconds_positive),
+        ("ScannerTimeout", "scanner_timeout", _seconds_positive),
     ]
 }

@@ -14,6 +14,10 @@ __all__ = [
     "FilterType",
     "MilterAddress",
     "MilterSettings",
+    "ScannerAddress",
+    "ScannerDefaultAction",
+    "ScannerKind",
+    "ScannerSettings",
     "direct_argv",
 ]
 
@@ -22,6 +26,7 @@ class FilterType(enum.Enum):
     PIPE = "pipe"
     FILE = "file"
     REJECT = "reject"
+    SMTP = "smtp"  # FilterCommand is an SMTP server's address (docs/behaviour.md §11.9)
 
 
 @attrs.frozen
@@ -57,6 +62,43 @@ class MilterSettings:
     connect_timeout: float = 30.0
     command_timeout: float = 30.0
     content_timeout: float = 300.0
+
+
+class ScannerKind(enum.Enum):
+    SPAMD = "spamd"
+    CLAMD = "clamd"
+
+
+class ScannerDefaultAction(enum.Enum):
+    """ScannerDefaultAction: what a scanner that fails (down, slow, garbage) means."""
+
+    TEMPFAIL = "tempfail"
+    ACCEPT = "accept"
+
+
+@attrs.frozen
+class ScannerAddress:
+    """One ``Scanners:`` entry, ``KIND:inet:HOST:PORT`` or ``KIND:unix:/path``."""
+
+    kind: ScannerKind
+    address: MilterAddress
+
+    @property
+    def text(self) -> str:
+        return f"{self.kind.value}:{self.address.text}"
+
+
+@attrs.frozen
+class ScannerSettings:
+    """The native scanners (docs/behaviour.md §11.8) and their options."""
+
+    scanners: tuple[ScannerAddress, ...] = ()
+    spamd_reject_score: float | None = None  # SpamdRejectScore; None: tag only
+    spamd_user: str | None = None  # SpamdUser
+    spamd_max_size: int = 512000  # SpamdMaxSize, as spamc
+    default_action: ScannerDefaultAction = ScannerDefaultAction.TEMPFAIL
+    connect_timeout: float = 10.0  # ScannerConnectTimeout
+    timeout: float = 120.0  # ScannerTimeout: every other wait
 
 
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")

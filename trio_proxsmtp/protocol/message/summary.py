@@ -94,6 +94,7 @@ class MessageSummary:
     size: int | None = None
     delays: Delays | None = None
     decided_by: str | None = None  # milters configured: "milter=ADDRESS" or "filter=PROGRAM"
+    scanner: str | None = None  # Scanners: who decided and its result, or every result
 
     def line(self) -> str:
         parts = [f"client={self.client}"]
@@ -103,6 +104,8 @@ class MessageSummary:
         parts.append(f"status={self.status.value}")
         if self.decided_by:
             parts.append(self.decided_by)
+        if self.scanner:
+            parts.append(f"scanner={_one_line(self.scanner)}")
         if self.reason:
             parts.append(f"reason={_one_line(self.reason)}")
         if self.upstream is not None:
