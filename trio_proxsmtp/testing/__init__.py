@@ -4,6 +4,8 @@
 - :class:`FakeClient` / :func:`open_client`: a scripted, byte-exact SMTP client;
 - :class:`FakeMilter`: a scriptable milter (Sendmail/Postfix mail filter protocol) that
   records every stage and answers per a script;
+- :class:`FakeSpamd`, :class:`FakeClamd`: a scriptable spamd and clamd for ``Scanners:``
+  (``FakeUpstream`` is the SMTP filter server of ``FilterType: smtp``);
 - :func:`run_proxy`: the proxy in-process on an ephemeral port (see its module docstring
   for a complete pytest-trio example);
 - ``python -m trio_proxsmtp.testing sink``: a FakeUpstream that prints what it receives;
@@ -16,6 +18,7 @@ Nothing here imports pytest: the fakes work under any Trio test runner.
 from trio_proxsmtp.testing.certs import OpenSSLMissing, TestCertificates, make_test_certificates
 from trio_proxsmtp.testing.client import FakeClient, dot_stuff, open_client
 from trio_proxsmtp.testing.fake_milter import FakeMilter, FakeMilterSession
+from trio_proxsmtp.testing.fake_scanners import FakeClamd, FakeSpamd
 from trio_proxsmtp.testing.proxy import RunningProxy, run_proxy
 from trio_proxsmtp.testing.upstream import (
     BANNER,
@@ -39,9 +42,11 @@ __all__ = [
     "END_OF_DATA",
     "RESET",
     "ClosePoint",
+    "FakeClamd",
     "FakeClient",
     "FakeMilter",
     "FakeMilterSession",
+    "FakeSpamd",
     "FakeUpstream",
     "Hangup",
     "OpenSSLMissing",
