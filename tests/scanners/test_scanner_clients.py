@@ -80,7 +80,9 @@ async def test_both_clean_the_message_goes_on_with_spamds_headers(
     assert sorted(metrics.done) == [("clamd", "pass"), ("spamd", "pass")]
 
 
-async def test_scanners_run_at_once(monkeypatch: pytest.MonkeyPatch, autojump_clock: object) -> None:
+async def test_scanners_run_at_once(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: object
+) -> None:
     spam, clam = FakeSpamd(delay=10), FakeClamd(delay=10)
     started = trio.current_time()
     await scan(monkeypatch, {SPAMD: spam, CLAMD: clam}, settings(SPAMD, CLAMD))
