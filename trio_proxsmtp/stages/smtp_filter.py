@@ -150,7 +150,9 @@ async def _session(where: str, spool: Spool, envelope: SmtpEnvelope) -> None:
             if out:
                 await client.send(out)
         await client.send(sender.finish())
-        client.check(await client.reply(), "end of data", 2)
+        final = client.check(await client.reply(), "end of data", 2)
+        if final.code != 250:  # only a 250 lets the message go on
+            raise _Broken(f"unexpected reply {final.code} to end of data")
         with trio.move_on_after(5):
             await client.send(b"QUIT\r\n")
             await client.reply()
