@@ -7,6 +7,7 @@ local content filter, reached on loopback or a unix socket."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 from collections.abc import Sequence
@@ -133,34 +134,49 @@ async def _session(where: str, spool: Spool, envelope: SmtpEnvelope) -> None:
     stream = await _connect(where)
     async with stream:
         client = _Client(stream)
-        banner = await client.reply()
-        if banner.code != 220:
-            raise _Broken(f"banner {banner.code}: {' '.join(banner.lines)[:120]}")
-        extensions = await _hello(client)
-        offers_xclient = extensions is not None and extensions.has("XCLIENT")
-        if offers_xclient and await _xclient(client, envelope):
-            await _hello(client)  # XCLIENT restarts the session: greet again
-        await client.command(f"MAIL FROM:<{envelope.sender}>", "MAIL")
-        for recipient in envelope.recipients:
-            await client.command(f"RCPT TO:<{recipient}>", "RCPT")
-        await client.command("DATA", "DATA", expect=3)
-        sender = DataSender()
-        for chunk in spool.chunks():
-            out = sender.feed(chunk)
-            if out:
-                await client.send(out)
-        await client.send(sender.finish())
-        final = client.check(await client.reply(), "end of data", 2)
-        if final.code != 250:  # only a 250 lets the message go on
-            raise _Broken(f"unexpected reply {final.code} to end of data")
-        with trio.move_on_after(5):
-            await client.send(b"QUIT\r\n")
-            await client.reply()
+        try:
+            await _transaction(client, spool, envelope)
+        except _Refused:
+            await _quit(client)
+            raise
+        await _quit(client)
 
 
-async def _hello(client: _Client) -> Extensions | None:
-    """EHLO, else HELO: the extensions (None after HELO)."""
-    name = socket.gethostname() or "localhost"
+async def _quit(client: _Client) -> None:
+    """QUIT, politely and briefly: the verdict is known already."""
+    with trio.move_on_after(5):
+        with contextlib.suppress(_Broken, _Refused):
+            await client.command("QUIT", "QUIT")
+
+
+async def _transaction(client: _Client, spool: Spool, envelope: SmtpEnvelope) -> None:
+    banner = await client.reply()
+    if banner.code != 220:
+        raise _Broken(f"banner {banner.code}: {' '.join(banner.lines)[:120]}")
+    extensions = await _hello(client)
+    offers_xclient = extensions is not None and extensions.has("XCLIENT")
+    if offers_xclient and await _xclient(client, envelope):
+        # XCLIENT restarts the session: greet again, as the client did (an EHLO sets
+        # the HELO name that XCLIENT gave).
+        await _hello(client, envelope.client_helo)
+    await client.command(f"MAIL FROM:<{envelope.sender}>", "MAIL")
+    for recipient in envelope.recipients:
+        await client.command(f"RCPT TO:<{recipient}>", "RCPT")
+    await client.command("DATA", "DATA", expect=3)
+    sender = DataSender()
+    for chunk in spool.chunks():
+        out = sender.feed(chunk)
+        if out:
+            await client.send(out)
+    await client.send(sender.finish())
+    final = client.check(await client.reply(), "end of data", 2)
+    if final.code != 250:  # only a 250 lets the message go on
+        raise _Broken(f"unexpected reply {final.code} to end of data")
+
+
+async def _hello(client: _Client, name: str | None = None) -> Extensions | None:
+    """EHLO, else HELO, with our host name (or `name`): the extensions (None after HELO)."""
+    name = name or socket.gethostname() or "localhost"
     await client.send(f"EHLO {name}\r\n".encode())
     reply = await client.reply()
     if reply.is_positive:

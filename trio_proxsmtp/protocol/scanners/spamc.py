@@ -49,7 +49,7 @@ class SpamdAnswer:
     @property
     def note(self) -> str:
         """What the summary line says: ``7.2/5.0``."""
-        return f"{self.score:.1f}/{self.threshold:.1f}"
+        return f"{self.score or 0.0:.1f}/{self.threshold:.1f}"  # never "-0.0"
 
 
 def parse_spamd_answer(data: bytes) -> SpamdAnswer:
