@@ -194,3 +194,20 @@ async def test_bdat_and_a_large_message_keep_no_file_behind(
     assert spam.messages == [] and clam.messages == [big]  # over SpamdMaxSize: not to spamd
     [t] = up.transactions
     assert t.message == big  # spamd added nothing, clamd never does
+
+
+async def test_metrics_per_scanner_in_prometheus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner's calls (test_scanner_clients.py) as Prometheus shows them."""
+    from trio_proxsmtp.daemon.prometheus import PrometheusMetrics
+
+    metrics = PrometheusMetrics()
+    metrics.scanner_done("spamd", "pass", 0.2)
+    metrics.scanner_done("clamd", "reject", 0.01)
+    metrics.scanner_failed("spamd", "timeout")
+    metrics.scanner_done("spamd", "failed", 60.0)
+    text = metrics.exposition()[0].decode()
+    assert 'proxsmtpd_scanner_verdicts_total{result="pass",scanner="spamd"} 1.0' in text
+    assert 'proxsmtpd_scanner_verdicts_total{result="reject",scanner="clamd"} 1.0' in text
+    assert 'proxsmtpd_scanner_verdicts_total{result="failed",scanner="spamd"} 1.0' in text
+    assert 'proxsmtpd_scanner_failures_total{reason="timeout",scanner="spamd"} 1.0' in text
+    assert 'proxsmtpd_scanner_duration_seconds_count{scanner="spamd"} 2.0' in text

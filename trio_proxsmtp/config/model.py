@@ -134,7 +134,7 @@ class Config:
     spamd_max_size: int = 512000
     scanner_default_action: ScannerDefaultAction = ScannerDefaultAction.TEMPFAIL
     scanner_connect_timeout: float = 10.0
-    scanner_timeout: float = 120.0
+    scanner_timeout: float = 60.0
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
 
     @property

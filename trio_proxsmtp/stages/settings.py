@@ -98,7 +98,7 @@ class ScannerSettings:
     spamd_max_size: int = 512000  # SpamdMaxSize, as spamc
     default_action: ScannerDefaultAction = ScannerDefaultAction.TEMPFAIL
     connect_timeout: float = 10.0  # ScannerConnectTimeout
-    timeout: float = 120.0  # ScannerTimeout: every other wait
+    timeout: float = 60.0  # ScannerTimeout: every other wait (below MessageTimeOut)
 
 
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
