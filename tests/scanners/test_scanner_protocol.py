@@ -151,3 +151,30 @@ def test_a_pass_adds_every_scanners_headers_and_names_every_result() -> None:
     assert verdict.outcome is Outcome.ACCEPT and verdict.reply is None
     assert verdict.headers == (b"X-Spam-Status: No\r\n",)
     assert verdict.decided == "clamd:OK spamd:2.0/5.0"
+
+
+FORGED = (
+    b"Received: x\r\nX-Spam-Flag: NO\r\nX-SPAM-Status: No,\r\n\tforged=yes\r\n"
+    b"Subject: s\r\n x-spam-folded: kept as Subject's continuation\r\n"
+    b"X-Spammy: not a field of spamd's\r\n\r\nX-Spam-Flag: in the body\r\n"
+)
+STRIPPED = (
+    b"Received: x\r\nSubject: s\r\n x-spam-folded: kept as Subject's continuation\r\n"
+    b"X-Spammy: not a field of spamd's\r\n\r\nX-Spam-Flag: in the body\r\n"
+)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
+def test_the_senders_x_spam_fields_are_stripped_however_split(size: int) -> None:
+    from trio_proxsmtp.protocol.message.strip import HeaderFieldStripper
+
+    stripper = HeaderFieldStripper(b"X-Spam-")
+    out = b"".join(stripper.feed(FORGED[i : i + size]) for i in range(0, len(FORGED), size))
+    assert out + stripper.finish() == STRIPPED
+
+
+def test_a_header_only_message_and_its_last_line() -> None:
+    from trio_proxsmtp.protocol.message.strip import HeaderFieldStripper
+
+    stripper = HeaderFieldStripper(b"x-spam-")
+    assert stripper.feed(b"A: 1\r\nX-Spam-Flag: YES") + stripper.finish() == b"A: 1\r\n"

@@ -70,6 +70,18 @@ async def test_a_clean_message_goes_on_with_the_spam_headers(
     assert "status=FILTERED, scanner=spamd:1.5/5.0 clamd:OK, " in summary
 
 
+async def test_the_senders_own_x_spam_fields_are_replaced_by_spamds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    forged = b"X-Spam-Flag: NO\r\nX-Spam-Status: No, forged\r\n" + MESSAGE
+    async with scanned(monkeypatch, {SPAMD: FakeSpamd(score=9.0)}, scanners=SPAMD) as (up, proxy):
+        assert await send(proxy, forged) == [250, 250, 354, 250]
+    [t] = up.transactions
+    assert b"forged" not in t.message and b"X-Spam-Flag: NO" not in t.message
+    assert t.message.startswith(b"From: s@x\r\nSubject: t\r\nX-Spam-Flag: YES\r\n")
+    assert t.message.endswith(b"\r\n\r\nbody\r\n")
+
+
 async def test_a_virus_is_refused_554_and_never_reaches_the_next_server(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -83,11 +83,13 @@ async def proxy_with(config: str) -> AsyncIterator[tuple[object, MemoryProxy]]:
 async def test_spamd_tags_a_plain_message_no(
     spamd_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
+    forged = b"X-Spam-Flag: YES\r\nX-Spam-Status: Yes, score=99\r\n" + PLAIN
     async with proxy_with(f"Scanners: spamd:inet:127.0.0.1:{spamd_port}") as (up, proxy):
-        assert (await send(proxy, PLAIN))[-1].startswith("250")
+        assert (await send(proxy, forged))[-1].startswith("250")
     [t] = up.transactions  # type: ignore[attr-defined]
     head, _, body = t.message.partition(b"\r\n\r\n")
     assert b"\r\nX-Spam-Status: No, score=" in head and b"X-Spam-Flag" not in head
+    assert b"score=99" not in head
     assert body == PLAIN.partition(b"\r\n\r\n")[2]
     [summary] = summaries(caplog)
     assert "status=FILTERED, scanner=spamd:" in summary and "/5.0" in summary

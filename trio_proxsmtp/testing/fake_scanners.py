@@ -173,7 +173,12 @@ class FakeSpamd(_FakeScanner):
         fields = status + f"X-Spam-Level: {'*' * max(0, int(self.score))}\r\n"
         if spam:
             fields = "X-Spam-Flag: YES\r\n" + fields
-        header_section = message.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+        # As spamd, the message's own X-Spam-* fields are not in its answer.
+        header_section = b"".join(
+            line + b"\r\n"
+            for line in message.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+            if not line.lower().startswith(b"x-spam-")
+        )
         body = header_section + fields.encode() + b"\r\n"
         verdict = f"{'True' if spam else 'False'} ; {self.score:.1f} / {self.threshold:.1f}"
         return (
