@@ -162,3 +162,19 @@ async def test_without_xclient_and_with_helo_only(tmp_path: object) -> None:
     verbs = [c.split()[0] for c in server.sessions[0].commands]
     assert verbs == [b"EHLO", b"HELO", b"MAIL", b"RCPT", b"DATA", b"QUIT"]
     assert [t.message for t in server.transactions] == [MESSAGE]
+
+
+async def test_the_filter_check_command_speaks_smtp_too(tmp_path: object) -> None:
+    """``python -m trio_proxsmtp.testing filter --type smtp``: the same client."""
+    from trio_proxsmtp.testing.filtercheck import Outcome, check_filter
+
+    async with FakeUpstream(replies={"RCPT": "550 5.1.1 no such user"}) as server:
+        spec = FilterSpec(f"127.0.0.1:{server.port}", FilterType.SMTP, 10.0, str(tmp_path))
+        result = await check_filter(spec, MESSAGE, sender="<s@x>", recipients=["r@x"])
+    assert (result.outcome, result.reply) == (Outcome.REJECT, "550 5.1.1 no such user")
+    assert not server.transactions
+    async with FakeUpstream() as server:
+        spec = FilterSpec(f"127.0.0.1:{server.port}", FilterType.SMTP, 10.0, str(tmp_path))
+        result = await check_filter(spec, MESSAGE, sender="<s@x>", recipients=["r@x"])
+    assert (result.outcome, result.delivered) == (Outcome.DELIVER, MESSAGE)
+    assert [t.mail_from for t in server.transactions] == ["s@x"]
