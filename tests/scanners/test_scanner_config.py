@@ -120,3 +120,12 @@ def test_filter_type_smtp_takes_an_address_not_a_program(tmp_path: Path) -> None
         "(is the filter server running?)"
     ]
     parse_config(BASE + "FilterType: smtp\nFilterCommand: [::1]:10025\n")
+
+
+def test_t_warns_when_scanner_timeout_passes_message_timeout() -> None:
+    scanners = "Scanners: clamd:inet:127.0.0.1:3310\n"
+    _, quiet = parse_config_with_warnings(BASE + scanners + "ScannerTimeout: 80\n")
+    assert quiet == []
+    _, warnings = parse_config_with_warnings(BASE + scanners + "ScannerTimeout: 100\n")
+    assert len(warnings) == 1
+    assert warnings[0].startswith("ScannerTimeout 100 = 100 s exceeds MessageTimeOut 90")
