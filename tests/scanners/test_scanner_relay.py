@@ -131,6 +131,7 @@ async def test_a_scanner_down_is_451_or_with_accept_delivered_untouched(
     assert not up.transactions
     [summary] = summaries(caplog)
     assert "status=FILTER-ERROR, scanner=clamd:failed (cannot connect" in summary
+    assert "reason=scanner failed, relay=none" in summary
     caplog.clear()
     async with scanned(monkeypatch, {}, "ScannerDefaultAction: accept") as (up, proxy):
         assert await send(proxy) == [250, 250, 354, 250]

@@ -108,7 +108,7 @@ async def _scan(tx: Transaction, started: float) -> list[Action]:
                 False,
                 combined.reply,
                 status,
-                f"scanner {combined.decided}",
+                "scanner refused" if combined.outcome is Outcome.REJECT else "scanner failed",
                 seconds=seconds,
                 scanner=combined.decided,
             )
