@@ -1,4 +1,5 @@
-"""One message's life in the relay: the spool, the filter run, the replay upstream.
+"""One message's life in the relay: the spool and the replay upstream (the stages between,
+filter, scanners and milters, are `stages_run.py`'s).
 
 `Transaction` owns the spool files of the current message and removes them on every path
 (`close`, before the client hears the message's fate and when the connection ends).  It
