@@ -17,7 +17,8 @@ fixed load at the highest level reaches the sink), big (one 50 MB message), idle
 silent sessions), upstream (issue 11, ours only, through haproxy: the plain lock-step run,
 PIPELINING towards the next server and TLS towards it), scanners (issue 22, ours only: the
 same clamd and spamd through the contrib shell filters and through ``Scanners:``, at 10
-and 50 sessions; bench/scanners.py).  Standard library only, plus the package under test.
+and 50 sessions; bench/scanners.py; only with --only).  Standard library only, plus the
+package under test.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ SINK_MAX_SESSIONS = 4096  # smtp-sink -m: its default of 256 would queue the res
 NOFILE = 16384
 T = TypeVar("T")
 PARTS = ("main", "levels", "deliver", "big", "idle", "upstream", "scanners")
+# Without --only: all but the scanners (they need clamd, spamd, clamdscan and spamc).
+DEFAULT_PARTS = PARTS[:-1]
 
 # Implementations: "ours" runs Workers OUR_WORKERS (--workers, default auto), "ours1" runs
 # Workers 1, "C" is proxsmtpd 1.10, "splice" is bench/splice.py, "direct" is no proxy.
@@ -1222,7 +1225,7 @@ def main() -> None:
     for tool, name in ((SINK, "smtp-sink"), (SOURCE, "smtp-source"), (C_PROXY, "proxsmtpd")):
         if tool is None:
             sys.exit(f"{name} not found (Debian packages postfix and proxsmtp)")
-    parts = set(args.only or PARTS)
+    parts = set(args.only or DEFAULT_PARTS)
     raise_nofile(max(NOFILE, 2 * s.idle + 256))  # inherited by the proxies, sink and sources
     max_conn = 2 * max(s.levels) + 100
     r = Results(s)
