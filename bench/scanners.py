@@ -207,12 +207,21 @@ def scanner_runs(bench: ModuleType, workdir: Path, s: Any) -> Runs:
     return runs
 
 
+CORES = os.cpu_count() or 1
+
+
+def _capacity(m: dict[str, float]) -> float:
+    spent = m["cpu_ms"] + m["scanner_cpu_ms"]
+    return CORES * 1e3 / spent if spent else 0.0
+
+
 def scanner_report(runs: Runs) -> str:
     lines = [
         "",
         "Scanners (issue 22, ours): contrib shell filters vs Scanners:, same daemons, medians",
         f"  {'scanner':<7} {'way':<7} {'sessions':>8} {'msg/s':>8} {'native/shell':>12} "
-        f"{'proxy CPU ms/msg':>17} {'scanner CPU ms/msg':>19} {'p50 ms':>7}",
+        f"{'proxy CPU ms/msg':>17} {'scanner CPU ms/msg':>19} {'p50 ms':>7} "
+        f"{'CPU-bound msg/s':>15}",
     ]
     med = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in runs.items()}
     for (scanner, way, sessions), m in sorted(med.items()):
@@ -224,6 +233,11 @@ def scanner_report(runs: Runs) -> str:
         )
         lines.append(
             f"  {scanner:<7} {way:<7} {sessions:>8} {m['rate']:>8.0f} {ratio:>12} "
-            f"{m['cpu_ms']:>17.2f} {m['scanner_cpu_ms']:>19.2f} {m['p50_ms']:>7.1f}"
+            f"{m['cpu_ms']:>17.2f} {m['scanner_cpu_ms']:>19.2f} {m['p50_ms']:>7.1f} "
+            f"{_capacity(m):>15.0f}"
         )
+    lines.append(
+        f"  CPU-bound msg/s: what {CORES} cores give at the proxy's and the scanner's CPU per "
+        "message (their sum): on a shared machine the measured rate follows the other load"
+    )
     return "\n".join(lines)
