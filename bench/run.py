@@ -15,7 +15,9 @@ Parts (``--only``): main (10 sessions: latency, filters), levels (ours Workers 1
 Workers auto, C and a bare Trio splice at 10..500 sessions), deliver (every message of a
 fixed load at the highest level reaches the sink), big (one 50 MB message), idle (5,000
 silent sessions), upstream (issue 11, ours only, through haproxy: the plain lock-step run,
-PIPELINING towards the next server and TLS towards it).  Standard library only, plus the
+PIPELINING towards the next server and TLS towards it), scanners (issue 22, ours only: the
+same clamd and spamd through the contrib shell filters and through ``Scanners:``, at 10
+and 50 sessions; bench/scanners.py; only with --only).  Standard library only, plus the
 package under test.
 """
 
@@ -57,7 +59,9 @@ C_IDLE = 500
 SINK_MAX_SESSIONS = 4096  # smtp-sink -m: its default of 256 would queue the rest
 NOFILE = 16384
 T = TypeVar("T")
-PARTS = ("main", "levels", "deliver", "big", "idle", "upstream")
+PARTS = ("main", "levels", "deliver", "big", "idle", "upstream", "scanners")
+# Without --only: all but the scanners (they need clamd, spamd, clamdscan and spamc).
+DEFAULT_PARTS = PARTS[:-1]
 
 # Implementations: "ours" runs Workers OUR_WORKERS (--workers, default auto), "ours1" runs
 # Workers 1, "C" is proxsmtpd 1.10, "splice" is bench/splice.py, "direct" is no proxy.
@@ -136,6 +140,7 @@ class Scenario:
 
 
 _MILTER = [""]  # the address of the milter run_milter started for the current run
+PATH_PREFIX: list[str] = []  # directories put before PATH in the proxy's environment
 
 
 @contextlib.contextmanager
@@ -328,6 +333,8 @@ class Proxy:
             cmd = [str(C_PROXY), "-d", "0", "-f", str(self.conf)]
         self.log = workdir / f"{impl}-{self.port}.log"
         env = dict(os.environ, PYTHONPATH=str(REPO))
+        if PATH_PREFIX:  # the scanner scenarios' spamc/clamdscan shims
+            env["PATH"] = os.pathsep.join([*PATH_PREFIX, env.get("PATH", "")])
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir
@@ -1218,11 +1225,12 @@ def main() -> None:
     for tool, name in ((SINK, "smtp-sink"), (SOURCE, "smtp-source"), (C_PROXY, "proxsmtpd")):
         if tool is None:
             sys.exit(f"{name} not found (Debian packages postfix and proxsmtp)")
-    parts = set(args.only or PARTS)
+    parts = set(args.only or DEFAULT_PARTS)
     raise_nofile(max(NOFILE, 2 * s.idle + 256))  # inherited by the proxies, sink and sources
     max_conn = 2 * max(s.levels) + 100
     r = Results(s)
     upstream: dict[str, list[Run]] = {}
+    scanner_text = ""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="proxsmtp-bench-") as tmp:
         workdir = Path(tmp)
@@ -1279,6 +1287,10 @@ def main() -> None:
                 # accepts between workers (each holds only its share of MaxConnections).
                 r.idle[impl] = idle_sessions("ours1" if impl == "ours" else impl, workdir, count)
                 progress(f"idle {impl}: {r.idle[impl]}")
+        if "scanners" in parts:
+            from scanners import scanner_report, scanner_runs
+
+            scanner_text = scanner_report(scanner_runs(sys.modules[__name__], workdir, s))
         if "upstream" in parts:
             if HAPROXY is None:
                 sys.exit("haproxy not found (Debian package haproxy)")
@@ -1286,6 +1298,8 @@ def main() -> None:
     text_out = report(r, time.monotonic() - started)
     if upstream:
         text_out += "\n" + upstream_report(upstream)
+    if scanner_text:
+        text_out += "\n" + scanner_text
     print(text_out)
     results = Path(__file__).resolve().parent / "results"
     results.mkdir(exist_ok=True)

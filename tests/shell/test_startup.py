@@ -120,7 +120,7 @@ def test_config_error_is_one_line_exit_2(command: list[str], tmp_path: Path) -> 
     assert result.stdout == ""
     assert result.stderr == (
         f"proxsmtpd: {path}:3: FilterType: invalid value 'stream' "
-        "(must be 'pipe', 'file' or 'reject')\n"
+        "(must be 'pipe', 'file', 'reject' or 'smtp')\n"
     )
 
 

@@ -45,6 +45,13 @@ class Metrics:
     def filter_failed(self, reason: str) -> None:
         """The filter failed: "error" (crashed, killed) or "timeout" (FilterTimeout)."""
 
+    def scanner_done(self, scanner: str, result: str, seconds: float) -> None:
+        """A scanner ("spamd", "clamd") gave its result ("pass", "reject", "failed")
+        after this long."""
+
+    def scanner_failed(self, scanner: str, reason: str) -> None:
+        """A scanner failed: "error" (down, cut short, garbage) or "timeout"."""
+
     def left_after_commit(self) -> None:
         """The client left after its message's final "." went to the next server, before
         it heard the reply: the duplicate window (docs/behaviour.md §8.1)."""

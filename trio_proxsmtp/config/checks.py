@@ -158,6 +158,9 @@ def check_message_timeout(config: Config, lines: Collection[str] = ()) -> list[s
         stages.append(
             ("filter_timeout", f"FilterTimeout {config.filter_timeout:g}", config.filter_timeout)
         )
+    if config.scanners:  # they run at once: one ScannerTimeout (docs/behaviour.md §11.8)
+        shown = f"ScannerTimeout {config.scanner_timeout:g}"
+        stages.append(("scanner_timeout", shown, config.scanner_timeout))
     if config.milters:
         count = len(config.milters)
         each = f" x {count}" if count > 1 else ""
@@ -189,7 +192,7 @@ def check_filter_program(config: Config, line: int | None = None) -> list[str]:
     the line and the reason; returns the warnings.
     """
     command = config.filter_command
-    if command is None or config.filter_type is FilterType.REJECT:
+    if command is None or config.filter_type in (FilterType.REJECT, FilterType.SMTP):
         return []
     argv = direct_argv(command)
     if argv is None:

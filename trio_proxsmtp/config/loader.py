@@ -46,6 +46,7 @@ from trio_proxsmtp.config.checks import (
     out_tls_context,
     server_tls_context,
 )
+from trio_proxsmtp.config.checks_scanners import check_scanners, check_smtp_filter
 from trio_proxsmtp.config.model import Config, ConfigError
 from trio_proxsmtp.config.options import AUTO, OPTIONS, Invalid
 from trio_proxsmtp.relay.settings import TransparentMode
@@ -122,6 +123,8 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
     warnings.extend(check_temp_directory(config, lines.get("temp_directory")))
     warnings.extend(check_filter_program(config, lines.get("filter_command")))
     warnings.extend(check_message_timeout(config, lines))
+    warnings.extend(check_smtp_filter(config, lines.get("filter_command")))
+    warnings.extend(check_scanners(config))
     per_client = config.max_connections_per_client
     if per_client and per_client >= config.max_connections:
         warnings.append(

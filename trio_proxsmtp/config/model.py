@@ -24,6 +24,8 @@ from trio_proxsmtp.stages.settings import (
     FilterType,
     MilterAddress,
     PolicyDefaultAction,
+    ScannerAddress,
+    ScannerDefaultAction,
 )
 
 __all__ = [
@@ -139,6 +141,15 @@ class Config:
     # each next-hop connection (docs/behaviour.md §11.20, §11.21).
     xforward: bool = False
     out_proxy_protocol: OutProxyProtocol = OutProxyProtocol.OFF
+
+    # The native scanners (docs/behaviour.md §11.8).
+    scanners: tuple[ScannerAddress, ...] = ()
+    spamd_reject_score: float | None = None
+    spamd_user: str | None = None
+    spamd_max_size: int = 512000
+    scanner_default_action: ScannerDefaultAction = ScannerDefaultAction.TEMPFAIL
+    scanner_connect_timeout: float = 10.0
+    scanner_timeout: float = 60.0
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
 
     @property

@@ -23,12 +23,19 @@ from trio_proxsmtp.config.model import (
     MAX_WORKERS,
 )
 from trio_proxsmtp.config.options_policy import parse_policy_service
+from trio_proxsmtp.config.options_scanners import (
+    parse_scanner_list,
+    parse_spamd_reject_score,
+    parse_spamd_user,
+)
 from trio_proxsmtp.relay.settings import OutProxyProtocol, OutTLSMode, TransparentMode
 from trio_proxsmtp.stages.settings import (
     DefaultAction,
     FilterType,
     MilterAddress,
     PolicyDefaultAction,
+    ScannerAddress,
+    ScannerDefaultAction,
 )
 
 __all__ = ["AUTO", "OPTIONS", "Invalid", "parse_milter_address", "parse_milter_list"]
@@ -209,6 +216,22 @@ def _policy_service(value: str) -> MilterAddress | None:
         raise Invalid(str(exc)) from None
 
 
+def _invalid_on_error(parser: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A parser that raises ValueError, made to raise `Invalid` with its reason."""
+
+    def parse(value: str) -> Any:
+        try:
+            return parser(value)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+
+    return parse
+
+
+def _scanners(value: str) -> tuple[ScannerAddress, ...]:
+    return parse_scanner_list(value, parse_milter_address)
+
+
 def _non_empty(value: str) -> str:
     if not value:
         raise Invalid("must not be empty")
@@ -307,5 +330,13 @@ OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         # Client identity (issue 23)
         ("XForward", "xforward", _boolean),
         ("OutProxyProtocol", "out_proxy_protocol", _choice(OutProxyProtocol)),
+        # The native scanners (docs/behaviour.md §11.8).
+        ("Scanners", "scanners", _invalid_on_error(_scanners)),
+        ("SpamdRejectScore", "spamd_reject_score", _invalid_on_error(parse_spamd_reject_score)),
+        ("SpamdUser", "spamd_user", _invalid_on_error(parse_spamd_user)),
+        ("SpamdMaxSize", "spamd_max_size", lambda v: _integer(v, 1)),
+        ("ScannerDefaultAction", "scanner_default_action", _choice(ScannerDefaultAction)),
+        ("ScannerConnectTimeout", "scanner_connect_timeout", _seconds_positive),
+        ("ScannerTimeout", "scanner_timeout", _seconds_positive),
     ]
 }

@@ -16,7 +16,13 @@ from trio_proxsmtp.relay.settings import (
     TransactionSettings,
     UpstreamSettings,
 )
-from trio_proxsmtp.stages.settings import FilterSpec, FilterType, MilterSettings, PolicySettings
+from trio_proxsmtp.stages.settings import (
+    FilterSpec,
+    FilterType,
+    MilterSettings,
+    PolicySettings,
+    ScannerSettings,
+)
 
 __all__ = [
     "deadline_settings",
@@ -25,6 +31,7 @@ __all__ = [
     "milter_settings",
     "policy_settings",
     "relay_settings",
+    "scanner_settings",
     "session_policy",
     "transaction_settings",
     "upstream_settings",
@@ -53,7 +60,7 @@ def session_policy(config: Config) -> SessionPolicy:
     )
     return SessionPolicy(
         client="",
-        filtering=bool(config.filter_command) and reject is None,
+        filtering=(bool(config.filter_command) or bool(config.scanners)) and reject is None,
         reject=reject,
         skip_authenticated=config.skip_authenticated,
         xclient=config.xclient,
@@ -99,6 +106,7 @@ def transaction_settings(config: Config) -> TransactionSettings:
         temp_directory=config.temp_directory,
         filter=filter_spec(config),
         filter_type=config.filter_type,
+        scanners=scanner_settings(config) if config.scanners else None,
         header=config.header,
         message_timeout=config.message_timeout,
     )
@@ -113,6 +121,19 @@ def filter_spec(config: Config) -> FilterSpec | None:
         mode=config.filter_type,
         timeout=config.filter_timeout,
         temp_directory=config.temp_directory,
+    )
+
+
+def scanner_settings(config: Config) -> ScannerSettings:
+    """The native scanners' settings (stages/scanners/, docs/behaviour.md §11.8)."""
+    return ScannerSettings(
+        scanners=config.scanners,
+        spamd_reject_score=config.spamd_reject_score,
+        spamd_user=config.spamd_user,
+        spamd_max_size=config.spamd_max_size,
+        default_action=config.scanner_default_action,
+        connect_timeout=config.scanner_connect_timeout,
+        timeout=config.scanner_timeout,
     )
 
 

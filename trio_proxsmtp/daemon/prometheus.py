@@ -19,6 +19,10 @@ Metric names (all start with ``proxsmtpd_``):
     message_size_bytes                       histogram of message sizes as received
     filter_duration_seconds                  histogram of filter run times
     filter_failures_total{reason}            "error" (crash, signal) or "timeout"
+    scanner_verdicts_total{scanner,result}   per native scanner (spamd, clamd): "pass",
+                                             "reject" or "failed"
+    scanner_failures_total{scanner,reason}   "error" (down, cut short, garbage) or "timeout"
+    scanner_duration_seconds{scanner}        histogram of scan times
     left_after_commit_total                  clients that left after their message's final
                                              "." went to the next server, before its reply
                                              (a duplicate may come: docs/behaviour.md §8.1)
@@ -203,6 +207,25 @@ class PrometheusMetrics(Metrics):
             ["reason"],
             registry=registry,
         )
+        self._scanner_verdicts = Counter(
+            name("scanner_verdicts"),
+            "Native scanner results, by scanner and result (pass, reject, failed)",
+            ["scanner", "result"],
+            registry=registry,
+        )
+        self._scanner_failures = Counter(
+            name("scanner_failures"),
+            "Native scanner failures, by scanner and reason (error, timeout)",
+            ["scanner", "reason"],
+            registry=registry,
+        )
+        self._scanner_time = Histogram(
+            name("scanner_duration_seconds"),
+            "Native scanner scan times",
+            ["scanner"],
+            buckets=FILTER_BUCKETS,
+            registry=registry,
+        )
         self._left_after_commit = Counter(
             name("left_after_commit"),
             "Clients that left after their message went to the next server, before its reply",
@@ -276,6 +299,13 @@ class PrometheusMetrics(Metrics):
 
     def filter_failed(self, reason: str) -> None:
         self._child(self._filter_failures, reason).inc()
+
+    def scanner_done(self, scanner: str, result: str, seconds: float) -> None:
+        self._child(self._scanner_verdicts, scanner, result).inc()
+        self._child(self._scanner_time, scanner).observe(seconds)
+
+    def scanner_failed(self, scanner: str, reason: str) -> None:
+        self._child(self._scanner_failures, scanner, reason).inc()
 
     def left_after_commit(self) -> None:
         self._left_after_commit.inc()

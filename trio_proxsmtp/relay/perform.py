@@ -54,6 +54,7 @@ from trio_proxsmtp.relay.client_channel import ClientChannel
 from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.endings import Closing
 from trio_proxsmtp.relay.policy_request import policy_request, rcpt_address
+from trio_proxsmtp.relay.stages_run import run_filter_stage, run_milters_stage
 from trio_proxsmtp.relay.transaction import Transaction
 from trio_proxsmtp.relay.upstream import Outgoing, Upstream
 from trio_proxsmtp.stages.milter.macros import tls_macros
@@ -188,7 +189,7 @@ class Performer:
                 # Each stage from the client's final "." to its reply runs under
                 # MessageTimeOut (relay/message_deadline.py, docs/behaviour.md §8.1).
                 with self.transaction.deadline.stage("the filter"):
-                    after = await self.transaction.filter()
+                    after = await run_filter_stage(self.transaction)
             elif isinstance(action, ReceiveChunk):
                 after = await self.transaction.receive_chunk(action)
             elif isinstance(action, StartUpstreamTLS):
@@ -205,7 +206,7 @@ class Performer:
             elif isinstance(action, RunMilters):
                 assert self.milters is not None
                 with self.transaction.deadline.stage("the milters"):
-                    after = await self.transaction.run_milters(self.milters)
+                    after = await run_milters_stage(self.transaction, self.milters)
             elif isinstance(action, SkipBytes):
                 await self.client.skip(action)
                 continue

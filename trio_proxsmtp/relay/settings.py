@@ -19,7 +19,13 @@ import attrs
 from trio_proxsmtp.common.address import Address
 from trio_proxsmtp.common.networks import DEFAULT_TRUSTED_NETWORKS, IPNetwork, is_trusted
 from trio_proxsmtp.protocol.session.policy import SessionPolicy
-from trio_proxsmtp.stages.settings import FilterSpec, FilterType, MilterSettings, PolicySettings
+from trio_proxsmtp.stages.settings import (
+    FilterSpec,
+    FilterType,
+    MilterSettings,
+    PolicySettings,
+    ScannerSettings,
+)
 
 __all__ = [
     "DeadlineSettings",
@@ -86,6 +92,7 @@ class TransactionSettings:
     temp_directory: str = "/tmp/"  # TempDirectory
     filter: FilterSpec | None = None  # FilterCommand and its options; None: no filter
     filter_type: FilterType = FilterType.PIPE  # FilterType (FILE: the spool has a name)
+    scanners: ScannerSettings | None = None  # Scanners (docs/behaviour.md §11.8)
     header: str | None = None  # Header: the template, None when unset
     message_timeout: float = 90.0  # MessageTimeOut: from the client's final dot to its reply
 

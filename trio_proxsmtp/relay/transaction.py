@@ -1,4 +1,5 @@
-"""One message's life in the relay: the spool, the filter run, the replay upstream.
+"""One message's life in the relay: the spool and the replay upstream (the stages between,
+filter, scanners and milters, are `stages_run.py`'s).
 
 `Transaction` owns the spool files of the current message and removes them on every path
 (`close`, before the client hears the message's fate and when the connection ends).  It
@@ -18,36 +19,26 @@ import trio
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.protocol.message.edit import (
     EditedMessage,
-    MilterEnvelope,
-    Recipient,
-    bare_address,
 )
 from trio_proxsmtp.protocol.message.header import HeaderInserter, expand_header
 from trio_proxsmtp.protocol.message.prepend import Prepender, with_prepended
-from trio_proxsmtp.protocol.message.summary import Status
 from trio_proxsmtp.protocol.session.actions import Action, ReceiveChunk, SendMessage
 from trio_proxsmtp.protocol.session.events import (
     ChunkReceived,
-    FilterDone,
     MessageFailed,
     MessageReceived,
     MessageStreamed,
-    MiltersDone,
     UpstreamReply,
 )
 from trio_proxsmtp.protocol.session.machine import Session
 from trio_proxsmtp.protocol.session.policy_service import prepended_headers
 from trio_proxsmtp.protocol.smtp.bdat import BdatSender
 from trio_proxsmtp.protocol.smtp.data import DataSender, LineEnds
-from trio_proxsmtp.protocol.smtp.replies import LOCAL_ERROR, Reply, reply_from_text
+from trio_proxsmtp.protocol.smtp.replies import LOCAL_ERROR, Reply
 from trio_proxsmtp.relay.client_channel import ClientChannel, ClientGone
-from trio_proxsmtp.relay.filter_environment import message_environment
 from trio_proxsmtp.relay.message_deadline import MessageDeadline
 from trio_proxsmtp.relay.settings import TransactionSettings
 from trio_proxsmtp.relay.upstream import Outgoing, Upstream
-from trio_proxsmtp.stages.filter.run import run_filter
-from trio_proxsmtp.stages.filter.verdict import FilterVerdictKind
-from trio_proxsmtp.stages.milter.milters import Milters
 from trio_proxsmtp.stages.settings import FilterType
 from trio_proxsmtp.stages.spool import Spool
 
@@ -236,67 +227,6 @@ class Transaction:
         started = trio.current_time()
         reply = await self.upstream.command(item)
         return self.session.handle(UpstreamReply(reply, seconds=trio.current_time() - started))
-
-    # -- the filter ---------------------------------------------------------------------
-
-    async def filter(self) -> list[Action]:
-        spec = self.settings.filter
-        assert self.spool is not None and spec is not None
-        env = message_environment(
-            self.session, self.client, self.upstream.address, spec.temp_directory, self.log
-        )
-        started = trio.current_time()
-        async with self.client.watch(self.left), self.upstream.keepalives():
-            verdict = await run_filter(
-                spec, self.spool, env, log=self.log, size_limit=self.session.size_limit
-            )
-        seconds = trio.current_time() - started
-        self.metrics.filter_ran(seconds)
-        self.log.debug("filter verdict: %s (%s)", verdict.kind.name, verdict.detail)
-        if verdict.kind is FilterVerdictKind.ACCEPT:
-            assert verdict.message is not None
-            if verdict.message is not self.spool:
-                self.output = verdict.message
-            return self.session.handle(FilterDone(True, None, Status.FILTERED, seconds=seconds))
-        if verdict.kind is FilterVerdictKind.ERROR:
-            self.log.error("filter command failed: %s", verdict.detail)
-            self.metrics.filter_failed("timeout" if verdict.timed_out else "error")
-            outcome = Status.FILTER_ERROR
-        else:
-            outcome = Status.DROPPED if verdict.kind is FilterVerdictKind.DROP else Status.REJECTED
-        assert verdict.reply is not None
-        return self.session.handle(
-            FilterDone(False, verdict.reply, outcome, verdict.detail, seconds=seconds)
-        )
-
-    # -- the milters --------------------------------------------------------------------
-
-    async def run_milters(self, milters: Milters) -> list[Action]:
-        """End of message for the milters (after FilterCommand: they see what goes out);
-        their edits are kept for the replay and a changed envelope goes to the session."""
-        message = self.output or self.spool
-        assert message is not None
-        session_envelope = self.session.envelope
-        params = session_envelope.recipient_params
-        recipients = tuple(
-            Recipient(bare_address(rcpt), params[i] if i < len(params) else ())
-            for i, rcpt in enumerate(session_envelope.recipients)
-        )
-        sender = session_envelope.sender or ""
-        envelope = MilterEnvelope(bare_address(sender), recipients, session_envelope.sender_params)
-        async with self.client.watch(self.left), self.upstream.keepalives():
-            result = await milters.message(message.chunks, envelope)
-        decision = result.decision
-        self.log.debug("milters: %s (%s)", decision.kind.name, decision.milter or "all")
-        changed: MilterEnvelope | None = None
-        if result.modified:
-            self.edited = result.message
-            if result.envelope != envelope:
-                changed = result.envelope
-        reply = reply_from_text(decision.reply) if decision.reply else None
-        return self.session.handle(
-            MiltersDone(decision.kind, reply, decision.milter, changed, failed=decision.failed)
-        )
 
     # -- the replay ---------------------------------------------------------------------
 

@@ -16,6 +16,10 @@ __all__ = [
     "MilterSettings",
     "PolicyDefaultAction",
     "PolicySettings",
+    "ScannerAddress",
+    "ScannerDefaultAction",
+    "ScannerKind",
+    "ScannerSettings",
     "direct_argv",
 ]
 
@@ -24,6 +28,7 @@ class FilterType(enum.Enum):
     PIPE = "pipe"
     FILE = "file"
     REJECT = "reject"
+    SMTP = "smtp"  # FilterCommand is an SMTP server's address (docs/behaviour.md §11.9)
 
 
 @attrs.frozen
@@ -77,6 +82,43 @@ class PolicySettings:
     address: MilterAddress  # inet:host:port or unix:/path, as a milter's
     default_action: PolicyDefaultAction = PolicyDefaultAction.TEMPFAIL
     timeout: float = 100.0
+
+
+class ScannerKind(enum.Enum):
+    SPAMD = "spamd"
+    CLAMD = "clamd"
+
+
+class ScannerDefaultAction(enum.Enum):
+    """ScannerDefaultAction: what a scanner that fails (down, slow, garbage) means."""
+
+    TEMPFAIL = "tempfail"
+    ACCEPT = "accept"
+
+
+@attrs.frozen
+class ScannerAddress:
+    """One ``Scanners:`` entry, ``KIND:inet:HOST:PORT`` or ``KIND:unix:/path``."""
+
+    kind: ScannerKind
+    address: MilterAddress
+
+    @property
+    def text(self) -> str:
+        return f"{self.kind.value}:{self.address.text}"
+
+
+@attrs.frozen
+class ScannerSettings:
+    """The native scanners (docs/behaviour.md §11.8) and their options."""
+
+    scanners: tuple[ScannerAddress, ...] = ()
+    spamd_reject_score: float | None = None  # SpamdRejectScore; None: tag only
+    spamd_user: str | None = None  # SpamdUser
+    spamd_max_size: int = 512000  # SpamdMaxSize, as spamc
+    default_action: ScannerDefaultAction = ScannerDefaultAction.TEMPFAIL
+    connect_timeout: float = 10.0  # ScannerConnectTimeout
+    timeout: float = 60.0  # ScannerTimeout: every other wait (below MessageTimeOut)
 
 
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")

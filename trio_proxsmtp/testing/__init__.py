@@ -6,6 +6,9 @@
   records every stage and answers per a script;
 - :class:`FakePolicy`: a Postfix policy service (PolicyService) that records every request
   and answers as told;
+
+- :class:`FakeSpamd`, :class:`FakeClamd`: a scriptable spamd and clamd for ``Scanners:``
+  (``FakeUpstream`` is the SMTP filter server of ``FilterType: smtp``);
 - :func:`run_proxy`: the proxy in-process on an ephemeral port (see its module docstring
   for a complete pytest-trio example);
 - ``python -m trio_proxsmtp.testing sink``: a FakeUpstream that prints what it receives;
@@ -19,6 +22,7 @@ from trio_proxsmtp.testing.certs import OpenSSLMissing, TestCertificates, make_t
 from trio_proxsmtp.testing.client import FakeClient, dot_stuff, open_client
 from trio_proxsmtp.testing.fake_milter import FakeMilter, FakeMilterSession
 from trio_proxsmtp.testing.fake_policy import FakePolicy
+from trio_proxsmtp.testing.fake_scanners import FakeClamd, FakeSpamd
 from trio_proxsmtp.testing.proxy import RunningProxy, run_proxy
 from trio_proxsmtp.testing.upstream import (
     BANNER,
@@ -42,10 +46,12 @@ __all__ = [
     "END_OF_DATA",
     "RESET",
     "ClosePoint",
+    "FakeClamd",
     "FakeClient",
     "FakeMilter",
     "FakeMilterSession",
     "FakePolicy",
+    "FakeSpamd",
     "FakeUpstream",
     "Hangup",
     "OpenSSLMissing",

@@ -29,12 +29,14 @@ import attrs
 from trio_proxsmtp.config.checks import check_filter_program
 from trio_proxsmtp.config.loader import load_config
 from trio_proxsmtp.config.model import Config, ConfigError
+from trio_proxsmtp.protocol.message.edit import bare_address
 from trio_proxsmtp.protocol.message.header import HeaderInserter, expand_header
 from trio_proxsmtp.protocol.smtp.replies import reply_from_text
 from trio_proxsmtp.stages.filter.environment import filter_environment
 from trio_proxsmtp.stages.filter.run import run_filter
 from trio_proxsmtp.stages.filter.verdict import FilterVerdictKind
 from trio_proxsmtp.stages.settings import FilterSpec, FilterType
+from trio_proxsmtp.stages.smtp_filter import SmtpEnvelope, run_smtp_filter
 from trio_proxsmtp.stages.spool import Spool
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
@@ -106,7 +108,13 @@ async def check_filter(
     with Spool.create(spec.temp_directory, named=spec.mode is FilterType.FILE) as spool:
         spool.write(message)
         spool.finish()
-        verdict = await run_filter(spec, spool, env)
+        if spec.mode is FilterType.SMTP:  # the filter is an SMTP server (§11.9)
+            envelope = SmtpEnvelope(
+                bare_address(sender), [bare_address(r) for r in recipients], client, remote_helo
+            )
+            verdict = await run_smtp_filter(spec, spool, envelope)
+        else:
+            verdict = await run_filter(spec, spool, env)
         delivered: bytes | None = None
         if verdict.kind is FilterVerdictKind.ACCEPT:
             assert verdict.message is not None

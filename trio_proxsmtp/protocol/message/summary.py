@@ -101,6 +101,7 @@ class MessageSummary:
     # The address that connected, when `client` is another one (a PROXY header's client,
     # the client XFORWARD named): shown as via= after client=.
     via: str | None = None
+    scanner: str | None = None  # Scanners: who decided and its result, or every result
 
     def fields(self) -> list[tuple[str, Field]]:
         """The line's fields as (key, value) pairs in their order; ``to`` repeats, one per
@@ -116,6 +117,8 @@ class MessageSummary:
         if self.decided_by:
             key, _, value = self.decided_by.partition("=")
             parts.append((key, value))
+        if self.scanner:
+            parts.append(("scanner", _one_line(self.scanner)))
         if self.reason:
             parts.append(("reason", _one_line(self.reason)))
         if self.upstream is not None:

@@ -86,6 +86,7 @@ def message_streamed(session: SessionState, event: MessageStreamed) -> list[Acti
 
 def filter_done(session: SessionState, event: FilterDone) -> list[Action]:
     session.facts.filter = event.seconds
+    session.facts.scanner = event.scanner
     if event.accepted and session.policy.milters:
         session.state = State.MILTERING  # FilterCommand first, then the milters
         return [RunMilters()]
@@ -94,7 +95,7 @@ def filter_done(session: SessionState, event: FilterDone) -> list[Action]:
         return replay(session)
     if event.reply is None:
         raise LocalProtocolError("a rejected message needs a reply")
-    if session.policy.milters:
+    if session.policy.milters and event.scanner is None:
         session.decided_by = f"filter={session.policy.filter_name}"
     return abandon(session, event.reply, event.status, event.detail)
 
@@ -196,6 +197,7 @@ def summary(
         size=session.facts.size,
         delays=session.facts.delays,
         decided_by=session.decided_by,
+        scanner=session.facts.scanner,
     )
     session.decided_by = None
     return Summary(message, None if upstream is None else upstream.code)

@@ -35,6 +35,7 @@ class MessageFacts:
     receive: float = 0.0
     filter: float = 0.0
     upstream: float = 0.0
+    scanner: str | None = None  # the native scanners' result (docs/behaviour.md §11.8)
 
     @property
     def delays(self) -> Delays:

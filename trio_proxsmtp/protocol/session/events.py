@@ -136,6 +136,7 @@ class FilterDone:
     status: Status
     detail: str = ""
     seconds: float = 0.0
+    scanner: str | None = None  # the scanners' result for the summary (scanner=...)
 
 
 @attrs.frozen
