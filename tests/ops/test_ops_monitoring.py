@@ -138,7 +138,8 @@ async def test_a_real_prometheus_reads_a_known_mix_from_a_real_proxy(tmp_path: P
 # --- Grafana ---------------------------------------------------------------------------------
 
 _FUNCTIONS_AND_WORDS = {
-    "sum", "rate", "irate", "increase", "histogram_quantile", "by", "without", "on", "ignoring",
+    "sum", "rate", "irate", "increase", "changes", "resets", "histogram_quantile", "by",
+    "without", "on", "ignoring",
     "or", "and", "unless", "le", "clamp_min", "max", "min", "avg", "count", "offset", "bool",
     "vector", "topk", "group_left", "group_right",
 }  # fmt: skip
@@ -199,3 +200,32 @@ def test_the_metric_name_parser() -> None:
         "a_total",
         "b_total",
     }
+
+
+def rule_expressions(text: str) -> list[str]:
+    """The `expr:` of each rule of a rules file: one line, or a `|` block below it."""
+    found: list[str] = []
+    lines = text.splitlines()
+    for n, line in enumerate(lines):
+        key, _, value = line.strip().partition(":")
+        if key != "expr":
+            continue
+        if value.strip() != "|":
+            found.append(value.strip())
+            continue
+        indent = len(line) - len(line.lstrip())
+        block = []
+        for following in lines[n + 1 :]:
+            if following.strip() and len(following) - len(following.lstrip()) <= indent:
+                break
+            block.append(following.strip())
+        found.append(" ".join(block))
+    return found
+
+
+def test_every_alert_rule_names_only_exported_metrics() -> None:
+    exprs = rule_expressions((PROMETHEUS_DIR / "proxsmtpd.rules.yml").read_text())
+    assert len(exprs) >= 8
+    used = set().union(*(metric_names(e) for e in exprs))
+    assert "proxsmtpd_messages_total" in used
+    assert used <= exported_names(), sorted(used - exported_names())
