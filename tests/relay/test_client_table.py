@@ -142,3 +142,21 @@ def test_admission_with_shared_counts_applies_the_whole_limit(table: ClientTable
     assert two.admit("192.0.2.1", limits) is None
     assert two.admit(None, limits) is None  # exempt: never counted
     assert table.held("192.0.2.1") == 3
+
+
+def test_without_shared_memory_the_workers_fall_back_to_their_shares(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from trio_proxsmtp.config.loader import parse_config
+    from trio_proxsmtp.daemon import service
+
+    config = parse_config("OutAddress: 127.0.0.1:2525\nWorkers: 2\n")
+    table = service._client_table(2, config)
+    assert table is not None
+    table.close()
+
+    def refused(name: str, flags: int = 0) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "memfd_create", refused)
+    assert service._client_table(2, config) is None

@@ -102,7 +102,7 @@ def supervise(
     unix_paths = unix_socket_files(sockets)
     directory = MultiprocessDirectory() if metrics_sockets else None
     # MaxConnectionsPerClient counted over all workers (client_table.py).
-    table = ClientTable(count, table_capacity(config.max_connections))
+    table = _client_table(count, config)
     # Every TempDirectory a worker may have used: a reload may change it.
     temp_directories = {config.temp_directory}
 
@@ -145,7 +145,8 @@ def supervise(
         if directory is not None:
             directory.worker_died(pid)
         # Its clients are gone with it: before its replacement takes its column.
-        if (slot := supervisor.pids.get(pid)) is not None and table.clear_worker(slot):
+        slot = supervisor.pids.get(pid)
+        if table is not None and slot is not None and table.clear_worker(slot):
             log.info("forgot the client connections of worker pid %d", pid)
 
     supervisor = Supervisor(
@@ -155,10 +156,23 @@ def supervise(
         notify.ready(f"{count} workers listening on {config.listen}")
         return supervisor.run()
     finally:
-        table.close()
+        if table is not None:
+            table.close()
         remove_unix_socket_files(unix_paths)
         if directory is not None:
             directory.close()
+
+
+def _client_table(workers: int, config: Config) -> ClientTable | None:
+    """The workers' shared MaxConnectionsPerClient table; None where shared memory cannot
+    be had (each worker then applies its share, admission.worker_client_share)."""
+    try:
+        return ClientTable(workers, table_capacity(config.max_connections))
+    except (OSError, AttributeError) as exc:  # AttributeError: no os.memfd_create
+        log.warning(
+            "MaxConnectionsPerClient: no shared table (%s); each worker applies its share", exc
+        )
+        return None
 
 
 def _reload(path: str) -> Config:
