@@ -13,7 +13,7 @@ dies: a SIGKILLed worker never leaves the table locked.  The lock is held for a 
 microseconds (one probe sequence, no I/O), so taking it in the event loop is cheaper than
 any hand-off.  Why not the supervisor as an anvil: it waits for signals with
 `sigtimedwait`, and a round trip over a socket per connection would put its scheduling
-in every accept (docs/architecture.md, "Workers").
+in every accept (docs/architecture.md, "Workers and what they share").
 
 Admission's decision stays pure (admission.py): `add_if` calls it under the lock with the
 address's count over all workers.  When a worker dies the supervisor calls `clear_worker`
