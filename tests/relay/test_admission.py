@@ -9,6 +9,7 @@ from trio_proxsmtp.config.model import STRESS_FRACTION
 from trio_proxsmtp.daemon.admission import (
     Admission,
     Limits,
+    LocalCounts,
     Refusal,
     counted_client,
     stress_change,
@@ -35,6 +36,8 @@ def test_limits_of_a_config_are_this_workers_shares() -> None:
     assert [s.max_connections for s in shares] == [worker_share(5, k, 3) for k in range(3)]
     assert [s.per_client for s in shares] == [1, 1, 1]  # at least one each
     assert worker_client_share(0, 1, 3) == 0  # no limit stays no limit
+    # Counted in the workers' shared table, each applies the whole limit.
+    assert {Limits.of(config, k, 3, shared_counts=True).per_client for k in range(3)} == {3}
 
 
 def test_the_per_client_limit_counts_admitted_clients_until_released() -> None:
@@ -42,13 +45,15 @@ def test_the_per_client_limit_counts_admitted_clients_until_released() -> None:
     limits = Limits(max_connections=10, per_client=2)
     for _ in range(2):
         assert admission.for_client("192.0.2.1", limits) is None
-        admission.admit("192.0.2.1")
+        assert admission.admit("192.0.2.1", limits) is None
     assert admission.for_client("192.0.2.1", limits) is Refusal.CLIENT_LIMIT
+    assert admission.admit("192.0.2.1", limits) is Refusal.CLIENT_LIMIT  # not counted
     assert admission.for_client("192.0.2.2", limits) is None  # another address
     admission.release("192.0.2.1")
     assert admission.for_client("192.0.2.1", limits) is None
     admission.release("192.0.2.1")
-    assert not admission.per_client  # nothing left behind for an address that went
+    assert isinstance(admission.counts, LocalCounts)
+    assert not admission.counts.counts  # nothing left behind for an address that went
 
 
 def test_exempt_and_unlimited_clients_are_never_refused() -> None:
@@ -60,11 +65,10 @@ def test_exempt_and_unlimited_clients_are_never_refused() -> None:
     assert counted_client(config, "192.0.2.1") == "192.0.2.1"
     admission = Admission()
     for _ in range(3):
-        assert admission.for_client(None, Limits(10, 1)) is None
-        admission.admit(None)
-    assert not admission.per_client
-    admission.admit("192.0.2.1")
-    assert admission.for_client("192.0.2.1", Limits(10, 0)) is None  # 0: no limit
+        assert admission.admit(None, Limits(10, 1)) is None
+    assert admission.counts.held("10.1.2.3") == 0
+    assert admission.admit("192.0.2.1", Limits(10, 0)) is None  # 0: no limit
+    assert admission.for_client("192.0.2.1", Limits(10, 0)) is None
     assert admission.for_client("192.0.2.1", Limits(10, 1)) is Refusal.CLIENT_LIMIT
 
 

@@ -131,13 +131,6 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
             f"MaxConnectionsPerClient {per_client} is not below MaxConnections "
             f"{config.max_connections}: one client address can take every connection"
         )
-    if per_client and per_client < config.workers:
-        # Each worker applies its share of the limit, and a share is at least one.
-        warnings.append(
-            f"MaxConnectionsPerClient {per_client} is less than Workers {config.workers}: "
-            f"each worker allows one connection per client address, so an address may "
-            f"hold {config.workers}"
-        )
     return config, warnings
 
 

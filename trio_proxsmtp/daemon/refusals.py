@@ -47,7 +47,7 @@ async def refuse_busy(stream: trio.SocketStream, conn_id: str, limit: int) -> No
 
 
 async def refuse_client(stream: trio.SocketStream, conn_id: str, client: str, limit: int) -> None:
-    """`client` holds MaxConnectionsPerClient (`limit`: this worker's share)."""
+    """`client` holds MaxConnectionsPerClient (`limit`, as this worker applies it)."""
     connection_logger(conn_id).warning(
         "too many connections from %s (max %d): refused", client, limit
     )

@@ -98,7 +98,7 @@ class Server:
         """This worker's limits and the relay's settings, once per config, not per client."""
         if self._derived is None or self._derived[0] is not self.config:
             config = self.config
-            limits = Limits.of(config, self.worker, self.workers)
+            limits = Limits.of(config, self.worker, self.workers, self.admission.counts.shared)
             self._derived = (config, limits, relay_settings(config))
         return self._derived[1], self._derived[2]
 
@@ -114,7 +114,7 @@ class Server:
 
     @property
     def per_client_limit(self) -> int:
-        """This worker's share of MaxConnectionsPerClient (0: no limit)."""
+        """MaxConnectionsPerClient as this worker applies it (0: no limit)."""
         return self.limits.per_client
 
     async def serve(
@@ -261,7 +261,7 @@ class Server:
         # Who the client is, decided once here.
         info = from_socket_stream(stream)
         counted = counted_client(config, info.client)
-        if self.admission.for_client(counted, limits) is Refusal.CLIENT_LIMIT:
+        if self.admission.admit(counted, limits) is Refusal.CLIENT_LIMIT:
             assert counted is not None
             connections.start_soon(refuse_client, stream, conn_id, counted, limits.per_client)
             return
@@ -277,9 +277,9 @@ class Server:
         implicit_tls: ssl.SSLContext | None,
         counted: str | None,
     ) -> Connection:
-        """The session of an accepted client, counted in MaxConnections, in
-        MaxConnectionsPerClient (`counted`: its address, None when not counted) and in
-        the stress level; `_run_connection(connection, counted)` uncounts it."""
+        """The session of an accepted client, counted in MaxConnections and in the stress
+        level (`counted`: its address, counted by `admission.admit`, or None);
+        `_run_connection(connection, counted)` uncounts it."""
         connection = Connection(
             self._for_config()[1] if config is self.config else relay_settings(config),
             stream,
@@ -289,8 +289,7 @@ class Server:
             metrics=self.metrics,
             stress=self.stress,
         )
-        self.connections.add(connection)
-        self.admission.admit(counted)
+        self.connections.add(connection)  # admission.admit counted it already
         self._check_stress()
         return connection
 
@@ -353,7 +352,7 @@ class Server:
         # MaxConnectionsPerClient counts the client the header names, not the balancer.
         counted = counted_client(config, client.info.client)
         limits = self.limits
-        if self.admission.for_client(counted, limits) is Refusal.CLIENT_LIMIT:
+        if self.admission.admit(counted, limits) is Refusal.CLIENT_LIMIT:
             assert counted is not None
             await refuse_client(waiting.stream, waiting.conn_id, counted, limits.per_client)
             self._connection_ended()

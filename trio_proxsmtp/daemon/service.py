@@ -7,7 +7,8 @@ it. With N = 1 the process serves itself, as proxsmtpd does.  Each serving proce
 config file on SIGHUP.  With MetricsListen, log lines dropped because the log could not
 keep up are counted (common/log_handlers.py).  The supervisor cleans up after a worker
 that died: its filters are killed (workers.py) and its named files in TempDirectory
-removed (spool.py `sweep_files`), docs/behaviour.md §11.7.
+removed (spool.py `sweep_files`), and its clients no longer counted in the workers'
+shared MaxConnectionsPerClient table (client_table.py), docs/behaviour.md §11.7.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from trio_proxsmtp.common.log_handlers import set_drop_counter
 from trio_proxsmtp.config.loader import load_config, load_config_with_warnings
 from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.daemon import announce, notify, signals
+from trio_proxsmtp.daemon.admission import Admission, WorkerCounts
+from trio_proxsmtp.daemon.client_table import ClientTable, table_capacity
 from trio_proxsmtp.daemon.listeners import (
     is_tls_listener,
     remove_unix_socket_files,
@@ -49,11 +52,13 @@ def serve(
     *,
     metrics_sockets: list[socket.socket] | None = None,
     metrics_dir: str | None = None,
+    client_table: ClientTable | None = None,
 ) -> int:
     """Serve until stopped; `worker` is (index, count) in a worker process.
 
     With `metrics_sockets` (MetricsListen) metrics are counted, and served by worker 0;
-    `metrics_dir` is the supervisor's multi-process directory (Workers: N)."""
+    `metrics_dir` is the supervisor's multi-process directory (Workers: N);
+    `client_table` the workers' shared MaxConnectionsPerClient counts."""
     # Every process that runs filters adopts their orphans (reaper.py): after detaching,
     # and in each worker; never inside server.serve(), so in-process tests stay ordinary.
     # (Undone on return: main() may run in-process, as in tests.)
@@ -72,6 +77,9 @@ def serve(
                 sock.close()  # worker 0 serves them; the supervisor keeps its own copies
     if worker is not None:
         run = functools.partial(run, worker=worker[0], workers=worker[1])
+        if client_table is not None:
+            admission = Admission(WorkerCounts(client_table, worker[0]))
+            run = functools.partial(run, admission=admission)
     try:
         trio.run(run, config, sockets)
     except KeyboardInterrupt:
@@ -101,6 +109,8 @@ def supervise(
     current = config
     unix_paths = unix_socket_files(sockets)
     directory = MultiprocessDirectory() if metrics_sockets else None
+    # MaxConnectionsPerClient counted over all workers (client_table.py).
+    table = _client_table(count, config)
     # Every TempDirectory a worker may have used: a reload may change it.
     temp_directories = {config.temp_directory}
 
@@ -113,6 +123,7 @@ def supervise(
             (index, count),
             metrics_sockets=metrics_sockets,
             metrics_dir=directory.path if directory is not None else None,
+            client_table=table,
         )
 
     def on_hup() -> None:
@@ -141,7 +152,14 @@ def supervise(
                 log.warning("removed %s, left behind by worker pid %d", path, pid)
         if directory is not None:
             directory.worker_died(pid)
+        # Its clients are gone with it: before its replacement takes its column.
+        slot = supervisor.pids.get(pid)
+        if table is not None and slot is not None and table.clear_worker(slot):
+            log.info("forgot the client connections of worker pid %d", pid)
 
+    supervisor = Supervisor(
+        count, work, sockets=sockets, on_hup=on_hup, on_worker_exit=on_worker_exit
+    )
     try:
         announce.filtering_note(config)
         names = [
@@ -150,17 +168,25 @@ def supervise(
         ]
         announce.listening(names, count)
         notify.ready(f"{count} workers listening on {config.listen}")
-        return Supervisor(
-            count,
-            work,
-            sockets=sockets,
-            on_hup=on_hup,
-            on_worker_exit=on_worker_exit,
-        ).run()
+        return supervisor.run()
     finally:
+        if table is not None:
+            table.close()
         remove_unix_socket_files(unix_paths)
         if directory is not None:
             directory.close()
+
+
+def _client_table(workers: int, config: Config) -> ClientTable | None:
+    """The workers' shared MaxConnectionsPerClient table; None where shared memory cannot
+    be had (each worker then applies its share, admission.worker_client_share)."""
+    try:
+        return ClientTable(workers, table_capacity(config.max_connections))
+    except (OSError, AttributeError) as exc:  # AttributeError: no os.memfd_create
+        log.warning(
+            "MaxConnectionsPerClient: no shared table (%s); each worker applies its share", exc
+        )
+        return None
 
 
 def _reload(path: str) -> Config:

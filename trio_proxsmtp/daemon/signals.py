@@ -24,6 +24,7 @@ from trio_proxsmtp.common.log import LOGGER_NAME
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.daemon import notify
+from trio_proxsmtp.daemon.admission import Admission
 from trio_proxsmtp.daemon.server import Server
 from trio_proxsmtp.daemon.workers import END_GRACE_SIGNAL
 from trio_proxsmtp.stages import reaper
@@ -68,13 +69,17 @@ async def serve(
     workers: int = 1,
     metrics: Metrics = NULL_METRICS,
     metrics_sockets: list[socket.socket] | None = None,
+    admission: Admission | None = None,
     task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The command line's serve: `server.serve` plus the signal task, until SIGTERM/SIGINT
-    (then drain and return).  `metrics`, `metrics_sockets`: as for server.serve."""
+    (then drain and return).  `metrics`, `metrics_sockets`: as for server.serve;
+    `admission`: with Workers, one counting in the workers' shared table (service.py)."""
     if not 0 <= worker < workers:
         raise ValueError(f"worker {worker} is not in 0..{workers - 1}")
     server = Server(config, reload, worker, workers, metrics)
+    if admission is not None:
+        server.admission = admission
     handled = HANDLED_SIGNALS + ((END_GRACE_SIGNAL,) if workers > 1 else ())
     with trio.open_signal_receiver(*handled) as received:
         # The command line blocks these from before bind until now (the supervisor blocks

@@ -26,7 +26,7 @@ SIGTERM/SIGINT/SIGHUP since before bind, so it simply waits for them (and SIGCHL
 - `on_worker_exit(pid)` is called for every worker that exited, after its filters are
   killed and before its zombie is reaped, so that no other process has its pid meanwhile
   (service.py removes its spool files, metrics.MultiprocessDirectory drops its share of
-  the live gauges).
+  the live gauges, client_table.ClientTable forgets its clients' connections).
 """
 
 from __future__ import annotations
