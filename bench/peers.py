@@ -40,6 +40,15 @@ HARAKA_VERSION = "3.3.4"
 AIOSMTPD_VERSION = "1.4.6"
 IMPLS = ("ours1", "ours", "C", "haraka", "aiosmtpd", "splice", "direct")
 LABELS = {**run.LABELS, "haraka": "Haraka", "aiosmtpd": "aiosmtpd Proxy"}
+AIOSMTPD_PROXY = """
+import asyncio
+from aiosmtpd.handlers import Proxy
+from aiosmtpd.smtp import SMTP
+loop = asyncio.new_event_loop()
+handler = Proxy("{0}", {2})
+loop.run_until_complete(loop.create_server(lambda: SMTP(handler), "{0}", {1}))
+loop.run_forever()
+"""
 RDNS_PLUGIN = """// bench: the client's host name without DNS (the bench has no resolver to ask)
 exports.hook_lookup_rdns = function (next, connection) {
     next(OK, 'localhost');
@@ -118,9 +127,9 @@ class Peer:
         self.port = run.free_port()
         if impl == "haraka":
             cmd = [str(haraka_bin()), "-c", str(self._haraka_config(workdir, upstream))]
-        else:
-            cmd = [str(aiosmtpd_python()), "-m", "aiosmtpd", "-n", "-l", f"{run.HOST}:{self.port}",
-                   "-c", "aiosmtpd.handlers.Proxy", run.HOST, str(upstream)]  # fmt: skip
+        else:  # (its command line passes no arguments to the Proxy handler)
+            code = AIOSMTPD_PROXY.format(run.HOST, self.port, upstream)
+            cmd = [str(aiosmtpd_python()), "-c", code]
         self.log = workdir / f"{impl}-{self.port}.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
@@ -128,7 +137,8 @@ class Peer:
 
     def _haraka_config(self, workdir: Path, upstream: int) -> Path:
         home = workdir / f"haraka-{self.port}"
-        (home / "config").mkdir(parents=True)
+        # Its own defaults first (connection.ini and the like are not read without them).
+        shutil.copytree(haraka_bin().parent.parent / "config", home / "config")
         (home / "plugins").mkdir()
         (home / "plugins" / "bench_rdns.js").write_text(RDNS_PLUGIN)
         config = {
@@ -136,7 +146,7 @@ class Peer:
             "plugins": "bench_rdns\nrelay\nqueue/smtp_forward\n",
             "relay.ini": "[relay]\nacl=true\n",
             "relay_acl_allow": "127.0.0.1/32\n",
-            "smtp_forward.ini": f"host={run.HOST}\nport={upstream}\nenable_outbound=false\n",
+            "smtp_forward.ini": f"host={run.HOST}\nport={upstream}\nenable_outbound=true\n",
             "log.ini": "[main]\nlevel=warn\n",
             "me": "bench.example\n",
             "databytes": "50000000\n",
@@ -205,7 +215,7 @@ class Figures:
 
 
 def measure(impl: str, level: int, warmup: float, window: float, into: Figures) -> None:
-    with tempfile.TemporaryDirectory(prefix="proxsmtp-peers-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="proxsmtp-peers-", ignore_cleanup_errors=True) as tmp:
         workdir = Path(tmp)
         workdir.chmod(0o755)
         sink = run.Sink(workdir)
