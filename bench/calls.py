@@ -17,19 +17,36 @@ import argparse
 import collections
 import cProfile
 import pstats
+import ssl
+import tempfile
 import time
 
 import trio
 
 from trio_proxsmtp.testing import FakeUpstream, run_proxy
+from trio_proxsmtp.testing.certs import make_test_certificates
 
 BODY = b"Subject: bench\r\n\r\n" + (b"x" * 74 + b"\r\n") * 27
 
 
-async def send(messages: int, profile: cProfile.Profile | None) -> float:
-    """CPU seconds per message of `messages` messages on one session."""
-    async with FakeUpstream() as up, run_proxy("", upstream=up) as proxy, proxy.connect() as c:
+async def send(messages: int, profile: cProfile.Profile | None, tls: str | None) -> float:
+    """CPU seconds per message of `messages` messages on one session (`tls`: a directory
+    for test certificates, and the client says STARTTLS)."""
+    config = ""
+    context = None
+    if tls is not None:
+        certs = make_test_certificates(tls)
+        config = f"TLSCertificate: {certs.certificate}\nTLSKey: {certs.key}\n"
+        context = ssl.create_default_context(cafile=str(certs.ca))
+    async with (
+        FakeUpstream() as up,
+        run_proxy(config, upstream=up) as proxy,
+        proxy.connect() as c,
+    ):
         await c.command("EHLO bench.example")
+        if context is not None:
+            await c.starttls(context, server_hostname="localhost")
+            await c.command("EHLO bench.example")
         await c.send_message("a@example.org", ["b@example.net"], BODY)  # warm
         started = time.process_time()
         if profile is not None:
@@ -55,9 +72,12 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--top", type=int, default=0)
+    parser.add_argument("--tls", action="store_true", help="the client says STARTTLS first")
     args = parser.parse_args()
     profile = cProfile.Profile()
-    trio.run(send, args.messages, profile)
+    tmp = tempfile.TemporaryDirectory(prefix="proxsmtp-calls-")
+    tls = tmp.name if args.tls else None
+    trio.run(send, args.messages, profile, tls)
     stats = pstats.Stats(profile)
     total = 0
     by_layer: collections.Counter[str] = collections.Counter()
@@ -75,7 +95,8 @@ def main() -> None:
         print(f"  {count / n:8.1f}  {what}")
     for what, count in by_function.most_common(args.top):
         print(f"  {count / n:8.2f}  {what}")
-    cpu = min(trio.run(send, args.messages, None) for _ in range(args.rounds))
+    cpu = min(trio.run(send, args.messages, None, tls) for _ in range(args.rounds))
+    tmp.cleanup()
     print(f"process CPU per message (client and upstream fakes included): {cpu * 1e6:.0f} us")
 
 
