@@ -8,9 +8,9 @@ smtp-source -> smtp-sink direct, under bench/run.py's load (smtp-source -d, 2048
 messages, no filter) at each level.  For each: messages/s at the sink, CPU ms per message
 (utime + stime of the whole process tree over the window / messages counted at the sink),
 p50/p99 of final dot -> reply for one more session sending one message at a time while the
-load runs, and RSS of the tree; then ours (Workers 1) / peer for rate and CPU.  The order of
-the levels and of the implementations alternates from round to round; each figure is the
-median of the rounds.
+load runs (from the warm-up on), and RSS of the tree; then ours (Workers 1) / peer for rate
+and CPU.  The order of the levels and of the implementations alternates from round to
+round; each figure is the median of the rounds.
 
 Haraka and aiosmtpd are installed on first use, outside the repository, under
 $PROXSMTP_BENCH_CACHE (default ~/.cache/trio_proxsmtp-bench): ``npm install Haraka`` there,
@@ -183,18 +183,23 @@ class Peer:
 
 
 @contextlib.contextmanager
-def probe(port: int, into: list[float]) -> Iterator[None]:
-    """One more session, one message at a time, while the load runs: final dot -> reply."""
+def probe(port: int, into: list[float], failed: list[str]) -> Iterator[None]:
+    """One more session, one message at a time, while the load runs: final dot -> reply
+    (what went wrong, if it did, in `failed`)."""
     stop = threading.Event()
 
     def go() -> None:
-        with contextlib.suppress(OSError, RuntimeError, ConnectionError):
-            client = run.Client(port, timeout=10.0)
+        try:
+            client = run.Client(port, timeout=30.0)
             client.command(b"EHLO probe.example", b"250")
             body = run.text(run.MSG_SIZE)
-            while not stop.is_set():
+            while True:  # one message at least, however long the set-up took
                 into.append(client.message(lambda s: s.sendall(body)))
+                if stop.is_set():
+                    break
             client.close()
+        except (OSError, RuntimeError) as exc:  # (ConnectionError is an OSError)
+            failed.append(f"{type(exc).__name__}: {exc}"[:60])
 
     thread = threading.Thread(target=go, daemon=True)
     thread.start()
@@ -202,7 +207,7 @@ def probe(port: int, into: list[float]) -> Iterator[None]:
         yield
     finally:
         stop.set()
-        thread.join(15)
+        thread.join(35)
 
 
 @dataclass
@@ -212,6 +217,7 @@ class Figures:
     rss: list[float] = field(default_factory=list)
     lat: list[float] = field(default_factory=list)
     died: str = ""
+    probe: list[str] = field(default_factory=list)  # the latency probe's failures
 
 
 def measure(impl: str, level: int, warmup: float, window: float, into: Figures) -> None:
@@ -222,13 +228,12 @@ def measure(impl: str, level: int, warmup: float, window: float, into: Figures) 
         peer = Peer(impl, workdir, sink.port, level)
         latencies: list[float] = []
         try:
-            with run.load(peer.port, level):
-                time.sleep(warmup)
-                with probe(peer.port, latencies):
-                    cpu0, c0, t0 = peer.cpu_seconds(), sink.count(), time.monotonic()
-                    time.sleep(window)
-                    cpu1, c1, t1 = peer.cpu_seconds(), sink.count(), time.monotonic()
-                    rss = peer.rss_kb()
+            with run.load(peer.port, level), probe(peer.port, latencies, into.probe):
+                time.sleep(warmup)  # (the probe's session is set up meanwhile)
+                cpu0, c0, t0 = peer.cpu_seconds(), sink.count(), time.monotonic()
+                time.sleep(window)
+                cpu1, c1, t1 = peer.cpu_seconds(), sink.count(), time.monotonic()
+                rss = peer.rss_kb()
             died = peer.died()
         finally:
             peer.close()
@@ -256,13 +261,19 @@ def report(results: dict[int, dict[str, Figures]], impls: list[str]) -> str:
         for impl in impls:
             f = by_impl[impl]
             rate, cpu = med(f.rate), med(f.cpu)
-            p50 = run.pct(f.lat, 0.5) * 1e3 if f.lat else 0.0
-            p99 = run.pct(f.lat, 0.99) * 1e3 if f.lat else 0.0
-            line = f"{LABELS[impl]:<15}{rate:8.0f}{cpu:12.3f}{p50:9.2f}{p99:9.2f}{med(f.rss):8.1f}"
+            lat = (
+                f"{run.pct(f.lat, 0.5) * 1e3:9.2f}{run.pct(f.lat, 0.99) * 1e3:9.2f}"
+                if f.lat
+                else f"{'-':>9}{'-':>9}"
+            )
+            own = f"{cpu:12.3f}{med(f.rss):8.1f}" if impl != "direct" else f"{'-':>12}{'-':>8}"
+            line = f"{LABELS[impl]:<15}{rate:8.0f}{own[:12]}{lat}{own[12:]}"
             if ours is not None and impl != "ours1" and rate and cpu:
                 line += f"{med(ours.rate) / rate:13.2f}x{med(ours.cpu) / cpu:12.2f}x"
             if f.died:
                 line += f"  DIED: {f.died}"
+            elif not f.lat and f.probe:
+                line += f"  (latency probe: {f.probe[-1]})"
             out.append(line)
     return "\n".join(out)
 
