@@ -8,7 +8,7 @@ smtp-source -> smtp-sink direct, under bench/run.py's load (smtp-source -d, 2048
 messages, no filter) at each level.  For each: messages/s at the sink, CPU ms per message
 (utime + stime of the whole process tree over the window / messages counted at the sink),
 p50/p99 of final dot -> reply for one more session sending one message at a time while the
-load runs (from the warm-up on), and RSS of the tree; then ours (Workers 1) / peer for rate
+load runs (from the warm-up on), and RSS and PSS of the tree; then ours (Workers 1) / peer for rate
 and CPU.  The order of the levels and of the implementations alternates from round to
 round; each figure is the median of the rounds.
 
@@ -161,12 +161,17 @@ class Peer:
     def cpu_seconds(self) -> float:
         return run.cpu_of(self.pids())
 
-    def rss_kb(self) -> int:
-        total = 0
+    def memory_kb(self) -> tuple[int, int]:
+        """(RSS, PSS) of the tree in kB.  RSS counts the pages a forked worker shares with
+        its supervisor once in each; PSS splits every shared page among its sharers, so
+        it adds up across processes."""
+        rss = pss = 0
         for pid in self.pids():
             with contextlib.suppress(OSError, KeyError):
-                total += run.proc_kb(pid, "VmRSS")
-        return total
+                rss += run.proc_kb(pid, "VmRSS")
+                with open(f"/proc/{pid}/smaps_rollup") as f:
+                    pss += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        return rss, pss
 
     def died(self) -> str:
         if self._proxy is not None:
@@ -215,6 +220,7 @@ class Figures:
     rate: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     rss: list[float] = field(default_factory=list)
+    pss: list[float] = field(default_factory=list)
     lat: list[float] = field(default_factory=list)
     died: str = ""
     probe: list[str] = field(default_factory=list)  # the latency probe's failures
@@ -233,7 +239,7 @@ def measure(impl: str, level: int, warmup: float, window: float, into: Figures) 
                 cpu0, c0, t0 = peer.cpu_seconds(), sink.count(), time.monotonic()
                 time.sleep(window)
                 cpu1, c1, t1 = peer.cpu_seconds(), sink.count(), time.monotonic()
-                rss = peer.rss_kb()
+                rss, pss = peer.memory_kb()
             died = peer.died()
         finally:
             peer.close()
@@ -244,6 +250,7 @@ def measure(impl: str, level: int, warmup: float, window: float, into: Figures) 
     into.rate.append(messages / (t1 - t0))
     into.cpu.append((cpu1 - cpu0) * 1e3 / messages if messages > 0 else 0.0)
     into.rss.append(rss / 1024)
+    into.pss.append(pss / 1024)
     into.lat += latencies
 
 
@@ -252,7 +259,8 @@ def med(values: list[float]) -> float:
 
 
 def report(results: dict[int, dict[str, Figures]], impls: list[str]) -> str:
-    head = f"{'impl':<15}{'msg/s':>8}{'CPU ms/msg':>12}{'p50 ms':>9}{'p99 ms':>9}{'RSS MB':>8}"
+    head = f"{'impl':<15}{'msg/s':>8}{'CPU ms/msg':>12}{'p50 ms':>9}{'p99 ms':>9}"
+    head += f"{'RSS MB':>8}{'PSS MB':>8}"
     head += f"{'W1/peer rate':>14}{'W1/peer CPU':>13}"
     out: list[str] = []
     for level, by_impl in sorted(results.items()):
@@ -266,7 +274,9 @@ def report(results: dict[int, dict[str, Figures]], impls: list[str]) -> str:
                 if f.lat
                 else f"{'-':>9}{'-':>9}"
             )
-            own = f"{cpu:12.3f}{med(f.rss):8.1f}" if impl != "direct" else f"{'-':>12}{'-':>8}"
+            own = f"{cpu:12.3f}{med(f.rss):8.1f}{med(f.pss):8.1f}"
+            if impl == "direct":
+                own = f"{'-':>12}{'-':>8}{'-':>8}"
             line = f"{LABELS[impl]:<15}{rate:8.0f}{own[:12]}{lat}{own[12:]}"
             if ours is not None and impl != "ours1" and rate and cpu:
                 line += f"{med(ours.rate) / rate:13.2f}x{med(ours.cpu) / cpu:12.2f}x"
