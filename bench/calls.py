@@ -29,17 +29,25 @@ from trio_proxsmtp.testing.certs import make_test_certificates
 BODY = b"Subject: bench\r\n\r\n" + (b"x" * 74 + b"\r\n") * 27
 
 
-async def send(messages: int, profile: cProfile.Profile | None, tls: str | None) -> float:
+async def send(
+    messages: int, profile: cProfile.Profile | None, tls: str | None, out_tls: bool = False
+) -> float:
     """CPU seconds per message of `messages` messages on one session (`tls`: a directory
-    for test certificates, and the client says STARTTLS)."""
+    for test certificates, and the client says STARTTLS, or with `out_tls` the proxy
+    speaks TLS to the next server)."""
     config = ""
     context = None
+    upstream: dict[str, object] = {}
     if tls is not None:
         certs = make_test_certificates(tls)
-        config = f"TLSCertificate: {certs.certificate}\nTLSKey: {certs.key}\n"
-        context = ssl.create_default_context(cafile=str(certs.ca))
+        if out_tls:
+            config = f"OutTLS: implicit\nOutTLSCAFile: {certs.ca}\nOutTLSServerName: localhost\n"
+            upstream = dict(tls_certificate=certs.certificate, tls_key=certs.key, implicit_tls=True)
+        else:
+            config = f"TLSCertificate: {certs.certificate}\nTLSKey: {certs.key}\n"
+            context = ssl.create_default_context(cafile=str(certs.ca))
     async with (
-        FakeUpstream() as up,
+        FakeUpstream(**upstream) as up,  # type: ignore[arg-type]
         run_proxy(config, upstream=up) as proxy,
         proxy.connect() as c,
     ):
@@ -73,11 +81,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--top", type=int, default=0)
     parser.add_argument("--tls", action="store_true", help="the client says STARTTLS first")
+    parser.add_argument("--out-tls", action="store_true", help="TLS to the next server")
     args = parser.parse_args()
     profile = cProfile.Profile()
     tmp = tempfile.TemporaryDirectory(prefix="proxsmtp-calls-")
-    tls = tmp.name if args.tls else None
-    trio.run(send, args.messages, profile, tls)
+    tls = tmp.name if args.tls or args.out_tls else None
+    trio.run(send, args.messages, profile, tls, args.out_tls)
     stats = pstats.Stats(profile)
     total = 0
     by_layer: collections.Counter[str] = collections.Counter()
@@ -95,7 +104,7 @@ def main() -> None:
         print(f"  {count / n:8.1f}  {what}")
     for what, count in by_function.most_common(args.top):
         print(f"  {count / n:8.2f}  {what}")
-    cpu = min(trio.run(send, args.messages, None, tls) for _ in range(args.rounds))
+    cpu = min(trio.run(send, args.messages, None, tls, args.out_tls) for _ in range(args.rounds))
     tmp.cleanup()
     print(f"process CPU per message (client and upstream fakes included): {cpu * 1e6:.0f} us")
 

@@ -294,7 +294,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--levels", default="10,50,200,500")
     parser.add_argument("--impl", action="append", choices=IMPLS, help="only these (repeat)")
+    parser.add_argument("--size", type=int, default=run.MSG_SIZE, help="message bytes")
     args = parser.parse_args()
+    run.MSG_SIZE = args.size  # smtp-source -l, and the probe's message
     rounds = args.rounds or (1 if args.quick else 3)
     warmup, window = (0.8, 1.5) if args.quick else (1.5, 3.0)
     levels = [int(x) for x in args.levels.split(",")]
@@ -326,7 +328,15 @@ def main() -> None:
                 except (RuntimeError, OSError) as exc:
                     results[level][impl].died = str(exc)[:80]
                 print(".", end="", flush=True)
-    print(f"\n{report(results, impls)}\n\ntotal {time.monotonic() - started:.0f} s")
+    print(f"\n{report(results, impls)}")
+    if run.MSG_SIZE >= 65536:
+        print(f"\nMB/s ({run.MSG_SIZE}-byte messages):")
+        for level, by_impl in sorted(results.items()):
+            cells = [
+                f"{LABELS[i]} {med(f.rate) * run.MSG_SIZE / 1e6:.0f}" for i, f in by_impl.items()
+            ]
+            print(f"  {level} sessions: " + ", ".join(cells))
+    print(f"\ntotal {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":
