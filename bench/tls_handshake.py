@@ -90,8 +90,9 @@ def main() -> None:
                 client_ctx.maximum_version = version
                 for resume in (False, True):
                     c, s, resumed = handshakes(args.n, client_ctx, server_ctx, resume)
+                    tls = version.name[-3:].replace("_", ".")
                     print(
-                        f"{name:<12}{version.name[-3:].replace('_', '.'):>5}{resumed:>5}/{args.n:<3}"
+                        f"{name:<12}{tls:>5}{resumed:>5}/{args.n:<3}"
                         f"{c * 1e3:11.3f}{s * 1e3:11.3f}{1 / (c + s):9.0f}"
                     )
 
