@@ -47,12 +47,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--warmup", type=float, default=1.5)
     parser.add_argument("--window", type=float, default=4.0)
+    parser.add_argument("--size", type=int, default=run.MSG_SIZE, help="message bytes")
     args = parser.parse_args()
+    run.MSG_SIZE = args.size
     run.raise_nofile(run.NOFILE)
     trees = {"old": args.old.resolve(), "new": args.new.resolve()}
     cpu: dict[str, list[float]] = {"old": [], "new": []}
     rate: dict[str, list[float]] = {"old": [], "new": []}
-    print(f"old {trees['old']}\nnew {trees['new']}\n{args.sessions} sessions, Workers 1")
+    print(
+        f"old {trees['old']}\nnew {trees['new']}\n{args.sessions} sessions, Workers 1, {args.size} bytes"
+    )
     for i in range(args.rounds):
         order = ("old", "new") if i % 2 == 0 else ("new", "old")
         for name in order:

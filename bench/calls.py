@@ -26,7 +26,7 @@ import trio
 from trio_proxsmtp.testing import FakeUpstream, run_proxy
 from trio_proxsmtp.testing.certs import make_test_certificates
 
-BODY = b"Subject: bench\r\n\r\n" + (b"x" * 74 + b"\r\n") * 27
+BODY = b"Subject: bench\r\n\r\n" + (b"x" * 74 + b"\r\n") * 27  # 2,070 bytes (--size)
 
 
 async def send(
@@ -82,7 +82,11 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=0)
     parser.add_argument("--tls", action="store_true", help="the client says STARTTLS first")
     parser.add_argument("--out-tls", action="store_true", help="TLS to the next server")
+    parser.add_argument("--size", type=int, default=2070, help="message bytes")
+    parser.add_argument("--sort", default="", help="also print the top --top by this pstats key")
     args = parser.parse_args()
+    global BODY
+    BODY = b"Subject: bench\r\n\r\n" + (b"x" * 74 + b"\r\n") * max(1, (args.size - 18) // 76)
     profile = cProfile.Profile()
     tmp = tempfile.TemporaryDirectory(prefix="proxsmtp-calls-")
     tls = tmp.name if args.tls or args.out_tls else None
@@ -99,6 +103,8 @@ def main() -> None:
         short = filename.split("site-packages/")[-1].split("trio_proxsmtp/")[-1]
         by_function[f"{short}:{line} {name}"] += ncalls
     n = args.messages
+    if args.sort:
+        stats.sort_stats(args.sort).print_stats(args.top)
     print(f"calls per message outside testing/: {total / n:.0f}")
     for what, count in by_layer.most_common():
         print(f"  {count / n:8.1f}  {what}")
