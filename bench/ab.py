@@ -55,7 +55,8 @@ def main() -> None:
     cpu: dict[str, list[float]] = {"old": [], "new": []}
     rate: dict[str, list[float]] = {"old": [], "new": []}
     print(
-        f"old {trees['old']}\nnew {trees['new']}\n{args.sessions} sessions, Workers 1, {args.size} bytes"
+        f"old {trees['old']}\nnew {trees['new']}\n"
+        f"{args.sessions} sessions, Workers 1, {args.size}-byte messages"
     )
     for i in range(args.rounds):
         order = ("old", "new") if i % 2 == 0 else ("new", "old")
