@@ -135,8 +135,12 @@ async def test_message_timeout_moves_the_connection_scope_and_enters_no_scope_pe
     timed_out = deadline.expired()
     assert isinstance(timed_out, MessageTimedOut)
     assert str(timed_out) == "the replay not done 40 s after the final '.'"
-    deadline.at = math.inf  # the message's end (Transaction.close)
+    deadline.at = math.inf  # the message's end (Transaction.close) raced with it:
     assert connection_scope.deadline == math.inf
+    assert connection_scope.cancel_called  # the scope was cancelled by the deadline,
+    assert isinstance(deadline.expired(), MessageTimedOut)  # and the connection says so
+    deadline.start(trio.current_time())  # the next message starts afresh
+    assert deadline.expired() is None
 
 
 async def test_the_fast_path_asks_trio_for_the_descriptor_once_per_stream(

@@ -41,13 +41,16 @@ class MessageDeadline:
     """The current message's MessageTimeOut (`at`, trio clock; inf: none running), carried
     by the connection's cancel scope."""
 
-    __slots__ = ("_at", "_scope", "name", "timeout")
+    __slots__ = ("_at", "_lapsed", "_scope", "name", "timeout")
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._at = math.inf
         self._scope: trio.CancelScope | None = None  # the connection's (`bind`)
         self.name = "the message"  # the stage under way, for the error
+        # Lifted after it had passed and cancelled the scope (the message's end raced
+        # with it): the cancellation that follows is still this deadline's.
+        self._lapsed = False
 
     def bind(self, scope: trio.CancelScope) -> None:
         """The connection's cancel scope, whose cancellation ends the connection: the
@@ -61,12 +64,16 @@ class MessageDeadline:
     @at.setter
     def at(self, value: float) -> None:
         if value != self._at:
+            scope = self._scope
+            assert scope is not None, "MessageDeadline.bind first"
+            if value == math.inf and self._at <= trio.current_time() and scope.cancel_called:
+                self._lapsed = True
             self._at = value
-            assert self._scope is not None, "MessageDeadline.bind first"
-            self._scope.deadline = value
+            scope.deadline = value
 
     def start(self, now: float) -> None:
         """The client's message was read to its end at `now`."""
+        self._lapsed = False
         self.at = now + self.timeout
 
     def stage(self, name: str) -> MessageDeadline:
@@ -88,7 +95,7 @@ class MessageDeadline:
 
     def expired(self) -> MessageTimedOut | None:
         """After the connection's scope was cancelled: the error if this deadline did it."""
-        if self._at <= trio.current_time():
+        if self._lapsed or self._at <= trio.current_time():
             return MessageTimedOut(f"{self.name} not done {self.timeout:g} s after the final '.'")
         return None
 
