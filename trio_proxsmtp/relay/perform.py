@@ -164,8 +164,8 @@ class Performer:
                 if watching and watched is None:
                     # (Our DATA, a replayed envelope: under MessageTimeOut.)  One watch for
                     # the message's end: the replay's and the commit's nest in it
-                    # (ClientChannel.watch); a watch task each cost more than the rest of
-                    # a message's Python (bench/PROFILE.md, phase 5).
+                    # (ClientChannel.watch); a watch task each cost ~380 Python calls, a
+                    # third of a plain message's (bench/PROFILE.md, phase 5).
                     async with self.client.watch(self.transaction.left):
                         with self.transaction.deadline.stage("the next server's reply"):
                             reply = await self.upstream.command(Outgoing(action.line, trace))
