@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_proxsmtp.protocol.errors import LocalProtocolError
+from trio_proxsmtp.protocol.smtp import data as data_module
 from trio_proxsmtp.protocol.smtp.data import DataReceiver, DataSender, stuff, unstuff
 
 
@@ -283,3 +284,26 @@ def test_dot_heavy_streams_split_independence(
     wire = b"".join(sender.feed(chunk) for chunk in split(out, sizes)) + sender.finish()
     assert wire == stuff(out)
     assert unstuff(wire) == normalise(out)
+
+
+@given(message_bytes, chunk_sizes)
+def test_a_sender_told_its_input_is_clean_sends_the_same_without_the_line_end_check(
+    message: bytes, sizes: list[int]
+) -> None:
+    # What a DataReceiver spooled is CRLF-clean: the replay need not count its line ends
+    # again (three bytes.count passes a chunk; a third of a large message's CPU).
+    received = normalise(message)
+    plain, vouched = DataSender(), DataSender(clean=True)
+    chunks = split(received, sizes)
+    expected = b"".join(plain.feed(chunk) for chunk in chunks) + plain.finish()
+    real = data_module._normalise_line_ends
+    data_module._normalise_line_ends = _refuse  # type: ignore[assignment]
+    try:
+        wire = b"".join(vouched.feed(chunk) for chunk in chunks) + vouched.finish()
+    finally:
+        data_module._normalise_line_ends = real
+    assert wire == expected == stuff(received)
+
+
+def _refuse(data: bytes) -> bytes:
+    raise AssertionError("the line ends of a clean input were checked")

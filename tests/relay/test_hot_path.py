@@ -4,6 +4,7 @@ or only when a log line is printed, and not for every message."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from typing import Any
@@ -16,6 +17,9 @@ from trio_proxsmtp.protocol.message.summary import MessageSummary, Status
 from trio_proxsmtp.protocol.session.actions import Summary
 from trio_proxsmtp.relay.client_channel import ClientChannel
 from trio_proxsmtp.relay.client_info import ClientInfo
+from trio_proxsmtp.relay.endings import MessageTimedOut
+from trio_proxsmtp.relay.fast_io import FastPath
+from trio_proxsmtp.relay.message_deadline import MessageDeadline
 
 LOG = logging.LoggerAdapter(logging.getLogger("test.hot_path"), {})
 
@@ -99,3 +103,64 @@ async def test_a_command_there_after_one_yield_is_read_without_a_cancel_scope(
     assert len(scopes) == 2  # nothing came in time: the drain scope and the deadline's
     await channel.aclose()
     theirs.close()
+
+
+async def test_message_timeout_moves_the_connection_scope_and_enters_no_scope_per_stage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two stages a message at least (our DATA, the replay): a cancel scope each cost more
+    # than the rest of the deadline's work; the connection's scope carries the deadline.
+    connection_scope = trio.CancelScope()
+    deadline = MessageDeadline(40.0)
+    deadline.bind(connection_scope)
+    scopes: list[int] = []
+    real_scope = trio.CancelScope
+
+    def counting_scope(*args: Any, **kwargs: Any) -> trio.CancelScope:
+        scopes.append(1)
+        return real_scope(*args, **kwargs)
+
+    monkeypatch.setattr(trio, "CancelScope", counting_scope)
+    now = trio.current_time()
+    deadline.start(now)
+    assert connection_scope.deadline == now + 40.0
+    for stage in ("the next server's reply", "the replay"):
+        with deadline.stage(stage):
+            await trio.lowlevel.checkpoint()
+    assert deadline.expired() is None  # not past it
+    deadline.lift()
+    assert connection_scope.deadline == math.inf
+    assert scopes == []
+    deadline.start(now - 50.0)  # a deadline that has passed: the connection's error
+    timed_out = deadline.expired()
+    assert isinstance(timed_out, MessageTimedOut)
+    assert str(timed_out) == "the replay not done 40 s after the final '.'"
+    deadline.at = math.inf  # the message's end (Transaction.close) raced with it:
+    assert connection_scope.deadline == math.inf
+    assert connection_scope.cancel_called  # the scope was cancelled by the deadline,
+    assert isinstance(deadline.expired(), MessageTimedOut)  # and the connection says so
+    deadline.start(trio.current_time())  # the next message starts afresh
+    assert deadline.expired() is None
+
+
+async def test_the_fast_path_asks_trio_for_the_descriptor_once_per_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # trio's SocketType.fileno is a Python method: two calls a read or write otherwise.
+    ours, theirs = trio.socket.socketpair()
+    stream = trio.SocketStream(ours)
+    asked: list[int] = []
+    real_fileno = type(ours).fileno
+
+    def counting_fileno(self: trio.socket.SocketType) -> int:
+        asked.append(1)
+        return real_fileno(self)
+
+    monkeypatch.setattr(type(ours), "fileno", counting_fileno)
+    fast = FastPath()
+    for _ in range(3):
+        assert await fast.send(stream, b"ping") == 4
+        assert await fast.receive(trio.SocketStream(theirs), 64) == b"ping"
+    assert asked == []
+    ours.close()
+    assert await fast.send(stream, b"ping") == 0  # closed: the normal path says so

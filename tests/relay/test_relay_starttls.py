@@ -10,6 +10,7 @@ import smtplib
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -140,3 +141,35 @@ def test_the_config_carries_one_context_built_when_it_is_read(
     config = parse_config(base + tls_config(tls_files))
     assert isinstance(config.tls_context, ssl.SSLContext)
     assert config.tls_context.minimum_version is ssl.TLSVersion.TLSv1_2
+
+
+async def test_one_client_watch_per_message_under_tls(
+    tls_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under TLS the client's departure is watched by a task (no peek): one for the whole
+    # end of a message (our DATA, the replay, the commit), not one each (a task and its
+    # nursery cost more than the rest of the message's Python).
+    from trio_proxsmtp.relay import client_channel
+
+    watches: list[int] = []
+    real = client_channel.single_error
+
+    def counting() -> Any:
+        watches.append(1)
+        return real()
+
+    monkeypatch.setattr(client_channel, "single_error", counting)
+
+    def send(port: int) -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+            smtp.ehlo("client.example")
+            smtp.starttls(context=client_context())
+            smtp.ehlo("client.example")
+            for _ in range(3):
+                smtp.sendmail("s@x", ["r@x"], MESSAGE)
+
+    with trio.fail_after(20):
+        async with FakeUpstream() as up, run_proxy(tls_config(tls_files), upstream=up) as proxy:
+            await trio.to_thread.run_sync(send, proxy.port)
+    assert [t.message for t in up.transactions] == [MESSAGE] * 3
+    assert len(watches) == 3

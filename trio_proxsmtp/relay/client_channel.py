@@ -108,6 +108,7 @@ class ClientChannel:
         self._idle_scope: trio.CancelScope | None = None
         self._fast = FastPath()  # try the socket call before waiting (fast_io.py)
         self._peek: SocketPeek | None = None  # for has_left, on the accepted socket
+        self._on_left: Callable[[], None] | None = None  # the watch under way (`watch`)
         # The client's departure can be seen on its socket (`has_left`) rather than by a
         # watcher: a plain socket stream (not TLS, whose records hide the end of stream).
         self.peekable = info.socket is not None and isinstance(stream, trio.SocketStream)
@@ -371,18 +372,25 @@ class ClientChannel:
                 pending = self.reader.buffered_size
                 after = f" (after pipelining {pending} bytes)" if pending else ""
                 self.log.info("client disconnected before its message was answered%s", after)
-                on_left()
+                (self._on_left or on_left)()  # the innermost watch's
                 return
             await trio.sleep_forever()
 
-        if self.eof:
+        if self.eof or self._on_left is not None:  # gone, or nested (a message's end
+            outer = self._on_left  # under TLS, perform.py): no second reader
+            self._on_left = on_left if outer is not None else None
             yield
+            self._on_left = outer
             return
-        with single_error():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch)
-                yield
-                nursery.cancel_scope.cancel()
+        self._on_left = on_left
+        try:
+            with single_error():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(watch)
+                    yield
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._on_left = None
 
     async def aclose(self) -> None:
         if self._peek is not None:

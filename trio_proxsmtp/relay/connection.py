@@ -104,6 +104,7 @@ class Connection:
         self.transaction = Transaction(
             settings.transaction, self.session, self.client, self.upstream, self.log, self._scope
         )
+        self.transaction.deadline.bind(self._scope)  # MessageTimeOut moves its deadline
         self.performer = Performer(
             self.session,
             self.client,
@@ -145,8 +146,11 @@ class Connection:
                         raise  # our bug: the internal error below
                     farewell, ended = exc.reply, self._log_ending(exc)
             if self._scope.cancelled_caught:
+                timed_out = self.transaction.deadline.expired()
                 if self.transaction.client_left:
                     ended = "client disconnected"
+                elif timed_out is not None:  # MessageTimeOut (message_deadline.py)
+                    farewell, ended = timed_out.reply, self._log_ending(timed_out)
                 else:
                     self.log.warning("session cut short by shutdown")
                     farewell, ended = SHUTTING_DOWN, "shutdown"

@@ -19,6 +19,11 @@ from trio_proxsmtp.protocol.smtp.reader import ClientReader
 
 __all__ = ["SocketPeek"]
 
+# The flags as plain ints: `socket.MSG_PEEK | socket.MSG_DONTWAIT` is an IntFlag `|`, a
+# Python call into enum.py on every peek.
+_PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
+_DONTWAIT = int(socket.MSG_DONTWAIT)
+
 
 class SocketPeek:
     """Peeks at one accepted socket; built once per connection (a socket object per
@@ -35,7 +40,7 @@ class SocketPeek:
         watcher keeps them, read `size` at a time) to look behind them."""
         sock = self._sock
         try:
-            if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+            if sock.recv(1, _PEEK) == b"":
                 return True
         except BlockingIOError:
             return False
@@ -43,7 +48,7 @@ class SocketPeek:
             return True
         while reader.buffered_size < keep:
             try:
-                data = sock.recv(size, socket.MSG_DONTWAIT)
+                data = sock.recv(size, _DONTWAIT)
             except BlockingIOError:
                 return False
             except OSError:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 
 import trio
 
@@ -39,21 +40,35 @@ def _broken(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError
 class FastPath:
     """The fast calls of one connection side (one counter for fairness)."""
 
-    __slots__ = ("_blocked", "_calls")
+    __slots__ = ("_blocked", "_calls", "_raw", "_stream")
 
     def __init__(self) -> None:
         self._calls = 0  # fast calls since the last normal one
         self._blocked = False  # the last receive would have blocked
+        # The stream last asked about and its stdlib socket (None: not a SocketStream, or
+        # a trio without `_sock`): looked up once per stream, not per call (trio's
+        # `fileno` is a Python method, two a read or write).  Its `fileno()` is -1 once
+        # trio closed it, so a closed socket is never written to by number.
+        self._stream: trio.abc.Stream | None = None
+        self._raw: socket.socket | None = None
 
-    def _socket(self, stream: trio.abc.Stream) -> trio.SocketStream | None:
-        """The stream to try, or None: take the normal path."""
-        if not isinstance(stream, trio.SocketStream):
+    def _socket(self, stream: trio.abc.Stream) -> socket.socket | None:
+        """The stdlib socket to try, or None: take the normal path."""
+        if stream is not self._stream:
+            self._stream = stream
+            raw = (
+                getattr(stream.socket, "_sock", None)
+                if isinstance(stream, trio.SocketStream)
+                else None
+            )
+            self._raw = raw if isinstance(raw, socket.socket) else None
+        if self._raw is None:
             return None
         self._calls += 1
         if self._calls >= FAIR_EVERY:
             self._calls = 0
             return None
-        return stream
+        return self._raw
 
     async def receive(
         self, stream: trio.abc.Stream, size: int, *, later: bool = False
@@ -64,15 +79,15 @@ class FastPath:
         it usually is by then; waiting at once would cost an epoll registration and a
         wake-up for nearly every answer."""
         self._blocked = False
-        socket_stream = self._socket(stream)
-        if socket_stream is None:
+        raw = self._socket(stream)
+        if raw is None:
             return None
         if later:
             await trio.lowlevel.checkpoint()
             self._calls = 0  # this one yielded
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
-        fd = socket_stream.socket.fileno()
+        fd = raw.fileno()
         if fd < 0:
             return None
         try:
@@ -87,13 +102,12 @@ class FastPath:
     async def send(self, stream: trio.abc.Stream, data: bytes) -> int:
         """How many bytes of `data` were written at once; the caller sends the rest the
         normal way (all of it when 0)."""
-        socket_stream = self._socket(stream) if data else None
-        if socket_stream is None:
+        raw = self._socket(stream) if data else None
+        if raw is None:
             return 0
         await trio.lowlevel.checkpoint_if_cancelled()
-        sock = socket_stream.socket
-        fd = sock.fileno()
-        if fd < 0 or sock.did_shutdown_SHUT_WR:
+        fd = raw.fileno()
+        if fd < 0 or stream.socket.did_shutdown_SHUT_WR:  # type: ignore[attr-defined]
             return 0
         try:
             return os.write(fd, data)

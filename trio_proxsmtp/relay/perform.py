@@ -63,6 +63,11 @@ from trio_proxsmtp.stages.policy import PolicyClient
 
 __all__ = ["Performer"]
 
+# What a message's end under TLS does inside one client watch: our DATA or a replayed
+# envelope, the replay (and the log lines between); a client read or a reply to the
+# client ends the watch first.
+_WATCHED = (SendUpstream, SendMessage, Summary, Log)
+
 
 class Performer:
     """Does one connection's session actions; see the module docstring."""
@@ -136,13 +141,18 @@ class Performer:
 
     # -- the actions ----------------------------------------------------------------------
 
-    async def perform(self, actions: list[Action]) -> None:
+    async def perform(self, actions: list[Action], watched: list[Action] | None = None) -> None:
         """Do the session's actions in order; an upstream reply goes back to the session,
         whose next actions are done before the rest of this list.  (A loop over a work
-        list, not a recursion: several actions a message, each a coroutine less.)"""
-        todo = actions[::-1]  # popped from the end: next action last
+        list, not a recursion: several actions a message, each a coroutine less.)
+        `watched`: an outer call's work list, done here under its client watch up to the
+        first action that is not for a message's end (`_WATCHED`)."""
+        todo = actions[::-1] if watched is None else watched  # popped from the end
         while todo:
             action = todo.pop()
+            if watched is not None and not isinstance(action, _WATCHED):
+                todo.append(action)  # the outer call does it, once the watch is over
+                return
             if isinstance(action, SendClient):
                 if not self.session.in_message:
                     # The message's fate is decided: its spools go before the client hears it.
@@ -159,12 +169,21 @@ class Performer:
                 # reads for the other commands.
                 timed = action.purpose is Purpose.DATA
                 started = trio.current_time() if timed else 0.0
-                if watching:
-                    # (Our DATA, a replayed envelope: under MessageTimeOut.)
-                    with self.transaction.deadline.stage("the next server's reply"):
-                        async with self.client.watch(self.transaction.left):
+                if watching and watched is None:
+                    # (Our DATA, a replayed envelope: under MessageTimeOut.)  One watch for
+                    # the message's end: the replay's and the commit's nest in it
+                    # (ClientChannel.watch); a watch task each cost ~380 Python calls, a
+                    # third of a plain message's (bench/PROFILE.md, phase 5).
+                    async with self.client.watch(self.transaction.left):
+                        with self.transaction.deadline.stage("the next server's reply"):
                             reply = await self.upstream.command(Outgoing(action.line, trace))
-                elif self.session.in_message:
+                        seconds = trio.current_time() - started if timed else 0.0
+                        todo.extend(
+                            reversed(self.session.handle(UpstreamReply(reply, seconds=seconds)))
+                        )
+                        await self.perform([], todo)
+                    continue
+                if self.session.in_message:  # (under TLS: inside the watch above)
                     with self.transaction.deadline.stage("the next server's reply"):
                         reply = await self.upstream.command(Outgoing(action.line, trace))
                 else:

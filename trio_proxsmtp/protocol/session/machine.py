@@ -52,7 +52,7 @@ class Session(SessionState):
         try:
             if type(event) is UpstreamReply:
                 exchange = self._answered(event)
-                if carries_message(exchange):
+                if event.seconds and carries_message(exchange):  # (timed: our DATA, the replay)
                     self.facts.upstream += event.seconds
                 what = exchange.purpose if isinstance(exchange, SendUpstream) else type(exchange)
                 move = TABLE.get((self.state, what))

@@ -158,9 +158,15 @@ class DataReceiver:
 
 
 class DataSender:
-    """Message bytes -> upstream wire bytes: CRLF-normalised and dot-stuffed."""
+    """Message bytes -> upstream wire bytes: CRLF-normalised and dot-stuffed.
 
-    def __init__(self) -> None:
+    `clean`: the caller vouches that every CR and LF it feeds is part of a CRLF pair (a
+    `DataReceiver`'s output, as spooled): the line-end check is skipped, three
+    `bytes.count` passes over every chunk (about 2 ms per MB here, a third of a large
+    message's CPU).  A bare line end fed anyway goes out as it is."""
+
+    def __init__(self, *, clean: bool = False) -> None:
+        self._clean = clean
         self._at_line_start = True
         self._held_cr = False
         self._held_nuls = 0  # NULs that start a line, held until the next byte decides
@@ -213,7 +219,7 @@ class DataSender:
 
     def _encode(self, data: bytes) -> bytes:
         """Normalise `data` (no trailing CR) and double every dot that starts a line."""
-        wire = _normalise_line_ends(data)
+        wire = data if self._clean else _normalise_line_ends(data)
         at_line_start = self._at_line_start
         wire = self._stuffed_dots(wire)
         if self._after_nuls or b"\x00" in wire:
