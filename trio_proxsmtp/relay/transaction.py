@@ -209,7 +209,7 @@ class Transaction:
     async def stream(self, action: Action) -> list[Action]:
         """Skip mode: the client's message goes straight upstream, unfiltered; the
         upstream's reply to it goes to the session (docs/behaviour.md)."""
-        sender = DataSender()
+        sender = DataSender(clean=True)  # the DATA reader's output: CRLF-normalised
         item = Outgoing(b"")
 
         async def forward(body: bytes, done: bool) -> None:
@@ -238,8 +238,10 @@ class Transaction:
         message: Spool | EditedMessage = self.edited or spooled
         if action.bdat:
             return await self._replay_bdat(message)
-        sender = DataSender()
         inserter = self._header_inserter()
+        # The client's own DATA, as spooled, is CRLF-normalised already: skip the check.
+        received = self.output is None and self.edited is None and self.chunks_started is None
+        sender = DataSender(clean=received and inserter is None)
         sent = 0
         pending = b""  # held back one chunk, so the last one goes out with the "."
         # A plain socket is peeked at before the final "."; another stream is watched.
