@@ -74,6 +74,22 @@ async def test_exim_next_server_plain_8bit_utf8(
     assert line.group(1) == "utf8esmtp", line.group(0)  # SMTPUTF8 reached Exim
 
 
+def tls_errors(exim: Exim) -> list[str]:
+    """Exim's complaints of a TLS session that ended without a close_notify (logged
+    before the message's local delivery as a server, before its "=>" line as a client),
+    but for the fixture's own check of its TLS port, which closes in the handshake."""
+    lines = exim.mainlog().splitlines()
+    return [line for line in lines if "non-properly" in line and "gnutls_handshake" not in line]
+
+
+async def received_over_tls(exim: Exim, pattern: str) -> None:
+    """Exim received a message over TLS (its "<=" line matches `pattern`), and the proxy
+    ended that TLS session with a close_notify (docs/behaviour.md §11.26)."""
+    received = await wait_log(exim, rf"^\S+ \S+ (\S+) {pattern}")  # date, time, id
+    await wait_log(exim, rf"{re.escape(received.group(1))} Completed")
+    assert tls_errors(exim) == []
+
+
 @pytest.mark.interop(TO_EXIM, "STARTTLS")
 async def test_exim_next_server_starttls(
     exim: Exim, tmp_path: Path, test_certificates: TestCertificates, request: pytest.FixtureRequest
@@ -87,7 +103,7 @@ async def test_exim_next_server_starttls(
     ):
         replies = await client.send_message("tls@exim.test", ["r@next.test"], message("x"))
         assert replies[-1].code == 250, replies
-    await wait_log(exim, r"<= tls@exim\.test .*P=esmtps .*X=TLS1\.3")
+    await received_over_tls(exim, r"<= tls@exim\.test .*P=esmtps .*X=TLS1\.3")
 
 
 @pytest.mark.interop(TO_EXIM, "implicit TLS")
@@ -103,7 +119,7 @@ async def test_exim_next_server_tls_on_connect(
     ):
         replies = await client.send_message("smtps@exim.test", ["r@next.test"], message("x"))
         assert replies[-1].code == 250, replies
-    await wait_log(exim, r"<= smtps@exim\.test .*P=esmtps .*X=TLS1\.3")
+    await received_over_tls(exim, r"<= smtps@exim\.test .*P=esmtps .*X=TLS1\.3")
 
 
 @pytest.mark.interop(TO_EXIM, "BDAT")
@@ -266,6 +282,7 @@ async def test_exim_client_starttls_verified(
         await inject(exim, proxy.port, message("tls"), "tls@proxy.test", tls="yes")
     await wait_log(exim, r"=> tls@proxy\.test .*X=TLS1\.3\S* CV=yes")
     assert len(up.transactions) == 1
+    assert tls_errors(exim) == []  # the proxy's close_notify (docs/behaviour.md §11.26)
 
 
 @pytest.mark.interop(FROM_EXIM, "implicit TLS")
@@ -278,6 +295,7 @@ async def test_exim_client_tls_on_connect(
         await inject(exim, proxy.tls_port, message("smtps"), "smtps@proxy.test", tls="implicit")
     await wait_log(exim, r"=> smtps@proxy\.test .*T=proxy_smtps .*X=TLS1\.3\S* CV=yes")
     assert len(up.transactions) == 1
+    assert tls_errors(exim) == []
 
 
 @pytest.mark.interop(FROM_EXIM, "filter rejection → bounce")

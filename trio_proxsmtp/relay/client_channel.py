@@ -39,6 +39,7 @@ from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.deadlines import ClientDeadlines
 from trio_proxsmtp.relay.departure import SocketPeek
 from trio_proxsmtp.relay.fast_io import FastPath
+from trio_proxsmtp.relay.tls_streams import tls_stream
 
 __all__ = ["ClientChannel", "ClientGone", "ClientTimeout", "Drained"]
 
@@ -276,9 +277,8 @@ class ClientChannel:
                 # Plain text sent after STARTTLS, before the handshake: never run it as
                 # commands of the TLS session (the STARTTLS command injection attack).
                 self.log.warning("discarded %d bytes sent right after STARTTLS", boundary.discarded)
-        # https_compatible: a client may close without close_notify (most SMTP clients do
-        # after QUIT), and our close must not wait for the client to read one.
-        stream = trio.SSLStream(self.stream, context, server_side=True, https_compatible=True)
+        # Our close sends a close_notify; the client's is not required (tls_streams.py).
+        stream = tls_stream(self.stream, context, server_side=True)
         with trio.move_on_after(self.timeout) as scope:
             try:
                 await stream.do_handshake()
@@ -382,5 +382,5 @@ class ClientChannel:
         if self._peek is not None:
             self._peek.detach()
             self._peek = None
-        # (TLS: https_compatible, so no close_notify to wait on; the socket closes.)
+        # (TLS: a close_notify goes first, under the connection's close deadline.)
         await self.stream.aclose()

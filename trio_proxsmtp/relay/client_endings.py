@@ -7,6 +7,7 @@ import logging
 
 from trio_proxsmtp.protocol.errors import ProxyError, RemoteError
 from trio_proxsmtp.relay.endings import CLIENT_TIMEOUT, SHUTTING_DOWN, Ending
+from trio_proxsmtp.relay.tls_streams import closed_without_notify
 
 __all__ = ["ClientGone", "ClientTimeout", "Drained"]
 
@@ -21,6 +22,8 @@ class ClientGone(Ending, RemoteError):
 
 def stream_gone(exc: Exception) -> ClientGone:
     """The `ClientGone` for a stream error (`BrokenResourceError`, `ClosedResourceError`)."""
+    if closed_without_notify(exc):  # under TLS: a close, not a reset
+        return ClientGone("closed the connection")
     return ClientGone(str(exc) or "connection reset")
 
 
