@@ -12,6 +12,7 @@ tests/hostile/test_hostile_quit_then_leave.py keeps the rule without PIPELINING)
 from __future__ import annotations
 
 import contextlib
+import logging
 import ssl
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 import trio
 from hostile_support import MESSAGE, proxied
 
+from trio_proxsmtp.common.log import LOGGER_NAME
 from trio_proxsmtp.testing import FakeUpstream
 from trio_proxsmtp.testing.certs import TestCertificates
 from trio_proxsmtp.testing.client import FakeClient
@@ -95,8 +97,9 @@ async def test_bdat_last_and_quit_then_half_close_is_delivered_once() -> None:
 
 @pytest.mark.parametrize("close_notify", [True, False])
 async def test_dot_and_quit_then_half_close_under_tls(
-    close_notify: bool, test_certificates: TestCertificates
+    close_notify: bool, test_certificates: TestCertificates, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER_NAME)
     # Under TLS the end of stream is seen by the watcher (no peek at the socket), here
     # while the filter runs; only a close_notify leaves the connection able to carry our
     # replies.
@@ -120,6 +123,8 @@ async def test_dot_and_quit_then_half_close_under_tls(
                         await client.read_reply()
             await up.wait_until(lambda: up.active_connections == 0)
             assert len(up.transactions) == (1 if close_notify else 0)
+    left = "client disconnected before its message was answered (after pipelining 6 bytes)"
+    assert (left in caplog.text) is not close_notify
 
 
 async def wait_for_file(path: Path) -> None:

@@ -39,7 +39,7 @@ from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.deadlines import ClientDeadlines
 from trio_proxsmtp.relay.departure import SocketPeek
 from trio_proxsmtp.relay.fast_io import FastPath
-from trio_proxsmtp.relay.tls_streams import tls_stream
+from trio_proxsmtp.relay.tls_streams import closed_without_notify, tls_stream
 
 __all__ = ["ClientChannel", "ClientGone", "ClientTimeout", "Drained"]
 
@@ -328,8 +328,8 @@ class ClientChannel:
 
     async def _tls_end_is_clean(self) -> bool:
         """Whether the stream can still carry replies after its end: always in clear;
-        under TLS only after a close_notify (a bare end of stream leaves Trio's stream
-        broken, a clean one answers end of stream again)."""
+        under TLS only after a close_notify (which answers end of stream again; after a
+        bare end of stream, Trio's stream is broken)."""
         if not isinstance(self.stream, trio.SSLStream):
             return True
         try:
@@ -352,9 +352,10 @@ class ClientChannel:
             while self.reader.buffered_size < MAX_PENDING_INPUT and not self.eof:
                 try:
                     data = await self.stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     data = b""
-                    self.reader.discard_buffered()
+                    if not closed_without_notify(exc):
+                        self.reader.discard_buffered()  # a reset
                 if data:
                     self.metrics.bytes_received("client", len(data))
                     self.reader.feed(bytes(data))
