@@ -153,6 +153,36 @@ def test_no_blank_line_and_no_final_newline() -> None:
     assert insert(b"X: h", b"A: 1\r\nB: 2") == b"A: 1\r\nB: 2\r\nX: h\r\n"
 
 
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        # The body starts without the blank line (CPython's msg_35): before it, so a
+        # signer's body hash still holds (docs/behaviour.md §7.2).
+        (b"A: 1\r\nB: 2\r\nno blank line\r\nbody\r\n", b"A: 1\r\nB: 2\r\nX: h\r\nno blank"),
+        (b"A: 1\r\n folded\r\n\tagain\r\nbody\r\n", b"A: 1\r\n folded\r\n\tagain\r\nX: h\r\nbody"),
+        (b"From someone Fri Apr 06\r\nA: 1\r\n\r\n", b"X: h\r\nFrom someone"),  # mbox line
+        (b" starts folded\r\nA: 1\r\n\r\n", b"X: h\r\n starts folded"),  # nothing to fold
+        (b": no name\r\n\r\n", b"X: h\r\n: no name"),
+        (b"A\x80: 1\r\n\r\n", b"X: h\r\nA\x80: 1"),
+        (b"A: 1\r\nno colon", b"A: 1\r\nX: h\r\nno colon"),
+        (b"A: 1\r\nname-without-colon", b"A: 1\r\nX: h\r\nname-without-colon"),
+        (b"A: 1\r\n" + b"n" * 999 + b": v\r\n", b"A: 1\r\nX: h\r\nnnn"),  # too long a name
+    ],
+)
+def test_a_line_that_is_no_field_ends_the_header(message: bytes, expected: bytes) -> None:
+    out = insert(b"X: h", message)
+    assert out.startswith(expected)
+    assert out.replace(b"X: h\r\n", b"", 1) == message
+
+
+def test_streaming_holds_back_a_name_until_its_colon() -> None:
+    inserter = HeaderInserter(b"X: h")
+    assert inserter.feed(b"Subj") == b""
+    assert inserter.feed(b"ect: x\r\nBody") == b"Subject: x\r\n"
+    assert inserter.feed(b" text\r\n") == b"X: h\r\nBody text\r\n"
+    assert inserter.finish() == b""
+
+
 def test_final_whitespace_partial_line_is_blank() -> None:
     assert insert(b"X: h", b"A: 1\r\n  ") == b"A: 1\r\nX: h\r\n  "
 

@@ -10,8 +10,9 @@ sequence of CRLF-terminated lines (RFC 5321 §2.3.8), so a file becomes the mess
 ``canonical(file)``: every line end (LF, CR or CRLF) is CRLF, and a last line without one
 gets one (SMTP's final ``CRLF.CRLF`` supplies it). Dot-stuffing is the transfer's business,
 undone at each hop. The next server must get ``canonical(file)`` with the proxy's Header
-line inserted before the first blank line (or after the last line, if there is none), and
-nothing else changed; a client that sends bare LFs gets the same result (§5.1).
+line inserted where its header section ends (before the first blank line or line that is
+not a header field, after the last line if there is none: §7.2), and nothing else
+changed; a client that sends bare LFs gets the same result (§5.1).
 """
 
 from __future__ import annotations
@@ -35,15 +36,24 @@ def canonical(raw: bytes) -> bytes:
     return text if text.endswith(b"\r\n") or not text else text + b"\r\n"
 
 
-def with_header(message: bytes, header: bytes) -> bytes:
-    """``message`` (canonical) with ``header`` (no line end) before its first blank line."""
-    lines = message.split(b"\r\n")[:-1]
+FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
+
+
+def header_end(lines: list[bytes]) -> int:
+    """Where the header section of these lines ends (docs/behaviour.md §7.2): the first
+    blank (or whitespace-only) line, or line that is neither a field nor the continuation
+    of one; ``len(lines)`` if none."""
     for index, line in enumerate(lines):
-        if not line.strip():
-            lines.insert(index, header)
-            break
-    else:
-        lines.append(header)
+        folded = index > 0 and line[:1] in (b" ", b"\t")
+        if not line.strip() or not (FIELD.match(line) or folded):
+            return index
+    return len(lines)
+
+
+def with_header(message: bytes, header: bytes) -> bytes:
+    """``message`` (canonical) with ``header`` (no line end) where its header ends."""
+    lines = message.split(b"\r\n")[:-1]
+    lines.insert(header_end(lines), header)
     return b"".join(line + b"\r\n" for line in lines)
 
 

@@ -22,7 +22,6 @@ import trio
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.common.nursery import single_error
 from trio_proxsmtp.common.trace import show
-from trio_proxsmtp.protocol.errors import ProxyError, RemoteError
 from trio_proxsmtp.protocol.session.actions import Action
 from trio_proxsmtp.protocol.smtp.lines import LineTooLong
 from trio_proxsmtp.protocol.smtp.reader import (
@@ -35,11 +34,12 @@ from trio_proxsmtp.protocol.smtp.reader import (
     TlsBoundary,
 )
 from trio_proxsmtp.protocol.smtp.replies import Reply
+from trio_proxsmtp.relay.client_endings import ClientGone, ClientTimeout, Drained, stream_gone
 from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.deadlines import ClientDeadlines
 from trio_proxsmtp.relay.departure import SocketPeek
-from trio_proxsmtp.relay.endings import CLIENT_TIMEOUT, SHUTTING_DOWN, Ending
 from trio_proxsmtp.relay.fast_io import FastPath
+from trio_proxsmtp.relay.tls_streams import closed_without_notify, tls_stream
 
 __all__ = ["ClientChannel", "ClientGone", "ClientTimeout", "Drained"]
 
@@ -48,39 +48,8 @@ RECEIVE_SIZE = 64 * 1024
 MAX_PENDING_INPUT = 64 * 1024
 
 
-class ClientGone(Ending, RemoteError):
-    """The client closed or reset the connection: there is nobody left to tell."""
-
-    level = logging.INFO
-    log_format = "client disconnected: %s"
-    ended = "client disconnected"
-
-
-def _gone(exc: Exception) -> ClientGone:
-    """The `ClientGone` for a stream error (`BrokenResourceError`, `ClosedResourceError`)."""
-    return ClientGone(str(exc) or "connection reset")
-
-
-class ClientTimeout(Ending, RemoteError):
-    """The client said nothing for TimeOut seconds, or a record's deadline passed; the
-    message says which.  The client is told so (421 4.4.2)."""
-
-    log_format = "network operation timed out: %s"
-    ended = "client timed out"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, CLIENT_TIMEOUT)
-
-
-class Drained(Ending, ProxyError):
-    """Shutdown reached a session waiting for its next command: it ends with 421 4.3.2.
-    Nobody's fault (a `ProxyError`, neither remote nor local)."""
-
-    level = logging.INFO
-    log_format = "shutting down: %s"
-
-    def __init__(self) -> None:
-        super().__init__("closing an idle session", SHUTTING_DOWN)
+def _never() -> bool:
+    return False
 
 
 class ClientChannel:
@@ -103,7 +72,10 @@ class ClientChannel:
         self.log = log
         self.trace = log.isEnabledFor(logging.DEBUG)
         self.reader = ClientReader()
-        self.eof = False  # the watcher saw the client's end of file
+        self.eof = False  # the watcher (or the peek) saw the client's end of file
+        self.left = False  # ... and it meant the client is gone (not a half-close)
+        # Whether PIPELINING was offered to this client (set by the connection).
+        self.pipelining_offered: Callable[[], bool] = _never
         self._draining = False
         self._idle_scope: trio.CancelScope | None = None
         self._fast = FastPath()  # try the socket call before waiting (fast_io.py)
@@ -221,7 +193,7 @@ class ClientChannel:
         try:
             fast = await self._fast.receive(self.stream, RECEIVE_SIZE, later=answer)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise _gone(exc) from exc
+            raise stream_gone(exc) from exc
         if fast is not None:
             self.metrics.bytes_received("client", len(fast))
         return fast
@@ -255,7 +227,7 @@ class ClientChannel:
                 self.metrics.bytes_received("client", len(data))
                 return data
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise _gone(exc) from exc
+                raise stream_gone(exc) from exc
             finally:
                 if stressed > 0:
                     del waiting[scope]
@@ -276,7 +248,7 @@ class ClientChannel:
         try:
             sent = await self._fast.send(self.stream, data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise _gone(exc) from exc
+            raise stream_gone(exc) from exc
         if sent == len(data):
             self.metrics.bytes_sent("client", sent)
             return
@@ -284,7 +256,7 @@ class ClientChannel:
             try:
                 await self.stream.send_all(data[sent:] if sent else data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise _gone(exc) from exc
+                raise stream_gone(exc) from exc
         if scope.cancelled_caught:
             raise ClientGone("timed out writing to the client")
         self.metrics.bytes_sent("client", len(data))
@@ -306,9 +278,8 @@ class ClientChannel:
                 # Plain text sent after STARTTLS, before the handshake: never run it as
                 # commands of the TLS session (the STARTTLS command injection attack).
                 self.log.warning("discarded %d bytes sent right after STARTTLS", boundary.discarded)
-        # https_compatible: a client may close without close_notify (most SMTP clients do
-        # after QUIT), and our close must not wait for the client to read one.
-        stream = trio.SSLStream(self.stream, context, server_side=True, https_compatible=True)
+        # Our close sends a close_notify; the client's is not required (tls_streams.py).
+        stream = tls_stream(self.stream, context, server_side=True)
         with trio.move_on_after(self.timeout) as scope:
             try:
                 await stream.do_handshake()
@@ -334,18 +305,38 @@ class ClientChannel:
 
     def has_left(self) -> bool:
         """Whether the client has left: its end of stream came before its message was
-        answered, whatever it pipelined before (QUIT included: docs/behaviour.md §5).
-        A peek at a plain socket (departure.py); a stream that is not is watched."""
-        if self.eof:
-            return True
-        if not self.peekable:
-            return False  # watched instead (`watch`)
+        answered, whatever it pipelined before (QUIT included: docs/behaviour.md §5), but
+        for a half-close (`_ended`).  A peek at a plain socket (departure.py); a stream
+        that is not is watched."""
+        if self.eof or not self.peekable:
+            return self.left  # (not peekable: watched instead, `watch`)
         if self._peek is None:
             assert self.info.socket is not None
             self._peek = SocketPeek(self.info.socket)
-        left = self._peek.left(self.reader, self.metrics, keep=MAX_PENDING_INPUT, size=RECEIVE_SIZE)
-        self.eof = left
-        return left
+        if self._peek.left(self.reader, self.metrics, keep=MAX_PENDING_INPUT, size=RECEIVE_SIZE):
+            self._ended()
+        return self.left
+
+    def _ended(self, *, usable: bool = True) -> None:
+        """The client's end of stream is here.  It left, unless it is a half-close: a
+        client offered PIPELINING sent QUIT with its message's end, and waits for the
+        replies (RFC 2920; docs/behaviour.md §11.25); `usable`: our replies can still go
+        (under TLS, only after a close_notify)."""
+        self.eof = True
+        self.left = not (usable and self.pipelining_offered() and self.reader.quit_with_end())
+        if not self.left:
+            self.log.debug("client half-closed after a QUIT pipelined with its message's end")
+
+    async def _tls_end_is_clean(self) -> bool:
+        """Whether the stream can still carry replies after its end: always in clear;
+        under TLS only after a close_notify (which answers end of stream again; after a
+        bare end of stream, Trio's stream is broken)."""
+        if not isinstance(self.stream, trio.SSLStream):
+            return True
+        try:
+            return await self.stream.receive_some(1) == b""
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
 
     @asynccontextmanager
     async def watch(self, on_left: Callable[[], None]) -> AsyncIterator[None]:
@@ -354,21 +345,25 @@ class ClientChannel:
         Bytes it pipelines meanwhile are kept (bounded) for the next command.  End of file
         means the client left, whatever it pipelined before (QUIT included: it never saw
         the reply, and will send the message again): `on_left` is called (it cancels the
-        connection, so the message is not delivered; docs/behaviour.md §5).
+        connection, so the message is not delivered; docs/behaviour.md §5); but for a
+        half-close after a QUIT pipelined with the message's end (`_ended`, §11.25).
         """
 
         async def watch() -> None:
             while self.reader.buffered_size < MAX_PENDING_INPUT and not self.eof:
                 try:
                     data = await self.stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     data = b""
-                    self.reader.discard_buffered()
+                    if not closed_without_notify(exc):
+                        self.reader.discard_buffered()  # a reset
                 if data:
                     self.metrics.bytes_received("client", len(data))
                     self.reader.feed(bytes(data))
                     continue
-                self.eof = True
+                self._ended(usable=await self._tls_end_is_clean())
+                if not self.left:
+                    break  # a half-close: it waits for its replies
                 pending = self.reader.buffered_size
                 after = f" (after pipelining {pending} bytes)" if pending else ""
                 self.log.info("client disconnected before its message was answered%s", after)
@@ -396,5 +391,5 @@ class ClientChannel:
         if self._peek is not None:
             self._peek.detach()
             self._peek = None
-        # (TLS: https_compatible, so no close_notify to wait on; the socket closes.)
+        # (TLS: a close_notify goes first, under the connection's close deadline.)
         await self.stream.aclose()

@@ -100,6 +100,7 @@ class Connection:
         self._scope = trio.CancelScope()
         deadlines = ClientDeadlines.from_settings(settings.deadlines, stress)
         self.client = ClientChannel(stream, info, settings.timeout, self.log, deadlines)
+        self.client.pipelining_offered = lambda: self.session.pipelining_offered
         self.upstream = Upstream(settings.upstream, info, self.log, open_upstream)
         self.transaction = Transaction(
             settings.transaction, self.session, self.client, self.upstream, self.log, self._scope

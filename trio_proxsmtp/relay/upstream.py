@@ -30,6 +30,7 @@ from trio_proxsmtp.protocol.smtp.reply_parser import ReplyParser
 from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.fast_io import FastPath
 from trio_proxsmtp.relay.settings import OutTLSMode, UpstreamSettings
+from trio_proxsmtp.relay.tls_streams import closed_without_notify
 from trio_proxsmtp.relay.upstream_connect import (
     Opener,
     UpstreamFailure,
@@ -48,7 +49,8 @@ RECEIVE_SIZE = 64 * 1024
 
 def _disconnected(exc: Exception) -> UpstreamFailure:
     """The failure for a stream error (`BrokenResourceError`, `ClosedResourceError`)."""
-    return UpstreamFailure(f"server disconnected unexpectedly: {exc}", "closed the connection")
+    detail = "" if closed_without_notify(exc) else f": {exc}"  # (TLS: a close, no reset)
+    return UpstreamFailure(f"server disconnected unexpectedly{detail}", "closed the connection")
 
 
 @attrs.frozen

@@ -20,6 +20,7 @@ from trio_proxsmtp.protocol.proxy_header_build import client_header, encode
 from trio_proxsmtp.relay.client_info import ClientInfo, NoOriginalDestination
 from trio_proxsmtp.relay.endings import Ending, upstream_unavailable
 from trio_proxsmtp.relay.settings import OutProxyProtocol, TransparentMode, UpstreamSettings
+from trio_proxsmtp.relay.tls_streams import tls_stream
 
 __all__ = [
     "Opener",
@@ -154,7 +155,7 @@ async def tls_handshake(
     timeout, a closed connection), and the client gets 421 4.7.0."""
     context = settings.tls_context
     assert context is not None, "OutTLS is on, so the config loader built its context"
-    tls = trio.SSLStream(stream, context, server_hostname=name, https_compatible=True)
+    tls = tls_stream(stream, context, server_hostname=name)  # (closes with a close_notify)
     with trio.move_on_after(settings.timeout) as scope:
         try:
             await tls.do_handshake()

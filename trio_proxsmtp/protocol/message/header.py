@@ -4,8 +4,8 @@ Pure: no I/O. Differences from proxsmtpd 1.10, on purpose:
 
 * ``%d`` is an RFC 5322 date with a correct ``+HHMM`` offset (1.10 printed ``asctime`` and
   wrote the offset minutes as seconds, B9).
-* A message with no blank line gets the header appended after its last line (1.10 silently
-  dropped the header).
+* A message with no blank line gets the header before its first line that is not a header
+  field, or after its last line (1.10 silently dropped the header).
 * The header is CRLF-clean: a ``\\n`` or ``\\r`` in the template that is not part of a CRLF
   becomes CRLF (docs/behaviour.md §5.1), and trailing line breaks are removed so the header
   can never end the header block early.
@@ -76,22 +76,35 @@ def _crlf_clean(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
+# A header field's name: printable US-ASCII but ":" (RFC 5322 §2.2; message/edit.py).
+_NAME = frozenset(range(33, 127)) - {ord(":")}
+_SPACE = frozenset(b" \t\r\x0b\x0c")  # what bytes.strip() removes, but the line end
+_FOLD = frozenset(b" \t")  # a continuation line starts with one
+# Longer than a line may be (RFC 5322 §2.1.1) without a ":": not a field name.
+MAX_NAME = 998
+_LF = ord("\n")
+
+
 class HeaderInserter:
     """Streams a message (CRLF lines) through, adding the header where docs/behaviour.md §7.2 says.
 
-    ``Received:`` headers go first. Any other header goes just before the first blank
-    (empty or whitespace-only) line, or, with no blank line, after the last line. Only a
-    partial line that is still all whitespace is held back, so memory stays bounded by
-    what a peer could make whitespace-only, and the output never depends on how the input
-    was split.
+    ``Received:`` headers go first. Any other header goes just before the first line that
+    ends the header section: a blank (empty or whitespace-only) line, or a line that is
+    neither a header field (a name of printable characters, then ":") nor the continuation
+    of one (it starts with a space or a tab), as message/edit.py reads the header; with
+    neither, after the last line. Only the start of a line still undecided is held back
+    (whitespace, or up to MAX_NAME bytes of a name), and the output never depends on how
+    the input was split.
     """
 
     def __init__(self, header: bytes) -> None:
         self._header = header + CRLF
         self._prepend = header[:9].lower() == b"received:"
         self._done = False
-        self._pending = bytearray()  # the current line so far, while it is all whitespace
-        self._dirty = False  # the current line has a non-whitespace byte (already emitted)
+        self._pending = bytearray()  # the current line so far, while it is undecided
+        self._name = False  # the pending bytes are the start of a field name
+        self._dirty = False  # the current line is a field or a continuation (emitted)
+        self._fields = False  # a field was seen: a line starting with space continues it
 
     def feed(self, data: bytes) -> bytes:
         """Return the bytes to send now for ``data``."""
@@ -101,41 +114,59 @@ class HeaderInserter:
             self._done = True
             return self._header + data
         out = bytearray()
+        pending = self._pending
         pos, n = 0, len(data)
         while pos < n:
-            nl = data.find(b"\n", pos)
-            end = n if nl < 0 else nl + 1
-            segment = data[pos:end]
-            if self._dirty:
-                out += segment
-            elif segment.strip():
-                out += self._pending
-                out += segment
-                self._pending.clear()
-                self._dirty = True
-            else:
-                self._pending += segment
-            pos = end
-            if nl >= 0:
-                if not self._dirty:  # a complete blank line: the header goes before it
-                    out += self._header
-                    out += self._pending
-                    self._pending.clear()
-                    self._done = True
+            if self._dirty:  # the rest of a field's line goes as it is
+                nl = data.find(b"\n", pos)
+                if nl < 0:
                     out += data[pos:]
                     break
+                out += data[pos : nl + 1]
+                pos = nl + 1
                 self._dirty = False
+                continue
+            byte = data[pos]
+            if self._name:
+                if byte == 58:  # ":" ends a field name
+                    self._fields = self._dirty = True
+                elif byte not in _NAME or len(pending) >= MAX_NAME:
+                    return self._insert(out, data[pos:])  # not a field: the body
+            elif byte == _LF:
+                return self._insert(out, data[pos:])  # a blank line
+            elif byte not in _SPACE:
+                if pending:  # after white space: a continuation, or the body
+                    if pending[0] not in _FOLD or not self._fields:
+                        return self._insert(out, data[pos:])
+                    self._dirty = True
+                elif byte in _NAME:
+                    self._name = True
+                else:
+                    return self._insert(out, data[pos:])  # not a field: the body
+            if self._dirty:
+                out += pending
+                pending.clear()
+                self._name = False
+            else:
+                pending.append(byte)
+                pos += 1
+        return bytes(out)
+
+    def _insert(self, out: bytearray, rest: bytes) -> bytes:
+        """The header, then the held-back start of the current line and the rest."""
+        out += self._header
+        out += self._pending
+        out += rest
+        self._pending.clear()
+        self._done = True
         return bytes(out)
 
     def finish(self) -> bytes:
         """Return what is left at the end of the message (the header, if still pending)."""
         if self._done:
             return b""
-        self._done = True
-        if self._pending:  # a final whitespace-only line without a newline is blank too
-            tail = self._header + bytes(self._pending)
-            self._pending.clear()
-            return tail
-        if self._dirty:  # the last line had no newline: end it first
+        if self._dirty:  # the last line, a field, had no newline: end it first
+            self._done = True
             return CRLF + self._header
-        return self._header
+        # (a final partial line, whitespace or a name without ":", ends the header too)
+        return self._insert(bytearray(), b"")

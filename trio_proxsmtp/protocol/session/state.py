@@ -73,6 +73,12 @@ class SessionState:
             return None
         return "ESMTP" if line[:4].upper() == b"EHLO" else "SMTP"
 
+    @property
+    def pipelining_offered(self) -> bool:
+        """Our reply to the client's EHLO offered PIPELINING (RFC 2920): it may end a
+        pipelined group with QUIT and half-close (docs/behaviour.md §11.25)."""
+        return self.policy.pipelining and self.protocol_name == "ESMTP"
+
     def dispatch(self, command: Command, *, entry: bool = False) -> list[Action]:
         """A client command through the gates; `Session` (machine.py) implements it."""
         raise NotImplementedError

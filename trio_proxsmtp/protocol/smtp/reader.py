@@ -99,6 +99,7 @@ class NeedData:
 
 ClientEvent = Line | LineTooLong | Body | Chunk | Skipped | TlsBoundary | NeedData
 NEED_DATA = NeedData()
+QUIT = b"QUIT\r\n"
 
 
 class ClientReader:
@@ -113,6 +114,10 @@ class ClientReader:
         self._chunk: ChunkReader | None = None
         # MESSAGE mode: bytes fed while the line buffer is empty skip it (no copy per chunk).
         self._body = b""
+        # Bytes buffered when the message's end (final "." or LAST chunk) was framed; None
+        # once a command line is framed after it (`quit_with_end`).
+        self._after_end: int | None = None
+        self._last = False  # the chunk being read is the LAST one
 
     @property
     def mode(self) -> Mode:
@@ -150,7 +155,7 @@ class ClientReader:
         elif isinstance(action, SkipBytes):
             self.begin_skip(action.count)
         elif isinstance(action, ReceiveChunk):
-            self.begin_chunk(action.size)
+            self.begin_chunk(action.size, last=action.last)
         elif isinstance(action, StartTLS):
             return TlsBoundary(self.discard_buffered())
         return None
@@ -165,16 +170,18 @@ class ClientReader:
         self._mode = Mode.SKIP
         self._skip = self._skip_total = max(count, 0)
 
-    def begin_chunk(self, size: int) -> None:
+    def begin_chunk(self, size: int, *, last: bool = False) -> None:
         self._expect(Mode.COMMAND)
         self._mode = Mode.CHUNK
         self._chunk = ChunkReader(size)
+        self._last = last
 
     def _next_chunk(self) -> Chunk | NeedData:
         chunk = self._chunk
         assert chunk is not None
         if chunk.done:  # a zero-size chunk
             self._mode, self._chunk = Mode.COMMAND, None
+            self._end_framed(self._last)
             return Chunk(b"", True)
         data = self._lines.take_remaining()
         if not data:
@@ -184,7 +191,12 @@ class ClientReader:
             return Chunk(piece, False)
         self._lines.feed(chunk.take_remaining())
         self._mode, self._chunk = Mode.COMMAND, None
+        self._end_framed(self._last)
         return Chunk(piece, True)
+
+    def _end_framed(self, end: bool) -> None:
+        if end:
+            self._after_end = self._lines.buffered_size
 
     def peek_line(self) -> bytes | None:
         """The next complete command line buffered, without taking it (None: none, or
@@ -192,6 +204,17 @@ class ClientReader:
         if self._mode is not Mode.COMMAND:
             return None
         return self._lines.peek_line()
+
+    def quit_with_end(self) -> bool:
+        """Whether the client ended its message and a QUIT in the same breath: bytes were
+        already buffered behind the message's end when it was framed, no command was
+        framed since, and all that is buffered now is one QUIT line (RFC 2920 lets a
+        client end a pipelined group with QUIT and wait for the replies; docs/behaviour.md
+        §11.25)."""
+        if not self._after_end:
+            return False
+        line = self.peek_line()
+        return line is not None and len(line) == self.buffered_size and line.upper() == QUIT
 
     def next_event(self) -> ClientEvent:
         """The next framed piece in the current mode, or NEED_DATA."""
@@ -201,6 +224,7 @@ class ClientReader:
             line = self._lines.next_line()
             if line is None:
                 return NEED_DATA
+            self._after_end = None
             return line if isinstance(line, LineTooLong) else Line(line)
         if self._mode is Mode.SKIP:
             data = self._lines.take_remaining()
@@ -221,6 +245,7 @@ class ClientReader:
         if receiver.done:
             self._lines.feed(receiver.take_remaining())
             self._mode = Mode.COMMAND
+            self._end_framed(True)
             return Body(body, True)
         return Body(body, False)
 

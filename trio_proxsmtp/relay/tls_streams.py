@@ -1,0 +1,36 @@
+"""The relay's TLS streams, towards the client and towards the next server, and what their
+end looks like (docs/behaviour.md §11.26).
+
+Our close sends a TLS `close_notify` alert (Trio's spec-compliant mode: one alert, no wait
+for the peer's), so a peer never sees a session cut short at the TLS level (Exim logged
+"The TLS connection was non-properly terminated" for each).  Nothing requires a peer's
+close_notify in return: a peer that just closes its connection ends our read with
+`BrokenResourceError` caused by `ssl.SSLEOFError` (where Trio's HTTPS mode returned b""),
+which every read already takes for the peer leaving; `closed_without_notify` tells it
+from a reset, for the log.  A close to a peer that does not read is bounded by the
+connection's close deadline (connection.py).
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import trio
+
+__all__ = ["closed_without_notify", "tls_stream"]
+
+
+def tls_stream(
+    stream: trio.abc.Stream,
+    context: ssl.SSLContext,
+    *,
+    server_side: bool = False,
+    server_hostname: str | None = None,
+) -> trio.SSLStream[trio.abc.Stream]:
+    """`stream` under TLS (no handshake yet); its `aclose` sends a close_notify."""
+    return trio.SSLStream(stream, context, server_side=server_side, server_hostname=server_hostname)
+
+
+def closed_without_notify(exc: BaseException) -> bool:
+    """Whether a stream error is the TLS peer closing without a close_notify."""
+    return isinstance(exc.__cause__, ssl.SSLEOFError)
