@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import attrs
 import pytest
@@ -21,6 +22,7 @@ import trio.testing
 from trio_proxsmtp.common.address import Address, AddressKind
 from trio_proxsmtp.config.loader import parse_config
 from trio_proxsmtp.config.model import ConfigError
+from trio_proxsmtp.daemon import cli
 from trio_proxsmtp.daemon.listeners import bind_listeners
 from trio_proxsmtp.daemon.readiness import Readiness
 from trio_proxsmtp.daemon.reload import applicable_reload
@@ -155,3 +157,13 @@ def test_the_option_parses_and_reloads() -> None:
     new = parse_config(f"{out}DrainDelay: 20\n")
     applied, problems = applicable_reload(running, new, running.workers)
     assert applied is not None and applied.drain_delay == 20.0 and problems == []
+
+
+def test_check_mode_accepts_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "proxsmtpd.conf"
+    conf.write_text(f"OutAddress: 127.0.0.1:25\nTempDirectory: {tmp_path}\nDrainDelay: 15\n")
+    assert cli.main(["-t", "-f", str(conf)]) == 0
+    assert capsys.readouterr().out == f"config OK: {conf}\n"
+    conf.write_text(f"OutAddress: 127.0.0.1:25\nTempDirectory: {tmp_path}\nDrainDelay: later\n")
+    assert cli.main(["-t", "-f", str(conf)]) == 2
+    assert f"{conf}:3: DrainDelay: " in capsys.readouterr().err
