@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,7 +23,8 @@ import trio.testing
 from trio_proxsmtp.common.address import Address, AddressKind
 from trio_proxsmtp.config.loader import parse_config
 from trio_proxsmtp.config.model import ConfigError
-from trio_proxsmtp.daemon import cli
+from trio_proxsmtp.daemon import cli, notify
+from trio_proxsmtp.daemon.draining import Drain
 from trio_proxsmtp.daemon.listeners import bind_listeners
 from trio_proxsmtp.daemon.readiness import Readiness
 from trio_proxsmtp.daemon.reload import applicable_reload
@@ -167,3 +169,16 @@ def test_check_mode_accepts_it(tmp_path: Path, capsys: pytest.CaptureFixture[str
     conf.write_text(f"OutAddress: 127.0.0.1:25\nTempDirectory: {tmp_path}\nDrainDelay: later\n")
     assert cli.main(["-t", "-f", str(conf)]) == 2
     assert f"{conf}:3: DrainDelay: " in capsys.readouterr().err
+
+
+async def test_systemd_hears_of_the_stop_when_the_delay_starts(tmp_path: Path) -> None:
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(path)
+        notify.take_socket({"NOTIFY_SOCKET": path})
+        try:
+            Drain().stop(7)
+        finally:
+            notify.forget()
+        fields = receiver.recv(4096).decode().splitlines()
+    assert fields == ["STOPPING=1", "STATUS=draining: still accepting for 7 s"]

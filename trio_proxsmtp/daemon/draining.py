@@ -20,6 +20,7 @@ import attrs
 import trio
 
 from trio_proxsmtp.common.log import LOGGER_NAME
+from trio_proxsmtp.daemon import notify
 
 __all__ = ["Drain"]
 
@@ -46,6 +47,8 @@ class Drain:
         self.draining = True
         if delay > 0:
             log.info("draining: still accepting for %g s (DrainDelay)", delay)
+            # systemd: stopping from now on (the drain's own STATUS follows the delay).
+            notify.notify("STOPPING=1", f"STATUS=draining: still accepting for {delay:g} s")
             self.accepting.deadline = min(self.accepting.deadline, trio.current_time() + delay)
         else:
             self.accepting.cancel()
