@@ -1,6 +1,10 @@
 """The shipped HAProxy config checks /readyz (contrib/haproxy/haproxy.cfg): an instance
-drained with SIGTERM leaves the rotation while it still finishes its sessions, so that
-no new mail goes to it (docs/behaviour.md §11.13)."""
+drained with SIGTERM leaves the rotation before it refuses mail, and while it still
+finishes its sessions, so that no new mail goes to it (docs/behaviour.md §11.13).
+
+With DrainDelay the instance says 503 draining at once but accepts for DrainDelay seconds
+more: HAProxy (checks every 300 ms, fall 1) marks it DOWN long before its listener closes,
+so no client depends on HAProxy retrying a refused connection on the other instance."""
 
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from trio_proxsmtp.testing import FakeUpstream, open_client
 pytestmark = pytest.mark.integration
 
 MESSAGE = b"From: s@x\r\nSubject: t\r\n\r\nbody\r\n"
+DRAIN_DELAY = 5  # seconds; far longer than HAProxy's inter x fall (300 ms x 1)
+CLOSED = "draining: listeners closed"
 
 
 @attrs.define
@@ -42,7 +48,7 @@ async def instance(workdir: Path, up: FakeUpstream) -> AsyncIterator[Instance]:
     config.write_text(
         f"Listen: 127.0.0.1:{port}\nOutAddress: {up.address}\nTempDirectory: {workdir}\n"
         "ProxyProtocol: on\nProxyProtocolFrom: 127.0.0.1\nShutdownTimeout: 30\n"
-        f"MetricsListen: 127.0.0.1:{metrics_port}\nWorkers: 1\n"
+        f"MetricsListen: 127.0.0.1:{metrics_port}\nWorkers: 1\nDrainDelay: {DRAIN_DELAY}\n"
     )
     argv = [sys.executable, "-m", "trio_proxsmtp", "-d", "3", "-f", str(config)]
     log = workdir / "proxy.log"
@@ -91,9 +97,9 @@ async def test_a_draining_instance_leaves_the_rotation_before_it_refuses_mail(
                     else (two, one)
                 )
                 name = "proxsmtpd1" if holder is one else "proxsmtpd2"
-                # Mail keeps coming through the balancer while the instance drains: no
-                # client sees a refusal (connections sent before the check are retried on
-                # the other instance).
+                # Mail keeps coming through the balancer while the instance drains: the
+                # instance goes on accepting until HAProxy has seen its 503, so no client
+                # sees a refusal, and none needs HAProxy to retry elsewhere.
                 codes: list[int] = []
                 down = trio.Event()
 
@@ -107,7 +113,10 @@ async def test_a_draining_instance_leaves_the_rotation_before_it_refuses_mail(
                     holder.process.send_signal(signal.SIGTERM)
                     while f"proxsmtpd/{name} is DOWN" not in haproxy_log.read_text():
                         await trio.sleep(0.05)
+                    # Out of the rotation BEFORE it stops accepting.
+                    assert CLOSED not in holder.log(), holder.log()
                     down.set()
+                assert f"still accepting for {DRAIN_DELAY} s (DrainDelay)" in holder.log()
                 assert codes and set(codes) == {250}
                 # Taken out by its /readyz (503: draining), not by a failed connection.
                 went_down = next(
@@ -125,7 +134,12 @@ async def test_a_draining_instance_leaves_the_rotation_before_it_refuses_mail(
                     assert await send_through(front) == 250
                 assert other.log().count("status=") == before + 6
                 assert holder.log().count("accepted connection") == accepted
-                # The session it kept is finished with its real reply.
+                # Its listener closes after the delay; the session it kept, in the middle
+                # of its message, is finished with its real reply.
+                with trio.fail_after(DRAIN_DELAY + 10):
+                    while CLOSED not in holder.log():
+                        await trio.sleep(0.05)
+                assert holder.process.poll() is None
                 await held.send(b"Subject: held\r\n\r\nbody\r\n.\r\n")
                 assert (await held.read_reply()).code == 250
             with trio.fail_after(20):

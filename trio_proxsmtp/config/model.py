@@ -150,6 +150,10 @@ class Config:
     scanner_default_action: ScannerDefaultAction = ScannerDefaultAction.TEMPFAIL
     scanner_connect_timeout: float = 10.0
     scanner_timeout: float = 60.0
+
+    # Draining behind a balancer (issue 24; daemon/draining.py): seconds of accepting on
+    # after SIGTERM, while /readyz says draining; 0 = stop accepting at once (1.10's way).
+    drain_delay: float = 0.0
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
 
     @property

@@ -338,5 +338,7 @@ OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         ("ScannerDefaultAction", "scanner_default_action", _choice(ScannerDefaultAction)),
         ("ScannerConnectTimeout", "scanner_connect_timeout", _seconds_positive),
         ("ScannerTimeout", "scanner_timeout", _seconds_positive),
+        # Draining behind a balancer (issue 24): accept on after SIGTERM, while not ready.
+        ("DrainDelay", "drain_delay", _seconds_or_zero),
     ]
 }

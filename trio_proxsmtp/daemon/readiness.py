@@ -1,8 +1,9 @@
 """``/readyz`` on MetricsListen (docs/behaviour.md §11.13): may this instance take mail now?
 
 Ready means all of: the process is not draining (SIGTERM came: a balancer must take it out
-of rotation before it refuses mail), the next server answers a connection with a 2xx
-banner, and every configured milter accepts a connection.  The probes are ours alone: they
+of rotation before it refuses mail, which DrainDelay leaves it time to do), the next
+server answers a connection with a 2xx banner, and every configured milter accepts a
+connection.  The probes are ours alone: they
 never go through a session, so they make no summary line and no log line; their result is
 kept for CACHE_SECONDS, so a balancer checking every second (or several of them) costs the
 next server one connection per CACHE_SECONDS at most.  Draining is never cached.

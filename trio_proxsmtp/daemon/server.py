@@ -8,10 +8,11 @@ decided by admission.py; a connection behind a balancer reads its PROXY header f
 The server knows no signals: signals.py calls `stop` and `reload` (a server in a test
 leaves the signal handlers alone).  The accept loop is accepting.py's.
 
-`stop` (SIGTERM/SIGINT, fixing B14): stop accepting at once; idle sessions get
-`421 4.3.2 Service shutting down`; sessions in the middle of a message get ShutdownTimeout
-seconds to finish with their real reply, then are cancelled (filters killed, 421, nothing
-half-delivered).  A second `stop` ends the grace period at once.
+`stop` (SIGTERM/SIGINT, fixing B14): not ready at once; stop accepting at once or after
+DrainDelay seconds (draining.py); idle sessions get `421 4.3.2 Service shutting down`;
+sessions in the middle of a message get ShutdownTimeout seconds to finish with their real
+reply, then are cancelled (filters killed, 421, nothing half-delivered).  A second `stop`
+ends the delay and the grace period at once.
 
 `reload` (SIGHUP) re-reads the config file for new connections; running sessions finish on
 the config they started with; a changed Listen is logged as needing a restart and not
@@ -57,6 +58,7 @@ from trio_proxsmtp.daemon.admission import (
     counted_client,
     stress_change,
 )
+from trio_proxsmtp.daemon.draining import Drain
 from trio_proxsmtp.daemon.handoff import leave_to_other_workers
 from trio_proxsmtp.daemon.metrics_http import serve_metrics
 from trio_proxsmtp.daemon.proxy_accept import AwaitingHeader, read_client
@@ -84,10 +86,7 @@ class Server:
     metrics: Metrics = NULL_METRICS
     connections: set[Connection | AwaitingHeader] = attrs.field(factory=set)
     ids: Iterator[str] = attrs.field(factory=process_connection_ids)
-    draining: bool = False
-    _idle: trio.Event = attrs.field(factory=trio.Event)
-    _accepting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    _grace: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    _stopping: Drain = attrs.field(factory=Drain)
     _room: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
     admission: Admission = attrs.field(factory=Admission)
     stress: Stress = attrs.field(factory=Stress)
@@ -101,6 +100,11 @@ class Server:
             limits = Limits.of(config, self.worker, self.workers, self.admission.counts.shared)
             self._derived = (config, limits, relay_settings(config))
         return self._derived[1], self._derived[2]
+
+    @property
+    def draining(self) -> bool:
+        """A stop came (SIGTERM): /readyz says not ready, even while still accepting."""
+        return self._stopping.draining
 
     @property
     def limits(self) -> Limits:
@@ -153,7 +157,7 @@ class Server:
         socket_listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
         tls = [listeners.is_tls_listener(s) for s in sockets]
         async with trio.open_nursery() as connections:
-            with self._accepting:
+            with self._stopping.accepting:
                 async with trio.open_nursery() as accepting:
                     for listener, implicit_tls in zip(socket_listeners, tls, strict=True):
                         accepting.start_soon(self._accept_loop, listener, connections, implicit_tls)
@@ -174,28 +178,20 @@ class Server:
             for listener in socket_listeners:
                 listeners.shut_down_listener(listener.socket)
                 await listener.aclose()
+            log.info("draining: listeners closed, no new connections")
             await self._drain()
         log.info("shut down")
 
     def stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does); a second call ends the grace."""
-        if not self.draining:
-            self.draining = True
-            self._accepting.cancel()
-        else:
-            self._grace.cancel()
+        self._stopping.stop(self.config.drain_delay)
 
     async def _drain(self) -> None:
-        self.draining = True
         log.info("shutting down: %d sessions open", len(self.connections))
         notify.stopping()
         for connection in list(self.connections):
             connection.drain()
-        with self._grace:
-            self._grace.deadline = trio.current_time() + self.config.shutdown_timeout
-            while self.connections:
-                self._idle = trio.Event()
-                await self._idle.wait()
+        await self._stopping.wait_for_sessions(self.connections, self.config.shutdown_timeout)
         if self.connections:
             log.warning(
                 "shutdown grace period over: cutting %d sessions short", len(self.connections)
@@ -307,7 +303,7 @@ class Server:
     # -- running and ending -------------------------------------------------------------
 
     def _connection_ended(self) -> None:
-        self._idle.set()
+        self._stopping.connection_ended()
         self._room.unpark_all()
 
     def _check_stress(self) -> None:
@@ -362,7 +358,7 @@ class Server:
         )
         # What followed the header is the start of the SMTP stream.
         connection.client.reader.feed(client.remainder)
-        if self.draining:
+        if self._stopping.sessions_draining:
             connection.drain()
         await self._run_connection(connection, counted)
 

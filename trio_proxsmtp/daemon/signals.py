@@ -2,8 +2,9 @@
 
 Only the command line installs these (through `serve`); a server started in-process by a
 test (testing.run_proxy) never touches the process's signal handlers.  The receiver stays
-open through the drain: a second SIGTERM/SIGINT must end the grace period, not kill the
-process with filters and spools left behind (B14).
+open through the drain: a second SIGTERM/SIGINT must end the grace period (and the
+DrainDelay before it: draining.py), not kill the process with filters and spools left
+behind (B14).
 
 A worker of `Workers: N` also takes the supervisor's END_GRACE_SIGNAL (workers.py): the
 supervisor's second stop signal, sent as another signal so that it cannot merge with the
