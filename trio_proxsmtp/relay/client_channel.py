@@ -306,16 +306,16 @@ class ClientChannel:
                 # Plain text sent after STARTTLS, before the handshake: never run it as
                 # commands of the TLS session (the STARTTLS command injection attack).
                 self.log.warning("discarded %d bytes sent right after STARTTLS", boundary.discarded)
-        # https_compatible: a client may close without close_notify (most SMTP clients do
-        # after QUIT), and our close must not wait for the client to read one.
+        # https_compatible: clients may close without close_notify; our close never waits.
         stream = trio.SSLStream(self.stream, context, server_side=True, https_compatible=True)
         with trio.move_on_after(self.timeout) as scope:
             try:
                 await stream.do_handshake()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                reason = exc.__cause__ or exc
-                raise ClientGone(f"TLS handshake failed: {reason}") from exc
+                self.metrics.tls_handshake_failed("client")
+                raise ClientGone(f"TLS handshake failed: {exc.__cause__ or exc}") from exc
         if scope.cancelled_caught:
+            self.metrics.tls_handshake_failed("client")
             raise ClientGone("TLS handshake timed out")
         self.stream = stream
         self.peekable = False
