@@ -136,7 +136,7 @@ class MultiprocessDirectory:
         # Written by the supervisor, in files of its own pid: at zero from the start.
         self._restarts = worker_restarts_counter(None)
 
-    def worker_died(self, pid: int, replaced: bool = True) -> None:
+    def worker_died(self, pid: int, replaced: bool = False) -> None:
         """Drop the dead worker's share of the live gauges; its counters stay (see above).
         `replaced`: it died while the service runs on, and a new worker takes its place
         (not when stopping)."""
