@@ -16,11 +16,16 @@ import pytest
 import trio
 import trio.testing
 from ops_support import free_port, proxy_process, wait_for, write_config
-from test_ops_metrics import Samples, http, samples
+from test_ops_metrics import (
+    Samples,
+    http,
+    restore_multiprocess_mode,  # noqa: F401 (a fixture)
+    samples,
+)
 
 from trio_proxsmtp.config.loader import parse_config
 from trio_proxsmtp.config.settings import upstream_settings
-from trio_proxsmtp.daemon.prometheus import PrometheusMetrics
+from trio_proxsmtp.daemon.prometheus import MultiprocessDirectory, PrometheusMetrics
 from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.upstream import Upstream, UpstreamFailure
 from trio_proxsmtp.testing import FakeClient, FakeUpstream, run_proxy
@@ -187,6 +192,33 @@ async def test_with_stress_timeout_off_the_gauge_stays_at_zero() -> None:
             assert (await first.greeting()).code == 220
             assert (await second.greeting()).code == 220
             assert samples(metrics.exposition()[0])[("proxsmtpd_stress", ())] == 0
+
+
+@pytest.mark.usefixtures("restore_multiprocess_mode")
+def test_a_dead_worker_leaves_the_stress_gauge_and_a_replaced_one_is_counted(
+    tmp_path: Path,
+) -> None:
+    stress, restarts = ("proxsmtpd_stress", ()), ("proxsmtpd_worker_restarts_total", ())
+    with MultiprocessDirectory(str(tmp_path)) as directory:
+        pids = []
+        for on in (True, False):
+            pid = os.fork()
+            if pid == 0:
+                status = 1
+                try:
+                    PrometheusMetrics(multiprocess_dir=directory.path).stress_changed(on)
+                    status = 0
+                finally:
+                    os._exit(status)
+            assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+            pids.append(pid)
+        scraper = PrometheusMetrics(multiprocess_dir=directory.path)
+        found = samples(scraper.exposition()[0])
+        assert (found[stress], found[restarts]) == (1, 0)  # the highest of the workers'
+        directory.worker_died(pids[0], replaced=True)
+        directory.worker_died(pids[1], replaced=False)  # a stop: not a restart
+        found = samples(scraper.exposition()[0])
+        assert (found[stress], found[restarts]) == (0, 1)
 
 
 async def _scrape(port: int) -> Samples:
