@@ -68,6 +68,17 @@ class Metrics:
     def tls_started(self, side: str) -> None:
         """A TLS handshake with "client" or "upstream" completed."""
 
+    def tls_handshake_failed(self, side: str) -> None:
+        """A TLS handshake with "client" or "upstream" failed or timed out."""
+
+    def upstream_connect_failed(self, reason: str) -> None:
+        """The next server could not be used: "refused" (the connection failed), "timeout"
+        (TimeOut while connecting), "tls" (its TLS handshake failed) or "banner" (no 2xx
+        banner: another reply, garbage, silence or a hang-up)."""
+
+    def stress_changed(self, on: bool) -> None:
+        """Stress mode (StressTimeOut applies) went on or off in this process."""
+
     def log_lines_dropped(self, count: int) -> None:
         """`count` log lines were dropped: the syslog socket or stderr was full (the log
         handlers call it, through common/log_handlers.py `set_drop_counter`)."""

@@ -31,6 +31,14 @@ Metric names (all start with ``proxsmtpd_``):
     bytes_received_total{peer}               bytes read from "client" / "upstream"
     bytes_sent_total{peer}                   bytes written to "client" / "upstream"
     tls_sessions_total{side}                 TLS handshakes done with "client" / "upstream"
+    tls_handshake_failures_total{side}       TLS handshakes failed or timed out, with
+                                             "client" (STARTTLS, ListenTLS) / "upstream"
+    upstream_connect_failures_total{reason}  the next server could not be used: "refused"
+                                             (connecting failed), "timeout", "tls" (its
+                                             handshake failed), "banner" (no 2xx banner)
+    stress                                   1 while some worker is in stress mode, else 0
+    worker_restarts_total                    workers that died and were started again
+                                             (Workers: N; counted by the supervisor)
     log_lines_dropped_total                  log lines dropped: the syslog socket or stderr
                                              was full (docs/behaviour.md §9.4)
 
@@ -43,9 +51,11 @@ multi-process mode, in a directory that the supervisor makes before it forks the
 (`MultiprocessDirectory`) and removes when it exits; a scrape adds up the files of all
 workers, so it shows the totals.  When a worker dies, its files stay: the counts and
 histograms it made keep counting toward the totals (the replacement worker starts its own
-files), so no counter goes backwards; only its share of `connections_active` (a "livesum"
-gauge) is dropped, by `MultiprocessDirectory.worker_died`.  The totals restart from zero
-only when the whole service restarts, which Prometheus sees as an ordinary counter reset.
+files), so no counter goes backwards; only its share of the live gauges (`connections_active`, a
+"livesum", and `stress`, a "livemax") is dropped, by `MultiprocessDirectory.worker_died`,
+which also counts the restart (in the supervisor's own files there, summed like the rest).
+The totals restart from zero only when the whole service restarts, which Prometheus sees
+as an ordinary counter reset.
 
 Who serves /metrics: the process with worker index 0 (the only process with Workers: 1).
 Its listening socket is bound by the command line at start-up like Listen (so a port below
@@ -101,7 +111,8 @@ _Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
 REFUSAL_REASONS = ("busy", "proxy-untrusted", "proxy-invalid", "proxy-timeout")
 UPSTREAM_CLASSES = ("2xx", "4xx", "5xx", "none")
 FILTER_FAILURES = ("error", "timeout")
-PEERS = ("client", "upstream")  # bytes_*_total{peer}, tls_sessions_total{side}
+PEERS = ("client", "upstream")  # bytes_*_total{peer}, tls_*_total{side}
+CONNECT_FAILURES = ("refused", "timeout", "tls", "banner")
 
 
 def use_multiprocess_dir(directory: str) -> None:
@@ -122,10 +133,16 @@ class MultiprocessDirectory:
     def __init__(self, parent: str | None = None) -> None:
         self.path = tempfile.mkdtemp(prefix="proxsmtpd-metrics.", dir=parent)
         use_multiprocess_dir(self.path)
+        # Written by the supervisor, in files of its own pid: at zero from the start.
+        self._restarts = worker_restarts_counter(None)
 
-    def worker_died(self, pid: int) -> None:
-        """Drop the dead worker's share of the live gauges; its counters stay (see above)."""
+    def worker_died(self, pid: int, replaced: bool = False) -> None:
+        """Drop the dead worker's share of the live gauges; its counters stay (see above).
+        `replaced`: it died while the service runs on, and a new worker takes its place
+        (not when stopping)."""
         multiprocess.mark_process_dead(pid, self.path)  # type: ignore[no-untyped-call]
+        if replaced:
+            self._restarts.inc()
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -142,6 +159,15 @@ class MultiprocessDirectory:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def worker_restarts_counter(registry: CollectorRegistry | None) -> Counter:
+    """Counted by the supervisor; every PrometheusMetrics has it at zero (Workers: 1)."""
+    return Counter(
+        f"{PREFIX}_worker_restarts",
+        "Workers that died and were started again (Workers: N)",
+        registry=registry,
+    )
 
 
 class PrometheusMetrics(Metrics):
@@ -246,6 +272,25 @@ class PrometheusMetrics(Metrics):
         self._tls = Counter(
             name("tls_sessions"), "TLS handshakes completed, by side", ["side"], registry=registry
         )
+        self._tls_failures = Counter(
+            name("tls_handshake_failures"),
+            "TLS handshakes failed or timed out, by side",
+            ["side"],
+            registry=registry,
+        )
+        self._connect_failures = Counter(
+            name("upstream_connect_failures"),
+            "Times the next server could not be used, by reason (refused, timeout, tls, banner)",
+            ["reason"],
+            registry=registry,
+        )
+        self._stress = Gauge(
+            name("stress"),
+            "1 while stress mode (StressTimeOut) is on in some worker",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        worker_restarts_counter(registry)
         self._log_dropped = Counter(
             name("log_lines_dropped"),
             "Log lines dropped because the syslog socket or stderr was full",
@@ -269,6 +314,9 @@ class PrometheusMetrics(Metrics):
             self._child(self._received, peer)
             self._child(self._sent, peer)
             self._child(self._tls, peer)
+            self._child(self._tls_failures, peer)
+        for reason in CONNECT_FAILURES:
+            self._child(self._connect_failures, reason)
 
     def _child(self, metric: _Metric, *labels: str) -> _Metric:
         key = (id(metric), labels)
@@ -321,6 +369,15 @@ class PrometheusMetrics(Metrics):
 
     def tls_started(self, side: str) -> None:
         self._child(self._tls, side).inc()
+
+    def tls_handshake_failed(self, side: str) -> None:
+        self._child(self._tls_failures, side).inc()
+
+    def upstream_connect_failed(self, reason: str) -> None:
+        self._child(self._connect_failures, reason).inc()
+
+    def stress_changed(self, on: bool) -> None:
+        self._stress.set(1 if on else 0)
 
     def log_lines_dropped(self, count: int) -> None:
         self._log_dropped.inc(count)

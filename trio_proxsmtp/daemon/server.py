@@ -312,7 +312,7 @@ class Server:
         stressed = stress_change(len(self.connections), limits, self.stress.on)
         if stressed is None:
             return
-        self.stress.switch(stressed)
+        self.stress.switch(stressed, self.metrics)
         if stressed:
             log.warning(
                 "stress: %d of %d connections open; client waits limited to %g s (StressTimeOut)",

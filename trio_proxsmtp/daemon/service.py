@@ -151,7 +151,7 @@ def supervise(
             for path in spool.sweep_files(temp, pid):
                 log.warning("removed %s, left behind by worker pid %d", path, pid)
         if directory is not None:
-            directory.worker_died(pid)
+            directory.worker_died(pid, replaced=not supervisor.stopping)  # counts restarts
         # Its clients are gone with it: before its replacement takes its column.
         slot = supervisor.pids.get(pid)
         if table is not None and slot is not None and table.clear_worker(slot):

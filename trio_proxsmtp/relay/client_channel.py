@@ -284,9 +284,10 @@ class ClientChannel:
             try:
                 await stream.do_handshake()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                reason = exc.__cause__ or exc
-                raise ClientGone(f"TLS handshake failed: {reason}") from exc
+                self.metrics.tls_handshake_failed("client")
+                raise ClientGone(f"TLS handshake failed: {exc.__cause__ or exc}") from exc
         if scope.cancelled_caught:
+            self.metrics.tls_handshake_failed("client")
             raise ClientGone("TLS handshake timed out")
         self.stream = stream
         self.peekable = False

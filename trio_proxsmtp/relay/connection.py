@@ -32,7 +32,7 @@ from trio_proxsmtp.common.log_format import structured
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.common.nursery import single_error
 from trio_proxsmtp.common.trace import show_command
-from trio_proxsmtp.protocol.errors import LocalProtocolError, ProxyError
+from trio_proxsmtp.protocol.errors import LocalProtocolError, ProxyError, RemoteProtocolError
 from trio_proxsmtp.protocol.message.disconnect import Disconnect
 from trio_proxsmtp.protocol.session.events import (
     BadCommandLine,
@@ -55,7 +55,7 @@ from trio_proxsmtp.relay.endings import INTERNAL_ERROR, SHUTTING_DOWN, Closing, 
 from trio_proxsmtp.relay.perform import Performer
 from trio_proxsmtp.relay.settings import RelaySettings
 from trio_proxsmtp.relay.transaction import Transaction
-from trio_proxsmtp.relay.upstream import Opener, Upstream
+from trio_proxsmtp.relay.upstream import Opener, Upstream, UpstreamFailure
 from trio_proxsmtp.stages.milter.decisions import MilterContext
 from trio_proxsmtp.stages.milter.macros import client_name_macro
 from trio_proxsmtp.stages.milter.milters import Milters
@@ -245,7 +245,13 @@ class Connection:
 
     async def _relay(self) -> None:
         """The banner, then the client's commands until the session ends."""
-        [banner] = await self.upstream.exchange((), replies=1)
+        try:
+            [banner] = await self.upstream.exchange((), replies=1)
+        except (UpstreamFailure, RemoteProtocolError):  # silence, a hang-up, garbage
+            self.metrics.upstream_connect_failed("banner")
+            raise
+        if banner.code // 100 != 2:
+            self.metrics.upstream_connect_failed("banner")
         await self._perform(self.session.handle(Greeting(banner, relay=self.upstream.relay)))
         while True:
             line = await self.client.next_command()  # Drained: shutdown came first

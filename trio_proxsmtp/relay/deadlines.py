@@ -27,6 +27,7 @@ import math
 import attrs
 import trio
 
+from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.relay.settings import DeadlineSettings
 
 __all__ = ["ClientDeadlines", "Stress"]
@@ -43,9 +44,11 @@ class Stress:
         # A client read's cancel scope -> its deadline under stress (ClientChannel.receive).
         self.waiting: dict[trio.CancelScope, float] = {}
 
-    def switch(self, value: bool) -> None:
-        """Stress on or off; on also cuts the client waits under way."""
+    def switch(self, value: bool, metrics: Metrics = NULL_METRICS) -> None:
+        """Stress on or off (the `proxsmtpd_stress` gauge follows); on also cuts the client
+        waits under way."""
         self.on = value
+        metrics.stress_changed(value)
         if value:
             for scope, stressed in self.waiting.items():
                 if stressed < scope.deadline:

@@ -239,7 +239,14 @@ class Upstream:
     async def connect(self) -> None:
         """Open the stream under TimeOut (OutProxyProtocol: the PROXY header first), and for
         OutTLS: implicit the handshake, before the banner."""
-        self.stream, self.address = await connect_upstream(self._opener, self.settings, self.info)
+        try:
+            self.stream, self.address = await connect_upstream(
+                self._opener, self.settings, self.info
+            )
+        except UpstreamFailure as exc:
+            if exc.connect is not None:
+                self.metrics.upstream_connect_failed(exc.connect)
+            raise
         self.relay = relay_name(self.stream, self.address)
         self.log.debug("SERVER connected to: %s", self.relay)
         header = proxy_header(self.settings, self.info)
@@ -263,9 +270,14 @@ class Upstream:
             raise UpstreamFailure(
                 "SERVER: sent data after its reply to STARTTLS", "TLS failure", "4.7.0"
             )
-        stream = await tls_handshake(
-            self.stream, self.settings, self.server_hostname(), self.address
-        )
+        try:
+            stream = await tls_handshake(
+                self.stream, self.settings, self.server_hostname(), self.address
+            )
+        except UpstreamFailure:
+            self.metrics.tls_handshake_failed("upstream")
+            self.metrics.upstream_connect_failed("tls")
+            raise
         self.stream = stream
         self.tls = True
         self.activity = trio.current_time()

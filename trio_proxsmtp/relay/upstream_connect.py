@@ -42,11 +42,14 @@ class UpstreamFailure(Ending, RemoteError):
     """The upstream could not be reached, went away, timed out or broke the protocol; the
     client is told 421 with `reason` (the real error is the message, for the log)."""
 
-    def __init__(self, message: str, reason: str, status: str = "4.4.1") -> None:
+    def __init__(
+        self, message: str, reason: str, status: str = "4.4.1", connect: str | None = None
+    ) -> None:
         super().__init__(message, upstream_unavailable(reason, status))
         self.reason = reason  # the short form the client sees in its 421
         self.status = status  # the enhanced status code of that 421 (4.7.0 for TLS)
         self.ended = f"upstream {reason}"
+        self.connect = connect  # upstream_connect_failures_total{reason} (connect_upstream)
 
 
 def target_name(settings: UpstreamSettings, info: ClientInfo) -> str:
@@ -68,9 +71,12 @@ async def connect_upstream(
             raise UpstreamFailure(
                 f"SERVER: couldn't connect to: {target_name(settings, info)}: {os_error(exc)}",
                 "unavailable",
+                connect="refused",
             ) from exc
     raise UpstreamFailure(
-        f"SERVER: couldn't connect to: {target_name(settings, info)}: timed out", "unavailable"
+        f"SERVER: couldn't connect to: {target_name(settings, info)}: timed out",
+        "unavailable",
+        connect="timeout",
     )
 
 
