@@ -4,7 +4,7 @@ One worker (`Workers: 1`) takes a 50 MB message through `FilterCommand: cat` (sp
 piped through the filter, its output read back and sent on) while 20 other sessions loop
 EHLO/NOOP/MAIL/RSET and new clients keep connecting.  Every reply and banner those see is
 timed; the bound asserted is generous for a shared 2-core machine (docs/behaviour.md
-§11.9 states the numbers measured).  The next server is Postfix's smtp-sink, a separate
+§11.19 states the numbers measured).  The next server is Postfix's smtp-sink, a separate
 process, so that the test process only runs the clients.
 """
 

@@ -5,7 +5,7 @@ Exim 4.96, offered PIPELINING, sends `QUIT` in the same write as its final dot (
 client end a pipelined group with QUIT, so when we offered PIPELINING and the QUIT came
 with the message's end and nothing else, that end of stream is a half-close: the message
 goes on, the client gets 250 then 221.  Every other end of stream before the final reply
-still means the client left, and nothing is delivered (docs/behaviour.md §5, §11.25;
+still means the client left, and nothing is delivered (docs/behaviour.md §5, §11.20;
 tests/hostile/test_hostile_quit_then_leave.py keeps the rule without PIPELINING).
 """
 

@@ -5,7 +5,7 @@ The framing of Exim's 2026 use-after-free: the client does STARTTLS, starts a me
 ends TLS with a close_notify, and goes on in cleartext on the same socket (the rest of the
 chunk, its final dot, a whole new transaction).  The cleartext is never taken as message
 data nor as commands: the TLS end of stream is the client's end, the connection closes,
-nothing is delivered and nothing stays in TempDirectory (docs/behaviour.md §11.8).  A
+nothing is delivered and nothing stays in TempDirectory (docs/behaviour.md §11.18).  A
 guard: it held before the test was written (trio's SSLStream reports the close_notify as
 the end of stream and reads nothing after it).
 """

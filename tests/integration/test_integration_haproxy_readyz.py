@@ -1,6 +1,6 @@
 """The shipped HAProxy config checks /readyz (contrib/haproxy/haproxy.cfg): an instance
 drained with SIGTERM leaves the rotation before it refuses mail, and while it still
-finishes its sessions, so that no new mail goes to it (docs/behaviour.md §11.13).
+finishes its sessions, so that no new mail goes to it (docs/behaviour.md §11.10).
 
 With DrainDelay the instance says 503 draining at once but accepts for DrainDelay seconds
 more: HAProxy (checks every 300 ms, fall 1) marks it DOWN long before its listener closes,

@@ -1,4 +1,4 @@
-"""A real postgrey as PolicyService (issue 23, docs/behaviour.md §11.23): the first attempt
+"""A real postgrey as PolicyService (issue 23, docs/behaviour.md §11.9): the first attempt
 of a triplet is deferred with postgrey's own reply; a retry after the delay is delivered,
 with the X-Greylist header postgrey asks to prepend.  postgrey runs as the test's child on a
 free loopback port with a temporary database and a 1-second delay (the one real sleep)."""

@@ -5,7 +5,7 @@
 - messages built here for what the others lack: long lines, bare LF, an 8-bit body, no
   final newline, a huge header block, nested MIME, dot lines, NUL bytes.
 
-What "byte for byte" means through SMTP (docs/behaviour.md §11.9): a message is a
+What "byte for byte" means through SMTP (docs/behaviour.md §11.15): a message is a
 sequence of CRLF-terminated lines (RFC 5321 §2.3.8), so a file becomes the message
 ``canonical(file)``: every line end (LF, CR or CRLF) is CRLF, and a last line without one
 gets one (SMTP's final ``CRLF.CRLF`` supplies it). Dot-stuffing is the transfer's business,

@@ -71,7 +71,7 @@ def loose_result(raw: bytes) -> bytes:
     """What the next server gets for ``loose(raw)``: the canonical message, except that a
     line after a bare LF that starts with a dot keeps the client's stuffing dot: a bare LF
     is no line end to the proxy (no unstuffing after it), only made CRLF on the way on
-    (docs/behaviour.md §11.9)."""
+    (docs/behaviour.md §11.15)."""
     return canonical(re.sub(rb"(?<!\r)\n\.", b"\n..", loose(raw)))
 
 

@@ -84,7 +84,7 @@ def tls_errors(exim: Exim) -> list[str]:
 
 async def received_over_tls(exim: Exim, pattern: str) -> None:
     """Exim received a message over TLS (its "<=" line matches `pattern`), and the proxy
-    ended that TLS session with a close_notify (docs/behaviour.md §11.26)."""
+    ended that TLS session with a close_notify (docs/behaviour.md §11.21)."""
     received = await wait_log(exim, rf"^\S+ \S+ (\S+) {pattern}")  # date, time, id
     await wait_log(exim, rf"{re.escape(received.group(1))} Completed")
     assert tls_errors(exim) == []
@@ -230,7 +230,7 @@ async def test_exim_client_pipelined_quit_and_half_close_is_delivered(
 ) -> None:
     """Exim pipelines QUIT after its message's end when PIPELINING is offered, then shuts
     its side down (SHUT_WR) and waits for the replies: a half-close, not a departure
-    (docs/behaviour.md §11.25).  The message is delivered once, Exim sees the 250."""
+    (docs/behaviour.md §11.20).  The message is delivered once, Exim sees the 250."""
     rcpt = f"pipelined-{chunking}@proxy.test"
     config = proxy_config(tmp_path, test_certificates, "Pipelining: on", f"Chunking: {chunking}")
     async with FakeUpstream() as up, run_proxy(config, upstream=up) as proxy:
@@ -282,7 +282,7 @@ async def test_exim_client_starttls_verified(
         await inject(exim, proxy.port, message("tls"), "tls@proxy.test", tls="yes")
     await wait_log(exim, r"=> tls@proxy\.test .*X=TLS1\.3\S* CV=yes")
     assert len(up.transactions) == 1
-    assert tls_errors(exim) == []  # the proxy's close_notify (docs/behaviour.md §11.26)
+    assert tls_errors(exim) == []  # the proxy's close_notify (docs/behaviour.md §11.21)
 
 
 @pytest.mark.interop(FROM_EXIM, "implicit TLS")

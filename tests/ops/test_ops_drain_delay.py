@@ -1,4 +1,4 @@
-"""DrainDelay on the real daemon (docs/behaviour.md §11.13), alone and with Workers: after
+"""DrainDelay on the real daemon (docs/behaviour.md §11.10), alone and with Workers: after
 SIGTERM /readyz says 503 draining at once, every worker goes on accepting and serving for
 DrainDelay seconds, then closes its listener and drains; a second SIGTERM ends the delay."""
 

@@ -1,4 +1,4 @@
-"""/healthz and /readyz on MetricsListen (docs/behaviour.md §11.13): the readiness rules
+"""/healthz and /readyz on MetricsListen (docs/behaviour.md §11.10): the readiness rules
 with a mock clock, the real probes against the fakes, and the real daemon draining."""
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def values_by_status(port: int) -> dict[str, float]:
         result = query(port, "sum by (status) (proxsmtpd_messages_total)")
     except OSError:
         return {}  # Prometheus is not listening yet
-    # Every status exists from start-up at zero (docs/behaviour.md §11.14): the mix is the rest.
+    # Every status exists from start-up at zero (docs/behaviour.md §11.11): the mix is the rest.
     values = {str(r["metric"]["status"]): float(r["value"][1]) for r in result}  # type: ignore[index]
     return {status: value for status, value in values.items() if value}
 

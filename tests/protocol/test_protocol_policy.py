@@ -1,5 +1,5 @@
 """Postfix's policy delegation protocol, sans-IO (protocol/policy.py): the request, the
-bounded answer reader and what each access(5) action means (docs/behaviour.md §11.23)."""
+bounded answer reader and what each access(5) action means (docs/behaviour.md §11.9)."""
 
 from __future__ import annotations
 

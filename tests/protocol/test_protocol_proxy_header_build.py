@@ -1,7 +1,7 @@
 """The PROXY header the proxy sends to the next hop (OutProxyProtocol, issue 23) is built
 by the inverse of the parser it reads balancers' headers with: whatever `client_header` and
 `encode` make, `ProxyHeaderParser` reads back as the same client and destination, however
-the bytes are cut (docs/behaviour.md §11.21)."""
+the bytes are cut (docs/behaviour.md §11.13)."""
 
 from __future__ import annotations
 

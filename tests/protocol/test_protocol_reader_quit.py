@@ -1,5 +1,5 @@
 """`ClientReader.quit_with_end`: a QUIT that came with the message's end, and nothing else
-(the half-close after it is no departure under PIPELINING: docs/behaviour.md §11.25)."""
+(the half-close after it is no departure under PIPELINING: docs/behaviour.md §11.20)."""
 
 from __future__ import annotations
 

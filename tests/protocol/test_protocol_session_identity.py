@@ -1,7 +1,7 @@
 """Issue 23, the session's part: XCLIENT with every attribute the next server lists (over
 several lines when one would pass 512 bytes), XFORWARD (XForward: on) before each MAIL with
 the client's own refused, and REQUIRETLS offered only over TLS on both hops
-(docs/behaviour.md §11.20, §11.22)."""
+(docs/behaviour.md §11.12, §11.14)."""
 
 from __future__ import annotations
 

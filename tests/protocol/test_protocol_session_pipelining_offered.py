@@ -1,5 +1,5 @@
 """`SessionState.pipelining_offered`: our reply to the client's EHLO listed PIPELINING, so
-it may end a pipelined group with QUIT and half-close (docs/behaviour.md §11.25)."""
+it may end a pipelined group with QUIT and half-close (docs/behaviour.md §11.20)."""
 
 from __future__ import annotations
 

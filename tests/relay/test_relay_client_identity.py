@@ -3,7 +3,7 @@ every listed attribute from the accepted socket (the client's port, the address 
 connected to); no XCLIENT or XFORWARD value or line the next server must refuse ever goes
 out; under `XForward: on` the proxy's XFORWARD goes before each MAIL and a forged one from
 the client is refused; `OutProxyProtocol` opens the next-hop connection with a header the
-parser reads back (docs/behaviour.md §11.20, §11.21)."""
+parser reads back (docs/behaviour.md §11.12, §11.13)."""
 
 from __future__ import annotations
 

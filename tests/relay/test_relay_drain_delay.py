@@ -1,4 +1,4 @@
-"""DrainDelay (docs/behaviour.md §11.13): after SIGTERM the server is not ready at once
+"""DrainDelay (docs/behaviour.md §11.10): after SIGTERM the server is not ready at once
 (/readyz: draining) but goes on accepting and serving for DrainDelay seconds, so that a
 balancer takes it out of its rotation before it refuses a connection; then it stops
 accepting and drains as without the delay.  A second stop ends the delay at once.

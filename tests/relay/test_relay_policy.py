@@ -1,4 +1,4 @@
-"""PolicyService (docs/behaviour.md §11.23, issue 23): Postfix's policy delegation asked at
+"""PolicyService (docs/behaviour.md §11.9, issue 23): Postfix's policy delegation asked at
 each RCPT before it goes upstream, with FakePolicy on a loopback socket (real clock, short
 waits), and its failures under PolicyDefaultAction (autojump clock, memory streams)."""
 

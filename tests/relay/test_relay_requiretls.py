@@ -1,4 +1,4 @@
-"""REQUIRETLS (RFC 8689) through the relay (issue 23, docs/behaviour.md §11.22): offered to
+"""REQUIRETLS (RFC 8689) through the relay (issue 23, docs/behaviour.md §11.14): offered to
 the client only when its connection is TLS and the next server's is TLS with a verified
 certificate (OutTLS: encrypt, OutTLSVerify on by default); otherwise taken out of the EHLO
 reply and `MAIL ... REQUIRETLS` refused with 530 5.7.30, never forwarded.  Real TLS over

@@ -1,4 +1,4 @@
-"""The end of a TLS session (issue 25, docs/behaviour.md §11.26): the proxy's close sends a
+"""The end of a TLS session (issue 25, docs/behaviour.md §11.21): the proxy's close sends a
 close_notify, to the client and to the next server, and needs none from them.
 
 Both peers here are spec-compliant Trio TLS streams: their read after the proxy's close

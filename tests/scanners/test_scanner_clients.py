@@ -1,6 +1,6 @@
 """The scanner clients and the runner against the fakes on memory streams: every failure
 mode (down, slow to connect, slow to answer, hanging up, answering garbage, clamd's size
-limit) under the autojump clock, and the verdicts combined (docs/behaviour.md §11.8)."""
+limit) under the autojump clock, and the verdicts combined (docs/behaviour.md §11.16)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The options of the scanners and FilterType: smtp (docs/behaviour.md §11.8, §11.9): their
+"""The options of the scanners and FilterType: smtp (docs/behaviour.md §11.16, §11.17): their
 parsing, their errors (FILE:LINE: OPTION: reason), the settings built, the -t warnings."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The sans-IO scanner parts (docs/behaviour.md §11.8): the SPAMC request and spamd's
+"""The sans-IO scanner parts (docs/behaviour.md §11.16): the SPAMC request and spamd's
 answer, clamd's zINSTREAM frames and reply, and how verdicts combine."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Scanners in the relay (docs/behaviour.md §11.8): the client's reply, what the next
+"""Scanners in the relay (docs/behaviour.md §11.16): the client's reply, what the next
 server gets (the scanners' header fields), the summary line's scanner=, the stage order
 FilterCommand → scanners → milters, and Skip: authenticated."""
 

@@ -1,5 +1,5 @@
-"""The scanners and FilterType: smtp against the real programs (docs/behaviour.md §11.8,
-§11.9): SpamAssassin's spamd (GTUBE), ClamAV's clamd with a signature database the test
+"""The scanners and FilterType: smtp against the real programs (docs/behaviour.md §11.16,
+§11.17): SpamAssassin's spamd (GTUBE), ClamAV's clamd with a signature database the test
 writes, Postfix's smtp-sink and a Postfix smtpd with a recipient restriction as the SMTP
 filter.  The client side is the relay on memory streams; the peers are real processes
 on loopback, started once per session (spamd compiles its rules) and stopped by pid."""

@@ -1,4 +1,4 @@
-"""FilterType: smtp (docs/behaviour.md §11.9): the filter is an SMTP server, here the
+"""FilterType: smtp (docs/behaviour.md §11.17): the filter is an SMTP server, here the
 FakeUpstream; a 250 at the dot lets the message go on unchanged, the first refusal is the
 client's reply, and an unreachable, slow or broken filter server is a 451."""
 

@@ -158,7 +158,7 @@ def check_message_timeout(config: Config, lines: Collection[str] = ()) -> list[s
         stages.append(
             ("filter_timeout", f"FilterTimeout {config.filter_timeout:g}", config.filter_timeout)
         )
-    if config.scanners:  # they run at once: one ScannerTimeout (docs/behaviour.md §11.8)
+    if config.scanners:  # they run at once: one ScannerTimeout (docs/behaviour.md §11.16)
         shown = f"ScannerTimeout {config.scanner_timeout:g}"
         stages.append(("scanner_timeout", shown, config.scanner_timeout))
     if config.milters:

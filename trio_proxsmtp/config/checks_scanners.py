@@ -1,5 +1,5 @@
 """The `-t` checks of the native scanners and of `FilterType: smtp` (docs/behaviour.md
-§11.8, §11.9): the addresses' syntax is the parser's; here, a unix socket that does not
+§11.16, §11.17): the addresses' syntax is the parser's; here, a unix socket that does not
 exist (yet: the scanner may start after us) is a warning, and an SMTP filter's address
 that is none of HOST:PORT, [IPv6]:PORT or a path is an error."""
 

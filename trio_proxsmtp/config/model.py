@@ -138,11 +138,11 @@ class Config:
     log_format: LogFormat = LogFormat.TEXT
 
     # Client identity (issue 23): XFORWARD towards the next server, a PROXY header before
-    # each next-hop connection (docs/behaviour.md §11.20, §11.21).
+    # each next-hop connection (docs/behaviour.md §11.12, §11.13).
     xforward: bool = False
     out_proxy_protocol: OutProxyProtocol = OutProxyProtocol.OFF
 
-    # The native scanners (docs/behaviour.md §11.8).
+    # The native scanners (docs/behaviour.md §11.16).
     scanners: tuple[ScannerAddress, ...] = ()
     spamd_reject_score: float | None = None
     spamd_user: str | None = None

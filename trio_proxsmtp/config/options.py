@@ -330,7 +330,7 @@ OPTIONS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
         # Client identity (issue 23)
         ("XForward", "xforward", _boolean),
         ("OutProxyProtocol", "out_proxy_protocol", _choice(OutProxyProtocol)),
-        # The native scanners (docs/behaviour.md §11.8).
+        # The native scanners (docs/behaviour.md §11.16).
         ("Scanners", "scanners", _invalid_on_error(_scanners)),
         ("SpamdRejectScore", "spamd_reject_score", _invalid_on_error(parse_spamd_reject_score)),
         ("SpamdUser", "spamd_user", _invalid_on_error(parse_spamd_user)),

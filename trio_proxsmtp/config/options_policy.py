@@ -1,4 +1,4 @@
-"""The value of PolicyService (docs/behaviour.md §11.23): ``inet:HOST:PORT`` (an IPv6 host
+"""The value of PolicyService (docs/behaviour.md §11.9): ``inet:HOST:PORT`` (an IPv6 host
 in brackets) or ``unix:/PATH``, as Postfix's ``check_policy_service`` takes it; empty for
 none.  Raises ValueError with the reason (options.py makes it `Invalid`)."""
 

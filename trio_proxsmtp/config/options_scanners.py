@@ -1,5 +1,5 @@
 """The value parsers of the native scanners' options (`Scanners`, `SpamdRejectScore`,
-`SpamdUser`, `SpamdMaxSize`; docs/behaviour.md §11.8).  Each raises ValueError with the
+`SpamdUser`, `SpamdMaxSize`; docs/behaviour.md §11.16).  Each raises ValueError with the
 reason; `options.py` turns it into `Invalid` in the table."""
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ def filter_spec(config: Config) -> FilterSpec | None:
 
 
 def scanner_settings(config: Config) -> ScannerSettings:
-    """The native scanners' settings (stages/scanners/, docs/behaviour.md §11.8)."""
+    """The native scanners' settings (stages/scanners/, docs/behaviour.md §11.16)."""
     return ScannerSettings(
         scanners=config.scanners,
         spamd_reject_score=config.spamd_reject_score,

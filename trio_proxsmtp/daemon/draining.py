@@ -1,4 +1,4 @@
-"""A graceful stop (SIGTERM/SIGINT; docs/behaviour.md §11.13): when the accept loops end,
+"""A graceful stop (SIGTERM/SIGINT; docs/behaviour.md §11.10): when the accept loops end,
 and the grace period of the sessions open then.
 
 The first `Drain.stop` makes the process `draining` at once: /readyz answers 503 from then

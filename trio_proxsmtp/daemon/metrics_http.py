@@ -2,7 +2,7 @@
 
 Besides /metrics the process serving it answers ``/healthz`` (200 while it serves) and
 ``/readyz`` (200 when it may take mail, 503 with a short JSON reason when not: readiness.py),
-for balancers, Kubernetes and container runtimes (docs/behaviour.md §11.13).
+for balancers, Kubernetes and container runtimes (docs/behaviour.md §11.10).
 
 One request per connection, GET or HEAD of a path, request line and headers of at most
 MAX_REQUEST bytes, the answer built by prometheus-client and the connection closed.  The

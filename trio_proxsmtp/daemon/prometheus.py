@@ -44,7 +44,7 @@ Metric names (all start with ``proxsmtpd_``):
 
 Every labelled series exists from start-up at zero for the label values known then (every
 status with every reply class, the refusal and failure reasons, both peers and sides), so
-that an alert on a rate sees 0 rather than "no data" (docs/behaviour.md §11.14).
+that an alert on a rate sees 0 rather than "no data" (docs/behaviour.md §11.11).
 
 Several workers (`Workers: N`): every worker records into files of prometheus-client's
 multi-process mode, in a directory that the supervisor makes before it forks the workers

@@ -1,4 +1,4 @@
-"""``/readyz`` on MetricsListen (docs/behaviour.md §11.13): may this instance take mail now?
+"""``/readyz`` on MetricsListen (docs/behaviour.md §11.10): may this instance take mail now?
 
 Ready means all of: the process is not draining (SIGTERM came: a balancer must take it out
 of rotation before it refuses mail, which DrainDelay leaves it time to do), the next

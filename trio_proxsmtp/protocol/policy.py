@@ -1,5 +1,5 @@
 """Postfix's policy delegation protocol (SMTPD_POLICY_README), sans-IO: the request, the
-answer, and what the answer means for one recipient (docs/behaviour.md §11.23).
+answer, and what the answer means for one recipient (docs/behaviour.md §11.9).
 
 A request is ``name=value`` lines ending with an empty line; so is the answer, whose one
 attribute that counts is ``action=``, an access(5) action. `encode_request` makes the
@@ -59,7 +59,7 @@ def encode_request(attributes: Iterable[tuple[str, str]]) -> bytes:
 
 @attrs.frozen
 class PolicyRequest:
-    """The attributes Postfix sends at RCPT that the proxy knows (docs/behaviour.md §11.23).
+    """The attributes Postfix sends at RCPT that the proxy knows (docs/behaviour.md §11.9).
     What it cannot know (sasl_*: AUTH passes through unread; ccert_*: no client
     certificate is asked for; etrn_domain, stress, policy_context) is sent empty, as
     Postfix sends what it does not have."""
@@ -158,7 +158,7 @@ class PolicyVerdict:
 
 RELAY = PolicyVerdict(PolicyVerdictKind.RELAY)
 # Access(5) actions that make sense only inside Postfix (its queue, its restriction
-# lists, its routing): logged and treated as DUNNO (docs/behaviour.md §11.23).
+# lists, its routing): logged and treated as DUNNO (docs/behaviour.md §11.9).
 _NOT_HERE = {
     "HOLD": "the proxy has no queue to hold mail in",
     "DISCARD": "only the whole message could be discarded, for every recipient",

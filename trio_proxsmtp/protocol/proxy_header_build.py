@@ -1,7 +1,7 @@
 """The PROXY header's other direction: bytes from a `ProxyHeader` (v1 line, v2 binary),
 the exact inverse of protocol/proxy_header.py's parser (a round-trip property test holds
 them together).  `client_header` makes the header the proxy sends before each next-hop
-connection under `OutProxyProtocol: v1 | v2` (docs/behaviour.md §11.21); the encoders also
+connection under `OutProxyProtocol: v1 | v2` (docs/behaviour.md §11.13); the encoders also
 serve the tests and the test peers as a balancer's header."""
 
 from __future__ import annotations

@@ -321,7 +321,7 @@ class ClientChannel:
     def _ended(self, *, usable: bool = True) -> None:
         """The client's end of stream is here.  It left, unless it is a half-close: a
         client offered PIPELINING sent QUIT with its message's end, and waits for the
-        replies (RFC 2920; docs/behaviour.md §11.25); `usable`: our replies can still go
+        replies (RFC 2920; docs/behaviour.md §11.20); `usable`: our replies can still go
         (under TLS, only after a close_notify)."""
         self.eof = True
         self.left = not (usable and self.pipelining_offered() and self.reader.quit_with_end())
@@ -347,7 +347,7 @@ class ClientChannel:
         means the client left, whatever it pipelined before (QUIT included: it never saw
         the reply, and will send the message again): `on_left` is called (it cancels the
         connection, so the message is not delivered; docs/behaviour.md §5); but for a
-        half-close after a QUIT pipelined with the message's end (`_ended`, §11.25).
+        half-close after a QUIT pipelined with the message's end (`_ended`, §11.20).
         """
 
         async def watch() -> None:

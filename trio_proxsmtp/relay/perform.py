@@ -266,7 +266,7 @@ class Performer:
         return f"{conn_id}{self.session.messages + 1:04X}"
 
     async def _ask_policy(self, action: AskPolicy) -> list[Action]:
-        """A client's RCPT asked of PolicyService (docs/behaviour.md §11.23), then its fate."""
+        """A client's RCPT asked of PolicyService (docs/behaviour.md §11.9), then its fate."""
         assert self.policy is not None
         request = policy_request(self.session, self.client, action.command, self._queue_id())
         verdict = await self.policy.ask(request.attributes(), rcpt_address(action.command))

@@ -1,4 +1,4 @@
-"""What PolicyService is told about a client's RCPT (docs/behaviour.md §11.23): the
+"""What PolicyService is told about a client's RCPT (docs/behaviour.md §11.9): the
 session's facts (HELO, sender, SIZE=) and the connection's (the client's address, port and
 verified name, the TLS of the client side) as protocol/policy.py's `PolicyRequest`."""
 

@@ -54,7 +54,7 @@ class OutTLSMode(enum.Enum):
 
 class OutProxyProtocol(enum.Enum):
     """`OutProxyProtocol`: a PROXY header (v1 text, v2 binary) before each next-hop
-    connection's first byte, saying who the client is (docs/behaviour.md §11.21)."""
+    connection's first byte, saying who the client is (docs/behaviour.md §11.13)."""
 
     OFF = "off"
     V1 = "v1"
@@ -92,7 +92,7 @@ class TransactionSettings:
     temp_directory: str = "/tmp/"  # TempDirectory
     filter: FilterSpec | None = None  # FilterCommand and its options; None: no filter
     filter_type: FilterType = FilterType.PIPE  # FilterType (FILE: the spool has a name)
-    scanners: ScannerSettings | None = None  # Scanners (docs/behaviour.md §11.8)
+    scanners: ScannerSettings | None = None  # Scanners (docs/behaviour.md §11.16)
     header: str | None = None  # Header: the template, None when unset
     message_timeout: float = 90.0  # MessageTimeOut: from the client's final dot to its reply
 

@@ -1,6 +1,6 @@
 """The stages between the spool and the replay, for one `Transaction`: FilterCommand (a
 command, or an SMTP server with `FilterType: smtp`), then the native scanners, then the
-milters (docs/behaviour.md §6.5, §11.8, §11.9).  Each returns the session's next actions;
+milters (docs/behaviour.md §6.5, §11.16, §11.17).  Each returns the session's next actions;
 none decides."""
 
 from __future__ import annotations

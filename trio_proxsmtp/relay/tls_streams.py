@@ -1,5 +1,5 @@
 """The relay's TLS streams, towards the client and towards the next server, and what their
-end looks like (docs/behaviour.md §11.26).
+end looks like (docs/behaviour.md §11.21).
 
 Our close sends a TLS `close_notify` alert (Trio's spec-compliant mode: one alert, no wait
 for the peer's), so a peer never sees a session cut short at the TLS level (Exim logged

@@ -81,7 +81,7 @@ async def connect_upstream(
 
 
 def proxy_header(settings: UpstreamSettings, info: ClientInfo) -> bytes | None:
-    """OutProxyProtocol's header for this client (docs/behaviour.md §11.21): the client's
+    """OutProxyProtocol's header for this client (docs/behaviour.md §11.13): the client's
     address and port, and the address it connected to (the balancer's front when it came
     through one: ClientInfo holds the PROXY header's addresses then); None when off."""
     mode = settings.proxy_protocol

@@ -1,4 +1,4 @@
-"""PolicyService over Trio (docs/behaviour.md §11.23): one connection to the policy server
+"""PolicyService over Trio (docs/behaviour.md §11.9): one connection to the policy server
 per client connection, opened at the first RCPT and reused for the next ones, as Postfix
 keeps its own.  Every wait has PolicyTimeout as its deadline (the connect, the request,
 the whole answer: bytes trickling in do not extend it), and an answer is bounded

@@ -28,7 +28,7 @@ class FilterType(enum.Enum):
     PIPE = "pipe"
     FILE = "file"
     REJECT = "reject"
-    SMTP = "smtp"  # FilterCommand is an SMTP server's address (docs/behaviour.md §11.9)
+    SMTP = "smtp"  # FilterCommand is an SMTP server's address (docs/behaviour.md §11.17)
 
 
 @attrs.frozen
@@ -76,7 +76,7 @@ class PolicyDefaultAction(enum.Enum):
 
 @attrs.frozen
 class PolicySettings:
-    """PolicyService (docs/behaviour.md §11.23): where, what a failure means, and the
+    """PolicyService (docs/behaviour.md §11.9): where, what a failure means, and the
     deadline of each wait on it (connect, request, answer)."""
 
     address: MilterAddress  # inet:host:port or unix:/path, as a milter's
@@ -110,7 +110,7 @@ class ScannerAddress:
 
 @attrs.frozen
 class ScannerSettings:
-    """The native scanners (docs/behaviour.md §11.8) and their options."""
+    """The native scanners (docs/behaviour.md §11.16) and their options."""
 
     scanners: tuple[ScannerAddress, ...] = ()
     spamd_reject_score: float | None = None  # SpamdRejectScore; None: tag only

@@ -1,4 +1,4 @@
-"""`FilterType: smtp` (docs/behaviour.md §11.9): the filter is an SMTP server.  After the
+"""`FilterType: smtp` (docs/behaviour.md §11.17): the filter is an SMTP server.  After the
 spool, one SMTP session to it (EHLO, XCLIENT when offered, MAIL, every RCPT, DATA, the
 message, QUIT); a 250 to the final dot lets the message go on unchanged, the first
 refusal is the client's reply, and a server that is unreachable, slow (FilterTimeout bounds

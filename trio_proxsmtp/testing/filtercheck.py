@@ -108,7 +108,7 @@ async def check_filter(
     with Spool.create(spec.temp_directory, named=spec.mode is FilterType.FILE) as spool:
         spool.write(message)
         spool.finish()
-        if spec.mode is FilterType.SMTP:  # the filter is an SMTP server (§11.9)
+        if spec.mode is FilterType.SMTP:  # the filter is an SMTP server (§11.17)
             envelope = SmtpEnvelope(
                 bare_address(sender), [bare_address(r) for r in recipients], client, remote_helo
             )

@@ -1,5 +1,5 @@
 """Headers on top of the message: PolicyService's PREPEND answers (docs/behaviour.md
-§11.23), put before the message's first line and after the Header option's ``Received:``
+§11.9), put before the message's first line and after the Header option's ``Received:``
 line, where Postfix puts them under its own Received:.  Wraps the Header option's
 `HeaderInserter` (or none), with its interface (`feed`, `finish`)."""
 

@@ -1,6 +1,6 @@
 """Removing header fields by name prefix, streaming: the native spamd scanner owns the
 ``X-Spam-*`` fields of the messages it tags, so those a sender put there are dropped
-before spamd's own are added (docs/behaviour.md §11.8)."""
+before spamd's own are added (docs/behaviour.md §11.16)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sans-IO parts of the native scanners (docs/behaviour.md §11.8): the SPAMC request and
+"""Sans-IO parts of the native scanners (docs/behaviour.md §11.16): the SPAMC request and
 spamd's response, clamd's zINSTREAM framing and reply, and how the scanners' verdicts
 combine.
 

@@ -1,4 +1,4 @@
-"""One scanner's result and how the results of all combine (docs/behaviour.md §11.8): a
+"""One scanner's result and how the results of all combine (docs/behaviour.md §11.16): a
 refusal wins (the first in the configured order), then a temporary failure, else the
 message goes on with every scanner's header fields added."""
 

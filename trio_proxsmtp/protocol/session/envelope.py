@@ -35,7 +35,7 @@ class MessageFacts:
     receive: float = 0.0
     filter: float = 0.0
     upstream: float = 0.0
-    scanner: str | None = None  # the native scanners' result (docs/behaviour.md §11.8)
+    scanner: str | None = None  # the native scanners' result (docs/behaviour.md §11.16)
 
     @property
     def delays(self) -> Delays:

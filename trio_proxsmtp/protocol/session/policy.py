@@ -36,7 +36,7 @@ class SessionPolicy:
     hard_error_limit: int = 0  # HardErrorLimit: error replies before 421 and close; 0: none
     policy_service: bool = False  # PolicyService is set: ask it at each RCPT
 
-    # Client identity (issue 23, docs/behaviour.md §11.20): what XCLIENT and XFORWARD say.
+    # Client identity (issue 23, docs/behaviour.md §11.12): what XCLIENT and XFORWARD say.
     client_port: int | None = None  # the client's port (XCLIENT/XFORWARD PORT=)
     destination: str | None = None  # the address the client connected to (DESTADDR=)
     destination_port: int | None = None  # ... and its port (DESTPORT=)

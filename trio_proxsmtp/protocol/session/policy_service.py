@@ -1,4 +1,4 @@
-"""PolicyService in the session (docs/behaviour.md §11.23): a client's RCPT, in a
+"""PolicyService in the session (docs/behaviour.md §11.9): a client's RCPT, in a
 transaction, is asked about (`AskPolicy`) before anything else happens to it (the milters
 come after, as in Postfix, where the access restrictions run before the milters' RCPT);
 the answer (`PolicyDecided`) lets it go on, refuses it with its reply (the next server

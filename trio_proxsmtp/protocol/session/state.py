@@ -76,7 +76,7 @@ class SessionState:
     @property
     def pipelining_offered(self) -> bool:
         """Our reply to the client's EHLO offered PIPELINING (RFC 2920): it may end a
-        pipelined group with QUIT and half-close (docs/behaviour.md §11.25)."""
+        pipelined group with QUIT and half-close (docs/behaviour.md §11.20)."""
         return self.policy.pipelining and self.protocol_name == "ESMTP"
 
     def dispatch(self, command: Command, *, entry: bool = False) -> list[Action]:

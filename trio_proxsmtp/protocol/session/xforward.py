@@ -5,7 +5,7 @@ smtpd forgets the attributes at the end of a transaction).  Only when the next s
 advertises XFORWARD, and only the attributes it names after the keyword: NAME, ADDR,
 PORT, PROTO, HELO and SOURCE (REMOTE, or LOCAL for a loopback or ConnectionLimitExceptions
 client), xtext-encoded, each within Postfix's limits, each line within 512 bytes (several
-XFORWARD commands when needed).  docs/behaviour.md §11.20.
+XFORWARD commands when needed).  docs/behaviour.md §11.12.
 
 Under XForward: on the client's own XFORWARD is refused and never passed on (it could
 claim any address), and the keyword is not offered to it.  A refusal of ours answers the

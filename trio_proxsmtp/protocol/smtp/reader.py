@@ -210,7 +210,7 @@ class ClientReader:
         already buffered behind the message's end when it was framed, no command was
         framed since, and all that is buffered now is one QUIT line (RFC 2920 lets a
         client end a pipelined group with QUIT and wait for the replies; docs/behaviour.md
-        §11.25)."""
+        §11.20)."""
         if not self._after_end:
             return False
         line = self.peek_line()

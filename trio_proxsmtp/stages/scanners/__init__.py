@@ -1,4 +1,4 @@
-"""The native scanners over Trio (docs/behaviour.md §11.8): spamd's SPAMC and clamd's
+"""The native scanners over Trio (docs/behaviour.md §11.16): spamd's SPAMC and clamd's
 zINSTREAM clients, and the runner that scans one spooled message with all of them at
 once.
 
