@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
@@ -165,9 +166,9 @@ async def http_get(port: int, path: str) -> tuple[int, bytes]:
 
 
 # With Workers the message in flight may be on a worker other than worker 0, which serves
-# /readyz: without a DrainDelay worker 0 then ends at once, its /readyz with it.  During a
-# DrainDelay every worker stays, so worker 0's 503 is certain to be seen.
-@pytest.mark.parametrize(("workers", "delay"), [(1, 0), (2, 2)])
+# /readyz: worker 0 then stays until that worker is done (daemon/siblings.py; the test
+# below makes sure of that case).
+@pytest.mark.parametrize(("workers", "delay"), [(1, 0), (2, 0), (2, 2)])
 async def test_the_daemon_is_unready_while_it_drains(
     tmp_path: Path, workers: int, delay: int
 ) -> None:
@@ -229,3 +230,58 @@ async def test_readyz_says_when_the_next_server_is_down(tmp_path: Path) -> None:
             await http_get(metrics_port, "/readyz")
         await trio.sleep(0.2)
         assert proxy.log().count("\n") == lines_before  # no log noise
+
+
+def _records(log: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+
+
+async def test_worker_0_answers_probes_while_another_worker_drains(tmp_path: Path) -> None:
+    """Workers 2, no DrainDelay, the message in flight on worker 1: worker 0 has nothing to
+    finish, but it keeps /healthz (200) and /readyz (503 draining) up until worker 1 is
+    done (daemon/siblings.py); before, it exited at once and the probes were refused."""
+    port, metrics_port = free_port(), free_port()
+    with trio.fail_after(40):
+        async with FakeUpstream() as up:
+            config = write_config(
+                tmp_path / "proxsmtpd.conf",
+                f"Listen: 127.0.0.1:{port}\nOutAddress: {up.address}\n"
+                f"TempDirectory: {tmp_path}\nMetricsListen: 127.0.0.1:{metrics_port}\n"
+                "Workers: 2\nShutdownTimeout: 30\nLogFormat: json\n",
+            )
+            with proxy_process(config, tmp_path / "proxy.log") as proxy:
+                async with AsyncExitStack() as stack:
+                    await proxy.wait_log(" serving ", 2)
+                    held = None
+                    for _ in range(40):  # the kernel picks the worker: until worker 1 has one
+                        client = await stack.enter_async_context(open_client("127.0.0.1", port))
+                        assert (await client.start_message("s@x", ["r@x"]))[-1].code == 354
+                        accepted = [
+                            r
+                            for r in _records(proxy.log())
+                            if str(r["msg"]).startswith("accepted connection")
+                        ]
+                        if accepted[-1]["worker"] == 1:
+                            held = client
+                            break
+                        await client.aclose()
+                    assert held is not None, "no connection reached worker 1"
+                    await held.send(b"Subject: t\r\n\r\nhalf a bo")
+                    proxy.signal(signal.SIGTERM)
+
+                    def worker_0_done() -> bool:
+                        return any(
+                            r["worker"] == 0 and r["msg"] == "shut down"
+                            for r in _records(proxy.log())
+                        )
+
+                    await wait_for(worker_0_done)
+                    await trio.sleep(0.5)  # before, worker 0 had exited by now
+                    code, body = await http_get(metrics_port, "/readyz")
+                    assert code == 503 and json.loads(body)["reason"] == "draining"
+                    assert (await http_get(metrics_port, "/healthz"))[0] == 200
+                    await held.send(b"dy\r\n.\r\n")
+                    assert (await held.read_reply()).code == 250
+                    await held.aclose()
+                    assert await proxy.wait_exit() == 0
+    assert len(up.transactions) == 1

@@ -53,6 +53,10 @@ class Drain:
         else:
             self.accepting.cancel()
 
+    def cut_short(self) -> bool:
+        """Whether a second stop ended the grace period."""
+        return self.grace.cancel_called
+
     def connection_ended(self) -> None:
         """Wake `wait_for_sessions`: one of the sessions it waits for may be the last."""
         self._idle.set()

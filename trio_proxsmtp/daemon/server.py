@@ -65,6 +65,7 @@ from trio_proxsmtp.daemon.proxy_accept import AwaitingHeader, read_client
 from trio_proxsmtp.daemon.readiness import Readiness
 from trio_proxsmtp.daemon.refusals import refuse_busy, refuse_client
 from trio_proxsmtp.daemon.reload import applicable_reload
+from trio_proxsmtp.daemon.siblings import outlive_siblings
 from trio_proxsmtp.relay.client_info import ClientInfo, from_socket_stream
 from trio_proxsmtp.relay.connection import Connection
 from trio_proxsmtp.relay.deadlines import Stress
@@ -139,6 +140,9 @@ class Server:
                     self.metrics.exposition,
                 )
                 await self.serve(sockets, task_status=task_status)
+                if self.workers > 1:  # probes answered while any worker drains (siblings.py)
+                    timeout = self.config.shutdown_timeout + 1
+                    await outlive_siblings(timeout, self._stopping.cut_short)
                 nursery.cancel_scope.cancel()
             return
         listeners.raise_fd_limit(self.max_connections)
