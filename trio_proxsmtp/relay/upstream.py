@@ -30,6 +30,7 @@ from trio_proxsmtp.protocol.smtp.reply_parser import ReplyParser
 from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.fast_io import FastPath
 from trio_proxsmtp.relay.settings import OutTLSMode, UpstreamSettings
+from trio_proxsmtp.relay.tls_sessions import sessions_for
 from trio_proxsmtp.relay.upstream_connect import (
     Opener,
     UpstreamFailure,
@@ -261,22 +262,41 @@ class Upstream:
             raise UpstreamFailure(
                 "SERVER: sent data after its reply to STARTTLS", "TLS failure", "4.7.0"
             )
-        stream = await tls_handshake(
-            self.stream, self.settings, self.server_hostname(), self.address
-        )
+        context = self.settings.tls_context
+        assert context is not None
+        name = self.server_hostname()
+        sessions = sessions_for(context)
+        try:
+            stream = await tls_handshake(
+                self.stream, self.settings, name, self.address, sessions.get(name, self.relay)
+            )
+        except UpstreamFailure:
+            sessions.forget(name, self.relay)
+            raise
         self.stream = stream
         self.tls = True
         self.activity = trio.current_time()
         self.metrics.tls_started("upstream")
-        context = self.settings.tls_context
-        assert context is not None
+        resumed = stream.session_reused
         self.log.info(
-            "SERVER TLS established: %s, %s (%s)",
+            "SERVER TLS established: %s, %s (%s%s)",
             stream.version(),
             stream.cipher()[0],
             "verified" if context.verify_mode == ssl.CERT_REQUIRED else "not verified",
+            ", resumed" if resumed else "",
         )
+        if not resumed:  # TLS 1.2: resumable now (1.3: its ticket comes later, `aclose`)
+            sessions.keep(name, self.relay, stream.session, stream.version())
 
     async def aclose(self) -> None:
-        if self.stream is not None:
-            await self.stream.aclose()
+        stream = self.stream
+        if stream is None:
+            return
+        if isinstance(stream, trio.SSLStream) and self.settings.tls_context is not None:
+            # The newest session, its TLS 1.3 ticket read with the replies: for the next
+            # connection to this server (relay/tls_sessions.py).
+            with contextlib.suppress(trio.NeedHandshakeError):
+                sessions_for(self.settings.tls_context).keep(
+                    self.server_hostname(), self.relay, stream.session, stream.version()
+                )
+        await stream.aclose()
