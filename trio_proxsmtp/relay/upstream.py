@@ -86,6 +86,7 @@ class Upstream:
         self.replies = ReplyParser()
         self.activity = trio.current_time()  # the last byte sent or received
         self.tls = False  # the upstream stream is TLS (OutTLS: implicit, or after STARTTLS)
+        self._ticket_pending = False  # a new TLS 1.3 session: kept at `aclose`
         self._fast = FastPath()  # try the socket call before waiting (fast_io.py)
         # `activity` is kept up to date only for KeepAlives (a clock read per I/O saved).
         self._keepalives = settings.keep_alives > 0
@@ -285,18 +286,25 @@ class Upstream:
             "verified" if context.verify_mode == ssl.CERT_REQUIRED else "not verified",
             ", resumed" if resumed else "",
         )
-        if not resumed:  # TLS 1.2: resumable now (1.3: its ticket comes later, `aclose`)
-            sessions.keep(name, self.relay, stream.session, stream.version())
+        # A new session is kept for the next connection there (relay/tls_sessions.py):
+        # under TLS 1.2 now, under 1.3 at `aclose` (its ticket comes with the replies).  A
+        # resumed one is offered again as it is (reading `session` costs a copy, 0.14 ms):
+        # should the server decline it, the full handshake then brings a new one.
+        if not resumed:
+            if stream.version() == "TLSv1.3":
+                self._ticket_pending = True
+            else:
+                sessions.keep(name, self.relay, stream.session, stream.version())
 
     async def aclose(self) -> None:
         stream = self.stream
         if stream is None:
             return
-        if isinstance(stream, trio.SSLStream) and self.settings.tls_context is not None:
-            # The newest session, its TLS 1.3 ticket read with the replies: for the next
-            # connection to this server (relay/tls_sessions.py).
-            with contextlib.suppress(trio.NeedHandshakeError):
-                sessions_for(self.settings.tls_context).keep(
-                    self.server_hostname(), self.relay, stream.session, stream.version()
-                )
+        if self._ticket_pending and isinstance(stream, trio.SSLStream):
+            self._ticket_pending = False
+            context = self.settings.tls_context
+            assert context is not None
+            sessions_for(context).keep(
+                self.server_hostname(), self.relay, stream.session, stream.version()
+            )
         await stream.aclose()
