@@ -4,7 +4,8 @@ What OutTLS: implicit costs the proxy per connection to the next server, with an
 TLS session resumption (relay/tls_sessions.py): the proxy's `Upstream` (in this process)
 connects to haproxy terminating TLS in front of Postfix's smtp-sink (as ``bench/run.py
 --only upstream``), reads the banner, says QUIT and closes, --n times per round; rounds
-alternate between "full" (no session offered) and "resumed" (the last one offered).  Each
+rotate between "plain" (OutTLS off, a plain haproxy front), "full" (no session offered) and
+"resumed" (the last one offered).  Each
 round gives connections per second (wall) and this process's CPU per connection (the
 proxy's side only: haproxy and the sink are other processes).  One connection at a time:
 the rate is the round trip and both ends' handshake work, the CPU our side alone.
@@ -44,7 +45,8 @@ async def connections(settings: UpstreamSettings, n: int) -> tuple[float, float,
         try:
             await upstream.connect()
             await upstream.exchange((), replies=1)
-            resumed += bool(upstream.stream.session_reused)  # type: ignore[union-attr]
+            if upstream.tls:
+                resumed += bool(upstream.stream.session_reused)  # type: ignore[union-attr]
             await upstream.command(Outgoing(b"QUIT\r\n"))
         finally:
             await upstream.aclose()
@@ -63,6 +65,7 @@ def main() -> None:
         pem = work / "haproxy.pem"
         pem.write_bytes(certs.certificate.read_bytes() + certs.key.read_bytes())
         front = Front(work, pipelining=False, tls_pem=pem)
+        plain_front = Front(work, pipelining=False, tls_pem=None)
         try:
             config = parse_config(
                 f"OutAddress: 127.0.0.1:{front.port}\nOutTLS: implicit\n"
@@ -72,27 +75,34 @@ def main() -> None:
             if args.tls12:
                 assert settings.tls_context is not None
                 settings.tls_context.maximum_version = ssl.TLSVersion.TLSv1_2
+            plain = upstream_settings(parse_config(f"OutAddress: 127.0.0.1:{plain_front.port}\n"))
             offer = TLSSessions.get
-            results: dict[str, list[tuple[float, float, int]]] = {"full": [], "resumed": []}
+            modes = ("plain", "full", "resumed")
+            results: dict[str, list[tuple[float, float, int]]] = {mode: [] for mode in modes}
             trio.run(connections, settings, 20)  # warm-up (and a session to resume)
             for rnd in range(args.rounds):
-                order = ("full", "resumed") if rnd % 2 == 0 else ("resumed", "full")
-                for mode in order:
+                for mode in modes[rnd % 3 :] + modes[: rnd % 3]:
                     TLSSessions.get = (  # type: ignore[method-assign]
                         offer if mode == "resumed" else (lambda self, name, reached: None)
                     )
-                    results[mode].append(trio.run(connections, settings, args.n))
+                    chosen = plain if mode == "plain" else settings
+                    results[mode].append(trio.run(connections, chosen, args.n))
             TLSSessions.get = offer  # type: ignore[method-assign]
         finally:
             front.close()
+            plain_front.close()
     version = "TLS 1.2" if args.tls12 else "TLS 1.3"
-    print(f"{version}, {args.n} connections x {args.rounds} rounds each, alternated (medians)")
+    print(f"{version}, {args.n} connections x {args.rounds} rounds each, rotated (medians)")
+    base = statistics.median(args.n / wall for wall, _, _ in results["plain"])
     for mode, runs in results.items():
         rate = statistics.median(args.n / wall for wall, _, _ in runs)
         cpu = statistics.median(cpu / args.n for _, cpu, _ in runs) * 1e3
         reused = sum(r for _, _, r in runs)
         total = args.n * len(runs)
-        print(f"  {mode:<8} {rate:7.0f} conn/s  {cpu:.3f} ms CPU/conn  resumed {reused}/{total}")
+        print(
+            f"  {mode:<8} {rate:7.0f} conn/s ({rate / base:4.2f}x plain)  {cpu:.3f} ms CPU/conn"
+            f"  resumed {reused}/{total}"
+        )
 
 
 if __name__ == "__main__":
