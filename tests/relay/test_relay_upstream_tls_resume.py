@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 
 import attrs
 import pytest
@@ -155,13 +156,18 @@ async def test_a_failed_handshake_forgets_the_session(
 class FakeSession:
     """Stands for an `ssl.SSLSession` (which only a handshake makes)."""
 
-    def __init__(self, ticket: bool, id: bytes = b"") -> None:
+    def __init__(self, ticket: bool, id: bytes, made: float, lifetime: int) -> None:
         self.has_ticket = ticket
         self.id = id
+        self.time = int(made)
+        self.timeout = lifetime
 
 
-def fake(ticket: bool, id: bytes = b"") -> ssl.SSLSession:
-    return FakeSession(ticket, id)  # type: ignore[return-value]
+def fake(
+    ticket: bool, id: bytes = b"", made: float | None = None, lifetime: int = 7200
+) -> ssl.SSLSession:
+    made = time.time() if made is None else made
+    return FakeSession(ticket, id, made, lifetime)  # type: ignore[return-value]
 
 
 def test_tls13_sessions_are_kept_only_with_their_ticket() -> None:
@@ -195,6 +201,15 @@ def test_the_cache_is_bounded_and_drops_the_least_recently_kept() -> None:
     assert len(sessions) == 2
     assert sessions.get("n", "b") is None
     assert sessions.get("n", "a") is first and sessions.get("n", "c") is third
+
+
+def test_a_session_past_its_lifetime_is_not_offered() -> None:
+    sessions = TLSSessions()
+    sessions.keep("n", "old", fake(True, made=time.time() - 7300, lifetime=7200), "TLSv1.3")
+    sessions.keep("n", "new", fake(True, made=time.time() - 60, lifetime=7200), "TLSv1.3")
+    assert sessions.get("n", "old") is None
+    assert len(sessions) == 1  # and it is dropped
+    assert sessions.get("n", "new") is not None
 
 
 def test_each_context_has_its_own_sessions() -> None:

@@ -12,6 +12,7 @@ shared between workers.  Nothing here touches the network.
 from __future__ import annotations
 
 import ssl
+import time
 import weakref
 
 __all__ = ["TLSSessions", "sessions_for"]
@@ -36,8 +37,16 @@ class TLSSessions:
         """The session to offer to `reached` when its certificate must show `name`.
 
         The name is part of the key: a resumed handshake checks no certificate, so a
-        session verified for one name must never open a connection checked for another."""
-        return self._sessions.get((name, reached))
+        session verified for one name must never open a connection checked for another.
+        Nor is one offered past its lifetime (the server's ticket lifetime hint, else
+        OpenSSL's default), which bounds how long a resumed handshake may go on trusting
+        the certificate it verified."""
+        key = (name, reached)
+        session = self._sessions.get(key)
+        if session is not None and time.time() >= session.time + session.timeout:
+            del self._sessions[key]
+            return None
+        return session
 
     def keep(
         self, name: str | None, reached: str, session: ssl.SSLSession | None, version: str | None
