@@ -55,9 +55,13 @@ class Stress:
                     scope.deadline = stressed
 
 
-@attrs.define
+@attrs.frozen
 class ClientDeadlines:
-    """The client-side limits of one connection; `Stress` is shared with the server."""
+    """The client-side limits of one connection; `Stress` is shared with the server.
+
+    Frozen: what each limit is under stress is worked out once (`_idle_stressed`,
+    `_command_stressed`), so a deadline asks only `stress.on` (a few calls per message
+    saved; bench/calls.py)."""
 
     timeout: float  # TimeOut: the longest silence between two reads
     command_timeout: float = math.inf
@@ -65,6 +69,17 @@ class ClientDeadlines:
     session_deadline: float = math.inf  # absolute, trio clock
     stress_timeout: float = 0.0  # 0: off
     stress: Stress = attrs.field(factory=Stress)
+    # TimeOut and CommandTimeOut under stress: StressTimeOut when it is on and shorter.
+    _idle_stressed: float = attrs.field(init=False)
+    _command_stressed: float = attrs.field(init=False)
+
+    @_idle_stressed.default
+    def _idle_under_stress(self) -> float:
+        return self._stressed(self.timeout)
+
+    @_command_stressed.default
+    def _command_under_stress(self) -> float:
+        return self._stressed(self.command_timeout)
 
     @classmethod
     def from_settings(
@@ -82,18 +97,19 @@ class ClientDeadlines:
         )
 
     def _stressed(self, seconds: float) -> float:
-        if self.stress.on and self.stress_timeout > 0:
+        """`seconds` under stress: StressTimeOut when it is set and shorter."""
+        if self.stress_timeout > 0:
             return min(seconds, self.stress_timeout)
         return seconds
 
     def idle(self) -> float:
         """The longest silence allowed now."""
-        return self._stressed(self.timeout)
+        return self._idle_stressed if self.stress.on else self.timeout
 
     def command_deadline(self, ready: float) -> tuple[float, str]:
         """The deadline of the command line the proxy was ready for at `ready`, and its
         name; asked again before each read (a wait under way is cut by `Stress.switch`)."""
-        deadline = ready + self._stressed(self.command_timeout)
+        deadline = ready + (self._command_stressed if self.stress.on else self.command_timeout)
         if self.session_deadline < deadline:
             return self.session_deadline, "SessionTimeOut"
         return deadline, "CommandTimeOut"
@@ -102,10 +118,12 @@ class ClientDeadlines:
         """The first deadline of a message (MinDataRate): TimeOut from now; inf if off."""
         if self.min_data_rate <= 0:
             return math.inf
-        return trio.current_time() + self.idle()
+        return trio.current_time() + (self._idle_stressed if self.stress.on else self.timeout)
 
     def data_read(self, deadline: float, size: int) -> float:
         """The deadline after a read of `size` message bytes (MinDataRate)."""
         if self.min_data_rate <= 0:
             return math.inf
-        return min(deadline + size / self.min_data_rate, trio.current_time() + self.idle())
+        idle = trio.current_time() + (self._idle_stressed if self.stress.on else self.timeout)
+        later = deadline + size / self.min_data_rate
+        return later if later < idle else idle

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ from trio_proxsmtp.protocol.smtp.reply_parser import ReplyParser
 from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.fast_io import FastPath
 from trio_proxsmtp.relay.settings import OutTLSMode, UpstreamSettings
+from trio_proxsmtp.relay.tls_sessions import sessions_for
 from trio_proxsmtp.relay.tls_streams import closed_without_notify
 from trio_proxsmtp.relay.upstream_connect import (
     Opener,
@@ -87,6 +89,7 @@ class Upstream:
         self.replies = ReplyParser()
         self.activity = trio.current_time()  # the last byte sent or received
         self.tls = False  # the upstream stream is TLS (OutTLS: implicit, or after STARTTLS)
+        self._ticket_pending = False  # a new TLS 1.3 session: kept at `aclose`
         self._fast = FastPath()  # try the socket call before waiting (fast_io.py)
         # `activity` is kept up to date only for KeepAlives (a clock read per I/O saved).
         self._keepalives = settings.keep_alives > 0
@@ -116,8 +119,13 @@ class Upstream:
         if self.trace and item.trace is not None:
             self.log.debug("SERVER > %s", item.trace)
         await self.send(item.data)
-        if not self.metrics.enabled:
-            return await self._read_reply()
+        if not self.metrics.enabled and not self.trace:
+            # `_read_reply` inlined (once per command): a coroutine less per reply.
+            replies = self.replies
+            reply = replies.next_reply()
+            if reply is None:
+                reply = await self._wait_reply(replies)
+            return reply
         started = trio.current_time()
         reply = await self._read_reply()
         self.metrics.upstream_round_trip(trio.current_time() - started)
@@ -133,7 +141,8 @@ class Upstream:
         if sent == len(data):
             if self._keepalives:
                 self.activity = trio.current_time()
-            self.metrics.bytes_sent("upstream", sent)
+            if self.metrics.enabled:
+                self.metrics.bytes_sent("upstream", sent)
             return
         with trio.move_on_after(self.settings.timeout) as scope:
             try:
@@ -158,27 +167,35 @@ class Upstream:
 
     async def _wait_reply(self, replies: ReplyParser) -> Reply:
         """Read until `replies` has a complete reply: the whole reply, however it is
-        dribbled, within ReplyTimeOut, and every read within TimeOut (one scope per read)."""
-        assert self.stream is not None
-        now = trio.current_time()
-        deadline = now + self.settings.reply_timeout
+        dribbled, within ReplyTimeOut, and every read within TimeOut (one scope per read).
+        The clock is read only once a reply takes more than the first read that does not
+        wait (most do not: four clock reads per message saved, bench/calls.py)."""
+        stream = self.stream
+        assert stream is not None
+        settings = self.settings
+        deadline = math.inf  # set with `now` at the first need
+        now = 0.0
         # The first read follows what was just sent: the answer is not there yet, but
         # usually is once the other tasks have had their turn (FastPath.receive, `later`).
         later = True
+        try_fast = settings.reply_timeout > 0
         while True:
-            idle = now + self.settings.timeout
             fast: bytes | None = None
-            try:
-                if deadline > now:
-                    fast = await self._fast.receive(self.stream, RECEIVE_SIZE, later=later)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise _disconnected(exc) from exc
+            if try_fast:
+                try:
+                    fast = await self._fast.receive(stream, RECEIVE_SIZE, later=later)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise _disconnected(exc) from exc
             if fast is not None:
                 data = fast
             else:
+                if deadline == math.inf:
+                    now = trio.current_time()
+                    deadline = now + settings.reply_timeout
+                idle = now + settings.timeout
                 with trio.CancelScope(deadline=min(idle, deadline)) as scope:
                     try:
-                        data = await self._fast.receive_waiting(self.stream, RECEIVE_SIZE)
+                        data = await self._fast.receive_waiting(stream, RECEIVE_SIZE)
                     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                         raise _disconnected(exc) from exc
                 if scope.cancelled_caught:
@@ -190,12 +207,17 @@ class Upstream:
                 raise UpstreamFailure("server disconnected unexpectedly", "closed the connection")
             if self._keepalives:
                 self.activity = trio.current_time()
-            self.metrics.bytes_received("upstream", len(data))
+            if self.metrics.enabled:
+                self.metrics.bytes_received("upstream", len(data))
             replies.feed(data)
             reply = replies.next_reply()
             if reply is not None:
                 return reply
-            now = trio.current_time()  # a part of a reply: read on, the deadline stands
+            # A part of a reply: read on, the deadline stands.
+            now = trio.current_time()
+            if deadline == math.inf:
+                deadline = now + settings.reply_timeout
+            try_fast = deadline > now
             later = False
 
     def keepalives(self) -> contextlib.AbstractAsyncContextManager[None]:
@@ -270,11 +292,16 @@ class Upstream:
             raise UpstreamFailure(
                 "SERVER: sent data after its reply to STARTTLS", "TLS failure", "4.7.0"
             )
+        context = self.settings.tls_context
+        assert context is not None
+        name = self.server_hostname()
+        sessions = sessions_for(context)
         try:
             stream = await tls_handshake(
-                self.stream, self.settings, self.server_hostname(), self.address
+                self.stream, self.settings, name, self.address, sessions.get(name, self.relay)
             )
         except UpstreamFailure:
+            sessions.forget(name, self.relay)
             self.metrics.tls_handshake_failed("upstream")
             self.metrics.upstream_connect_failed("tls")
             raise
@@ -282,15 +309,33 @@ class Upstream:
         self.tls = True
         self.activity = trio.current_time()
         self.metrics.tls_started("upstream")
-        context = self.settings.tls_context
-        assert context is not None
+        resumed = stream.session_reused
         self.log.info(
-            "SERVER TLS established: %s, %s (%s)",
+            "SERVER TLS established: %s, %s (%s%s)",
             stream.version(),
             stream.cipher()[0],
             "verified" if context.verify_mode == ssl.CERT_REQUIRED else "not verified",
+            ", resumed" if resumed else "",
         )
+        # A new session is kept for the next connection there (relay/tls_sessions.py):
+        # under TLS 1.2 now, under 1.3 at `aclose` (its ticket comes with the replies).  A
+        # resumed one is offered again as it is (reading `session` costs a copy, 0.14 ms):
+        # should the server decline it, the full handshake then brings a new one.
+        if not resumed:
+            if stream.version() == "TLSv1.3":
+                self._ticket_pending = True
+            else:
+                sessions.keep(name, self.relay, stream.session, stream.version())
 
     async def aclose(self) -> None:
-        if self.stream is not None:
-            await self.stream.aclose()
+        stream = self.stream
+        if stream is None:
+            return
+        if self._ticket_pending and isinstance(stream, trio.SSLStream):
+            self._ticket_pending = False
+            context = self.settings.tls_context
+            assert context is not None
+            sessions_for(context).keep(
+                self.server_hostname(), self.relay, stream.session, stream.version()
+            )
+        await stream.aclose()

@@ -154,14 +154,22 @@ def server_hostname(settings: UpstreamSettings, reached: str) -> str | None:
 
 
 async def tls_handshake(
-    stream: trio.abc.Stream, settings: UpstreamSettings, name: str | None, reached: str
+    stream: trio.abc.Stream,
+    settings: UpstreamSettings,
+    name: str | None,
+    reached: str,
+    session: ssl.SSLSession | None = None,
 ) -> trio.SSLStream[trio.abc.Stream]:
-    """The TLS handshake over `stream` under TimeOut.  Never falls back to plain text: a
-    failure is an `UpstreamFailure` whose log line says why (certificate verification,
-    timeout, a closed connection), and the client gets 421 4.7.0."""
+    """The TLS handshake over `stream` under TimeOut, offering `session` for resumption
+    (relay/tls_sessions.py; the server may decline: then a full handshake).  Never falls
+    back to plain text: a failure is an `UpstreamFailure` whose log line says why
+    (certificate verification, timeout, a closed connection), and the client gets 421
+    4.7.0."""
     context = settings.tls_context
     assert context is not None, "OutTLS is on, so the config loader built its context"
     tls = tls_stream(stream, context, server_hostname=name)  # (closes with a close_notify)
+    if session is not None:
+        tls.session = session  # forwarded to the SSLObject, before its handshake
     with trio.move_on_after(settings.timeout) as scope:
         try:
             await tls.do_handshake()
