@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import os
-import socket
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TypeAlias
 
@@ -52,6 +50,7 @@ from trio_proxsmtp.protocol.milter.messages import (
     Negotiate,
 )
 from trio_proxsmtp.protocol.milter.session import NO_REPLY, STAGE_COMMAND
+from trio_proxsmtp.testing.listening import serving_on
 
 __all__ = [
     "ACCEPT",
@@ -166,29 +165,9 @@ class FakeMilter:
     @contextlib.asynccontextmanager
     async def serving(self, unix_path: str | None = None) -> AsyncIterator[str]:
         """Listen (127.0.0.1 port 0, or ``unix_path``); yields the ``Milters:`` address."""
-        if unix_path is None:
-            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-            sock = listeners[0].socket
-            self.address = f"inet:127.0.0.1:{sock.getsockname()[1]}"
-        else:
-            raw = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            await raw.bind(unix_path)
-            raw.listen(16)
-            listeners = [trio.SocketListener(raw)]
-            self.address = f"unix:{unix_path}"
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(trio.serve_listeners, self._serve, listeners)
-                try:
-                    yield self.address
-                finally:
-                    nursery.cancel_scope.cancel()
-        finally:
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
-            if unix_path is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(unix_path)
+        async with serving_on(self._serve, unix_path) as address:
+            self.address = address
+            yield self.address
 
     async def _serve(self, stream: trio.abc.Stream) -> None:
         session = FakeMilterSession()

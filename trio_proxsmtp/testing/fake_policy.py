@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import os
-import socket
 from collections.abc import AsyncIterator, Callable
 
 import trio
+
+from trio_proxsmtp.testing.listening import serving_on
 
 __all__ = ["HANGUP", "STALL", "FakePolicy", "PolicyAnswer"]
 
@@ -47,28 +47,9 @@ class FakePolicy:
     @contextlib.asynccontextmanager
     async def serving(self, unix_path: str | None = None) -> AsyncIterator[str]:
         """Listen (127.0.0.1 port 0, or `unix_path`); yields the ``PolicyService:`` value."""
-        if unix_path is None:
-            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-            self.address = f"inet:127.0.0.1:{listeners[0].socket.getsockname()[1]}"
-        else:
-            raw = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            await raw.bind(unix_path)
-            raw.listen(16)
-            listeners = [trio.SocketListener(raw)]
-            self.address = f"unix:{unix_path}"
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(trio.serve_listeners, self._serve, listeners)
-                try:
-                    yield self.address
-                finally:
-                    nursery.cancel_scope.cancel()
-        finally:
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
-            if unix_path is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(unix_path)
+        async with serving_on(self._serve, unix_path) as address:
+            self.address = address
+            yield self.address
 
     def _answer(self, request: dict[str, str]) -> PolicyAnswer:
         return self.script(request) if callable(self.script) else self.script

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import os
-import socket
 import struct
 from collections.abc import AsyncIterator
 
 import trio
+
+from trio_proxsmtp.testing.listening import serving_on
 
 __all__ = ["HANGUP", "STALL", "FakeClamd", "FakeSpamd"]
 
@@ -54,29 +54,9 @@ class _FakeScanner:
     @contextlib.asynccontextmanager
     async def serving(self, unix_path: str | None = None) -> AsyncIterator[str]:
         """Listen (127.0.0.1 port 0, or ``unix_path``); yields the ``Scanners:`` entry."""
-        if unix_path is None:
-            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-            port = listeners[0].socket.getsockname()[1]
-            self.address = f"{self.kind}:inet:127.0.0.1:{port}"
-        else:
-            raw = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            await raw.bind(unix_path)
-            raw.listen(16)
-            listeners = [trio.SocketListener(raw)]
-            self.address = f"{self.kind}:unix:{unix_path}"
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(trio.serve_listeners, self.handle, listeners)
-                try:
-                    yield self.address
-                finally:
-                    nursery.cancel_scope.cancel()
-        finally:
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
-            if unix_path is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(unix_path)
+        async with serving_on(self.handle, unix_path) as address:
+            self.address = f"{self.kind}:{address}"
+            yield self.address
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one request on `stream`, then close it."""
