@@ -114,9 +114,9 @@ class ClientChannel:
                 ready = trio.current_time()
             deadline, name = deadlines.command_deadline(ready)
             silent = first and not self.reader.buffered_size
-            # TimeOut, without a call but under stress (the usual case)
-            idle = deadlines.idle() if deadlines.stress.on else deadlines.timeout
-            if silent and deadline >= ready + idle:
+            # (TimeOut: a call only under stress, not in the usual case)
+            timeout = deadlines.idle() if deadlines.stress.on else deadlines.timeout
+            if silent and deadline >= ready + timeout:
                 # CommandTimeOut no tighter than TimeOut (its default, docs/behaviour.md
                 # §8.1): TimeOut ends this silence a moment later, logged "client idle".
                 deadline = math.inf
