@@ -1,6 +1,7 @@
 """`DataReceiver.dot_lines` and `DataSender(dot_lines=False)` (issue 26): the replay of the
 client's own DATA skips the search for dot lines only when its reader saw none, and then
-sends exactly what the full search would (docs/behaviour.md §5.1)."""
+sends exactly what the full search would (docs/behaviour.md §5.1, §11.22); and the line-end
+check, by searches for long lines and by counts for short ones, finds every bare CR or LF."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trio_proxsmtp.protocol.smtp import data as data_module
 from trio_proxsmtp.protocol.smtp.data import DataReceiver, DataSender
 
 ALPHABET = [b"\r", b"\n", b".", b"x", b"\x00", b"\r\n", b"\r\n.", b"\r\n.\r\n"]
@@ -74,3 +76,35 @@ def test_dot_lines_false_is_ignored_without_clean() -> None:
 def test_dot_lines_false_still_gives_a_nul_dot_line_its_dot() -> None:
     sender = DataSender(clean=True, dot_lines=False)
     assert sender.feed(b"a\r\n\x00.b\r\n") + sender.finish() == b"a\r\n.\x00.b\r\n.\r\n"
+
+
+def is_clean_by_definition(data: bytes) -> bool:
+    return all(
+        (byte != 13 or data[i + 1 : i + 2] == b"\n") and (byte != 10 or data[i - 1 : i] == b"\r")
+        for i, byte in enumerate(data)
+    )
+
+
+@settings(max_examples=500)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"\n\r", b"x", b"x" * 40]), max_size=30))
+def test_the_line_end_check_agrees_with_its_definition_for_short_and_long_lines(
+    pieces: list[bytes],
+) -> None:
+    # Long lines take the searches for a bare CR or LF, short ones the counts.
+    data = b"".join(pieces)
+    assert data_module._is_clean(data) == is_clean_by_definition(data)
+
+
+def test_the_line_end_check_takes_both_ways() -> None:
+    long_lines = b"x" * 80 + b"\r\n"
+    for data, clean in (
+        (long_lines * 3, True),
+        (long_lines + b"x\ry" + long_lines, False),
+        (long_lines + b"x\ny" + long_lines, False),
+        (long_lines + b"\r", False),
+        (b"\n" + long_lines, False),
+        (b"\r\n" * 50, True),
+        (b"\r\n" * 50 + b"\n\r", False),
+        (b"\r\n\r" * 50, False),
+    ):
+        assert data_module._is_clean(data) == clean == is_clean_by_definition(data), data
