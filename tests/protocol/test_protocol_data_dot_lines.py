@@ -63,6 +63,7 @@ def test_a_stuffed_dot_or_a_bare_line_end_makes_dot_lines() -> None:
         (b"a\r\n..b\r\n.\r\n", [3]),  # the dot at the start of a read
         (b"a\n.b\r\n.\r\n", []),  # a bare LF before a dot: CRLF "." once normalised
         (b"a\r.b\r\n.\r\n", []),  # a bare CR, ditto
+        (b"a" + b"\r\n..b" * 100 + b"\r\n.\r\n", []),  # many: removed by replace()
     ):
         _message, receiver = received(wire, cuts)
         assert receiver.dot_lines, wire
