@@ -684,10 +684,15 @@ def deliver(impl: str, workdir: Path, sessions: int, per_session: int, max_conn:
         sink.close()
 
 
-def big_message(impl: str, workdir: Path, megabytes: int) -> dict[str, float]:
-    """RSS growth of the proxy while one large message passes through `cat`."""
+def big_message(
+    impl: str,
+    workdir: Path,
+    megabytes: int,
+    config: str = "FilterCommand: cat\nFilterTimeout: 120\n",
+) -> dict[str, float]:
+    """RSS growth of the proxy while one large message passes through `cat` (or `config`)."""
     sink = Sink(workdir)
-    proxy = Proxy(impl, workdir, sink.port, "FilterCommand: cat\nFilterTimeout: 120\n")
+    proxy = Proxy(impl, workdir, sink.port, config)
     try:
         client = Client(proxy.port, timeout=180)
         client.command(b"EHLO bench.example", b"250")

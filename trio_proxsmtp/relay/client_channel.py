@@ -97,6 +97,7 @@ class ClientChannel:
         """The next command line; `Drained` if shutdown comes first and nothing is buffered.
         The whole line must arrive within CommandTimeOut (and the session's deadline)."""
         ready: float | None = None  # when a read was first needed (a buffered line: never)
+        deadlines = self.deadlines
         while True:
             if self._draining and self.reader.buffered_size == 0:
                 raise Drained()
@@ -111,9 +112,11 @@ class ClientChannel:
             first = ready is None
             if ready is None:
                 ready = trio.current_time()
-            deadline, name = self.deadlines.command_deadline(ready)
+            deadline, name = deadlines.command_deadline(ready)
             silent = first and not self.reader.buffered_size
-            if silent and deadline >= ready + self.deadlines.idle():
+            # (TimeOut: a call only under stress, not in the usual case)
+            timeout = deadlines.idle() if deadlines.stress.on else deadlines.timeout
+            if silent and deadline >= ready + timeout:
                 # CommandTimeOut no tighter than TimeOut (its default, docs/behaviour.md
                 # §8.1): TimeOut ends this silence a moment later, logged "client idle".
                 deadline = math.inf
@@ -194,7 +197,7 @@ class ClientChannel:
             fast = await self._fast.receive(self.stream, RECEIVE_SIZE, later=answer)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise stream_gone(exc) from exc
-        if fast is not None:
+        if fast is not None and self.metrics.enabled:
             self.metrics.bytes_received("client", len(fast))
         return fast
 
@@ -224,7 +227,8 @@ class ClientChannel:
                 waiting[scope] = now + stressed  # stress coming meanwhile cuts this wait
             try:
                 data = await self._fast.receive_waiting(self.stream, RECEIVE_SIZE)
-                self.metrics.bytes_received("client", len(data))
+                if self.metrics.enabled:
+                    self.metrics.bytes_received("client", len(data))
                 return data
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise stream_gone(exc) from exc
@@ -249,17 +253,16 @@ class ClientChannel:
             sent = await self._fast.send(self.stream, data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise stream_gone(exc) from exc
-        if sent == len(data):
-            self.metrics.bytes_sent("client", sent)
-            return
-        with trio.move_on_after(self.timeout) as scope:
-            try:
-                await self.stream.send_all(data[sent:] if sent else data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise stream_gone(exc) from exc
-        if scope.cancelled_caught:
-            raise ClientGone("timed out writing to the client")
-        self.metrics.bytes_sent("client", len(data))
+        if sent < len(data):
+            with trio.move_on_after(self.timeout) as scope:
+                try:
+                    await self.stream.send_all(data[sent:] if sent else data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise stream_gone(exc) from exc
+            if scope.cancelled_caught:
+                raise ClientGone("timed out writing to the client")
+        if self.metrics.enabled:
+            self.metrics.bytes_sent("client", len(data))
 
     async def say_goodbye(self, reply: Reply) -> None:
         """Best effort: the client may be gone already."""
@@ -359,7 +362,8 @@ class ClientChannel:
                     if not closed_without_notify(exc):
                         self.reader.discard_buffered()  # a reset
                 if data:
-                    self.metrics.bytes_received("client", len(data))
+                    if self.metrics.enabled:
+                        self.metrics.bytes_received("client", len(data))
                     self.reader.feed(bytes(data))
                     continue
                 self._ended(usable=await self._tls_end_is_clean())

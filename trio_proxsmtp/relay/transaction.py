@@ -45,6 +45,9 @@ from trio_proxsmtp.stages.spool import Spool
 __all__ = ["Transaction"]
 
 LEFT_AFTER_COMMIT = "client disconnected after its message went to the next server"
+# The replay sends its last chunk with the final "." in one write up to this size; a
+# larger one goes alone first (joining it to the "." would copy it).
+JOIN_LIMIT = 64 * 1024
 
 
 class Transaction:
@@ -75,6 +78,7 @@ class Transaction:
         self.chunked = 0  # BDAT: message bytes received so far (past the limit too)
         self.chunk_error: str | None = None  # BDAT: the spool failed; reported at LAST
         self.chunks_started: float | None = None  # BDAT: when the first chunk began
+        self.dot_lines = True  # DATA: a line of the message may start with a dot
         # When the message under way began (its reading, or its first chunk): the time a
         # message cut short had run (docs/behaviour.md §9.2).
         self.message_started: float | None = None
@@ -90,6 +94,7 @@ class Transaction:
         self.edited = None
         self.chunked, self.chunk_error, self.chunks_started = 0, None, None
         self.message_started = None
+        self.dot_lines = True
         self.deadline.at = math.inf
 
     def elapsed(self) -> float:
@@ -146,6 +151,7 @@ class Transaction:
         started = self.message_started = trio.current_time()
         async with self.upstream.keepalives():
             size = await self.client.read_message(action, spool)
+        self.dot_lines = reader.message_dot_lines
         now = trio.current_time()
         seconds = now - started
         self.deadline.start(now)
@@ -239,9 +245,11 @@ class Transaction:
         if action.bdat:
             return await self._replay_bdat(message)
         inserter = self._header_inserter()
-        # The client's own DATA, as spooled, is CRLF-normalised already: skip the check.
+        # The client's own DATA, as spooled, is CRLF-normalised already: skip the check,
+        # and the search for dot lines if its reader found none (docs/behaviour.md §5.1).
         received = self.output is None and self.edited is None and self.chunks_started is None
-        sender = DataSender(clean=received and inserter is None)
+        clean = received and inserter is None
+        sender = DataSender(clean=clean, dot_lines=self.dot_lines or not clean)
         sent = 0
         pending = b""  # held back one chunk, so the last one goes out with the "."
         # A plain socket is peeked at before the final "."; another stream is watched.
@@ -253,7 +261,12 @@ class Transaction:
                     sent += len(pending)
                 pending = sender.feed(inserter.feed(chunk) if inserter is not None else chunk)
             tail = inserter.finish() if inserter is not None else b""
-            data = pending + sender.feed(tail) + sender.finish()
+            end = sender.feed(tail) + sender.finish()
+            if len(pending) > JOIN_LIMIT:  # a large last chunk goes alone: not copied
+                await self.upstream.send(pending)
+                sent += len(pending)
+                pending = b""
+            data = pending + end if pending else end
             # The final "." commits the message: not if its client has left meanwhile.
             if self.client.has_left():
                 raise ClientGone("closed the connection before its message was answered")

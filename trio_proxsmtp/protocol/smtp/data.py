@@ -25,6 +25,9 @@ __all__ = ["DataReceiver", "DataSender", "LineEnds", "stuff", "unstuff"]
 _CRLF = b"\r\n"
 _TERMINATOR = b"\r\n.\r\n"
 _LINE_DOT = b"\r\n."
+# The same, searched by `re` (a scan for its first byte: about 2.5x faster than
+# `bytes.find` for mail text, whose letters defeat find's skip table).
+_FIND_LINE_DOT = re.compile(re.escape(_LINE_DOT)).search
 # Suffixes that might be the start of a terminator (or a CR whose LF is still to come),
 # longest first: they are held back until the next chunk decides.
 _HELD_SUFFIXES = (b"\r\n.\r", b"\r\n.", b"\r\n", b"\r")
@@ -37,6 +40,10 @@ _MIN_SPLICES = 32
 _NUL_DOT_LINE = re.compile(rb"\r\n(\x00+\.)")
 _MAX_HELD_NULS = 1024
 _BYTES_PER_SPLICE = 512
+# A CR that no LF follows, an LF that no CR precedes (each pattern starts with its byte).
+_BARE_CR = re.compile(rb"\r(?!\n)")
+_BARE_LF = re.compile(rb"\n(?<!\r\n)")
+_REGEX_LINE = 32
 
 
 def _max_splices(size: int) -> int:
@@ -44,15 +51,26 @@ def _max_splices(size: int) -> int:
 
 
 def _is_clean(data: bytes) -> bool:
-    """True when every CR and LF in `data` is part of a CRLF pair."""
+    """True when every CR and LF in `data` is part of a CRLF pair.
+
+    Lines of _REGEX_LINE bytes or more on average (most mail): a search for a bare CR and
+    one for a bare LF, each a fast scan for its byte (about 30 % less than the counts per
+    MB); their cost grows with the number of line ends, so shorter lines are counted."""
+    lf = data.count(b"\n")
+    if len(data) >= _REGEX_LINE * lf:
+        return _BARE_CR.search(data) is None and _BARE_LF.search(data) is None
     crlf = data.count(b"\r\n")
-    return data.count(b"\n") == crlf and data.count(b"\r") == crlf
+    return lf == crlf and data.count(b"\r") == crlf
 
 
 def _normalise_line_ends(data: bytes) -> bytes:
     """Every CRLF, bare CR and bare LF becomes CRLF (a CR at the very end counts as bare)."""
     if _is_clean(data):
         return data
+    return _to_crlf(data)
+
+
+def _to_crlf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
@@ -67,6 +85,14 @@ class DataReceiver:
         self._remaining = b""
         self._done = False
         self._size = 0
+        self._dot_lines = False
+
+    @property
+    def dot_lines(self) -> bool:
+        """Whether a line of the message returned so far may start with a dot: False only
+        when no transparency dot was removed and no line end normalised (then no line of
+        it does; `DataSender(dot_lines=False)` need not look for one)."""
+        return self._dot_lines
 
     @property
     def done(self) -> bool:
@@ -93,14 +119,16 @@ class DataReceiver:
                 return b""
             if work.startswith(b"."):
                 start = 1  # a transparency dot
+                self._dot_lines = True
         # Every "\r\n." is either the terminator or a line's transparency dot.
         dots: list[int] | None = []
         max_dots = _max_splices(len(work))
         pos = start
         while True:
-            found = work.find(_LINE_DOT, pos)
-            if found < 0:
+            match = _FIND_LINE_DOT(work, pos)
+            if match is None:
                 break
+            found = match.start()
             if work.startswith(_CRLF, found + 3):
                 return self._finish(work, start, found + 2, dots, found + 5)
             if dots is not None and len(dots) >= max_dots:
@@ -145,14 +173,20 @@ class DataReceiver:
         self._after_crlf = work.endswith(_CRLF, 0, cut)
         if dots is None:
             region = work[start:cut].replace(_LINE_DOT, _CRLF)
+            self._dot_lines = True
         elif dots:
             # cut the region at each dot and drop the dot from the piece it starts
             pieces = [work[start : dots[0]]]
             pieces += [work[a + 1 : b] for a, b in zip(dots, [*dots[1:], cut], strict=True)]
             region = b"".join(pieces)
+            self._dot_lines = True
         else:
             region = work[start:cut]
-        out = _normalise_line_ends(region)
+        if _is_clean(region):
+            out = region
+        else:
+            out = _to_crlf(region)
+            self._dot_lines = True  # a bare line end before a dot makes a dot line
         self._size += len(out)
         return out
 
@@ -163,10 +197,14 @@ class DataSender:
     `clean`: the caller vouches that every CR and LF it feeds is part of a CRLF pair (a
     `DataReceiver`'s output, as spooled): the line-end check is skipped, three
     `bytes.count` passes over every chunk (about 2 ms per MB here, a third of a large
-    message's CPU).  A bare line end fed anyway goes out as it is."""
+    message's CPU).  A bare line end fed anyway goes out as it is.  With `clean` only,
+    `dot_lines=False`: the caller vouches that no line starts with a dot either (that
+    `DataReceiver`'s `dot_lines`): the search for them is skipped too (about 0.6 ms per
+    MB).  Lines whose first byte other than NUL is a dot are still found."""
 
-    def __init__(self, *, clean: bool = False) -> None:
+    def __init__(self, *, clean: bool = False, dot_lines: bool = True) -> None:
         self._clean = clean
+        self._dot_lines = dot_lines or not clean
         self._at_line_start = True
         self._held_cr = False
         self._held_nuls = 0  # NULs that start a line, held until the next byte decides
@@ -221,7 +259,10 @@ class DataSender:
         """Normalise `data` (no trailing CR) and double every dot that starts a line."""
         wire = data if self._clean else _normalise_line_ends(data)
         at_line_start = self._at_line_start
-        wire = self._stuffed_dots(wire)
+        if self._dot_lines:
+            wire = self._stuffed_dots(wire)
+        else:
+            self._at_line_start = wire.endswith(b"\n")
         if self._after_nuls or b"\x00" in wire:
             wire = self._stuffed_nul_dots(wire, at_line_start)
         return wire
@@ -234,9 +275,10 @@ class DataSender:
         if self._at_line_start and wire.startswith(b"."):
             pieces.append(b".")
         while True:
-            found = wire.find(_LINE_DOT, pos)
-            if found < 0:
+            match = _FIND_LINE_DOT(wire, pos)
+            if match is None:
                 break
+            found = match.start()
             if len(pieces) >= max_pieces:
                 pieces.append(wire[pos:].replace(_LINE_DOT, b"\r\n.."))
                 pos = len(wire)

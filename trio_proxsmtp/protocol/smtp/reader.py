@@ -133,6 +133,11 @@ class ClientReader:
         """Message bytes returned so far in MESSAGE mode (or by the last message)."""
         return self._receiver.size if self._receiver is not None else 0
 
+    @property
+    def message_dot_lines(self) -> bool:
+        """Whether a line of the last message may start with a dot (`DataReceiver`)."""
+        return self._receiver.dot_lines if self._receiver is not None else True
+
     def feed(self, data: bytes) -> None:
         if self._mode is Mode.MESSAGE:
             self._body = self._body + data if self._body else data
