@@ -68,7 +68,7 @@ async def test_every_line_of_a_busy_run_parses(tmp_path: Path, fmt: str) -> None
             )
             with proxy_process(config, tmp_path / "proxy.log") as proxy:
                 await proxy.wait_log("worker 1 of 2 serving", 1)
-                await proxy.wait_log("worker 0 of 2 serving", 1)
+                await proxy.wait_log("worker 2 of 2 serving", 1)
                 codes: list[int] = []
 
                 async def run(n: int) -> None:

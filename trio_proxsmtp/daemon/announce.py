@@ -41,5 +41,6 @@ def listening(names: list[str], workers: int = 1) -> None:
 
 
 def worker_serving(worker: int, workers: int, names: list[str]) -> None:
-    """One worker of several is ready to serve `names`."""
-    log.info("worker %d of %d serving %s", worker, workers, ", ".join(names))
+    """One worker of several (`worker`: its index from 0) is ready to serve `names`;
+    counted from 1, as the supervisor's `worker K of N started` line counts it."""
+    log.info("worker %d of %d serving %s", worker + 1, workers, ", ".join(names))
