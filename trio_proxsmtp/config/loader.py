@@ -94,7 +94,7 @@ def parse_config_with_warnings(text: str, path: str = "<string>") -> tuple[Confi
 
     if values.get("workers") == AUTO:
         del values["workers"]  # the default: Config resolves it from MaxConnections
-    config = Config(path=path, **values)
+    config = Config(path=path, option_lines=lines, **values)
     if config.workers > config.max_connections:
         # Each worker gets a share of MaxConnections; a share of 0 would refuse everyone.
         raise ConfigError(

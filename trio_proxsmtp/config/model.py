@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import ssl
+from collections.abc import Mapping
 
 import attrs
 
@@ -155,6 +156,9 @@ class Config:
     # after SIGTERM, while /readyz says draining; 0 = stop accepting at once (1.10's way).
     drain_delay: float = 0.0
     path: str = "/etc/proxsmtpd.conf"  # the file this came from
+    # Field -> the line of its (last) setting in that file, for errors found after parsing
+    # (a User that does not exist): filled by the loader.
+    option_lines: Mapping[str, int] = attrs.field(factory=dict, eq=False, repr=False)
 
     @property
     def upstream_tls_verify(self) -> bool:

@@ -44,21 +44,6 @@ def _parse_debug_level(text: str) -> int:
     return int(text)
 
 
-def _option_line(path: str, option: str) -> int | None:
-    """The line of the last setting of `option` in the config file (the one in force), for
-    an error found after parsing, such as a `User` that does not exist."""
-    found = None
-    try:
-        with open(path, encoding="utf-8") as f:
-            for number, raw in enumerate(f, start=1):
-                name, colon, _ = raw.strip().partition(":")
-                if colon and not name.startswith("#") and name.strip().lower() == option:
-                    found = number
-    except (OSError, UnicodeDecodeError):
-        return None
-    return found
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run proxsmtpd; returns the process exit status."""
     args = sys.argv[1:] if argv is None else argv
@@ -117,9 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         print_error(str(exc))
         return 2
     except PrivilegeError as exc:
-        print_error(
-            str(ConfigError(config_path, _option_line(config_path, "user"), "User", str(exc)))
-        )
+        line = config.option_lines.get("user")  # the setting in force
+        print_error(str(ConfigError(config_path, line, "User", str(exc))))
         return 2 if check_only else 1
     if check_only:
         for warning in warnings:
