@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from trio_proxsmtp.common.address import Address, AddressKind, parse_address, resolve_tcp
 from trio_proxsmtp.common.log_format import LogFormat
 from trio_proxsmtp.common.networks import IPNetwork, parse_networks
+from trio_proxsmtp.config.addresses import parse_milter_address
 from trio_proxsmtp.config.model import (
     DEFAULT_FILTER_REJECT,
     DEFAULT_LISTEN_PORT,
@@ -42,38 +43,6 @@ __all__ = ["AUTO", "OPTIONS", "Invalid", "parse_milter_address", "parse_milter_l
 
 # C `int`, like the reference's strtol into an int: keeps timeouts sane for Trio.
 _INT_MAX = 2**31 - 1
-
-
-def parse_milter_address(text: str) -> MilterAddress:
-    """Parse one ``Milters:`` entry; raises ValueError with the reason."""
-    kind, colon, rest = text.partition(":")
-    if not colon or not rest:
-        raise ValueError(f"{text!r}: expected inet:host:port or unix:/path")
-    kind = kind.lower()
-    if kind in ("unix", "local"):
-        if not rest.startswith("/"):
-            raise ValueError(f"{text!r}: the unix socket path must be absolute")
-        if len(rest.encode()) >= 108:
-            raise ValueError(f"{text!r}: unix socket path too long")
-        return MilterAddress(text, path=rest)
-    if kind not in ("inet", "inet6"):
-        raise ValueError(f"{text!r}: unknown milter socket type {kind!r} (inet or unix)")
-    if rest.startswith("["):
-        host, bracket, port_text = rest[1:].partition("]")
-        if not bracket or not port_text.startswith(":"):
-            raise ValueError(f"{text!r}: expected inet:[address]:port")
-        port_text = port_text[1:]
-    else:
-        host, colon, port_text = rest.rpartition(":")
-        if not colon:
-            raise ValueError(f"{text!r}: a port is required (inet:host:port)")
-        if ":" in host:
-            raise ValueError(f"{text!r}: write an IPv6 address in brackets")
-    if not host:
-        raise ValueError(f"{text!r}: a host is required")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"{text!r}: invalid port {port_text!r}")
-    return MilterAddress(text, host=host, port=int(port_text))
 
 
 def parse_milter_list(value: str) -> tuple[MilterAddress, ...]:
@@ -229,7 +198,7 @@ def _invalid_on_error(parser: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _scanners(value: str) -> tuple[ScannerAddress, ...]:
-    return parse_scanner_list(value, parse_milter_address)
+    return parse_scanner_list(value)
 
 
 def _non_empty(value: str) -> str:

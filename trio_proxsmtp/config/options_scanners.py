@@ -5,20 +5,18 @@ reason; `options.py` turns it into `Invalid` in the table."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
-from trio_proxsmtp.stages.settings import MilterAddress, ScannerAddress, ScannerKind
+from trio_proxsmtp.config.addresses import parse_milter_address
+from trio_proxsmtp.stages.settings import ScannerAddress, ScannerKind
 
 __all__ = ["parse_scanner_list", "parse_spamd_reject_score", "parse_spamd_user"]
 
 _KINDS = ", ".join(kind.value for kind in ScannerKind)
 
 
-def parse_scanner_list(
-    value: str, parse_address: Callable[[str], MilterAddress]
-) -> tuple[ScannerAddress, ...]:
-    """``spamd:inet:127.0.0.1:783, clamd:unix:/run/clamav/clamd.ctl``, in order.
-    `parse_address` parses the ADDRESS part as for Milters."""
+def parse_scanner_list(value: str) -> tuple[ScannerAddress, ...]:
+    """``spamd:inet:127.0.0.1:783, clamd:unix:/run/clamav/clamd.ctl``, in order; the
+    ADDRESS part as for Milters."""
     scanners: list[ScannerAddress] = []
     for item in value.replace(",", " ").split():
         kind_text, colon, address = item.partition(":")
@@ -28,7 +26,7 @@ def parse_scanner_list(
             raise ValueError(f"{item!r}: unknown scanner {kind_text!r} ({_KINDS})") from None
         if not colon or not address:
             raise ValueError(f"{item!r}: expected {kind.value}:inet:HOST:PORT or :unix:/PATH")
-        scanners.append(ScannerAddress(kind, parse_address(address)))
+        scanners.append(ScannerAddress(kind, parse_milter_address(address)))
     if not scanners:
         raise ValueError("no scanner given (spamd:ADDRESS, clamd:ADDRESS)")
     return tuple(scanners)
