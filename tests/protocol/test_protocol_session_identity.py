@@ -193,6 +193,18 @@ def test_xforward_not_sent_when_not_offered_or_off() -> None:
     assert not any(u.startswith(b"XFORWARD") for u in d.upstream + d2.upstream)
 
 
+def test_a_listed_keyword_with_nothing_we_know_sends_no_bare_command() -> None:
+    # A bare XCLIENT/XFORWARD (or only attributes we never send) would be refused with 501:
+    # a failed XCLIENT closes the connection, a failed XFORWARD fails every MAIL.
+    ehlo = Reply(250, ("up.example", "XCLIENT LOGIN", "XFORWARD IDENT"))
+    policy = attrs.evolve(xforward_policy(), xclient=True)
+    d = ready(policy, ehlo=ehlo)
+    assert d.command("MAIL FROM:<s@x>", OK) == [OK]
+    assert d.upstream[-1] == b"MAIL FROM:<s@x>\r\n"
+    assert not any(u.startswith((b"XCLIENT", b"XFORWARD")) for u in d.upstream)
+    assert pack("XFORWARD", [], []) == []
+
+
 def test_forged_client_xforward_refused_never_forwarded() -> None:
     d = ready(xforward_policy(), ehlo=EHLO_FULL)
     before = list(d.upstream)

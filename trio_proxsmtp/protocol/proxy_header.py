@@ -32,8 +32,10 @@ import attrs
 from trio_proxsmtp.protocol.errors import RemoteProtocolError
 
 __all__ = [
+    "FAMILIES",
     "MAX_V2_LENGTH",
     "NEED_MORE",
+    "TRANSPORTS",
     "UNIX_PATH_LENGTH",
     "V1_MAX_LENGTH",
     "V2_SIGNATURE",
@@ -100,8 +102,8 @@ class TLVType(enum.IntEnum):
     NETNS = 0x30
 
 
-_FAMILIES = {0: ProxyFamily.UNSPEC, 1: ProxyFamily.INET, 2: ProxyFamily.INET6, 3: ProxyFamily.UNIX}
-_TRANSPORTS = {0: ProxyTransport.UNSPEC, 1: ProxyTransport.STREAM, 2: ProxyTransport.DGRAM}
+FAMILIES = {0: ProxyFamily.UNSPEC, 1: ProxyFamily.INET, 2: ProxyFamily.INET6, 3: ProxyFamily.UNIX}
+TRANSPORTS = {0: ProxyTransport.UNSPEC, 1: ProxyTransport.STREAM, 2: ProxyTransport.DGRAM}
 _KNOWN_TLVS = frozenset(int(t) for t in TLVType)
 
 
@@ -281,9 +283,9 @@ def _parse_v2(buffer: bytes, max_length: int) -> NeedMore | ParsedProxyHeader:
     else:
         raise ProxyHeaderError(f"PROXY v2 command is neither LOCAL nor PROXY: {command_code}")
     family_code, transport_code = family_transport >> 4, family_transport & 0x0F
-    if family_code not in _FAMILIES:
+    if family_code not in FAMILIES:
         raise ProxyHeaderError(f"PROXY v2 unknown address family: {family_code}")
-    if transport_code not in _TRANSPORTS:
+    if transport_code not in TRANSPORTS:
         raise ProxyHeaderError(f"PROXY v2 unknown transport: {transport_code}")
     if length > max_length:
         raise ProxyHeaderError(f"PROXY v2 header length {length} is over the limit {max_length}")
@@ -292,7 +294,7 @@ def _parse_v2(buffer: bytes, max_length: int) -> NeedMore | ParsedProxyHeader:
         return NEED_MORE
     body = buffer[V2_FIXED_LENGTH:total]
     remainder = buffer[total:]
-    family, transport = _FAMILIES[family_code], _TRANSPORTS[transport_code]
+    family, transport = FAMILIES[family_code], TRANSPORTS[transport_code]
     if command is ProxyCommand.LOCAL:
         # The balancer speaking for itself: the address block is to be ignored.
         return ParsedProxyHeader(ProxyHeader(2, command, family, transport), remainder)

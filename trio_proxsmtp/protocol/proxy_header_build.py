@@ -10,6 +10,8 @@ import ipaddress
 import struct
 
 from trio_proxsmtp.protocol.proxy_header import (
+    FAMILIES,
+    TRANSPORTS,
     UNIX_PATH_LENGTH,
     V2_SIGNATURE,
     ProxyCommand,
@@ -20,13 +22,9 @@ from trio_proxsmtp.protocol.proxy_header import (
 
 __all__ = ["client_header", "encode", "encode_v1", "encode_v2"]
 
-_FAMILY_CODES = {
-    ProxyFamily.UNSPEC: 0,
-    ProxyFamily.INET: 1,
-    ProxyFamily.INET6: 2,
-    ProxyFamily.UNIX: 3,
-}
-_TRANSPORT_CODES = {ProxyTransport.UNSPEC: 0, ProxyTransport.STREAM: 1, ProxyTransport.DGRAM: 2}
+# The codes of the v2 header, the parser's tables turned round.
+_FAMILY_CODES = {family: code for code, family in FAMILIES.items()}
+_TRANSPORT_CODES = {transport: code for code, transport in TRANSPORTS.items()}
 _IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 

@@ -107,7 +107,8 @@ def port_value(port: int | None) -> str:
 
 def pack(verb: str, pieces: list[tuple[str, str]], notes: list[Action]) -> list[bytes]:
     """`VERB NAME=VALUE ...` lines, each within LINE_MAX with its CRLF, in the pieces'
-    order; a piece that fits no line alone goes as NAME=[UNAVAILABLE] (noted)."""
+    order; a piece that fits no line alone goes as NAME=[UNAVAILABLE] (noted).  No
+    pieces, no line: a bare VERB would only be refused."""
     room = LINE_MAX - len(verb) - 2  # the verb and the CRLF
     lines: list[str] = []
     current = verb
@@ -120,7 +121,7 @@ def pack(verb: str, pieces: list[tuple[str, str]], notes: list[Action]) -> list[
             lines.append(current)
             current = verb
         current += piece
-    if current != verb or not lines:
+    if current != verb:
         lines.append(current)
     return [f"{line}\r\n".encode("ascii") for line in lines]
 
@@ -142,8 +143,8 @@ def xclient_lines(session: SessionState) -> tuple[list[bytes], list[Action]]:
         pieces.append(("NAME", name))
     if "PORT" in offered:
         pieces.append(("PORT", port_value(policy.client_port)))
-    if "PROTO" in offered and session.helo_line is not None:
-        pieces.append(("PROTO", "ESMTP" if session.helo_line[:4].upper() == b"EHLO" else "SMTP"))
+    if "PROTO" in offered and session.protocol_name is not None:
+        pieces.append(("PROTO", session.protocol_name))
     if "DESTADDR" in offered and policy.destination is not None:
         ipv6 = ":" in policy.destination
         pieces.append(("DESTADDR", address_value(policy.destination, ipv6)))
@@ -167,6 +168,8 @@ def _send(session: SessionState, command: Command) -> list[Action]:
     # changes (the state, the envelope) is seen by the swallowed replies.
     session.xclient.sent = True
     lines, notes = xclient_lines(session)
+    if not lines:  # it lists nothing we know: nothing to say
+        return [*notes, *session.dispatch(command)]
     first, *rest = lines
     session.xclient.lines.extend(rest)
     return [*notes, SendUpstream(first, Purpose.XCLIENT, command)]

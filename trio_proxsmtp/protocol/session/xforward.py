@@ -60,9 +60,7 @@ def xforward_lines(session: SessionState) -> tuple[list[bytes], list[Action]]:
     if "PORT" in offered:
         pieces.append(("PORT", port_value(policy.client_port)))
     if "PROTO" in offered:
-        helo_line = session.helo_line or b""
-        proto = "ESMTP" if helo_line[:4].upper() == b"EHLO" else "SMTP"
-        pieces.append(("PROTO", proto if helo_line else UNAVAILABLE))
+        pieces.append(("PROTO", session.protocol_name or UNAVAILABLE))
     if "HELO" in offered:
         helo = helo_value(session.helo_name) if session.helo_name else UNAVAILABLE
         if helo is None:
@@ -81,6 +79,8 @@ def _send(session: SessionState, command: Command) -> list[Action]:
     # The MAIL waits until the XFORWARD exchange is over, then meets the other gates.
     session.xforward.sent_for = command
     lines, notes = xforward_lines(session)
+    if not lines:  # it lists nothing we know: nothing to say
+        return [*notes, *session.dispatch(command)]
     first, *rest = lines
     session.xforward.lines.extend(rest)
     return [*notes, SendUpstream(first, Purpose.XFORWARD, command)]

@@ -200,17 +200,11 @@ class Milters:
         self,
         name: str,
         *,
-        tls_version: str | None = None,
-        cipher: str | None = None,
         tls: Mapping[str, str] | None = None,
     ) -> MilterDecision:
         """After the client's HELO/EHLO, before it is answered; `tls`: the client side's
         TLS macros (stages/milter/macros.py `tls_macros`)."""
         macros = dict(tls or {})
-        if tls_version:
-            macros["{tls_version}"] = tls_version
-        if cipher:
-            macros["{cipher}"] = cipher
         return await self._run_stage(Stage.HELO, name, macros=macros, connection=True)
 
     async def mail(
