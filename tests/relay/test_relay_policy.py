@@ -211,6 +211,25 @@ async def test_a_failing_service_gets_the_default_action(
     assert reason in logged and f"PolicyDefaultAction {default}" in logged
 
 
+async def test_a_stall_on_a_reused_connection_waits_one_policy_timeout_only(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The second RCPT goes over the connection the first used; the service then stalls.
+    # Only a closed idle connection is worth a second try: a timeout is not retried, so the
+    # RCPT waits PolicyTimeout once, not twice (or more) over.
+    policy = FakePolicy(lambda request: "DUNNO" if request["recipient"] == "a@x" else STALL)
+    with trio.fail_after(600):
+        async with policy.serving() as address:
+            config = f"PolicyService: {address}\nPolicyTimeout: 7\nTimeOut: 100"
+            async with memory_proxied(config) as (_up, proxy), proxy.connect(timeout=50) as client:
+                start = trio.current_time()
+                replies = await client.start_message("s@x", ["a@x", "b@x"])
+                elapsed = trio.current_time() - start
+    assert [r.code for r in replies][-3:] == [250, 451, 354]  # a@x relayed, b@x refused
+    assert elapsed == pytest.approx(7, abs=0.5)  # before: 14, a second try timed out too
+    assert policy.connections == 1
+
+
 async def test_an_unreachable_service_gets_the_default_action(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -36,6 +36,11 @@ class PolicyFailure(RemoteError):
     """The policy service was unreachable, timed out or broke the protocol."""
 
 
+class _TimedOut(PolicyFailure):
+    """PolicyTimeout passed: a slow service, not an idle connection it closed, so not
+    tried again (that would double the RCPT's wait)."""
+
+
 class PolicyClient:
     """The policy service for one client connection; see the module docstring."""
 
@@ -57,7 +62,7 @@ class PolicyClient:
                 answer = await self._exchange(request)
             except PolicyFailure as exc:
                 await self.aclose()
-                if reused:
+                if reused and not isinstance(exc, _TimedOut):
                     continue  # closed while idle, most likely: once more, on a new connection
                 return self._default(str(exc))
             return judge(answer["action"], recipient)
@@ -76,15 +81,12 @@ class PolicyClient:
         stream = self.stream
         assert stream is not None
         self.requests += 1
-        with trio.move_on_after(timeout) as scope:
+        reader = AnswerReader()
+        with trio.move_on_after(timeout):  # one deadline: the request and its whole answer
             try:
                 await stream.send_all(request)
             except _IO_ERRORS as exc:
                 raise PolicyFailure(f"cannot send the request: {exc}") from None
-        if scope.cancelled_caught:
-            raise PolicyFailure(f"request not taken within {timeout:g}s")
-        reader = AnswerReader()
-        with trio.move_on_after(timeout) as scope:
             while True:
                 try:
                     data = await stream.receive_some(_READ_SIZE)
@@ -98,7 +100,7 @@ class PolicyClient:
                     raise PolicyFailure(f"protocol error: {exc}") from None
                 if answer is not None:
                     return answer
-        raise PolicyFailure(f"no answer within {timeout:g}s")
+        raise _TimedOut(f"no answer within {timeout:g}s")
 
     async def _connect(self) -> None:
         address = self.settings.address
@@ -112,7 +114,7 @@ class PolicyClient:
             except OSError as exc:
                 raise PolicyFailure(f"cannot connect: {exc}") from None
         if scope.cancelled_caught:
-            raise PolicyFailure("connect timed out")
+            raise _TimedOut("connect timed out")
         self.requests = 0
 
     async def aclose(self) -> None:
