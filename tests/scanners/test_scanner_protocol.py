@@ -173,6 +173,17 @@ def test_the_senders_x_spam_fields_are_stripped_however_split(size: int) -> None
     assert out + stripper.finish() == STRIPPED
 
 
+@pytest.mark.parametrize("size", [1, 3, 1000])
+def test_a_body_without_a_blank_line_before_it_is_never_stripped(size: int) -> None:
+    # The header ends at a line that is no field, as the Header option and edit.py read it.
+    from trio_proxsmtp.protocol.message.strip import HeaderFieldStripper
+
+    message = b"Subject: a\r\nbody text\r\nX-Spam-Flag: YES\r\nmore\r\n"
+    stripper = HeaderFieldStripper(b"X-Spam-")
+    out = b"".join(stripper.feed(message[i : i + size]) for i in range(0, len(message), size))
+    assert out + stripper.finish() == message
+
+
 def test_a_header_only_message_and_its_last_line() -> None:
     from trio_proxsmtp.protocol.message.strip import HeaderFieldStripper
 

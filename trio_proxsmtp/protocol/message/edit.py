@@ -47,6 +47,7 @@ __all__ = [
     "Recipient",
     "apply_modifications",
     "bare_address",
+    "is_field_start",
     "read_message",
 ]
 
@@ -157,7 +158,8 @@ class EditedMessage:
         yield from self.body_chunks()
 
 
-def _is_field_start(line: bytes) -> bool:
+def is_field_start(line: bytes) -> bool:
+    """A header field's first line: a name of printable characters, then ":"."""
     colon = line.find(b":")
     if colon <= 0:
         return False
@@ -198,7 +200,7 @@ def read_message(source: Callable[[], Iterable[bytes]]) -> EditedMessage:
             headers.append(HeaderField(current_name, raw))
             offset += len(raw)
             current = []
-        if not _is_field_start(line):
+        if not is_field_start(line):
             stopped = True  # not a header: the body starts here, without a blank line
             break
         current = [line]

@@ -4,14 +4,17 @@ before spamd's own are added (docs/behaviour.md §11.16)."""
 
 from __future__ import annotations
 
+from trio_proxsmtp.protocol.message.edit import is_field_start
+
 __all__ = ["HeaderFieldStripper"]
 
 
 class HeaderFieldStripper:
     """Passes a message through, without the header fields (continuation lines included)
     whose name starts with `prefix` (any case).  Only the header section is looked at: it
-    ends at the first blank (empty or whitespace-only) line; the output never depends on
-    how the input was split."""
+    ends at the first blank (empty or whitespace-only) line, or at a line that is neither a
+    field nor a continuation, as edit.py and the Header option read it; the output never
+    depends on how the input was split."""
 
     def __init__(self, prefix: bytes) -> None:
         self._prefix = prefix.lower()
@@ -53,5 +56,8 @@ class HeaderFieldStripper:
             return line
         if line[:1] in (b" ", b"\t"):
             return b"" if self._dropping else line
+        if not is_field_start(line):  # the body, with no blank line before it
+            self._in_header = False
+            return line
         self._dropping = line[: len(self._prefix)].lower() == self._prefix
         return b"" if self._dropping else line
