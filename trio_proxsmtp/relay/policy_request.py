@@ -5,6 +5,7 @@ verified name, the TLS of the client side) as protocol/policy.py's `PolicyReques
 from __future__ import annotations
 
 from trio_proxsmtp.protocol.policy import PolicyRequest
+from trio_proxsmtp.protocol.session.limits import declared_size
 from trio_proxsmtp.protocol.session.state import SessionState
 from trio_proxsmtp.protocol.smtp.commands import Command
 from trio_proxsmtp.relay.client_channel import ClientChannel
@@ -39,16 +40,8 @@ def policy_request(
         queue_id=queue_id,
         client_port=info.client_port,
         server_address=info.local,
-        size=_declared_size(envelope.sender_params),
+        size=declared_size(envelope.sender_params) or 0,
         encryption_protocol=tls.get("{tls_version}", ""),
         encryption_cipher=tls.get("{cipher}", ""),
         encryption_keysize=int(tls.get("{cipher_bits}", "0")),
     )
-
-
-def _declared_size(params: tuple[str, ...]) -> int:
-    for param in params:
-        name, _, value = param.partition("=")
-        if name.upper() == "SIZE" and value.isdigit():
-            return int(value)
-    return 0

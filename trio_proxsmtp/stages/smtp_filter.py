@@ -8,7 +8,6 @@ local content filter, reached on loopback or a unix socket."""
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import socket
 from collections.abc import Sequence
 
@@ -17,7 +16,7 @@ import trio
 
 from trio_proxsmtp.common.address import AddressKind, parse_address
 from trio_proxsmtp.protocol.errors import RemoteProtocolError
-from trio_proxsmtp.protocol.smtp.commands import xtext_encode
+from trio_proxsmtp.protocol.session.xclient import address_value, helo_value
 from trio_proxsmtp.protocol.smtp.data import DataSender
 from trio_proxsmtp.protocol.smtp.ehlo import Extensions, parse_extensions
 from trio_proxsmtp.protocol.smtp.replies import Reply
@@ -188,20 +187,13 @@ async def _hello(client: _Client, name: str | None = None) -> Extensions | None:
 async def _xclient(client: _Client, envelope: SmtpEnvelope) -> bool:
     """XCLIENT ADDR= and HELO= when we know them; whether the server took it."""
     attributes: list[str] = []
-    if envelope.client_address:
-        attributes.append(f"ADDR={_xclient_addr(envelope.client_address)}")
-    if envelope.client_helo:
-        attributes.append(f"HELO={xtext_encode(envelope.client_helo)}")
+    if envelope.client_address:  # as the session's XCLIENT says them, within Postfix's limits
+        address = envelope.client_address.partition("%")[0]
+        attributes.append(f"ADDR={address_value(address, ':' in address)}")
+    if envelope.client_helo and (helo := helo_value(envelope.client_helo)) is not None:
+        attributes.append(f"HELO={helo}")
     if not attributes:
         return False
     await client.send(f"XCLIENT {' '.join(attributes)}\r\n".encode())
     reply = await client.reply()
     return reply.code == 220 or reply.is_positive
-
-
-def _xclient_addr(address: str) -> str:
-    try:
-        ip = ipaddress.ip_address(address.partition("%")[0])
-    except ValueError:
-        return xtext_encode(address)
-    return f"IPV6:{ip}" if ip.version == 6 else str(ip)

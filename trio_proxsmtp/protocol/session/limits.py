@@ -5,6 +5,7 @@ or the next server's SIZE, the smaller; a MAIL declaring more is refused at once
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from trio_proxsmtp.protocol.session.actions import Action, SendClient, SendUpstream
@@ -15,7 +16,7 @@ from trio_proxsmtp.protocol.smtp.commands import Command, Verb
 if TYPE_CHECKING:
     from trio_proxsmtp.protocol.session.state import SessionState
 
-__all__ = ["MAX_RECIPIENTS", "declared_too_big", "size_limit"]
+__all__ = ["MAX_RECIPIENTS", "declared_size", "declared_too_big", "size_limit"]
 
 
 def size_limit(session: SessionState) -> int | None:
@@ -30,11 +31,17 @@ def declared_too_big(session: SessionState, command: Command) -> bool:
     limit = session.policy.max_message_size
     if not limit:
         return False
-    for param in command.params:
+    size = declared_size(command.params)
+    return size is not None and size > limit
+
+
+def declared_size(params: Sequence[str]) -> int | None:
+    """MAIL's SIZE= (RFC 1870), None when it has none (or not a number)."""
+    for param in params:
         name, _, value = param.partition("=")
         if name.upper() == "SIZE" and value.isascii() and value.isdigit():
-            return int(value) > limit
-    return False
+            return int(value)
+    return None
 
 
 def _too_many_recipients(session: SessionState, command: Command) -> bool:
