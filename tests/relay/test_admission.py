@@ -72,6 +72,13 @@ def test_exempt_and_unlimited_clients_are_never_refused() -> None:
     assert admission.for_client("192.0.2.1", Limits(10, 1)) is Refusal.CLIENT_LIMIT
 
 
+def test_with_no_per_client_limit_nothing_is_counted() -> None:
+    # MaxConnectionsPerClient: 0 refuses nobody: no address is counted, so no connection
+    # pays for the shared table's lock under Workers.
+    config = parse_config("OutAddress: 127.0.0.1:2525\nMaxConnectionsPerClient: 0\n")
+    assert counted_client(config, "192.0.2.1") is None
+
+
 @pytest.mark.parametrize("max_connections", [1, 4, 10, 64])
 def test_stress_switches_on_at_its_fraction_and_off_below(max_connections: int) -> None:
     limits = Limits(max_connections, stress_timeout=10.0)

@@ -38,7 +38,6 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from trio_proxsmtp.common.log_format import (
-    SYSLOG_IDENT,  # noqa: F401 (the ident, named here as before)
     LogFormat,
     StructuredFormatter,
     TextFormatter,

@@ -34,6 +34,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from trio_proxsmtp.protocol.message.summary import render
+
 __all__ = [
     "LogFormat",
     "StructuredFormatter",
@@ -107,7 +109,7 @@ def _text(record: logging.LogRecord) -> tuple[str, str | None]:
 def _logfmt_value(value: Any) -> str:
     if value is None:
         return ""
-    text = f"{value:.2f}" if isinstance(value, float) else str(value)
+    text = render(value)
     if text and not any(c in text for c in ' "=\\') and text.isprintable():
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')

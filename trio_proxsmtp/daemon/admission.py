@@ -103,7 +103,9 @@ class Refusal(enum.Enum):
 
 def counted_client(config: Config, client: str) -> str | None:
     """The address MaxConnectionsPerClient counts for `client`; None when it is exempt
-    (ConnectionLimitExceptions)."""
+    (ConnectionLimitExceptions) or there is no limit (nothing to count, nor to lock)."""
+    if not config.per_client_limit:
+        return None
     return client if config.connection_limit_applies(client) else None
 
 

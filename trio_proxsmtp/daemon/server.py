@@ -117,11 +117,6 @@ class Server:
         """This worker's share of MaxConnections (all of it with one worker)."""
         return self.limits.max_connections
 
-    @property
-    def per_client_limit(self) -> int:
-        """MaxConnectionsPerClient as this worker applies it (0: no limit)."""
-        return self.limits.per_client
-
     async def serve(
         self,
         sockets: list[socket.socket],

@@ -38,8 +38,8 @@ class Disconnect:
         return parts
 
     def line(self) -> str:
-        _, client = self.fields()[0]
-        rest = " ".join(f"{key}={render(value)}" for key, value in self.fields()[1:])
+        (_, client), *fields = self.fields()
+        rest = " ".join(f"{key}={render(value)}" for key, value in fields)
         return f"disconnect from {client} {rest}"
 
     def __str__(self) -> str:
