@@ -127,3 +127,30 @@ async def test_a_large_last_chunk_goes_before_the_final_dot_not_joined_to_it(
     assert up.transactions[0].message == message
     final = [data for data in commands if data.endswith(b".\r\n")]  # the commit
     assert len(final) == 1 and len(final[0]) <= JOIN_LIMIT
+
+
+async def test_the_replay_with_a_header_skips_the_line_end_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The Header option's line is CRLF-clean and goes at a line start: the client's own
+    # DATA with it stays clean, so its replay skips the line-end check (a third of a large
+    # message's CPU); a header line that starts with a dot is still stuffed.
+    built: list[bool] = []
+    real_init = DataSender.__init__
+
+    def recording_init(sender: DataSender, *, clean: bool = False, dot_lines: bool = True) -> None:
+        built.append(clean)
+        real_init(sender, clean=clean, dot_lines=dot_lines)
+
+    monkeypatch.setattr(DataSender, "__init__", recording_init)
+    message = b"Subject: a\r\n\r\nbody\r\n"
+    with trio.fail_after(20):
+        async with (
+            FakeUpstream() as up,
+            run_proxy("Header: X-Checked: yes", upstream=up) as proxy,
+            proxy.connect() as client,
+        ):
+            replies = await client.send_message("s@x", ["r@x"], message)
+            assert replies[-1].code == 250
+    assert built == [True]
+    assert up.transactions[0].message == b"Subject: a\r\nX-Checked: yes\r\n\r\nbody\r\n"

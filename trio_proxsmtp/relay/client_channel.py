@@ -331,17 +331,6 @@ class ClientChannel:
         if not self.left:
             self.log.debug("client half-closed after a QUIT pipelined with its message's end")
 
-    async def _tls_end_is_clean(self) -> bool:
-        """Whether the stream can still carry replies after its end: always in clear;
-        under TLS only after a close_notify (which answers end of stream again; after a
-        bare end of stream, Trio's stream is broken)."""
-        if not isinstance(self.stream, trio.SSLStream):
-            return True
-        try:
-            return await self.stream.receive_some(1) == b""
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-
     @asynccontextmanager
     async def watch(self, on_left: Callable[[], None]) -> AsyncIterator[None]:
         """While the client is not being read (filter, replay): notice it leaving at once.
@@ -355,10 +344,11 @@ class ClientChannel:
 
         async def watch() -> None:
             while self.reader.buffered_size < MAX_PENDING_INPUT and not self.eof:
+                usable = True  # a clean end (in clear, or after a close_notify): replies can go
                 try:
                     data = await self.stream.receive_some(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    data = b""
+                    data, usable = b"", False  # after a bare end under TLS, the stream is broken
                     if not closed_without_notify(exc):
                         self.reader.discard_buffered()  # a reset
                 if data:
@@ -366,7 +356,7 @@ class ClientChannel:
                         self.metrics.bytes_received("client", len(data))
                     self.reader.feed(bytes(data))
                     continue
-                self._ended(usable=await self._tls_end_is_clean())
+                self._ended(usable=usable)
                 if not self.left:
                     break  # a half-close: it waits for its replies
                 pending = self.reader.buffered_size

@@ -120,7 +120,7 @@ class Connection:
         if settings.policy_service is not None:
             self.performer.policy = PolicyClient(settings.policy_service)
         self.draining = False
-        self.counts: dict[str, int] = {}  # the client's commands by verb, for `disconnect`
+        self.counts: dict[Verb, int] = {}  # the client's commands by verb, for `disconnect`
         self.metrics = self.client.metrics = self.upstream.metrics = metrics
         self.transaction.metrics = self.performer.metrics = metrics
 
@@ -177,7 +177,10 @@ class Connection:
                 await self.client.aclose()
             # One closing line per connection (docs/behaviour.md §9.6).
             gone = Disconnect(
-                self.info.client, self.counts, trio.current_time() - started, self.info.peer
+                self.info.client,
+                verb_counts(self.counts),
+                trio.current_time() - started,
+                self.info.peer,
             )
             self.log.info("%s", gone, extra=structured("disconnect", gone.fields))
             self.log.debug("connection closed")
@@ -267,8 +270,7 @@ class Connection:
             in_auth = self.session.in_auth
             command = parse_command(line)
             if not in_auth:  # (an AUTH exchange's lines are no commands)
-                verb = "unknown" if command.verb is Verb.OTHER else command.verb.value.lower()
-                self.counts[verb] = self.counts.get(verb, 0) + 1
+                self.counts[command.verb] = self.counts.get(command.verb, 0) + 1
             if self.trace:
                 self.log.debug("CLIENT < %s", show_command(line, command, in_auth))
             actions = self.session.handle(ClientCommand(command))
@@ -286,3 +288,11 @@ class Connection:
         # The sans-IO core's: an upstream reply that cannot be read (reply_parser.py).
         self.log.error("protocol error: %s", exc)
         return "upstream protocol error"
+
+
+def verb_counts(counts: dict[Verb, int]) -> dict[str, int]:
+    """The disconnect line's names for the counted verbs (`ehlo=1 ... unknown=2`)."""
+    return {
+        ("unknown" if verb is Verb.OTHER else verb.value.lower()): count
+        for verb, count in counts.items()
+    }

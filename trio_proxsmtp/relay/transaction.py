@@ -245,11 +245,14 @@ class Transaction:
         if action.bdat:
             return await self._replay_bdat(message)
         inserter = self._header_inserter()
-        # The client's own DATA, as spooled, is CRLF-normalised already: skip the check,
-        # and the search for dot lines if its reader found none (docs/behaviour.md §5.1).
-        received = self.output is None and self.edited is None and self.chunks_started is None
-        clean = received and inserter is None
-        sender = DataSender(clean=clean, dot_lines=self.dot_lines or not clean)
+        # The client's own DATA, as spooled, is CRLF-normalised already: skip the check (the
+        # inserters add only CRLF-clean lines, at line starts: expand_header cleans the
+        # Header, PREPEND texts hold no CR or LF), and the search for dot lines if its
+        # reader found none and nothing is inserted (a Header line may start with a dot;
+        # docs/behaviour.md §5.1).
+        clean = self.output is None and self.edited is None and self.chunks_started is None
+        dot_lines = self.dot_lines or inserter is not None  # (DataSender: all when unclean)
+        sender = DataSender(clean=clean, dot_lines=dot_lines)
         sent = 0
         pending = b""  # held back one chunk, so the last one goes out with the "."
         # A plain socket is peeked at before the final "."; another stream is watched.
