@@ -14,6 +14,7 @@ Pure: no I/O. Differences from proxsmtpd 1.10, on purpose:
 from __future__ import annotations
 
 import datetime
+import re
 
 MAX_HEADER = 1023
 
@@ -83,6 +84,9 @@ _FOLD = frozenset(b" \t")  # a continuation line starts with one
 # Longer than a line may be (RFC 5322 §2.1.1) without a ":": not a field name.
 MAX_NAME = 998
 _LF = ord("\n")
+# A whole field name and its ":" within one chunk (the bytes of _NAME), matched at once;
+# the byte loop below decides the rest (a name split between chunks, the body).
+_FIELD_NAME = re.compile(rb"[!-9;-~]{1,%d}:" % MAX_NAME).match
 
 
 class HeaderInserter:
@@ -126,6 +130,13 @@ class HeaderInserter:
                 pos = nl + 1
                 self._dirty = False
                 continue
+            if not pending:
+                field = _FIELD_NAME(data, pos)
+                if field is not None:
+                    out += data[pos : field.end()]  # the rest of its line follows (_dirty)
+                    pos = field.end()
+                    self._fields = self._dirty = True
+                    continue
             byte = data[pos]
             if self._name:
                 if byte == 58:  # ":" ends a field name
