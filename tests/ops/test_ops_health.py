@@ -142,6 +142,11 @@ async def test_the_real_probes_against_the_fakes() -> None:
         async with FakeUpstream(banner="421 4.3.2 not now") as up:
             config = parse_config(f"OutAddress: {up.address}\n")
             assert await probe_upstream(config) == f"next server {up.address}: 421 4.3.2 not now"
+        # Not a reply at all, though it starts with a "2": not ready (the relay's parser).
+        async with FakeUpstream(banner="2oops") as up:
+            config = parse_config(f"OutAddress: {up.address}\n")
+            reason = await probe_upstream(config) or ""
+            assert reason.startswith(f"next server {up.address}: malformed upstream reply")
         port = free_port()
         config = parse_config(f"OutAddress: 127.0.0.1:{port}\n")
         assert (await probe_upstream(config) or "").startswith(f"next server 127.0.0.1:{port}: ")

@@ -22,6 +22,8 @@ import trio
 
 from trio_proxsmtp.common.address import AddressKind
 from trio_proxsmtp.config.model import Config
+from trio_proxsmtp.protocol.errors import RemoteProtocolError
+from trio_proxsmtp.protocol.smtp.reply_parser import ReplyParser
 from trio_proxsmtp.relay.settings import OutTLSMode, TransparentMode
 from trio_proxsmtp.stages.settings import MilterAddress
 
@@ -29,7 +31,6 @@ __all__ = ["CACHE_SECONDS", "PROBE_TIMEOUT", "Readiness", "probe_milter", "probe
 
 CACHE_SECONDS = 1.5  # a probe's result is reused this long
 PROBE_TIMEOUT = 2.0  # seconds for a probe (connect, banner, QUIT)
-_MAX_BANNER = 4096
 
 
 async def _open(
@@ -42,18 +43,16 @@ async def _open(
     return await trio.open_tcp_stream(host, port)
 
 
-async def _banner(stream: trio.abc.Stream) -> str:
-    """The banner's last line (its code and text), or "" when the server closed."""
-    data = b""
-    while len(data) < _MAX_BANNER:
+async def _reply(stream: trio.abc.Stream) -> str:
+    """The next reply's last line (its code and text), or "" when the server closed; read
+    by the relay's own bounded parser (a malformed reply raises RemoteProtocolError)."""
+    parser = ReplyParser()
+    while (reply := parser.next_reply()) is None:
         chunk = await stream.receive_some(1024)
         if not chunk:
             return ""
-        data += chunk
-        for line in data.split(b"\n")[:-1]:
-            if len(line) < 4 or line[3:4] != b"-":
-                return line.decode("ascii", "replace").strip()
-    return ""
+        parser.feed(bytes(chunk))
+    return f"{reply.code} {reply.lines[-1]}"
 
 
 async def probe_upstream(config: Config) -> str | None:
@@ -74,13 +73,13 @@ async def probe_upstream(config: Config) -> str | None:
             )
             await tls.do_handshake()
             stream = tls
-        banner = await _banner(stream)
+        banner = await _reply(stream)
         if not banner.startswith("2"):
             return f"next server {address}: {banner or 'closed without a banner'}"
         await stream.send_all(b"QUIT\r\n")
-        await _banner(stream)  # its 221: a polite end, no "lost connection" in its log
+        await _reply(stream)  # its 221: a polite end, no "lost connection" in its log
         return None
-    except (trio.BrokenResourceError, OSError, ssl.SSLError) as exc:
+    except (trio.BrokenResourceError, OSError, ssl.SSLError, RemoteProtocolError) as exc:
         return f"next server {address}: {exc}"
     finally:
         await trio.aclose_forcefully(stream)
