@@ -105,32 +105,22 @@ def _metrics(exposition: Exposition, head_only: bool) -> bytes:
     return _response(200, body, content_type, head_only)
 
 
-def _answer(request: bytes, exposition: Exposition) -> bytes:
-    """The response to a request for /metrics (or an error); /healthz and /readyz are
-    `_answer_all`'s."""
+async def _answer_all(request: bytes, exposition: Exposition, health: Readiness | None) -> bytes:
+    """/metrics, and with `health` /healthz (the process serves: 200) and /readyz."""
     parsed = _parse(request)
     if isinstance(parsed, bytes):
         return parsed
     path, head_only = parsed
-    if path != b"/metrics":
+    if path == b"/metrics":
+        return _metrics(exposition, head_only)
+    if health is None:
         return _response(404, b"see /metrics\n", _TEXT, head_only)
-    return _metrics(exposition, head_only)
-
-
-async def _answer_all(request: bytes, exposition: Exposition, health: Readiness | None) -> bytes:
-    """/metrics, and with `health` /healthz (the process serves: 200) and /readyz."""
-    parsed = _parse(request)
-    if health is None or isinstance(parsed, bytes):
-        return _answer(request, exposition)
-    path, head_only = parsed
     if path == b"/healthz":
         return _response(200, b'{"status":"ok"}\n', _JSON, head_only)
     if path == b"/readyz":
         ready, body = await health.check()
         return _response(200 if ready else 503, body, _JSON, head_only)
-    if path != b"/metrics":
-        return _response(404, b"see /metrics, /healthz, /readyz\n", _TEXT, head_only)
-    return _metrics(exposition, head_only)
+    return _response(404, b"see /metrics, /healthz, /readyz\n", _TEXT, head_only)
 
 
 async def _read_request(stream: trio.abc.Stream, timeout: float) -> bytes | None:
