@@ -1156,7 +1156,7 @@ def upstream_run(workdir: Path, scenario: str, s: Settings, tls_pem: Path, ca: P
         for thread in threads:
             thread.start()
         try:
-            rate = measure(None, front, s.warmup, s.window)[0]
+            rate, cpu_ms, _load = measure(proxy, front, s.warmup, s.window)
         finally:
             stop_at.set()
             for thread in threads:
@@ -1168,7 +1168,11 @@ def upstream_run(workdir: Path, scenario: str, s: Settings, tls_pem: Path, ca: P
         timer.start()
         pipelining_session(proxy.port, stop_alone, alone)
         return Run(
-            rate, p50_ms=pct(alone, 0.5) * 1e3, p99_ms=pct(alone, 0.99) * 1e3, samples=len(alone)
+            rate,
+            cpu_ms=cpu_ms,
+            p50_ms=pct(alone, 0.5) * 1e3,
+            p99_ms=pct(alone, 0.99) * 1e3,
+            samples=len(alone),
         )
     finally:
         proxy.close()
@@ -1186,18 +1190,24 @@ def upstream_scenarios(workdir: Path, s: Settings) -> dict[str, list[Run]]:
         for scenario in order(UPSTREAM_SCENARIOS, rnd):
             run = upstream_run(workdir, scenario, s, pem, certs.ca)
             runs.setdefault(scenario, []).append(run)
-            progress(f"round {rnd + 1} {scenario}: {run.rate:.0f} msg/s, p50 {run.p50_ms:.2f} ms")
+            progress(
+                f"round {rnd + 1} {scenario}: {run.rate:.0f} msg/s, "
+                f"CPU {run.cpu_ms:.3f} ms/msg, p50 {run.p50_ms:.2f} ms"
+            )
     return runs
 
 
 def upstream_report(runs: dict[str, list[Run]]) -> str:
     lines = ["", "Next server: TLS and PIPELINING (ours, pipelining clients, medians)"]
     base = statistics.median(r.rate for r in runs["lock-step"])
+    base_cpu = statistics.median(r.cpu_ms for r in runs["lock-step"]) or 1.0
     for scenario, rs in runs.items():
         rate = statistics.median(r.rate for r in rs)
         p50 = statistics.median(r.p50_ms for r in rs)
+        cpu = statistics.median(r.cpu_ms for r in rs)
         lines.append(
-            f"  {scenario:<20} {rate:8.0f} msg/s ({rate / base:5.2f}x lock-step)  p50 {p50:6.2f} ms"
+            f"  {scenario:<20} {rate:8.0f} msg/s ({rate / base:5.2f}x lock-step)"
+            f"  CPU {cpu:.3f} ms/msg ({cpu / base_cpu:4.2f}x)  p50 {p50:6.2f} ms"
         )
     return "\n".join(lines)
 

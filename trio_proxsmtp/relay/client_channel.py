@@ -21,6 +21,7 @@ import trio
 
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.common.nursery import single_error
+from trio_proxsmtp.common.tls_socket import TLS_STREAMS
 from trio_proxsmtp.common.trace import show
 from trio_proxsmtp.protocol.session.actions import Action
 from trio_proxsmtp.protocol.smtp.lines import LineTooLong
@@ -295,12 +296,12 @@ class ClientChannel:
         self.stream = stream
         self.peekable = False
         self.metrics.tls_started("client")
-        self.log.info("TLS established: %s, %s", stream.version(), stream.cipher()[0])
+        self.log.info("TLS established: %s, %s", stream.version(), (stream.cipher() or ("",))[0])
 
     def tls_details(self) -> tuple[str | None, str | None]:
         """The TLS version and cipher of the client connection (None, None in clear)."""
         stream = self.stream
-        if not isinstance(stream, trio.SSLStream):
+        if not isinstance(stream, TLS_STREAMS):
             return None, None
         cipher = stream.cipher()
         return stream.version(), cipher[0] if cipher else None

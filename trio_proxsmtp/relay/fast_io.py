@@ -4,8 +4,9 @@ On a loopback or a busy LAN the bytes are usually there already (or the send buf
 room), so a plain `trio.SocketStream` read or write through trio costs a timeout scope, a
 conflict detector, two checkpoints and a task switch around one system call.  `FastPath`
 tries the non-blocking call on the socket's file descriptor first; the caller takes the
-normal path (its cancel scope and trio's wait) only when it would block, and for TLS or
-memory streams.  What stays the same:
+normal path (its cancel scope and trio's wait) only when it would block, and for memory
+streams and `trio.SSLStream`.  TLS on a socket (common/tls_socket.py) has the same fast
+calls: OpenSSL's read or write of the socket, without waiting.  What stays the same:
 
 * cancellation: `checkpoint_if_cancelled` before every fast call, so a cancelled scope
   (shutdown, the client leaving, a drain) is seen exactly where trio would see it;
@@ -25,6 +26,8 @@ import socket
 
 import trio
 
+from trio_proxsmtp.common.tls_socket import SocketTLSStream
+
 __all__ = ["FAIR_EVERY", "FastPath"]
 
 FAIR_EVERY = 8
@@ -40,7 +43,7 @@ def _broken(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError
 class FastPath:
     """The fast calls of one connection side (one counter for fairness)."""
 
-    __slots__ = ("_blocked", "_calls", "_raw", "_stream")
+    __slots__ = ("_blocked", "_calls", "_raw", "_stream", "_tls")
 
     def __init__(self) -> None:
         self._calls = 0  # fast calls since the last normal one
@@ -51,9 +54,12 @@ class FastPath:
         # trio closed it, so a closed socket is never written to by number.
         self._stream: trio.abc.Stream | None = None
         self._raw: socket.socket | None = None
+        # Or the stream is TLS on a socket: its own calls that do not wait.
+        self._tls: SocketTLSStream | None = None
 
-    def _socket(self, stream: trio.abc.Stream) -> socket.socket | None:
-        """The stdlib socket to try, or None: take the normal path."""
+    def _go(self, stream: trio.abc.Stream) -> bool:
+        """Whether to try the call at once, on `_raw` or, for TLS on a socket, `_tls`;
+        False: take the normal path."""
         if stream is not self._stream:
             self._stream = stream
             raw = (
@@ -62,13 +68,14 @@ class FastPath:
                 else None
             )
             self._raw = raw if isinstance(raw, socket.socket) else None
-        if self._raw is None:
-            return None
+            self._tls = stream if isinstance(stream, SocketTLSStream) else None
+        if self._raw is None and self._tls is None:
+            return False
         self._calls += 1
         if self._calls >= FAIR_EVERY:
             self._calls = 0
-            return None
-        return self._raw
+            return False
+        return True
 
     async def receive(
         self, stream: trio.abc.Stream, size: int, *, later: bool = False
@@ -79,14 +86,22 @@ class FastPath:
         it usually is by then; waiting at once would cost an epoll registration and a
         wake-up for nearly every answer."""
         self._blocked = False
-        raw = self._socket(stream)
-        if raw is None:
+        if not self._go(stream):
             return None
         if later:
             await trio.lowlevel.checkpoint()
             self._calls = 0  # this one yielded
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
+        tls = self._tls
+        if tls is not None:
+            data = tls.try_receive(size)  # (TLS: its errors are the stream's)
+            if data is None:
+                self._calls = 0
+                self._blocked = True
+            return data
+        raw = self._raw
+        assert raw is not None
         fd = raw.fileno()
         if fd < 0:
             return None
@@ -102,10 +117,17 @@ class FastPath:
     async def send(self, stream: trio.abc.Stream, data: bytes) -> int:
         """How many bytes of `data` were written at once; the caller sends the rest the
         normal way (all of it when 0)."""
-        raw = self._socket(stream) if data else None
-        if raw is None:
+        if not data or not self._go(stream):
             return 0
         await trio.lowlevel.checkpoint_if_cancelled()
+        tls = self._tls
+        if tls is not None:
+            sent = tls.try_send(data)  # all or nothing: OpenSSL wants the rest again whole
+            if not sent:
+                self._calls = 0
+            return sent
+        raw = self._raw
+        assert raw is not None
         fd = raw.fileno()
         if fd < 0 or stream.socket.did_shutdown_SHUT_WR:  # type: ignore[attr-defined]
             return 0
@@ -122,6 +144,9 @@ class FastPath:
         blocked: wait for bytes, then read them with one system call (no second try of the
         read, and none of `receive_some`'s checkpoint, which would yield to the run loop a
         second time); otherwise (fairness, TLS, memory streams) the stream's own read."""
+        if self._blocked and isinstance(stream, SocketTLSStream):
+            self._blocked = False
+            return await stream.receive_blocked(size)
         if self._blocked and isinstance(stream, trio.SocketStream):
             self._blocked = False
             sock = stream.socket

@@ -14,10 +14,15 @@ connection's close deadline (connection.py).
 from __future__ import annotations
 
 import ssl
+from typing import TypeAlias
 
 import trio
 
-__all__ = ["closed_without_notify", "tls_stream"]
+from trio_proxsmtp.common.tls_socket import SocketTLSStream
+
+__all__ = ["TLSStream", "closed_without_notify", "tls_stream"]
+
+TLSStream: TypeAlias = SocketTLSStream | trio.SSLStream[trio.abc.Stream]
 
 
 def tls_stream(
@@ -26,8 +31,15 @@ def tls_stream(
     *,
     server_side: bool = False,
     server_hostname: str | None = None,
-) -> trio.SSLStream[trio.abc.Stream]:
-    """`stream` under TLS (no handshake yet); its `aclose` sends a close_notify."""
+) -> TLSStream:
+    """`stream` under TLS (no handshake yet); its `aclose` sends a close_notify.  On a
+    socket, OpenSSL reads and writes the socket itself (common/tls_socket.py: about a
+    third of the cost of `trio.SSLStream`'s memory buffers, bench/README.md); any other
+    stream (a test's memory stream) goes through `trio.SSLStream`."""
+    if isinstance(stream, trio.SocketStream):
+        return SocketTLSStream(
+            stream, context, server_side=server_side, server_hostname=server_hostname
+        )
     return trio.SSLStream(stream, context, server_side=server_side, server_hostname=server_hostname)
 
 

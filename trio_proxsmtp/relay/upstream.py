@@ -25,6 +25,7 @@ import trio
 
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.common.nursery import single_error
+from trio_proxsmtp.common.tls_socket import TLS_STREAMS
 from trio_proxsmtp.common.trace import show
 from trio_proxsmtp.protocol.smtp.replies import Reply
 from trio_proxsmtp.protocol.smtp.reply_parser import ReplyParser
@@ -313,7 +314,7 @@ class Upstream:
         self.log.info(
             "SERVER TLS established: %s, %s (%s%s)",
             stream.version(),
-            stream.cipher()[0],
+            (stream.cipher() or ("",))[0],
             "verified" if context.verify_mode == ssl.CERT_REQUIRED else "not verified",
             ", resumed" if resumed else "",
         )
@@ -331,7 +332,7 @@ class Upstream:
         stream = self.stream
         if stream is None:
             return
-        if self._ticket_pending and isinstance(stream, trio.SSLStream):
+        if self._ticket_pending and isinstance(stream, TLS_STREAMS):
             self._ticket_pending = False
             context = self.settings.tls_context
             assert context is not None

@@ -20,7 +20,7 @@ from trio_proxsmtp.protocol.proxy_header_build import client_header, encode
 from trio_proxsmtp.relay.client_info import ClientInfo, NoOriginalDestination
 from trio_proxsmtp.relay.endings import Ending, upstream_unavailable
 from trio_proxsmtp.relay.settings import OutProxyProtocol, TransparentMode, UpstreamSettings
-from trio_proxsmtp.relay.tls_streams import tls_stream
+from trio_proxsmtp.relay.tls_streams import TLSStream, tls_stream
 
 __all__ = [
     "Opener",
@@ -159,7 +159,7 @@ async def tls_handshake(
     name: str | None,
     reached: str,
     session: ssl.SSLSession | None = None,
-) -> trio.SSLStream[trio.abc.Stream]:
+) -> TLSStream:
     """The TLS handshake over `stream` under TimeOut, offering `session` for resumption
     (relay/tls_sessions.py; the server may decline: then a full handshake).  Never falls
     back to plain text: a failure is an `UpstreamFailure` whose log line says why

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import trio
 
+from trio_proxsmtp.common.tls_socket import TLS_STREAMS
+
 __all__ = ["certificate_name", "client_name_macro", "tls_macros"]
 
 
 def tls_macros(stream: trio.abc.Stream) -> dict[str, str]:
     """The TLS macros of a client stream; {} in plain text."""
-    if not isinstance(stream, trio.SSLStream):
+    if not isinstance(stream, TLS_STREAMS):
         return {}
     macros: dict[str, str] = {}
     version = stream.version()
