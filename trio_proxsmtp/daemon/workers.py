@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -204,6 +205,10 @@ class Supervisor:
         supervisor = os.getpid()
         sys.stdout.flush()
         sys.stderr.flush()
+        # Everything the supervisor holds goes to the collector's permanent generation: a
+        # worker's collections then never write to those objects' headers, which would
+        # copy their pages into each worker (bench/README.md, "Memory").
+        gc.freeze()
         try:
             pid = os.fork()
         except OSError as exc:
