@@ -310,3 +310,13 @@ def test_check_flag_reports_them(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert cli.main(["-t", "-f", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"proxsmtpd: {path}:3: OutTLSCAFile: couldn't read")
+
+
+def test_both_contexts_refuse_tls12_renegotiation(test_certificates: TestCertificates) -> None:
+    """A TLS write must never wait to read first (common/tls_socket.py): no renegotiation."""
+    c = test_certificates
+    for context in (
+        upstream_context(verify=True, ca_file=str(c.ca)),
+        server_context(str(c.certificate), str(c.key)),
+    ):
+        assert context.options & ssl.OP_NO_RENEGOTIATION

@@ -52,6 +52,9 @@ def server_context(certificate: str, key: str) -> ssl.SSLContext:
     """A server-side context for `certificate` (PEM, chain after it) and its `key`."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # No TLS 1.2 renegotiation either way (deprecated, a known DoS vector): a write then
+    # never has to read first (common/tls_socket.py).
+    context.options |= ssl.OP_NO_RENEGOTIATION
     _load_chain(context, certificate, key)
     return context
 
@@ -93,6 +96,9 @@ def upstream_context(
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # No TLS 1.2 renegotiation either way (deprecated, a known DoS vector): a write then
+    # never has to read first (common/tls_socket.py).
+    context.options |= ssl.OP_NO_RENEGOTIATION
     if verify:
         context.verify_mode = ssl.CERT_REQUIRED
         context.check_hostname = True
