@@ -370,6 +370,21 @@ class Settings:
     tls12: bool = False
     size: int = MSG_SIZE
     parts: tuple[str, ...] = ("messages", "handshakes")
+    trees: tuple[str, ...] = ()  # checkouts to run ours from, alternated; empty: run.REPO
+
+
+def variants(s: Settings) -> list[tuple[str, Path, str]]:
+    """(label, tree, Workers) for each tree and Workers value; the label is the Workers
+    value alone with one tree, else "TREE:WORKERS" (the trees' names, or t1, t2...)."""
+    trees = [Path(x).resolve() for x in s.trees] or [run.REPO]
+    names = [x.name for x in trees]
+    if len(set(names)) < len(names):
+        names = [f"t{i + 1}" for i in range(len(trees))]
+    return [
+        (w if len(trees) == 1 else f"{name}:{w}", tree, w)
+        for name, tree in zip(names, trees, strict=True)
+        for w in s.workers
+    ]
 
 
 @dataclass
@@ -409,12 +424,14 @@ def one(
     part: str,
     mode: str,
     level: int,
+    tree: Path,
     workers: str,
     s: Settings,
     workdir: Path,
     certs: TestCertificates,
 ) -> Result:
     """One measurement on a fresh proxy and sink: `mode` is plain, STARTTLS, TLS 1.3/1.2."""
+    run.REPO = tree  # Proxy puts it on PYTHONPATH
     max_conn = 2 * max((*s.sessions, s.hs_sessions)) + 100
     ca = certs.ca
     with daemon(workdir, workers, certs, max_conn) as (proxy, sink):
@@ -471,7 +488,7 @@ def one(
 @dataclass
 class Sitting:
     settings: Settings
-    # part -> workers -> level -> mode -> every round
+    # part -> variant (Workers, or TREE:WORKERS) -> level -> mode -> every round
     runs: dict[str, dict[str, dict[int, dict[str, list[Result]]]]] = field(default_factory=dict)
 
 
@@ -487,14 +504,14 @@ def sitting(s: Settings, workdir: Path) -> Sitting:
         for part in s.parts:
             levels = s.sessions if part == "messages" else (s.hs_sessions,)
             for level in run.order(levels, rnd):
-                for workers in run.order(s.workers, rnd):
+                for label, tree, workers in run.order(tuple(variants(s)), rnd):
                     for mode in run.order(MODES[part], rnd):
-                        r = one(part, mode, level, workers, s, workdir, certs)
-                        by = out.runs.setdefault(part, {}).setdefault(workers, {})
+                        r = one(part, mode, level, tree, workers, s, workdir, certs)
+                        by = out.runs.setdefault(part, {}).setdefault(label, {})
                         by.setdefault(level, {}).setdefault(mode, []).append(r)
                         unit = "msg" if part == "messages" else "session"
                         run.progress(
-                            f"round {rnd + 1} {part} W{workers} {level} {mode}: {r.rate:.0f} "
+                            f"round {rnd + 1} {part} {label} {level} {mode}: {r.rate:.0f} "
                             f"{unit}/s, {r.cpu_ms:.3f} ms CPU/{unit}, gen {r.gen_ms:.3f} ms"
                             + (f", {r.errors} errors ({r.first_error})" if r.errors else "")
                             + (f", DIED: {r.died}" if r.died else "")
@@ -531,13 +548,14 @@ def report(out: Sitting, elapsed: float) -> str:
         + f"; {s.size}-byte messages; STARTTLS offers "
         + ("TLS 1.2 only" if s.tls12 else "TLS 1.3"),
     ]
+    width = max(4, *(len(label) for label, _, _ in variants(s)))
     msgs = out.runs.get("messages", {})
     if msgs:
         lines += [
             "",
             "messages: msg/s at the sink; CPU = the proxy's process tree per message; p50/p99 = "
             "final dot -> reply; gen = the load generator's CPU per message",
-            f"{'W':>4} {'sess':>5} {'mode':<9} {'msg/s':>7} {'CPU ms':>7} {'p50 ms':>7} "
+            f"{'W':>{width}} {'sess':>5} {'mode':<9} {'msg/s':>7} {'CPU ms':>7} {'p50 ms':>7} "
             f"{'p99 ms':>7} {'gen ms':>7} {'TLS/plain rate':>15} {'CPU':>6}",
         ]
     targets = []
@@ -556,7 +574,7 @@ def report(out: Sitting, elapsed: float) -> str:
                         f"{TARGET:g}x plain: {rate:.2f}x (CPU per message {cpu:.2f}x)"
                     )
                 lines.append(
-                    f"{workers:>4} {level:>5} {mode:<9} {med(rs, 'rate'):7.0f} "
+                    f"{workers:>{width}} {level:>5} {mode:<9} {med(rs, 'rate'):7.0f} "
                     f"{med(rs, 'cpu_ms'):7.3f} {med(rs, 'p50_ms'):7.2f} {med(rs, 'p99_ms'):7.2f} "
                     f"{med(rs, 'gen_ms'):7.3f}{extra}" + problems(rs)
                 )
@@ -567,7 +585,7 @@ def report(out: Sitting, elapsed: float) -> str:
             f"new sessions/s, {s.hs_sessions} at a time (connect, EHLO, [STARTTLS, EHLO], QUIT); "
             "CPU = the proxy's per new session (its connection to the sink included); p50/p99 = "
             "connect -> 221",
-            f"{'W':>4} {'mode':<9} {'sess/s':>7} {'CPU ms':>7} {'p50 ms':>7} {'p99 ms':>7} "
+            f"{'W':>{width}} {'mode':<9} {'sess/s':>7} {'CPU ms':>7} {'p50 ms':>7} {'p99 ms':>7} "
             f"{'gen ms':>7} {'/plain rate':>12} {'CPU':>6} {'TLS CPU ms':>11}",
         ]
     for workers, by in hs.items():
@@ -580,14 +598,38 @@ def report(out: Sitting, elapsed: float) -> str:
                 tls_ms = med(rs, "cpu_ms") - med(modes["plain"], "cpu_ms")
                 extra = f" {rate:11.2f}x {cpu:5.2f}x {tls_ms:11.3f}"
             lines.append(
-                f"{workers:>4} {mode:<9} {med(rs, 'rate'):7.0f} {med(rs, 'cpu_ms'):7.3f} "
+                f"{workers:>{width}} {mode:<9} {med(rs, 'rate'):7.0f} {med(rs, 'cpu_ms'):7.3f} "
                 f"{med(rs, 'p50_ms'):7.2f} {med(rs, 'p99_ms'):7.2f} {med(rs, 'gen_ms'):7.3f}{extra}"
                 + problems(rs)
             )
+    lines += trees_compared(out)
     if targets:
         lines += ["", "targets (issue 26):", *targets]
     lines += ["", f"total time {elapsed:.0f} s"]
     return "\n".join(lines)
+
+
+def trees_compared(out: Sitting) -> list[str]:
+    """With several trees: each tree against the first, median of the per-round ratios."""
+    s = out.settings
+    if len(s.trees) < 2:
+        return []
+    labels = variants(s)
+    lines = ["", f"trees against {labels[0][1]} (median of the per-round ratios):"]
+    for part, by in out.runs.items():
+        levels = s.sessions if part == "messages" else (s.hs_sessions,)
+        first = {workers: label for label, _, workers in labels[: len(s.workers)]}
+        for label, _, workers in labels[len(s.workers) :]:
+            base = by.get(first[workers], {})
+            for level in levels:
+                for mode, rs in by.get(label, {}).get(level, {}).items():
+                    old = base.get(level, {}).get(mode)
+                    if old:
+                        lines.append(
+                            f"  {part} {label} {level} {mode}: rate {ratio(rs, old, 'rate'):.2f}x,"
+                            f" CPU {ratio(rs, old, 'cpu_ms'):.2f}x"
+                        )
+    return lines
 
 
 def problems(rs: list[Result]) -> str:
@@ -618,7 +660,10 @@ def main() -> None:
     parser.add_argument("--tls12", action="store_true", help="STARTTLS runs offer TLS 1.2 only")
     parser.add_argument("--size", type=int, default=MSG_SIZE, help="message bytes")
     parser.add_argument("--only", choices=("messages", "handshakes"))
-    parser.add_argument("--tree", type=Path, help="run ours from this checkout (PYTHONPATH)")
+    parser.add_argument(
+        "--tree", action="append", default=[], help="run ours from this checkout (PYTHONPATH); "
+        "twice or more: the trees alternated in one sitting, each against the first"
+    )  # fmt: skip
     parser.add_argument(
         "--impl", help='the command that starts the proxy, e.g. "python3 -m trio_proxsmtp"'
     )
@@ -629,8 +674,6 @@ def main() -> None:
         return
     if run.SINK is None:
         sys.exit("smtp-sink not found (Debian package postfix)")
-    if args.tree:
-        run.REPO = args.tree.resolve()
     if args.impl:
         run.OURS_COMMAND = shlex.split(args.impl)
     s = Settings(
@@ -644,6 +687,7 @@ def main() -> None:
         tls12=args.tls12,
         size=args.size,
         parts=(args.only,) if args.only else ("messages", "handshakes"),
+        trees=tuple(args.tree),
     )
     run.raise_nofile(run.NOFILE)
     started = time.monotonic()
@@ -653,7 +697,7 @@ def main() -> None:
         out = sitting(s, workdir)
     text_out = report(out, time.monotonic() - started)
     print(text_out)
-    data = {"settings": asdict(s), "runs": out.runs, "tree": str(run.REPO), "impl": args.impl}
+    data = {"settings": asdict(s), "runs": out.runs, "impl": args.impl}
     blob = json.dumps(data, default=asdict, indent=1) + "\n"
     if args.json:
         args.json.write_text(blob)
