@@ -142,6 +142,7 @@ class Worker:
         self.waiting: list[Conn] = []
         self.errors: list[str] = []
         self.going = False
+        self.slowest_connect = 0.0  # a second or more: a SYN was retransmitted
 
     def script(self, start: float) -> Script:
         if self.cfg["part"] == "handshakes":
@@ -151,6 +152,7 @@ class Worker:
     def open(self) -> None:
         start = time.monotonic()
         sock = socket.create_connection((run.HOST, self.port), timeout=30)
+        self.slowest_connect = max(self.slowest_connect, time.monotonic() - start)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         conn = Conn(sock, self.script(start))
@@ -292,6 +294,7 @@ class Worker:
                     "errors": len(self.errors),
                     "first_error": self.errors[0] if self.errors else "",
                     "cpu": times.user + times.system,
+                    "slowest_connect": self.slowest_connect,
                 }
             )
         )
@@ -397,6 +400,7 @@ class Result:
     errors: int = 0
     first_error: str = ""
     died: str = ""
+    slowest_connect_ms: float = 0.0
 
 
 @contextlib.contextmanager
@@ -482,6 +486,7 @@ def one(
         errors,
         first,
         died,
+        max(r["slowest_connect"] for r in reports) * 1e3,
     )
 
 
@@ -515,6 +520,12 @@ def sitting(s: Settings, workdir: Path) -> Sitting:
                             f"{unit}/s, {r.cpu_ms:.3f} ms CPU/{unit}, gen {r.gen_ms:.3f} ms"
                             + (f", {r.errors} errors ({r.first_error})" if r.errors else "")
                             + (f", DIED: {r.died}" if r.died else "")
+                            + (f", p99 {r.p99_ms:.0f} ms" if r.p99_ms > 500 else "")
+                            + (
+                                f", a connect took {r.slowest_connect_ms:.0f} ms"
+                                if r.slowest_connect_ms > 500
+                                else ""
+                            )
                         )
     return out
 
@@ -636,8 +647,11 @@ def problems(rs: list[Result]) -> str:
     errors = sum(r.errors for r in rs)
     deaths = [r.died for r in rs if r.died]
     first = next((r.first_error for r in rs if r.first_error), "")
-    return (f"  {errors} client errors ({first[:60]})" if errors else "") + (
-        f"  DIED: {deaths[0]}" if deaths else ""
+    slow = max(r.slowest_connect_ms for r in rs)
+    return (
+        (f"  {errors} client errors ({first[:60]})" if errors else "")
+        + (f"  DIED: {deaths[0]}" if deaths else "")
+        + (f"  a connect took {slow:.0f} ms" if slow > 500 else "")
     )
 
 
