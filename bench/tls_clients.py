@@ -3,6 +3,7 @@
     python bench/tls_clients.py                        # about 3 minutes
     python bench/tls_clients.py --sessions 200 --rounds 4 --workers 1
     python bench/tls_clients.py --tree OTHER_CHECKOUT  # the same load on another tree
+    python bench/tls_clients.py --tree BEFORE --tree AFTER --workers 1  # alternated, AFTER/BEFORE
     python bench/tls_clients.py --impl "/other/venv/bin/python -m trio_proxsmtp"
 
 smtp-source cannot say STARTTLS, so this script brings its own load generator: N lock-step
