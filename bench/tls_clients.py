@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import selectors
 import shlex
 import socket
@@ -333,10 +334,17 @@ class Load:
                 p.stdin.write(word + b"\n")
                 p.stdin.flush()
 
+    @staticmethod
+    def line(p: subprocess.Popen[bytes], timeout: float) -> bytes:
+        """The next line `p` prints, or a RuntimeError after `timeout` seconds."""
+        assert p.stdout is not None
+        if not select.select([p.stdout], [], [], timeout)[0]:
+            raise RuntimeError(f"load process {p.pid}: nothing in {timeout:g} s")
+        return p.stdout.readline()
+
     def ready(self) -> None:
         for p in self.procs:
-            assert p.stdout is not None
-            if p.stdout.readline().strip() != b"ready":
+            if self.line(p, 60).strip() != b"ready":
                 raise RuntimeError(f"load process {p.pid} failed to set up (exit {p.poll()})")
 
     def results(self, stop: bool) -> list[dict[str, Any]]:
@@ -345,8 +353,7 @@ class Load:
             self.tell(b"stop")
         out = []
         for p in self.procs:
-            assert p.stdout is not None
-            line = p.stdout.readline()
+            line = self.line(p, 120)
             if not line:
                 raise RuntimeError(f"load process {p.pid} failed (exit {p.wait(5)})")
             out.append(json.loads(line))
@@ -402,6 +409,7 @@ class Result:
     first_error: str = ""
     died: str = ""
     slowest_connect_ms: float = 0.0
+    count: int = 0  # messages at the sink (handshakes: sessions done) in the window
 
 
 @contextlib.contextmanager
@@ -488,6 +496,7 @@ def one(
         first,
         died,
         max(r["slowest_connect"] for r in reports) * 1e3,
+        n,
     )
 
 
