@@ -140,7 +140,7 @@ class Worker:
         self.sel = selectors.DefaultSelector()
         self.flag = Stopping()
         self.done: list[tuple[float, float]] = []
-        self.live = self.opened = 0
+        self.live = self.opened = self.lost = 0
         self.waiting: list[Conn] = []
         self.errors: list[str] = []
         self.going = False
@@ -170,11 +170,20 @@ class Worker:
         return not self.limit or self.opened < self.limit * self.sessions
 
     def close(self, conn: Conn) -> None:
+        if conn.sock.fileno() < 0:
+            return  # closed already
         self.sel.unregister(conn.sock)
         conn.sock.close()
         self.live -= 1
+        if not self.going:  # a session that failed to set up: the others are ready
+            self.lost += 1
+            self.check_ready()
         if self.may_open():
             self.open()
+
+    def check_ready(self) -> None:
+        if len(self.waiting) + self.lost == self.sessions:
+            self.say("ready")
 
     def want(self, conn: Conn, events: int) -> None:
         if conn.events != events:
@@ -203,8 +212,7 @@ class Worker:
             self.handshake(conn)
         elif action is READY:
             self.waiting.append(conn)
-            if len(self.waiting) == self.sessions:
-                self.say("ready")
+            self.check_ready()
 
     def send(self, conn: Conn, data: bytes) -> None:
         try:
