@@ -145,6 +145,8 @@ class Worker:
         self.errors: list[str] = []
         self.going = False
         self.slowest_connect = 0.0  # a second or more: a SYN was retransmitted
+        self.session: ssl.SSLSession | None = None  # the last one, offered when resuming
+        self.resumed = 0
 
     def script(self, start: float) -> Script:
         if self.cfg["part"] == "handshakes":
@@ -172,6 +174,10 @@ class Worker:
     def close(self, conn: Conn) -> None:
         if conn.sock.fileno() < 0:
             return  # closed already
+        if isinstance(conn.sock, ssl.SSLSocket) and not conn.shaking:
+            self.resumed += conn.sock.session_reused
+            if self.cfg.get("resume"):
+                self.session = conn.sock.session  # TLS 1.3: its ticket came after the handshake
         self.sel.unregister(conn.sock)
         conn.sock.close()
         self.live -= 1
@@ -205,7 +211,10 @@ class Worker:
         elif action is TLS:
             self.sel.unregister(conn.sock)
             conn.sock = self.ctx.wrap_socket(
-                conn.sock, server_hostname="localhost", do_handshake_on_connect=False
+                conn.sock,
+                server_hostname="localhost",
+                do_handshake_on_connect=False,
+                session=self.session,
             )
             self.sel.register(conn.sock, conn.events, conn)
             conn.shaking = True
@@ -305,6 +314,7 @@ class Worker:
                     "first_error": self.errors[0] if self.errors else "",
                     "cpu": times.user + times.system,
                     "slowest_connect": self.slowest_connect,
+                    "resumed": self.resumed,
                 }
             )
         )
@@ -390,6 +400,7 @@ class Settings:
     size: int = MSG_SIZE
     parts: tuple[str, ...] = ("messages", "handshakes")
     trees: tuple[str, ...] = ()  # checkouts to run ours from, alternated; empty: run.REPO
+    resumed: bool = False  # handshakes: the client resumes its last session, TLS 1.3 and 1.2
 
 
 def variants(s: Settings) -> list[tuple[str, Path, str]]:
@@ -418,6 +429,7 @@ class Result:
     died: str = ""
     slowest_connect_ms: float = 0.0
     count: int = 0  # messages at the sink (handshakes: sessions done) in the window
+    resumed: int = 0  # TLS sessions the proxy resumed (all of the run's, not the window's)
 
 
 @contextlib.contextmanager
@@ -456,9 +468,10 @@ def one(
     max_conn = 2 * max((*s.sessions, s.hs_sessions)) + 100
     ca = certs.ca
     with daemon(workdir, workers, certs, max_conn) as (proxy, sink):
-        tls12 = mode == "TLS 1.2" or (mode == "STARTTLS" and s.tls12)
+        tls12 = mode.startswith("TLS 1.2") or (mode == "STARTTLS" and s.tls12)
         load = Load(proxy.port, level, part=part, tls=mode != "plain", tls12=tls12,
-                    messages=s.messages, size=s.size, ca=str(ca))  # fmt: skip
+                    resume=mode.endswith("resumed"), messages=s.messages, size=s.size,
+                    ca=str(ca))  # fmt: skip
         try:
             load.ready()
             count0, cpu0, gen0 = sink.count(), proxy.cpu_seconds(), run.cpu_of(load.pids)
@@ -505,6 +518,7 @@ def one(
         died,
         max(r["slowest_connect"] for r in reports) * 1e3,
         n,
+        sum(r["resumed"] for r in reports),
     )
 
 
@@ -516,6 +530,7 @@ class Sitting:
 
 
 MODES = {"messages": ("plain", "STARTTLS"), "handshakes": ("plain", "TLS 1.3", "TLS 1.2")}
+RESUMED = ("TLS 1.3 resumed", "TLS 1.2 resumed")  # --resumed: the client offers its last session
 
 
 def sitting(s: Settings, workdir: Path) -> Sitting:
@@ -528,7 +543,8 @@ def sitting(s: Settings, workdir: Path) -> Sitting:
             levels = s.sessions if part == "messages" else (s.hs_sessions,)
             for level in run.order(levels, rnd):
                 for label, tree, workers in run.order(tuple(variants(s)), rnd):
-                    for mode in run.order(MODES[part], rnd):
+                    modes = MODES[part] + (RESUMED if s.resumed and part == "handshakes" else ())
+                    for mode in run.order(modes, rnd):
                         r = one(part, mode, level, tree, workers, s, workdir, certs)
                         by = out.runs.setdefault(part, {}).setdefault(label, {})
                         by.setdefault(level, {}).setdefault(mode, []).append(r)
@@ -608,14 +624,15 @@ def report(out: Sitting, elapsed: float) -> str:
                     f"{med(rs, 'gen_ms'):7.3f}{extra}" + problems(rs)
                 )
     hs = out.runs.get("handshakes", {})
+    mw = 15 if s.resumed else 9
     if hs:
         lines += [
             "",
             f"new sessions/s, {s.hs_sessions} at a time (connect, EHLO, [STARTTLS, EHLO], QUIT); "
             "CPU = the proxy's per new session (its connection to the sink included); p50/p99 = "
             "connect -> 221",
-            f"{'W':>{width}} {'mode':<9} {'sess/s':>7} {'CPU ms':>7} {'p50 ms':>7} {'p99 ms':>7} "
-            f"{'gen ms':>7} {'/plain rate':>12} {'CPU':>6} {'TLS CPU ms':>11}",
+            f"{'W':>{width}} {'mode':<{mw}} {'sess/s':>7} {'CPU ms':>7} {'p50 ms':>7} "
+            f"{'p99 ms':>7} {'gen ms':>7} {'/plain rate':>12} {'CPU':>6} {'TLS CPU ms':>11}",
         ]
     for workers, by in hs.items():
         modes = by.get(s.hs_sessions, {})
@@ -627,8 +644,9 @@ def report(out: Sitting, elapsed: float) -> str:
                 tls_ms = med(rs, "cpu_ms") - med(modes["plain"], "cpu_ms")
                 extra = f" {rate:11.2f}x {cpu:5.2f}x {tls_ms:11.3f}"
             lines.append(
-                f"{workers:>{width}} {mode:<9} {med(rs, 'rate'):7.0f} {med(rs, 'cpu_ms'):7.3f} "
+                f"{workers:>{width}} {mode:<{mw}} {med(rs, 'rate'):7.0f} {med(rs, 'cpu_ms'):7.3f} "
                 f"{med(rs, 'p50_ms'):7.2f} {med(rs, 'p99_ms'):7.2f} {med(rs, 'gen_ms'):7.3f}{extra}"
+                + (f"  resumed {sum(r.resumed for r in rs)}" if mode.endswith("resumed") else "")
                 + problems(rs)
             )
     lines += trees_compared(out)
@@ -690,6 +708,9 @@ def main() -> None:
     parser.add_argument("--workers", default="1,auto", help="1, auto, or both: 1,auto")
     parser.add_argument("--hs-sessions", type=int, default=10, help="handshakes at a time")
     parser.add_argument("--tls12", action="store_true", help="STARTTLS runs offer TLS 1.2 only")
+    parser.add_argument(
+        "--resumed", action="store_true", help="handshakes: also resumed TLS 1.3 and 1.2"
+    )
     parser.add_argument("--size", type=int, default=MSG_SIZE, help="message bytes")
     parser.add_argument("--only", choices=("messages", "handshakes"))
     parser.add_argument(
@@ -720,6 +741,7 @@ def main() -> None:
         size=args.size,
         parts=(args.only,) if args.only else ("messages", "handshakes"),
         trees=tuple(args.tree),
+        resumed=args.resumed,
     )
     run.raise_nofile(run.NOFILE)
     started = time.monotonic()
