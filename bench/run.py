@@ -67,6 +67,9 @@ DEFAULT_PARTS = PARTS[:-1]
 # Workers 1, "C" is proxsmtpd 1.10, "splice" is bench/splice.py, "direct" is no proxy.
 OUR_WORKERS = "auto"
 OURS_PREFIX: list[str] = []  # interpreter options before "-m trio_proxsmtp" (spy.py: cProfile)
+# The command that starts ours, "-d 0 -f CONF" appended; empty: this interpreter with
+# OURS_PREFIX and "-m trio_proxsmtp" (tls_clients.py --impl: another build of the proxy).
+OURS_COMMAND: list[str] = []
 LABELS = {
     "ours1": "ours W1",
     "ours": "ours Wauto",
@@ -325,7 +328,8 @@ class Proxy:
             f"TempDirectory: {workdir}\nMaxConnections: {max_conn}\n{extra}"
         )
         if impl in ("ours", "ours1"):
-            cmd = [sys.executable, *OURS_PREFIX, "-m", "trio_proxsmtp", "-d", "0", "-f"]
+            cmd = OURS_COMMAND or [sys.executable, *OURS_PREFIX, "-m", "trio_proxsmtp"]
+            cmd = [*cmd, "-d", "0", "-f"]
             cmd.append(str(self.conf))
         elif impl == "splice":
             cmd = [sys.executable, str(SPLICE), str(self.port), str(upstream)]
