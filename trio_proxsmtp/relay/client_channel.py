@@ -21,7 +21,7 @@ import trio
 
 from trio_proxsmtp.common.metrics import NULL_METRICS, Metrics
 from trio_proxsmtp.common.nursery import single_error
-from trio_proxsmtp.common.tls_socket import TLS_STREAMS
+from trio_proxsmtp.common.tls_socket import TLS_STREAMS, SocketTLSStream
 from trio_proxsmtp.common.trace import show
 from trio_proxsmtp.protocol.session.actions import Action
 from trio_proxsmtp.protocol.smtp.lines import LineTooLong
@@ -38,7 +38,7 @@ from trio_proxsmtp.protocol.smtp.replies import Reply
 from trio_proxsmtp.relay.client_endings import ClientGone, ClientTimeout, Drained, stream_gone
 from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.deadlines import ClientDeadlines
-from trio_proxsmtp.relay.departure import SocketPeek
+from trio_proxsmtp.relay.departure import SocketPeek, TLSPeek
 from trio_proxsmtp.relay.fast_io import FastPath
 from trio_proxsmtp.relay.tls_streams import closed_without_notify, tls_stream
 
@@ -80,10 +80,10 @@ class ClientChannel:
         self._draining = False
         self._idle_scope: trio.CancelScope | None = None
         self._fast = FastPath()  # try the socket call before waiting (fast_io.py)
-        self._peek: SocketPeek | None = None  # for has_left, on the accepted socket
+        self._peek: SocketPeek | TLSPeek | None = None  # for has_left (departure.py)
         self._on_left: Callable[[], None] | None = None  # the watch under way (`watch`)
         # The client's departure can be seen on its socket (`has_left`) rather than by a
-        # watcher: a plain socket stream (not TLS, whose records hide the end of stream).
+        # watcher: a plain socket stream, or TLS on one (`start_tls`).
         self.peekable = info.socket is not None and isinstance(stream, trio.SocketStream)
 
     # -- reading ------------------------------------------------------------------------
@@ -294,7 +294,12 @@ class ClientChannel:
             self.metrics.tls_handshake_failed("client")
             raise ClientGone("TLS handshake timed out")
         self.stream = stream
-        self.peekable = False
+        # TLS on the socket is peeked at through OpenSSL (departure.py `TLSPeek`); trio's
+        # TLS on another stream is watched.
+        if self._peek is not None:
+            self._peek.detach()
+        self._peek = TLSPeek(stream) if isinstance(stream, SocketTLSStream) else None
+        self.peekable = self._peek is not None
         self.metrics.tls_started("client")
         self.log.info("TLS established: %s, %s", stream.version(), (stream.cipher() or ("",))[0])
 
@@ -315,11 +320,12 @@ class ClientChannel:
         that is not is watched."""
         if self.eof or not self.peekable:
             return self.left  # (not peekable: watched instead, `watch`)
-        if self._peek is None:
+        peek = self._peek
+        if peek is None:
             assert self.info.socket is not None
-            self._peek = SocketPeek(self.info.socket)
-        if self._peek.left(self.reader, self.metrics, keep=MAX_PENDING_INPUT, size=RECEIVE_SIZE):
-            self._ended()
+            peek = self._peek = SocketPeek(self.info.socket)
+        if peek.left(self.reader, self.metrics, keep=MAX_PENDING_INPUT, size=RECEIVE_SIZE):
+            self._ended(usable=not isinstance(peek, TLSPeek) or peek.usable)
         return self.left
 
     def _ended(self, *, usable: bool = True) -> None:
