@@ -1,0 +1,91 @@
+"""Optional: compile the sans-IO core (trio_proxsmtp/protocol/) with mypyc, in place.
+
+    pip install mypy                 # mypyc ships with it; a C compiler and Python headers
+    python tools/compile.py          # build the extension modules next to the sources
+    python tools/compile.py --clean  # remove them: back to pure Python
+    python tools/compile.py --check  # exit 1 unless the core is compiled and up to date
+
+Never required: without it (or after --clean) the package is the pure-Python one that
+`pip install .` gives.  The import system prefers an extension module to the .py file
+beside it, so a source edited after a build is not what runs until the next build:
+`trio_proxsmtp.compiled_core.stale()` lists such modules, and the test suite fails on them.
+`trio-proxsmtpd -v` says which path is in use.  The modules compiled are those of
+`trio_proxsmtp.compiled_core.core_modules()`; NOT_COMPILED there says which stay Python
+and why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from trio_proxsmtp import compiled_core  # noqa: E402 (the tree's own, not an installed one)
+
+# The shared library mypyc puts the compiled code and its runtime in: a module of the core
+# package, so that it imports wherever the package does (an editable install, PYTHONPATH).
+GROUP = f"{compiled_core.CORE_PACKAGE}.core"
+
+
+def built_files() -> list[Path]:
+    package = ROOT / "trio_proxsmtp"
+    return sorted(p for p in package.rglob("*") if p.suffix in (".so", ".pyd"))
+
+
+def clean() -> None:
+    for path in built_files():
+        path.unlink()
+    shutil.rmtree(ROOT / "build" / "mypyc", ignore_errors=True)
+
+
+def build() -> None:
+    from mypyc.build import mypycify  # here: the pure package needs no mypy
+    from setuptools import setup
+
+    clean()
+    paths = [
+        str(Path(*module.split(".")).with_suffix(".py")) for module in compiled_core.core_modules()
+    ]
+    previous = Path.cwd()
+    os.chdir(ROOT)  # mypyc names the modules from paths relative to the tree
+    try:
+        setup(
+            name="trio_proxsmtp_core",
+            ext_modules=mypycify(paths, opt_level="3", group_name=GROUP, target_dir="build/mypyc"),
+            script_args=["-q", "build_ext", "--inplace", "--build-temp", "build/mypyc/temp"],
+        )
+    finally:
+        os.chdir(previous)
+
+
+def check() -> int:
+    if not compiled_core.compiled():
+        print(f"the core is not compiled ({compiled_core.describe()})", file=sys.stderr)
+        return 1
+    stale = compiled_core.stale()
+    if stale:
+        print(f"stale extension modules (rebuild): {', '.join(stale)}", file=sys.stderr)
+        return 1
+    print(f"core: {compiled_core.describe()}, {len(compiled_core.core_modules())} modules")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv == ["--clean"]:
+        clean()
+        return 0
+    if argv == ["--check"]:
+        return check()
+    if argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    build()
+    return check()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
