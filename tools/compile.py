@@ -43,7 +43,10 @@ def clean() -> None:
 
 
 def build() -> None:
-    from mypyc.build import mypycify  # here: the pure package needs no mypy
+    try:
+        from mypyc.build import mypycify  # here: the pure package needs no mypy
+    except ImportError:
+        sys.exit("tools/compile.py: mypyc not found: pip install mypy (the core stays pure)")
     from setuptools import setup
 
     clean()
