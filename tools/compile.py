@@ -26,10 +26,6 @@ sys.path.insert(0, str(ROOT))
 
 from trio_proxsmtp import compiled_core  # noqa: E402 (the tree's own, not an installed one)
 
-# The shared library mypyc puts the compiled code and its runtime in: a module of the core
-# package, so that it imports wherever the package does (an editable install, PYTHONPATH).
-GROUP = f"{compiled_core.CORE_PACKAGE}.core"
-
 
 def built_files() -> list[Path]:
     package = ROOT / "trio_proxsmtp"
@@ -50,15 +46,17 @@ def build() -> None:
     from setuptools import setup
 
     clean()
-    paths = [
-        str(Path(*module.split(".")).with_suffix(".py")) for module in compiled_core.core_modules()
-    ]
     previous = Path.cwd()
     os.chdir(ROOT)  # mypyc names the modules from paths relative to the tree
     try:
         setup(
             name="trio_proxsmtp_core",
-            ext_modules=mypycify(paths, opt_level="3", group_name=GROUP, target_dir="build/mypyc"),
+            ext_modules=mypycify(
+                compiled_core.core_sources(),
+                opt_level="3",
+                group_name=compiled_core.SHARED_LIBRARY_GROUP,
+                target_dir="build/mypyc",
+            ),
             script_args=["-q", "build_ext", "--inplace", "--build-temp", "build/mypyc/temp"],
         )
     finally:

@@ -1,6 +1,6 @@
 """Which path the sans-IO core runs on: the pure-Python modules, or extension modules that
-`python tools/compile.py` built from them with mypyc (optional; README, "Optional: compiled
-core").
+`python tools/compile.py` built from them with mypyc, or that a wheel built with
+TRIO_PROXSMTP_MYPYC=1 carries (optional; README, "Optional: compiled core").
 
 The extension modules sit next to the sources, and the import system prefers them to the
 .py files; `tools/compile.py --clean` removes them.  Nothing here imports the core: it looks
@@ -12,7 +12,16 @@ from __future__ import annotations
 import importlib.machinery
 from pathlib import Path
 
-__all__ = ["CORE_PACKAGE", "NOT_COMPILED", "compiled", "core_modules", "describe", "stale"]
+__all__ = [
+    "CORE_PACKAGE",
+    "NOT_COMPILED",
+    "SHARED_LIBRARY_GROUP",
+    "compiled",
+    "core_modules",
+    "core_sources",
+    "describe",
+    "stale",
+]
 
 CORE_PACKAGE = "trio_proxsmtp.protocol"
 # Modules of the core that stay Python (mypyc 1.x cannot compile them as they are written):
@@ -26,6 +35,10 @@ NOT_COMPILED = frozenset(
         f"{CORE_PACKAGE}.session.envelope",
     }
 )
+# The shared library mypyc puts the compiled code and its runtime in: a module of the core
+# package (trio_proxsmtp/protocol/core__mypyc*.so), so that it imports wherever the package
+# does (an editable install, PYTHONPATH, a wheel).
+SHARED_LIBRARY_GROUP = f"{CORE_PACKAGE}.core"
 _PACKAGE_ROOT = Path(__file__).resolve().parent
 
 
@@ -42,6 +55,11 @@ def core_modules() -> list[str]:
         if name not in NOT_COMPILED:
             names.append(name)
     return names
+
+
+def core_sources() -> list[str]:
+    """The source files of `core_modules()`, relative to the tree (what mypyc is given)."""
+    return [str(Path(*module.split(".")).with_suffix(".py")) for module in core_modules()]
 
 
 def _extension(module: str) -> Path | None:
