@@ -3,7 +3,7 @@
     pip install mypy                 # mypyc ships with it; a C compiler and Python headers
     python tools/compile.py          # build the extension modules next to the sources
     python tools/compile.py --clean  # remove them: back to pure Python
-    python tools/compile.py --check  # exit 1 unless the core is compiled and up to date
+    python tools/compile.py --check  # exit 1 unless it is compiled, up to date and imports
 
 Never required: without it (or after --clean) the package is the pure-Python one that
 `pip install .` gives.  The import system prefers an extension module to the .py file
@@ -16,6 +16,7 @@ and why.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import sys
@@ -71,6 +72,19 @@ def check() -> int:
     if stale:
         print(f"stale extension modules (rebuild): {', '.join(stale)}", file=sys.stderr)
         return 1
+    for module in compiled_core.core_modules():
+        # mypyc compiles some code that fails only when its module runs (an attrs.field
+        # class attribute: "int object expected; got _CountingAttr").
+        try:
+            importlib.import_module(module)
+        except Exception as error:
+            print(
+                f"{module} is compiled but does not import ({error!r}): make it compilable "
+                "(docs/architecture.md, 'The compiled core') or add it to NOT_COMPILED in "
+                "trio_proxsmtp/compiled_core.py",
+                file=sys.stderr,
+            )
+            return 1
     print(f"core: {compiled_core.describe()}, {len(compiled_core.core_modules())} modules")
     return 0
 
