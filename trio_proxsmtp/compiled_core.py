@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 CORE_PACKAGE = "trio_proxsmtp.protocol"
-# Modules of the core that stay Python (mypyc 1.x cannot compile them as they are written):
+# Modules of the core that stay Python (mypyc, of mypy 2.4, cannot compile them as written):
 # errors: exception classes with two bases ("multiple inheritance is not supported");
 # replies, envelope: attrs fields with `attrs.field(...)` defaults, which mypyc checks
 # against the annotation when the class body runs.
@@ -40,6 +40,7 @@ NOT_COMPILED = frozenset(
 # does (an editable install, PYTHONPATH, a wheel).
 SHARED_LIBRARY_GROUP = f"{CORE_PACKAGE}.core"
 _PACKAGE_ROOT = Path(__file__).resolve().parent
+STALE_AFTER = 2.0
 
 
 def core_modules() -> list[str]:
@@ -82,20 +83,22 @@ def compiled() -> bool:
 
 def stale() -> list[str]:
     """The compiled modules whose source is newer than the extension module built from it:
-    the extension would run the old code (rebuild with tools/compile.py, or --clean)."""
+    the extension would run the old code (rebuild with tools/compile.py, or --clean).
+    Newer by more than STALE_AFTER seconds: an installer may write the two files of a
+    wheel in either order."""
     found = []
     for module in core_modules():
         extension = _extension(module)
         if extension is None:
             continue
         source = extension.parent / f"{module.rsplit('.', 1)[-1]}.py"
-        if source.exists() and source.stat().st_mtime > extension.stat().st_mtime:
+        if source.exists() and source.stat().st_mtime > extension.stat().st_mtime + STALE_AFTER:
             found.append(module)
     return found
 
 
 def describe() -> str:
-    """For `-v` and the startup log: "compiled (mypyc)", "pure Python" or "partly compiled"."""
+    """For `-v`: "compiled (mypyc)", "pure Python" or "partly compiled"."""
     flags = [_extension(module) is not None for module in core_modules()]
     if all(flags):
         return "compiled (mypyc)"
