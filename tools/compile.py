@@ -79,9 +79,9 @@ def check() -> int:
             importlib.import_module(module)
         except Exception as error:
             print(
-                f"{module} is compiled but does not import ({error!r}): make it compilable "
-                "(docs/architecture.md, 'The compiled core') or add it to NOT_COMPILED in "
-                "trio_proxsmtp/compiled_core.py",
+                f"{module} (or a compiled module it imports) fails at import ({error!r}): "
+                "make it compilable (docs/architecture.md, 'The compiled core') or add it "
+                "to NOT_COMPILED in trio_proxsmtp/compiled_core.py",
                 file=sys.stderr,
             )
             return 1
