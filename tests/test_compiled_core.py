@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,21 @@ def test_core_modules_are_the_protocol_layer() -> None:
     root = Path(compiled_core.__file__).resolve().parent.parent
     for name in compiled_core.NOT_COMPILED:  # the list names modules that exist
         assert root.joinpath(*name.split(".")).with_suffix(".py").is_file(), name
+
+
+def test_the_build_tool_agrees_on_the_path_in_use() -> None:
+    # tools/compile.py --check: 0 only for a complete, fresh, importable compiled core.
+    tool = Path(compiled_core.__file__).resolve().parent.parent / "tools" / "compile.py"
+    result = subprocess.run(
+        [sys.executable, str(tool), "--check"], capture_output=True, text=True, timeout=120
+    )
+    fresh = compiled_core.compiled() and not compiled_core.stale()
+    assert (result.returncode == 0) == fresh, result.stdout + result.stderr
+    if fresh:
+        modules = len(compiled_core.core_modules())
+        assert result.stdout == f"core: compiled (mypyc), {modules} modules\n"
+    else:
+        assert "the core is not compiled" in result.stderr or "stale" in result.stderr
 
 
 @pytest.fixture
