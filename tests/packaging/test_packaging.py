@@ -61,6 +61,8 @@ def test_the_wheel_ships_what_admins_and_type_checkers_need(wheel: Path) -> None
         "trio_proxsmtp/_data/man/trio-proxsmtpd.8",
     }
     assert expected <= names
+    # Pure Python, even when built from a tree with the compiled core (tools/compile.py).
+    assert not [name for name in names if name.endswith((".so", ".pyd", ".c"))]
     data = {name.split(".data/", 1)[1] for name in names if ".data/" in name}
     assert {
         "data/share/man/man8/trio-proxsmtpd.8",

@@ -74,6 +74,12 @@ def test_dot_lines_false_is_ignored_without_clean() -> None:
     assert sender.feed(b".a\r\n.b\r\n") + sender.finish() == b"..a\r\n..b\r\n.\r\n"
 
 
+def test_dot_lines_false_with_clean_does_not_search() -> None:
+    # The caller vouched that no line starts with a dot: one that does is not looked for.
+    sender = DataSender(clean=True, dot_lines=False)
+    assert sender.feed(b".a\r\n.b\r\n") + sender.finish() == b".a\r\n.b\r\n.\r\n"
+
+
 def test_dot_lines_false_still_gives_a_nul_dot_line_its_dot() -> None:
     sender = DataSender(clean=True, dot_lines=False)
     assert sender.feed(b"a\r\n\x00.b\r\n") + sender.finish() == b"a\r\n.\x00.b\r\n.\r\n"

@@ -82,14 +82,18 @@ async def test_the_client_side_asks_for_timeout_without_a_call_when_no_stress(
 async def test_the_replay_searches_for_dot_lines_only_when_the_client_sent_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    searched: list[int] = []
-    real_search = DataSender._stuffed_dots
+    # The relay tells the sender whether the client sent a dot line; with dot_lines=False
+    # the sender does not search (tests/protocol/test_protocol_data_dot_lines.py).  Observed
+    # at the constructor, which the relay calls: a compiled core (tools/compile.py) calls
+    # DataSender's own methods directly, past any patch of them.
+    built: list[tuple[bool, bool]] = []
+    real_init = DataSender.__init__
 
-    def counting_search(sender: DataSender, wire: bytes) -> bytes:
-        searched.append(len(wire))
-        return real_search(sender, wire)
+    def recording_init(sender: DataSender, *, clean: bool = False, dot_lines: bool = True) -> None:
+        built.append((clean, dot_lines))
+        real_init(sender, clean=clean, dot_lines=dot_lines)
 
-    monkeypatch.setattr(DataSender, "_stuffed_dots", counting_search)
+    monkeypatch.setattr(DataSender, "__init__", recording_init)
     plain = b"Subject: a\r\n\r\n" + b"no dot. at a line start\r\n" * 20000  # spooled to a file
     dotted = b"Subject: b\r\n\r\n.a dot line\r\n..two\r\nend\r\n"
     with trio.fail_after(20):
@@ -97,10 +101,10 @@ async def test_the_replay_searches_for_dot_lines_only_when_the_client_sent_one(
             async with proxy.connect() as client:
                 replies = await client.send_message("s@x", ["r@x"], plain)
                 assert replies[-1].code == 250
-                assert searched == []
+                assert built == [(True, False)]
                 replies = await client.send_message("s@x", ["r@x"], dotted)
                 assert replies[-1].code == 250
-                assert searched
+                assert built == [(True, False), (True, True)]
             assert proxy.leftovers() == []
     assert [t.message for t in up.transactions] == [plain, dotted]
     assert up.transactions[1].data == b"Subject: b\r\n\r\n..a dot line\r\n...two\r\nend\r\n"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 
-from trio_proxsmtp import __version__
+from trio_proxsmtp import __version__, compiled_core
 from trio_proxsmtp.config.model import Config
 from trio_proxsmtp.daemon import cli, listeners, signals, startup
 
@@ -35,6 +35,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.splitlines() == [
         f"trio_proxsmtp (version {__version__}) - proxsmtpd 1.10 compatible",
         "          (config: /some/where.conf)",
+        f"          (core: {compiled_core.describe()})",
     ]
     assert err == ""
 

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from trio_proxsmtp import __version__
+from trio_proxsmtp import __version__, compiled_core
 from trio_proxsmtp.common.log import LOGGER_NAME, LoggingUnavailable, setup_logging
 from trio_proxsmtp.config.loader import load_config_with_warnings
 from trio_proxsmtp.config.model import ConfigError
@@ -31,7 +31,7 @@ usage: {PROG} [-d level] [-f configfile] [-p pidfile] [-t]
   -f FILE    configuration file (default {DEFAULT_CONFIG})
   -p FILE    write the daemon's pid to FILE (PidFile in the config overrides it)
   -t         check the configuration and exit (0: OK, 2: error)
-  -v         print the version and the configuration path
+  -v         print the version, the configuration path and the core (compiled or not)
   -h, --help print this help
 """
 
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if show_version:
         print(f"trio_proxsmtp (version {__version__}) - proxsmtpd 1.10 compatible")
         print(f"          (config: {config_path})")
+        print(f"          (core: {compiled_core.describe()})")
         return 0
     daemonize = debug_level is None and not check_only
     if daemonize:
