@@ -56,6 +56,20 @@ async def tcp_pair() -> AsyncIterator[tuple[trio.SocketStream, trio.SocketStream
         await client.aclose()
 
 
+@asynccontextmanager
+async def tls_pair(
+    certs: TestCertificates,
+) -> AsyncIterator[tuple[SocketTLSStream, trio.SSLStream[trio.SocketStream], trio.SocketStream]]:
+    """Ours on the server side, trio's on the client side, handshaken; and the client's
+    TCP stream under its TLS."""
+    server_context, client_context = contexts(certs)
+    async with tcp_pair() as (server_raw, client_raw):
+        server = SocketTLSStream(server_raw, server_context, server_side=True)
+        client = trio.SSLStream(client_raw, client_context, server_hostname="localhost")
+        await handshake(server, client)
+        yield server, client, client_raw
+
+
 def open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -138,12 +152,8 @@ async def test_plain_text_buffered_in_openssl_is_read_without_waiting(
 ) -> None:
     """One record read in small pieces: the later pieces are in OpenSSL, not the socket;
     a stream that waited for the socket first would hang here."""
-    server_context, client_context = contexts(certs)
     with trio.fail_after(5):
-        async with tcp_pair() as (server_raw, client_raw):
-            server = SocketTLSStream(server_raw, server_context, server_side=True)
-            client = trio.SSLStream(client_raw, client_context, server_hostname="localhost")
-            await handshake(server, client)
+        async with tls_pair(certs) as (server, client, _client_raw):
             await client.send_all(b"0123456789" * 20)
             pieces = [await server.receive_some(50) for _ in range(4)]
             assert b"".join(pieces) == b"0123456789" * 20
@@ -153,32 +163,21 @@ async def test_plain_text_buffered_in_openssl_is_read_without_waiting(
 async def test_the_peers_close_notify_is_end_of_stream_and_ours_reaches_it(
     certs: TestCertificates,
 ) -> None:
-    server_context, client_context = contexts(certs)
     with trio.fail_after(5):
-        async with tcp_pair() as (server_raw, client_raw):
-            server = SocketTLSStream(server_raw, server_context, server_side=True)
-            client = trio.SSLStream(client_raw, client_context, server_hostname="localhost")
-            await handshake(server, client)
+        async with tls_pair(certs) as (server, client, _client_raw):
             await client.aclose()  # trio's spec-compliant close: a close_notify
             assert await server.receive_some(100) == b""
             assert await server.receive_some(100) == b""  # and it stays ended
 
-        async with tcp_pair() as (server_raw, client_raw):
-            server = SocketTLSStream(server_raw, server_context, server_side=True)
-            client = trio.SSLStream(client_raw, client_context, server_hostname="localhost")
-            await handshake(server, client)
+        async with tls_pair(certs) as (server, client, _client_raw):
             await server.aclose()
             # trio raises BrokenResourceError for an end without a close_notify.
             assert await client.receive_some(100) == b""
 
 
 async def test_a_bare_close_is_broken_and_told_from_a_reset(certs: TestCertificates) -> None:
-    server_context, client_context = contexts(certs)
     with trio.fail_after(5):
-        async with tcp_pair() as (server_raw, client_raw):
-            server = SocketTLSStream(server_raw, server_context, server_side=True)
-            client = trio.SSLStream(client_raw, client_context, server_hostname="localhost")
-            await handshake(server, client)
+        async with tls_pair(certs) as (server, client, client_raw):
             await server.send_all(b"220 ok\r\n")  # (read with TLS 1.3's tickets before it:
             assert await client.receive_some(100) == b"220 ok\r\n"  # unread, a reset)
             await client_raw.aclose()  # no close_notify
@@ -189,10 +188,7 @@ async def test_a_bare_close_is_broken_and_told_from_a_reset(certs: TestCertifica
                 await server.send_all(b"after the end")  # it stays broken
             await server.aclose()
 
-        async with tcp_pair() as (server_raw, client_raw):
-            server = SocketTLSStream(server_raw, server_context, server_side=True)
-            client = trio.SSLStream(client_raw, client_context, server_hostname="localhost")
-            await handshake(server, client)
+        async with tls_pair(certs) as (server, client, client_raw):
             client_raw.socket.setsockopt(
                 socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
             )
@@ -271,12 +267,8 @@ async def test_the_fast_path_reads_and_writes_tls_without_waiting(
 ) -> None:
     """relay/fast_io.py: TLS on a socket takes the optimistic calls, and a read that would
     block waits for what OpenSSL asked for."""
-    server_context, client_context = contexts(certs)
     with trio.fail_after(5):
-        async with tcp_pair() as (server_raw, client_raw):
-            server = SocketTLSStream(server_raw, server_context, server_side=True)
-            client = trio.SSLStream(client_raw, client_context, server_hostname="localhost")
-            await handshake(server, client)
+        async with tls_pair(certs) as (server, client, _client_raw):
             fast = FastPath()
             assert await fast.receive(server, 100) is None  # nothing yet: would block
             assert await fast.send(server, b"250 ok\r\n") == len(b"250 ok\r\n")
