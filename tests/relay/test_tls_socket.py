@@ -285,3 +285,14 @@ async def test_the_fast_path_reads_and_writes_tls_without_waiting(
             await trio.sleep(0.01)
             assert await fast.receive(server, 100) == b"NOOP\r\n"
             await server.aclose()
+
+
+async def test_a_context_that_refuses_to_wrap_leaves_no_descriptor(
+    certs: TestCertificates,
+) -> None:
+    _, client_context = contexts(certs)  # it checks host names: it needs one
+    async with tcp_pair() as (_server_raw, client_raw):
+        before = open_descriptors()
+        with pytest.raises(ValueError):
+            SocketTLSStream(client_raw, client_context)
+        assert open_descriptors() == before

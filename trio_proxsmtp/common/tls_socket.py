@@ -63,14 +63,18 @@ class SocketTLSStream(trio.abc.Stream):
     ) -> None:
         self.transport_stream = transport
         raw = socket.socket(fileno=os.dup(transport.socket.fileno()))
-        raw.setblocking(False)
-        self._ssl = context.wrap_socket(
-            raw,
-            server_side=server_side,
-            server_hostname=server_hostname,
-            do_handshake_on_connect=False,
-            suppress_ragged_eofs=False,  # a bare close is an error, not end of stream
-        )
+        try:
+            raw.setblocking(False)
+            self._ssl = context.wrap_socket(
+                raw,
+                server_side=server_side,
+                server_hostname=server_hostname,
+                do_handshake_on_connect=False,
+                suppress_ragged_eofs=False,  # a bare close is an error, not end of stream
+            )
+        except BaseException:
+            raw.close()  # (a context that refuses: no descriptor left for the collector)
+            raise
         self._fd = self._ssl.fileno()
         self._read = self._ssl.read
         self._write = self._ssl.write
