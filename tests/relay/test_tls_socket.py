@@ -293,6 +293,8 @@ async def test_a_context_that_refuses_to_wrap_leaves_no_descriptor(
     _, client_context = contexts(certs)  # it checks host names: it needs one
     async with tcp_pair() as (_server_raw, client_raw):
         before = open_descriptors()
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError) as caught:
             SocketTLSStream(client_raw, client_context)
+        # Closed at once, not when the error (which keeps the frames alive) is collected.
+        assert caught.value.__traceback__ is not None
         assert open_descriptors() == before
