@@ -152,16 +152,31 @@ class PostfixSetup:
         return sorted(self.mail_dir.iterdir(), key=lambda p: (p.stat().st_mtime, p.name))
 
     def wait_for_delivery(self, count: int, timeout: float = DEADLINE) -> list[Path]:
-        """Wait until at least ``count`` files were delivered; fail with the maillog."""
+        """Wait until at least ``count`` files were delivered, whole; fail with the maillog.
+
+        The filedrop transport's `tee` makes a file before it writes it: a file counts
+        once it is not empty and its size held for one poll."""
         deadline = time.monotonic() + timeout
-        while len(files := self.delivered()) < count:
+        sizes: list[int] = []
+        while True:
+            files = self.delivered()
+            now = [self._size(path) for path in files]
+            if len(files) >= count and all(now) and now == sizes:
+                return files
             if time.monotonic() > deadline:
                 raise AssertionError(
                     f"{len(files)} of {count} messages delivered after {timeout}s\n"
                     f"--- maillog:\n{self.log()}"
                 )
+            sizes = now
             time.sleep(0.1)
-        return files
+
+    @staticmethod
+    def _size(path: Path) -> int:
+        try:
+            return path.stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def pids(self) -> list[int]:
         """Live processes of this instance (they carry MAIL_CONFIG=its config dir)."""
