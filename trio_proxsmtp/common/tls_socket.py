@@ -34,11 +34,14 @@ import errno
 import os
 import socket
 import ssl
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import trio
 
 __all__ = ["TLS_STREAMS", "SocketTLSStream", "is_tls_stream"]
+
+_R = TypeVar("_R")
 
 # OpenSSL 3 gives a bare close its own reason; before, it was a failed system call too.
 _EOF_HAS_REASON = ssl.OPENSSL_VERSION_INFO >= (3,)
@@ -170,15 +173,7 @@ class SocketTLSStream(trio.abc.Stream):
             return
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
-            while True:
-                try:
-                    self._ssl.do_handshake()
-                except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
-                    await self._wait_or_closed(exc)
-                    continue
-                except (ssl.SSLError, OSError) as exc:
-                    raise self._fail(exc) from self._broken
-                break
+            await self._retry(None, self._ssl.do_handshake)
         except BaseException as exc:
             # Failed, timed out or cancelled: the stream is of no more use, and its
             # descriptor is let go now, not when the object is collected (the caller
@@ -191,12 +186,23 @@ class SocketTLSStream(trio.abc.Stream):
         self._handshook = True
         await trio.lowlevel.cancel_shielded_checkpoint()
 
-    async def _wait_or_closed(self, exc: ssl.SSLError) -> None:
-        try:
-            await self._wait(exc)
-        except trio.ClosedResourceError:
-            raise trio.ClosedResourceError("this TLS stream was closed") from None
-        self._check()
+    async def _retry(self, want: ssl.SSLError | None, call: Callable[..., _R], *args: Any) -> _R:
+        """`call(*args)` (after waiting for `want`, if given) until OpenSSL no longer asks
+        to wait: then the same call again, as OpenSSL requires.  Errors break the stream;
+        a close meanwhile is `ClosedResourceError`."""
+        while True:
+            if want is not None:
+                try:
+                    await self._wait(want)
+                except trio.ClosedResourceError:
+                    raise trio.ClosedResourceError("this TLS stream was closed") from None
+                self._check()
+            try:
+                return call(*args)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+                want = exc
+            except (ssl.SSLError, OSError) as exc:
+                raise self._fail(exc) from self._broken
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if not self._handshook:
@@ -205,45 +211,25 @@ class SocketTLSStream(trio.abc.Stream):
         if size < 1:
             raise ValueError("max_bytes must be >= 1")
         await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            self._check()
-            try:
-                data = self._read(size)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
-                await self._wait_or_closed(exc)
-                continue
-            except (ssl.SSLError, OSError) as exc:
-                raise self._fail(exc) from self._broken
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return data
+        self._check()
+        data: bytes = await self._retry(None, self._read, size)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
 
     async def receive_blocked(self, size: int) -> bytes:
         """After `try_receive` found nothing: wait for what OpenSSL asked for, then read
         (the wait is the checkpoint; no second one, as `relay/fast_io.py` does in clear)."""
-        want = self._want
-        while True:
-            await self._wait_or_closed(want)
-            try:
-                return self._read(size)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
-                want = exc
-            except (ssl.SSLError, OSError) as exc:
-                raise self._fail(exc) from self._broken
+        data: bytes = await self._retry(self._want, self._read, size)
+        return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if not self._handshook:
             await self.do_handshake()
         await trio.lowlevel.checkpoint_if_cancelled()
+        self._check()
         view = memoryview(data)
         while view:
-            self._check()
-            try:
-                sent = self._write(view)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
-                await self._wait_or_closed(exc)
-                continue  # the same bytes again, as OpenSSL requires
-            except (ssl.SSLError, OSError) as exc:
-                raise self._fail(exc) from self._broken
+            sent: int = await self._retry(None, self._write, view)
             view = view[sent:]
         await trio.lowlevel.cancel_shielded_checkpoint()
 

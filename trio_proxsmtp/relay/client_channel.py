@@ -40,7 +40,7 @@ from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.deadlines import ClientDeadlines
 from trio_proxsmtp.relay.departure import SocketPeek, TLSPeek
 from trio_proxsmtp.relay.fast_io import FastPath
-from trio_proxsmtp.relay.tls_streams import closed_without_notify, tls_stream
+from trio_proxsmtp.relay.tls_streams import cipher_name, closed_without_notify, tls_stream
 
 __all__ = ["ClientChannel", "ClientGone", "ClientTimeout", "Drained"]
 
@@ -301,15 +301,14 @@ class ClientChannel:
         self._peek = TLSPeek(stream) if isinstance(stream, SocketTLSStream) else None
         self.peekable = self._peek is not None
         self.metrics.tls_started("client")
-        self.log.info("TLS established: %s, %s", stream.version(), (stream.cipher() or ("",))[0])
+        self.log.info("TLS established: %s, %s", stream.version(), cipher_name(stream))
 
     def tls_details(self) -> tuple[str | None, str | None]:
         """The TLS version and cipher of the client connection (None, None in clear)."""
         stream = self.stream
         if not isinstance(stream, TLS_STREAMS):
             return None, None
-        cipher = stream.cipher()
-        return stream.version(), cipher[0] if cipher else None
+        return stream.version(), cipher_name(stream)
 
     # -- the client leaving -------------------------------------------------------------
 
@@ -325,7 +324,7 @@ class ClientChannel:
             assert self.info.socket is not None
             peek = self._peek = SocketPeek(self.info.socket)
         if peek.left(self.reader, self.metrics, keep=MAX_PENDING_INPUT, size=RECEIVE_SIZE):
-            self._ended(usable=not isinstance(peek, TLSPeek) or peek.usable)
+            self._ended(usable=peek.usable)
         return self.left
 
     def _ended(self, *, usable: bool = True) -> None:

@@ -36,6 +36,8 @@ class SocketPeek:
 
     __slots__ = ("_sock",)
 
+    usable = True  # after its end, our replies can still go (in clear, always: §11.20)
+
     def __init__(self, sock: trio.socket.SocketType) -> None:
         self._sock = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.fileno())
 

@@ -20,7 +20,7 @@ import trio
 
 from trio_proxsmtp.common.tls_socket import SocketTLSStream
 
-__all__ = ["TLSStream", "closed_without_notify", "tls_stream"]
+__all__ = ["TLSStream", "cipher_name", "closed_without_notify", "tls_stream"]
 
 TLSStream: TypeAlias = SocketTLSStream | trio.SSLStream[trio.abc.Stream]
 
@@ -46,3 +46,9 @@ def tls_stream(
 def closed_without_notify(exc: BaseException) -> bool:
     """Whether a stream error is the TLS peer closing without a close_notify."""
     return isinstance(exc.__cause__, ssl.SSLEOFError)
+
+
+def cipher_name(stream: TLSStream) -> str | None:
+    """The name of the cipher a TLS stream negotiated (None before its handshake)."""
+    cipher = stream.cipher()
+    return cipher[0] if cipher else None

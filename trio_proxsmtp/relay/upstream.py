@@ -33,7 +33,7 @@ from trio_proxsmtp.relay.client_info import ClientInfo
 from trio_proxsmtp.relay.fast_io import FastPath
 from trio_proxsmtp.relay.settings import OutTLSMode, UpstreamSettings
 from trio_proxsmtp.relay.tls_sessions import sessions_for
-from trio_proxsmtp.relay.tls_streams import closed_without_notify
+from trio_proxsmtp.relay.tls_streams import cipher_name, closed_without_notify
 from trio_proxsmtp.relay.upstream_connect import (
     Opener,
     UpstreamFailure,
@@ -314,7 +314,7 @@ class Upstream:
         self.log.info(
             "SERVER TLS established: %s, %s (%s%s)",
             stream.version(),
-            (stream.cipher() or ("",))[0],
+            cipher_name(stream),
             "verified" if context.verify_mode == ssl.CERT_REQUIRED else "not verified",
             ", resumed" if resumed else "",
         )
